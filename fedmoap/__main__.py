@@ -1,0 +1,3 @@
+from fedmoap.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""Backbones: frozen CLIP-like models behind one interface (:class:`Backbone`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedmoap.backbones.base import Backbone, PromptSlots
+from fedmoap.config import ModelArgs
+
+__all__ = ["Backbone", "PromptSlots", "build_backbone"]
+
+
+def build_backbone(args: ModelArgs, seed: int = 0) -> Backbone:
+    """The frozen backbone ``args`` names: ``packaged-towers`` (offline default) or open_clip."""
+    if args.arch == "packaged-towers":
+        from fedmoap.backbones.packaged import PackagedTowersBackbone
+        return PackagedTowersBackbone.build(
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            image_size=args.image_size or 224, invert=args.invert_images)
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+    return OpenCLIPBackbone.build(args.arch, args.pretrained, args.cache_dir, seed)

@@ -1,0 +1,142 @@
+"""open_clip models as frozen backbones, with an exact truncated text path.
+
+The text transformer is causal: a token attends only to earlier ones, so the features at the
+end-of-text token do not depend on anything after it. Running the transformer on the first
+``max(eot) + 1`` positions of a batch of prompts is therefore exact, and for class-name prompts it
+is 3-4x cheaper than the full 77-token context.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import open_clip
+import torch
+from torch import Tensor, nn
+from torchvision import transforms as T
+
+from fedmoap.backbones.base import Backbone, PromptSlots
+from fedmoap.errors import FedmoapError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class OpenCLIPBackbone(Backbone):
+    """A frozen open_clip model (any architecture with a causal CLIP text transformer)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Callable, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower under .text
+        if not hasattr(text, "token_embedding") or getattr(text, "cls_emb", None) is not None:
+            raise FedmoapError(f"model {name!r}: only CLIP-style causal text transformers are supported")
+        self.text = text
+        self.pool_type = getattr(text, "text_pool_type", getattr(text, "pool_type", "argmax"))
+        if self.pool_type not in ("argmax", "eos"):
+            raise FedmoapError(f"model {name!r}: text pooling {self.pool_type!r} is not supported")
+        self.causal = getattr(text, "attn_mask", None) is not None
+        self.eos_id = getattr(text, "text_eos_id", getattr(text, "eos_id", None))
+        self.embed_dim = _proj_dim(text)
+        self.ctx_width = int(text.token_embedding.weight.shape[1])
+        self.logit_scale = float(model.logit_scale.detach().exp())
+        size = model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        self.freeze()
+
+    @classmethod
+    def build(cls, arch: str, pretrained: str | None, cache_dir: str | None = None,
+              seed: int = 0) -> "OpenCLIPBackbone":
+        """Create ``arch`` with weights from ``pretrained``: an open_clip tag (``openai``), an
+        ``hf-hub:org/repo`` id, a local checkpoint file, or None for random weights drawn from
+        ``seed`` (tests)."""
+        name, kwargs = arch, {}
+        if pretrained and pretrained.startswith("hf-hub:"):
+            name = pretrained
+        elif pretrained:
+            if ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))) \
+                    and not Path(pretrained).exists():
+                raise FedmoapError(f"model.pretrained: checkpoint file {pretrained!r} does not exist")
+            kwargs = {"pretrained": pretrained, "cache_dir": cache_dir}
+        if not name.startswith("hf-hub:") and arch not in open_clip.list_models():
+            raise FedmoapError(f"model.arch: unknown open_clip architecture {arch!r}")
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = open_clip.create_model(name, **kwargs)
+            tokenizer = open_clip.get_tokenizer(name)
+        except FedmoapError:
+            raise
+        except Exception as exc:  # open_clip raises many kinds for a bad tag, file or hub id
+            raise FedmoapError(f"model: cannot load {arch!r} with pretrained={pretrained!r}: {exc}") from exc
+        return cls(model, tokenizer, name if pretrained else f"{arch}(random,seed={seed})")
+
+    # ----- images -----------------------------------------------------------------------------
+    def image_transform(self, train: bool) -> Callable:
+        s = self.image_size
+        head = ([T.RandomResizedCrop(s, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                 T.RandomHorizontalFlip()] if train else
+                [T.Resize(s, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(s)])
+        return T.Compose([_ToRGB(), *head, T.ToTensor(), T.Normalize(self.mean, self.std)])
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        return self.model.encode_image(images)
+
+    def image_tower_parameters(self) -> list[Tensor]:
+        return list(self.model.visual.state_dict().values())
+
+    # ----- text -------------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str]) -> Tensor:
+        return self.tokenizer(texts)
+
+    def prepare_prompts(self, texts: list[str], n_ctx: int) -> PromptSlots:
+        tokens = self._tokenize([("X " * n_ctx) + t for t in texts])
+        if self.pool_type == "argmax":
+            eot = tokens.argmax(dim=-1)
+        else:
+            eot = (tokens == self.eos_id).int().argmax(dim=-1)
+        if int(eot.max()) + 1 >= tokens.shape[1] and (tokens[:, -1] != 0).any():
+            raise FedmoapError(f"a prompt is longer than the model's {tokens.shape[1]}-token context: "
+                               f"{max(texts, key=len)!r}")
+        length = int(eot.max()) + 1 if self.causal else tokens.shape[1]
+        with torch.no_grad():
+            emb = self.text.token_embedding(tokens[:, :length])
+        return PromptSlots(prefix=emb[:, :1].clone(), suffix=emb[:, 1 + n_ctx:].clone(), n_ctx=n_ctx,
+                           extra={"eot": eot})
+
+    def embed_tokens(self, text: str) -> Tensor:
+        tokens = self._tokenize([text])[0]
+        end = int(tokens.argmax()) if self.pool_type == "argmax" else int((tokens == self.eos_id).int().argmax())
+        with torch.no_grad():
+            return self.text.token_embedding(tokens[1:end]).clone()
+
+    def encode_embeddings(self, embeddings: Tensor, slots: PromptSlots, repeats: int) -> Tensor:
+        t = self.text
+        length = embeddings.shape[1]
+        cast = t.transformer.get_cast_dtype()
+        x = embeddings.to(cast) + t.positional_embedding[:length].to(cast)
+        mask = t.attn_mask[:length, :length] if self.causal else None
+        x = t.transformer(x, attn_mask=mask)
+        x = t.ln_final(x)
+        eot = slots.extra["eot"].repeat(repeats)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
+        proj = t.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+class _ToRGB:
+    def __call__(self, img):
+        return img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def _proj_dim(text: nn.Module) -> int:
+    proj = text.text_projection
+    return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])

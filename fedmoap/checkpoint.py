@@ -1,0 +1,57 @@
+"""Round checkpoints: everything needed for an identical continuation, written atomically.
+
+A checkpoint holds the server state, the client store, the finished round and the results so
+far. No RNG state is needed: every random draw derives from (seed, round, client id).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedmoap.errors import FedmoapError
+from fedmoap.io import atomic_torch_save
+
+CKPT_FORMAT = 1
+_NAME = re.compile(r"round_(\d+)\.pt$")
+
+
+def checkpoint_path(run_dir: Path, t: int) -> Path:
+    return run_dir / "checkpoints" / f"round_{t:04d}.pt"
+
+
+def save_checkpoint(run_dir: Path, t: int, state: dict[str, Any], keep: int) -> Path:
+    """Write round ``t``'s checkpoint, then delete all but the newest ``keep``."""
+    path = checkpoint_path(run_dir, t)
+    atomic_torch_save(path, {"format": CKPT_FORMAT, "round": t, **state})
+    for old in _rounds(run_dir)[:-max(keep, 1)]:
+        checkpoint_path(run_dir, old).unlink(missing_ok=True)
+    return path
+
+
+def load_latest(run_dir: Path, config_digest: str) -> dict[str, Any] | None:
+    """The newest checkpoint of the run, or None. A file that cannot be read, or that belongs to
+    another config, is refused with an error naming it (and left in place)."""
+    rounds = _rounds(run_dir)
+    if not rounds:
+        return None
+    path = checkpoint_path(run_dir, rounds[-1])
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FedmoapError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); move it away to resume from an earlier one") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise FedmoapError(f"checkpoint {path} is not a fedmoap checkpoint of format {CKPT_FORMAT}")
+    if ckpt.get("config_digest") != config_digest:
+        raise FedmoapError(f"checkpoint {path} was written by a run with another config")
+    return ckpt
+
+
+def _rounds(run_dir: Path) -> list[int]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name)))

@@ -1,0 +1,105 @@
+"""Where a run's images come from: generated, packaged, local files or the Hugging Face hub.
+
+Every source ends as two ``datasets.Dataset`` splits with an image column, an integer label
+column, class names and a stable id per split (the feature-cache key part for the data).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
+
+from fedmoap.config import DataArgs
+from fedmoap.errors import FedmoapError
+
+
+@dataclass
+class SourceData:
+    """The two splits of a run's dataset, with labels and domains as arrays."""
+
+    train: Dataset
+    test: Dataset
+    classnames: list[str]
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    train_domains: np.ndarray | None
+    test_domains: np.ndarray | None
+    train_id: str
+    test_id: str
+
+
+def load_source(args: DataArgs) -> SourceData:
+    """Load ``args.source`` and check it against the config (columns, class count)."""
+    splits, data_id = _open(args)
+    for split in (args.train_split, args.test_split):
+        if split not in splits:
+            raise FedmoapError(f"data: dataset {args.source!r} has no split {split!r} "
+                               f"(it has {sorted(splits)})")
+    train, test = splits[args.train_split], splits[args.test_split]
+    for column in (args.image_column, args.label_column, args.domain_column):
+        if column is not None and (column not in train.column_names or column not in test.column_names):
+            raise FedmoapError(f"data: column {column!r} is missing from dataset {args.source!r} "
+                               f"(columns: {train.column_names})")
+    classnames = _classnames(args, train)
+    train_labels = np.asarray(train[args.label_column], dtype=np.int64)
+    test_labels = np.asarray(test[args.label_column], dtype=np.int64)
+    top = int(max(train_labels.max(initial=-1), test_labels.max(initial=-1)))
+    if top >= len(classnames) or min(train_labels.min(initial=0), test_labels.min(initial=0)) < 0:
+        raise FedmoapError(f"data: class-count mismatch: labels go up to {top} but there are "
+                           f"{len(classnames)} class names")
+    domains = [None, None]
+    if args.domain_column:
+        domains = [np.unique(np.asarray(s[args.domain_column]), return_inverse=True)[1]
+                   for s in (train, test)]
+    return SourceData(train, test, classnames, train_labels, test_labels, domains[0], domains[1],
+                      f"{data_id or train._fingerprint}/{args.train_split}",
+                      f"{data_id or test._fingerprint}/{args.test_split}")
+
+
+def _open(args: DataArgs) -> tuple[DatasetDict, str | None]:
+    src = args.source
+    if src == "synthetic":
+        from fedmoap.data.synthetic import make_synthetic, synthetic_id
+        return make_synthetic(), synthetic_id()
+    if src == "fashion-mnist":
+        from fedmoap.data.fashion_mnist import load_fashion_mnist
+        return load_fashion_mnist(args.path), None
+    path = Path(src).expanduser()
+    try:
+        if path.is_dir():
+            if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+                loaded = load_from_disk(str(path))
+                return (loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)), None
+            parquet = sorted(path.rglob("*.parquet"))
+            if parquet:
+                files = {s: [str(p) for p in parquet if s in p.stem] for s in (args.train_split, args.test_split)}
+                return load_dataset("parquet", data_files={k: v for k, v in files.items() if v}), None
+            return load_dataset("imagefolder", data_dir=str(path)), None
+        if src.startswith((".", "/", "~")) or (Path(src).parent != Path(".") and not _looks_like_hub(src)):
+            raise FedmoapError(f"data.source: no dataset directory at {src!r}")
+        return load_dataset(src, cache_dir=None), None
+    except FedmoapError:
+        raise
+    except Exception as exc:  # datasets raises many kinds for a missing or unreachable dataset
+        raise FedmoapError(f"data.source: cannot load dataset {src!r}: {exc}") from exc
+
+
+def _looks_like_hub(src: str) -> bool:
+    parts = src.split("/")
+    return len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _classnames(args: DataArgs, train: Dataset) -> list[str]:
+    feature = train.features.get(args.label_column)
+    names = feature.names if isinstance(feature, ClassLabel) else None
+    if args.classnames is not None:
+        if names is not None and len(names) != len(args.classnames):
+            raise FedmoapError(f"data.classnames: class-count mismatch: {len(args.classnames)} names "
+                               f"given but the dataset has {len(names)} classes")
+        return [n.replace("_", " ") for n in args.classnames]
+    if names is None:
+        raise FedmoapError(f"data.classnames: column {args.label_column!r} has no class names; "
+                           "list them in data.classnames")
+    return [n.replace("_", " ") for n in names]

@@ -1,0 +1,112 @@
+"""The client split of a run: which training and test samples each client holds.
+
+Built from the run seed by the partitioners in :mod:`fedmoap.data.partition`, written to
+``split.json`` in the run directory, and loadable by another run (``data.split_file``) so that
+methods are compared on identical splits.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from fedmoap.config import DataArgs
+from fedmoap.data import partition as P
+from fedmoap.data.sources import SourceData
+from fedmoap.errors import FedmoapError
+from fedmoap.seeding import numpy_rng
+
+SPLIT_FORMAT = 1
+
+
+@dataclass
+class ClientSplit:
+    """Per-client indices into the train and test splits."""
+
+    train: list[np.ndarray]
+    test: list[np.ndarray]
+    train_id: str
+    test_id: str
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train)
+
+    def to_json(self) -> dict:
+        return {"format": SPLIT_FORMAT, "train_id": self.train_id, "test_id": self.test_id,
+                "clients": [{"id": i, "train": tr.tolist(), "test": te.tolist()}
+                            for i, (tr, te) in enumerate(zip(self.train, self.test))]}
+
+    def save(self, path: Path) -> None:
+        from fedmoap.io import atomic_write_text
+        atomic_write_text(path, json.dumps(self.to_json()))
+
+
+def make_split(args: DataArgs, data: SourceData, seed: int) -> ClientSplit:
+    """The split a config asks for: from ``args.split_file`` if given, else drawn from ``seed``."""
+    if args.split_file:
+        return load_split(Path(args.split_file), data, args.num_clients)
+    rng = numpy_rng(seed, "split")
+    try:
+        train = _partition(args, data, rng)
+        full_train = train
+        if args.shots is not None:
+            train = P.k_shot(data.train_labels, train, args.shots, rng)
+        if data.train_domains is not None and args.partition == "domain_dirichlet":
+            test = P.test_like_train_by_group(data.train_domains, data.train_labels, full_train,
+                                              data.test_domains, data.test_labels, rng)
+        else:
+            test = P.test_like_train(data.train_labels, full_train, data.test_labels, rng)
+    except ValueError as exc:
+        raise FedmoapError(f"data: cannot split {args.source!r} into {args.num_clients} clients: {exc}") from exc
+    if args.max_test_per_client is not None:
+        test = [np.sort(rng.permutation(t)[: args.max_test_per_client]) for t in test]
+    empty = [i for i, t in enumerate(train) if len(t) == 0]
+    if empty:
+        raise FedmoapError(f"data: clients {empty} get no training samples; use fewer clients")
+    return ClientSplit(train, test, data.train_id, data.test_id)
+
+
+def _partition(args: DataArgs, data: SourceData, rng: np.random.Generator) -> list[np.ndarray]:
+    labels, n = data.train_labels, args.num_clients
+    if args.partition == "iid":
+        return P.iid(labels, n, rng)
+    if args.partition == "pathological":
+        return P.pathological(labels, n, rng, args.classes_per_client)
+    if args.partition == "dirichlet":
+        return P.dirichlet(labels, n, args.alpha, rng)
+    if data.train_domains is None:
+        raise FedmoapError("data.partition: domain_dirichlet needs data.domain_column")
+    num_domains = int(data.train_domains.max()) + 1
+    if n % num_domains:
+        raise FedmoapError(f"data.num_clients: {n} clients cannot be spread evenly over "
+                           f"{num_domains} domains")
+    return P.by_group(data.train_domains, labels, n // num_domains,
+                      partial(P.dirichlet, alpha=args.alpha), rng)
+
+
+def load_split(path: Path, data: SourceData, num_clients: int) -> ClientSplit:
+    """Read a ``split.json`` and check that it fits this dataset and client count."""
+    try:
+        raw = json.loads(path.read_text())
+        clients = raw["clients"]
+        train = [np.asarray(c["train"], dtype=np.int64) for c in clients]
+        test = [np.asarray(c["test"], dtype=np.int64) for c in clients]
+    except FileNotFoundError:
+        raise FedmoapError(f"data.split_file: {path} does not exist") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FedmoapError(f"data.split_file: {path} is not a valid split file ({exc})") from None
+    if len(train) != num_clients:
+        raise FedmoapError(f"data.split_file: {path} has {len(train)} clients, "
+                           f"data.num_clients is {num_clients}")
+    for name, idx, n in (("train", train, len(data.train_labels)), ("test", test, len(data.test_labels))):
+        if any(len(i) and (i.min() < 0 or i.max() >= n) for i in idx):
+            raise FedmoapError(f"data.split_file: {path} indexes {name} samples beyond the "
+                               f"{n} of this dataset")
+    if (raw.get("train_id"), raw.get("test_id")) != (data.train_id, data.test_id):
+        raise FedmoapError(f"data.split_file: {path} was made for another dataset "
+                           f"({raw.get('train_id')}, not {data.train_id})")
+    return ClientSplit(train, test, data.train_id, data.test_id)

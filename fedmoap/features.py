@@ -1,0 +1,117 @@
+"""On-disk cache of frozen image features.
+
+A method whose image path is frozen never runs the image tower while training: features are
+computed once per (image-tower weights, dataset split, transform, view) and stored under a key that
+changes when any of these changes. A cache file holds the rows computed so far; asking for new rows
+computes only those and rewrites the file atomically, so few-shot runs never encode a whole
+dataset. Methods whose image path is trained (vision prompts) do not use this module.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import Tensor
+
+from fedmoap.backbones.base import Backbone
+from fedmoap.errors import FedmoapError
+from fedmoap.io import atomic_torch_save
+from fedmoap.seeding import derive_seed
+
+CACHE_FORMAT = 1
+
+
+class FeatureCache:
+    """L2-normalised image features of dataset rows, cached on disk.
+
+    Args:
+        root: cache directory.
+        backbone: the frozen backbone whose image tower makes the features.
+        batch_size: images per image-tower forward pass.
+        device: where the image tower runs.
+    """
+
+    def __init__(self, root: Path, backbone: Backbone, batch_size: int = 32,
+                 device: torch.device | str = "cpu") -> None:
+        self.root = Path(root).expanduser()
+        self.backbone = backbone
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.tower = backbone.image_fingerprint()
+        self.computed = 0
+        """Rows encoded by this object (the rest came from disk)."""
+
+    def key(self, data_id: str, view: int, view_seed: int) -> str:
+        """Cache key: image tower, data split, the transform's full description, view and seed."""
+        transform = repr(self.backbone.image_transform(train=view > 0))
+        text = f"{CACHE_FORMAT}|{self.tower}|{data_id}|{transform}|{view}|{view_seed if view else ''}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, ds: Dataset, data_id: str, indices: np.ndarray, image_column: str,
+            view: int = 0, view_seed: int = 0) -> Tensor:
+        """Features of rows ``indices`` of ``ds`` (float32, L2-normalised, CPU), in that order.
+
+        ``view`` 0 is the plain (test) transform; view v >= 1 is the v-th augmented view, whose
+        random crop and flip derive from (view_seed, row, v) alone.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        path = self.root / f"{self.key(data_id, view, view_seed)}.pt"
+        with _locked(path):
+            rows, feats = self._load(path)
+            missing = np.setdiff1d(np.unique(indices), rows.numpy())
+            if len(missing):
+                new = self._encode(ds, missing, image_column, view, view_seed)
+                rows = torch.cat([rows, torch.from_numpy(missing)])
+                feats = torch.cat([feats, new]) if len(feats) else new
+                order = rows.argsort()
+                rows, feats = rows[order], feats[order]
+                atomic_torch_save(path, {"format": CACHE_FORMAT, "rows": rows, "features": feats})
+        pos = torch.searchsorted(rows, torch.from_numpy(indices))
+        return feats[pos]
+
+    def _load(self, path: Path) -> tuple[Tensor, Tensor]:
+        if not path.exists():
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, self.backbone.embed_dim)
+        try:
+            blob = torch.load(path, weights_only=True)
+            assert blob["format"] == CACHE_FORMAT and len(blob["rows"]) == len(blob["features"])
+            return blob["rows"], blob["features"]
+        except Exception as exc:
+            raise FedmoapError(f"feature cache file {path} is corrupt ({exc!r}); delete it to "
+                               "recompute") from None
+
+    @torch.no_grad()
+    def _encode(self, ds: Dataset, rows: np.ndarray, image_column: str, view: int,
+                view_seed: int) -> Tensor:
+        transform = self.backbone.image_transform(train=view > 0)
+        out = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            images = ds.select(chunk.tolist())[image_column]
+            batch = []
+            for row, img in zip(chunk, images):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(derive_seed(view_seed, "view", int(row), view))
+                    batch.append(transform(img))
+            x = torch.stack(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            out.append(F.normalize(self.backbone.encode_image(x).float(), dim=-1).cpu())
+        self.computed += len(rows)
+        return torch.cat(out)
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock beside ``path``, so that processes sharing a cache do not race."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

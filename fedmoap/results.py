@@ -1,0 +1,44 @@
+"""Per-round results: the ``results.json`` contract and the TensorBoard scalars."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from fedmoap.io import atomic_write_text
+
+
+def round_record(t: int, accs: dict[int, float], sizes: dict[int, int], participants: list[int],
+                 bytes_up: int, bytes_down: int) -> dict[str, Any]:
+    """One entry of ``results.json``'s ``rounds``; mean and std are unweighted across clients."""
+    values = [a for a in accs.values() if not math.isnan(a)]
+    mean = sum(values) / len(values) if values else float("nan")
+    std = math.sqrt(sum((a - mean) ** 2 for a in values) / len(values)) if values else float("nan")
+    return {"round": t,
+            "clients": {str(c): {"acc": accs[c], "n": sizes[c]} for c in sorted(accs)},
+            "mean_acc": mean, "std_acc": std, "bytes_up": int(bytes_up), "bytes_down": int(bytes_down),
+            "participants": list(participants)}
+
+
+def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best round (by mean accuracy; the first on ties) and the mean of the last five rounds."""
+    if not rounds:
+        return {"best_round": 0, "best_mean_acc": float("nan"), "last5_mean_acc": float("nan")}
+    best = max(rounds, key=lambda r: (r["mean_acc"], -r["round"]))
+    last = [r["mean_acc"] for r in rounds[-5:]]
+    return {"best_round": best["round"], "best_mean_acc": best["mean_acc"],
+            "last5_mean_acc": sum(last) / len(last),
+            "final_mean_acc": rounds[-1]["mean_acc"], "final_std_acc": rounds[-1]["std_acc"]}
+
+
+def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps({"rounds": rounds, "summary": summary(rounds), **extra}, indent=1))
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """TensorBoard scalars of a round: ``client/<id>/acc``, ``mean/acc``, ``std/acc``, traffic."""
+    out = {f"client/{cid}/acc": v["acc"] for cid, v in record["clients"].items()}
+    out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"],
+                "comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
+    return out
