@@ -1,0 +1,67 @@
+"""The open_clip backbone: the truncated text path is exact and experts batch correctly."""
+import pytest
+import torch
+
+from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.errors import FedmoapError
+
+NAMES = ["cat", "dog", "red panda", "airplane", "a very long class name with many words"]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+
+
+def test_zero_shot_prompts_equal_open_clip_encode_text(backbone):
+    texts = [f"a photo of a {n}." for n in NAMES]
+    slots = backbone.prepare_prompts(texts, n_ctx=0)
+    ours = backbone.encode_prompts(slots)
+    reference = backbone.model.encode_text(backbone.tokenizer(texts))
+    assert slots.seq_len < 77  # truncated to the longest end-of-text position
+    assert slots.seq_len == int(backbone.tokenizer(texts).argmax(-1).max()) + 1
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_context_from_words_reproduces_template(backbone):
+    ctx = backbone.embed_tokens("a photo of a")
+    assert ctx.shape == (4, backbone.ctx_width)
+    slots = backbone.prepare_prompts([f"{n}." for n in NAMES], n_ctx=4)
+    reference = backbone.model.encode_text(backbone.tokenizer([f"a photo of a {n}." for n in NAMES]))
+    torch.testing.assert_close(backbone.encode_prompts(slots, ctx), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_batched_experts_equal_single_calls_and_carry_gradient(backbone):
+    slots = backbone.prepare_prompts([f"{n}." for n in NAMES], n_ctx=3)
+    experts = torch.randn(4, 3, backbone.ctx_width, requires_grad=True)
+    batched = backbone.encode_prompts(slots, experts)
+    assert batched.shape == (4, len(NAMES), backbone.embed_dim)
+    for e in range(4):
+        torch.testing.assert_close(batched[e], backbone.encode_prompts(slots, experts[e]))
+    batched.sum().backward()
+    assert experts.grad is not None and experts.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_truncation_is_cheaper(backbone):
+    slots = backbone.prepare_prompts([f"{n}." for n in NAMES], n_ctx=16)
+    assert slots.seq_len <= 16 + 12
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(FedmoapError, match="model.arch"):
+        OpenCLIPBackbone.build("no-such-arch", None)
+
+
+def test_missing_checkpoint_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FedmoapError, match="does not exist"):
+        OpenCLIPBackbone.build("fedmoap-tiny-vit", str(tmp_path / "missing.pt"))
+
+
+def test_local_checkpoint_loads(tmp_path, backbone):
+    path = tmp_path / "tiny.pt"
+    torch.save(backbone.model.state_dict(), path)
+    other = OpenCLIPBackbone.build("fedmoap-tiny-vit", str(path), seed=123)
+    assert other.image_fingerprint() == backbone.image_fingerprint()
+    assert OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=123).image_fingerprint() != \
+        backbone.image_fingerprint()

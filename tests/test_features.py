@@ -1,0 +1,65 @@
+"""The image-feature cache: keys, partial computation, reuse, corrupt files."""
+import numpy as np
+import pytest
+import torch
+
+from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.data.synthetic import make_synthetic, synthetic_id
+from fedmoap.errors import FedmoapError
+from fedmoap.features import FeatureCache
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0), make_synthetic(train_per_class=4, test_per_class=2)
+
+
+def test_features_match_direct_encoding_and_are_reused(tmp_path, setup):
+    backbone, data = setup
+    ds = data["train"]
+    cache = FeatureCache(tmp_path, backbone, batch_size=7)
+    rows = np.array([5, 1, 9, 1])
+    feats = cache.get(ds, "d", rows, "image")
+    transform = backbone.image_transform(train=False)
+    with torch.no_grad():
+        direct = backbone.encode_image(torch.stack([transform(ds[int(r)]["image"]) for r in rows]))
+    torch.testing.assert_close(feats, torch.nn.functional.normalize(direct, dim=-1), atol=1e-5, rtol=1e-4)
+    assert cache.computed == 3
+    again = FeatureCache(tmp_path, backbone).get(ds, "d", np.array([9, 5, 2]), "image")
+    torch.testing.assert_close(again[:2], feats[[2, 0]])
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_keys_change_with_view_tower_and_data(tmp_path, setup):
+    backbone, _ = setup
+    cache = FeatureCache(tmp_path, backbone)
+    other = FeatureCache(tmp_path, OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=1))
+    keys = {cache.key("d", 0, 0), cache.key("d", 1, 0), cache.key("d", 2, 0), cache.key("d", 1, 1),
+            cache.key("e", 0, 0), other.key("d", 0, 0)}
+    assert len(keys) == 6
+    assert cache.key("d", 0, 0) == cache.key("d", 0, 5)  # the plain view ignores the view seed
+
+
+def test_augmented_views_are_deterministic_and_differ(tmp_path, setup):
+    backbone, data = setup
+    rows = np.arange(6)
+    a = FeatureCache(tmp_path / "a", backbone).get(data["train"], "d", rows, "image", view=1)
+    b = FeatureCache(tmp_path / "b", backbone).get(data["train"], "d", rows, "image", view=1)
+    c = FeatureCache(tmp_path / "a", backbone).get(data["train"], "d", rows, "image", view=2)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_corrupt_cache_file_is_reported(tmp_path, setup):
+    backbone, data = setup
+    cache = FeatureCache(tmp_path, backbone)
+    cache.get(data["test"], "d", np.arange(3), "image")
+    path = next(tmp_path.glob("*.pt"))
+    path.write_bytes(b"garbage")
+    with pytest.raises(FedmoapError, match="corrupt"):
+        cache.get(data["test"], "d", np.arange(3), "image")
+    assert path.read_bytes() == b"garbage"
+
+
+def test_synthetic_id_names_its_parameters():
+    assert synthetic_id() != synthetic_id(seed=1)
