@@ -38,6 +38,9 @@ class OpenCLIPBackbone(Backbone):
         if self.pool_type not in ("argmax", "eos"):
             raise FedmoapError(f"model {name!r}: text pooling {self.pool_type!r} is not supported")
         self.causal = getattr(text, "attn_mask", None) is not None
+        self.truncate = self.causal
+        """Cut prompts after the last end-of-text token (exact for causal towers); False runs the
+        full context, as the reference code does (benchmarks compare the two)."""
         self.eos_id = getattr(text, "text_eos_id", getattr(text, "eos_id", None))
         self.embed_dim = _proj_dim(text)
         self.ctx_width = int(text.token_embedding.weight.shape[1])
@@ -103,7 +106,7 @@ class OpenCLIPBackbone(Backbone):
         if int(eot.max()) + 1 >= tokens.shape[1] and (tokens[:, -1] != 0).any():
             raise FedmoapError(f"a prompt is longer than the model's {tokens.shape[1]}-token context: "
                                f"{max(texts, key=len)!r}")
-        length = int(eot.max()) + 1 if self.causal else tokens.shape[1]
+        length = int(eot.max()) + 1 if self.truncate else tokens.shape[1]
         with torch.no_grad():
             emb = self.text.token_embedding(tokens[:, :length])
         return PromptSlots(prefix=emb[:, :1].clone(), suffix=emb[:, 1 + n_ctx:].clone(), n_ctx=n_ctx,

@@ -1,0 +1,48 @@
+"""Every shipped config parses and passes validation (paper configs need real weights and data
+to run, so CI checks only this); bad keys and types are rejected by the parser."""
+from pathlib import Path
+
+import pytest
+
+from fedmoap.cli import parse_fit
+from fedmoap.fit import validate
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml"))
+
+
+def test_configs_exist():
+    names = {p.stem for p in CONFIGS}
+    assert "smoke" in names
+    assert {"table1_flowers102", "table1_oxford_pets", "table1_food101", "table1_caltech101",
+            "table1_dtd", "table3_cifar10", "table3_cifar100", "table2_domainnet",
+            "table4_office_caltech10"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_parses_and_validates(path):
+    cfg, _, _ = parse_fit(["fit", "--config", str(path)])
+    validate(cfg)
+
+
+def test_paper_settings():
+    cfg, _, _ = parse_fit(["fit", "--config", "configs/paper/table3_cifar100.yaml"])
+    assert (cfg.data.num_clients, cfg.fed.participation, cfg.fed.rounds) == (100, 0.1, 120)
+    assert (cfg.data.partition, cfg.data.alpha, cfg.model.arch) == ("dirichlet", 0.5, "RN50")
+    cfg, _, _ = parse_fit(["fit", "--config", "configs/paper/table2_domainnet.yaml"])
+    assert (cfg.data.num_clients, cfg.data.partition, cfg.model.arch) == (30, "domain_dirichlet", "ViT-B-16")
+
+
+def test_dotted_override_wins_over_config():
+    cfg, run_dir, _ = parse_fit(["fit", "--config", "configs/smoke.yaml", "--fed.rounds", "7",
+                                 "--run_dir", "x"])
+    assert cfg.fed.rounds == 7 and run_dir == "x"
+
+
+@pytest.mark.parametrize("args", [["--fed.roundz", "3"], ["--fed.rounds", "abc"],
+                                  ["--method", "fedsomething"]])
+def test_bad_arguments_exit_with_usage_error(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_fit(["fit", "--config", "configs/smoke.yaml", *args])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert args[0].lstrip("-").split(".")[-1] in err or args[1] in err
