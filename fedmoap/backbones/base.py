@@ -139,7 +139,8 @@ class Backbone(nn.Module, ABC):
 def _digest_params(tensors: list[Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().to("cpu").contiguous()
+        t = t.detach().to("cpu")
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1) gives row-major order whatever the memory format (channels-last, 0-d)
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]

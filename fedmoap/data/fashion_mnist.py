@@ -1,0 +1,103 @@
+"""Fashion-MNIST from its original gzipped IDX files (Debian package ``dataset-fashion-mnist``).
+
+The 70,000 images are stored in the ``datasets.Image`` column as binary PGM (netpbm "P5": a
+13-byte header and the raw 28×28 pixels), which Pillow decodes to the same grayscale image a PNG
+would give. Building them takes well under a second (PNG encoding takes ~9 s) and decoding is
+about twice as fast as PNG, so nothing is cached on disk.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+
+from fedmoap.errors import FedmoapError
+
+DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where Debian's ``dataset-fashion-mnist`` installs the four IDX files."""
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+"""Label names in label order, as published with the dataset."""
+SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
+_SIDE = 28
+_PGM_HEADER = f"P5\n{_SIDE} {_SIDE}\n255\n".encode()
+
+
+def load_fashion_mnist(path: str | Path | None = None):
+    """Fashion-MNIST as a ``datasets.DatasetDict`` with splits "train" (60,000) and "test" (10,000).
+
+    Columns: ``image`` (``datasets.Image``, decoded to 28×28 grayscale PIL images) and ``label``
+    (``datasets.ClassLabel`` named as :data:`CLASS_NAMES`). ``path`` is a directory holding the
+    four IDX files (gzipped or not); default :data:`DEFAULT_DIR`.
+    """
+    import datasets
+
+    root = Path(path) if path is not None else DEFAULT_DIR
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    splits = {}
+    for split, (image_name, label_name) in SPLIT_FILES.items():
+        images = _read_idx(_find(root, image_name), _IMAGE_MAGIC, (_SIDE, _SIDE))
+        labels = _read_idx(_find(root, label_name), _LABEL_MAGIC, ())
+        if len(images) != len(labels):
+            raise FedmoapError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
+        if labels.size and labels.max() >= len(CLASS_NAMES):
+            raise FedmoapError(f"{root}: {split} labels go up to {labels.max()}, expected 0..9")
+        splits[split] = datasets.Dataset(_arrow_table(images, labels, features),
+                                         info=datasets.DatasetInfo(features=features), split=split)
+    return datasets.DatasetDict(splits)
+
+
+def _find(root: Path, name: str) -> Path:
+    for candidate in (root / f"{name}.gz", root / name):
+        if candidate.is_file():
+            return candidate
+    raise FedmoapError(
+        f"Fashion-MNIST file {root / (name + '.gz')} not found: install it with "
+        f"`apt-get install dataset-fashion-mnist` (it goes to {DEFAULT_DIR}) or pass a directory "
+        f"holding the four IDX files ({', '.join(f for pair in SPLIT_FILES.values() for f in pair)})")
+
+
+def _read_idx(file: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    """Read an unsigned-byte IDX file: big-endian magic, one count per dimension, then the data."""
+    opener = gzip.open if file.suffix == ".gz" else open
+    try:
+        with opener(file, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise FedmoapError(f"cannot read {file}: {e}") from e
+    ndim = 1 + len(item_shape)
+    header = 4 * (1 + ndim)
+    if len(raw) < header:
+        raise FedmoapError(f"{file} is truncated ({len(raw)} bytes)")
+    found, *dims = (int(v) for v in np.frombuffer(raw, ">u4", count=1 + ndim))
+    if found != magic:
+        raise FedmoapError(f"{file}: magic number {found}, expected {magic} (not an IDX file of "
+                           f"{'images' if item_shape else 'labels'})")
+    if tuple(dims[1:]) != item_shape:
+        raise FedmoapError(f"{file}: items of shape {tuple(dims[1:])}, expected {item_shape}")
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise FedmoapError(f"{file}: header announces {dims[0]} items ({expected} bytes), "
+                           f"file holds {len(raw) - header} bytes")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _arrow_table(images: np.ndarray, labels: np.ndarray, features):
+    """Arrow table in ``features``' schema; each image is a PGM file built without Python loops."""
+    import pyarrow as pa
+
+    n = len(images)
+    item = len(_PGM_HEADER) + _SIDE * _SIDE
+    data = np.empty((n, item), np.uint8)
+    data[:, :len(_PGM_HEADER)] = np.frombuffer(_PGM_HEADER, np.uint8)
+    data[:, len(_PGM_HEADER):] = images.reshape(n, -1)
+    offsets = np.arange(n + 1, dtype=np.int32) * item
+    blobs = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    paths = pa.nulls(n, pa.string())
+    image_col = pa.StructArray.from_arrays([blobs, paths], ["bytes", "path"])
+    label_col = pa.array(labels.astype(np.int64))
+    return pa.Table.from_arrays([image_col, label_col], schema=features.arrow_schema)
