@@ -1,0 +1,462 @@
+"""Whole runs of ``fedmoap fit`` on ``configs/smoke.yaml``: the results contract, determinism,
+resume (including after a real SIGKILL), extension, refusal of bad inputs, the methods' traffic,
+and split reuse.
+
+Runs are shared through module-scoped fixtures and made in-process with ``fedmoap.cli.main``
+where possible (one Python import instead of one per run); a subprocess is used where a real
+process matters (exit code, stderr, being killed). Every run uses a temporary feature cache.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fedmoap
+from fedmoap.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+SMOKE_CFG = yaml.safe_load(SMOKE.read_text())
+NUM_CLIENTS = SMOKE_CFG["data"]["num_clients"]
+N_CTX = SMOKE_CFG["prompt"]["n_ctx"]
+NUM_EXPERTS = SMOKE_CFG["pfedmoap"]["num_experts"]
+_MODEL_JSON = Path(fedmoap.__file__).parent / "backbones" / "model_configs" / f"{SMOKE_CFG['model']['arch']}.json"
+CTX_WIDTH = json.loads(_MODEL_JSON.read_text())["text_cfg"]["width"]
+PROMPT_BYTES = N_CTX * CTX_WIDTH * 4  # one float32 context
+ERROR_LINE = re.compile(r"(?<![A-Za-z])error:")
+
+
+# ---------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """Feature cache shared by every run of this module (never the user's)."""
+    return tmp_path_factory.mktemp("feature_cache")
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+def fit_args(run_dir: Path, cache: Path, *extra: str, config: Path = SMOKE) -> list[str]:
+    return ["fit", "--config", str(config), *extra, "--run_dir", str(run_dir),
+            "--data.feature_cache", str(cache), "--progress", "false"]
+
+
+def fit_in_process(run_dir: Path, cache: Path, *extra: str) -> dict:
+    """Run ``fedmoap fit`` in this process; returns the parsed results.json."""
+    rc = main(fit_args(run_dir, cache, *extra))
+    assert rc == 0, f"fedmoap fit {' '.join(extra)} on {run_dir} exited with {rc}"
+    return read_results(run_dir)
+
+
+def fit_subprocess_cmd(run_dir: Path, cache: Path, *extra: str, config: Path = SMOKE) -> list[str]:
+    return [sys.executable, "-m", "fedmoap", *fit_args(run_dir, cache, *extra, config=config)]
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file under ``run_dir`` (relative path -> bytes)."""
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("round_*.pt"))
+
+
+@pytest.fixture
+def trained_rounds(monkeypatch) -> list[int]:
+    """The rounds that in-process runs of the test actually train (in order)."""
+    from fedmoap.rounds import Federation
+
+    seen: list[int] = []
+    original = Federation.run_round
+
+    def recording(self, t, *args, **kwargs):
+        seen.append(t)
+        return original(self, t, *args, **kwargs)
+
+    monkeypatch.setattr(Federation, "run_round", recording)
+    return seen
+
+
+def assert_same_state(a, b, where: str = "") -> None:
+    """Exact equality of nested checkpoint contents (tensors bit for bit)."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"tensors differ at {where}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}: {set(a) ^ set(b)}"
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_final_checkpoint(run_dir: Path, reference: Path) -> None:
+    """The newest checkpoints (server, client store with optimiser states, history) are equal."""
+    import torch
+
+    mine, ref = checkpoints(run_dir)[-1], checkpoints(reference)[-1]
+    assert mine.name == ref.name
+    assert_same_state(torch.load(mine, weights_only=True), torch.load(ref, weights_only=True), mine.name)
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)  # copy2: contents and mtimes
+    return dst
+
+
+# ---------------------------------------------------------------------------------- the runs
+@pytest.fixture(scope="module")
+def run3(runs_root, cache_dir) -> Path:
+    """The reference: an uninterrupted smoke run (pfedmoap, 3 rounds, participation 0.5, seed 0)."""
+    d = runs_root / "run3"
+    fit_in_process(d, cache_dir)
+    return d
+
+
+@pytest.fixture(scope="module")
+def base2(runs_root, cache_dir) -> Path:
+    """A finished 2-round run (seed 0). Never modified: tests work on copies."""
+    d = runs_root / "base2"
+    fit_in_process(d, cache_dir, "--fed.rounds", "2")
+    return d
+
+
+# ---------------------------------------------------------------------------------- 1. contract
+def test_contract_files_results_and_tensorboard(run3):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for name in ("config.yaml", "split.json", "results.json"):
+        assert (run3 / name).is_file(), f"{name} missing from the run dir"
+
+    stored = yaml.safe_load((run3 / "config.yaml").read_text())
+    assert stored["method"] == "pfedmoap" and stored["seed"] == 0
+    assert stored["fed"]["rounds"] == 3 and stored["data"]["num_clients"] == NUM_CLIENTS
+
+    split = json.loads((run3 / "split.json").read_text())
+    assert len(split["clients"]) == NUM_CLIENTS
+    test_sizes = {str(c["id"]): len(c["test"]) for c in split["clients"]}
+
+    res = read_results(run3)
+    rounds = res["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for r in rounds:
+        assert isinstance(r["round"], int)
+        assert set(r["clients"]) == {str(i) for i in range(NUM_CLIENTS)}
+        accs = []
+        for cid, entry in r["clients"].items():
+            assert isinstance(entry["acc"], float) and 0.0 <= entry["acc"] <= 1.0, (cid, entry)
+            assert isinstance(entry["n"], int) and entry["n"] > 0
+            assert entry["n"] == test_sizes[cid], "n must be the client's test-set size"
+            accs.append(entry["acc"])
+        mean = sum(accs) / len(accs)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
+        assert r["mean_acc"] == pytest.approx(mean, rel=1e-12, abs=1e-15)
+        assert r["std_acc"] == pytest.approx(std, rel=1e-9, abs=1e-12)
+        assert 0.0 <= r["mean_acc"] <= 1.0
+        assert isinstance(r["bytes_up"], int) and r["bytes_up"] >= 0
+        assert isinstance(r["bytes_down"], int) and r["bytes_down"] >= 0
+
+    s = res["summary"]
+    means = [r["mean_acc"] for r in rounds]
+    best = max(range(len(means)), key=lambda i: (means[i], -i))
+    assert s["best_round"] == rounds[best]["round"]
+    assert s["best_mean_acc"] == means[best]
+    assert s["last5_mean_acc"] == pytest.approx(sum(means[-5:]) / len(means[-5:]), rel=1e-12)
+
+    event_files = list(run3.rglob("events.out.tfevents.*"))
+    assert event_files, "no TensorBoard event file under the run dir"
+    tags_seen: dict[str, dict[int, float]] = {}
+    for folder in {p.parent for p in event_files}:
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            tags_seen.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    expected = {f"client/{i}/acc" for i in range(NUM_CLIENTS)} | {"mean/acc"}
+    assert expected <= set(tags_seen), f"missing scalar tags: {expected - set(tags_seen)}"
+    for tag in expected:
+        assert sorted(tags_seen[tag]) == [1, 2, 3], f"{tag}: steps {sorted(tags_seen[tag])}"
+    for r in rounds:
+        assert tags_seen["mean/acc"][r["round"]] == pytest.approx(r["mean_acc"], rel=1e-6)
+        for cid, entry in r["clients"].items():
+            assert tags_seen[f"client/{cid}/acc"][r["round"]] == pytest.approx(entry["acc"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------- 2. seeds
+def test_same_seed_same_results_other_seed_differs(run3, base2, runs_root, cache_dir):
+    again = fit_in_process(runs_root / "run3_again", cache_dir)
+    assert again["rounds"] == read_results(run3)["rounds"]
+    assert_same_final_checkpoint(runs_root / "run3_again", run3)
+    # fed.rounds does not change the numbers: a fresh 2-round run is the 3-round run's prefix
+    assert read_results(base2)["rounds"] == read_results(run3)["rounds"][:2]
+
+    # (another seed also means other random tower weights, so new features: keep it to 1 round)
+    other = fit_in_process(runs_root / "seed1", cache_dir, "--seed", "1", "--fed.rounds", "1")
+    ref = read_results(run3)["rounds"][:1]
+    assert other["rounds"] != ref
+    accs = lambda rs: [[c["acc"] for c in r["clients"].values()] for r in rs]  # noqa: E731
+    assert accs(other["rounds"]) != accs(ref), "another seed must give other accuracies"
+    assert (runs_root / "seed1" / "split.json").read_bytes() != (run3 / "split.json").read_bytes()
+
+
+# ---------------------------------------------------------------------------------- 3. re-run
+def test_rerun_on_finished_run_does_nothing(run3, runs_root, cache_dir, monkeypatch):
+    from fedmoap.rounds import Federation
+
+    d = copy_run(run3, runs_root / "rerun")
+    before_ckpt = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in checkpoints(d)}
+    before_split = (d / "split.json").read_bytes()
+    before_results = (d / "results.json").read_bytes()
+    assert before_ckpt
+
+    def no_training(self, t, progress=True):
+        raise AssertionError(f"round {t} was run again on a finished run")
+
+    monkeypatch.setattr(Federation, "run_round", no_training)
+    res = fit_in_process(d, cache_dir)
+    assert res["rounds"] == read_results(run3)["rounds"]
+    assert res["summary"] == read_results(run3)["summary"]
+    assert (d / "results.json").read_bytes() == before_results
+    after_ckpt = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in checkpoints(d)}
+    assert after_ckpt == before_ckpt, "checkpoints were rewritten"
+    assert (d / "split.json").read_bytes() == before_split
+
+
+# ---------------------------------------------------------------------------------- 4. resume
+def test_resume_after_stopping_at_round_1(run3, runs_root, cache_dir, trained_rounds):
+    """The state a kill after round 1 leaves (round 1 checkpointed), made deterministically."""
+    d = runs_root / "stopped_at_1"
+    fit_in_process(d, cache_dir, "--fed.rounds", "1")
+    assert [p.name for p in checkpoints(d)] == ["round_0001.pt"]
+    trained_rounds.clear()
+    res = fit_in_process(d, cache_dir, "--fed.rounds", "3")
+    assert trained_rounds == [2, 3], "the resumed run must continue after round 1"
+    assert res["rounds"] == read_results(run3)["rounds"]
+    assert_same_final_checkpoint(d, run3)
+
+
+def test_resume_after_sigkill(run3, runs_root, cache_dir, tmp_path, trained_rounds):
+    d = runs_root / "killed"
+    cmd = fit_subprocess_cmd(d, cache_dir, "--fed.rounds", "3")
+    first = d / "checkpoints" / "round_0001.pt"
+    with open(tmp_path / "out.txt", "wb") as out, open(tmp_path / "err.txt", "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 300
+            while not first.exists():
+                if proc.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail("no round_0001.pt after 300 s")
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert first.exists() or proc.returncode == -signal.SIGKILL, \
+        f"the run failed before round 1: {(tmp_path / 'err.txt').read_text()}"
+    assert proc.returncode in (0, -signal.SIGKILL), (tmp_path / "err.txt").read_text()
+    # If the kill came late (round 3 done, or the run finished), roll back to round 2 as a kill
+    # one round earlier would have left it, so that the resume below always trains.
+    done = [int(p.stem.split("_")[1]) for p in checkpoints(d)]
+    assert done, "the killed run left no checkpoint"
+    if max(done) == 3:
+        (d / "checkpoints" / "round_0003.pt").unlink()
+        results = d / "results.json"
+        if results.exists():
+            res = json.loads(results.read_text())
+            res["rounds"] = [r for r in res["rounds"] if r["round"] < 3]
+            results.write_text(json.dumps(res))
+    assert max(p.stat().st_size for p in checkpoints(d)) > 0
+
+    last_done = max(int(p.stem.split("_")[1]) for p in checkpoints(d))
+    res = fit_in_process(d, cache_dir, "--fed.rounds", "3")
+    assert trained_rounds == list(range(last_done + 1, 4)), "resume must start after the last checkpoint"
+    assert res["rounds"] == read_results(run3)["rounds"]
+    assert_same_final_checkpoint(d, run3)
+
+
+# ---------------------------------------------------------------------------------- 5. extend
+def test_extend_finished_run(run3, base2, runs_root, cache_dir, trained_rounds):
+    d = copy_run(base2, runs_root / "extended")
+    res = fit_in_process(d, cache_dir, "--fed.rounds", "3")
+    assert trained_rounds == [3]
+    assert res["rounds"] == read_results(run3)["rounds"]
+    assert_same_final_checkpoint(d, run3)
+    assert res["summary"] == read_results(run3)["summary"]
+    assert yaml.safe_load((d / "config.yaml").read_text())["fed"]["rounds"] == 3
+
+
+# ---------------------------------------------------------------------------------- 6. bad inputs
+BAD_YAML_KEY = "roundz"
+
+# name -> (extra arguments, run dir kind, words the error message must contain)
+#   run dir kind: "existing" = a copy of a finished 2-round run; "corrupt" = the same with its
+#   newest checkpoint overwritten by garbage; "fresh" = a path that does not exist yet.
+BAD_CASES = {
+    "misspelt_flag": (["--fed.roundz", "3"], "existing", ["roundz"]),
+    "misspelt_yaml_key": ([], "existing", ["roundz"]),
+    "wrong_type": (["--fed.rounds", "abc"], "existing", ["fed.rounds", "abc"]),
+    "missing_dataset": (["--data.source", "/nonexistent/dir"], "fresh", ["data.source", "/nonexistent/dir"]),
+    "class_count_mismatch": (["--data.classnames", "[a,b,c]"], "fresh", ["data.classnames", "3", "10"]),
+    "other_config_on_run_dir": (["--seed", "1"], "existing", ["seed"]),
+    "corrupt_checkpoint": (["--fed.rounds", "3"], "corrupt", ["{newest_checkpoint}"]),
+}
+GARBAGE = b"this is not a torch checkpoint\x00\xff" * 8
+
+
+@pytest.fixture(scope="module")
+def bad_runs(base2, runs_root, cache_dir, tmp_path_factory):
+    """Run every bad-input case as a real process (two at a time); keep what each left."""
+    root = tmp_path_factory.mktemp("bad")
+    bad_yaml = root / "misspelt.yaml"
+    text = SMOKE.read_text()
+    assert "  rounds: 3" in text
+    bad_yaml.write_text(text.replace("  rounds: 3", f"  {BAD_YAML_KEY}: 3"))
+
+    prepared = {}
+    for name, (extra, kind, words) in BAD_CASES.items():
+        run_dir = root / name
+        newest = None
+        if kind in ("existing", "corrupt"):
+            copy_run(base2, run_dir)
+        if kind == "corrupt":
+            newest = checkpoints(run_dir)[-1]
+            newest.write_bytes(GARBAGE)
+        config = bad_yaml if name == "misspelt_yaml_key" else SMOKE
+        cmd = fit_subprocess_cmd(run_dir, cache_dir, *extra, config=config)
+        words = [w.replace("{newest_checkpoint}", str(newest)) for w in words]
+        before = snapshot(run_dir) if run_dir.exists() else None
+        prepared[name] = (cmd, run_dir, words, before, newest)
+
+    def run(name):
+        cmd = prepared[name][0]
+        return name, subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = dict(pool.map(run, prepared))
+    return {name: (done[name], *prepared[name][1:]) for name in prepared}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_fails_cleanly(bad_runs, case):
+    proc, run_dir, words, before, newest = bad_runs[case]
+    err = proc.stderr
+    assert proc.returncode != 0, f"exit code 0 for {case}; stdout: {proc.stdout}"
+    assert "Traceback" not in err, err
+    errors = ERROR_LINE.findall(err)
+    assert len(errors) == 1, f"expected one error message, got {len(errors)}:\n{err}"
+    message = err[ERROR_LINE.search(err).start():]
+    for word in words:
+        assert word in message, f"the error does not name {word!r}: {message}"
+    if before is None:
+        assert not run_dir.exists(), f"{case}: a failed run created {run_dir}"
+    else:
+        assert snapshot(run_dir) == before, f"{case}: the run dir was changed"
+    if newest is not None:
+        assert newest.read_bytes() == GARBAGE
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--data.source", "/nonexistent/dir"], ["data.source", "/nonexistent/dir"]),
+    (["--data.classnames", "[a,b,c]"], ["data.classnames"]),
+], ids=["missing_dataset", "class_count_mismatch"])
+def test_bad_data_on_existing_run_dir_leaves_it_alone(base2, runs_root, cache_dir, capsys, extra, words):
+    """The data cases above on an existing run dir (in-process: main's own error path)."""
+    d = copy_run(base2, runs_root / f"bad_data_{extra[0][2:]}")
+    before = snapshot(d)
+    capsys.readouterr()
+    rc = main(fit_args(d, cache_dir, *extra))
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert len(ERROR_LINE.findall(err)) == 1, err
+    for word in words:
+        assert word in err, err
+    assert snapshot(d) == before
+
+
+# ---------------------------------------------------------------------------------- 7. methods
+@pytest.fixture(scope="module")
+def method_runs(runs_root, cache_dir) -> dict[str, dict]:
+    out = {}
+    for method in ("zeroshot", "coop"):
+        out[method] = fit_in_process(runs_root / f"m_{method}", cache_dir, "--method", method,
+                                     "--fed.rounds", "1")
+    # the federated methods: 2 rounds, everyone participates (so round 2 has returning clients)
+    for method in ("promptfl", "pfedmoap"):
+        out[method] = fit_in_process(runs_root / f"m_{method}", cache_dir, "--method", method,
+                                     "--fed.rounds", "2", "--fed.participation", "1.0")
+    return out
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "coop", "promptfl", "pfedmoap"])
+def test_method_runs_and_writes_results(method_runs, runs_root, method):
+    res = method_runs[method]
+    assert (runs_root / f"m_{method}" / "results.json").is_file()
+    assert res["rounds"] and res["rounds"][0]["round"] == 1
+    for r in res["rounds"]:
+        assert set(r["clients"]) == {str(i) for i in range(NUM_CLIENTS)}
+        assert all(0.0 <= c["acc"] <= 1.0 for c in r["clients"].values())
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "coop"])
+def test_local_methods_send_nothing(method_runs, method):
+    for r in method_runs[method]["rounds"]:
+        assert r["bytes_up"] == 0 and r["bytes_down"] == 0, r
+
+
+def test_promptfl_traffic_is_one_prompt_each_way(method_runs):
+    for r in method_runs["promptfl"]["rounds"]:
+        assert r["participants"] == list(range(NUM_CLIENTS))
+        assert r["bytes_up"] == NUM_CLIENTS * PROMPT_BYTES
+        assert r["bytes_down"] == NUM_CLIENTS * PROMPT_BYTES
+
+
+def test_pfedmoap_returning_clients_download_experts(method_runs):
+    moap, fl = method_runs["pfedmoap"]["rounds"], method_runs["promptfl"]["rounds"]
+    # round 1: nobody is in the pool yet -> the global prompt only, like PromptFL
+    assert moap[0]["bytes_down"] == fl[0]["bytes_down"]
+    assert moap[0]["bytes_up"] == fl[0]["bytes_up"]
+    # round 2: every client returns and gets the global prompt plus its K experts
+    assert moap[1]["bytes_up"] == fl[1]["bytes_up"] == NUM_CLIENTS * PROMPT_BYTES
+    assert moap[1]["bytes_down"] > fl[1]["bytes_down"]
+    assert moap[1]["bytes_down"] == NUM_CLIENTS * (1 + NUM_EXPERTS) * PROMPT_BYTES
+
+
+# ---------------------------------------------------------------------------------- 8. split reuse
+def test_split_file_reused_by_another_method(run3, runs_root, cache_dir):
+    d = runs_root / "split_reuse"
+    # another method and another partition (iid, not dirichlet): only the split file can make
+    # the splits equal. (Same seed, so the same random towers and cached features.)
+    fit_in_process(d, cache_dir, "--method", "promptfl", "--data.partition", "iid",
+                   "--fed.rounds", "1", "--data.split_file", str(run3 / "split.json"))
+    mine, theirs = json.loads((d / "split.json").read_text()), json.loads((run3 / "split.json").read_text())
+    assert [(c["train"], c["test"]) for c in mine["clients"]] == \
+           [(c["train"], c["test"]) for c in theirs["clients"]]
+    assert (d / "split.json").read_bytes() == (run3 / "split.json").read_bytes()
+    # the test-set sizes reported follow the reused split
+    sizes = {str(c["id"]): len(c["test"]) for c in theirs["clients"]}
+    assert {k: v["n"] for k, v in read_results(d)["rounds"][0]["clients"].items()} == sizes
