@@ -41,8 +41,8 @@ def load_latest(run_dir: Path, config_digest: str) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FedmoapError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: "
-                           f"{str(exc)[:200]}); move it away to resume from an earlier one") from None
+        raise FedmoapError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
+                           "move it away to resume from an earlier one") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise FedmoapError(f"checkpoint {path} is not a fedmoap checkpoint of format {CKPT_FORMAT}")
     if ckpt.get("config_digest") != config_digest:

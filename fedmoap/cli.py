@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from fedmoap.config import RunConfig
 from fedmoap.errors import FedmoapError
@@ -25,13 +25,20 @@ def build_parser() -> ArgumentParser:
                      help="Output directory; re-running on it resumes. Default: runs/<method>-<time>")
     fit.add_argument("--progress", type=bool, default=True, help="Show progress bars")
     commands.add_subcommand("fit", fit, help="train or resume a run")
+    for p in (parser, fit):
+        p.exit_on_error = False  # one-line errors from main() instead of the full usage text
     return parser
 
 
 def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
-    """Parse ``fedmoap fit ...`` arguments into a :class:`RunConfig` (exits 2 on a bad key/type)."""
+    """Parse ``fedmoap fit ...`` arguments into a :class:`RunConfig`; a bad key, value or config
+    file raises :class:`FedmoapError` with the parser's message."""
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except ArgumentError as exc:
+        message = " ".join(str(exc).split())
+        raise FedmoapError(f"{message} (see `fedmoap fit --help`)") from None
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     init = instantiate(ns).fit
     cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
@@ -45,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         build_parser().print_help()
         return 2
-    cfg, run_dir, progress = parse_fit(argv)
-    run_dir = run_dir or str(Path("runs") / f"{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}")
-    from fedmoap.fit import fit  # heavy imports only once the arguments are known to be valid
     try:
+        cfg, run_dir, progress = parse_fit(argv)
+        run_dir = run_dir or str(Path("runs") / f"{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}")
+        from fedmoap.fit import fit  # heavy imports only once the arguments are known to be valid
         out = fit(cfg, run_dir, progress)
     except FedmoapError as exc:
         print(f"fedmoap: error: {exc}", file=sys.stderr)

@@ -135,7 +135,9 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         store.load_state_dict(ckpt["store"])
         history = list(ckpt["history"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+    done = history[-1]["round"] if history else 0
+    if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     if not resuming:
         split.save(run_dir / "split.json")
 
