@@ -127,6 +127,10 @@ class PFedMoAPArgs:
     moe_similarity: Literal["cosine", "dot"] = "cosine"
     """cosine: sim(I, T_MoE) as the paper's cosine; dot: the reference code's raw dot product."""
     gating_lr: float = 0.01
+    gating_init: Literal["default", "identity"] = "default"
+    """Initialisation of a client's gating network (the paper does not say): ``default`` is
+    PyTorch's for all four projections (as the reference code); ``identity`` starts the value and
+    output projections at the identity, so an untrained gating averages the experts."""
 
 
 @dataclass
@@ -138,6 +142,9 @@ class FabricArgs:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
+    threads: Optional[int] = None
+    """torch threads per process; null keeps torch's default. Runs compared bit for bit (e.g. 1
+    vs 2 processes) need the same value."""
 
 
 @dataclass

@@ -32,10 +32,12 @@ from fedmoap.methods.base import initial_prompt
 from fedmoap.results import scalars, write_results
 from fedmoap.rounds import Federation
 from fedmoap.store import ClientStore
+from fedmoap.distributed import Comm
+from fedmoap.preemption import Preempted, requeue, stop_flag
 
 # Settings that do not change a run's numbers: a run may be resumed with other values.
 NEUTRAL_KEYS = {("fabric", "accelerator"), ("fabric", "devices"), ("fabric", "num_nodes"),
-                ("fabric", "strategy"), ("fed", "keep_checkpoints"), ("data", "feature_cache"),
+                ("fabric", "strategy"), ("fabric", "threads"), ("fed", "keep_checkpoints"), ("data", "feature_cache"),
                 ("data", "feature_batch_size"), ("model", "cache_dir"), ("train", "eval_batch_size"),
                 ("fed", "rounds")}  # extending a run gives the numbers a longer run would
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
@@ -103,17 +105,24 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
 
 
 def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the federated training ``cfg`` describes, writing into ``run_dir``."""
+    """Run (or resume) the federated training ``cfg`` describes, writing into ``run_dir``.
+
+    Launches Fabric's processes (``cfg.fabric``); every rank runs this function. Raises
+    :class:`~fedmoap.preemption.Preempted` after a SIGUSR1/SIGTERM (requeueing under SLURM).
+    """
     run_dir = Path(run_dir)
     validate(cfg)
     cfg_dict = config_dict(cfg)
     digest = config_digest(cfg_dict)
-    resuming = check_run_dir(run_dir, cfg_dict)
-    torch.set_float32_matmul_precision("highest")
     f = cfg.fabric
     fabric = L.Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes,
                       strategy=f.strategy, precision=f.precision)
     fabric.launch()
+    comm = Comm.from_fabric(fabric)
+    if f.threads:
+        torch.set_num_threads(f.threads)
+    torch.set_float32_matmul_precision("highest")
+    resuming = check_run_dir(run_dir, cfg_dict)
     t0 = time.perf_counter()
     backbone = build_backbone(cfg.model, cfg.seed).to(fabric.device)
     source = load_source(cfg.data)
@@ -122,7 +131,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     ckpt = load_latest(run_dir, digest) if resuming else None
     cache_root = Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
     cache = FeatureCache(cache_root, backbone, cfg.data.feature_batch_size, fabric.device)
-    data = gather_features(cfg.data, source, split, cache)
+    with fabric.rank_zero_first():  # rank 0 encodes, the others then read the cache
+        data = gather_features(cfg.data, source, split, cache)
     setup_s = time.perf_counter() - t0
 
     method = METHODS[cfg.method]
@@ -134,34 +144,45 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         server.load_state_dict(ckpt["server"])
         store.load_state_dict(ckpt["store"])
         history = list(ckpt["history"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
     done = history[-1]["round"] if history else 0
-    if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-    if not resuming:
-        split.save(run_dir / "split.json")
+    if comm.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+        if not resuming:
+            split.save(run_dir / "split.json")
 
-    federation = Federation(cfg, module, server, store, data, fabric.autocast())
-    logger = TensorBoardLogger(run_dir, name="tensorboard", version=0)
+    federation = Federation(cfg, module, server, store, data, comm, fabric.autocast())
+    logger = TensorBoardLogger(run_dir, name="tensorboard", version=0) if comm.is_main else None
     extra = {"method": cfg.method, "seed": cfg.seed, "num_clients": cfg.data.num_clients,
-             "config_digest": digest}
-    start = history[-1]["round"] if history else 0
+             "config_digest": digest, "world_size": comm.world_size}
+    stop = stop_flag()
     rounds_s = 0.0
-    for t in tqdm(range(start + 1, cfg.fed.rounds + 1), desc="rounds", initial=start,
-                  total=cfg.fed.rounds, disable=not progress):
-        t1 = time.perf_counter()
-        record = federation.run_round(t, progress)
-        rounds_s += time.perf_counter() - t1
-        history.append(record)
-        if fabric.global_rank == 0:
-            logger.log_metrics(scalars(record), step=t)
-            logger.experiment.flush()
-            save_checkpoint(run_dir, t, {"config_digest": digest, "server": server.state_dict(),
-                                         "store": store.state_dict(), "history": history},
-                            cfg.fed.keep_checkpoints)
-            write_results(run_dir / "results.json", history, extra)
-    if fabric.global_rank == 0:
+    try:
+        for t in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
+                      total=cfg.fed.rounds, disable=not (progress and comm.is_main)):
+            t1 = time.perf_counter()
+            record = federation.run_round(t, progress, stop)
+            if record is None:
+                how = requeue() if comm.is_main else ""
+                raise Preempted(f"stopped by signal {stop.signal} during round {t}; the checkpoint "
+                                f"of round {t - 1} is the resume point; {how}")
+            rounds_s += time.perf_counter() - t1
+            history.append(record)
+            if comm.is_main:
+                logger.log_metrics(scalars(record), step=t)
+                logger.experiment.flush()
+                save_checkpoint(run_dir, t, {"config_digest": digest, "server": server.state_dict(),
+                                             "store": store.state_dict(), "history": history},
+                                cfg.fed.keep_checkpoints)
+                write_results(run_dir / "results.json", history, extra)
+    finally:
+        stop.close()
+        if logger is not None:
+            logger.finalize("success")
+    if comm.is_main:
         write_results(run_dir / "results.json", history, extra)
-        logger.finalize("success")
+    comm.barrier()
     return {"rounds": history, "setup_seconds": setup_s, "round_seconds": rounds_s,
-            "features_computed": cache.computed}
+            "features_computed": cache.computed, "rank": comm.rank, "world_size": comm.world_size}

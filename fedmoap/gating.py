@@ -62,6 +62,19 @@ class AttentionGating(nn.Module):
         self.v_proj = nn.Linear(d_gating, d_gating)
         self.out_proj = nn.Linear(d_gating, d_gating)
 
+    def reset_parameters(self, identity_values: bool = False) -> None:
+        """PyTorch's default initialisation of the four projections (the random stream is the
+        caller's); with ``identity_values`` the value and output projections start as the
+        identity, so the untrained network returns an attention-weighted average of the experts'
+        reduced text features instead of a random projection of it."""
+        for layer in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            layer.reset_parameters()
+        if identity_values:
+            with torch.no_grad():
+                for layer in (self.v_proj, self.out_proj):
+                    layer.weight.copy_(torch.eye(self.d_gating))
+                    layer.bias.zero_()
+
     def reduce(self, x: Tensor) -> Tensor:
         return reduce_features(x, self.d_gating, self.reduction)
 

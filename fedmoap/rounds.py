@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import Callable
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from fedmoap.config import RunConfig
+from fedmoap.distributed import Comm
 from fedmoap.federated_data import FederatedData
 from fedmoap.local import evaluate, train_locally
 from fedmoap.methods.base import ClientModule, Server, payload_bytes
@@ -27,35 +28,60 @@ def sample_participants(cfg: RunConfig, t: int) -> list[int]:
 class Federation:
     """One process's view of the federation: the client module, the server, the client store.
 
+    With several processes, each rank trains and evaluates its share of the clients; uploads,
+    client states and accuracies are gathered on every rank, rank 0 runs the server step and
+    broadcasts the server state, so all ranks hold the same store and server after each round.
+
     Args:
         cfg: the run configuration.
         module: the process's single client module (backbone shared, state swapped per client).
         server: the method's server.
         store: per-client state.
         data: cached features and per-client rows.
+        comm: rank, world size and collectives (single process by default).
         autocast: context manager for mixed precision (Fabric's), or None.
     """
 
     def __init__(self, cfg: RunConfig, module: ClientModule, server: Server, store: ClientStore,
-                 data: FederatedData, autocast: AbstractContextManager | None = None) -> None:
+                 data: FederatedData, comm: Comm | None = None,
+                 autocast: AbstractContextManager | None = None) -> None:
         self.cfg, self.module, self.server, self.store, self.data = cfg, module, server, store, data
+        self.comm = comm or Comm()
         self.autocast = autocast
 
-    def run_round(self, t: int, progress: bool = True) -> dict:
-        """Round ``t`` (1-based) from start to evaluation; returns its ``results.json`` record."""
+    def run_round(self, t: int, progress: bool = True,
+                  stop: Callable[[], bool] = lambda: False) -> dict | None:
+        """Round ``t`` (1-based) from start to evaluation; returns its ``results.json`` record, or
+        None if ``stop()`` became true on some rank (the round is then abandoned: nothing of it
+        is kept, and re-running it later gives the same result)."""
+        comm = self.comm
         participants = sample_participants(self.cfg, t) if self.module.trains else []
         payloads = {cid: self.server.payload(cid) for cid in participants}
-        uploads = {}
-        for cid in tqdm(participants, desc=f"round {t} train", leave=False, disable=not progress):
-            uploads[cid] = self.train_client(t, cid, payloads[cid])
-        self.server.aggregate(uploads, {cid: self.data.train_size(cid) for cid in uploads})
-        accs = self.evaluate_all(t, progress)
+        uploads, states, stopped = {}, {}, False
+        for cid in tqdm(comm.shard(participants), desc=f"round {t} train", leave=False,
+                        disable=not (progress and comm.is_main)):
+            if stop():
+                stopped = True
+                break
+            uploads[cid], states[cid] = self.train_client(t, cid, payloads[cid])
+        if comm.any(stopped or stop()):
+            return None
+        uploads, states = comm.gather_dicts(uploads), comm.gather_dicts(states)
+        for cid in sorted(states):
+            self.store.put(cid, states[cid])
+        if comm.is_main:
+            self.server.aggregate(uploads, {cid: self.data.train_size(cid) for cid in uploads})
+        if comm.world_size > 1:
+            self.server.load_state_dict(comm.broadcast(self.server.state_dict()))
+        accs = comm.gather_dicts(self.evaluate(comm.shard(list(range(self.data.num_clients))),
+                                               t, progress and comm.is_main))
         return round_record(
-            t, accs, {c: len(self.data.test_rows[c]) for c in accs}, participants,
-            bytes_up=sum(payload_bytes(u) for u in uploads.values()),
+            t, {c: accs[c] for c in sorted(accs)}, {c: len(self.data.test_rows[c]) for c in accs},
+            participants, bytes_up=sum(payload_bytes(u) for u in uploads.values()),
             bytes_down=sum(payload_bytes(p) for p in payloads.values()))
 
-    def train_client(self, t: int, cid: int, payload: dict) -> dict:
+    def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
+        """Local training of client ``cid`` in round ``t``: returns (upload, new client state)."""
         state = self.store.get(cid)
         self.module.load_client(cid, state)
         self.module.receive(payload)
@@ -63,20 +89,15 @@ class Federation:
         optim = train_locally(self.module, features, labels, self.cfg.train,
                               torch_generator(self.cfg.seed, "train", t, cid),
                               state["optim"] if state else None, self.autocast)
-        upload = self.module.upload()
-        self.store.put(cid, self.module.client_state(optim))
-        return upload
+        return self.module.upload(), self.module.client_state(optim)
 
-    def evaluate_all(self, t: int, progress: bool = True) -> dict[int, float]:
-        """Every client's test accuracy with the model it would use now."""
+    def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, float]:
+        """Test accuracy of ``clients``, each with the model it would use now."""
         accs = {}
-        for cid in tqdm(range(self.data.num_clients), desc=f"round {t} eval", leave=False,
-                        disable=not progress):
+        for cid in tqdm(clients, desc=f"round {t} eval", leave=False, disable=not progress):
             self.module.load_client(cid, self.store.get(cid))
             self.module.prepare_eval(self.server.eval_payload(cid), cid in self.store)
             features, labels = self.data.client_test(cid)
             accs[cid] = evaluate(self.module, features, labels, self.cfg.train.eval_batch_size,
                                  self.autocast)
         return accs
-
-

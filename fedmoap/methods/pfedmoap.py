@@ -34,8 +34,7 @@ class PFedMoAPClient(PromptClient):
         super().reset(cid)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.cfg.seed, "gating", cid))
-            for layer in (self.gating.q_proj, self.gating.k_proj, self.gating.v_proj, self.gating.out_proj):
-                layer.reset_parameters()
+            self.gating.reset_parameters(identity_values=self.cfg.pfedmoap.gating_init == "identity")
         self._set_experts(None)
 
     def _set_experts(self, experts: Tensor | None) -> None:
