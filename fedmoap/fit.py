@@ -6,6 +6,7 @@ checkpoint have all been checked, so a bad input never damages an earlier run.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import hashlib
 import json
 import time
@@ -165,7 +166,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
             t1 = time.perf_counter()
             record = federation.run_round(t, progress, stop)
             if record is None:
-                how = requeue() if comm.is_main else ""
+                how = (requeue() if stop.signal == signal.SIGUSR1 else
+                       "not requeued (SIGTERM: a cancel, or SLURM requeues a preempted job itself)")
                 raise Preempted(f"stopped by signal {stop.signal} during round {t}; the checkpoint "
                                 f"of round {t - 1} is the resume point; {how}")
             rounds_s += time.perf_counter() - t1

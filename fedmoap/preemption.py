@@ -1,6 +1,8 @@
 """Preemption: SIGUSR1 (SLURM's ``--signal``) or SIGTERM asks the run to stop at the next client
 boundary; the round in flight is abandoned (the previous round's checkpoint stays the resume
-point), and under SLURM the job requeues itself so that it resumes automatically."""
+point). On SIGUSR1 (the time-limit warning) a SLURM job requeues itself so that it resumes
+automatically; on SIGTERM it does not (that is ``scancel``, or a preemption after which SLURM
+requeues the job itself)."""
 from __future__ import annotations
 
 import os
@@ -74,6 +76,9 @@ def requeue() -> str:
     job = slurm_job_to_requeue()
     if job is None:
         return "not under SLURM: re-run the same command to resume"
+    restarts, limit = int(os.environ.get("SLURM_RESTART_COUNT", 0)), int(os.environ.get("FEDMOAP_MAX_REQUEUES", 50))
+    if restarts >= limit:  # e.g. a time limit shorter than start-up plus one round
+        return f"not requeued: SLURM job {job} was already restarted {restarts} times (FEDMOAP_MAX_REQUEUES)"
     try:
         subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as exc:

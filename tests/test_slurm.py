@@ -47,7 +47,7 @@ def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
     runs = tmp_path / "runs"
     cache = tmp_path / "cache"
     assert main(["sweep", "--config", str(REPO / "configs" / "smoke.yaml"), "--grid",
-                 "fed.rounds=2,3,60", "--seeds", "0", "--runs_root", str(runs),
+                 "fed.rounds=2,3,300", "--seeds", "0", "--runs_root", str(runs),
                  "--out", str(sweep)]) == 0
     lines = sweep.read_text().splitlines()
     assert len(lines) == 3
@@ -55,8 +55,8 @@ def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
     sweep.write_text("".join(f"{line} --data.feature_cache {cache} --fabric.threads 1\n" for line in lines))
     (tmp_path / "slurm-logs").mkdir()
     submit = subprocess.run(
-        ["sbatch", "--parsable", "--array=0-2", "--cpus-per-task=1", "--time=00:01:00",
-         "--signal=B:USR1@50", f"--export=ALL,FEDMOAP={sys.executable} -m fedmoap",
+        ["sbatch", "--parsable", "--array=0-2", "--cpus-per-task=1", "--time=00:02:00",
+         "--signal=B:USR1@60", f"--export=ALL,FEDMOAP={sys.executable} -m fedmoap",
          str(SLURM_DIR / "array.sbatch"), str(sweep)],
         cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert submit.returncode == 0, submit.stderr
@@ -64,7 +64,7 @@ def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
     # meanwhile: the uninterrupted runs of the long lines, in this process
     reference = {}
     for k, line in enumerate(lines):
-        if "--fed.rounds 60" in line:
+        if "--fed.rounds 300" in line:
             args = line.split()
             ref_dir = tmp_path / f"reference{k}"
             args[args.index("--run_dir") + 1] = str(ref_dir)
@@ -82,7 +82,7 @@ def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
         assert len(results) == int(line.split("--fed.rounds ")[1].split()[0]), logs
         if k in reference:
             assert results == reference[k]
-    long_log = next(text for text in logs.values() if "--fed.rounds 60" in text)
+    long_log = next(text for text in logs.values() if "--fed.rounds 300" in text)
     assert "restart 1" in long_log, f"the long element was not preempted and requeued: {long_log}"
     assert "requeued SLURM job" in long_log or "requeueing from the batch script" in long_log
     print(long_log)
