@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         last = rounds[-1]
         print(f"{cfg.method}: round {last['round']}: mean acc {last['mean_acc']:.4f} "
               f"(std {last['std_acc']:.4f}) -> {run_dir}/results.json  [set-up {out['setup_seconds']:.0f} s, "
-              f"{out['features_computed']} images encoded; rounds {out['round_seconds']:.0f} s]")
+              f"{out['features_computed']} images encoded; rounds {out['round_seconds']:.1f} s]")
     return 0
 
 
