@@ -10,6 +10,7 @@ import signal
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     cfg_dict = config_dict(cfg)
     digest = config_digest(cfg_dict)
     f = cfg.fabric
+    # slurm/array.sbatch runs single-process jobs without srun on purpose
+    warnings.filterwarnings("ignore", message="The `srun` command is available")
     fabric = L.Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes,
                       strategy=f.strategy, precision=f.precision)
     fabric.launch()
