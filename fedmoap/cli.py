@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -57,8 +56,6 @@ def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("FEDMOAP_OFFLINE", "0") == "1" and "1" or
-                          os.environ.get("HF_HUB_OFFLINE", "0"))
     if not argv:
         build_parser().print_help()
         return 2

@@ -97,12 +97,15 @@ class OpenCLIPBackbone(Backbone):
     def _tokenize(self, texts: list[str]) -> Tensor:
         return self.tokenizer(texts)
 
+    def _end_positions(self, tokens: Tensor) -> Tensor:
+        """Position of the token the text features are pooled from, per row."""
+        if self.pool_type == "argmax":  # end-of-text has the largest id in CLIP's vocabulary
+            return tokens.argmax(dim=-1)
+        return (tokens == self.eos_id).int().argmax(dim=-1)
+
     def prepare_prompts(self, texts: list[str], n_ctx: int) -> PromptSlots:
         tokens = self._tokenize([("X " * n_ctx) + t for t in texts])
-        if self.pool_type == "argmax":
-            eot = tokens.argmax(dim=-1)
-        else:
-            eot = (tokens == self.eos_id).int().argmax(dim=-1)
+        eot = self._end_positions(tokens)
         if int(eot.max()) + 1 >= tokens.shape[1] and (tokens[:, -1] != 0).any():
             raise FedmoapError(f"a prompt is longer than the model's {tokens.shape[1]}-token context: "
                                f"{max(texts, key=len)!r}")
@@ -114,7 +117,7 @@ class OpenCLIPBackbone(Backbone):
 
     def embed_tokens(self, text: str) -> Tensor:
         tokens = self._tokenize([text])[0]
-        end = int(tokens.argmax()) if self.pool_type == "argmax" else int((tokens == self.eos_id).int().argmax())
+        end = int(self._end_positions(tokens[None])[0])
         with torch.no_grad():
             return self.text.token_embedding(tokens[1:end]).clone()
 

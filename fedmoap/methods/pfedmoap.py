@@ -106,9 +106,8 @@ class PFedMoAPServer(FedAvgServer):
         out = {"global": self.global_prompt}
         if cid in self.pool:
             ids = nearest_experts(self.pool, cid, self.num_experts(cid))
-            width = self.global_prompt.shape
             out["experts"] = (torch.stack([self.pool[j] for j in ids]) if ids
-                              else torch.zeros(0, *width, dtype=self.global_prompt.dtype))
+                              else self.global_prompt.new_zeros(0, *self.global_prompt.shape))
         return out
 
     def aggregate(self, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
