@@ -1,7 +1,7 @@
 """Round checkpoints: everything needed for an identical continuation, written atomically.
 
-A checkpoint holds the server state, the client store, the finished round and the results so
-far. No RNG state is needed: every random draw derives from (seed, round, client id).
+A checkpoint holds the server state, the client store's index (the client states themselves are
+versioned files beside it, see :mod:`fedmoap.store`), the finished round and the results so far. No RNG state is needed: every random draw derives from (seed, round, client id).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save
 
-CKPT_FORMAT = 1
+CKPT_FORMAT = 2
 _NAME = re.compile(r"round_(\d+)\.pt$")
 
 

@@ -33,7 +33,7 @@ from fedmoap.methods import METHODS
 from fedmoap.methods.base import initial_prompt
 from fedmoap.results import scalars, write_results
 from fedmoap.rounds import Federation
-from fedmoap.store import ClientStore
+from fedmoap.store import DiskClientStore
 from fedmoap.distributed import Comm
 from fedmoap.preemption import Preempted, requeue, stop_flag
 
@@ -142,7 +142,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     method = METHODS[cfg.method]
     module = method.client(backbone, source.classnames, cfg).to(fabric.device)
     server = method.server(cfg, initial_prompt(backbone, cfg))
-    store = ClientStore()
+    store = DiskClientStore(run_dir / "clients")
     history: list[dict] = []
     if ckpt is not None:
         server.load_state_dict(ckpt["server"])
@@ -181,6 +181,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
                 save_checkpoint(run_dir, t, {"config_digest": digest, "server": server.state_dict(),
                                              "store": store.state_dict(), "history": history},
                                 cfg.fed.keep_checkpoints)
+                recent = {c for r in history[-cfg.fed.keep_checkpoints - 1:] for c in r["participants"]}
+                store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, t)
                 write_results(run_dir / "results.json", history, extra)
     finally:
         stop.close()

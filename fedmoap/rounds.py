@@ -29,8 +29,9 @@ class Federation:
     """One process's view of the federation: the client module, the server, the client store.
 
     With several processes, each rank trains and evaluates its share of the clients; uploads,
-    client states and accuracies are gathered on every rank, rank 0 runs the server step and
-    broadcasts the server state, so all ranks hold the same store and server after each round.
+    store references (see :mod:`fedmoap.store`) and accuracies are gathered on every rank, rank 0
+    runs the server step and broadcasts the server state, so all ranks see the same store and
+    server after each round.
 
     Args:
         cfg: the run configuration.
@@ -56,19 +57,21 @@ class Federation:
         is kept, and re-running it later gives the same result)."""
         comm = self.comm
         participants = sample_participants(self.cfg, t) if self.module.trains else []
-        payloads = {cid: self.server.payload(cid) for cid in participants}
-        uploads, states, stopped = {}, {}, False
-        for cid in tqdm(comm.shard(participants), desc=f"round {t} train", leave=False,
+        mine = comm.shard(participants)
+        uploads, refs, bytes_down, stopped = {}, {}, 0, False
+        for cid in tqdm(mine, desc=f"round {t} train", leave=False,
                         disable=not (progress and comm.is_main)):
             if stop():
                 stopped = True
                 break
-            uploads[cid], states[cid] = self.train_client(t, cid, payloads[cid])
+            payload = self.server.payload(cid)
+            bytes_down += payload_bytes(payload)
+            uploads[cid], state = self.train_client(t, cid, payload)
+            refs[cid] = self.store.write(cid, state, t)
         if comm.any(stopped or stop()):
             return None
-        uploads, states = comm.gather_dicts(uploads), comm.gather_dicts(states)
-        for cid in sorted(states):
-            self.store.put(cid, states[cid])
+        uploads, bytes_down = comm.gather_dicts(uploads), sum(comm.gather(bytes_down))
+        self.store.adopt(comm.gather_dicts(refs))
         if comm.is_main:
             self.server.aggregate(uploads, {cid: self.data.train_size(cid) for cid in uploads})
         if comm.world_size > 1:
@@ -78,7 +81,7 @@ class Federation:
         return round_record(
             t, {c: accs[c] for c in sorted(accs)}, {c: len(self.data.test_rows[c]) for c in accs},
             participants, bytes_up=sum(payload_bytes(u) for u in uploads.values()),
-            bytes_down=sum(payload_bytes(p) for p in payloads.values()))
+            bytes_down=bytes_down)
 
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
         """Local training of client ``cid`` in round ``t``: returns (upload, new client state)."""

@@ -1,23 +1,50 @@
-"""Per-client state between rounds: small tensors (prompts, gating, optimiser state), on CPU.
+"""Per-client state between rounds: small tensors (prompts, gating, optimiser state).
 
 This is all that grows with the number of clients; the model itself exists once per process.
+Two stores share one protocol, used by :class:`~fedmoap.rounds.Federation`:
+
+- ``ref = store.write(cid, state, t)`` on the rank that trained ``cid`` in round ``t``;
+- ``store.adopt(refs)`` on every rank with the gathered refs of all ranks;
+- ``store.get(cid)`` when a rank trains or evaluates ``cid``.
+
+:class:`ClientStore` keeps states in memory (the ref is the state itself: it travels to every
+rank). :class:`DiskClientStore`, used by ``fedmoap fit``, writes each new state to its own file
+``<root>/<cid>/round_<t>.pt`` and keeps only ``cid -> t`` in memory (the ref is ``t``: nothing
+but an integer travels), so memory does not grow with the number of clients and a round's
+checkpoint holds only the index. Old versions are deleted once no kept checkpoint needs them.
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from fedmoap.errors import FedmoapError
+from fedmoap.io import atomic_torch_save
+
+_VERSION = re.compile(r"round_(\d+)\.pt$")
 
 
 class ClientStore:
-    """Client id -> the state a :class:`~fedmoap.methods.base.ClientModule` saved for it."""
+    """Client id -> the state a :class:`~fedmoap.methods.base.ClientModule` saved for it, in memory."""
 
     def __init__(self) -> None:
         self._states: dict[int, dict[str, Any]] = {}
 
+    def write(self, cid: int, state: dict[str, Any], t: int) -> Any:
+        return state
+
+    def adopt(self, refs: dict[int, Any]) -> None:
+        for cid in sorted(refs):
+            self._states[cid] = refs[cid]
+
+    def put(self, cid: int, state: dict[str, Any], t: int = 0) -> None:
+        self.adopt({cid: self.write(cid, state, t)})
+
     def get(self, cid: int) -> dict[str, Any] | None:
         return self._states.get(cid)
-
-    def put(self, cid: int, state: dict[str, Any]) -> None:
-        self._states[cid] = state
 
     def __contains__(self, cid: int) -> bool:
         return cid in self._states
@@ -25,8 +52,75 @@ class ClientStore:
     def __len__(self) -> int:
         return len(self._states)
 
-    def state_dict(self) -> dict[int, dict[str, Any]]:
-        return dict(self._states)
+    def state_dict(self) -> dict[str, Any]:
+        return {"states": dict(self._states)}
 
-    def load_state_dict(self, states: dict[int, dict[str, Any]]) -> None:
-        self._states = {int(k): v for k, v in states.items()}
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._states = {int(k): v for k, v in state["states"].items()}
+
+    def collect_garbage(self, clients: list[int], keep: int, t: int) -> None:
+        """Nothing to do: memory holds only the newest state."""
+
+
+class DiskClientStore(ClientStore):
+    """Each client's state versioned on disk under ``root``; only the index lives in memory.
+
+    Every rank may write (the clients it trained) and read (the clients it trains or evaluates),
+    so ``root`` must be visible to all ranks, like the run directory that holds it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self._index: dict[int, int] = {}
+
+    def path(self, cid: int, t: int) -> Path:
+        return self.root / str(cid) / f"round_{t:04d}.pt"
+
+    def write(self, cid: int, state: dict[str, Any], t: int) -> int:
+        atomic_torch_save(self.path(cid, t), state)
+        return t
+
+    def adopt(self, refs: dict[int, Any]) -> None:
+        self._index.update({int(c): int(t) for c, t in refs.items()})
+
+    def get(self, cid: int) -> dict[str, Any] | None:
+        if cid not in self._index:
+            return None
+        path = self.path(cid, self._index[cid])
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise FedmoapError(f"client state {path} is missing, corrupt or unreadable "
+                               f"({type(exc).__name__}); resume from a copy of the run "
+                               "directory that has it") from None
+
+    def __contains__(self, cid: int) -> bool:
+        return cid in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"index": dict(self._index)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Adopt a checkpoint's index after reading every file it names once, so that a missing
+        or corrupt client state stops a resume before anything is written."""
+        self._index = {int(c): int(t) for c, t in state["index"].items()}
+        for cid in sorted(self._index):
+            self.get(cid)
+
+    def collect_garbage(self, clients: list[int], keep: int, t: int) -> None:
+        """After round ``t``'s checkpoint: delete the versions of ``clients`` that none of the
+        checkpoints of rounds t-keep+1..t refers to (the one of round r refers to the newest
+        version <= r). Only the clients that trained in those rounds can have such versions."""
+        for cid in clients:
+            folder = self.root / str(cid)
+            if not folder.is_dir():
+                continue
+            versions = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)))
+            needed = {max((v for v in versions if v <= r), default=None) for r in range(t - max(keep, 1) + 1, t + 1)}
+            for v in versions:
+                if v <= t and v not in needed:
+                    self.path(cid, v).unlink(missing_ok=True)

@@ -315,7 +315,8 @@ BAD_YAML_KEY = "roundz"
 
 # name -> (extra arguments, run dir kind, words the error message must contain)
 #   run dir kind: "existing" = a copy of a finished 2-round run; "corrupt" = the same with its
-#   newest checkpoint overwritten by garbage; "fresh" = a path that does not exist yet.
+#   newest checkpoint overwritten by garbage; "corrupt_state" = the same with a client's newest
+#   state file (which the newest checkpoint needs) overwritten; "fresh" = a path that does not exist yet.
 BAD_CASES = {
     "misspelt_flag": (["--fed.roundz", "3"], "existing", ["roundz"]),
     "misspelt_yaml_key": ([], "existing", ["roundz"]),
@@ -324,6 +325,7 @@ BAD_CASES = {
     "class_count_mismatch": (["--data.classnames", "[a,b,c]"], "fresh", ["data.classnames", "3", "10"]),
     "other_config_on_run_dir": (["--seed", "1"], "existing", ["seed"]),
     "corrupt_checkpoint": (["--fed.rounds", "3"], "corrupt", ["{newest_checkpoint}"]),
+    "corrupt_client_state": (["--fed.rounds", "3"], "corrupt_state", ["{newest_checkpoint}"]),
 }
 GARBAGE = b"this is not a torch checkpoint\x00\xff" * 8
 
@@ -341,10 +343,13 @@ def bad_runs(base2, runs_root, cache_dir, tmp_path_factory):
     for name, (extra, kind, words) in BAD_CASES.items():
         run_dir = root / name
         newest = None
-        if kind in ("existing", "corrupt"):
+        if kind in ("existing", "corrupt", "corrupt_state"):
             copy_run(base2, run_dir)
         if kind == "corrupt":
             newest = checkpoints(run_dir)[-1]
+            newest.write_bytes(GARBAGE)
+        if kind == "corrupt_state":  # the newest state file of the first client that has one
+            newest = sorted(sorted((run_dir / "clients").glob("*/round_*.pt"))[0].parent.iterdir())[-1]
             newest.write_bytes(GARBAGE)
         config = bad_yaml if name == "misspelt_yaml_key" else SMOKE
         cmd = fit_subprocess_cmd(run_dir, cache_dir, *extra, config=config)

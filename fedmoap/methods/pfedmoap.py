@@ -130,6 +130,6 @@ def nearest_experts(pool: dict[int, Tensor], cid: int, k: int) -> list[int]:
     if not others or k <= 0:
         return []
     own = pool[cid].flatten().double()
-    dist = torch.stack([(pool[j].flatten().double() - own).norm() for j in others])
-    order = sorted(range(len(others)), key=lambda i: (float(dist[i]), others[i]))
+    dist = (torch.stack([pool[j].flatten() for j in others]).double() - own).norm(dim=1).tolist()
+    order = sorted(range(len(others)), key=lambda i: (dist[i], others[i]))
     return [others[i] for i in order[:k]]
