@@ -1,0 +1,109 @@
+"""fedmoap's speed and memory benchmarks, reported as ratios measured in one run.
+
+    python benchmarks/run.py [--quick] [--json OUT.json] [--work DIR]
+
+1. Local step (``local_step.py``): the pFedMoAP client step, reference-style vs ours vs the floor,
+   RN50 and ViT-B-16 (random weights) at C = 10 and 100 classes (``--quick``: RN50, C = 10).
+2. Clients at scale (``scale.py``): peak RSS of whole 2-round runs with 10, 100 and 1,000
+   clients, all training every round (``--quick``: 10 and 1,000 clients, 1 round, a quarter of
+   them training: fewer states, none with downloaded experts).
+3. Round throughput (``scale.py``): seconds per round on 1 vs 2 processes, one thread each.
+4. Communication (``communication.py``): bytes per client per round for each method.
+
+Targets (issue 4): ours >= 10x faster than reference at RN50/C=10; ours <= 1.2x the floor;
+1,000-client peak <= 1.2x the 10-client one; 2 processes <= 0.55x one process.
+Prints a table and writes the JSON contract: {"cases": [...], "memory": {...}, ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import communication
+import local_step
+import scale
+
+TARGETS = {"speedup_vs_reference": 10.0, "ratio_to_floor": 1.2, "memory_ratio": 1.2,
+           "throughput_ratio": 0.55}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fast subset (under 2 minutes)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--work", type=Path, help="scratch directory (default: a temporary one)")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    quick = a.quick
+    cases = ([local_step.StepCase("RN50", 10)] if quick else
+             [local_step.StepCase(arch, c) for arch in ("RN50", "ViT-B-16") for c in (10, 100)])
+    with tempfile.TemporaryDirectory(prefix="fedmoap-bench-") as tmp:
+        work = a.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print("local step", flush=True)
+        steps = local_step.run(cases, repeats=5, reference_repeats=1 if quick else 2, bf16=not quick)
+        print("communication", flush=True)
+        comm = communication.run(local_step.MODELS["RN50"])
+        local_step.MODELS.clear()
+        print("clients at scale", flush=True)
+        memory = scale.peak_memory([10, 1000] if quick else [10, 100, 1000], rounds=1 if quick else 2,
+                                   work=work, participation=0.25 if quick else 1.0)
+        memory["ratio_1000_vs_10"] = memory["clients_1000_mb"] / memory["clients_10_mb"]
+        print("round throughput", flush=True)
+        throughput = scale.round_time(rounds=2 if quick else 10, work=work)
+    result = {"quick": quick, "cases": steps, "memory": memory, "throughput": throughput,
+              "communication": comm, "targets": TARGETS,
+              "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "cpu": platform.processor() or platform.machine()},
+              "seconds": time.perf_counter() - t0}
+    print(table(result))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table(r: dict) -> str:
+    lines = ["", "| local step (batch 32, 10 experts) | tokens ref/ours | reference ms | ours ms | floor ms "
+             "| ours vs reference | ours / floor | in train_locally / floor |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in r["cases"]:
+        lines.append(f"| {c['arch']}, C = {c['classes']} | {c['tokens_reference']}/{c['tokens_ours']} "
+                     f"| {c['reference_ms']:.0f} | {c['ours_ms']:.0f} | {c['floor_ms']:.0f} "
+                     f"| {c['speedup_vs_reference']:.1f}x | {c['ratio_to_floor']:.2f} "
+                     f"| {c['local_training_ratio_to_floor']:.2f} |")
+    bf16 = [c for c in r["cases"] if "bf16_speedup" in c]
+    if bf16:
+        lines += ["", "bf16 autocast on CPU, ours fp32 / bf16 time: " + ", ".join(
+            f"{c['arch']} C={c['classes']} {c['bf16_speedup']:.2f}x" for c in bf16)]
+    m = r["memory"]
+    counts = sorted(int(k.split("_")[1]) for k in m if k.startswith("clients_") and k.endswith("_mb"))
+    lines += ["", "| clients | " + " | ".join(str(n) for n in counts) + " | 1,000 / 10 |",
+              "|---|" + "---|" * (len(counts) + 1),
+              "| peak RSS MB | " + " | ".join(f"{m[f'clients_{n}_mb']:.0f}" for n in counts)
+              + f" | {m['ratio_1000_vs_10']:.3f} |"]
+    if "client_state_kb" in m:
+        lines.append(f"(one client's state file: {m['client_state_kb']:.0f} KB on disk)")
+    t = r["throughput"]
+    lines += ["", f"round time: 1 process {t['procs_1_s']:.2f} s, 2 processes {t['procs_2_s']:.2f} s "
+              f"-> {t['ratio_2_vs_1']:.2f}x", "",
+              "| method | down bytes/client/round | up | down in 16x512 prompts | up |",
+              "|---|---|---|---|---|"]
+    for c in r["communication"]:
+        lines.append(f"| {c['method']} | {c['down_bytes']:,.0f} | {c['up_bytes']:,.0f} "
+                     f"| {c['down_in_prompts']:.0f} | {c['up_in_prompts']:.0f} |")
+    lines.append(f"\n({r['seconds']:.0f} s, torch {r['machine']['torch']}, {r['machine']['threads']} threads)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Whole ``fedmoap fit`` runs in child processes: peak memory against the number of simulated
+clients, and round time on 1 versus 2 processes."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedmoap.backbones import build_backbone
+from fedmoap.cli import parse_fit
+from fedmoap.data.sources import load_source
+from fedmoap.data.synthetic import make_synthetic
+from fedmoap.features import FeatureCache
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+PEAK = re.compile(r"PEAK_RSS_KB (\d+)")
+ROUNDS_SECONDS = re.compile(r"rounds ([0-9.]+) s\]")
+
+MEMORY_ARGS = [
+    "--method", "pfedmoap", "--data.partition", "iid", "--data.shots", "1",
+    "--data.max_test_per_client", "5", "--fed.participation", "1.0",
+    "--prompt.n_ctx", "16", "--pfedmoap.num_experts", "9", "--pfedmoap.d_gating", "64",
+    "--pfedmoap.heads", "8", "--train.local_epochs", "1", "--fabric.threads", "1",
+]
+"""Tiny random model, one shot per class and at most 5 test images per client, every client
+trained in every round; a client holds a 16-token prompt, a 16.6K-parameter gating network, its
+momentum and 9 downloaded experts."""
+
+
+def make_dataset(root: Path) -> Path:
+    """The smoke test's synthetic images, enough for 1,000 clients with a few samples each."""
+    path = root / "synthetic-3000"
+    if not path.exists():
+        make_synthetic(train_per_class=300, test_per_class=100).save_to_disk(str(path))
+    return path
+
+
+def fit_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).with_name("peak_rss.py")), "fit", "--config", str(SMOKE), "--run_dir", str(run_dir),
+            "--data.feature_cache", str(cache), "--progress", "false", *extra]
+
+
+def run_child(cmd: list[str]) -> tuple[float, str]:
+    """Run ``cmd`` (a :func:`fit_cmd`); returns (peak resident set size in MB, its stdout)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    match = PEAK.search(proc.stdout)
+    if match is None:
+        raise RuntimeError(f"no peak memory in the output of {' '.join(cmd)}: {proc.stdout[-500:]}")
+    return int(match.group(1)) / 1024, proc.stdout
+
+
+def warm_cache(data: Path, cache: Path) -> None:
+    """Encode every image of ``data`` into ``cache`` with the runs' backbone, in this process."""
+    cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--data.source", str(data)])
+    backbone = build_backbone(cfg.model, cfg.seed)
+    source = load_source(cfg.data)
+    features = FeatureCache(cache, backbone, cfg.data.feature_batch_size, "cpu")
+    for ds, data_id in ((source.train, source.train_id), (source.test, source.test_id)):
+        features.get(ds, data_id, np.arange(len(ds)), cfg.data.image_column, 0)
+
+
+def peak_memory(counts: list[int], rounds: int, work: Path,
+                participation: float = 1.0) -> dict[str, float]:
+    """Peak RSS (MB) of a run per number of clients; the feature cache is filled first (in this
+    process) so that every measured run only reads it."""
+    data, cache = make_dataset(work), work / "cache"
+    common = ["--data.source", str(data), *MEMORY_ARGS]
+    warm_cache(data, cache)
+    out = {}
+    for n in counts:
+        t = time.perf_counter()
+        run_dir = work / f"clients-{n}"
+        mb, _ = run_child(fit_cmd(run_dir, cache, *common, "--data.num_clients", str(n),
+                                  "--fed.rounds", str(rounds), "--fed.participation", str(participation)))
+        out[f"clients_{n}_mb"] = mb
+        states = list((run_dir / "clients").glob("*/round_*.pt"))
+        if states:
+            out["client_state_kb"] = sum(p.stat().st_size for p in states) / len(states) / 1024
+        print(f"  memory: {n} clients, {rounds} rounds: peak RSS {mb:.0f} MB "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
+    return out
+
+
+
+
+def round_time(rounds: int, work: Path) -> dict[str, float]:
+    """Seconds of rounds on 1 and on 2 CPU processes (one thread each), smoke config with 10
+    clients all participating and 5 local epochs. The first run fills the feature cache in its
+    set-up, which the round time does not include."""
+    cache = work / "cache-throughput"
+    common = ["--data.num_clients", "10", "--fed.participation", "1.0", "--train.local_epochs", "5",
+              "--fed.rounds", str(rounds), "--fabric.threads", "1", "--fabric.accelerator", "cpu"]
+    out = {}
+    for devices in (1, 2):
+        _, stdout = run_child(fit_cmd(work / f"throughput-{devices}", cache, *common,
+                                      "--fabric.devices", str(devices)))
+        match = ROUNDS_SECONDS.search(stdout)
+        if match is None:
+            raise RuntimeError(f"no round time in the output of fedmoap fit: {stdout[-500:]}")
+        out[f"procs_{devices}_s"] = float(match.group(1)) / rounds
+        print(f"  throughput: {devices} process(es): {out[f'procs_{devices}_s']:.2f} s per round", flush=True)
+    out["ratio_2_vs_1"] = out["procs_2_s"] / out["procs_1_s"]
+    return out

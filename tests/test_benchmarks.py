@@ -1,0 +1,40 @@
+"""The benchmark suite runs (``--quick``) and writes its JSON contract, so that it cannot rot.
+
+Timings are not asserted (they belong to the benchmark's report, not to a unit test); what does
+not depend on the machine is: token counts, traffic bytes, and that every figure was measured.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_its_contract(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--json", str(out),
+                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["cases"], "no local-step case"
+    for case in r["cases"]:
+        assert {"name", "speedup_vs_reference", "ratio_to_floor"} <= set(case)
+        for key in ("reference_ms", "ours_ms", "floor_ms", "speedup_vs_reference", "ratio_to_floor"):
+            assert math.isfinite(case[key]) and case[key] > 0, (key, case)
+        assert case["tokens_reference"] == 77 and case["tokens_ours"] < 30, case
+    assert r["memory"]["clients_10_mb"] > 100 and r["memory"]["clients_1000_mb"] > 100
+    assert r["throughput"]["procs_1_s"] > 0 and r["throughput"]["procs_2_s"] > 0
+    traffic = {c["method"]: c for c in r["communication"]}
+    prompt = 16 * 512 * 4
+    assert traffic["promptfl"]["down_bytes"] == traffic["promptfl"]["up_bytes"] == prompt
+    assert traffic["pfedmoap"]["up_bytes"] == prompt
+    assert traffic["pfedmoap"]["down_bytes"] == (1 + 9) * prompt  # global + K = 9 experts
+    assert traffic["coop"]["down_bytes"] == traffic["zeroshot"]["up_bytes"] == 0
+    assert "| local step" in proc.stdout
