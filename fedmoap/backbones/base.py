@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -79,6 +79,86 @@ class Backbone(nn.Module, ABC):
     @abstractmethod
     def encode_image(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, embed_dim) image features, not normalised."""
+
+    # ----- vision prompts (ViT image towers) ----------------------------------------------------
+    vision_width: int | None = None
+    """Width of the image tower's tokens, or None if the tower takes no prompt tokens (CNNs)."""
+    vision_layers: int = 0
+    """Number of transformer blocks of the image tower (0 for CNNs)."""
+
+    def vit_embed(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, 1 + P, W): [CLS] and patch tokens with their position embeddings,
+        before the tower's pre-norm."""
+        raise self._no_tokens()
+
+    def vit_pre(self, x: Tensor) -> Tensor:
+        """The pre-norm applied to the whole input sequence (prompt tokens included)."""
+        raise self._no_tokens()
+
+    def vit_blocks(self) -> Sequence[Callable[[Tensor], Tensor]]:
+        """The transformer blocks, each (B, T, W) -> (B, T, W)."""
+        raise self._no_tokens()
+
+    def vit_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Final [CLS] + patch tokens (B, 1 + P, W), prompt tokens removed -> (pooled image feature
+        (B, embed_dim), patch tokens in the joint space (B, P, embed_dim)), not normalised."""
+        raise self._no_tokens()
+
+    def _no_tokens(self) -> Exception:
+        from fedmoap.errors import FedmoapError
+        return FedmoapError(f"model.arch: the image tower of {self.describe()} is not a vision "
+                            "transformer and cannot take prompt tokens; use an open_clip ViT "
+                            "(e.g. ViT-B-16) or packaged-vit")
+
+    def describe(self) -> str:
+        """Name of the architecture, for messages."""
+        return type(self).__name__
+
+    def encode_image_prompted(self, images: Tensor, prompts: Sequence[Mapping[int, Tensor]] = (),
+                              return_tokens: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Image features with learnable prompt tokens inside a ViT image tower.
+
+        ``prompts`` is a list of groups; a group maps block index -> tokens, (n, W) shared by the
+        batch or (B, n, W) per sample. A group enters the sequence at its smallest block index,
+        appended after [CLS], the patches and the groups already present; each later entry of the
+        group *replaces* its tokens before that block (VPT-deep). Tokens for block 0 are appended
+        before the pre-norm (VPT-shallow, as IVLP/MaPLe do for CLIP). Prompt tokens never enter
+        the pooling. Returns the pooled features (B, embed_dim) and, with ``return_tokens``, the
+        patch tokens (B, P, embed_dim) too; neither normalised. With no prompts this is the
+        tower's own forward pass.
+        """
+        unused = sorted({i for group in prompts for i in group} - set(range(self.vision_layers)))
+        if unused:
+            raise ValueError(f"prompt tokens for blocks {unused}: the tower has {self.vision_layers}")
+        x = self.vit_embed(images)
+        b, n_base = x.shape[0], x.shape[1]
+        where: dict[int, tuple[int, int]] = {}  # group -> (start, length) in the sequence
+
+        def insert(x: Tensor, block: int) -> Tensor:
+            for g, group in enumerate(prompts):
+                tokens = group.get(block)
+                if tokens is None:
+                    continue
+                tokens = tokens.to(x.dtype)
+                tokens = tokens.expand(b, -1, -1) if tokens.dim() == 2 else tokens
+                if g in where:
+                    start, n = where[g]
+                    if tokens.shape[1] != n:
+                        raise ValueError(f"prompt group {g}: {tokens.shape[1]} tokens at block "
+                                         f"{block}, {n} before")
+                    x = torch.cat([x[:, :start], tokens, x[:, start + n:]], dim=1)
+                else:
+                    where[g] = (x.shape[1], tokens.shape[1])
+                    x = torch.cat([x, tokens], dim=1)
+            return x
+
+        x = self.vit_pre(insert(x, 0))
+        for i, block in enumerate(self.vit_blocks()):
+            if i:
+                x = insert(x, i)
+            x = block(x)
+        pooled, tokens = self.vit_head(x[:, :n_base])
+        return (pooled, tokens) if return_tokens else pooled
 
     def image_fingerprint(self) -> str:
         """A digest of everything that determines image features (weights of the image tower)."""

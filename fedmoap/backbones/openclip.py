@@ -47,6 +47,10 @@ class OpenCLIPBackbone(Backbone):
         self.logit_scale = float(model.logit_scale.detach().exp())
         size = model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        visual = model.visual
+        if isinstance(visual, open_clip.transformer.VisionTransformer) and visual.attn_pool is None:
+            self.vision_width = int(visual.conv1.out_channels)
+            self.vision_layers = len(visual.transformer.resblocks)
         cfg = open_clip.get_model_preprocess_cfg(model)
         self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
@@ -92,6 +96,40 @@ class OpenCLIPBackbone(Backbone):
 
     def image_tower_parameters(self) -> list[Tensor]:
         return list(self.model.visual.state_dict().values())
+
+    def describe(self) -> str:
+        return f"{self.name} ({type(self.model.visual).__name__})"
+
+    def _vit(self) -> nn.Module:
+        if self.vision_width is None:
+            raise self._no_tokens()
+        return self.model.visual
+
+    def vit_embed(self, images: Tensor) -> Tensor:
+        v = self._vit()  # open_clip's VisionTransformer._embeds, without ln_pre
+        x = v.conv1(images)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.patch_dropout(x)
+
+    def vit_pre(self, x: Tensor) -> Tensor:
+        return self._vit().ln_pre(x)
+
+    def vit_blocks(self) -> list[Callable[[Tensor], Tensor]]:
+        transformer = self._vit().transformer
+        if transformer.batch_first:
+            return list(transformer.resblocks)
+        return [lambda x, r=r: r(x.transpose(0, 1)).transpose(0, 1) for r in transformer.resblocks]
+
+    def vit_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        v = self._vit()
+        pooled, tokens = v._pool(x)
+        if v.final_ln_after_pool:  # tokens come out of _pool without the final norm then
+            tokens = v.ln_post(tokens)
+        if v.proj is not None:
+            pooled, tokens = pooled @ v.proj, tokens @ v.proj
+        return pooled, tokens
 
     # ----- text -------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> Tensor:
