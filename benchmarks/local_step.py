@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.config import RunConfig, TrainArgs
+from fedmoap.config import TrainArgs
 from fedmoap.local import train_locally
-from fedmoap.methods.base import initial_prompt
-from fedmoap.methods.pfedmoap import PFedMoAPClient
+from fedmoap.methods.base import RunContext
+from fedmoap.methods.pfedmoap import PFedMoAP, PFedMoAPClient
+from fedmoap.methods.prompts import initial_prompt
+from fedmoap.rounds import default_fabric
 
 BATCH = 32
 
@@ -63,13 +65,17 @@ def paired(steps: list[Callable[[], None]], repeats: int) -> list[float]:
     return [sorted(ts)[len(ts) // 2] for ts in times]
 
 
+RUN = RunContext(seed=0, num_clients=1, train=TrainArgs(), keep_optimizer_state=True)
+
+
 def make_client(backbone: OpenCLIPBackbone, case: StepCase) -> tuple[PFedMoAPClient, torch.Tensor]:
-    cfg = RunConfig()
-    client = PFedMoAPClient(backbone, [f"class number {i}" for i in range(case.classes)], cfg)
+    method = PFedMoAP()
+    client = PFedMoAPClient(method, backbone, [f"class number {i}" for i in range(case.classes)], RUN)
     client.load_client(0, None)
     gen = torch.Generator().manual_seed(0)
-    experts = torch.randn(case.experts, cfg.prompt.n_ctx, backbone.ctx_width, generator=gen) * 0.02
-    client.receive({"global": initial_prompt(backbone, cfg), "experts": experts})
+    experts = torch.randn(case.experts, method.n_ctx, backbone.ctx_width, generator=gen) * 0.02
+    client.receive({"prompt": initial_prompt(backbone, method, 0), "experts": experts})
+    client.expert_text  # computed once per round, not per step
     return client, experts
 
 
@@ -87,11 +93,11 @@ def time_modes(backbone: OpenCLIPBackbone, case: StepCase, repeats: int,
     def make(truncate: bool):
         backbone.truncate = truncate  # read when the client builds its prompt slots
         client, experts = make_client(backbone, case)
-        return client, experts, client.configure_optimizers()
+        return client, experts, client.configure_optimizers()["optimizer"]
 
     def train_step(client, optim, image: torch.Tensor, autocast=None) -> None:
         with autocast or nullcontext():
-            loss = client.training_step((image, labels), 0)
+            loss = client.training_step({"features": image, "label": labels})
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
@@ -110,12 +116,18 @@ def time_modes(backbone: OpenCLIPBackbone, case: StepCase, repeats: int,
         ours.ctx.grad = None
 
     steps = 3
-    many = F.normalize(torch.randn(1, steps * BATCH, cached.shape[1], generator=gen), dim=-1)
+    many = F.normalize(torch.randn(steps * BATCH, cached.shape[1], generator=gen), dim=-1)
     many_labels = torch.randint(case.classes, (steps * BATCH,), generator=gen)
+    fabric = default_fabric()
 
-    def local_training() -> None:  # what a client's round costs: shuffling, batching, schedule
-        train_locally(ours, many, many_labels, TrainArgs(local_epochs=1, batch_size=BATCH),
-                      torch.Generator().manual_seed(0), None)
+    def batches(epoch: int):
+        order = torch.randperm(len(many), generator=torch.Generator().manual_seed(epoch))
+        for start in range(0, len(many), BATCH):
+            idx = order[start:start + BATCH]
+            yield {"features": many[idx], "label": many_labels[idx]}
+
+    def local_training() -> None:  # what a client's round costs: optimizer, batching, schedule
+        train_locally(ours, batches, 1, fabric)
 
     # the image encoder ran once above: the reference mode needs no further warm-up step
     # ours and the floor alternate, so that a slow spell of the machine hits both alike

@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import communication
 import local_step
 import scale
+import vision_step
 
 TARGETS = {"speedup_vs_reference": 10.0, "ratio_to_floor": 1.2, "memory_ratio": 1.2,
-           "throughput_ratio": 0.55}
+           "throughput_ratio": 0.55, "vision_ratio_to_floor": 1.15, "provider_share": 0.10}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
         work.mkdir(parents=True, exist_ok=True)
         print("local step", flush=True)
         steps = local_step.run(cases, repeats=5, reference_repeats=1 if quick else 2, bf16=not quick)
+        print("vision-prompt step", flush=True)
+        vision = [vision_step.run("ViT-B-16", 10, steps=2, repeats=1 if quick else 3)]
         print("communication", flush=True)
         comm = communication.run(local_step.MODELS["RN50"])
         local_step.MODELS.clear()
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         memory["ratio_1000_vs_10"] = memory["clients_1000_mb"] / memory["clients_10_mb"]
         print("round throughput", flush=True)
         throughput = scale.round_time(rounds=2 if quick else 10, work=work)
-    result = {"quick": quick, "cases": steps, "memory": memory, "throughput": throughput,
+    result = {"quick": quick, "cases": steps, "vision": vision, "memory": memory, "throughput": throughput,
               "communication": comm, "targets": TARGETS,
               "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cpu": platform.processor() or platform.machine()},
@@ -81,6 +84,12 @@ def table(r: dict) -> str:
                      f"| {c['reference_ms']:.0f} | {c['ours_ms']:.0f} | {c['floor_ms']:.0f} "
                      f"| {c['speedup_vs_reference']:.1f}x | {c['ratio_to_floor']:.2f} "
                      f"| {c['local_training_ratio_to_floor']:.2f} |")
+    lines += ["", "| vision-prompt step (FedVPT, 8 shallow tokens, batch 32) | ours ms | floor ms "
+              "| ours / floor | pixel provider ms | provider share |", "|---|---|---|---|---|---|"]
+    for v in r.get("vision", []):
+        lines.append(f"| {v['arch']}, C = {v['classes']}, {v['image_size']} px | {v['ours_ms']:.0f} "
+                     f"| {v['floor_ms']:.0f} | {v['ratio_to_floor']:.2f} | {v['provider_ms']:.0f} "
+                     f"| {100 * v['provider_share']:.1f} % |")
     bf16 = [c for c in r["cases"] if "bf16_speedup" in c]
     if bf16:
         lines += ["", "bf16 autocast on CPU, ours fp32 / bf16 time: " + ", ".join(

@@ -24,8 +24,8 @@ ROUNDS_SECONDS = re.compile(r"rounds ([0-9.]+) s\]")
 MEMORY_ARGS = [
     "--method", "pfedmoap", "--data.partition", "iid", "--data.shots", "1",
     "--data.max_test_per_client", "5", "--fed.participation", "1.0",
-    "--prompt.n_ctx", "16", "--pfedmoap.num_experts", "9", "--pfedmoap.d_gating", "64",
-    "--pfedmoap.heads", "8", "--train.local_epochs", "1", "--fabric.threads", "1",
+    "--method.n_ctx", "16", "--method.num_experts", "9", "--method.d_gating", "64",
+    "--method.heads", "8", "--train.local_epochs", "1", "--fabric.threads", "1",
 ]
 """Tiny random model, one shot per class and at most 5 test images per client, every client
 trained in every round; a client holds a 16-token prompt, a 16.6K-parameter gating network, its

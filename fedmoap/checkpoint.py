@@ -14,7 +14,7 @@ import torch
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save
 
-CKPT_FORMAT = 2
+CKPT_FORMAT = 3
 _NAME = re.compile(r"round_(\d+)\.pt$")
 
 

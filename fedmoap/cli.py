@@ -6,19 +6,26 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_parsing_settings
 
-from fedmoap.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.preemption import EXIT_PREEMPTED, Preempted, stop_flag
 
 
 def build_parser() -> ArgumentParser:
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    from fedmoap.config import RunConfig
+    from fedmoap.methods import registry
+
+    methods = ", ".join(f"{name} ({cls.__doc__.split(':')[0].strip()})" for name, cls in registry().items())
     parser = ArgumentParser(prog="fedmoap", description="Personalized federated prompt learning "
                             "for CLIP-like models (pFedMoAP and baselines).")
     commands = parser.add_subcommands(dest="command")
     fit = ArgumentParser(description="Train (or resume) a federated run. With no --config: the "
-                         "offline default (packaged towers, Fashion-MNIST, pFedMoAP).")
+                         "offline default (packaged towers, Fashion-MNIST, pFedMoAP).",
+                         epilog=f"Methods (--method NAME or a class path; --method.help NAME lists "
+                         f"a method's knobs): {methods}.")
     fit.add_argument("--config", action=ActionConfigFile, help="YAML file of settings")
     fit.add_class_arguments(RunConfig)
     fit.add_argument("--run_dir", type=str | None, default=None,
@@ -42,16 +49,94 @@ def build_parser() -> ArgumentParser:
 def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
     """Parse ``fedmoap fit ...`` arguments into a :class:`RunConfig`; a bad key, value or config
     file raises :class:`FedmoapError` with the parser's message."""
+    from fedmoap.config import RunConfig
+
     parser = build_parser()
     try:
-        ns = parser.parse_args(argv)
+        ns = parser.parse_args(short_method_names(argv))
     except ArgumentError as exc:
         message = " ".join(str(exc).split())
         raise FedmoapError(f"{message} (see `fedmoap fit --help`)") from None
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     init = instantiate(ns).fit
     cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
+    cfg.method = _own_defaults(cfg.method, _explicit_method_knobs(argv))
     return cfg, init["run_dir"], init["progress"]
+
+
+def _own_defaults(method, explicit: set[str]):
+    """The method with its own defaults for every knob the user did not set. (When a config's
+    method is replaced on the command line, the parser carries the old method's values over,
+    defaults included; only the knobs that were set should carry.)"""
+    kept = {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.name in explicit}
+    return type(method)(**kept)
+
+
+def _explicit_method_knobs(argv: list[str]) -> set[str]:
+    """Names of the method knobs set on the command line or in a ``--config`` file."""
+    knobs: set[str] = set()
+    for i, arg in enumerate(argv):
+        key = arg.partition("=")[0]
+        if key.startswith("--method.") and key != "--method.help":
+            knobs.add(key[len("--method."):].split(".")[0])
+        value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+        if key == "--method" and value.lstrip().startswith("{"):
+            knobs |= set(_init_args(yaml.safe_load(value)))
+        if key == "--config":
+            try:
+                cfg = yaml.safe_load(Path(value).read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            if isinstance(cfg, dict):
+                knobs |= set(_init_args(cfg.get("method")))
+    return knobs
+
+
+def _init_args(spec) -> dict:
+    return (spec.get("init_args") or {}) if isinstance(spec, dict) else {}
+
+
+def short_method_names(argv: list[str]) -> list[str]:
+    """Replace a method's short name (``--method pfedmoap``, ``method: promptfl`` or
+    ``class_path: coop`` in a ``--config`` file) by its class path, which the parser needs."""
+    from fedmoap.methods import resolve
+
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key, eq, value = arg.partition("=")
+        if key in ("--method", "--method.help") and eq:
+            out.append(f"{key}={resolve(value)}")
+        elif arg in ("--method", "--method.help") and i + 1 < len(argv):
+            out += [arg, resolve(argv[i + 1])]
+            i += 1
+        elif arg == "--config" and i + 1 < len(argv):
+            out += [arg, _config_with_class_path(argv[i + 1])]
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def _config_with_class_path(path: str) -> str:
+    """The config file's path, or its text with the method's short name resolved where it has
+    one (an unreadable file is left for the parser to report)."""
+    from fedmoap.methods import resolve
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return path
+    method = cfg.get("method") if isinstance(cfg, dict) else None
+    if isinstance(method, str) and resolve(method) != method:
+        cfg["method"] = resolve(method)
+    elif isinstance(method, dict) and isinstance(method.get("class_path"), str) \
+            and resolve(method["class_path"]) != method["class_path"]:
+        cfg["method"] = {**method, "class_path": resolve(method["class_path"])}
+    else:
+        return path
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_flag()  # before the heavy imports: a preemption signal during start-up counts
     try:
         cfg, run_dir, progress = parse_fit(argv)
-        run_dir = run_dir or str(Path("runs") / f"{cfg.method}-{datetime.now():%Y%m%d-%H%M%S}")
+        name = cfg.method.name or type(cfg.method).__name__
+        run_dir = run_dir or str(Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
         from fedmoap.fit import fit  # heavy imports only once the arguments are known to be valid
         out = fit(cfg, run_dir, progress)
     except Preempted as exc:
@@ -76,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = out["rounds"]
     if rounds and out["rank"] == 0:
         last = rounds[-1]
-        print(f"{cfg.method}: round {last['round']}: mean acc {last['mean_acc']:.4f} "
+        print(f"{name}: round {last['round']}: mean acc {last['mean_acc']:.4f} "
               f"(std {last['std_acc']:.4f}) -> {run_dir}/results.json  [set-up {out['setup_seconds']:.0f} s, "
               f"{out['features_computed']} images encoded; rounds {out['round_seconds']:.1f} s]")
     return 0

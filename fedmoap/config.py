@@ -1,16 +1,29 @@
 """Typed run configuration: one dataclass per section, each field documented where it is declared.
 
 The CLI (``fedmoap fit``) is generated from these dataclasses by jsonargparse, so a YAML key or a
-``--section.key`` override that is not declared here is rejected with its name.
+``--section.key`` override that is not declared here is rejected with its name, and
+``fedmoap fit --help`` prints every field's docstring. The method is one field whose value is a
+:class:`~fedmoap.methods.base.Method` subclass with its own documented knobs (``--method pfedmoap
+--method.lam 0.3``; ``--method.help pfedmoap`` lists them).
+
 The defaults are the offline default run: packaged towers, Fashion-MNIST, 5 clients with
 Dirichlet(0.1) label skew, 8 shots per class, pFedMoAP, 10 rounds of 5 local epochs; where they
 differ from the paper's recipe (number of clients, learning rate) the field says so, and the
 paper configs in ``configs/paper/`` set the paper's values.
+
+Fields marked ``neutral`` (``field(metadata=NEUTRAL)``) do not change a run's numbers: a run may
+be resumed or extended with other values, and they are left out of the config digest.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Optional
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal, Optional
+
+from fedmoap.methods import Method
+from fedmoap.methods.pfedmoap import PFedMoAP
+
+NEUTRAL = {"neutral": True}
+"""Field metadata of settings that do not change results (resume and extension may change them)."""
 
 
 @dataclass
@@ -27,13 +40,13 @@ class ModelArgs:
     """Image side for ``packaged-towers`` (default 224); open_clip models use their own size."""
     invert_images: bool = True
     """``packaged-towers`` only: invert pixel values (dark objects on a light ground)."""
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str] = field(default=None, metadata=NEUTRAL)
     """Where weights are looked up/downloaded (open_clip, HF hub); null = the libraries' default."""
 
 
 @dataclass
 class DataArgs:
-    """Dataset, client split and image-feature cache."""
+    """Dataset, client split and the caches of frozen inputs."""
 
     source: str = "fashion-mnist"
     """``synthetic`` (generated colour images, for tests), ``fashion-mnist``, a local directory
@@ -41,9 +54,13 @@ class DataArgs:
     path: Optional[str] = None
     """Directory of the source's files where it needs one (fashion-mnist IDX files)."""
     train_split: str = "train"
+    """Name of the split the clients train on."""
     test_split: str = "test"
+    """Name of the split the clients' test sets are drawn from."""
     image_column: str = "image"
+    """Column holding the images."""
     label_column: str = "label"
+    """Column holding the integer (or ClassLabel) labels."""
     domain_column: Optional[str] = None
     """Column naming each sample's domain, for ``partition: domain_dirichlet``."""
     classnames: Optional[list[str]] = None
@@ -52,6 +69,9 @@ class DataArgs:
     """Total clients (for domain_dirichlet: clients per domain x number of domains). The offline
     default uses 5 to fit in minutes on a CPU; the paper configs set theirs (10 to 100)."""
     partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet"] = "dirichlet"
+    """How training samples are divided among clients: ``iid``; ``pathological`` (disjoint
+    classes per client); ``dirichlet`` (label skew, Dir(alpha) per class); ``domain_dirichlet``
+    (Dir(alpha) within each domain of ``domain_column``)."""
     alpha: float = 0.1
     """Dirichlet concentration (dirichlet, domain_dirichlet). The offline default's 0.1 is a split
     where personalization matters on Fashion-MNIST (each client alone beats the FedAvg prompt);
@@ -65,87 +85,71 @@ class DataArgs:
     split_file: Optional[str] = None
     """A ``split.json`` written by an earlier run: reuse its client split exactly."""
     num_views: int = 0
-    """Augmented views (random resized crop + flip) cached per training image; training draws
-    from these plus the plain view. 0 trains on plain features only."""
+    """Augmented views (random resized crop + flip) cached per training image for methods that
+    read cached features; training draws from these plus the plain view. 0 trains on plain
+    features only. (Methods that read pixels augment every step instead.)"""
     view_seed: int = 0
     """Seed of the augmented views (part of the cache key, independent of the run seed)."""
-    feature_cache: Optional[str] = None
-    """Image-feature cache directory; default ``~/.cache/fedmoap/features``."""
-    feature_batch_size: int = 32
-
-
-@dataclass
-class PromptArgs:
-    """Learnable text prompts (CoOp layout ``[SOS][ctx x n_ctx][class name][.][EOT]``)."""
-
-    n_ctx: int = 16
-    ctx_init: Optional[str] = None
-    """Initialise the context from these words (n_ctx then = their token count); null = N(0, 0.02)."""
-    template: str = "{}."
-    """Text after the context; ``{}`` is the class name."""
-    zeroshot_template: str = "a photo of a {}."
+    feature_cache: Optional[str] = field(default=None, metadata=NEUTRAL)
+    """Cache directory of frozen image features, token features and decoded pixels; default
+    ``~/.cache/fedmoap/features``."""
+    feature_batch_size: int = field(default=32, metadata=NEUTRAL)
+    """Images per image-tower pass when filling the caches."""
 
 
 @dataclass
 class TrainArgs:
-    """Local training on each client."""
+    """Local training on each client (the protocol every method shares)."""
 
     local_epochs: int = 5
     """Local epochs per round (the paper's 5)."""
     batch_size: int = 32
+    """Training batch size."""
     lr: float = 0.01
-    """Prompt learning rate (cosine-annealed over the local epochs of each round). Paper: 0.002
-    (set by the paper configs); the offline default's few CPU rounds need a larger step."""
+    """Learning rate of the prompts (cosine-annealed over the local epochs of each round). Paper:
+    0.002 (set by the paper configs); the offline default's few CPU rounds need a larger step."""
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 5e-4
-    eval_batch_size: int = 512
+    """SGD weight decay."""
+    optimizer_state: Optional[Literal["keep", "reset"]] = None
+    """Whether a client's optimizer state (momentum) is kept from one of its local trainings to
+    the next (``keep``) or started afresh every round (``reset``, plain FedAvg); null = the
+    method's own default (README, method table)."""
+    eval_batch_size: int = field(default=512, metadata=NEUTRAL)
+    """Evaluation batch size."""
 
 
 @dataclass
 class FedArgs:
     """Federation."""
 
-    rounds: int = 10
+    rounds: int = field(default=10, metadata=NEUTRAL)
+    """Communication rounds. Extending a finished run continues it exactly."""
     participation: float = 1.0
     """Fraction of clients sampled each round (at least one)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = field(default=2, metadata=NEUTRAL)
     """Per-round checkpoints kept in ``run_dir/checkpoints`` (the newest ones)."""
-
-
-@dataclass
-class PFedMoAPArgs:
-    """pFedMoAP (Luo et al., ICLR 2025)."""
-
-    num_experts: int = 9
-    """K non-local experts per client (nearest pool entries by L2 distance)."""
-    experts_per_client: Optional[dict[int, int]] = None
-    """Per-client K overrides, e.g. {3: 4}."""
-    lam: float = 0.5
-    """lambda of Eq. 10: weight of the local-prompt logits."""
-    d_gating: int = 128
-    heads: int = 8
-    reduction: Literal["avg_pool", "strided"] = "avg_pool"
-    attn_scale: Optional[float] = None
-    """null = 1/sqrt(d_head); the reference code uses a fixed 10.0."""
-    moe_similarity: Literal["cosine", "dot"] = "cosine"
-    """cosine: sim(I, T_MoE) as the paper's cosine; dot: the reference code's raw dot product."""
-    gating_lr: float = 0.01
-    gating_init: Literal["default", "identity"] = "default"
-    """Initialisation of a client's gating network (the paper does not say): ``default`` is
-    PyTorch's for all four projections (as the reference code); ``identity`` starts the value and
-    output projections at the identity, so an untrained gating averages the experts."""
+    eval_every: int = field(default=1, metadata=NEUTRAL)
+    """Evaluate every client every this many rounds; the final round is always evaluated."""
 
 
 @dataclass
 class FabricArgs:
     """lightning.Fabric settings."""
 
-    accelerator: str = "auto"
-    devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
+    accelerator: str = field(default="auto", metadata=NEUTRAL)
+    """``cpu``, ``gpu``, ``auto`` ... (Fabric's accelerator)."""
+    devices: int | str = field(default=1, metadata=NEUTRAL)
+    """Processes (devices) per node."""
+    num_nodes: int = field(default=1, metadata=NEUTRAL)
+    """Nodes."""
+    strategy: str = field(default="auto", metadata=NEUTRAL)
+    """Fabric strategy: ``auto``, ``ddp`` (several processes)."""
     precision: str = "32-true"
-    threads: Optional[int] = None
+    """``32-true`` (default, bit-reproducible), ``bf16-mixed``, ``16-mixed`` (GPU; loss scaling per
+    client), ``bf16-true``."""
+    threads: Optional[int] = field(default=None, metadata=NEUTRAL)
     """torch threads per process; null keeps torch's default. Runs compared bit for bit (e.g. 1
     vs 2 processes) need the same value."""
 
@@ -154,12 +158,41 @@ class FabricArgs:
 class RunConfig:
     """Everything that determines a run's results (``run_dir`` and display options excluded)."""
 
-    method: Literal["zeroshot", "coop", "promptfl", "pfedmoap"] = "pfedmoap"
+    method: Method = field(default_factory=PFedMoAP)
+    """The federated method and its knobs: a short name (``pfedmoap``, ``promptfl``, ...; see
+    README) or a class path (``mypkg.MyMethod``); ``--method.help NAME`` lists its knobs."""
     seed: int = 0
+    """Run seed: every random draw derives from (seed, purpose, round, client)."""
     model: ModelArgs = field(default_factory=ModelArgs)
+    """The frozen backbone."""
     data: DataArgs = field(default_factory=DataArgs)
-    prompt: PromptArgs = field(default_factory=PromptArgs)
+    """Dataset and client split."""
     train: TrainArgs = field(default_factory=TrainArgs)
+    """Local training."""
     fed: FedArgs = field(default_factory=FedArgs)
-    pfedmoap: PFedMoAPArgs = field(default_factory=PFedMoAPArgs)
+    """Federation."""
     fabric: FabricArgs = field(default_factory=FabricArgs)
+    """Processes, devices and precision."""
+
+
+def config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as plain data (what ``config.yaml`` holds and ``--config`` reads back): the
+    method as ``{class_path, init_args}``, each section as a dict."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, Method):
+            out[f.name] = value.spec()
+        elif is_dataclass(value):
+            out[f.name] = {g.name: getattr(value, g.name) for g in fields(value)}
+        else:
+            out[f.name] = value
+    return out
+
+
+def neutral_keys() -> set[tuple[str, str]]:
+    """(section, key) of every neutral field."""
+    cfg = RunConfig()
+    return {(f.name, g.name) for f in fields(cfg)
+            if is_dataclass(section := getattr(cfg, f.name)) and not isinstance(section, Method)
+            for g in fields(section) if g.metadata.get("neutral")}

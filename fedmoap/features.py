@@ -8,9 +8,7 @@ dataset. Methods whose image path is trained (vision prompts) do not use this mo
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
-from fedmoap.io import atomic_torch_save
+from fedmoap.io import atomic_torch_save, file_lock
 from fedmoap.seeding import derive_seed
 
 CACHE_FORMAT = 1
@@ -38,12 +36,14 @@ class FeatureCache:
     """
 
     def __init__(self, root: Path, backbone: Backbone, batch_size: int = 32,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", tokens: bool = False) -> None:
         self.root = Path(root).expanduser()
         self.backbone = backbone
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.tower = backbone.image_fingerprint()
+        self.tokens = tokens
+        """Cache per-patch token features (N, T, D) instead of pooled ones (N, D)."""
         self.computed = 0
         """Rows encoded by this object (the rest came from disk)."""
 
@@ -51,6 +51,7 @@ class FeatureCache:
         """Cache key: image tower, data split, the transform's full description, view and seed."""
         transform = repr(self.backbone.image_transform(train=view > 0))
         text = f"{CACHE_FORMAT}|{self.tower}|{data_id}|{transform}|{view}|{view_seed if view else ''}"
+        text += "|tokens" if self.tokens else ""
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def get(self, ds: Dataset, data_id: str, indices: np.ndarray, image_column: str,
@@ -62,7 +63,7 @@ class FeatureCache:
         """
         indices = np.asarray(indices, dtype=np.int64)
         path = self.root / f"{self.key(data_id, view, view_seed)}.pt"
-        with _locked(path):
+        with file_lock(path):
             rows, feats = self._load(path)
             missing = np.setdiff1d(np.unique(indices), rows.numpy())
             if len(missing):
@@ -77,7 +78,7 @@ class FeatureCache:
 
     def _load(self, path: Path) -> tuple[Tensor, Tensor]:
         if not path.exists():
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, self.backbone.embed_dim)
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         try:
             blob = torch.load(path, weights_only=True)
             assert blob["format"] == CACHE_FORMAT and len(blob["rows"]) == len(blob["features"])
@@ -100,18 +101,7 @@ class FeatureCache:
                     torch.manual_seed(derive_seed(view_seed, "view", int(row), view))
                     batch.append(transform(img))
             x = torch.stack(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-            out.append(F.normalize(self.backbone.encode_image(x).float(), dim=-1).cpu())
+            encode = self.backbone.encode_image_tokens if self.tokens else self.backbone.encode_image
+            out.append(F.normalize(encode(x).float(), dim=-1).cpu())
         self.computed += len(rows)
         return torch.cat(out)
-
-
-@contextmanager
-def _locked(path: Path):
-    """An exclusive lock beside ``path``, so that processes sharing a cache do not race."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,68 +1,135 @@
-"""The features and labels every client trains and is tested on, gathered once per run."""
+"""What every client trains and is tested on: its rows, and batches of the inputs its method reads.
+
+Three providers, gathered once per run for the rows some client uses, each only if the method
+declares it (:attr:`~fedmoap.methods.base.Method.inputs`):
+
+- ``features``: pooled frozen image features from the feature cache (the plain view and
+  ``data.num_views`` augmented views per training image);
+- ``tokens``: frozen per-patch token features (plain view), from the same cache;
+- ``pixels``: decoded uint8 images from the pixel cache, augmented per step for training.
+
+A batch is a dict of the method's inputs plus ``label``; every random draw comes from the
+generators the caller passes, derived from (seed, round, client[, epoch]).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fedmoap.backbones.base import Backbone
 from fedmoap.config import DataArgs
 from fedmoap.data.sources import SourceData
 from fedmoap.data.split import ClientSplit
 from fedmoap.features import FeatureCache
+from fedmoap.pixels import PixelCache, augment
+from fedmoap.seeding import torch_generator
+
+
+@dataclass
+class Inputs:
+    """One split's inputs for the union of the rows clients use (position i = i-th used row)."""
+
+    labels: Tensor
+    features: Tensor | None = None
+    """(V + 1, N, D) for train (view 0 plain), (1, N, D) for test."""
+    tokens: Tensor | None = None
+    """(N, T, D)"""
+    pixels: np.ndarray | None = None
+    """(M, 3, S, S) uint8, memory-mapped; ``pixel_pos`` maps used positions to its rows."""
+    pixel_pos: np.ndarray | None = None
 
 
 @dataclass
 class FederatedData:
-    """Cached image features of all rows some client uses, and each client's rows.
-
-    ``train_features`` has one slice per view: 0 is the plain view, 1..V the augmented ones.
-    """
+    """Each client's training and test rows, and batches of what its method reads."""
 
     classnames: list[str]
-    train_features: Tensor
-    """(V + 1, N_train_used, D)"""
-    train_labels: Tensor
-    test_features: Tensor
-    """(N_test_used, D)"""
-    test_labels: Tensor
-    train_rows: list[Tensor]
-    """Per client: positions into the train tensors."""
-    test_rows: list[Tensor]
+    train: Inputs
+    test: Inputs
+    train_pos: list[Tensor]
+    """Per client: positions into ``train``."""
+    test_pos: list[Tensor]
+    seed: int = 0
+    backbone: Backbone | None = field(default=None, repr=False)
+    """Normalises pixel batches (the pixels provider only)."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def num_clients(self) -> int:
-        return len(self.train_rows)
+        return len(self.train_pos)
 
     def train_size(self, cid: int) -> int:
-        return len(self.train_rows[cid])
+        return len(self.train_pos[cid])
 
-    def client_train(self, cid: int) -> tuple[Tensor, Tensor]:
-        rows = self.train_rows[cid]
-        return self.train_features[:, rows], self.train_labels[rows]
+    def test_size(self, cid: int) -> int:
+        return len(self.test_pos[cid])
 
-    def client_test(self, cid: int) -> tuple[Tensor, Tensor]:
-        rows = self.test_rows[cid]
-        return self.test_features[rows], self.test_labels[rows]
+    def train_labels(self, cid: int) -> Tensor:
+        return self.train.labels[self.train_pos[cid]]
+
+    def train_batches(self, cid: int, t: int, batch_size: int):
+        """epoch -> that epoch's shuffled batches of client ``cid`` in round ``t``."""
+        pos = self.train_pos[cid]
+        n = len(pos)
+        gen = torch_generator(self.seed, "train", t, cid)
+        views = self.train.features.shape[0] if self.train.features is not None else 1
+
+        def epoch(e: int) -> Iterator[dict[str, Tensor]]:
+            order = torch.randperm(n, generator=gen)
+            view = torch.randint(views, (n,), generator=gen)
+            aug = torch_generator(self.seed, "augment", t, cid, e) if self.train.pixels is not None else None
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                yield self._batch(self.train, pos[idx], view[idx], aug)
+        return epoch
+
+    def test_batches(self, cid: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
+        pos = self.test_pos[cid]
+        for start in range(0, len(pos), batch_size):
+            rows = pos[start:start + batch_size]
+            yield self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
+
+    def _batch(self, split: Inputs, rows: Tensor, view: Tensor, aug: torch.Generator | None) -> dict[str, Tensor]:
+        d = self.device
+        batch = {"label": split.labels[rows].to(d)}
+        if split.features is not None:
+            batch["features"] = split.features[view, rows].to(d)
+        if split.tokens is not None:
+            batch["tokens"] = split.tokens[rows].to(d)
+        if split.pixels is not None:
+            images = torch.from_numpy(np.ascontiguousarray(split.pixels[split.pixel_pos[rows.numpy()]])).to(d)
+            x = augment(images, aug) if aug is not None else images.float().div_(255)
+            batch["pixels"] = self.backbone.normalize_pixels(x)
+        return batch
 
 
-def gather_features(args: DataArgs, source: SourceData, split: ClientSplit,
-                    cache: FeatureCache) -> FederatedData:
-    """Features of every row any client uses (encoded once, then read from the cache)."""
+def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, split: ClientSplit,
+                  features: FeatureCache | None, tokens: FeatureCache | None,
+                  pixels: PixelCache | None, seed: int) -> FederatedData:
+    """The inputs a method reads, for every row any client uses (encoded once, then cached)."""
     train_used, train_pos = _union(split.train)
     test_used, test_pos = _union(split.test)
-    views = [cache.get(source.train, source.train_id, train_used, args.image_column, v, args.view_seed)
-             for v in range(args.num_views + 1)]
-    test = cache.get(source.test, source.test_id, test_used, args.image_column, 0)
-    return FederatedData(
-        classnames=source.classnames,
-        train_features=torch.stack(views),
-        train_labels=torch.from_numpy(source.train_labels[train_used]),
-        test_features=test,
-        test_labels=torch.from_numpy(source.test_labels[test_used]),
-        train_rows=train_pos, test_rows=test_pos,
-    )
+    train = Inputs(torch.from_numpy(source.train_labels[train_used]))
+    test = Inputs(torch.from_numpy(source.test_labels[test_used]))
+    column = args.image_column
+    if "features" in inputs:
+        train.features = torch.stack([
+            features.get(source.train, source.train_id, train_used, column, v, args.view_seed)
+            for v in range(args.num_views + 1)])
+        test.features = features.get(source.test, source.test_id, test_used, column, 0)[None]
+    if "tokens" in inputs:
+        train.tokens = tokens.get(source.train, source.train_id, train_used, column)
+        test.tokens = tokens.get(source.test, source.test_id, test_used, column)
+    if "pixels" in inputs:
+        for part, ds, data_id, used in ((train, source.train, source.train_id, train_used),
+                                        (test, source.test, source.test_id, test_used)):
+            rows, part.pixels = pixels.get(ds, data_id, used, column)
+            part.pixel_pos = np.searchsorted(rows, used)
+    return FederatedData(source.classnames, train, test, train_pos, test_pos, seed)
 
 
 def _union(per_client: list[np.ndarray]) -> tuple[np.ndarray, list[Tensor]]:

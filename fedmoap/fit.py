@@ -5,10 +5,9 @@ checkpoint have all been checked, so a bad input never damages an earlier run.
 """
 from __future__ import annotations
 
-import dataclasses
-import signal
 import hashlib
 import json
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -22,65 +21,60 @@ from tqdm.auto import tqdm
 
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import load_latest, save_checkpoint
-from fedmoap.config import RunConfig
+from fedmoap.config import RunConfig, config_dict, neutral_keys
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import load_split, make_split
+from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.federated_data import gather_features
+from fedmoap.federated_data import gather_inputs
 from fedmoap.features import FeatureCache
 from fedmoap.io import atomic_write_text
-from fedmoap.methods import METHODS
-from fedmoap.methods.base import initial_prompt
-from fedmoap.results import scalars, write_results
-from fedmoap.rounds import Federation
-from fedmoap.store import DiskClientStore
-from fedmoap.distributed import Comm
+from fedmoap.methods.base import INPUTS, RunContext
+from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Preempted, requeue, stop_flag
+from fedmoap.results import scalars, write_results
+from fedmoap.rounds import Federation, Schedule
+from fedmoap.store import ClientStore
 
-# Settings that do not change a run's numbers: a run may be resumed with other values.
-NEUTRAL_KEYS = {("fabric", "accelerator"), ("fabric", "devices"), ("fabric", "num_nodes"),
-                ("fabric", "strategy"), ("fabric", "threads"), ("fed", "keep_checkpoints"), ("data", "feature_cache"),
-                ("data", "feature_batch_size"), ("model", "cache_dir"), ("train", "eval_batch_size"),
-                ("fed", "rounds")}  # extending a run gives the numbers a longer run would
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
-
-
-def config_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
 
 
 def config_digest(cfg: dict[str, Any]) -> str:
     """Digest of the settings that determine results (the neutral keys left out)."""
-    kept = {s: ({k: v for k, v in sec.items() if (s, k) not in NEUTRAL_KEYS} if isinstance(sec, dict) else sec)
+    neutral = neutral_keys()
+    kept = {s: ({k: v for k, v in sec.items() if (s, k) not in neutral}
+                if isinstance(sec, dict) and s != "method" else sec)
             for s, sec in cfg.items()}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def validate(cfg: RunConfig) -> None:
-    """Checks beyond types: ranges and combinations, each error naming its key."""
+    """Checks beyond types, all of them, before anything is built: ranges and combinations, each
+    message naming its key; raises one :class:`FedmoapError` listing every problem."""
+    d, t, f = cfg.data, cfg.train, cfg.fed
     checks = [
-        (cfg.fed.rounds >= 1, "fed.rounds must be >= 1"),
-        (0 < cfg.fed.participation <= 1, "fed.participation must be in (0, 1]"),
-        (cfg.data.num_clients >= 1, "data.num_clients must be >= 1"),
-        (cfg.data.shots is None or cfg.data.shots >= 1, "data.shots must be >= 1 or null"),
-        (cfg.data.num_views >= 0, "data.num_views must be >= 0"),
-        (cfg.prompt.n_ctx >= 1 or cfg.prompt.ctx_init, "prompt.n_ctx must be >= 1"),
-        ("{}" in cfg.prompt.template, "prompt.template must contain {} for the class name"),
-        ("{}" in cfg.prompt.zeroshot_template, "prompt.zeroshot_template must contain {}"),
-        (cfg.train.local_epochs >= 1, "train.local_epochs must be >= 1"),
-        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (cfg.pfedmoap.num_experts >= 0, "pfedmoap.num_experts must be >= 0"),
-        (cfg.pfedmoap.d_gating % cfg.pfedmoap.heads == 0, "pfedmoap.d_gating must be divisible by pfedmoap.heads"),
-        (cfg.data.partition != "domain_dirichlet" or cfg.data.domain_column,
+        (f.rounds >= 1, "fed.rounds must be >= 1"),
+        (0 < f.participation <= 1, "fed.participation must be in (0, 1]"),
+        (f.keep_checkpoints >= 1, "fed.keep_checkpoints must be >= 1"),
+        (f.eval_every >= 1, "fed.eval_every must be >= 1"),
+        (d.num_clients >= 1, "data.num_clients must be >= 1"),
+        (d.shots is None or d.shots >= 1, "data.shots must be >= 1 or null"),
+        (d.num_views >= 0, "data.num_views must be >= 0"),
+        (d.partition != "domain_dirichlet" or d.domain_column,
          "data.partition domain_dirichlet needs data.domain_column"),
+        (t.local_epochs >= 1, "train.local_epochs must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.fabric.precision in PRECISIONS,
+         f"fabric.precision {cfg.fabric.precision!r} is not one of {', '.join(PRECISIONS)}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise FedmoapError(message)
-    if cfg.pfedmoap.experts_per_client:
-        bad = [c for c in cfg.pfedmoap.experts_per_client if not 0 <= c < cfg.data.num_clients]
-        if bad:
-            raise FedmoapError(f"pfedmoap.experts_per_client names clients {bad} outside 0..{cfg.data.num_clients - 1}")
+    problems = [message for ok, message in checks if not ok]
+    method = cfg.method
+    if not type(method).inputs <= INPUTS:
+        problems.append(f"method: {type(method).__name__}.inputs must be a subset of {sorted(INPUTS)}")
+    problems += method.problems()
+    if problems:
+        raise FedmoapError("; ".join(problems))
 
 
 def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
@@ -95,12 +89,16 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
         stored = yaml.safe_load(stored_path.read_text())
     except yaml.YAMLError as exc:
         raise FedmoapError(f"{stored_path} is not readable YAML ({exc})") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict):
+        raise FedmoapError(f"{stored_path} is not a config of this fedmoap version; start the run "
+                           "in a new --run_dir")
     if config_digest(stored) != config_digest(cfg_dict):
-        diffs = [f"{s}.{k}: {stored.get(s, {}).get(k)!r} -> {v!r}" for s, sec in cfg_dict.items()
-                 if isinstance(sec, dict) for k, v in sec.items()
-                 if (s, k) not in NEUTRAL_KEYS and stored.get(s, {}).get(k) != v]
+        neutral = neutral_keys()
+        diffs = [f"{s}.{k}: {(stored.get(s) or {}).get(k)!r} -> {v!r}" for s, sec in cfg_dict.items()
+                 if isinstance(sec, dict) and s != "method" for k, v in sec.items()
+                 if (s, k) not in neutral and (stored.get(s) or {}).get(k) != v]
         diffs += [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in cfg_dict.items()
-                  if not isinstance(v, dict) and stored.get(k) != v]
+                  if (not isinstance(v, dict) or k == "method") and stored.get(k) != v]
         raise FedmoapError(f"run_dir {run_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
                            "use a new --run_dir to start a different run")
     return True
@@ -116,11 +114,15 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     validate(cfg)
     cfg_dict = config_dict(cfg)
     digest = config_digest(cfg_dict)
+    method = cfg.method
     f = cfg.fabric
     # slurm/array.sbatch runs single-process jobs without srun on purpose
     warnings.filterwarnings("ignore", message="The `srun` command is available")
-    fabric = L.Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes,
-                      strategy=f.strategy, precision=f.precision)
+    try:
+        fabric = L.Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes,
+                          strategy=f.strategy, precision=f.precision)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise FedmoapError(f"fabric: {' '.join(str(exc).split())}") from None
     fabric.launch()
     comm = Comm.from_fabric(fabric)
     if f.threads:
@@ -129,20 +131,28 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     resuming = check_run_dir(run_dir, cfg_dict)
     t0 = time.perf_counter()
     backbone = build_backbone(cfg.model, cfg.seed).to(fabric.device)
+    problems = method.backbone_problems(backbone)
+    if problems:
+        raise FedmoapError("; ".join(problems))
     source = load_source(cfg.data)
     split = (load_split(run_dir / "split.json", source, cfg.data.num_clients) if resuming
              else make_split(cfg.data, source, cfg.seed))
     ckpt = load_latest(run_dir, digest) if resuming else None
     cache_root = Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
-    cache = FeatureCache(cache_root, backbone, cfg.data.feature_batch_size, fabric.device)
-    with fabric.rank_zero_first():  # rank 0 encodes, the others then read the cache
-        data = gather_features(cfg.data, source, split, cache)
+    batch, inputs = cfg.data.feature_batch_size, type(method).inputs
+    features = FeatureCache(cache_root, backbone, batch, fabric.device) if "features" in inputs else None
+    tokens = FeatureCache(cache_root, backbone, batch, fabric.device, tokens=True) if "tokens" in inputs else None
+    pixels = PixelCache(cache_root, backbone) if "pixels" in inputs else None
+    with fabric.rank_zero_first():  # rank 0 fills the caches, the others then read them
+        data = gather_inputs(inputs, cfg.data, source, split, features, tokens, pixels, cfg.seed)
+    data.device, data.backbone = fabric.device, backbone
     setup_s = time.perf_counter() - t0
 
-    method = METHODS[cfg.method]
-    module = method.client(backbone, source.classnames, cfg).to(fabric.device)
-    server = method.server(cfg, initial_prompt(backbone, cfg))
-    store = DiskClientStore(run_dir / "clients")
+    keep = {"keep": True, "reset": False}.get(cfg.train.optimizer_state, method.keep_optimizer_state)
+    run = RunContext(cfg.seed, cfg.data.num_clients, cfg.train, keep)
+    module = method.build_client(backbone, source.classnames, run).to(fabric.device)
+    server = method.build_server(module.global_init(), run)
+    store = ClientStore(run_dir / "clients")
     history: list[dict] = []
     if ckpt is not None:
         server.load_state_dict(ckpt["server"])
@@ -152,37 +162,41 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     done = history[-1]["round"] if history else 0
     if comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
         if not resuming:
             split.save(run_dir / "split.json")
+        if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
 
-    federation = Federation(cfg, module, server, store, data, comm, fabric.autocast())
+    t = cfg.train
+    schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
+                        t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds)
+    federation = Federation(method, module, server, store, data, schedule, fabric, comm)
     logger = TensorBoardLogger(run_dir, name="tensorboard", version=0) if comm.is_main else None
-    extra = {"method": cfg.method, "seed": cfg.seed, "num_clients": cfg.data.num_clients,
-             "config_digest": digest, "world_size": comm.world_size}
+    extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
+             "num_clients": cfg.data.num_clients, "config_digest": digest,
+             "world_size": comm.world_size}
     stop = stop_flag()
     rounds_s = 0.0
     try:
-        for t in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
+        for r in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
                       total=cfg.fed.rounds, disable=not (progress and comm.is_main)):
             t1 = time.perf_counter()
-            record = federation.run_round(t, progress, stop)
+            record = federation.run_round(r, progress, stop)
             if record is None:
                 how = (requeue() if stop.signal == signal.SIGUSR1 else
                        "not requeued (SIGTERM: a cancel, or SLURM requeues a preempted job itself)")
-                raise Preempted(f"stopped by signal {stop.signal} during round {t}; the checkpoint "
-                                f"of round {t - 1} is the resume point; {how}")
+                raise Preempted(f"stopped by signal {stop.signal} during round {r}; the checkpoint "
+                                f"of round {r - 1} is the resume point; {how}")
             rounds_s += time.perf_counter() - t1
             history.append(record)
             if comm.is_main:
-                logger.log_metrics(scalars(record), step=t)
+                logger.log_metrics(scalars(record), step=r)
                 logger.experiment.flush()
-                save_checkpoint(run_dir, t, {"config_digest": digest, "server": server.state_dict(),
+                save_checkpoint(run_dir, r, {"config_digest": digest, "server": server.state_dict(),
                                              "store": store.state_dict(), "history": history},
                                 cfg.fed.keep_checkpoints)
-                recent = {c for r in history[-cfg.fed.keep_checkpoints - 1:] for c in r["participants"]}
-                store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, t)
+                recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
+                store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
     finally:
         stop.close()
@@ -191,5 +205,6 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     if comm.is_main:
         write_results(run_dir / "results.json", history, extra)
     comm.barrier()
+    computed = sum(c.computed for c in (features, tokens, pixels) if c is not None)
     return {"rounds": history, "setup_seconds": setup_s, "round_seconds": rounds_s,
-            "features_computed": cache.computed, "rank": comm.rank, "world_size": comm.world_size}
+            "features_computed": computed, "rank": comm.rank, "world_size": comm.world_size}

@@ -1,9 +1,11 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file."""
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,24 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock on a ``.lock`` file beside ``path``, so that processes sharing a cache do
+    not race. ``flock`` where the file system supports it, else POSIX ``lockf`` (Lustre mounted
+    without ``flock``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            unlock = fcntl.LOCK_UN
+            release = fcntl.flock
+        except OSError:
+            fcntl.lockf(handle, fcntl.LOCK_EX)
+            release, unlock = fcntl.lockf, fcntl.LOCK_UN
+        try:
+            yield
+        finally:
+            release(handle, unlock)

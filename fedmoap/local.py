@@ -1,62 +1,63 @@
-"""One client's local training and evaluation on cached features."""
+"""One client's local training and evaluation, on the batches its method asked for.
+
+Backward passes and optimizer steps go through Lightning Fabric, so mixed precision gets what it
+needs (``16-mixed``: loss scaling, with a scaler state kept per client).
+"""
 from __future__ import annotations
 
-import math
-from contextlib import AbstractContextManager, nullcontext
+from typing import Callable, Iterable
 
 import torch
-from torch import Tensor
+from lightning import Fabric
 
-from fedmoap.config import TrainArgs
 from fedmoap.methods.base import ClientModule
 
+Batches = Callable[[int], Iterable[dict[str, torch.Tensor]]]
+"""epoch -> the batches of that epoch (dicts of the method's inputs and ``label``)."""
 
-def train_locally(module: ClientModule, features: Tensor, labels: Tensor, args: TrainArgs,
-                  gen: torch.Generator, optimizer_state: dict | None,
-                  autocast: AbstractContextManager | None = None) -> dict | None:
-    """Run ``args.local_epochs`` epochs of SGD on one client; returns the optimiser state.
 
-    ``features`` is (V + 1, n, D): each sample draws one of its views per epoch. Shuffling and view
-    draws come from ``gen`` alone. Groups flagged ``cosine`` follow a cosine schedule over the
-    local epochs (restarted every round), the others keep their learning rate.
+def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: Fabric,
+                  scaler_state: dict | None = None) -> dict | None:
+    """``epochs`` epochs of the module's optimizer on one client; the schedule steps per epoch.
+
+    Returns the loss scaler's state under ``16-mixed`` (the client keeps it), else None.
     """
-    optimizer = module.configure_optimizers()
-    if optimizer is None:
+    built = module.configure_optimizers()
+    if built is None:
         return None
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    device = module.device
-    features, labels = features.to(device), labels.to(device)
-    views, n = features.shape[0], features.shape[1]
+    optimizer = fabric.setup_optimizers(built["optimizer"])
+    scheduler = built["lr_scheduler"]["scheduler"]
+    scaler = getattr(fabric.strategy.precision, "scaler", None)
+    if scaler is not None:
+        scaler.load_state_dict(scaler_state) if scaler_state else _reset_scaler(scaler)
     module.train()
-    epochs = args.local_epochs
     for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            factor = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if group["cosine"] else 1.0
-            group["lr"] = group["base_lr"] * factor
-        order = torch.randperm(n, generator=gen)
-        view = torch.randint(views, (n,), generator=gen)
-        for step, start in enumerate(range(0, n, args.batch_size)):
-            idx = order[start:start + args.batch_size]
-            batch = (features[view[idx].to(device), idx.to(device)], labels[idx.to(device)])
-            with autocast or nullcontext():
+        for step, batch in enumerate(batches(epoch)):
+            with fabric.autocast():
                 loss = module.training_step(batch, step)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            fabric.backward(loss)
             optimizer.step()
+        scheduler.step()
     module.eval()
-    return optimizer.state_dict()
+    return scaler.state_dict() if scaler is not None else None
+
+
+def _reset_scaler(scaler: torch.amp.GradScaler) -> None:
+    fresh = torch.amp.GradScaler(scaler._device)
+    scaler.load_state_dict(fresh.state_dict())
 
 
 @torch.no_grad()
-def evaluate(module: ClientModule, features: Tensor, labels: Tensor, batch_size: int,
-             autocast: AbstractContextManager | None = None) -> float:
-    """Top-1 accuracy of the module's current client on (features, labels)."""
+def evaluate(module: ClientModule, batches: Iterable[dict[str, torch.Tensor]], fabric: Fabric) -> float:
+    """Top-1 accuracy of the module's current client (after :meth:`ClientModule.begin_eval`).
+    The label is taken out of each batch before the module sees it."""
     module.eval()
-    device = module.device
-    with autocast or nullcontext():
-        module.on_validation_start()
-        for step, start in enumerate(range(0, len(labels), batch_size)):
-            batch = (features[start:start + batch_size].to(device), labels[start:start + batch_size].to(device))
-            module.validation_step(batch, step)
-    return float(module.acc.compute()) if len(labels) else float("nan")
+    module.acc.reset()
+    seen = 0
+    with fabric.autocast():
+        for batch in batches:
+            label = batch.pop("label")
+            module.acc.update(module.predict(batch).argmax(-1), label)
+            seen += len(label)
+    return float(module.acc.compute()) if seen else float("nan")

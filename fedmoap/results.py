@@ -9,9 +9,13 @@ from typing import Any
 from fedmoap.io import atomic_write_text
 
 
-def round_record(t: int, accs: dict[int, float], sizes: dict[int, int], participants: list[int],
-                 bytes_up: int, bytes_down: int) -> dict[str, Any]:
-    """One entry of ``results.json``'s ``rounds``; mean and std are unweighted across clients."""
+def round_record(t: int, accs: dict[int, float] | None, sizes: dict[int, int],
+                 participants: list[int], bytes_up: int, bytes_down: int) -> dict[str, Any]:
+    """One entry of ``results.json``'s ``rounds``; mean and std are unweighted across clients.
+    A round that was not evaluated (``fed.eval_every``) has no accuracies and ``evaluated: false``."""
+    if accs is None:
+        return {"round": t, "evaluated": False, "bytes_up": int(bytes_up),
+                "bytes_down": int(bytes_down), "participants": list(participants)}
     values = [a for a in accs.values() if not math.isnan(a)]
     mean = sum(values) / len(values) if values else float("nan")
     std = math.sqrt(sum((a - mean) ** 2 for a in values) / len(values)) if values else float("nan")
@@ -22,7 +26,9 @@ def round_record(t: int, accs: dict[int, float], sizes: dict[int, int], particip
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best round (by mean accuracy; the first on ties) and the mean of the last five rounds."""
+    """Best round (by mean accuracy; the first on ties) and the mean of the last five evaluated
+    rounds."""
+    rounds = [r for r in rounds if "mean_acc" in r]
     if not rounds:
         return {"best_round": 0, "best_mean_acc": float("nan"), "last5_mean_acc": float("nan")}
     best = max(rounds, key=lambda r: (r["mean_acc"], -r["round"]))
@@ -38,7 +44,8 @@ def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """TensorBoard scalars of a round: ``client/<id>/acc``, ``mean/acc``, ``std/acc``, traffic."""
-    out = {f"client/{cid}/acc": v["acc"] for cid, v in record["clients"].items()}
-    out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"],
-                "comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
+    out = {f"client/{cid}/acc": v["acc"] for cid, v in record.get("clients", {}).items()}
+    if "mean_acc" in record:
+        out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"]})
+    out.update({"comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
     return out

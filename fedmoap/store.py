@@ -1,17 +1,15 @@
 """Per-client state between rounds: small tensors (prompts, gating, optimiser state).
 
 This is all that grows with the number of clients; the model itself exists once per process.
-Two stores share one protocol, used by :class:`~fedmoap.rounds.Federation`:
+Each new state goes to its own file ``<root>/<cid>/round_<t>.pt`` and only ``cid -> t`` is kept
+in memory, so memory does not grow with the number of clients and a round's checkpoint holds
+only the index. Used by :class:`~fedmoap.rounds.Federation`:
 
 - ``ref = store.write(cid, state, t)`` on the rank that trained ``cid`` in round ``t``;
 - ``store.adopt(refs)`` on every rank with the gathered refs of all ranks;
 - ``store.get(cid)`` when a rank trains or evaluates ``cid``.
 
-:class:`ClientStore` keeps states in memory (the ref is the state itself: it travels to every
-rank). :class:`DiskClientStore`, used by ``fedmoap fit``, writes each new state to its own file
-``<root>/<cid>/round_<t>.pt`` and keeps only ``cid -> t`` in memory (the ref is ``t``: nothing
-but an integer travels), so memory does not grow with the number of clients and a round's
-checkpoint holds only the index. Old versions are deleted once no kept checkpoint needs them.
+Old versions are deleted once no kept checkpoint needs them.
 """
 from __future__ import annotations
 
@@ -28,41 +26,6 @@ _VERSION = re.compile(r"round_(\d+)\.pt$")
 
 
 class ClientStore:
-    """Client id -> the state a :class:`~fedmoap.methods.base.ClientModule` saved for it, in memory."""
-
-    def __init__(self) -> None:
-        self._states: dict[int, dict[str, Any]] = {}
-
-    def write(self, cid: int, state: dict[str, Any], t: int) -> Any:
-        return state
-
-    def adopt(self, refs: dict[int, Any]) -> None:
-        for cid in sorted(refs):
-            self._states[cid] = refs[cid]
-
-    def put(self, cid: int, state: dict[str, Any], t: int = 0) -> None:
-        self.adopt({cid: self.write(cid, state, t)})
-
-    def get(self, cid: int) -> dict[str, Any] | None:
-        return self._states.get(cid)
-
-    def __contains__(self, cid: int) -> bool:
-        return cid in self._states
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"states": dict(self._states)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._states = {int(k): v for k, v in state["states"].items()}
-
-    def collect_garbage(self, clients: list[int], keep: int, t: int) -> None:
-        """Nothing to do: memory holds only the newest state."""
-
-
-class DiskClientStore(ClientStore):
     """Each client's state versioned on disk under ``root``; only the index lives in memory.
 
     Every rank may write (the clients it trained) and read (the clients it trains or evaluates),
@@ -70,7 +33,6 @@ class DiskClientStore(ClientStore):
     """
 
     def __init__(self, root: Path) -> None:
-        super().__init__()
         self.root = Path(root)
         self._index: dict[int, int] = {}
 

@@ -21,8 +21,8 @@ VARIANTS = {
     "zero-shot": ["--method", "zeroshot"],
     "CoOp": ["--method", "coop"],
     "PromptFL": ["--method", "promptfl"],
-    "pFedMoAP (λ = 0)": ["--method", "pfedmoap", "--pfedmoap.lam", "0"],
-    "pFedMoAP (λ = 0.5)": ["--method", "pfedmoap", "--pfedmoap.lam", "0.5"],
+    "pFedMoAP (λ = 0)": ["--method", "pfedmoap", "--method.lam", "0"],
+    "pFedMoAP (λ = 0.5)": ["--method", "pfedmoap", "--method.lam", "0.5"],
 }
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fedmoap.gating import AttentionGating, reduce_features
+from fedmoap.methods.gating import AttentionGating, reduce_features
 
 
 def test_parameter_count_matches_paper():

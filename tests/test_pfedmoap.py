@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.config import PFedMoAPArgs, PromptArgs, RunConfig
-from fedmoap.methods.base import initial_prompt, payload_bytes
-from fedmoap.methods.pfedmoap import PFedMoAPClient, PFedMoAPServer, nearest_experts
+from fedmoap.config import TrainArgs
+from fedmoap.methods.base import RunContext, payload_bytes
+from fedmoap.methods.pfedmoap import PFedMoAP, PFedMoAPClient, PFedMoAPServer, nearest_experts
+from fedmoap.methods.prompts import initial_prompt
 
 CLASSES = ["red", "green", "blue", "yellow"]
 
@@ -17,9 +18,19 @@ def backbone():
     return OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
 
 
-def make_cfg(**pfedmoap) -> RunConfig:
-    return RunConfig(prompt=PromptArgs(n_ctx=4),
-                     pfedmoap=PFedMoAPArgs(d_gating=32, heads=4, **pfedmoap))
+RUN = RunContext(seed=0, num_clients=4, train=TrainArgs(), keep_optimizer_state=True)
+
+
+def make_cfg(**knobs) -> PFedMoAP:
+    return PFedMoAP(n_ctx=4, d_gating=32, heads=4, **knobs)
+
+
+def server_for(method: PFedMoAP, init) -> PFedMoAPServer:
+    return PFedMoAPServer(method, {"prompt": init}, RUN)
+
+
+def client_for(backbone, method: PFedMoAP) -> PFedMoAPClient:
+    return PFedMoAPClient(method, backbone, CLASSES, RUN)
 
 
 def test_knn_picks_nearest_client_ids_not_positions():
@@ -38,92 +49,93 @@ def test_knn_ties_go_to_smaller_id():
 
 def test_server_pool_first_timers_and_fedavg():
     cfg = make_cfg(num_experts=2)
-    server = PFedMoAPServer(cfg, torch.zeros(4, 8))
-    assert "experts" not in server.payload(0)              # first time: no pool entry
+    server = server_for(cfg, torch.zeros(4, 8))
+    assert "experts" not in server.payload(0, 1)              # first time: no pool entry
     prompts = {c: torch.full((4, 8), float(c)) for c in range(4)}
-    server.aggregate({c: {"prompt": prompts[c]} for c in (0, 1, 3)}, {0: 10, 1: 30, 3: 60})
-    torch.testing.assert_close(server.global_prompt, torch.full((4, 8), (0 * 10 + 1 * 30 + 3 * 60) / 100))
+    server.aggregate(1, {c: {"prompt": prompts[c]} for c in (0, 1, 3)}, {0: 10, 1: 30, 3: 60})
+    torch.testing.assert_close(server.global_state["prompt"], torch.full((4, 8), (0 * 10 + 1 * 30 + 3 * 60) / 100))
     assert set(server.pool) == {0, 1, 3}
-    payload = server.payload(1)
+    payload = server.payload(1, 1)
     torch.testing.assert_close(payload["experts"], torch.stack([prompts[0], prompts[3]]))
-    assert "experts" not in server.payload(2)              # never participated
-    server.aggregate({2: {"prompt": prompts[2]}}, {2: 5})  # overwrites, then nearest changes
-    torch.testing.assert_close(server.payload(1)["experts"], torch.stack([prompts[0], prompts[2]]))
+    assert "experts" not in server.payload(2, 1)              # never participated
+    server.aggregate(1, {2: {"prompt": prompts[2]}}, {2: 5})  # overwrites, then nearest changes
+    torch.testing.assert_close(server.payload(1, 1)["experts"], torch.stack([prompts[0], prompts[2]]))
     assert payload_bytes(payload) == 3 * 4 * 8 * 4
 
 
 def test_per_client_number_of_experts():
-    server = PFedMoAPServer(make_cfg(num_experts=3, experts_per_client={0: 1}), torch.zeros(2, 2))
-    server.aggregate({c: {"prompt": torch.full((2, 2), float(c))} for c in range(5)}, dict.fromkeys(range(5), 1))
-    assert server.payload(0)["experts"].shape[0] == 1
-    assert server.payload(1)["experts"].shape[0] == 3
+    server = server_for(make_cfg(num_experts=3, experts_per_client={0: 1}), torch.zeros(2, 2))
+    server.aggregate(1, {c: {"prompt": torch.full((2, 2), float(c))} for c in range(5)}, dict.fromkeys(range(5), 1))
+    assert server.payload(0, 1)["experts"].shape[0] == 1
+    assert server.payload(1, 1)["experts"].shape[0] == 3
 
 
 def test_server_state_roundtrip():
-    server = PFedMoAPServer(make_cfg(), torch.zeros(2, 2))
-    server.aggregate({1: {"prompt": torch.ones(2, 2)}}, {1: 1})
-    other = PFedMoAPServer(make_cfg(), torch.zeros(2, 2))
+    server = server_for(make_cfg(), torch.zeros(2, 2))
+    server.aggregate(1, {1: {"prompt": torch.ones(2, 2)}}, {1: 1})
+    other = server_for(make_cfg(), torch.zeros(2, 2))
     other.load_state_dict(server.state_dict())
     assert set(other.pool) == {1}
-    torch.testing.assert_close(other.global_prompt, server.global_prompt)
+    torch.testing.assert_close(other.global_state["prompt"], server.global_state["prompt"])
 
 
 def test_first_time_client_is_plain_coop_and_returning_client_mixes(backbone):
     cfg = make_cfg(num_experts=2, lam=0.5)
-    client = PFedMoAPClient(backbone, CLASSES, cfg)
+    client = client_for(backbone, cfg)
     client.load_client(0, None)
-    g = initial_prompt(backbone, cfg)
-    client.receive({"global": g})
+    g = initial_prompt(backbone, cfg, 0)
+    client.receive({"prompt": g})
     image = torch.nn.functional.normalize(torch.randn(3, backbone.embed_dim), dim=-1)
-    local = backbone.logit_scale * image @ client.text_features()[0].t()
-    torch.testing.assert_close(client(image), local)       # no experts: CoOp logits
+    local = backbone.logit_scale * image @ client.text_features().t()
+    torch.testing.assert_close(client({"features": image}), local)       # no experts: CoOp logits
     experts = torch.randn(2, 4, backbone.ctx_width) * 0.02
-    client.receive({"global": g, "experts": experts})
+    client.receive({"prompt": g, "experts": experts})
     assert client.expert_text.shape == (2, len(CLASSES), backbone.embed_dim)
-    mixed = client(image)
+    mixed = client({"features": image})
     assert mixed.shape == (3, len(CLASSES)) and not torch.allclose(mixed, local)
     assert set(client.upload()) == {"prompt"}              # the gating never leaves the client
 
 
 def test_gating_gets_gradient_only_with_experts(backbone):
     cfg = make_cfg(num_experts=2)
-    client = PFedMoAPClient(backbone, CLASSES, cfg)
+    client = client_for(backbone, cfg)
     client.load_client(0, None)
-    client.receive({"global": initial_prompt(backbone, cfg)})
+    client.receive({"prompt": initial_prompt(backbone, cfg, 0)})
     image = torch.nn.functional.normalize(torch.randn(3, backbone.embed_dim), dim=-1)
-    client.training_step((image, torch.tensor([0, 1, 2])), 0).backward()
+    client.training_step({"features": image, "label": torch.tensor([0, 1, 2])}).backward()
     assert client.gating.q_proj.weight.grad is None and client.ctx.grad is not None
-    client.receive({"global": initial_prompt(backbone, cfg), "experts": torch.randn(2, 4, backbone.ctx_width)})
+    client.receive({"prompt": initial_prompt(backbone, cfg, 0), "experts": torch.randn(2, 4, backbone.ctx_width)})
     client.zero_grad()
-    client.training_step((image, torch.tensor([0, 1, 2])), 0).backward()
+    client.training_step({"features": image, "label": torch.tensor([0, 1, 2])}).backward()
     assert client.gating.q_proj.weight.grad.abs().sum() > 0
 
 
 def test_client_state_is_restored_exactly_and_gating_init_depends_on_client(backbone):
     cfg = make_cfg(num_experts=2)
-    client = PFedMoAPClient(backbone, CLASSES, cfg)
+    client = client_for(backbone, cfg)
     client.load_client(0, None)
-    client.receive({"global": torch.randn(4, backbone.ctx_width), "experts": torch.randn(1, 4, backbone.ctx_width)})
+    client.receive({"prompt": torch.randn(4, backbone.ctx_width), "experts": torch.randn(1, 4, backbone.ctx_width)})
     saved = client.client_state()
     image = torch.nn.functional.normalize(torch.randn(3, backbone.embed_dim), dim=-1)
-    before = client(image)
+    before = client({"features": image})
     client.load_client(1, None)
     assert not torch.equal(client.gating.q_proj.weight, saved["params"]["gating.q_proj.weight"])
     client.load_client(0, saved)
-    client.prepare_eval({"global": torch.zeros(4, backbone.ctx_width)}, has_state=True)
-    torch.testing.assert_close(client(image), before)
+    client.prepare_eval({"prompt": torch.zeros(4, backbone.ctx_width)})
+    client.begin_eval()
+    torch.testing.assert_close(client({"features": image}), before)
     client.load_client(0, None)                            # fresh state is a pure function of (seed, id)
     torch.testing.assert_close(client.gating.q_proj.weight, saved["params"]["gating.q_proj.weight"])
 
 
 def test_lambda_zero_uses_moe_only(backbone):
-    cfg = dataclasses.replace(make_cfg(num_experts=1, lam=0.0))
-    client = PFedMoAPClient(backbone, CLASSES, cfg)
+    cfg = make_cfg(num_experts=1, lam=0.0)
+    client = client_for(backbone, cfg)
     client.load_client(0, None)
-    client.receive({"global": initial_prompt(backbone, cfg), "experts": torch.randn(1, 4, backbone.ctx_width)})
+    client.receive({"prompt": initial_prompt(backbone, cfg, 0), "experts": torch.randn(1, 4, backbone.ctx_width)})
     image = torch.nn.functional.normalize(torch.randn(3, backbone.embed_dim), dim=-1)
-    local_t, expert_t = client.text_features()
+    local_t, expert_t = client.text_features(), client.expert_text
     moe = client.gating(image, torch.cat([local_t[None], expert_t]))
     q = torch.nn.functional.normalize(client.gating.reduce(image), dim=-1)
     expected = backbone.logit_scale * torch.einsum("bd,bcd->bc", q, torch.nn.functional.normalize(moe, dim=-1))
-    torch.testing.assert_close(client(image), expected)
+    torch.testing.assert_close(client({"features": image}), expected)

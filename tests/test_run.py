@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 SMOKE_CFG = yaml.safe_load(SMOKE.read_text())
 NUM_CLIENTS = SMOKE_CFG["data"]["num_clients"]
-N_CTX = SMOKE_CFG["prompt"]["n_ctx"]
-NUM_EXPERTS = SMOKE_CFG["pfedmoap"]["num_experts"]
+N_CTX = SMOKE_CFG["method"]["init_args"]["n_ctx"]
+NUM_EXPERTS = SMOKE_CFG["method"]["init_args"]["num_experts"]
 _MODEL_JSON = Path(fedmoap.__file__).parent / "backbones" / "model_configs" / f"{SMOKE_CFG['model']['arch']}.json"
 CTX_WIDTH = json.loads(_MODEL_JSON.read_text())["text_cfg"]["width"]
 PROMPT_BYTES = N_CTX * CTX_WIDTH * 4  # one float32 context
@@ -465,3 +465,16 @@ def test_split_file_reused_by_another_method(run3, runs_root, cache_dir):
     # the test-set sizes reported follow the reused split
     sizes = {str(c["id"]): len(c["test"]) for c in theirs["clients"]}
     assert {k: v["n"] for k, v in read_results(d)["rounds"][0]["clients"].items()} == sizes
+
+
+def test_eval_every_skips_rounds_but_not_the_last(method_runs, runs_root, cache_dir):
+    d = runs_root / "eval_every"
+    res = fit_in_process(d, cache_dir, "--method", "promptfl", "--fed.rounds", "3",
+                         "--fed.participation", "1.0", "--fed.eval_every", "2")
+    full = fit_in_process(runs_root / "eval_every_full", cache_dir, "--method", "promptfl",
+                          "--fed.rounds", "3", "--fed.participation", "1.0")
+    assert [r.get("evaluated", True) for r in res["rounds"]] == [False, True, True]
+    assert "clients" not in res["rounds"][0]
+    for r in (1, 2):  # evaluation does not change training: the same numbers as evaluating always
+        assert res["rounds"][r]["clients"] == full["rounds"][r]["clients"]
+    assert res["summary"]["final_mean_acc"] == full["summary"]["final_mean_acc"]

@@ -11,7 +11,7 @@ import torch
 
 from fedmoap.cli import main
 from fedmoap.errors import FedmoapError
-from fedmoap.store import DiskClientStore
+from fedmoap.store import ClientStore
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
@@ -21,7 +21,7 @@ def state(value: float) -> dict:
 
 
 def test_versions_index_and_garbage_collection(tmp_path):
-    store = DiskClientStore(tmp_path)
+    store = ClientStore(tmp_path)
     for t in (1, 3, 5):
         store.adopt({7: store.write(7, state(t), t)})
         store.collect_garbage([7], keep=2, t=t)
@@ -37,12 +37,12 @@ def test_versions_index_and_garbage_collection(tmp_path):
     assert sorted(p.name for p in (tmp_path / "7").iterdir()) == ["round_0005.pt", "round_0009.pt"]
     assert store.get(8) is None and 8 not in store and len(store) == 1
     # the checkpointed index reloads; a corrupt file it names is refused at load time
-    other = DiskClientStore(tmp_path)
+    other = ClientStore(tmp_path)
     other.load_state_dict(store.state_dict())
     assert torch.equal(other.get(7)["params"]["ctx"], state(5)["params"]["ctx"])
     (tmp_path / "7" / "round_0005.pt").write_bytes(b"garbage")
     with pytest.raises(FedmoapError, match="round_0005.pt"):
-        DiskClientStore(tmp_path).load_state_dict(store.state_dict())
+        ClientStore(tmp_path).load_state_dict(store.state_dict())
 
 
 def fit(run_dir: Path, cache: Path, rounds: int) -> dict:

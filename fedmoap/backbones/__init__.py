@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedmoap.backbones.base import Backbone, PromptSlots
-from fedmoap.config import ModelArgs
+
+if TYPE_CHECKING:
+    from fedmoap.config import ModelArgs
 
 __all__ = ["Backbone", "PromptSlots", "build_backbone"]
 

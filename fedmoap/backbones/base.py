@@ -127,6 +127,8 @@ class Backbone(nn.Module, ABC):
         patch tokens (B, P, embed_dim) too; neither normalised. With no prompts this is the
         tower's own forward pass.
         """
+        if self.vision_width is None:
+            raise self._no_tokens()
         unused = sorted({i for group in prompts for i in group} - set(range(self.vision_layers)))
         if unused:
             raise ValueError(f"prompt tokens for blocks {unused}: the tower has {self.vision_layers}")
@@ -159,6 +161,29 @@ class Backbone(nn.Module, ABC):
             x = block(x)
         pooled, tokens = self.vit_head(x[:, :n_base])
         return (pooled, tokens) if return_tokens else pooled
+
+    def encode_image_tokens(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, T, embed_dim) per-patch features in the joint space, not normalised
+        (what FedOTP-style methods match prompts against). ViTs: the patch tokens after the final
+        norm and projection."""
+        return self.encode_image_prompted(images, return_tokens=True)[1]
+
+    def pixel_transform(self) -> Callable:
+        """PIL image -> (3, S, S) uint8 tensor: the evaluation transform up to the tensor
+        conversion (what the pixel cache stores)."""
+        from torchvision import transforms as T
+
+        steps = self.image_transform(train=False).transforms
+        if not (isinstance(steps[-2], T.ToTensor) and isinstance(steps[-1], T.Normalize)):
+            raise TypeError(f"{type(self).__name__}: the eval transform must end with ToTensor, Normalize")
+        return T.Compose([*steps[:-2], T.PILToTensor()])
+
+    def normalize_pixels(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) floats in [0, 1] -> the image tower's input (mean/std normalisation)."""
+        normalize = self.image_transform(train=False).transforms[-1]
+        mean = torch.tensor(normalize.mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(normalize.std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        return (images - mean) / std
 
     def image_fingerprint(self) -> str:
         """A digest of everything that determines image features (weights of the image tower)."""

@@ -1,25 +1,35 @@
-"""What every method shares: the client module, the server and their contract.
+"""What every method shares: the method (its knobs), the client module, the server, aggregation.
 
-A method is one small file with a ``ClientModule`` subclass (what a client trains and uploads) and
-a ``Server`` subclass (what it sends and how it aggregates). One client module exists per process:
-a client's trainable state is loaded into it before the client trains or is evaluated and saved to
-the :class:`~fedmoap.store.ClientStore` after; the backbone is shared and never copied.
+A method is one file with three parts:
 
-Round protocol, as the orchestrator drives it::
+- a :class:`Method` subclass: a dataclass whose fields are the method's hyper-parameters (each
+  with an attribute docstring, which ``--method.help NAME`` prints), its short ``name``, the
+  inputs its client reads, its optimizer-state policy and the client and server classes;
+- a :class:`ClientModule` subclass: what a client trains, keeps and uploads;
+- a :class:`Server` subclass: what the server sends and how it aggregates.
 
-    payload = server.payload(cid)            # download, computed from last round's server state
-    module.load_client(cid, store.get(cid))  # None -> fresh init derived from (seed, cid)
-    module.receive(payload)                  # e.g. prompt <- global prompt, experts
-    ... local epochs of training_step ...
-    upload = module.upload()                 # tensors sent to the server
-    store.put(cid, module.client_state())
-    server.aggregate({cid: upload}, {cid: n_train})
-    # evaluation, for every client:
+One client module exists per process: a client's state is loaded into it before the client
+trains or is evaluated and saved after; the backbone is shared and never copied.
+
+Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
+
+    payload = server.payload(cid, t)             # download, from last round's server state
+    module.load_client(cid, store.get(cid))      # params, extras, optimizer state; None -> fresh
+    module.receive(payload)                      # e.g. prompt <- global prompt, experts
+    train_locally(module, batches, fabric)       # the module builds its optimizer and schedule
+    upload = module.upload()                     # what goes to the server
+    store.write(cid, module.client_state(), t)   # what the client keeps
+    server.aggregate(t, {cid: upload, ...}, {cid: n_train, ...})
+    # evaluation of a client:
     module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
+    module.begin_eval(); logits = module.predict(batch)   # the batch carries no label
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import lightning as L
 import torch
@@ -28,57 +38,143 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.config import RunConfig
-from fedmoap.seeding import torch_generator
+
+if TYPE_CHECKING:
+    from fedmoap.config import TrainArgs
 
 Payload = dict[str, Tensor]
+INPUTS = frozenset({"features", "tokens", "pixels"})
+"""What a client can read besides the label: cached pooled image features, cached per-patch token
+features, or transformed images (for methods that put prompts inside the image tower)."""
 
 
-def payload_bytes(payload: Payload) -> int:
+def payload_bytes(payload: Mapping[str, Tensor]) -> int:
     """Bytes a payload takes on the wire (raw tensor data)."""
     return sum(t.numel() * t.element_size() for t in payload.values())
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method's client and server know of the run (not the whole config)."""
+
+    seed: int
+    num_clients: int
+    train: TrainArgs
+    keep_optimizer_state: bool
+    """The resolved policy: ``train.optimizer_state``, or the method's default."""
+
+
+@dataclass
+class ParamGroup:
+    """Trainable parameters with their learning rate and schedule."""
+
+    params: list[nn.Parameter]
+    lr: float
+    anneal: bool = True
+    """Cosine-anneal the lr over the local epochs of each round (restarted every round); False
+    keeps it constant."""
+
+
+class Method:
+    """A federated method: its knobs are the dataclass fields of a subclass.
+
+    Subclasses set ``name`` (the short name for ``--method``), ``client_class`` and
+    ``server_class``, and may override the class-level declarations below.
+    """
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[frozenset[str]] = frozenset({"features"})
+    """What the client reads besides the label (a subset of :data:`INPUTS`)."""
+    trains: ClassVar[bool] = True
+    """False for methods with nothing to train (zero-shot): no round trains anyone."""
+    keep_optimizer_state: ClassVar[bool] = True
+    """Default optimizer-state policy (``train.optimizer_state`` overrides it)."""
+    client_class: ClassVar[type[ClientModule]]
+    server_class: ClassVar[type[Server]]
+
+    def spec(self) -> dict[str, Any]:
+        """``{class_path, init_args}``: how config files name this method and its knobs."""
+        cls = type(self)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "init_args": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    def problems(self) -> list[str]:
+        """Range and combination checks of the knobs, each message naming ``method.<knob>``."""
+        return []
+
+    def backbone_problems(self, backbone: Backbone) -> list[str]:
+        """What this backbone lacks for this method (e.g. a ViT image tower for vision prompts)."""
+        return []
+
+    def build_client(self, backbone: Backbone, classnames: list[str], run: RunContext) -> ClientModule:
+        return self.client_class(self, backbone, classnames, run)
+
+    def build_server(self, init: Payload, run: RunContext) -> Server:
+        """``init``: the shared tensors' initial values (:meth:`ClientModule.global_init`)."""
+        return self.server_class(self, init, run)
 
 
 class ClientModule(L.LightningModule):
     """A client's model: the shared frozen backbone plus the trainable parts a method defines.
 
     Subclasses create their trainable parameters in ``__init__``, initialise them in
-    :meth:`reset`, and implement :meth:`text_features` and :meth:`logits`.
+    :meth:`reset` and implement :meth:`forward` (logits of a batch, differentiable).
     """
 
-    trains: ClassVar[bool] = True
+    personal_eval: ClassVar[bool] = True
+    """False if evaluation depends on the server's eval payload alone (not on the client's own
+    state): one evaluation set-up is then shared by all clients of a round."""
 
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: RunConfig) -> None:
+    def __init__(self, method: Method, backbone: Backbone, classnames: list[str],
+                 run: RunContext) -> None:
         super().__init__()
         object.__setattr__(self, "backbone", backbone)  # shared, frozen: not a submodule
-        self.cfg = cfg
-        self.num_classes = len(classnames)
+        self.method, self.run = method, run
         self.classnames = classnames
+        self.num_classes = len(classnames)
         self.acc = MulticlassAccuracy(num_classes=self.num_classes, average="micro",
                                       sync_on_compute=False)
         self.client_id: int | None = None
-        self._eval_text: Any = None
+        self.fresh = True
+        """The current client has no stored state (never trained)."""
+        self._optim_state: dict | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._eval_cache: Any = None
 
     # ----- per-client state -----------------------------------------------------------------
     def reset(self, cid: int) -> None:
-        """Fresh trainable state for a client seen for the first time (derived from seed, cid)."""
+        """Fresh trainable state for a client seen for the first time (from seed and cid only)."""
+
+    def global_init(self) -> Payload:
+        """Initial values of the shared tensors, the same for every client (from the run seed)."""
+        return {}
 
     def load_client(self, cid: int, state: dict | None) -> None:
-        """Make this module client ``cid``: its stored state, or a fresh one if it has none."""
-        self.client_id = cid
-        self._eval_text = None
+        """Make this module client ``cid``: its stored state (parameters, extras and, under the
+        keep policy, optimizer state), or a fresh one if it has none."""
+        self.client_id, self.fresh = cid, state is None
+        self._optimizer, self._optim_state, self._eval_cache = None, None, None
         if state is None:
             self.reset(cid)
-        else:
-            with torch.no_grad():
-                for name, p in self.named_parameters():
-                    p.copy_(state["params"][name])
-            self.load_extra_state(state.get("extra", {}))
+            return
+        params = dict(self.named_parameters())
+        if set(params) != set(state["params"]):
+            raise ValueError(f"client {cid}: stored parameters {sorted(state['params'])} do not "
+                             f"match this method's {sorted(params)}")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["params"][name])
+        self.load_extra_state(state.get("extra", {}))
+        if self.run.keep_optimizer_state:
+            self._optim_state = state.get("optim")
 
-    def client_state(self, optimizer_state: dict | None = None) -> dict:
-        """What the client keeps between rounds (parameters, extras, optimizer state), on CPU."""
+    def client_state(self) -> dict:
+        """What the client keeps between rounds, on CPU: parameters, extras, optimizer state."""
+        optim = None
+        if self.run.keep_optimizer_state:
+            optim = self._optimizer.state_dict() if self._optimizer is not None else self._optim_state
         return {"params": {n: p.detach().cpu().clone() for n, p in self.named_parameters()},
-                "extra": self.extra_state(), "optim": _cpu_copy(optimizer_state)}
+                "extra": self.extra_state(), "optim": _cpu_copy(optim)}
 
     def extra_state(self) -> dict[str, Tensor]:
         """Non-parameter tensors the client keeps (e.g. downloaded experts)."""
@@ -95,101 +191,81 @@ class ClientModule(L.LightningModule):
         """End of local training: what goes to the server."""
         return {}
 
-    def prepare_eval(self, payload: Payload, has_state: bool) -> None:
-        """Before evaluation: ``payload`` is the server's ``eval_payload``; ``has_state`` says
-        whether the client has trained before (else it holds a fresh state)."""
+    def prepare_eval(self, payload: Payload) -> None:
+        """Before evaluation: ``payload`` is the server's ``eval_payload`` for this client."""
 
     # ----- model ----------------------------------------------------------------------------
-    def text_features(self) -> Any:
-        """Class text features for the current trainable state (differentiable)."""
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, C) logits of a batch (keys: the method's inputs), differentiable."""
         raise NotImplementedError
 
-    def logits(self, image: Tensor, text: Any) -> Tensor:
-        """(B, D) L2-normalised image features -> (B, C) logits."""
-        raise NotImplementedError
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
+        return F.cross_entropy(self(batch), batch["label"])
 
-    def forward(self, image: Tensor) -> Tensor:
-        return self.logits(image, self.text_features())
+    def eval_state(self) -> Any:
+        """What evaluation computes once per client (e.g. class text features); None by default."""
+        return None
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        image, label = batch
-        return F.cross_entropy(self(image), label)
-
-    def on_validation_start(self) -> None:
+    def begin_eval(self) -> None:
+        """Compute :meth:`eval_state` once; :meth:`predict` then uses it for every batch."""
         self.acc.reset()
         with torch.no_grad():
-            self._eval_text = self.text_features()
+            self._eval_cache = self.eval_state()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        image, label = batch
-        with torch.no_grad():
-            self.acc.update(self.logits(image, self._eval_text).argmax(-1), label)
+    def predict(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, C) logits for evaluation; ``batch`` holds the inputs but never the label."""
+        return self(batch)
 
-    def param_groups(self) -> list[dict]:
-        """Optimiser parameter groups; a group with ``cosine=True`` is annealed over local epochs."""
+    # ----- optimisation ---------------------------------------------------------------------
+    def param_groups(self) -> list[ParamGroup]:
+        """The trainable parameters, grouped by learning rate and schedule."""
         return []
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | None:
+    def configure_optimizers(self) -> dict | None:
+        """SGD over :meth:`param_groups` (with the client's kept state, if any) and a LambdaLR
+        schedule stepped once per local epoch."""
         groups = self.param_groups()
         if not groups:
             return None
-        for g in groups:
-            g["base_lr"] = g["lr"]
-        t = self.cfg.train
-        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        t = self.run.train
+        optimizer = torch.optim.SGD([{"params": g.params, "lr": g.lr} for g in groups], lr=t.lr,
+                                    momentum=t.momentum, weight_decay=t.weight_decay)
+        if self._optim_state is not None:
+            optimizer.load_state_dict(self._optim_state)
+            for group, g in zip(optimizer.param_groups, groups):  # the schedule restarts
+                group["lr"] = g.lr
+                group.pop("initial_lr", None)
+        epochs = t.local_epochs
 
+        def cosine(epoch: int) -> float:
+            return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
 
-class PromptClient(ClientModule):
-    """A client with one learnable class-agnostic context (CoOp layout) and a cosine classifier."""
+        def constant(epoch: int) -> float:
+            return 1.0
 
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: RunConfig) -> None:
-        super().__init__(backbone, classnames, cfg)
-        p = cfg.prompt
-        init = backbone.embed_tokens(p.ctx_init) if p.ctx_init else None
-        n_ctx = init.shape[0] if init is not None else p.n_ctx
-        self.slots = backbone.prepare_prompts([p.template.format(c) for c in classnames], n_ctx)
-        self.ctx = nn.Parameter(torch.zeros(n_ctx, backbone.ctx_width))
-
-    def reset(self, cid: int) -> None:
-        """Context starts as the server's initial prompt; :meth:`receive` overwrites it anyway."""
-        with torch.no_grad():
-            self.ctx.copy_(initial_prompt(self.backbone, self.cfg))
-
-    def text_features(self) -> Tensor:
-        return F.normalize(self.backbone.encode_prompts(self.slots, self.ctx), dim=-1)
-
-    def logits(self, image: Tensor, text: Tensor) -> Tensor:
-        return self.backbone.logit_scale * image @ text.t()
-
-    def param_groups(self) -> list[dict]:
-        return [{"params": [self.ctx], "lr": self.cfg.train.lr, "cosine": True}]
-
-
-def initial_prompt(backbone: Backbone, cfg: RunConfig) -> Tensor:
-    """The run's initial context: the embedded ``ctx_init`` words, or N(0, 0.02) from the seed."""
-    if cfg.prompt.ctx_init:
-        return backbone.embed_tokens(cfg.prompt.ctx_init).detach().clone()
-    gen = torch_generator(cfg.seed, "initial_prompt")
-    return torch.randn(cfg.prompt.n_ctx, backbone.ctx_width, generator=gen) * 0.02
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [cosine if g.anneal else constant for g in groups])
+        self._optimizer = optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 class Server:
     """Server-side state of a method. The default holds nothing and sends nothing (CoOp)."""
 
-    def __init__(self, cfg: RunConfig, init_prompt: Tensor) -> None:
-        self.cfg = cfg
-        self.init_prompt = init_prompt
+    def __init__(self, method: Method, init: Payload, run: RunContext) -> None:
+        self.method, self.run = method, run
+        self.init = init
 
-    def payload(self, cid: int) -> Payload:
-        """What participant ``cid`` downloads at the start of a round."""
+    def payload(self, cid: int, t: int) -> Payload:
+        """What participant ``cid`` downloads at the start of round ``t``."""
         return {}
 
     def eval_payload(self, cid: int) -> Payload:
         """What client ``cid`` needs from the server to be evaluated (not counted as traffic)."""
-        return {"global": self.init_prompt}
+        return {}
 
-    def aggregate(self, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
-        """End of round: fold in the participants' uploads (weights: training-set sizes)."""
+    def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
+        """End of round ``t``: fold in the participants' uploads (weights: training-set sizes)."""
 
     def state_dict(self) -> dict:
         return {}
@@ -199,31 +275,52 @@ class Server:
 
 
 class FedAvgServer(Server):
-    """Keeps a global prompt, the training-size-weighted mean of the last participants' prompts."""
+    """Keeps the shared tensors: the training-size-weighted mean of the last participants' uploads."""
 
-    def __init__(self, cfg: RunConfig, init_prompt: Tensor) -> None:
-        super().__init__(cfg, init_prompt)
-        self.global_prompt = init_prompt.clone()
+    def __init__(self, method: Method, init: Payload, run: RunContext) -> None:
+        super().__init__(method, init, run)
+        self.global_state = {k: v.clone() for k, v in init.items()}
 
-    def payload(self, cid: int) -> Payload:
-        return {"global": self.global_prompt}
+    def payload(self, cid: int, t: int) -> Payload:
+        return dict(self.global_state)
 
     def eval_payload(self, cid: int) -> Payload:
-        return {"global": self.global_prompt}
+        return dict(self.global_state)
 
-    def aggregate(self, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
+    def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         if uploads:
-            ids = sorted(uploads)
-            w = torch.tensor([float(weights[i]) for i in ids], dtype=torch.float64)
-            stacked = torch.stack([uploads[i]["prompt"].double() for i in ids])
-            mean = (stacked * (w / w.sum()).view(-1, 1, 1)).sum(0)
-            self.global_prompt = mean.to(self.global_prompt.dtype)
+            self.global_state = {**self.global_state,
+                                 **weighted_mean(uploads, weights, self.global_state)}
 
     def state_dict(self) -> dict:
-        return {"global": self.global_prompt}
+        return {"global": dict(self.global_state)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.global_prompt = state["global"]
+        self.global_state = dict(state["global"])
+
+
+def weighted_mean(uploads: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, float],
+                  like: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """The weighted mean of every uploaded tensor (any key, any shape), accumulated in float64.
+
+    Every participant must upload the same keys with the same shapes. The result has the dtype
+    of ``like[key]`` where given, else of the first upload.
+    """
+    ids = sorted(uploads)
+    if not ids:
+        raise ValueError("no uploads to average")
+    keys = set(uploads[ids[0]])
+    for i in ids:
+        if set(uploads[i]) != keys:
+            raise ValueError(f"client {i} uploaded {sorted(uploads[i])}, client {ids[0]} {sorted(keys)}")
+    w = torch.tensor([float(weights[i]) for i in ids], dtype=torch.float64)
+    w = w / w.sum()
+    out = {}
+    for key in sorted(keys):
+        stacked = torch.stack([uploads[i][key].double() for i in ids])
+        mean = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).sum(0)
+        out[key] = mean.to((like or {}).get(key, uploads[ids[0]][key]).dtype)
+    return out
 
 
 def _cpu_copy(obj: Any) -> Any:

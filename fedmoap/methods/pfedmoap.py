@@ -11,115 +11,113 @@ participant downloads the global prompt and the K pool entries nearest (L2) to i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.config import RunConfig
-from fedmoap.gating import AttentionGating
-from fedmoap.methods.base import FedAvgServer, Payload, PromptClient
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.gating import AttentionGating
+from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
 
 
-class PFedMoAPClient(PromptClient):
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: RunConfig) -> None:
-        super().__init__(backbone, classnames, cfg)
-        a = cfg.pfedmoap
-        self.gating = AttentionGating(backbone.embed_dim, a.d_gating, a.heads, a.reduction, a.attn_scale)
+class PFedMoAPClient(GlobalPromptClient):
+    method: "PFedMoAP"
+
+    def __init__(self, method: "PFedMoAP", backbone: Backbone, classnames: list[str],
+                 run: RunContext) -> None:
+        super().__init__(method, backbone, classnames, run)
+        self.gating = AttentionGating(backbone.embed_dim, method.d_gating, method.heads,
+                                      method.reduction, method.attn_scale)
         self.experts: Tensor | None = None
-        self.expert_text: Tensor | None = None
+        self._expert_text: Tensor | None = None
 
     def reset(self, cid: int) -> None:
         super().reset(cid)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.cfg.seed, "gating", cid))
-            self.gating.reset_parameters(identity_values=self.cfg.pfedmoap.gating_init == "identity")
-        self._set_experts(None)
+            torch.manual_seed(derive_seed(self.run.seed, "gating", cid))
+            self.gating.reset_parameters(identity_values=self.method.gating_init == "identity")
+        self.set_experts(None)
 
-    def _set_experts(self, experts: Tensor | None) -> None:
-        """Keep the non-local prompts and compute their text features once (fixed this round)."""
-        self.experts = experts
-        self.expert_text = None
-        if experts is not None and len(experts):
+    def set_experts(self, experts: Tensor | None) -> None:
+        """The non-local prompts this client mixes (None: a first-time participant has none)."""
+        self.experts, self._expert_text = experts, None
+
+    @property
+    def expert_text(self) -> Tensor | None:
+        """Text features of the non-local experts, computed once per set of experts (fixed)."""
+        if self._expert_text is None and self.experts is not None and len(self.experts):
             with torch.no_grad():
-                feats = self.backbone.encode_prompts(self.slots, experts.to(self.ctx.device))
-                self.expert_text = F.normalize(feats, dim=-1)
+                self._expert_text = self.text_features(self.experts)
+        return self._expert_text
 
     def extra_state(self) -> dict[str, Tensor]:
         return {} if self.experts is None else {"experts": self.experts}
 
     def load_extra_state(self, extra: dict[str, Tensor]) -> None:
-        self.experts, self.expert_text = extra.get("experts"), None
+        self.set_experts(extra.get("experts"))
 
     def receive(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["global"])
-        self._set_experts(payload.get("experts"))
+        super().receive(payload)
+        self.set_experts(payload.get("experts"))
 
-    def upload(self) -> dict[str, Tensor]:
-        return {"prompt": self.ctx.detach().cpu().clone()}
+    def prepare_eval(self, payload: Payload) -> None:
+        if self.fresh:  # never trained: the global prompt, no experts (as a first-time participant)
+            self.ctx.data.copy_(payload["prompt"])
 
-    def prepare_eval(self, payload: Payload, has_state: bool) -> None:
-        if not has_state:
-            self.ctx.data.copy_(payload["global"])
-        self._set_experts(self.experts)
-
-    @property
-    def uses_experts(self) -> bool:
-        """A client with a pool entry mixes experts (possibly only its own if the pool is empty)."""
-        return self.experts is not None
-
-    def text_features(self) -> tuple[Tensor, Tensor | None]:
-        return super().text_features(), self.expert_text
-
-    def logits(self, image: Tensor, text: tuple[Tensor, Tensor | None]) -> Tensor:
-        local_text, expert_text = text
+    def logits(self, batch: dict[str, Tensor], local_text: Tensor) -> Tensor:
+        image = batch["features"]
         local = self.backbone.logit_scale * image @ local_text.t()
-        if not self.uses_experts:
+        if self.experts is None:
             return local
         experts = local_text.unsqueeze(0)
-        if expert_text is not None:
-            experts = torch.cat([experts, expert_text.to(local_text.dtype)])
+        if self.expert_text is not None:
+            experts = torch.cat([experts, self.expert_text.to(local_text.dtype)])
         moe = self.gating(image, experts)                                    # B C d
         query = self.gating.reduce(image)                                    # B d
-        if self.cfg.pfedmoap.moe_similarity == "cosine":
+        if self.method.moe_similarity == "cosine":
             moe, query = F.normalize(moe, dim=-1), F.normalize(query, dim=-1)
         mixed = self.backbone.logit_scale * torch.einsum("bd,bcd->bc", query, moe)
-        return mixed + self.cfg.pfedmoap.lam * local
+        return mixed + self.method.lam * local
 
-    def param_groups(self) -> list[dict]:
-        gating = {"params": list(self.gating.parameters()), "lr": self.cfg.pfedmoap.gating_lr,
-                  "cosine": False}
+    def param_groups(self) -> list[ParamGroup]:
+        gating = ParamGroup(list(self.gating.parameters()), self.method.gating_lr, anneal=False)
         return super().param_groups() + [gating]
 
 
 class PFedMoAPServer(FedAvgServer):
-    def __init__(self, cfg: RunConfig, init_prompt: Tensor) -> None:
-        super().__init__(cfg, init_prompt)
+    method: "PFedMoAP"
+
+    def __init__(self, method: "PFedMoAP", init: Payload, run: RunContext) -> None:
+        super().__init__(method, init, run)
         self.pool: dict[int, Tensor] = {}
 
     def num_experts(self, cid: int) -> int:
-        a = self.cfg.pfedmoap
-        return (a.experts_per_client or {}).get(cid, a.num_experts)
+        return (self.method.experts_per_client or {}).get(cid, self.method.num_experts)
 
-    def payload(self, cid: int) -> Payload:
-        out = {"global": self.global_prompt}
+    def payload(self, cid: int, t: int) -> Payload:
+        out = super().payload(cid, t)
         if cid in self.pool:
             ids = nearest_experts(self.pool, cid, self.num_experts(cid))
+            prompt = out["prompt"]
             out["experts"] = (torch.stack([self.pool[j] for j in ids]) if ids
-                              else self.global_prompt.new_zeros(0, *self.global_prompt.shape))
+                              else prompt.new_zeros(0, *prompt.shape))
         return out
 
-    def aggregate(self, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
-        super().aggregate(uploads, weights)
+    def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
+        super().aggregate(t, uploads, weights)
         for cid, up in uploads.items():
             self.pool[cid] = up["prompt"]
 
     def state_dict(self) -> dict:
-        return {"global": self.global_prompt, "pool": dict(self.pool)}
+        return {**super().state_dict(), "pool": dict(self.pool)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.global_prompt = state["global"]
+        super().load_state_dict(state)
         self.pool = {int(k): v for k, v in state["pool"].items()}
 
 
@@ -133,3 +131,59 @@ def nearest_experts(pool: dict[int, Tensor], cid: int, k: int) -> list[int]:
     dist = (torch.stack([pool[j].flatten() for j in others]).double() - own).norm(dim=1).tolist()
     order = sorted(range(len(others)), key=lambda i: (dist[i], others[i]))
     return [others[i] for i in order[:k]]
+
+
+@dataclass
+class PFedMoAP(PromptMethod):
+    """pFedMoAP (Luo et al., ICLR 2025): a local prompt plus K downloaded non-local prompts mixed
+    per image and class by a private attention gating network."""
+
+    name = "pfedmoap"
+    client_class = PFedMoAPClient
+    server_class = PFedMoAPServer
+
+    num_experts: int = 9
+    """K non-local experts per client (nearest pool entries by L2 distance)."""
+    experts_per_client: Optional[dict[int, int]] = None
+    """Per-client K overrides, e.g. {3: 4}."""
+    lam: float = 0.5
+    """lambda of Eq. 10: weight of the local-prompt logits."""
+    d_gating: int = 128
+    """Width the features are reduced to before the gating attention (the paper's 128)."""
+    heads: int = 8
+    """Attention heads of the gating network (must divide d_gating)."""
+    reduction: Literal["avg_pool", "strided"] = "avg_pool"
+    """How features are reduced to d_gating: ``avg_pool`` (the paper's "pooling") or ``strided``
+    (every k-th dimension, as the reference code)."""
+    attn_scale: Optional[float] = None
+    """Attention score scale: null = 1/sqrt(d_head); the reference code uses a fixed 10.0."""
+    moe_similarity: Literal["cosine", "dot"] = "cosine"
+    """cosine: sim(I, T_MoE) as the paper's cosine; dot: the reference code's raw dot product."""
+    gating_lr: float = 0.01
+    """Learning rate of the gating network (constant)."""
+    gating_init: Literal["default", "identity"] = "default"
+    """Initialisation of a client's gating network (the paper does not say): ``default`` is
+    PyTorch's for all four projections (as the reference code); ``identity`` starts the value and
+    output projections at the identity, so an untrained gating averages the experts."""
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        out += [m for ok, m in [
+            (self.num_experts >= 0, "method.num_experts must be >= 0"),
+            (self.heads >= 1, "method.heads must be >= 1"),
+            (self.d_gating >= 1, "method.d_gating must be >= 1"),
+            (self.heads < 1 or self.d_gating % self.heads == 0,
+             "method.d_gating must be divisible by method.heads"),
+            (self.gating_lr > 0, "method.gating_lr must be > 0"),
+            (self.attn_scale is None or self.attn_scale > 0, "method.attn_scale must be > 0 or null"),
+        ] if not ok]
+        bad = [c for c, k in (self.experts_per_client or {}).items() if k < 0]
+        if bad:
+            out.append(f"method.experts_per_client: negative K for clients {bad}")
+        return out
+
+    def backbone_problems(self, backbone: Backbone) -> list[str]:
+        if self.reduction == "strided" and backbone.embed_dim % self.d_gating:
+            return [f"method.reduction strided needs the feature size ({backbone.embed_dim}) to "
+                    f"be divisible by method.d_gating ({self.d_gating})"]
+        return []

@@ -1,22 +1,26 @@
 """PromptFL (Guo et al., 2023): FedAvg of one CoOp prompt shared by all clients."""
 from __future__ import annotations
 
-from torch import Tensor
+from dataclasses import dataclass
 
-from fedmoap.methods.base import FedAvgServer, Payload, PromptClient
-
-
-class PromptFLClient(PromptClient):
-    """Trains the global prompt on local data, uploads it; always evaluated with the global one."""
-
-    def receive(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["global"])
-
-    def upload(self) -> dict[str, Tensor]:
-        return {"prompt": self.ctx.detach().cpu().clone()}
-
-    def prepare_eval(self, payload: Payload, has_state: bool) -> None:
-        self.ctx.data.copy_(payload["global"])
+from fedmoap.methods.base import FedAvgServer, Payload
+from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
-PromptFLServer = FedAvgServer
+class PromptFLClient(GlobalPromptClient):
+    """Trains the global prompt on local data and uploads it; evaluated with the global prompt."""
+
+    personal_eval = False
+
+    def prepare_eval(self, payload: Payload) -> None:
+        self.ctx.data.copy_(payload["prompt"])
+
+
+@dataclass
+class PromptFL(PromptMethod):
+    """PromptFL (Guo et al., 2023): one CoOp prompt, trained by every participant from the
+    global prompt and averaged (FedAvg, weighted by training-set size)."""
+
+    name = "promptfl"
+    client_class = PromptFLClient
+    server_class = FedAvgServer

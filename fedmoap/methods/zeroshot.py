@@ -1,27 +1,49 @@
 """Zero-shot CLIP: hand-written prompts ("a photo of a {}."), nothing trained or sent."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.config import RunConfig
-from fedmoap.methods.base import ClientModule, Server
+from fedmoap.methods.base import ClientModule, Method, RunContext, Server
 
 
 class ZeroShotClient(ClientModule):
-    trains = False
+    """Cosine classifier over the text features of the hand-written prompts."""
 
-    def __init__(self, backbone: Backbone, classnames: list[str], cfg: RunConfig) -> None:
-        super().__init__(backbone, classnames, cfg)
-        template = cfg.prompt.zeroshot_template
-        self.slots = backbone.prepare_prompts([template.format(c) for c in classnames], 0)
+    personal_eval = False
+
+    def __init__(self, method: "ZeroShot", backbone: Backbone, classnames: list[str],
+                 run: RunContext) -> None:
+        super().__init__(method, backbone, classnames, run)
+        self.slots = backbone.prepare_prompts([method.prompt.format(c) for c in classnames], 0)
 
     def text_features(self) -> Tensor:
         return F.normalize(self.backbone.encode_prompts(self.slots), dim=-1)
 
-    def logits(self, image: Tensor, text: Tensor) -> Tensor:
-        return self.backbone.logit_scale * image @ text.t()
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.backbone.logit_scale * batch["features"] @ self.text_features().t()
+
+    def eval_state(self) -> Tensor:
+        return self.text_features()
+
+    def predict(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.backbone.logit_scale * batch["features"] @ self._eval_cache.t()
 
 
-ZeroShotServer = Server
+@dataclass
+class ZeroShot(Method):
+    """Zero-shot CLIP (Radford et al., 2021): hand-written prompts, nothing trained or sent."""
+
+    name = "zeroshot"
+    trains = False
+    client_class = ZeroShotClient
+    server_class = Server
+
+    prompt: str = "a photo of a {}."
+    """The hand-written prompt; ``{}`` is the class name."""
+
+    def problems(self) -> list[str]:
+        return [] if "{}" in self.prompt else ["method.prompt must contain {} for the class name"]

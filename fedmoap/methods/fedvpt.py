@@ -1,0 +1,105 @@
+"""FedVPT: FedAvg of a visual prompt inside the image tower and a CoOp text prompt.
+
+Client: learnable tokens in the ViT image tower (VPT, Jia et al. 2022; shallow: appended to
+[CLS] + patches at the input, deep: a fresh set before each of the first ``vision_depth``
+blocks) and a CoOp context in the text tower, trained jointly on cross-entropy over the cosine
+logits (the independent vision-language prompting, IVLP, of MaPLe's ablations). Uploads both.
+
+Server: FedAvg of both prompts, weighted by training-set size. Every client is evaluated with the
+global prompts. This is the reference vision-prompt method of the method API: a method that puts
+prompts in the image tower declares ``inputs = {"pixels"}`` and calls
+:meth:`~fedmoap.backbones.base.Backbone.encode_image_prompted`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedmoap.backbones.base import Backbone
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
+from fedmoap.seeding import torch_generator
+
+
+class FedVPTClient(GlobalPromptClient):
+    method: "FedVPT"
+    personal_eval = False
+
+    def __init__(self, method: "FedVPT", backbone: Backbone, classnames: list[str],
+                 run: RunContext) -> None:
+        super().__init__(method, backbone, classnames, run)
+        self.vision = nn.Parameter(torch.zeros(method.vision_depth, method.vision_tokens,
+                                               backbone.vision_width))
+
+    def global_init(self) -> Payload:
+        m = self.method
+        gen = torch_generator(self.run.seed, "initial_vision_prompt")
+        vision = torch.randn(m.vision_depth, m.vision_tokens, self.backbone.vision_width,
+                             generator=gen) * m.vision_init_std
+        return {**super().global_init(), "vision": vision}
+
+    def reset(self, cid: int) -> None:
+        self.receive(self.global_init())
+
+    def receive(self, payload: Payload) -> None:
+        self.ctx.data.copy_(payload["prompt"])
+        self.vision.data.copy_(payload["vision"])
+
+    def upload(self) -> Payload:
+        out = {"vision": self.vision.detach().cpu().clone()}
+        return {**super().upload(), **out} if self.method.train_text else out
+
+    prepare_eval = receive
+
+    def image_features(self, pixels: Tensor) -> Tensor:
+        """L2-normalised features of the images with this client's visual prompt."""
+        groups = [{layer: self.vision[layer] for layer in range(self.method.vision_depth)}]
+        return F.normalize(self.backbone.encode_image_prompted(pixels, groups), dim=-1)
+
+    def logits(self, batch: dict[str, Tensor], text: Tensor) -> Tensor:
+        return self.backbone.logit_scale * self.image_features(batch["pixels"]) @ text.t()
+
+    def param_groups(self) -> list[ParamGroup]:
+        params = [self.ctx, self.vision] if self.method.train_text else [self.vision]
+        return [ParamGroup(params, self.run.train.lr)]
+
+
+@dataclass
+class FedVPT(PromptMethod):
+    """FedVPT: FedAvg of a visual prompt (VPT, shallow or deep) in a ViT image tower and a CoOp
+    text prompt; needs a ViT backbone (open_clip ViT-*, packaged-vit)."""
+
+    name = "fedvpt"
+    inputs = frozenset({"pixels"})
+    client_class = FedVPTClient
+    server_class = FedAvgServer
+
+    vision_tokens: int = 8
+    """Visual prompt tokens per layer."""
+    vision_depth: int = 1
+    """1: shallow VPT (tokens at the input only); J > 1: deep VPT over the first J blocks."""
+    vision_init_std: float = 0.02
+    """Standard deviation of the visual prompt's normal initialisation (same for all clients)."""
+    train_text: bool = True
+    """Also train (and upload) the CoOp text context; False keeps it at its initialisation
+    (e.g. ``ctx_init: a photo of a``) and uploads the visual prompt only."""
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.vision_tokens < 1:
+            out.append("method.vision_tokens must be >= 1")
+        if self.vision_depth < 1:
+            out.append("method.vision_depth must be >= 1")
+        return out
+
+    def backbone_problems(self, backbone: Backbone) -> list[str]:
+        if backbone.vision_width is None:
+            return [f"method fedvpt needs a ViT image tower: {backbone.describe()} cannot take "
+                    "prompt tokens (use an open_clip ViT such as ViT-B-16, or packaged-vit)"]
+        if self.vision_depth > backbone.vision_layers:
+            return [f"method.vision_depth {self.vision_depth} exceeds the image tower's "
+                    f"{backbone.vision_layers} blocks"]
+        return []
