@@ -82,6 +82,11 @@ class DataArgs:
     """Training samples kept per class and client (k-shot); null keeps all."""
     max_test_per_client: Optional[int] = 150
     """Cap on each client's test set (random subset); null keeps all."""
+    test_follows: Literal["train", "partition"] = "train"
+    """What each client's test set mirrors, class by class: ``train``, its actual training
+    samples (after k-shot sampling); ``partition``, its share of the partition before k-shot
+    sampling (fedmoap <= 0.1's rule: with Dirichlet + shots the test sets were far more skewed
+    than the nearly balanced training sets)."""
     split_file: Optional[str] = None
     """A ``split.json`` written by an earlier run: reuse its client split exactly."""
     num_views: int = 0

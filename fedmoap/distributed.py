@@ -6,13 +6,11 @@ points of a round, so every rank calls every collective in the same order.
 """
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch.distributed as dist
 
 T = TypeVar("T")
-TIMEOUT = timedelta(minutes=30)
 
 
 class Comm:

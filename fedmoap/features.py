@@ -9,6 +9,7 @@ dataset. Methods whose image path is trained (vision prompts) do not use this mo
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,12 @@ from torch import Tensor
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save, file_lock
+from fedmoap.preemption import Preempted
 from fedmoap.seeding import derive_seed
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+FLUSH_ROWS = 4096
+"""Rows encoded between two writes of a cache file (and two checks of the stop flag)."""
 
 
 class FeatureCache:
@@ -36,7 +40,8 @@ class FeatureCache:
     """
 
     def __init__(self, root: Path, backbone: Backbone, batch_size: int = 32,
-                 device: torch.device | str = "cpu", tokens: bool = False) -> None:
+                 device: torch.device | str = "cpu", tokens: bool = False,
+                 stop: Callable[[], bool] = lambda: False) -> None:
         self.root = Path(root).expanduser()
         self.backbone = backbone
         self.batch_size = batch_size
@@ -44,13 +49,17 @@ class FeatureCache:
         self.tower = backbone.image_fingerprint()
         self.tokens = tokens
         """Cache per-patch token features (N, T, D) instead of pooled ones (N, D)."""
+        self.stop = stop
+        """Asked between chunks of encoding: a preemption signal stops the set-up there."""
         self.computed = 0
         """Rows encoded by this object (the rest came from disk)."""
 
-    def key(self, data_id: str, view: int, view_seed: int) -> str:
-        """Cache key: image tower, data split, the transform's full description, view and seed."""
+    def key(self, data_id: str, image_column: str, view: int, view_seed: int) -> str:
+        """Cache key: image tower, data split and image column, the transform's full description,
+        view and seed."""
         transform = repr(self.backbone.image_transform(train=view > 0))
-        text = f"{CACHE_FORMAT}|{self.tower}|{data_id}|{transform}|{view}|{view_seed if view else ''}"
+        text = (f"{CACHE_FORMAT}|{self.tower}|{data_id}|{image_column}|{transform}|{view}|"
+                f"{view_seed if view else ''}")
         text += "|tokens" if self.tokens else ""
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -62,13 +71,17 @@ class FeatureCache:
         random crop and flip derive from (view_seed, row, v) alone.
         """
         indices = np.asarray(indices, dtype=np.int64)
-        path = self.root / f"{self.key(data_id, view, view_seed)}.pt"
+        path = self.root / f"{self.key(data_id, image_column, view, view_seed)}.pt"
         with file_lock(path):
             rows, feats = self._load(path)
             missing = np.setdiff1d(np.unique(indices), rows.numpy())
-            if len(missing):
-                new = self._encode(ds, missing, image_column, view, view_seed)
-                rows = torch.cat([rows, torch.from_numpy(missing)])
+            for start in range(0, len(missing), FLUSH_ROWS):  # saved as it goes: a preempted
+                if self.stop():                                  # set-up keeps what it encoded
+                    raise Preempted("stopped by a signal while filling the feature cache; "
+                                    "re-run to continue (rows encoded so far are cached)")
+                chunk = missing[start:start + FLUSH_ROWS]
+                new = self._encode(ds, chunk, image_column, view, view_seed)
+                rows = torch.cat([rows, torch.from_numpy(chunk)])
                 feats = torch.cat([feats, new]) if len(feats) else new
                 order = rows.argsort()
                 rows, feats = rows[order], feats[order]

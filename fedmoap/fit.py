@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
+from fedmoap import sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import load_latest, save_checkpoint
 from fedmoap.config import RunConfig, config_dict, neutral_keys
@@ -61,10 +65,23 @@ def validate(cfg: RunConfig) -> None:
         (d.num_clients >= 1, "data.num_clients must be >= 1"),
         (d.shots is None or d.shots >= 1, "data.shots must be >= 1 or null"),
         (d.num_views >= 0, "data.num_views must be >= 0"),
+        (d.max_test_per_client is None or d.max_test_per_client >= 1,
+         "data.max_test_per_client must be >= 1 or null"),
+        (d.alpha > 0, "data.alpha must be > 0"),
+        (d.classes_per_client is None or d.classes_per_client >= 1, "data.classes_per_client must be >= 1 or null"),
+        (d.feature_batch_size >= 1, "data.feature_batch_size must be >= 1"),
+        (d.classnames is None or len(set(d.classnames)) == len(d.classnames), "data.classnames has duplicates"),
         (d.partition != "domain_dirichlet" or d.domain_column,
          "data.partition domain_dirichlet needs data.domain_column"),
         (t.local_epochs >= 1, "train.local_epochs must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
+        (t.lr > 0, "train.lr must be > 0"),
+        (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (cfg.model.image_size is None or cfg.model.image_size >= 1, "model.image_size must be >= 1 or null"),
+        (cfg.fabric.threads is None or cfg.fabric.threads >= 1, "fabric.threads must be >= 1 or null"),
+        (cfg.fabric.num_nodes >= 1, "fabric.num_nodes must be >= 1"),
         (cfg.fabric.precision in PRECISIONS,
          f"fabric.precision {cfg.fabric.precision!r} is not one of {', '.join(PRECISIONS)}"),
     ]
@@ -77,31 +94,57 @@ def validate(cfg: RunConfig) -> None:
         raise FedmoapError("; ".join(problems))
 
 
+OWN_FILES = {"config.yaml", "split.json", "tensorboard"}
+"""What a start that was killed before its first round can leave in a run directory."""
+
+
 def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
-    """True if ``run_dir`` holds this run already (resume); an error if it holds another one."""
+    """True if ``run_dir`` holds this run already (resume); False for a new run (the directory
+    is absent, empty, or holds only what an aborted start leaves); an error if it holds another
+    run or something else."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FedmoapError(f"run_dir {run_dir} is a file, not a directory")
+    names = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
     stored_path = run_dir / "config.yaml"
-    if not stored_path.exists():
-        if run_dir.exists() and any(p.name != "tensorboard" for p in run_dir.iterdir()):
-            raise FedmoapError(f"run_dir {run_dir} is not empty and holds no fedmoap run (config.yaml); "
-                               "choose an empty or new directory")
+    if not {"config.yaml", "split.json"} <= names:
+        if names - OWN_FILES:
+            raise FedmoapError(f"run_dir {run_dir} is not empty and holds no fedmoap run (config.yaml, "
+                               "split.json); choose an empty or new directory")
         return False
     try:
         stored = yaml.safe_load(stored_path.read_text())
-    except yaml.YAMLError as exc:
-        raise FedmoapError(f"{stored_path} is not readable YAML ({exc})") from None
-    if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict):
-        raise FedmoapError(f"{stored_path} is not a config of this fedmoap version; start the run "
-                           "in a new --run_dir")
+    except (OSError, yaml.YAMLError) as exc:
+        raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict) or \
+            any(not isinstance(stored.get(k), dict) for k, v in cfg_dict.items() if isinstance(v, dict)):
+        raise FedmoapError(f"{stored_path} is not a fedmoap config of this version (a mapping with "
+                           f"sections {', '.join(k for k, v in cfg_dict.items() if isinstance(v, dict))}); "
+                           "start the run in a new --run_dir")
     if config_digest(stored) != config_digest(cfg_dict):
         neutral = neutral_keys()
-        diffs = [f"{s}.{k}: {(stored.get(s) or {}).get(k)!r} -> {v!r}" for s, sec in cfg_dict.items()
+        diffs = [f"{s}.{k}: {stored[s].get(k)!r} -> {v!r}" for s, sec in cfg_dict.items()
                  if isinstance(sec, dict) and s != "method" for k, v in sec.items()
-                 if (s, k) not in neutral and (stored.get(s) or {}).get(k) != v]
+                 if (s, k) not in neutral and stored[s].get(k) != v]
         diffs += [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in cfg_dict.items()
                   if (not isinstance(v, dict) or k == "method") and stored.get(k) != v]
         raise FedmoapError(f"run_dir {run_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
                            "use a new --run_dir to start a different run")
     return True
+
+
+def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
+    """What a preempted run says; only rank 0 requeues a SLURM job (once, for every rank)."""
+    received = [s for s in (comm.gather(signal_number) if comm else [signal_number]) if s is not None]
+    sig = received[0] if received else None
+    if comm and not comm.is_main:
+        how = "rank 0 requeues the job if needed"
+    elif sig == signal.SIGUSR1:
+        how = requeue()
+    else:
+        how = "not requeued (SIGTERM: a cancel, or SLURM requeues a preempted job itself)"
+    where = (f"during round {r}; the checkpoint of round {r - 1} is the resume point" if r else
+             "during set-up; what was encoded is cached")
+    return f"stopped by signal {sig} {where}; {how}"
 
 
 def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -138,14 +181,34 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     split = (load_split(run_dir / "split.json", source, cfg.data.num_clients) if resuming
              else make_split(cfg.data, source, cfg.seed))
     ckpt = load_latest(run_dir, digest) if resuming else None
+    fingerprints = {"image": backbone.image_fingerprint(), "text": backbone.text_fingerprint()}
+    if ckpt is not None and ckpt.get("backbone", fingerprints) != fingerprints:
+        raise FedmoapError(f"run_dir {run_dir}: the checkpoint was made with other backbone weights "
+                           f"(model.pretrained {cfg.model.pretrained!r} has changed since); resume with "
+                           "the original weights or start a new --run_dir")
     cache_root = Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
     batch, inputs = cfg.data.feature_batch_size, type(method).inputs
-    features = FeatureCache(cache_root, backbone, batch, fabric.device) if "features" in inputs else None
-    tokens = FeatureCache(cache_root, backbone, batch, fabric.device, tokens=True) if "tokens" in inputs else None
+    stop = stop_flag()
+    features = FeatureCache(cache_root, backbone, batch, fabric.device, stop=stop) if "features" in inputs else None
+    tokens = (FeatureCache(cache_root, backbone, batch, fabric.device, tokens=True, stop=stop)
+              if "tokens" in inputs else None)
     pixels = PixelCache(cache_root, backbone) if "pixels" in inputs else None
-    with fabric.rank_zero_first():  # rank 0 fills the caches, the others then read them
-        data = gather_inputs(inputs, cfg.data, source, split, features, tokens, pixels, cfg.seed)
+    try:
+        with fabric.rank_zero_first():  # rank 0 fills the caches, the others then read them
+            data = gather_inputs(inputs, cfg.data, source, split, features, tokens, pixels, cfg.seed)
+    except Preempted:
+        raise Preempted(preempted(None, stop.signal, 0)) from None
     data.device, data.backbone = fabric.device, backbone
+    checks = {}
+    if comm.is_main:
+        warn = [sanity.numeric_names(source.classnames)]
+        if cfg.model.pretrained or cfg.model.arch.startswith("packaged"):  # random towers: no gate
+            zs_cache = features or FeatureCache(cache_root, backbone, batch, fabric.device, stop=stop)
+            checks["zero_shot"] = sanity.zero_shot_check(
+                backbone, source, np.concatenate(split.test), zs_cache, cfg.data.image_column, cfg.seed)
+            warn.append(checks["zero_shot"].get("warning"))
+        for message in filter(None, warn):
+            print(f"fedmoap: warning: {message}", file=sys.stderr)
     setup_s = time.perf_counter() - t0
 
     keep = {"keep": True, "reset": False}.get(cfg.train.optimizer_state, method.keep_optimizer_state)
@@ -163,6 +226,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     if comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)  # an aborted start's curves
             split.save(run_dir / "split.json")
         if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
@@ -171,33 +235,33 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
                         t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds)
     federation = Federation(method, module, server, store, data, schedule, fabric, comm)
-    logger = TensorBoardLogger(run_dir, name="tensorboard", version=0) if comm.is_main else None
+    # a resumed run purges what a killed run logged after its last checkpoint
+    logger = (TensorBoardLogger(run_dir, name="tensorboard", version=0,
+                                **({"purge_step": done + 1} if done else {}))
+              if comm.is_main else None)
     extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
              "num_clients": cfg.data.num_clients, "config_digest": digest,
-             "world_size": comm.world_size}
-    stop = stop_flag()
+             "world_size": comm.world_size, **checks}
     rounds_s = 0.0
     try:
         for r in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
                       total=cfg.fed.rounds, disable=not (progress and comm.is_main)):
             t1 = time.perf_counter()
-            record = federation.run_round(r, progress, stop)
+            record = None if comm.any(stop()) else federation.run_round(r, progress, stop)
             if record is None:
-                how = (requeue() if stop.signal == signal.SIGUSR1 else
-                       "not requeued (SIGTERM: a cancel, or SLURM requeues a preempted job itself)")
-                raise Preempted(f"stopped by signal {stop.signal} during round {r}; the checkpoint "
-                                f"of round {r - 1} is the resume point; {how}")
+                raise Preempted(preempted(comm, stop.signal, r))
             rounds_s += time.perf_counter() - t1
             history.append(record)
             if comm.is_main:
-                logger.log_metrics(scalars(record), step=r)
-                logger.experiment.flush()
                 save_checkpoint(run_dir, r, {"config_digest": digest, "server": server.state_dict(),
-                                             "store": store.state_dict(), "history": history},
+                                             "store": store.state_dict(), "history": history,
+                                             "backbone": fingerprints},
                                 cfg.fed.keep_checkpoints)
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
+                logger.log_metrics(scalars(record), step=r)  # after the checkpoint: never twice
+                logger.experiment.flush()
     finally:
         stop.close()
         if logger is not None:

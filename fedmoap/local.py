@@ -49,15 +49,15 @@ def _reset_scaler(scaler: torch.amp.GradScaler) -> None:
 
 
 @torch.no_grad()
-def evaluate(module: ClientModule, batches: Iterable[dict[str, torch.Tensor]], fabric: Fabric) -> float:
-    """Top-1 accuracy of the module's current client (after :meth:`ClientModule.begin_eval`).
-    The label is taken out of each batch before the module sees it."""
+def evaluate(module: ClientModule, batches: Iterable[dict[str, torch.Tensor]], fabric: Fabric) -> tuple[int, int]:
+    """(correct, total) top-1 predictions of the module's current client (after
+    :meth:`ClientModule.begin_eval`). The label is taken out of each batch before the module
+    sees it."""
     module.eval()
-    module.acc.reset()
-    seen = 0
+    correct = total = 0
     with fabric.autocast():
         for batch in batches:
             label = batch.pop("label")
-            module.acc.update(module.predict(batch).argmax(-1), label)
-            seen += len(label)
-    return float(module.acc.compute()) if seen else float("nan")
+            correct += int((module.predict(batch).argmax(-1) == label).sum())
+            total += len(label)
+    return correct, total

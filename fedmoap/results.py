@@ -9,20 +9,23 @@ from typing import Any
 from fedmoap.io import atomic_write_text
 
 
-def round_record(t: int, accs: dict[int, float] | None, sizes: dict[int, int],
-                 participants: list[int], bytes_up: int, bytes_down: int) -> dict[str, Any]:
-    """One entry of ``results.json``'s ``rounds``; mean and std are unweighted across clients.
-    A round that was not evaluated (``fed.eval_every``) has no accuracies and ``evaluated: false``."""
-    if accs is None:
+def round_record(t: int, counts: dict[int, tuple[int, int]] | None, participants: list[int],
+                 bytes_up: int, bytes_down: int) -> dict[str, Any]:
+    """One entry of ``results.json``'s ``rounds``: per client (correct, n) and accuracy (float64),
+    mean and std unweighted across clients. A round that was not evaluated (``fed.eval_every``)
+    has no accuracies and ``evaluated: false``."""
+    if counts is None:
         return {"round": t, "evaluated": False, "bytes_up": int(bytes_up),
                 "bytes_down": int(bytes_down), "participants": list(participants)}
+    accs = {c: (k / n if n else float("nan")) for c, (k, n) in counts.items()}
     values = [a for a in accs.values() if not math.isnan(a)]
     mean = sum(values) / len(values) if values else float("nan")
     std = math.sqrt(sum((a - mean) ** 2 for a in values) / len(values)) if values else float("nan")
     return {"round": t,
-            "clients": {str(c): {"acc": accs[c], "n": sizes[c]} for c in sorted(accs)},
-            "mean_acc": mean, "std_acc": std, "bytes_up": int(bytes_up), "bytes_down": int(bytes_down),
-            "participants": list(participants)}
+            "clients": {str(c): {"acc": accs[c], "correct": counts[c][0], "n": counts[c][1]}
+                        for c in sorted(counts)},
+            "mean_acc": mean, "std_acc": std, "evaluated_clients": len(values),
+            "bytes_up": int(bytes_up), "bytes_down": int(bytes_down), "participants": list(participants)}
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -39,12 +42,25 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps({"rounds": rounds, "summary": summary(rounds), **extra}, indent=1))
+    """Strict JSON: a missing value (NaN) is written as null."""
+    data = _nan_to_none({"rounds": rounds, "summary": summary(rounds), **extra})
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """TensorBoard scalars of a round: ``client/<id>/acc``, ``mean/acc``, ``std/acc``, traffic."""
-    out = {f"client/{cid}/acc": v["acc"] for cid, v in record.get("clients", {}).items()}
+    out = {f"client/{cid}/acc": v["acc"] for cid, v in record.get("clients", {}).items()
+           if v["acc"] is not None and not math.isnan(v["acc"])}
     if "mean_acc" in record:
         out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"]})
     out.update({"comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})

@@ -1,6 +1,7 @@
 """The round loop: sample, download, train locally, upload, aggregate, evaluate."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,9 +33,10 @@ class Schedule:
     """The run's last round (always evaluated)."""
 
     def participants(self, t: int) -> list[int]:
-        """The clients of round ``t``: a seeded draw of max(1, round(r * N)) clients, sorted."""
+        """The clients of round ``t``: a seeded draw of max(1, r * N rounded half up) clients,
+        sorted (0.5 x 7 -> 4, 0.5 x 5 -> 3)."""
         n = self.num_clients
-        m = min(n, max(1, round(self.participation * n)))
+        m = min(n, max(1, math.floor(self.participation * n + 0.5)))
         if m == n:
             return list(range(n))
         return sorted(int(c) for c in numpy_rng(self.seed, "participants", t).choice(n, m, replace=False))
@@ -65,7 +67,7 @@ class Federation:
         None if ``stop()`` became true on some rank (the round is then abandoned: nothing of it
         is kept, and re-running it later gives the same result)."""
         comm = self.comm
-        participants = self.schedule.participants(t) if self.method.trains else []
+        participants = self.method.participants(self.schedule.participants(t), self.data.num_clients, t)
         mine = comm.shard(participants)
         uploads, refs, bytes_down, stopped = {}, {}, 0, False
         for cid in tqdm(mine, desc=f"round {t} train", leave=False,
@@ -85,15 +87,13 @@ class Federation:
             self.server.aggregate(t, uploads, {cid: self.data.train_size(cid) for cid in uploads})
         if comm.world_size > 1:
             self.server.load_state_dict(comm.broadcast(self.server.state_dict()))
-        accs = None
+        counts = None
         if self.schedule.evaluates(t):
             mine = comm.shard(list(range(self.data.num_clients)))
-            accs = comm.gather_dicts(self.evaluate(mine, t, progress and comm.is_main))
-            accs = {c: accs[c] for c in sorted(accs)}
-        return round_record(
-            t, accs, {c: self.data.test_size(c) for c in range(self.data.num_clients)},
-            participants, bytes_up=sum(payload_bytes(u) for u in uploads.values()),
-            bytes_down=bytes_down)
+            counts = comm.gather_dicts(self.evaluate(mine, t, progress and comm.is_main))
+            counts = {c: counts[c] for c in sorted(counts)}
+        return round_record(t, counts, participants, bytes_up=sum(payload_bytes(u) for u in uploads.values()),
+                            bytes_down=bytes_down)
 
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
         """Local training of client ``cid`` in round ``t``: returns (upload, new client state)."""
@@ -101,16 +101,16 @@ class Federation:
         self.module.load_client(cid, stored)
         self.module.receive(payload)
         batches = self.data.train_batches(cid, t, self.schedule.batch_size)
-        scaler = train_locally(self.module, batches, self.schedule.local_epochs, self.fabric,
-                               (stored or {}).get("scaler"))
+        epochs = self.method.local_epochs(t, self.schedule.local_epochs)
+        scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"))
         state = self.module.client_state()
         if scaler is not None:
             state["scaler"] = scaler
         return self.module.upload(), state
 
-    def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, float]:
-        """Test accuracy of ``clients``, each with the model it would use now. A method whose
-        evaluation depends on the server alone is set up once for all of them."""
+    def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
+        """(correct, total) on the test set of each of ``clients``, each with the model it would
+        use now. A method whose evaluation depends on the server alone is set up once for all."""
         accs, ready = {}, False
         shared = not self.module.personal_eval
         for cid in tqdm(clients, desc=f"round {t} eval", leave=False, disable=not progress):

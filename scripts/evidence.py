@@ -58,7 +58,7 @@ def main() -> None:
 
 
 def _fmt(values: list[float]) -> str:
-    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 

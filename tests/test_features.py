@@ -34,10 +34,30 @@ def test_keys_change_with_view_tower_and_data(tmp_path, setup):
     backbone, _ = setup
     cache = FeatureCache(tmp_path, backbone)
     other = FeatureCache(tmp_path, OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=1))
-    keys = {cache.key("d", 0, 0), cache.key("d", 1, 0), cache.key("d", 2, 0), cache.key("d", 1, 1),
-            cache.key("e", 0, 0), other.key("d", 0, 0)}
-    assert len(keys) == 6
-    assert cache.key("d", 0, 0) == cache.key("d", 0, 5)  # the plain view ignores the view seed
+    keys = {cache.key("d", "image", 0, 0), cache.key("d", "image", 1, 0), cache.key("d", "image", 2, 0),
+            cache.key("d", "image", 1, 1), cache.key("e", "image", 0, 0), other.key("d", "image", 0, 0),
+            cache.key("d", "image2", 0, 0), FeatureCache(tmp_path, backbone, tokens=True).key("d", "image", 0, 0)}
+    assert len(keys) == 8
+    assert cache.key("d", "image", 0, 0) == cache.key("d", "image", 0, 5)  # the plain view ignores the view seed
+
+
+def test_another_image_column_is_another_cache_entry(tmp_path, setup):
+    """D6: features of column ``image2`` are not those of ``image`` read from the cache."""
+    from PIL import ImageOps
+
+    backbone, data = setup
+    from datasets import Image
+
+    ds = data["test"].select(range(4))
+    inverted = [ImageOps.invert(img.convert("RGB")) for img in ds["image"]]
+    ds = ds.add_column("image2", [{"bytes": None, "path": None}] * 4).cast_column("image2", Image())
+    ds = ds.map(lambda _, i: {"image2": inverted[i]}, with_indices=True)
+    cache = FeatureCache(tmp_path, backbone)
+    first = cache.get(ds, "d", np.arange(4), "image")
+    second = cache.get(ds, "d", np.arange(4), "image2")
+    cold = FeatureCache(tmp_path / "cold", backbone).get(ds, "d", np.arange(4), "image2")
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(second, cold)
 
 
 def test_augmented_views_are_deterministic_and_differ(tmp_path, setup):

@@ -189,6 +189,10 @@ class Backbone(nn.Module, ABC):
         """A digest of everything that determines image features (weights of the image tower)."""
         return _digest_params(self.image_tower_parameters())
 
+    def text_fingerprint(self) -> str:
+        """A digest of the text side's weights (by default: every tensor of the backbone)."""
+        return _digest_params(list(self.state_dict().values()))
+
     @abstractmethod
     def image_tower_parameters(self) -> list[Tensor]:
         """Tensors of the image tower, in a fixed order (weights and buffers)."""

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import transforms as T
 
-from fedmoap.backbones.base import Backbone, PromptSlots
+from fedmoap.backbones.base import Backbone, PromptSlots, _digest_params
 from fedmoap.errors import FedmoapError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -54,6 +54,11 @@ class OpenCLIPBackbone(Backbone):
         cfg = open_clip.get_model_preprocess_cfg(model)
         self.mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+        self.interpolation = cfg.get("interpolation") or "bicubic"
+        """Resize interpolation the weights were trained with (the tag's preprocess config)."""
+        self.resize_mode = cfg.get("resize_mode") or "shortest"
+        """``shortest`` (resize + centre crop), ``longest`` (fit + pad) or ``squash``."""
+        self.fill_color = int(cfg.get("fill_color") or 0)
         self.freeze()
 
     @classmethod
@@ -85,10 +90,20 @@ class OpenCLIPBackbone(Backbone):
 
     # ----- images -----------------------------------------------------------------------------
     def image_transform(self, train: bool) -> Callable:
+        """The tag's preprocessing (interpolation, resize mode, mean and std); ``train`` adds
+        CoOp's augmentation: random resized crop (area 0.08-1) + horizontal flip."""
         s = self.image_size
-        head = ([T.RandomResizedCrop(s, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                 T.RandomHorizontalFlip()] if train else
-                [T.Resize(s, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(s)])
+        mode = T.InterpolationMode.BILINEAR if self.interpolation == "bilinear" else T.InterpolationMode.BICUBIC
+        if train:
+            head = [T.RandomResizedCrop(s, scale=(0.08, 1.0), interpolation=mode), T.RandomHorizontalFlip()]
+        elif self.resize_mode == "squash":
+            head = [T.Resize((s, s), interpolation=mode)]
+        elif self.resize_mode == "longest":
+            from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
+            head = [ResizeKeepRatio(s, interpolation=mode, longest=1),
+                    _Described(CenterCropOrPad(s, fill=self.fill_color), f"CenterCropOrPad({s}, fill={self.fill_color})")]
+        else:
+            head = [T.Resize(s, interpolation=mode), T.CenterCrop(s)]
         return T.Compose([_ToRGB(), *head, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def encode_image(self, images: Tensor) -> Tensor:
@@ -96,6 +111,9 @@ class OpenCLIPBackbone(Backbone):
 
     def image_tower_parameters(self) -> list[Tensor]:
         return list(self.model.visual.state_dict().values())
+
+    def text_fingerprint(self) -> str:
+        return _digest_params([v for k, v in self.model.state_dict().items() if not k.startswith("visual.")])
 
     def describe(self) -> str:
         return f"{self.name} ({type(self.model.visual).__name__})"
@@ -171,6 +189,19 @@ class OpenCLIPBackbone(Backbone):
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         proj = t.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+class _Described:
+    """A transform with a ``repr`` that says everything it does (it enters cache keys)."""
+
+    def __init__(self, transform: Callable, description: str) -> None:
+        self.transform, self.description = transform, description
+
+    def __call__(self, img):
+        return self.transform(img)
+
+    def __repr__(self) -> str:
+        return self.description
 
 
 class _ToRGB:

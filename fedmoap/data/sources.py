@@ -43,19 +43,51 @@ def load_source(args: DataArgs) -> SourceData:
             raise FedmoapError(f"data: column {column!r} is missing from dataset {args.source!r} "
                                f"(columns: {train.column_names})")
     classnames = _classnames(args, train)
-    train_labels = np.asarray(train[args.label_column], dtype=np.int64)
-    test_labels = np.asarray(test[args.label_column], dtype=np.int64)
+    train_labels, test_labels, classnames = _labels(args, train, test, classnames)
     top = int(max(train_labels.max(initial=-1), test_labels.max(initial=-1)))
     if top >= len(classnames) or min(train_labels.min(initial=0), test_labels.min(initial=0)) < 0:
         raise FedmoapError(f"data: class-count mismatch: labels go up to {top} but there are "
                            f"{len(classnames)} class names")
     domains = [None, None]
     if args.domain_column:
-        domains = [np.unique(np.asarray(s[args.domain_column]), return_inverse=True)[1]
-                   for s in (train, test)]
+        # codes over the union of both splits, so a domain has the same code in train and test
+        values = [np.asarray(s[args.domain_column]) for s in (train, test)]
+        names = np.unique(np.concatenate(values))
+        domains = [np.searchsorted(names, v) for v in values]
+        missing = sorted(str(d) for d in set(names[np.unique(domains[0])]) - set(names[np.unique(domains[1])]))
+        if missing:
+            raise FedmoapError(f"data.domain_column: domains {missing} have training samples but no "
+                               f"test samples in split {args.test_split!r}")
     return SourceData(train, test, classnames, train_labels, test_labels, domains[0], domains[1],
                       f"{data_id or train._fingerprint}/{args.train_split}",
                       f"{data_id or test._fingerprint}/{args.test_split}")
+
+
+def _labels(args: DataArgs, train: Dataset, test: Dataset,
+            classnames: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Integer label arrays of both splits. String labels are mapped through the class names
+    (given, or the sorted distinct strings); float labels must be whole numbers."""
+    raw = [np.asarray(s[args.label_column]) for s in (train, test)]
+    column = f"data.label_column {args.label_column!r}"
+    if any(r.dtype.kind in "USO" for r in raw):
+        strings = [r.astype(str) for r in raw]
+        if classnames is None:
+            classnames = sorted(set(strings[0]) | set(strings[1]))
+        index = {name: i for i, name in enumerate(args.classnames or classnames)}
+        unknown = sorted((set(strings[0]) | set(strings[1])) - set(index))
+        if unknown:
+            raise FedmoapError(f"{column} holds labels {unknown[:5]} that are not in data.classnames")
+        return (*[np.array([index[v] for v in r], dtype=np.int64) for r in strings], classnames)
+    for r in raw:
+        if r.dtype.kind == "f" and not np.all(np.mod(r, 1) == 0):
+            raise FedmoapError(f"{column} holds non-integer labels (e.g. {r[np.mod(r, 1) != 0][0]}); "
+                               "labels must be class indices")
+        if r.dtype.kind not in "iuf" and r.size:
+            raise FedmoapError(f"{column} holds {r.dtype} values, not class indices")
+    if classnames is None:
+        raise FedmoapError(f"data.classnames: column {args.label_column!r} has no class names; "
+                           "list them in data.classnames")
+    return (*[r.astype(np.int64) for r in raw], classnames)
 
 
 def _open(args: DataArgs) -> tuple[DatasetDict, str | None]:
@@ -91,7 +123,7 @@ def _looks_like_hub(src: str) -> bool:
     return len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
 
 
-def _classnames(args: DataArgs, train: Dataset) -> list[str]:
+def _classnames(args: DataArgs, train: Dataset) -> list[str] | None:
     feature = train.features.get(args.label_column)
     names = feature.names if isinstance(feature, ClassLabel) else None
     if args.classnames is not None:
@@ -99,7 +131,4 @@ def _classnames(args: DataArgs, train: Dataset) -> list[str]:
             raise FedmoapError(f"data.classnames: class-count mismatch: {len(args.classnames)} names "
                                f"given but the dataset has {len(names)} classes")
         return [n.replace("_", " ") for n in args.classnames]
-    if names is None:
-        raise FedmoapError(f"data.classnames: column {args.label_column!r} has no class names; "
-                           "list them in data.classnames")
-    return [n.replace("_", " ") for n in names]
+    return None if names is None else [n.replace("_", " ") for n in names]

@@ -55,11 +55,12 @@ def make_split(args: DataArgs, data: SourceData, seed: int) -> ClientSplit:
         full_train = train
         if args.shots is not None:
             train = P.k_shot(data.train_labels, train, args.shots, rng)
+        mix = train if args.test_follows == "train" else full_train
         if data.train_domains is not None and args.partition == "domain_dirichlet":
-            test = P.test_like_train_by_group(data.train_domains, data.train_labels, full_train,
+            test = P.test_like_train_by_group(data.train_domains, data.train_labels, mix,
                                               data.test_domains, data.test_labels, rng)
         else:
-            test = P.test_like_train(data.train_labels, full_train, data.test_labels, rng)
+            test = P.test_like_train(data.train_labels, mix, data.test_labels, rng)
     except ValueError as exc:
         raise FedmoapError(f"data: cannot split {args.source!r} into {args.num_clients} clients: {exc}") from exc
     if args.max_test_per_client is not None:
@@ -67,6 +68,10 @@ def make_split(args: DataArgs, data: SourceData, seed: int) -> ClientSplit:
     empty = [i for i, t in enumerate(train) if len(t) == 0]
     if empty:
         raise FedmoapError(f"data: clients {empty} get no training samples; use fewer clients")
+    empty = [i for i, t in enumerate(test) if len(t) == 0]
+    if empty:
+        raise FedmoapError(f"data: clients {empty} get no test samples (the test split has none of "
+                           "their classes); use fewer clients or another partition")
     return ClientSplit(train, test, data.train_id, data.test_id)
 
 

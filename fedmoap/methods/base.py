@@ -35,7 +35,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from fedmoap.backbones.base import Backbone
 
@@ -102,6 +101,15 @@ class Method:
         """Range and combination checks of the knobs, each message naming ``method.<knob>``."""
         return []
 
+    def participants(self, sampled: list[int], num_clients: int, t: int) -> list[int]:
+        """Who trains in round ``t``; ``sampled`` is the run's seeded draw (``fed.participation``).
+        A local-only method can train everyone, or nobody after the first round."""
+        return sampled if self.trains else []
+
+    def local_epochs(self, t: int, default: int) -> int:
+        """Local epochs of round ``t`` (``train.local_epochs`` unless the method says otherwise)."""
+        return default
+
     def backbone_problems(self, backbone: Backbone) -> list[str]:
         """What this backbone lacks for this method (e.g. a ViT image tower for vision prompts)."""
         return []
@@ -132,8 +140,6 @@ class ClientModule(L.LightningModule):
         self.method, self.run = method, run
         self.classnames = classnames
         self.num_classes = len(classnames)
-        self.acc = MulticlassAccuracy(num_classes=self.num_classes, average="micro",
-                                      sync_on_compute=False)
         self.client_id: int | None = None
         self.fresh = True
         """The current client has no stored state (never trained)."""
@@ -208,7 +214,6 @@ class ClientModule(L.LightningModule):
 
     def begin_eval(self) -> None:
         """Compute :meth:`eval_state` once; :meth:`predict` then uses it for every batch."""
-        self.acc.reset()
         with torch.no_grad():
             self._eval_cache = self.eval_state()
 

@@ -1,0 +1,176 @@
+"""The bad-input matrix: every case ends with one line naming the culprit, exit code 2, and
+nothing in an existing run directory changed (every file's bytes compared before and after).
+
+Cases run in-process through ``fedmoap.cli.main`` (one import for all); ``tests/test_run.py``
+runs a few of them as real processes too (exit status, no traceback on stderr).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
+
+from fedmoap.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+ERROR_LINE = re.compile(r"(?<![A-Za-z])error:")
+GARBAGE = b"this is not a torch checkpoint\x00\xff" * 8
+
+# name -> (arguments, run dir kind, words the message must contain)
+CASES: dict[str, tuple[list[str], str, list[str]]] = {
+    # configs and command line
+    "misspelt_flag": (["--fed.roundz", "3"], "existing", ["roundz"]),
+    "misspelt_yaml_key": (["--config", "{misspelt_yaml}"], "existing", ["roundz"]),
+    "wrong_type": (["--fed.rounds", "abc"], "existing", ["fed.rounds", "abc"]),
+    "unknown_method": (["--method", "nosuchmethod"], "fresh", ["nosuchmethod"]),
+    "another_methods_knob": (["--method", "promptfl", "--method.lam", "0.3"], "fresh", ["lam"]),
+    "heads_zero": (["--method.heads", "0"], "fresh", ["method.heads"]),
+    "template_without_braces": (["--method.template", "X"], "fresh", ["method.template"]),
+    "negative_lr": (["--train.lr", "-1"], "existing", ["train.lr"]),
+    "eval_batch_zero": (["--train.eval_batch_size", "0"], "fresh", ["train.eval_batch_size"]),
+    "momentum_too_big": (["--train.momentum", "1.5"], "fresh", ["train.momentum"]),
+    "max_test_zero": (["--data.max_test_per_client", "0"], "fresh", ["data.max_test_per_client"]),
+    "participation_zero": (["--fed.participation", "0"], "fresh", ["fed.participation"]),
+    "rounds_zero": (["--fed.rounds", "0"], "existing", ["fed.rounds"]),
+    "num_clients_zero": (["--data.num_clients", "0"], "fresh", ["data.num_clients"]),
+    "shots_zero": (["--data.shots", "0"], "fresh", ["data.shots"]),
+    "negative_views": (["--data.num_views", "-1"], "fresh", ["data.num_views"]),
+    "duplicate_classnames": (["--data.classnames", "[a,a,b,c,d,e,f,g,h,i]"], "fresh", ["data.classnames"]),
+    "bad_precision": (["--fabric.precision", "8-bit"], "fresh", ["fabric.precision", "8-bit"]),
+    "other_config_on_run_dir": (["--seed", "1"], "existing", ["seed"]),
+    # models
+    "unknown_arch": (["--model.arch", "no-such-arch"], "fresh", ["model.arch", "no-such-arch"]),
+    "missing_weights_file": (["--model.pretrained", "/nonexistent/w.pt"], "fresh", ["model.pretrained"]),
+    "strided_indivisible": (["--method.reduction", "strided", "--method.d_gating", "48",
+                             "--method.heads", "4"], "fresh", ["method.reduction", "48"]),
+    "vision_method_on_a_cnn": (["--method", "fedvpt", "--model.arch", "fedmoap-tiny-rn"], "fresh",
+                               ["fedvpt", "ModifiedResNet"]),
+    # datasets and splits
+    "missing_dataset": (["--data.source", "/nonexistent/dir"], "fresh", ["data.source", "/nonexistent/dir"]),
+    "class_count_mismatch": (["--data.classnames", "[a,b,c]"], "fresh", ["data.classnames", "3", "10"]),
+    "missing_label_column": (["--data.label_column", "nolabel"], "fresh", ["nolabel"]),
+    "string_labels_not_in_classnames": (["--data.source", "{strings}", "--data.classnames", "[cat,dog]"],
+                                        "fresh", ["data.label_column", "bird"]),
+    "fractional_labels": (["--data.source", "{floats}", "--data.classnames", "[a,b,c]"], "fresh",
+                          ["data.label_column", "non-integer"]),
+    "domain_dirichlet_without_column": (["--data.partition", "domain_dirichlet"], "fresh", ["data.domain_column"]),
+    "domains_not_divisible": (["--data.partition", "domain_dirichlet", "--data.domain_column", "domain",
+                               "--data.num_clients", "5"], "fresh", ["data.num_clients", "2 domains"]),
+    "too_many_classes_per_client": (["--data.partition", "pathological", "--data.classes_per_client", "5"],
+                                    "fresh", ["classes_per_client"]),
+    "split_file_missing": (["--data.split_file", "/nonexistent/split.json"], "fresh", ["data.split_file"]),
+    "split_file_other_client_count": (["--data.split_file", "{split}", "--data.num_clients", "4"], "fresh",
+                                      ["data.split_file", "4"]),
+    "split_file_corrupt": (["--data.split_file", "{garbage}"], "fresh", ["data.split_file"]),
+    # run directories, checkpoints, client states
+    "corrupt_checkpoint": (["--fed.rounds", "3"], "corrupt", ["{newest}"]),
+    "corrupt_client_state": (["--fed.rounds", "3"], "corrupt_state", ["{newest}"]),
+    "empty_config_yaml": ([], "empty_config", ["config.yaml"]),
+    "config_section_not_a_mapping": ([], "int_section", ["config.yaml"]),
+    "config_not_yaml": ([], "bad_yaml", ["config.yaml"]),
+    "run_dir_is_a_file": ([], "file", ["is a file"]),
+    "run_dir_holds_something_else": ([], "foreign", ["not empty"]),
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A finished 2-round smoke run, and the files the cases point at."""
+    root = tmp_path_factory.mktemp("bad")
+    cache = root / "cache"
+    base = root / "base"
+    assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "2", "--run_dir", str(base),
+                 "--data.feature_cache", str(cache), "--progress", "false"]) == 0
+    files = {"split": str(base / "split.json"), "garbage": str(root / "garbage.json")}
+    Path(files["garbage"]).write_text("{not json")
+    misspelt = root / "misspelt.yaml"
+    misspelt.write_text(SMOKE.read_text().replace("  rounds: 3", "  roundz: 3"))
+    files["misspelt_yaml"] = str(misspelt)
+    image = [[[0, 0, 0]] * 4] * 4
+    for name, labels, feature in (("strings", ["cat", "dog", "bird"], Value("string")),
+                                  ("floats", [0.0, 1.5, 2.0], Value("float64"))):
+        split = Dataset.from_dict({"image": [image] * 3, "label": labels},
+                                  features=Features({"image": Image(), "label": feature}))
+        DatasetDict(train=split, test=split).save_to_disk(str(root / name))
+        files[name] = str(root / name)
+    return root, base, cache, files
+
+
+def prepare(root: Path, base: Path, name: str, kind: str) -> tuple[Path, Path | None]:
+    run_dir, newest = root / "cases" / name, None
+    run_dir.parent.mkdir(exist_ok=True)
+    if kind in ("existing", "corrupt", "corrupt_state", "empty_config", "int_section", "bad_yaml"):
+        shutil.copytree(base, run_dir)
+    if kind == "corrupt":
+        newest = sorted((run_dir / "checkpoints").glob("round_*.pt"))[-1]
+        newest.write_bytes(GARBAGE)
+    elif kind == "corrupt_state":
+        newest = sorted(sorted((run_dir / "clients").glob("*/round_*.pt"))[0].parent.iterdir())[-1]
+        newest.write_bytes(GARBAGE)
+    elif kind == "empty_config":
+        (run_dir / "config.yaml").write_text("")
+    elif kind == "int_section":
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg, "fed": 3}))
+    elif kind == "bad_yaml":
+        (run_dir / "config.yaml").write_text("method: [unclosed\n")
+    elif kind == "file":
+        run_dir.write_text("not a directory")
+    elif kind == "foreign":
+        run_dir.mkdir()
+        (run_dir / "notes.txt").write_text("my notes")
+    return run_dir, newest
+
+
+def snapshot(path: Path) -> dict[str, bytes] | None:
+    if not path.exists():
+        return None
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_fails_cleanly(setup, case, capsys):
+    root, base, cache, files = setup
+    extra, kind, words = CASES[case]
+    run_dir, newest = prepare(root, base, case, kind)
+    extra = [a.format(**files) if a.startswith("{") else a for a in extra]
+    config = [] if "--config" in extra else ["--config", str(SMOKE)]
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    rc = main(["fit", *config, *extra, "--run_dir", str(run_dir), "--data.feature_cache", str(cache),
+               "--progress", "false"])
+    err = capsys.readouterr().err
+    assert rc == 2, f"{case}: exit code {rc}; stderr: {err}"
+    errors = ERROR_LINE.findall(err)
+    assert len(errors) == 1, f"{case}: expected one error line, got:\n{err}"
+    line = err[ERROR_LINE.search(err).start():].strip()
+    assert "\n" not in line, f"{case}: the error takes several lines:\n{line}"
+    for word in words:
+        word = word.replace("{newest}", str(newest))
+        assert word in line, f"{case}: the error does not name {word!r}: {line}"
+    assert snapshot(run_dir) == before, f"{case}: the run dir was changed"
+
+
+def test_the_matrix_has_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+def test_an_aborted_start_is_restarted_not_refused(setup):
+    """D9: a start killed after writing split.json (or config.yaml) but before any round is a
+    fresh run on the next attempt, not an unresumable directory."""
+    root, base, cache, _ = setup
+    for keep in ("split.json", "config.yaml"):
+        run_dir = root / f"aborted_{keep}"
+        run_dir.mkdir()
+        shutil.copy(base / keep, run_dir / keep)
+        assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "1", "--run_dir", str(run_dir),
+                     "--data.feature_cache", str(cache), "--progress", "false"]) == 0
+        assert json.loads((run_dir / "results.json").read_text())["rounds"][0]["round"] == 1
