@@ -19,10 +19,10 @@ def run(backbone: Backbone, clients: int = 10, rounds: int = 2) -> list[dict]:
     rows = []
     run = RunContext(seed=0, num_clients=clients, train=TrainArgs(), keep_optimizer_state=True)
     for name, cls in registry().items():
-        if "pixels" in cls.inputs and backbone.vision_width is None:
-            continue
         knobs = {f.name for f in dataclasses.fields(cls)}
         method = cls(**({"n_ctx": 16} if "n_ctx" in knobs else {}))
+        if method.backbone_problems(backbone):
+            continue
         client = method.build_client(backbone, ["a", "b"], run)  # traffic does not depend on the classes
         server = method.build_server(client.global_init(), run)
         down = up = 0

@@ -87,8 +87,8 @@ def validate(cfg: RunConfig) -> None:
     ]
     problems = [message for ok, message in checks if not ok]
     method = cfg.method
-    if not type(method).inputs <= INPUTS:
-        problems.append(f"method: {type(method).__name__}.inputs must be a subset of {sorted(INPUTS)}")
+    if not method.required_inputs() <= INPUTS:
+        problems.append(f"method: {type(method).__name__}'s inputs must be a subset of {sorted(INPUTS)}")
     problems += method.problems()
     if problems:
         raise FedmoapError("; ".join(problems))
@@ -187,7 +187,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
                            f"(model.pretrained {cfg.model.pretrained!r} has changed since); resume with "
                            "the original weights or start a new --run_dir")
     cache_root = Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
-    batch, inputs = cfg.data.feature_batch_size, type(method).inputs
+    batch, inputs = cfg.data.feature_batch_size, method.required_inputs()
     stop = stop_flag()
     features = FeatureCache(cache_root, backbone, batch, fabric.device, stop=stop) if "features" in inputs else None
     tokens = (FeatureCache(cache_root, backbone, batch, fabric.device, tokens=True, stop=stop)

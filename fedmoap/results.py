@@ -25,6 +25,9 @@ def round_record(t: int, counts: dict[int, tuple[int, int]] | None, participants
             "clients": {str(c): {"acc": accs[c], "correct": counts[c][0], "n": counts[c][1]}
                         for c in sorted(counts)},
             "mean_acc": mean, "std_acc": std, "evaluated_clients": len(values),
+            "worst_acc": min(values) if values else float("nan"),
+            "pooled_acc": (sum(k for k, _ in counts.values()) / total
+                           if (total := sum(n for _, n in counts.values())) else float("nan")),
             "bytes_up": int(bytes_up), "bytes_down": int(bytes_down), "participants": list(participants)}
 
 
@@ -38,7 +41,8 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     last = [r["mean_acc"] for r in rounds[-5:]]
     return {"best_round": best["round"], "best_mean_acc": best["mean_acc"],
             "last5_mean_acc": sum(last) / len(last),
-            "final_mean_acc": rounds[-1]["mean_acc"], "final_std_acc": rounds[-1]["std_acc"]}
+            "final_mean_acc": rounds[-1]["mean_acc"], "final_std_acc": rounds[-1]["std_acc"],
+            "final_worst_acc": rounds[-1].get("worst_acc"), "final_pooled_acc": rounds[-1].get("pooled_acc")}
 
 
 def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any]) -> None:
@@ -62,6 +66,7 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     out = {f"client/{cid}/acc": v["acc"] for cid, v in record.get("clients", {}).items()
            if v["acc"] is not None and not math.isnan(v["acc"])}
     if "mean_acc" in record:
-        out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"]})
+        out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"],
+                    "worst/acc": record["worst_acc"], "pooled/acc": record["pooled_acc"]})
     out.update({"comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
     return out

@@ -183,6 +183,7 @@ def test_a_round_leaves_non_participants_untouched(world, tmp_path, name):
 def test_method_declarations(name):
     cls = METHODS[name]
     assert cls.inputs <= INPUTS and cls.inputs
+    assert cls().required_inputs() <= INPUTS
     assert cls.__doc__ and cls.__doc__.strip()
     for f in dataclasses.fields(cls):
         assert f.name.isidentifier()

@@ -83,7 +83,8 @@ class Method:
 
     name: ClassVar[str] = ""
     inputs: ClassVar[frozenset[str]] = frozenset({"features"})
-    """What the client reads besides the label (a subset of :data:`INPUTS`)."""
+    """What the client reads besides the label (a subset of :data:`INPUTS`); a method whose
+    inputs depend on its knobs overrides :meth:`required_inputs` instead."""
     trains: ClassVar[bool] = True
     """False for methods with nothing to train (zero-shot): no round trains anyone."""
     keep_optimizer_state: ClassVar[bool] = True
@@ -96,6 +97,10 @@ class Method:
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
                 "init_args": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    def required_inputs(self) -> frozenset[str]:
+        """What this configuration of the method reads (default: the class's ``inputs``)."""
+        return type(self).inputs
 
     def problems(self) -> list[str]:
         """Range and combination checks of the knobs, each message naming ``method.<knob>``."""
