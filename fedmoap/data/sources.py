@@ -1,10 +1,13 @@
-"""Where a run's images come from: generated, packaged, local files or the Hugging Face hub.
+"""Where a run's images come from: generated, packaged, local files, a reference layout
+(``coop:``, ``fedbn-domainnet:``, ``fedbn-office:``; :mod:`fedmoap.data.layouts`) or the
+Hugging Face hub.
 
 Every source ends as two ``datasets.Dataset`` splits with an image column, an integer label
 column, class names and a stable id per split (the feature-cache key part for the data).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, load_dataset, load_from_disk
 
 from fedmoap.config import DataArgs
+from fedmoap.data.layouts import LAYOUTS
 from fedmoap.errors import FedmoapError
 
 
@@ -92,6 +96,12 @@ def _labels(args: DataArgs, train: Dataset, test: Dataset,
 
 def _open(args: DataArgs) -> tuple[DatasetDict, str | None]:
     src = args.source
+    scheme, colon, rest = src.partition(":")
+    if colon and scheme in LAYOUTS:
+        return LAYOUTS[scheme](rest)
+    if colon and re.fullmatch(r"[a-z][a-z0-9-]+", scheme) and not Path(src).expanduser().exists():
+        raise FedmoapError(f"data.source: unknown layout {scheme + ':'!r} in {src!r} (known: "
+                           f"{', '.join(k + ':' for k in LAYOUTS)})")
     if src == "synthetic":
         from fedmoap.data.synthetic import make_synthetic, synthetic_id
         return make_synthetic(), synthetic_id()
