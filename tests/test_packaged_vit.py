@@ -104,18 +104,33 @@ def test_second_build_reuses_the_caches(backbone, cache_dir, bridge_images, monk
         raise AssertionError("recomputed although cached")
 
     monkeypatch.setattr(dinov2_onnx, "convert_onnx", fail)
-    monkeypatch.setattr(PackagedViTBackbone, "fit_bridge", fail)
+    monkeypatch.setattr(PackagedViTBackbone, "bridge_data", fail)
     again = PackagedViTBackbone.build(cache_dir, SIZE, bridge_images=bridge_images)
     assert torch.equal(again.bridge.weight, backbone.bridge.weight)
+    assert torch.equal(again.token_bridge.weight, backbone.token_bridge.weight)
     assert again.image_fingerprint() == backbone.image_fingerprint()
     assert len(list(cache_dir.glob("packaged_vit_bridge-*.pt"))) == 1
 
 
-def test_bridge_is_deterministic(backbone, towers, bridge_images):
-    first = backbone.fit_bridge(bridge_images, towers)
-    assert first.shape == (1280, 768)
-    assert torch.equal(first, backbone.fit_bridge(bridge_images, towers))
-    assert torch.equal(first, backbone.bridge.weight)  # what the cold build fitted and cached
+def test_bridges_are_deterministic(backbone, towers, bridge_images):
+    data = backbone.bridge_data(bridge_images, towers)
+    pooled, token = data.fit()
+    assert pooled.shape == (1280, 768) and token.shape == (1280, 384) and data.tokens == N_TOKENS - 1
+    again = backbone.bridge_data(bridge_images, towers).fit()
+    assert torch.equal(pooled, again[0]) and torch.equal(token, again[1])
+    assert torch.equal(pooled, backbone.bridge.weight)  # what the cold build fitted and cached
+    assert torch.equal(token, backbone.token_bridge.weight)
+    transform = backbone.image_transform(train=False)
+    with torch.no_grad():
+        h = backbone.vit.forward_features(torch.stack([transform(i) for i in bridge_images]))
+    patches = h[:, 1:].reshape(-1, 384).double()
+    torch.testing.assert_close(data.token_gram, patches.T @ patches)
+    # the token bridge solves the ridge problem over every (patch token, its image's target) pair
+    target = data.target.double().repeat_interleave(data.tokens, 0)
+    eye = torch.eye(384, dtype=torch.float64)
+    direct = torch.linalg.solve(patches.T @ patches + 1000.0 * eye, patches.T @ target)
+    torch.testing.assert_close(data.fit(token_strength=1000.0)[1], direct.T.float(),
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_hooks_reproduce_timm_forward_features(backbone, images):
@@ -128,9 +143,8 @@ def test_hooks_reproduce_timm_forward_features(backbone, images):
         assert (backbone.vit.norm(x) - reference).abs().max() <= 1e-5
         pooled, tokens = backbone.vit_head(x)
         assert pooled.shape == (2, 1280) and tokens.shape == (2, N_TOKENS - 1, 1280)
-        normed = backbone.vit.norm(x)
-        both = torch.cat([normed[:, 1:], normed[:, 1:]], dim=-1)  # a token fed as [t ; t]
-        torch.testing.assert_close(tokens, backbone.bridge(both), atol=1e-5, rtol=1e-5)
+        assert torch.equal(tokens, backbone.token_bridge(reference[:, 1:]))
+        assert torch.equal(pooled, backbone.encode_image(images))
     assert backbone.vision_width == 384 and backbone.vision_layers == 12
 
 
