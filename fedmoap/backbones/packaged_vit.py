@@ -102,7 +102,7 @@ class BridgeData:
 
 class PackagedViTBackbone(MiniLMText, Backbone):
     """Frozen DINOv2 ViT-S/14 image tower + the packaged MiniLM text tower, joined through the
-    1280-d EfficientNet-Lite0 feature space (a fitted image bridge and the fitted text map).
+    1280-d EfficientNet-Lite0 feature space (fitted image and token bridges, the fitted text map).
 
     Build it with :meth:`build`; the constructor takes already loaded parts.
     """
@@ -115,8 +115,7 @@ class PackagedViTBackbone(MiniLMText, Backbone):
 
     def __init__(self, vit: nn.Module, text_tower: nn.Module, tokenizer, projection: Tensor,
                  bridges: tuple[Tensor, Tensor] | None = None,
-                 image_size: int = DEFAULT_IMAGE_SIZE,
-                 invert: bool = True, onnx_sha256: str = ""):
+                 image_size: int = DEFAULT_IMAGE_SIZE, invert: bool = True, onnx_sha256: str = ""):
         super().__init__()
         self.vit = vit
         self.text_tower = text_tower
