@@ -31,15 +31,18 @@ class ModelArgs:
     """The frozen backbone."""
 
     arch: str = "packaged-towers"
-    """``packaged-towers`` (the offline CLIP-like model assembled from packaged towers) or any
-    open_clip architecture name (``RN50``, ``ViT-B-16``, ``fedmoap-tiny-vit`` for tests)."""
+    """``packaged-towers`` (the offline CLIP-like model assembled from packaged towers:
+    EfficientNet-Lite0 + MiniLM), ``packaged-vit`` (offline, a pretrained DINOv2 ViT-S/14 image
+    tower that takes vision prompts, the same MiniLM text side) or any open_clip architecture name
+    (``RN50``, ``ViT-B-16``; ``fedmoap-tiny-vit``/``fedmoap-tiny-rn`` for tests)."""
     pretrained: Optional[str] = None
     """open_clip weights: a tag (``openai``), an ``hf-hub:org/repo`` id, a local checkpoint path,
     or null for random weights (tests)."""
     image_size: Optional[int] = None
-    """Image side for ``packaged-towers`` (default 224); open_clip models use their own size."""
+    """Image side for the packaged backbones (default: 224 for packaged-towers, 112 for
+    packaged-vit, a multiple of 14); open_clip models use their own size."""
     invert_images: bool = True
-    """``packaged-towers`` only: invert pixel values (dark objects on a light ground)."""
+    """Packaged backbones only: invert pixel values (dark objects on a light ground)."""
     cache_dir: Optional[str] = field(default=None, metadata=NEUTRAL)
     """Where weights are looked up/downloaded (open_clip, HF hub); null = the libraries' default."""
 
