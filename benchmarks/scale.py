@@ -33,10 +33,12 @@ momentum and 9 downloaded experts."""
 
 
 def make_dataset(root: Path) -> Path:
-    """The smoke test's synthetic images, enough for 1,000 clients with a few samples each."""
-    path = root / "synthetic-3000"
+    """The smoke test's synthetic images: 1,000 training images (one per client at 1,000 clients)
+    and twice as many test images per class as clients train on a class, so that every client
+    gets a test image (test sets mirror the training data, each test image used once)."""
+    path = root / "synthetic-1000-2000"
     if not path.exists():
-        make_synthetic(train_per_class=300, test_per_class=100).save_to_disk(str(path))
+        make_synthetic(train_per_class=100, test_per_class=200).save_to_disk(str(path))
     return path
 
 

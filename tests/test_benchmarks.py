@@ -29,6 +29,11 @@ def test_quick_benchmark_writes_its_contract(tmp_path):
         for key in ("reference_ms", "ours_ms", "floor_ms", "speedup_vs_reference", "ratio_to_floor"):
             assert math.isfinite(case[key]) and case[key] > 0, (key, case)
         assert case["tokens_reference"] == 77 and case["tokens_ours"] < 30, case
+    assert r["vision"], "no vision-prompt case"
+    for v in r["vision"]:
+        for key in ("ours_ms", "floor_ms", "provider_ms", "ratio_to_floor"):
+            assert math.isfinite(v[key]) and v[key] > 0, (key, v)
+        assert 0 < v["provider_share"] < 1, v
     assert r["memory"]["clients_10_mb"] > 100 and r["memory"]["clients_1000_mb"] > 100
     assert r["throughput"]["procs_1_s"] > 0 and r["throughput"]["procs_2_s"] > 0
     traffic = {c["method"]: c for c in r["communication"]}

@@ -50,7 +50,9 @@ def runs_root(tmp_path_factory) -> Path:
 
 
 def fit_args(run_dir: Path, cache: Path, *extra: str, config: Path = SMOKE) -> list[str]:
-    return ["fit", "--config", str(config), *extra, "--run_dir", str(run_dir),
+    # One torch thread everywhere: runs compared bit for bit must reduce in the same order, and an
+    # earlier in-process test may have changed this process's thread count.
+    return ["fit", "--config", str(config), "--fabric.threads", "1", *extra, "--run_dir", str(run_dir),
             "--data.feature_cache", str(cache), "--progress", "false"]
 
 
@@ -152,7 +154,8 @@ def test_contract_files_results_and_tensorboard(run3):
         assert (run3 / name).is_file(), f"{name} missing from the run dir"
 
     stored = yaml.safe_load((run3 / "config.yaml").read_text())
-    assert stored["method"] == "pfedmoap" and stored["seed"] == 0
+    assert stored["method"]["class_path"] == "fedmoap.methods.pfedmoap.PFedMoAP" and stored["seed"] == 0
+    assert "lam" in stored["method"]["init_args"], "config.yaml must hold the chosen method's knobs"
     assert stored["fed"]["rounds"] == 3 and stored["data"]["num_clients"] == NUM_CLIENTS
 
     split = json.loads((run3 / "split.json").read_text())
