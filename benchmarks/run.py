@@ -3,7 +3,10 @@
     python benchmarks/run.py [--quick] [--json OUT.json] [--work DIR]
 
 1. Local step (``local_step.py``): the pFedMoAP client step, reference-style vs ours vs the floor,
-   RN50 and ViT-B-16 (random weights) at C = 10 and 100 classes (``--quick``: RN50, C = 10).
+   RN50 and ViT-B-16 (random weights) at C = 10 and 100 classes (``--quick``: RN50, C = 10),
+   all on full sequences (``share_prefix`` off), as before the shared-prefix encoder.
+   Shared prefix (``prefix.py``): the step with the shared prefix, and the experts' encoding, against
+   that full-sequence floor, same cases.
 2. Clients at scale (``scale.py``): peak RSS of whole 2-round runs with 10, 100 and 1,000
    clients, all training every round (``--quick``: 10 and 1,000 clients, 1 round, a quarter of
    them training: fewer states, none with downloaded experts).
@@ -11,8 +14,9 @@
 4. Communication (``communication.py``): bytes per client per round for each method.
 
 Targets (issue 4): ours >= 10x faster than reference at RN50/C=10; ours <= 1.2x the floor;
-1,000-client peak <= 1.2x the 10-client one; 2 processes <= 0.55x one process.
-Prints a table and writes the JSON contract: {"cases": [...], "memory": {...}, ...}.
+1,000-client peak <= 1.2x the 10-client one; 2 processes <= 0.55x one process. Issue 14: the
+shared-prefix step <= 0.5x the full-sequence floor at RN50/C=10, <= 0.4x at C=100.
+Prints a table and writes the JSON contract: {"cases": [...], "prefix": [...], "memory": {...}, ...}.
 """
 from __future__ import annotations
 
@@ -30,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import communication
 import local_step
+import prefix
 import scale
 import vision_step
+from fedmoap.backbones.openclip import OpenCLIPBackbone
 
 TARGETS = {"speedup_vs_reference": 10.0, "ratio_to_floor": 1.2, "memory_ratio": 1.2,
            "throughput_ratio": 0.55, "vision_ratio_to_floor": 1.15, "provider_share": 0.10}
@@ -51,7 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
         work = a.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         print("local step", flush=True)
+        for arch in dict.fromkeys(c.arch for c in cases):  # this table keeps the full-sequence path
+            local_step.MODELS[arch] = OpenCLIPBackbone.build(arch, None)
+            local_step.MODELS[arch].share_prefix = False
         steps = local_step.run(cases, repeats=5, reference_repeats=1 if quick else 2, bf16=not quick)
+        print("shared prefix", flush=True)
+        shared = prefix.run(cases, local_step.MODELS, repeats=5)
         print("vision-prompt step", flush=True)
         vision = [vision_step.run("ViT-B-16", 10, steps=2, repeats=1 if quick else 3)]
         print("communication", flush=True)
@@ -63,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
         memory["ratio_1000_vs_10"] = memory["clients_1000_mb"] / memory["clients_10_mb"]
         print("round throughput", flush=True)
         throughput = scale.round_time(rounds=2 if quick else 10, work=work)
-    result = {"quick": quick, "cases": steps, "vision": vision, "memory": memory, "throughput": throughput,
-              "communication": comm, "targets": TARGETS,
+    result = {"quick": quick, "cases": steps, "prefix": shared, "vision": vision, "memory": memory,
+              "throughput": throughput, "communication": comm, "targets": TARGETS,
               "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cpu": platform.processor() or platform.machine()},
               "seconds": time.perf_counter() - t0}
@@ -76,8 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(r: dict) -> str:
-    lines = ["", "| local step (batch 32, 10 experts) | tokens ref/ours | reference ms | ours ms | floor ms "
-             "| ours vs reference | ours / floor | in train_locally / floor |",
+    lines = ["", "| local step (batch 32, 10 experts; full sequences) | tokens ref/ours | reference ms "
+             "| ours ms | floor ms | ours vs reference | ours / floor | in train_locally / floor |",
              "|---|---|---|---|---|---|---|---|"]
     for c in r["cases"]:
         lines.append(f"| {c['arch']}, C = {c['classes']} | {c['tokens_reference']}/{c['tokens_ours']} "
@@ -94,6 +105,7 @@ def table(r: dict) -> str:
     if bf16:
         lines += ["", "bf16 autocast on CPU, ours fp32 / bf16 time: " + ", ".join(
             f"{c['arch']} C={c['classes']} {c['bf16_speedup']:.2f}x" for c in bf16)]
+    lines.append(prefix.table(r["prefix"]))
     m = r["memory"]
     counts = sorted(int(k.split("_")[1]) for k in m if k.startswith("clients_") and k.endswith("_mb"))
     lines += ["", "| clients | " + " | ".join(str(n) for n in counts) + " | 1,000 / 10 |",

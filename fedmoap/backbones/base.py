@@ -226,23 +226,31 @@ class Backbone(nn.Module, ABC):
         if ctx is None:
             if slots.n_ctx:
                 raise ValueError(f"these prompts have {slots.n_ctx} context slots but no ctx was given")
-            return self.encode_embeddings(torch.cat([slots.prefix, slots.suffix], 1), slots, 1)
+            ctx = slots.prefix.new_zeros(0, slots.prefix.shape[2])
         single = ctx.dim() == 2
         ctx3 = ctx.unsqueeze(0) if single else ctx
         e = ctx3.shape[0]
         if ctx3.shape[1] != slots.n_ctx:
             raise ValueError(f"ctx has {ctx3.shape[1]} vectors, prompts have {slots.n_ctx} slots")
         ctx3 = ctx3.to(slots.prefix.dtype)
-        x = torch.cat(
-            [
-                slots.prefix.unsqueeze(0).expand(e, -1, -1, -1),
-                ctx3.unsqueeze(1).expand(-1, c, -1, -1),
-                slots.suffix.unsqueeze(0).expand(e, -1, -1, -1),
-            ],
-            dim=2,
-        ).reshape(e * c, slots.seq_len, -1)
-        feats = self.encode_embeddings(x, slots, e)
+        feats = self.encode_shared_prefix(slots, ctx3)
+        if feats is None:
+            x = torch.cat(
+                [
+                    slots.prefix.unsqueeze(0).expand(e, -1, -1, -1),
+                    ctx3.unsqueeze(1).expand(-1, c, -1, -1),
+                    slots.suffix.unsqueeze(0).expand(e, -1, -1, -1),
+                ],
+                dim=2,
+            ).reshape(e * c, slots.seq_len, -1)
+            feats = self.encode_embeddings(x, slots, e)
         return feats.reshape(c, -1) if single else feats.reshape(e, c, -1)
+
+    def encode_shared_prefix(self, slots: PromptSlots, ctx: Tensor) -> Tensor | None:
+        """(E, C, embed_dim) features of ``slots`` with the (E, n_ctx, W) contexts ``ctx``, computing
+        the part all C prompts share (prefix + context) once per context tensor; or None where this
+        backbone cannot do so exactly, and :meth:`encode_prompts` runs the full sequences."""
+        return None
 
 
 def _digest_params(tensors: list[Tensor]) -> str:
