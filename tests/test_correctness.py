@@ -207,3 +207,22 @@ def test_d1_smoke_config_runs_on_cuda(tmp_path, method):
     results = fit(tmp_path, "--method", method, "--fed.rounds", "2", "--fabric.accelerator", "gpu",
                   run=method)
     assert all(math.isfinite(r["mean_acc"]) for r in results["rounds"])
+
+
+def test_d5_a_tokenizer_without_start_token_is_refused():
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+    clip_tokenizer = backbone.tokenizer
+    # The CLIP tokenizer with its start token stripped: mT5's layout (no BOS, end-of-text pooling).
+    backbone.tokenizer = lambda texts: torch.cat(
+        [clip_tokenizer(texts)[:, 1:], torch.zeros(len(texts), 1, dtype=torch.long)], 1)
+    with pytest.raises(FedmoapError, match="start token"):
+        backbone.prepare_prompts(["cat.", "dog."], 4)
+    with pytest.raises(FedmoapError, match="start token"):
+        backbone.embed_tokens("a photo of a")
+    backbone.tokenizer = clip_tokenizer
+    backbone._start_checked = False
+    slots = backbone.prepare_prompts(["cat.", "dog."], 4)
+    assert slots.prefix.device == backbone.text.token_embedding.weight.device
+    assert backbone.embed_tokens("a photo of a").shape[0] == 4

@@ -71,6 +71,7 @@ class OpenCLIPBackbone(Backbone):
         self.resize_mode = cfg.get("resize_mode") or "shortest"
         """``shortest`` (resize + centre crop), ``longest`` (fit + pad) or ``squash``."""
         self.fill_color = int(cfg.get("fill_color") or 0)
+        self._start_checked = False
         self.freeze()
 
     @classmethod
@@ -163,7 +164,16 @@ class OpenCLIPBackbone(Backbone):
 
     # ----- text -------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> Tensor:
-        return self.tokenizer(texts)
+        """Token ids of ``texts`` on the token embedding's device, after checking once that the
+        tokenizer starts every text with the same start token: the prompt layout puts the context
+        right after position 0, so a tokenizer without one (mT5, XLM-V) would overwrite a word."""
+        if not self._start_checked:
+            probe = self.tokenizer(["X", "cat"])
+            if probe[0, 0] != probe[1, 0] or probe[0, 0] == probe[0, 1]:
+                raise FedmoapError(f"model: {self.name}'s tokenizer does not begin every text with a "
+                                   "start token; prompt learning here needs one (choose another model)")
+            self._start_checked = True
+        return self.tokenizer(texts).to(self.text.token_embedding.weight.device)
 
     def _end_positions(self, tokens: Tensor) -> Tensor:
         """Position of the token the text features are pooled from, per row."""
