@@ -51,7 +51,10 @@ class DataArgs:
     source: str = "fashion-mnist"
     """``synthetic`` (generated colour images, for tests), ``fashion-mnist``,
     ``fashion-mnist-styles`` (Fashion-MNIST in five styles, column ``domain``), a local directory
-    (saved HF dataset, parquet files or an image folder) or a Hugging Face hub dataset name."""
+    (saved HF dataset, parquet files or an image folder), a Hugging Face hub dataset name, or a
+    reference layout: ``coop:DIR`` (a CoOp dataset folder with its ``split_zhou_*.json``),
+    ``fedbn-domainnet:DIR`` / ``fedbn-office:DIR`` (FedBN's ``data/`` folder with its split
+    pickles); see ``fedmoap/data/layouts.py``."""
     path: Optional[str] = None
     """Directory of the source's files where it needs one (fashion-mnist IDX files)."""
     train_split: str = "train"
