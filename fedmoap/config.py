@@ -52,7 +52,8 @@ class DataArgs:
     """Dataset, client split and the caches of frozen inputs."""
 
     source: str = "fashion-mnist"
-    """``synthetic`` (generated colour images, for tests), ``fashion-mnist``, a local directory
+    """``synthetic`` (generated colour images, for tests), ``fashion-mnist``,
+    ``fashion-mnist-styles`` (Fashion-MNIST in five styles, column ``domain``), a local directory
     (saved HF dataset, parquet files or an image folder), a Hugging Face hub dataset name, or a
     reference layout: ``coop:DIR`` (a CoOp dataset folder with its ``split_zhou_*.json``),
     ``fedbn-domainnet:DIR`` / ``fedbn-office:DIR`` (FedBN's ``data/`` folder with its split
@@ -74,16 +75,19 @@ class DataArgs:
     num_clients: int = 5
     """Total clients (for domain_dirichlet: clients per domain x number of domains). The offline
     default uses 5 to fit in minutes on a CPU; the paper configs set theirs (10 to 100)."""
-    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet"] = "dirichlet"
+    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet", "label_uniform"] = "dirichlet"
     """How training samples are divided among clients: ``iid``; ``pathological`` (disjoint
     classes per client); ``dirichlet`` (label skew, Dir(alpha) per class); ``domain_dirichlet``
-    (Dir(alpha) within each domain of ``domain_column``)."""
+    (Dir(alpha) within each domain of ``domain_column``); ``label_uniform`` (SGPT's
+    "noniid-labeluni": ``classes_per_client`` classes each, every class shared by equally many
+    clients in U(0.4, 0.6) proportions)."""
     alpha: float = 0.1
     """Dirichlet concentration (dirichlet, domain_dirichlet). The offline default's 0.1 is a split
     where personalization matters on Fashion-MNIST (each client alone beats the FedAvg prompt);
     at 0.5 it does not (README, "Evidence"). The paper's CIFAR settings use 0.5."""
     classes_per_client: Optional[int] = None
-    """pathological: classes per client (default: all classes spread evenly)."""
+    """pathological: classes per client (default: all classes spread evenly); label_uniform:
+    classes per client (required)."""
     shots: Optional[int] = 8
     """Training samples kept per class and client (k-shot); null keeps all."""
     max_test_per_client: Optional[int] = 150

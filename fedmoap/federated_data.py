@@ -87,6 +87,14 @@ class FederatedData:
                 yield self._batch(self.train, pos[idx], view[idx], aug)
         return epoch
 
+    def plain_train_batches(self, cid: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
+        """Client ``cid``'s training rows in order, unaugmented (view 0, plain pixels), labels
+        included: what :meth:`~fedmoap.methods.base.ClientModule.statistics` reads."""
+        pos = self.train_pos[cid]
+        for start in range(0, len(pos), batch_size):
+            rows = pos[start:start + batch_size]
+            yield self._batch(self.train, rows, torch.zeros(len(rows), dtype=torch.long), None)
+
     def test_batches(self, cid: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
         pos = self.test_pos[cid]
         for start in range(0, len(pos), batch_size):

@@ -67,6 +67,9 @@ class Federation:
         None if ``stop()`` became true on some rank (the round is then abandoned: nothing of it
         is kept, and re-running it later gives the same result)."""
         comm = self.comm
+        stats_up = 0  # client statistics (seed-methods): the set-up pass opens round 1
+        if t == 1 and self.method.collects_statistics(0):
+            stats_up = self.collect_statistics(0, list(range(self.data.num_clients)))
         participants = self.method.participants(self.schedule.participants(t), self.data.num_clients, t)
         mine = comm.shard(participants)
         uploads, refs, bytes_down, stopped = {}, {}, 0, False
@@ -87,12 +90,15 @@ class Federation:
             self.server.aggregate(t, uploads, {cid: self.data.train_size(cid) for cid in uploads})
         if comm.world_size > 1:
             self.server.load_state_dict(comm.broadcast(self.server.state_dict()))
+        if self.method.collects_statistics(t):  # seed-methods: e.g. refreshed prototypes
+            stats_up += self.collect_statistics(t, participants)
         counts = None
         if self.schedule.evaluates(t):
             mine = comm.shard(list(range(self.data.num_clients)))
             counts = comm.gather_dicts(self.evaluate(mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
-        return round_record(t, counts, participants, bytes_up=sum(payload_bytes(u) for u in uploads.values()),
+        return round_record(t, counts, participants,
+                            bytes_up=sum(payload_bytes(u) for u in uploads.values()) + stats_up,
                             bytes_down=bytes_down)
 
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
@@ -107,6 +113,31 @@ class Federation:
         if scaler is not None:
             state["scaler"] = scaler
         return self.module.upload(), state
+
+    # --- client statistics (seed-methods) ---
+    def collect_statistics(self, t: int, clients: list[int]) -> int:
+        """Fold ``clients``' statistics (:meth:`ClientModule.statistics` on their plain training
+        batches, each client prepared as for evaluation) into the server: ``t = 0`` is the
+        set-up pass (every client's state is stored as of round 0 if the module
+        ``keeps_statistics``), ``t >= 1`` follows round ``t``'s aggregation. Returns the bytes
+        the clients sent."""
+        comm, stats, refs = self.comm, {}, {}
+        for cid in comm.shard(clients):
+            self.module.load_client(cid, self.store.get(cid))
+            self.module.prepare_eval(self.server.eval_payload(cid))
+            with torch.no_grad(), self.fabric.autocast():
+                stats[cid] = self.module.statistics(
+                    self.data.plain_train_batches(cid, self.schedule.eval_batch_size))
+            if t == 0 and self.module.keeps_statistics:
+                refs[cid] = self.store.write(cid, self.module.client_state(), 0)
+        stats = comm.gather_dicts(stats)
+        self.store.adopt(comm.gather_dicts(refs))
+        if comm.is_main:
+            self.server.fold_statistics(t, stats)
+        if comm.world_size > 1:
+            self.server.load_state_dict(comm.broadcast(self.server.state_dict()))
+        return sum(payload_bytes(s) for s in stats.values())
+    # --- end client statistics ---
 
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would

@@ -47,3 +47,34 @@ def test_bad_arguments_raise_one_clear_error(args):
     message = str(exc.value)
     assert "\n" not in message
     assert args[0].lstrip("-").split(".")[-1] in message or args[1] in message
+
+
+# ----- seed methods: pFedDC on the nine tables (ViT-B-16), PEP-FedPT's own settings -----------
+PAPER_DIR = Path(__file__).parent.parent / "configs" / "paper"
+NINE = sorted(PAPER_DIR.glob("table*.yaml"))
+
+
+@pytest.mark.parametrize("table", NINE, ids=lambda p: p.stem)
+def test_pfeddc_on_every_table_with_vit_b16(table):
+    cfg, _, _ = parse_fit(["fit", "--config", str(table), "--config", str(PAPER_DIR / "methods" / "pfeddc.yaml"),
+                           "--config", str(PAPER_DIR / "models" / "vit_b16.yaml")])
+    validate(cfg)
+    alone, _, _ = parse_fit(["fit", "--config", str(table)])
+    assert cfg.method.name == "pfeddc" and (cfg.method.n_ctx, cfg.method.vision_tokens) == (16, 8)
+    assert (cfg.model.arch, cfg.model.pretrained) == ("ViT-B-16", "openai")
+    assert (cfg.data, cfg.train, cfg.fed) == (alone.data, alone.train, alone.fed)
+    assert len(NINE) == 9
+
+
+@pytest.mark.parametrize("method", ["pepfedpt", "fedavg_vpt", "local_vpt"])
+def test_pepfedpt_settings(method):
+    for name, expected in (("cifar100", (100, 0.05, 60, "label_uniform", 10, 40)),
+                           ("domainnet", (6, 1.0, 40, "domain_dirichlet", None, 50))):
+        cfg, _, _ = parse_fit(["fit", "--config", str(PAPER_DIR / "pepfedpt" / f"{name}.yaml"),
+                               "--config", str(PAPER_DIR / "methods" / f"{method}.yaml")])
+        validate(cfg)
+        d = cfg.data
+        assert (d.num_clients, cfg.fed.participation, cfg.fed.rounds, d.partition, d.classes_per_client,
+                cfg.train.batch_size) == expected
+        assert cfg.method.name == method and cfg.method.shared_tokens == 10
+        assert (cfg.train.lr, cfg.train.weight_decay, cfg.model.arch) == (0.01, 1e-5, "ViT-B-16")

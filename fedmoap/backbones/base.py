@@ -252,6 +252,18 @@ class Backbone(nn.Module, ABC):
         backbone cannot do so exactly, and :meth:`encode_prompts` runs the full sequences."""
         return None
 
+    # ----- deep text prompts (seed-methods: pFedDC's text_depth) --------------------------------
+    text_layers: int = 0
+    """Blocks of the text tower that :meth:`encode_prompts_deep` can prompt (0: not supported)."""
+
+    def encode_prompts_deep(self, slots: PromptSlots, ctx_layers: Sequence[Tensor]) -> Tensor:
+        """MaPLe/IVLP-style deep text prompts: ``ctx_layers[0]`` (n_ctx, W) is the context at the
+        input, as in :meth:`encode_prompts`; ``ctx_layers[j]`` replaces the context positions'
+        hidden states before block ``j``. (C, D), not normalised. Towers without it refuse."""
+        from fedmoap.errors import FedmoapError
+        raise FedmoapError(f"{self.describe()}: its text tower takes no deep prompts (text_depth "
+                           "> 1 needs an open_clip model)")
+
 
 def _digest_params(tensors: list[Tensor]) -> str:
     h = hashlib.sha256()

@@ -14,7 +14,7 @@ context vectors about 5 of 22 positions per class are left.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import open_clip
 import torch
@@ -232,6 +232,35 @@ class OpenCLIPBackbone(Backbone):
 
     def _project(self, x: Tensor) -> Tensor:
         proj = self.text.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    # ----- deep text prompts (seed-methods; separate from encode_prompts/encode_embeddings) ---
+    @property
+    def text_layers(self) -> int:
+        return len(self.text.transformer.resblocks)
+
+    def encode_prompts_deep(self, slots: PromptSlots, ctx_layers: Sequence[Tensor]) -> Tensor:
+        """Deep text prompts (MaPLe/IVLP): the context slots hold ``ctx_layers[0]`` at the input
+        and are overwritten with ``ctx_layers[j]`` before block ``j``; the same truncated causal
+        path as :meth:`encode_embeddings` (exact: the slots precede every end-of-text token)."""
+        if not 1 <= len(ctx_layers) <= self.text_layers:
+            raise ValueError(f"{len(ctx_layers)} context layers for a {self.text_layers}-block text tower")
+        t, c, n = self.text, slots.num_prompts, slots.n_ctx
+        start = slots.prefix.shape[1]
+        cast = t.transformer.get_cast_dtype()
+        layers = [ctx.to(cast).unsqueeze(0).expand(c, -1, -1) for ctx in ctx_layers]
+        x = torch.cat([slots.prefix.to(cast), layers[0], slots.suffix.to(cast)], dim=1)
+        length = x.shape[1]
+        x = x + t.positional_embedding[:length].to(cast)
+        mask = t.attn_mask[:length, :length] if self.causal else None
+        first = t.transformer.batch_first
+        for j, block in enumerate(t.transformer.resblocks):
+            if 0 < j < len(layers):
+                x = torch.cat([x[:, :start], layers[j], x[:, start + n:]], dim=1)
+            x = block(x, attn_mask=mask) if first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
+        x = t.ln_final(x)
+        x = x[torch.arange(c, device=x.device), slots.extra["eot"]]
+        proj = t.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
 

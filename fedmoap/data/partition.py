@@ -144,6 +144,62 @@ def dirichlet(
     )
 
 
+def label_uniform(
+    labels: np.ndarray,
+    num_clients: int,
+    classes_per_client: int,
+    rng: np.random.Generator,
+    share: tuple[float, float] = (0.4, 0.6),
+    max_tries: int = 100,
+) -> list[np.ndarray]:
+    """SGPT's "noniid-labeluni" label split (Deng et al., CVPR 2024).
+
+    Every class is held by the same number of clients, ``num_clients * classes_per_client / C``
+    (must be whole). Clients in turn take ``classes_per_client`` distinct classes, each among
+    the classes with the most free slots (ties at random; the whole draw is repeated if a client
+    is left with only classes it holds). Each class's shuffled samples are then cut among its
+    holders in proportions drawn from U(``share``), normalised (all samples are used; SGPT drops
+    the rounding remainder).
+    """
+    labels = _check_labels(labels)
+    num_clients = _check_int(num_clients, "num_clients", 1)
+    k = _check_int(classes_per_client, "classes_per_client", 1)
+    _check_rng(rng)
+    classes = np.unique(labels)
+    if k > classes.size or (num_clients * k) % classes.size:
+        raise ValueError(f"label_uniform needs classes_per_client={k} <= {classes.size} classes and "
+                         f"num_clients x classes_per_client ({num_clients * k}) divisible by them")
+    per_class = num_clients * k // classes.size
+    for _ in range(max_tries):
+        free = dict.fromkeys(classes.tolist(), per_class)
+        held: list[list[int]] = []
+        for _client in range(num_clients):
+            mine: list[int] = []
+            for _slot in range(k):
+                options = [c for c, f in free.items() if f > 0 and c not in mine]
+                if not options:
+                    break
+                top = max(free[c] for c in options)
+                pick = int(rng.choice([c for c in options if free[c] == top]))
+                free[pick] -= 1
+                mine.append(pick)
+            held.append(mine)
+        if all(len(m) == k for m in held):
+            break
+    else:
+        raise ValueError(f"label_uniform could not give {num_clients} clients {k} distinct classes "
+                         f"in {max_tries} tries")
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c in classes.tolist():
+        holders = [i for i, m in enumerate(held) if c in m]
+        p = rng.uniform(*share, size=len(holders))
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cuts = (np.cumsum(p / p.sum())[:-1] * idx.size).astype(np.int64)
+        for i, chunk in zip(holders, np.split(idx, cuts)):
+            parts[i].append(chunk)
+    return [_sorted(np.concatenate(p)) if p else np.empty(0, np.int64) for p in parts]
+
+
 def by_group(
     groups: np.ndarray,
     labels: np.ndarray,

@@ -159,6 +159,9 @@ def _open(args: DataArgs) -> tuple[DatasetDict, str | None]:
     if src == "fashion-mnist":
         from fedmoap.data.fashion_mnist import load_fashion_mnist
         return load_fashion_mnist(args.path), None
+    if src == "fashion-mnist-styles":  # five rendering styles as a domain column
+        from fedmoap.data.fashion_mnist_styles import load_fashion_mnist_styles
+        return load_fashion_mnist_styles(args.path)
     path = Path(src).expanduser()
     try:
         if path.is_dir():

@@ -83,6 +83,10 @@ def _partition(args: DataArgs, data: SourceData, rng: np.random.Generator) -> li
         return P.pathological(labels, n, rng, args.classes_per_client)
     if args.partition == "dirichlet":
         return P.dirichlet(labels, n, args.alpha, rng)
+    if args.partition == "label_uniform":
+        if args.classes_per_client is None:
+            raise FedmoapError("data.partition label_uniform needs data.classes_per_client")
+        return P.label_uniform(labels, n, args.classes_per_client, rng)
     if data.train_domains is None:
         raise FedmoapError("data.partition: domain_dirichlet needs data.domain_column")
     num_domains = int(data.train_domains.max()) + 1

@@ -23,13 +23,22 @@ Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
     # evaluation of a client:
     module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
     module.begin_eval(); logits = module.predict(batch)   # the batch carries no label
+
+Client statistics (only for a method whose ``collects_statistics(t)`` is true; e.g. PEP-FedPT's
+class prototypes): at the start of round 1 over every client (t = 0, the set-up pass), and after
+round t's aggregation over its participants (t >= 1)::
+
+    module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
+    stats[cid] = module.statistics(plain_train_batches)   # no training, no augmentation
+    store.write(cid, module.client_state(), 0)            # t = 0 and module.keeps_statistics only
+    server.fold_statistics(t, stats)                       # part of server.state_dict()
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
 
 import lightning as L
 import torch
@@ -115,6 +124,16 @@ class Method:
         """Local epochs of round ``t`` (``train.local_epochs`` unless the method says otherwise)."""
         return default
 
+    # --- client statistics (seed-methods) ---
+    def collects_statistics(self, t: int) -> bool:
+        """Whether the server folds client statistics (:meth:`ClientModule.statistics`,
+        :meth:`Server.fold_statistics`) at step ``t``: ``t = 0`` is the set-up pass over every
+        client at the start of round 1 (the server state then carries them, so a resumed run does
+        not repeat it); ``t >= 1`` is after round ``t``'s aggregation, over its participants.
+        Default: never."""
+        return False
+    # --- end client statistics ---
+
     def backbone_problems(self, backbone: Backbone) -> list[str]:
         """What this backbone lacks for this method (e.g. a ViT image tower for vision prompts)."""
         return []
@@ -137,6 +156,9 @@ class ClientModule(L.LightningModule):
     personal_eval: ClassVar[bool] = True
     """False if evaluation depends on the server's eval payload alone (not on the client's own
     state): one evaluation set-up is then shared by all clients of a round."""
+    keeps_statistics: ClassVar[bool] = False
+    """True if :meth:`statistics` changes what the client keeps (e.g. its label histogram): the
+    set-up pass then stores every client's state (as of round 0)."""
 
     def __init__(self, method: Method, backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -204,6 +226,13 @@ class ClientModule(L.LightningModule):
 
     def prepare_eval(self, payload: Payload) -> None:
         """Before evaluation: ``payload`` is the server's ``eval_payload`` for this client."""
+
+    def statistics(self, batches: Iterable[dict[str, Tensor]]) -> Payload:
+        """What the current client tells the server about its training data (e.g. per-class
+        feature sums and counts), from its plain training batches (no augmentation, view 0, labels
+        included), under ``no_grad``, without training; counted as upload traffic. Called only if
+        the method's ``collects_statistics``; the module has been prepared as for evaluation."""
+        return {}
 
     # ----- model ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
@@ -276,6 +305,11 @@ class Server:
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         """End of round ``t``: fold in the participants' uploads (weights: training-set sizes)."""
+
+    def fold_statistics(self, t: int, stats: dict[int, Payload]) -> None:
+        """Fold in client statistics (:meth:`ClientModule.statistics`): ``t = 0`` every client's
+        at set-up, ``t >= 1`` round ``t``'s participants' after aggregation. What it keeps must be
+        in :meth:`state_dict` (checkpoints, several processes)."""
 
     def state_dict(self) -> dict:
         return {}

@@ -1,0 +1,207 @@
+"""pFedDC (reconstruction, spec §1.8): the PromptFL reduction is exact, the upload is exactly the
+global prompts, private parts stay private and untouched for non-participants, gradients reach
+every trainable part, the fusion module is MultiheadAttention, deep text prompts are exact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.cli import main
+from fedmoap.config import DataArgs, TrainArgs
+from fedmoap.data.sources import load_source
+from fedmoap.data.split import make_split
+from fedmoap.features import FeatureCache
+from fedmoap.federated_data import gather_inputs
+from fedmoap.methods.base import INPUTS, RunContext
+from fedmoap.methods.fusion import CrossFusion
+from fedmoap.methods.pfeddc import PFedDC
+from fedmoap.pixels import PixelCache
+from fedmoap.rounds import Federation, Schedule, default_fabric
+from fedmoap.store import ClientStore
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+SMALL = dict(n_ctx=4, vision_tokens=2, fusion_heads=4)
+N = 4
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+    args = DataArgs(source="synthetic", num_clients=N, alpha=0.5, shots=4, max_test_per_client=12)
+    source = load_source(args)
+    split = make_split(args, source, seed=0)
+    root = tmp_path_factory.mktemp("cache")
+    data = gather_inputs(INPUTS, args, source, split, FeatureCache(root, backbone),
+                         FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
+    data.backbone = backbone
+    return backbone, source.classnames, data
+
+
+def client(world, **knobs):
+    backbone, classnames, _ = world
+    method = PFedDC(**{**SMALL, **knobs})
+    run = RunContext(0, N, TrainArgs(local_epochs=1, batch_size=8), True)
+    module = method.build_client(backbone, classnames, run)
+    module.load_client(0, None)
+    return method, module
+
+
+def federation(world, tmp_path, participation=0.5, **knobs) -> Federation:
+    backbone, classnames, data = world
+    method = PFedDC(**{**SMALL, **knobs})
+    run = RunContext(0, N, TrainArgs(local_epochs=1, batch_size=8), True)
+    module = method.build_client(backbone, classnames, run)
+    server = method.build_server(module.global_init(), run)
+    return Federation(method, module, server, ClientStore(tmp_path / "clients"), data,
+                      Schedule(0, N, participation, 1, 8, rounds=4), default_fabric())
+
+
+def fit(tmp_path: Path, name: str, *args: str) -> dict:
+    run_dir = tmp_path / name
+    assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "2", "--run_dir", str(run_dir),
+                 "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false",
+                 "--fabric.threads", "1", *args]) == 0
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_vision_off_and_no_fusion_is_promptfl_exactly(tmp_path):
+    """Same seed and split: the same per-client accuracies in every round, the same prompt."""
+    ours = fit(tmp_path, "pfeddc", "--method", "pfeddc", "--method.vision", "false",
+               "--method.fusion", "none")
+    ref = fit(tmp_path, "promptfl", "--method", "promptfl")
+    assert [r["clients"] for r in ours["rounds"]] == [r["clients"] for r in ref["rounds"]]
+    assert [r["bytes_up"] for r in ours["rounds"]] == [r["bytes_up"] for r in ref["rounds"]]
+    a = torch.load(sorted((tmp_path / "pfeddc" / "checkpoints").iterdir())[-1], weights_only=True)
+    b = torch.load(sorted((tmp_path / "promptfl" / "checkpoints").iterdir())[-1], weights_only=True)
+    assert torch.equal(a["server"]["global"]["prompt"], b["server"]["global"]["prompt"])
+    assert PFedDC(vision=False, fusion="none").required_inputs() == {"features"}
+    assert PFedDC().required_inputs() == {"pixels"}
+
+
+def test_vision_off_sum_fusion_is_a_two_prompt_coop(world):
+    _, module = client(world, vision=False, fusion="sum")
+    with torch.no_grad():
+        expected = F.normalize(module.backbone.encode_prompts(module.slots, module.ctx + module.local_text[0]), dim=-1)
+        assert torch.equal(module.text_features(), expected)
+
+
+@pytest.mark.parametrize("knobs,shape", [({}, (4, 2)), ({"fusion_query": "both"}, (8, 4)),
+                                         ({"fusion": "concat"}, (8, 4)), ({"fusion": "sum"}, (4, 2))])
+def test_fused_shapes_and_text_path_equals_coop_on_the_same_tensor(world, knobs, shape):
+    _, module = client(world, **knobs)
+    backbone = module.backbone
+    with torch.no_grad():
+        fused_text = module.fuse(module.ctx, module.local_text[0], getattr(module, "fusion_text", None), 0)
+        fused_vision = module.vision_prompts()[0]
+        assert fused_text.shape == (shape[0], backbone.ctx_width)
+        assert fused_vision.shape == (shape[1], backbone.vision_width)
+        coop = F.normalize(backbone.encode_prompts(module.slots, fused_text), dim=-1)
+        assert torch.equal(module.text_features(), coop)
+
+
+def test_upload_is_exactly_the_global_prompts(world):
+    _, module = client(world)
+    up = module.upload()
+    assert set(up) == {"prompt", "vision"}
+    assert torch.equal(up["prompt"], module.ctx.detach()) and torch.equal(up["vision"], module.global_vision.detach())
+    _, deep = client(world, text_depth=2, vision_depth=2)
+    assert set(deep.upload()) == {"prompt", "prompt_deep", "vision"}
+    _, text_only = client(world, vision=False)
+    assert set(text_only.upload()) == {"prompt"}
+
+
+def test_private_parts_are_per_client_and_untouched_for_non_participants(world, tmp_path):
+    fed = federation(world, tmp_path)
+    private = ["local_text", "local_vision"] + [k for k in dict(fed.module.named_parameters())
+                                                if k.startswith("fusion_")]
+    schedule = fed.schedule
+    t = next(t for t in range(2, 50) if set(schedule.participants(t - 1)) - set(schedule.participants(t)))
+    for r in range(1, t):
+        fed.run_round(r, progress=False)
+    idle = sorted(set(schedule.participants(t - 1)) - set(schedule.participants(t)))
+    before = {c: fed.store.get(c)["params"] for c in idle}
+    fed.run_round(t, progress=False)
+    for c in idle:
+        after = fed.store.get(c)["params"]
+        for key in private:
+            assert torch.equal(before[c][key], after[key]), (c, key)
+    trained = [c for c in range(N) if c in fed.store]
+    a, b = (fed.store.get(c)["params"] for c in trained[:2])
+    assert not torch.equal(a["local_text"], b["local_text"])     # client-seeded, trained apart
+    assert all(not k.startswith(("local", "fusion")) for k in fed.server.state_dict()["global"])
+
+
+@pytest.mark.parametrize("knobs", [{}, {"vision_depth": 2, "text_depth": 2}, {"fusion_query": "both"}])
+def test_gradients_reach_global_local_and_fusion_in_one_backward(world, knobs):
+    _, _, data = world
+    _, module = client(world, **knobs)
+    batch = next(iter(data.train_batches(0, 1, 8)(0)))
+    module.training_step(batch).backward()
+    names = [n for n, _ in module.named_parameters()]
+    assert {"ctx", "local_text", "global_vision", "local_vision"} <= set(names)
+    assert any(n.startswith("fusion_text") for n in names) and any(n.startswith("fusion_vision") for n in names)
+    for name, p in module.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in module.backbone.parameters())
+
+
+def test_cross_fusion_is_multihead_attention():
+    torch.manual_seed(0)
+    fusion = CrossFusion(64, 4)
+    mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([fusion.q.weight, fusion.k.weight, fusion.v.weight]))
+        mha.in_proj_bias.copy_(torch.cat([fusion.q.bias, fusion.k.bias, fusion.v.bias]))
+        mha.out_proj.weight.copy_(fusion.o.weight)
+        mha.out_proj.bias.copy_(fusion.o.bias)
+    local, glob = torch.randn(5, 64), torch.randn(7, 64)
+    reference = local + mha(local[None], glob[None], glob[None], need_weights=False)[0][0]
+    torch.testing.assert_close(fusion(local, glob), reference, atol=1e-5, rtol=1e-5)
+    assert CrossFusion(64, 4, dim=16)(local, glob).shape == (5, 64)
+
+
+def test_deep_text_prompts(world):
+    backbone = world[0]
+    slots = backbone.prepare_prompts(["red.", "a blue square."], 3)
+    ctx = torch.randn(2, 3, backbone.ctx_width)
+    with torch.no_grad():
+        assert torch.allclose(backbone.encode_prompts_deep(slots, [ctx[0]]),
+                              backbone.encode_prompts(slots, ctx[0]), atol=1e-6)
+        t = backbone.text
+        x = torch.cat([slots.prefix, ctx[0].expand(2, -1, -1), slots.suffix], 1)
+        x = x + t.positional_embedding[:x.shape[1]]
+        mask = t.attn_mask[:x.shape[1], :x.shape[1]]
+        blocks = t.transformer.resblocks
+        first = t.transformer.batch_first
+        run = (lambda b, h: b(h, attn_mask=mask)) if first else \
+            (lambda b, h: b(h.transpose(0, 1), attn_mask=mask).transpose(0, 1))
+        x = run(blocks[0], x)
+        x = torch.cat([x[:, :1], ctx[1].expand(2, -1, -1), x[:, 4:]], 1)
+        x = t.ln_final(run(blocks[1], x))
+        reference = x[torch.arange(2), slots.extra["eot"]] @ t.text_projection
+        assert torch.allclose(backbone.encode_prompts_deep(slots, list(ctx)), reference, atol=1e-5)
+
+
+def test_two_stage_schedule_trains_global_then_private(world):
+    backbone, classnames, data = world
+    method = PFedDC(**SMALL, schedule="two_stage")
+    run = RunContext(0, N, TrainArgs(local_epochs=2, batch_size=8), True)
+    module = method.build_client(backbone, classnames, run)
+    module.load_client(0, None)
+    built = module.configure_optimizers()
+    lambdas = built["lr_scheduler"]["scheduler"].lr_lambdas
+    assert lambdas[0](0) == 1.0 and lambdas[1](0) == 0.0 and lambdas[0](1) == 0.0 and lambdas[1](1) > 0
+
+
+def test_knob_checks():
+    assert any("fusion_dim" in p for p in PFedDC(fusion_heads=8, fusion_dim=12).problems())
+    assert any("two_stage" in p for p in PFedDC(fusion="none", schedule="two_stage").problems())
+    resnet = OpenCLIPBackbone.build("fedmoap-tiny-rn", None, seed=0)
+    assert any("ViT" in p for p in PFedDC().backbone_problems(resnet))
+    assert PFedDC(vision=False, fusion_heads=4).backbone_problems(resnet) == []
