@@ -25,6 +25,8 @@ Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
     if module.eval_adaptation_epochs(t, final):  # e.g. PromptFL+FT: fine-tune, then test
         module.begin_adaptation(); train_locally(module, adapt_batches, fabric)  # not stored
     module.begin_eval(); logits = module.predict(batch)   # the batch carries no label
+    # evaluation on other class names (base-to-novel; fedmoap/evaluation.py):
+    module.set_classnames(novel_names); module.begin_eval(); ...; module.set_classnames(names)
 """
 from __future__ import annotations
 
@@ -235,6 +237,15 @@ class ClientModule(L.LightningModule):
     def predict(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, C) logits for evaluation; ``batch`` holds the inputs but never the label."""
         return self(batch)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Make the label space ``classnames`` (logit k = ``classnames[k]``): rebuild whatever
+        depends on the class names (prompt slots, cached text features) so that
+        :meth:`begin_eval` and :meth:`predict` use the new names. Used by evaluation modes that
+        test on classes the client never trained on (base-to-novel). A method whose client cannot
+        classify unseen class names (a linear head, per-class state without a fallback) leaves
+        this unimplemented; such methods are refused by ``eval.modes`` base2novel."""
+        raise NotImplementedError(f"{type(self).__name__} cannot evaluate on other class names")
 
     # ----- optimisation ---------------------------------------------------------------------
     def param_groups(self) -> list[ParamGroup]:
