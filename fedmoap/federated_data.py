@@ -57,6 +57,9 @@ class FederatedData:
     backbone: Backbone | None = field(default=None, repr=False)
     """Normalises pixel batches (the pixels provider only)."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    eval_pos: dict[str, Tensor] = field(default_factory=dict)
+    """Pooled test sets of the evaluation modes (``global``, ``base``, ``novel``): positions into
+    ``test``, gathered with the clients' test rows (:attr:`ClientSplit.eval_sets`)."""
 
     @property
     def num_clients(self) -> int:
@@ -95,6 +98,18 @@ class FederatedData:
             rows = pos[start:start + batch_size]
             yield self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
 
+    def rows_batches(self, pos: Tensor, batch_size: int,
+                     relabel: Tensor | None = None) -> Iterator[dict[str, Tensor]]:
+        """Test batches of the positions ``pos`` into ``test`` (an evaluation mode's test set);
+        ``relabel`` maps each label to the label space of that evaluation (e.g. novel classes
+        numbered from 0)."""
+        for start in range(0, len(pos), batch_size):
+            rows = pos[start:start + batch_size]
+            batch = self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
+            if relabel is not None:
+                batch["label"] = relabel.to(batch["label"].device)[batch["label"]]
+            yield batch
+
     def _batch(self, split: Inputs, rows: Tensor, view: Tensor, aug: torch.Generator | None) -> dict[str, Tensor]:
         d = self.device
         batch = {"label": split.labels[rows].to(d)}
@@ -114,7 +129,9 @@ def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, sp
                   pixels: PixelCache | None, seed: int) -> FederatedData:
     """The inputs a method reads, for every row any client uses (encoded once, then cached)."""
     train_used, train_pos = _union(split.train)
-    test_used, test_pos = _union(split.test)
+    pools = split.eval_sets  # the evaluation modes' pooled test sets (usually none)
+    test_used, test_pos = _union(split.test + list(pools.values()))
+    test_pos, pool_pos = test_pos[:split.num_clients], dict(zip(pools, test_pos[split.num_clients:]))
     train = Inputs(torch.from_numpy(source.train_labels[train_used]))
     test = Inputs(torch.from_numpy(source.test_labels[test_used]))
     column = args.image_column
@@ -131,7 +148,7 @@ def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, sp
                                         (test, source.test, source.test_id, test_used)):
             rows, part.pixels = pixels.get(ds, data_id, used, column)
             part.pixel_pos = np.searchsorted(rows, used)
-    return FederatedData(source.classnames, train, test, train_pos, test_pos, seed)
+    return FederatedData(source.classnames, train, test, train_pos, test_pos, seed, eval_pos=pool_pos)
 
 
 def _union(per_client: list[np.ndarray]) -> tuple[np.ndarray, list[Tensor]]:
