@@ -36,7 +36,7 @@ from fedmoap.io import atomic_write_text
 from fedmoap.methods.base import INPUTS, RunContext
 from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Preempted, requeue, stop_flag
-from fedmoap.results import hparams, scalars, write_hparams, write_results
+from fedmoap.results import hparams, mode_scalars, scalars, write_hparams, write_results
 from fedmoap.rounds import Federation, Schedule
 from fedmoap.store import ClientStore
 
@@ -273,7 +273,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
-                logger.log_metrics(scalars(record), step=r)  # after the checkpoint: never twice
+                logger.log_metrics({**scalars(record), **mode_scalars(record)}, step=r)  # after the checkpoint: never twice
                 logger.experiment.flush()
         if comm.is_main and history and done < cfg.fed.rounds:  # HParams tab: settings -> final numbers
             write_hparams(run_dir / "tensorboard" / "hparams",

@@ -17,20 +17,15 @@ def round_record(t: int, counts: dict[int, tuple[int, int]] | None, participants
     if counts is None:
         return {"round": t, "evaluated": False, "bytes_up": int(bytes_up),
                 "bytes_down": int(bytes_down), "participants": list(participants)}
-    return {"round": t, **accuracy_entry(counts),
-            "bytes_up": int(bytes_up), "bytes_down": int(bytes_down), "participants": list(participants)}
-
-
-def accuracy_entry(counts: dict[int, tuple[int, int]]) -> dict[str, Any]:
-    """Per client (correct, n) and accuracy (float64), mean and std unweighted across clients:
-    ``{"clients": {id: {acc, correct, n}}, "mean_acc", "std_acc", "evaluated_clients"}``."""
     accs = {c: (k / n if n else float("nan")) for c, (k, n) in counts.items()}
     values = [a for a in accs.values() if not math.isnan(a)]
     mean = sum(values) / len(values) if values else float("nan")
     std = math.sqrt(sum((a - mean) ** 2 for a in values) / len(values)) if values else float("nan")
-    return {"clients": {str(c): {"acc": accs[c], "correct": counts[c][0], "n": counts[c][1]}
+    return {"round": t,
+            "clients": {str(c): {"acc": accs[c], "correct": counts[c][0], "n": counts[c][1]}
                         for c in sorted(counts)},
-            "mean_acc": mean, "std_acc": std, "evaluated_clients": len(values)}
+            "mean_acc": mean, "std_acc": std, "evaluated_clients": len(values),
+            "bytes_up": int(bytes_up), "bytes_down": int(bytes_down), "participants": list(participants)}
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -43,13 +38,12 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     last = [r["mean_acc"] for r in rounds[-5:]]
     return {"best_round": best["round"], "best_mean_acc": best["mean_acc"],
             "last5_mean_acc": sum(last) / len(last),
-            "final_mean_acc": rounds[-1]["mean_acc"], "final_std_acc": rounds[-1]["std_acc"],
-            **mode_summary(rounds)}
+            "final_mean_acc": rounds[-1]["mean_acc"], "final_std_acc": rounds[-1]["std_acc"]}
 
 
 def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any]) -> None:
     """Strict JSON: a missing value (NaN) is written as null."""
-    data = _nan_to_none({"rounds": rounds, "summary": summary(rounds), **extra})
+    data = _nan_to_none({"rounds": rounds, "summary": {**summary(rounds), **mode_summary(rounds)}, **extra})
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
 
 
@@ -70,7 +64,6 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     if "mean_acc" in record:
         out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"]})
     out.update({"comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
-    out.update(mode_scalars(record))
     return out
 
 
@@ -79,6 +72,14 @@ MODE_KEYS = ("global", "neighbor", "base2novel", "unseen_clients")
 """The round-record entries of the evaluation modes beyond ``local`` (whose keys are the record's
 own ``clients``/``mean_acc``/``std_acc``)."""
 B2N_METRICS = ("local", "base", "novel", "hm", "hm3")
+
+
+def accuracy_entry(counts: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    """A mode's accuracies with the local keys' shape: :func:`round_record`'s per-client entries
+    (correct, n, acc) and statistics across clients (``mean_acc``, ``std_acc``, ...), without the
+    round's own keys."""
+    record = round_record(0, counts, [], 0, 0)
+    return {k: v for k, v in record.items() if k not in ("round", "bytes_up", "bytes_down", "participants")}
 
 
 def hmean(*values: float) -> float:
@@ -215,7 +216,7 @@ def hparams(cfg: dict[str, Any], method: str, rounds: list[dict[str, Any]],
                 params[f"{section}.{key}"] = value
     params["fabric.precision"] = (cfg.get("fabric") or {}).get("precision")
     params = {k: _hparam_value(v) for k, v in params.items()}
-    s = summary(rounds)
+    s = {**summary(rounds), **mode_summary(rounds)}
     metrics = {"summary/final_mean_acc": s.get("final_mean_acc"), "summary/last5_mean_acc": s.get("last5_mean_acc")}
     for mode in ("global", "neighbor"):
         if mode in s:

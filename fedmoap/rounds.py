@@ -126,6 +126,15 @@ class Federation:
             state["scaler"] = scaler
         return self.module.upload(), state
 
+    # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------
+    def adapt_epochs(self, cid: int, t: int, epochs: int) -> None:
+        """Few-shot adaptation of a never-trained (held-out) client: :meth:`adapt`'s mechanism
+        (fresh optimizer, the client's training batches from the stream (seed, "adapt", t, cid),
+        nothing stored or uploaded) for a given number of epochs."""
+        self.module.begin_adaptation()
+        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
+        train_locally(self.module, batches, epochs, self.fabric)
+
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would
         use now. A method whose evaluation depends on the server alone is set up once for all."""
@@ -154,15 +163,6 @@ class Federation:
         if not self.module.personal_eval:
             raise ValueError(f"{type(self.module).__name__} adapts at evaluation time, so it must "
                              "set personal_eval = True")
-        self.module.begin_adaptation()
-        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
-        train_locally(self.module, batches, epochs, self.fabric)
-
-    # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------
-    def adapt_epochs(self, cid: int, t: int, epochs: int) -> None:
-        """Few-shot adaptation of a never-trained (held-out) client: :meth:`adapt`'s mechanism
-        (fresh optimizer, the client's training batches from the stream (seed, "adapt", t, cid),
-        nothing stored or uploaded) for a given number of epochs."""
         self.module.begin_adaptation()
         batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
         train_locally(self.module, batches, epochs, self.fabric)
