@@ -5,6 +5,7 @@ import dataclasses
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_parsing_settings
@@ -41,7 +42,9 @@ def build_parser() -> ArgumentParser:
     sweep.add_argument("--runs_root", type=str, default="runs/sweep", help="run directories go here")
     sweep.add_argument("--out", type=str, default="sweep.txt", help="the sweep file")
     commands.add_subcommand("sweep", sweep, help="write a sweep file for a SLURM array")
-    for p in (parser, fit, sweep):
+    report = _report_parser()
+    commands.add_subcommand("report", report, help="table of runs: mean ± std over seeds")
+    for p in (parser, fit, sweep, report):
         p.exit_on_error = False  # one-line errors from main() instead of the full usage text
     return parser
 
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv[0] == "sweep":
         return _sweep(argv)
+    if argv[0] == "report":
+        return _report(argv)
     stop_flag()  # before the heavy imports: a preemption signal during start-up counts
     try:
         cfg, run_dir, progress = parse_fit(argv)
@@ -177,6 +182,48 @@ def _sweep(argv: list[str]) -> int:
         print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"{n} runs -> {ns.out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {ns.out}")
+    return 0
+
+
+# ----- fedmoap report (fedmoap/report.py) ------------------------------------------------------------
+def _report_parser() -> ArgumentParser:
+    from fedmoap.report import METRICS
+
+    report = ArgumentParser(description="Print the table of a set of runs (run directories, or "
+                            "directories holding them, e.g. a sweep's runs_root): per dataset, method "
+                            "and the settings that differ between runs of the same method, the mean ± "
+                            "sample std over seeds of the final and last-5 accuracy and of each "
+                            "evaluation mode's final numbers (%).")
+    report.add_argument("runs", type=str, nargs="+", help="run directories or roots containing them")
+    report.add_argument("--format", type=Literal["markdown", "csv"], default="markdown",
+                        help="markdown or csv")
+    report.add_argument("--group-by", type=str, nargs="+", default=None,
+                        help="settings that separate groups besides dataset and method (flat keys, e.g. "
+                             "method.lam data.alpha); default: those that differ between runs of the same "
+                             "dataset and method")
+    report.add_argument("--layout", type=Literal["long", "paper"], default="long",
+                        help="long: one row per group, one column per metric; paper: methods x datasets")
+    report.add_argument("--metric", type=Literal[tuple(METRICS)], default="final",
+                        help="the metric of the paper layout's cells: " +
+                             "; ".join(f"{k}: {v}" for k, v in METRICS.items()))
+    return report
+
+
+def _report(argv: list[str]) -> int:
+    from fedmoap import report
+    try:
+        ns = build_parser().parse_args(argv).report
+        warnings: list[str] = []
+        runs = report.load_runs(ns.runs, warn=warnings.append)
+        groups = report.summarize(runs, ns.group_by)
+        warnings += [f"two runs with the same seed in {d}" for d in report.duplicate_seeds(groups)]
+        table = report.render(groups, ns.format, ns.layout, ns.metric)
+    except (ArgumentError, FedmoapError) as exc:
+        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    for message in warnings:
+        print(f"fedmoap: warning: {message}", file=sys.stderr)
+    print(table)
     return 0
 
 

@@ -169,6 +169,40 @@ class FabricArgs:
     vs 2 processes) need the same value."""
 
 
+# ----- evaluation modes (issue 13; fedmoap/evaluation.py) -----------------------------------------
+EvalMode = Literal["local", "global", "neighbor", "base2novel", "unseen_clients"]
+
+
+@dataclass
+class EvalArgs:
+    """Evaluation modes (README, "Evaluation modes"); each evaluated round reports every mode."""
+
+    modes: list[EvalMode] = field(default_factory=lambda: ["local"])
+    """``local``: each client on its own test set (always evaluated; the pFedMoAP metric);
+    ``global``: each client's model on the whole test set, all class names; ``neighbor``: each
+    client on the union of the other clients' test sets; ``base2novel``: the first
+    ceil(base_fraction x C) classes by label index are base, the rest novel (stored in
+    split.json); clients train on base classes only and are evaluated on local, base (all
+    base-class test images, base names) and novel (all novel-class test images, novel names),
+    with HM(base, novel) and HM(local, base, novel); ``unseen_clients``: a seeded
+    ``unseen_fraction`` of the clients never trains and is evaluated without and with few-shot
+    adaptation. E.g. ``--eval.modes "[local,base2novel]"``."""
+    base_fraction: float = 0.5
+    """base2novel: fraction of the classes (by label index, rounded up) that are base classes
+    (CoOp's convention: ceil(C/2))."""
+    unseen_fraction: float = 0.2
+    """unseen_clients: fraction of data.num_clients held out of all training (rounded half up,
+    at least 1; seeded by the run seed, stored in split.json)."""
+    adaptation_epochs: Optional[int] = None
+    """unseen_clients: local epochs of few-shot adaptation of a held-out client's model on its
+    own training split (never uploaded nor stored); null = train.local_epochs; 0 skips the
+    adapted evaluation."""
+    max_test_images: Optional[int] = None
+    """Cap on the pooled test sets of global and base2novel (the whole test set, all base-class
+    and all novel-class test images): a seeded random subset of this many images each, stored in
+    split.json; null keeps all."""
+
+
 @dataclass
 class RunConfig:
     """Everything that determines a run's results (``run_dir`` and display options excluded)."""
@@ -188,6 +222,8 @@ class RunConfig:
     """Federation."""
     fabric: FabricArgs = field(default_factory=FabricArgs)
     """Processes, devices and precision."""
+    eval: EvalArgs = field(default_factory=EvalArgs)
+    """Evaluation modes (local, global, neighbor, base2novel, unseen_clients)."""
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -203,6 +239,18 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+ADDED_SECTIONS = {"eval": EvalArgs}
+"""Config sections added after runs were made without them: a stored config.yaml that lacks one
+means its defaults, and a section at its defaults is left out of the config digest, so such runs
+still resume and extend."""
+
+
+def added_section_defaults() -> dict[str, dict[str, Any]]:
+    """Section name -> its default values as plain data, for every :data:`ADDED_SECTIONS` entry."""
+    return {name: {f.name: getattr(cls(), f.name) for f in fields(cls)}
+            for name, cls in ADDED_SECTIONS.items()}
 
 
 def neutral_keys() -> set[tuple[str, str]]:

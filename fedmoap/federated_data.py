@@ -57,6 +57,9 @@ class FederatedData:
     backbone: Backbone | None = field(default=None, repr=False)
     """Normalises pixel batches (the pixels provider only)."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    eval_pos: dict[str, Tensor] = field(default_factory=dict)
+    """Pooled test sets of the evaluation modes (``global``, ``base``, ``novel``): positions into
+    ``test``, gathered with the clients' test rows (:attr:`ClientSplit.eval_sets`)."""
 
     @property
     def num_clients(self) -> int:
@@ -71,17 +74,19 @@ class FederatedData:
     def train_labels(self, cid: int) -> Tensor:
         return self.train.labels[self.train_pos[cid]]
 
-    def train_batches(self, cid: int, t: int, batch_size: int):
-        """epoch -> that epoch's shuffled batches of client ``cid`` in round ``t``."""
+    def train_batches(self, cid: int, t: int, batch_size: int, purpose: str = "train"):
+        """epoch -> that epoch's shuffled batches of client ``cid`` in round ``t``. ``purpose``
+        names the random stream (``train``; ``adapt`` for evaluation-time training)."""
         pos = self.train_pos[cid]
         n = len(pos)
-        gen = torch_generator(self.seed, "train", t, cid)
+        gen = torch_generator(self.seed, purpose, t, cid)
         views = self.train.features.shape[0] if self.train.features is not None else 1
+        augment_tag = "augment" if purpose == "train" else f"{purpose}/augment"
 
         def epoch(e: int) -> Iterator[dict[str, Tensor]]:
             order = torch.randperm(n, generator=gen)
             view = torch.randint(views, (n,), generator=gen)
-            aug = torch_generator(self.seed, "augment", t, cid, e) if self.train.pixels is not None else None
+            aug = torch_generator(self.seed, augment_tag, t, cid, e) if self.train.pixels is not None else None
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
                 yield self._batch(self.train, pos[idx], view[idx], aug)
@@ -100,6 +105,18 @@ class FederatedData:
         for start in range(0, len(pos), batch_size):
             rows = pos[start:start + batch_size]
             yield self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
+
+    def rows_batches(self, pos: Tensor, batch_size: int,
+                     relabel: Tensor | None = None) -> Iterator[dict[str, Tensor]]:
+        """Test batches of the positions ``pos`` into ``test`` (an evaluation mode's test set);
+        ``relabel`` maps each label to the label space of that evaluation (e.g. novel classes
+        numbered from 0)."""
+        for start in range(0, len(pos), batch_size):
+            rows = pos[start:start + batch_size]
+            batch = self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
+            if relabel is not None:
+                batch["label"] = relabel.to(batch["label"].device)[batch["label"]]
+            yield batch
 
     def _batch(self, split: Inputs, rows: Tensor, view: Tensor, aug: torch.Generator | None) -> dict[str, Tensor]:
         d = self.device
@@ -120,7 +137,9 @@ def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, sp
                   pixels: PixelCache | None, seed: int) -> FederatedData:
     """The inputs a method reads, for every row any client uses (encoded once, then cached)."""
     train_used, train_pos = _union(split.train)
-    test_used, test_pos = _union(split.test)
+    pools = split.eval_sets  # the evaluation modes' pooled test sets (usually none)
+    test_used, test_pos = _union(split.test + list(pools.values()))
+    test_pos, pool_pos = test_pos[:split.num_clients], dict(zip(pools, test_pos[split.num_clients:]))
     train = Inputs(torch.from_numpy(source.train_labels[train_used]))
     test = Inputs(torch.from_numpy(source.test_labels[test_used]))
     column = args.image_column
@@ -137,7 +156,7 @@ def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, sp
                                         (test, source.test, source.test_id, test_used)):
             rows, part.pixels = pixels.get(ds, data_id, used, column)
             part.pixel_pos = np.searchsorted(rows, used)
-    return FederatedData(source.classnames, train, test, train_pos, test_pos, seed)
+    return FederatedData(source.classnames, train, test, train_pos, test_pos, seed, eval_pos=pool_pos)
 
 
 def _union(per_client: list[np.ndarray]) -> tuple[np.ndarray, list[Tensor]]:

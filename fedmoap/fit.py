@@ -22,10 +22,10 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap import sanity
+from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import load_latest, save_checkpoint
-from fedmoap.config import RunConfig, config_dict, neutral_keys
+from fedmoap.config import RunConfig, added_section_defaults, config_dict, neutral_keys
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import load_split, make_split
 from fedmoap.distributed import Comm
@@ -36,7 +36,7 @@ from fedmoap.io import atomic_write_text
 from fedmoap.methods.base import INPUTS, RunContext
 from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Preempted, requeue, stop_flag
-from fedmoap.results import scalars, write_results
+from fedmoap.results import hparams, mode_scalars, scalars, write_hparams, write_results
 from fedmoap.rounds import Federation, Schedule
 from fedmoap.store import ClientStore
 
@@ -47,9 +47,10 @@ PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
 def config_digest(cfg: dict[str, Any]) -> str:
     """Digest of the settings that determine results (the neutral keys left out)."""
     neutral = neutral_keys()
+    added = added_section_defaults()  # a section added later, at its defaults: as if absent
     kept = {s: ({k: v for k, v in sec.items() if (s, k) not in neutral}
                 if isinstance(sec, dict) and s != "method" else sec)
-            for s, sec in cfg.items()}
+            for s, sec in cfg.items() if not (s in added and sec == added[s])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -90,6 +91,7 @@ def validate(cfg: RunConfig) -> None:
     if not method.required_inputs() <= INPUTS:
         problems.append(f"method: {type(method).__name__}'s inputs must be a subset of {sorted(INPUTS)}")
     problems += method.problems()
+    problems += evaluation.problems(cfg)
     if problems:
         raise FedmoapError("; ".join(problems))
 
@@ -115,6 +117,8 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
         stored = yaml.safe_load(stored_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
+    if isinstance(stored, dict):  # runs made before a section existed have its defaults
+        stored = {**stored, **{k: v for k, v in added_section_defaults().items() if k not in stored}}
     if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict) or \
             any(not isinstance(stored.get(k), dict) for k, v in cfg_dict.items() if isinstance(v, dict)):
         raise FedmoapError(f"{stored_path} is not a fedmoap config of this version (a mapping with "
@@ -178,8 +182,10 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     if problems:
         raise FedmoapError("; ".join(problems))
     source = load_source(cfg.data)
+    classes = evaluation.train_classes(cfg.eval, source)  # base2novel: partition base classes only
     split = (load_split(run_dir / "split.json", source, cfg.data.num_clients) if resuming
-             else make_split(cfg.data, source, cfg.seed))
+             else make_split(cfg.data, source, cfg.seed, classes.base if classes else None))
+    evaluation.complete_split(split, cfg, source, classes)
     ckpt = load_latest(run_dir, digest) if resuming else None
     fingerprints = {"image": backbone.image_fingerprint(), "text": backbone.text_fingerprint()}
     if ckpt is not None and ckpt.get("backbone", fingerprints) != fingerprints:
@@ -199,6 +205,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     except Preempted:
         raise Preempted(preempted(None, stop.signal, 0)) from None
     data.device, data.backbone = fabric.device, backbone
+    if classes is not None:  # labels in base-then-novel order; clients know the base classes
+        evaluation.apply_class_order(data, classes)
     checks = {}
     if comm.is_main:
         warn = [sanity.numeric_names(source.classnames)]
@@ -213,7 +221,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
 
     keep = {"keep": True, "reset": False}.get(cfg.train.optimizer_state, method.keep_optimizer_state)
     run = RunContext(cfg.seed, cfg.data.num_clients, cfg.train, keep)
-    module = method.build_client(backbone, source.classnames, run).to(fabric.device)
+    module = method.build_client(backbone, classes.names_of(classes.base) if classes else source.classnames,
+                                 run).to(fabric.device)
     server = method.build_server(module.global_init(), run)
     store = ClientStore(run_dir / "clients")
     history: list[dict] = []
@@ -232,16 +241,20 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
 
     t = cfg.train
+    held_out = split.extra.get("unseen_clients", [])
     schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
-                        t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds)
-    federation = Federation(method, module, server, store, data, schedule, fabric, comm)
+                        t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds,
+                        held_out=frozenset(held_out))
+    modes = (evaluation.ModeEvaluator(cfg.eval, classes, held_out, t.local_epochs)
+             if set(cfg.eval.modes) - {"local"} else None)
+    federation = Federation(method, module, server, store, data, schedule, fabric, comm, modes=modes)
     # a resumed run purges what a killed run logged after its last checkpoint
     logger = (TensorBoardLogger(run_dir, name="tensorboard", version=0,
                                 **({"purge_step": done + 1} if done else {}))
               if comm.is_main else None)
     extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
              "num_clients": cfg.data.num_clients, "config_digest": digest,
-             "world_size": comm.world_size, **checks}
+             "world_size": comm.world_size, "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"], **checks}
     rounds_s = 0.0
     try:
         for r in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
@@ -260,8 +273,11 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
-                logger.log_metrics(scalars(record), step=r)  # after the checkpoint: never twice
+                logger.log_metrics({**scalars(record), **mode_scalars(record)}, step=r)  # after the checkpoint: never twice
                 logger.experiment.flush()
+        if comm.is_main and history and done < cfg.fed.rounds:  # HParams tab: settings -> final numbers
+            write_hparams(run_dir / "tensorboard" / "hparams",
+                          *hparams(cfg_dict, extra["method"], history, neutral_keys()), step=history[-1]["round"])
     finally:
         stop.close()
         if logger is not None:

@@ -47,7 +47,7 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any]) -> None:
     """Strict JSON: a missing value (NaN) is written as null."""
-    data = _nan_to_none({"rounds": rounds, "summary": summary(rounds), **extra})
+    data = _nan_to_none({"rounds": rounds, "summary": {**summary(rounds), **mode_summary(rounds)}, **extra})
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
 
 
@@ -70,3 +70,198 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
                     "worst/acc": record["worst_acc"], "pooled/acc": record["pooled_acc"]})
     out.update({"comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
     return out
+
+
+# ----- evaluation modes (issue 13; computed by fedmoap/evaluation.py) -------------------------------
+MODE_KEYS = ("global", "neighbor", "base2novel", "unseen_clients")
+"""The round-record entries of the evaluation modes beyond ``local`` (whose keys are the record's
+own ``clients``/``mean_acc``/``std_acc``)."""
+B2N_METRICS = ("local", "base", "novel", "hm", "hm3")
+
+
+def accuracy_entry(counts: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    """A mode's accuracies with the local keys' shape: :func:`round_record`'s per-client entries
+    (correct, n, acc) and statistics across clients (``mean_acc``, ``std_acc``, ...), without the
+    round's own keys."""
+    record = round_record(0, counts, [], 0, 0)
+    return {k: v for k, v in record.items() if k not in ("round", "bytes_up", "bytes_down", "participants")}
+
+
+def hmean(*values: float) -> float:
+    """Harmonic mean (0 if any value is 0; NaN if any is NaN): HM(base, novel) = 2BN/(B+N),
+    HM(local, base, novel) = 3/(1/L + 1/B + 1/N)."""
+    if any(math.isnan(v) for v in values):
+        return float("nan")
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def base2novel_entry(local: dict[int, tuple[int, int]], base: dict[int, tuple[int, int]],
+                     novel: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    """Per client: local (own test set), base, novel accuracy, ``hm`` = HM(base, novel), ``hm3``
+    = HM(local, base, novel), and the counts; ``mean``: the unweighted mean over clients of each
+    (so ``mean.hm`` is the mean of the clients' HMs); ``hm_of_means``: the HMs of the mean
+    accuracies (the other convention found in papers' tables)."""
+    def acc(k: int, n: int) -> float:
+        return k / n if n else float("nan")
+
+    clients = {}
+    for c in sorted(base):
+        lo, b, nv = acc(*local[c]), acc(*base[c]), acc(*novel[c])
+        clients[str(c)] = {"local": lo, "base": b, "novel": nv, "hm": hmean(b, nv), "hm3": hmean(lo, b, nv),
+                           "base_correct": base[c][0], "base_n": base[c][1],
+                           "novel_correct": novel[c][0], "novel_n": novel[c][1]}
+    mean = {k: _nanmean([v[k] for v in clients.values()]) for k in B2N_METRICS}
+    return {"clients": clients, "mean": mean,
+            "hm_of_means": {"hm": hmean(mean["base"], mean["novel"]),
+                            "hm3": hmean(mean["local"], mean["base"], mean["novel"])}}
+
+
+def unseen_entry(held_out: list[int], epochs: int, plain: dict[int, tuple[int, int]],
+                 adapted: dict[int, tuple[int, int]] | None) -> dict[str, Any]:
+    """Held-out clients on their own test sets: ``no_adaptation`` (the method's global component,
+    as a never-trained client) and ``adapted`` (after ``epochs`` epochs of local training, never
+    kept); each with the shape of the local keys."""
+    out = {"held_out": list(held_out), "adaptation_epochs": epochs, "no_adaptation": accuracy_entry(plain)}
+    if adapted is not None:
+        out["adapted"] = accuracy_entry(adapted)
+    return out
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def _final_last5(values: list[float]) -> dict[str, float]:
+    return {"final": values[-1], "last5": _nanmean(values[-5:])}
+
+
+def mode_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final round and mean of the last five evaluated rounds of every mode present."""
+    out: dict[str, Any] = {}
+    for mode in ("global", "neighbor"):
+        values = [r[mode]["mean_acc"] for r in rounds if mode in r]
+        if values:
+            fl = _final_last5(values)
+            out[mode] = {"final_mean_acc": fl["final"], "last5_mean_acc": fl["last5"]}
+    b2n = [r["base2novel"] for r in rounds if "base2novel" in r]
+    if b2n:
+        out["base2novel"] = {
+            "final": dict(b2n[-1]["mean"]),
+            "last5": {k: _nanmean([e["mean"][k] for e in b2n[-5:]]) for k in B2N_METRICS},
+            "final_hm_of_means": dict(b2n[-1]["hm_of_means"])}
+    unseen = [r["unseen_clients"] for r in rounds if "unseen_clients" in r]
+    if unseen:
+        out["unseen_clients"] = {
+            part: {"final_mean_acc": fl["final"], "last5_mean_acc": fl["last5"]}
+            for part in ("no_adaptation", "adapted") if part in unseen[-1]
+            for fl in [_final_last5([e[part]["mean_acc"] for e in unseen if part in e])]}
+    return out
+
+
+def mode_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """TensorBoard scalars of the evaluation modes: ``<mode>/client/<id>/acc``,
+    ``<mode>/mean/acc``, ``<mode>/std/acc`` (global, neighbor); ``base2novel/client/<id>/<m>`` and
+    ``base2novel/mean/<m>`` for m in local, base, novel, hm, hm3; ``unseen_clients/client/<id>/acc``
+    and ``.../adapted_acc``, ``unseen_clients/mean/acc`` and ``.../adapted_acc``. And
+    ``privacy/<key>`` for every number of the record's ``privacy`` entry (e.g. epsilon, written
+    by differential privacy)."""
+    out: dict[str, float] = {}
+
+    def put(tag: str, value: Any) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+            out[tag] = float(value)
+
+    for mode in ("global", "neighbor"):
+        if mode in record:
+            e = record[mode]
+            for cid, v in e["clients"].items():
+                put(f"{mode}/client/{cid}/acc", v["acc"])
+            put(f"{mode}/mean/acc", e["mean_acc"])
+            put(f"{mode}/std/acc", e["std_acc"])
+    if "base2novel" in record:
+        e = record["base2novel"]
+        for cid, v in e["clients"].items():
+            for k in B2N_METRICS:
+                put(f"base2novel/client/{cid}/{k}", v[k])
+        for k in B2N_METRICS:
+            put(f"base2novel/mean/{k}", e["mean"][k])
+    if "unseen_clients" in record:
+        e = record["unseen_clients"]
+        for part, suffix in (("no_adaptation", "acc"), ("adapted", "adapted_acc")):
+            if part in e:
+                for cid, v in e[part]["clients"].items():
+                    put(f"unseen_clients/client/{cid}/{suffix}", v["acc"])
+                put(f"unseen_clients/mean/{suffix}", e[part]["mean_acc"])
+    for key, value in (record.get("privacy") or {}).items():  # a place for DP's epsilon per round
+        put(f"privacy/{key}", value)
+    return out
+
+
+# ----- TensorBoard HParams (issue 13) --------------------------------------------------------------
+HPARAM_SECTIONS = ("model", "data", "train", "fed", "eval", "dp")
+"""Config sections whose settings become hyper-parameters (``dp`` once differential privacy
+has a section); neutral keys (cache paths, batch sizes of encoding, ...) are left out."""
+
+
+def hparams(cfg: dict[str, Any], method: str, rounds: list[dict[str, Any]],
+            neutral: set[tuple[str, str]] = frozenset()) -> tuple[dict[str, Any], dict[str, float]]:
+    """(settings, final metrics) of a run for TensorBoard's HParams tab: ``method``, ``seed``,
+    ``method.<knob>``, ``<section>.<key>`` and ``fabric.precision``; metrics
+    ``summary/final_mean_acc``, ``summary/last5_mean_acc`` and the same per evaluation mode
+    (``summary/<mode>_final_...``), plus ``summary/final_<key>`` of the last round's ``privacy``
+    numbers (DP's epsilon)."""
+    params: dict[str, Any] = {"method": method, "seed": cfg.get("seed")}
+    params.update({f"method.{k}": v for k, v in (cfg.get("method") or {}).get("init_args", {}).items()})
+    for section in HPARAM_SECTIONS:
+        for key, value in (cfg.get(section) or {}).items():
+            if (section, key) not in neutral:
+                params[f"{section}.{key}"] = value
+    params["fabric.precision"] = (cfg.get("fabric") or {}).get("precision")
+    params = {k: _hparam_value(v) for k, v in params.items()}
+    s = {**summary(rounds), **mode_summary(rounds)}
+    metrics = {"summary/final_mean_acc": s.get("final_mean_acc"), "summary/last5_mean_acc": s.get("last5_mean_acc")}
+    for mode in ("global", "neighbor"):
+        if mode in s:
+            metrics[f"summary/{mode}_final_mean_acc"] = s[mode]["final_mean_acc"]
+            metrics[f"summary/{mode}_last5_mean_acc"] = s[mode]["last5_mean_acc"]
+    if "base2novel" in s:
+        for when in ("final", "last5"):
+            metrics.update({f"summary/base2novel_{when}_{k}": v for k, v in s["base2novel"][when].items()})
+    for part, entry in s.get("unseen_clients", {}).items():
+        metrics[f"summary/unseen_{part}_final_mean_acc"] = entry["final_mean_acc"]
+        metrics[f"summary/unseen_{part}_last5_mean_acc"] = entry["last5_mean_acc"]
+    evaluated = [r for r in rounds if "privacy" in r]
+    if evaluated:
+        metrics.update({f"summary/final_{k}": v for k, v in evaluated[-1]["privacy"].items()})
+    metrics = {k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)}
+    return params, metrics
+
+
+def _hparam_value(value: Any) -> Any:
+    """TensorBoard takes bool, int, float and str: null and containers become their JSON text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def write_hparams(log_dir: Path, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+    """Write a run's HParams session into ``log_dir`` (replacing an earlier one): the settings and
+    the final metrics as scalars at ``step``, and deliberately no experiment summary, so that
+    TensorBoard's HParams tab over a directory of runs builds its columns from every run's
+    settings (with one experiment summary it would show only that run's settings)."""
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    shutil.rmtree(log_dir, ignore_errors=True)
+    _, session_start, session_end = hparams_summary(params, metrics)
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.file_writer.add_summary(session_start)
+        writer.file_writer.add_summary(session_end)
+        for key, value in metrics.items():
+            writer.add_scalar(key, value, step)

@@ -31,15 +31,24 @@ class Schedule:
     eval_every: int = 1
     rounds: int = 1
     """The run's last round (always evaluated)."""
+    held_out: frozenset[int] = frozenset()
+    """Clients that never train (``eval.modes`` unseen_clients): they are neither drawn nor
+    evaluated as training clients (:mod:`fedmoap.evaluation` evaluates them)."""
+
+    @property
+    def clients(self) -> list[int]:
+        """The training clients: all but the held-out ones."""
+        return [c for c in range(self.num_clients) if c not in self.held_out]
 
     def participants(self, t: int) -> list[int]:
-        """The clients of round ``t``: a seeded draw of max(1, r * N rounded half up) clients,
-        sorted (0.5 x 7 -> 4, 0.5 x 5 -> 3)."""
-        n = self.num_clients
+        """The clients of round ``t``: a seeded draw of max(1, r * N rounded half up) of the N
+        training clients, sorted (0.5 x 7 -> 4, 0.5 x 5 -> 3)."""
+        pool = self.clients
+        n = len(pool)
         m = min(n, max(1, math.floor(self.participation * n + 0.5)))
         if m == n:
-            return list(range(n))
-        return sorted(int(c) for c in numpy_rng(self.seed, "participants", t).choice(n, m, replace=False))
+            return pool
+        return sorted(pool[int(i)] for i in numpy_rng(self.seed, "participants", t).choice(n, m, replace=False))
 
     def evaluates(self, t: int) -> bool:
         return t % self.eval_every == 0 or t >= self.rounds
@@ -56,10 +65,15 @@ class Federation:
     """
 
     def __init__(self, method: Method, module: ClientModule, server: Server, store: ClientStore,
-                 data: FederatedData, schedule: Schedule, fabric: Fabric, comm: Comm | None = None) -> None:
+                 data: FederatedData, schedule: Schedule, fabric: Fabric, comm: Comm | None = None,
+                 modes: Callable[..., dict] | None = None) -> None:
         self.method, self.module, self.server, self.store = method, module, server, store
         self.data, self.schedule, self.fabric = data, schedule, fabric
         self.comm = comm or Comm()
+        self.modes = modes
+        """Evaluation modes beyond ``local`` (:class:`fedmoap.evaluation.ModeEvaluator`): called
+        as ``modes(federation, t, local_counts, progress)`` after each evaluation, its entries
+        are added to the round's record."""
 
     def run_round(self, t: int, progress: bool = True,
                   stop: Callable[[], bool] = lambda: False) -> dict | None:
@@ -69,8 +83,9 @@ class Federation:
         comm = self.comm
         stats_up = 0  # client statistics (seed-methods): the set-up pass opens round 1
         if t == 1 and self.method.collects_statistics(0):
-            stats_up = self.collect_statistics(0, list(range(self.data.num_clients)))
+            stats_up = self.collect_statistics(0, self.schedule.clients)  # held-out clients: never
         participants = self.method.participants(self.schedule.participants(t), self.data.num_clients, t)
+        participants = [c for c in participants if c not in self.schedule.held_out]  # never train
         mine = comm.shard(participants)
         uploads, refs, bytes_down, stopped = {}, {}, 0, False
         for cid in tqdm(mine, desc=f"round {t} train", leave=False,
@@ -94,12 +109,15 @@ class Federation:
             stats_up += self.collect_statistics(t, participants)
         counts = None
         if self.schedule.evaluates(t):
-            mine = comm.shard(list(range(self.data.num_clients)))
+            mine = comm.shard(self.schedule.clients)
             counts = comm.gather_dicts(self.evaluate(mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
-        return round_record(t, counts, participants,
-                            bytes_up=sum(payload_bytes(u) for u in uploads.values()) + stats_up,
-                            bytes_down=bytes_down)
+        record = round_record(t, counts, participants,
+                              bytes_up=sum(payload_bytes(u) for u in uploads.values()) + stats_up,
+                              bytes_down=bytes_down)
+        if counts is not None and self.modes is not None:
+            record.update(self.modes(self, t, counts, progress and comm.is_main))
+        return record
 
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
         """Local training of client ``cid`` in round ``t``: returns (upload, new client state)."""
@@ -139,6 +157,15 @@ class Federation:
         return sum(payload_bytes(s) for s in stats.values())
     # --- end client statistics ---
 
+    # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------
+    def adapt_epochs(self, cid: int, t: int, epochs: int) -> None:
+        """Few-shot adaptation of a never-trained (held-out) client: :meth:`adapt`'s mechanism
+        (fresh optimizer, the client's training batches from the stream (seed, "adapt", t, cid),
+        nothing stored or uploaded) for a given number of epochs."""
+        self.module.begin_adaptation()
+        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
+        train_locally(self.module, batches, epochs, self.fabric)
+
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would
         use now. A method whose evaluation depends on the server alone is set up once for all."""
@@ -148,12 +175,28 @@ class Federation:
             if not (shared and ready):
                 self.module.load_client(cid, None if shared else self.store.get(cid))
                 self.module.prepare_eval(self.server.eval_payload(cid))
+                self.adapt(cid, t)
                 with self.fabric.autocast():
                     self.module.begin_eval()
                 ready = True
             accs[cid] = evaluate(self.module, self.data.test_batches(cid, self.schedule.eval_batch_size),
                                  self.fabric)
         return accs
+
+    def adapt(self, cid: int, t: int) -> None:
+        """Evaluation-time training (:meth:`ClientModule.eval_adaptation_epochs`): the module,
+        already holding client ``cid``'s evaluation model, trains on the client's training batches
+        (random stream (seed, "adapt", t, cid)) with a fresh optimizer. Nothing of it is stored or
+        uploaded: the store is not written here and the next client's state is loaded over it."""
+        epochs = self.module.eval_adaptation_epochs(t, t >= self.schedule.rounds)
+        if epochs <= 0:
+            return
+        if not self.module.personal_eval:
+            raise ValueError(f"{type(self.module).__name__} adapts at evaluation time, so it must "
+                             "set personal_eval = True")
+        self.module.begin_adaptation()
+        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
+        train_locally(self.module, batches, epochs, self.fabric)
 
 
 def default_fabric() -> Fabric:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,44 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "config_not_yaml": ([], "bad_yaml", ["config.yaml"]),
     "run_dir_is_a_file": ([], "file", ["is a file"]),
     "run_dir_holds_something_else": ([], "foreign", ["not empty"]),
+    # evaluation modes
+    "unknown_eval_mode": (["--eval.modes", "[local,nosuchmode]"], "fresh", ["eval.modes", "nosuchmode"]),
+    "base2novel_with_a_linear_head": (["--method", "evalcase_linear.LinearHead", "--eval.modes",
+                                       "[local,base2novel]"], "fresh", ["eval.modes base2novel", "LinearHead"]),
+    "base_fraction_zero": (["--eval.modes", "[base2novel]", "--eval.base_fraction", "0"], "fresh",
+                           ["eval.base_fraction"]),
+    "every_client_held_out": (["--eval.modes", "[unseen_clients]", "--eval.unseen_fraction", "0.95"], "fresh",
+                              ["eval.unseen_fraction", "6"]),
+    "negative_adaptation_epochs": (["--eval.adaptation_epochs", "-1"], "fresh", ["eval.adaptation_epochs"]),
+    "base2novel_on_a_split_with_novel_training": (["--data.split_file", "{split}", "--eval.modes",
+                                                   "[local,base2novel]"], "fresh", ["data.split_file", "novel"]),
+    "other_eval_modes_on_run_dir": (["--eval.modes", "[local,global]"], "existing", ["eval.modes"]),
 }
+LINEAR_HEAD = '''
+from dataclasses import dataclass
+
+from torch import nn
+
+from fedmoap.methods.base import ClientModule, Method, Server
+
+
+class LinearHeadClient(ClientModule):
+    def __init__(self, method, backbone, classnames, run):
+        super().__init__(method, backbone, classnames, run)
+        self.head = nn.Linear(backbone.embed_dim, len(classnames))
+
+    def forward(self, batch):
+        return self.head(batch["features"])
+
+
+@dataclass
+class LinearHead(Method):
+    """A linear head on frozen features: no class names, so no base-to-novel."""
+
+    client_class = LinearHeadClient
+    server_class = Server
+'''
+"""A method that cannot evaluate on unseen class names (unnamed: not in the registry)."""
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +137,8 @@ def setup(tmp_path_factory):
                                   features=Features({"image": Image(), "label": feature}))
         DatasetDict(train=split, test=split).save_to_disk(str(root / name))
         files[name] = str(root / name)
+    (root / "evalcase_linear.py").write_text(LINEAR_HEAD)
+    sys.path.insert(0, str(root))
     return root, base, cache, files
 
 

@@ -7,7 +7,7 @@ methods are compared on identical splits.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +20,9 @@ from fedmoap.errors import FedmoapError
 from fedmoap.seeding import numpy_rng
 
 SPLIT_FORMAT = 1
+EXTRA_KEYS = ("classes", "unseen_clients", "eval_sets")
+"""Optional split-file sections the evaluation modes add (:mod:`fedmoap.evaluation`): the
+base/novel class split, the held-out clients, the pooled test sets."""
 
 
 @dataclass
@@ -30,28 +33,45 @@ class ClientSplit:
     test: list[np.ndarray]
     train_id: str
     test_id: str
+    extra: dict = field(default_factory=dict)
+    """The :data:`EXTRA_KEYS` sections present (plain JSON data), written after ``clients``."""
 
     @property
     def num_clients(self) -> int:
         return len(self.train)
 
+    @property
+    def eval_sets(self) -> dict[str, np.ndarray]:
+        """Pooled test sets of the evaluation modes (name -> test-split row indices)."""
+        return {k: np.asarray(v, dtype=np.int64) for k, v in self.extra.get("eval_sets", {}).items()}
+
     def to_json(self) -> dict:
         return {"format": SPLIT_FORMAT, "train_id": self.train_id, "test_id": self.test_id,
                 "clients": [{"id": i, "train": tr.tolist(), "test": te.tolist()}
-                            for i, (tr, te) in enumerate(zip(self.train, self.test))]}
+                            for i, (tr, te) in enumerate(zip(self.train, self.test))],
+                **{k: self.extra[k] for k in EXTRA_KEYS if k in self.extra}}
 
     def save(self, path: Path) -> None:
         from fedmoap.io import atomic_write_text
         atomic_write_text(path, json.dumps(self.to_json()))
 
 
-def make_split(args: DataArgs, data: SourceData, seed: int) -> ClientSplit:
-    """The split a config asks for: from ``args.split_file`` if given, else drawn from ``seed``."""
+def make_split(args: DataArgs, data: SourceData, seed: int,
+               train_classes: list[int] | None = None) -> ClientSplit:
+    """The split a config asks for: from ``args.split_file`` if given, else drawn from ``seed``.
+    ``train_classes`` (base-to-novel): only samples of these classes are partitioned, so no
+    client trains on (or is locally tested on) another class."""
     if args.split_file:
         return load_split(Path(args.split_file), data, args.num_clients)
     rng = numpy_rng(seed, "split")
     try:
-        train = _partition(args, data, rng)
+        if train_classes is None:
+            train = _partition(args, data, rng)
+        else:
+            keep = np.flatnonzero(np.isin(data.train_labels, train_classes))
+            domains = None if data.train_domains is None else data.train_domains[keep]
+            subset = replace(data, train_labels=data.train_labels[keep], train_domains=domains)
+            train = [keep[idx] for idx in _partition(args, subset, rng)]
         full_train = train
         if args.shots is not None:
             train = P.k_shot(data.train_labels, train, args.shots, rng)
@@ -104,6 +124,7 @@ def load_split(path: Path, data: SourceData, num_clients: int) -> ClientSplit:
         clients = raw["clients"]
         train = [np.asarray(c["train"], dtype=np.int64) for c in clients]
         test = [np.asarray(c["test"], dtype=np.int64) for c in clients]
+        extra = {k: raw[k] for k in EXTRA_KEYS if k in raw}
     except FileNotFoundError:
         raise FedmoapError(f"data.split_file: {path} does not exist") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -118,4 +139,4 @@ def load_split(path: Path, data: SourceData, num_clients: int) -> ClientSplit:
     if (raw.get("train_id"), raw.get("test_id")) != (data.train_id, data.test_id):
         raise FedmoapError(f"data.split_file: {path} was made for another dataset "
                            f"({raw.get('train_id')}, not {data.train_id})")
-    return ClientSplit(train, test, data.train_id, data.test_id)
+    return ClientSplit(train, test, data.train_id, data.test_id, extra)

@@ -22,7 +22,11 @@ Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
     server.aggregate(t, {cid: upload, ...}, {cid: n_train, ...})
     # evaluation of a client:
     module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
+    if module.eval_adaptation_epochs(t, final):  # e.g. PromptFL+FT: fine-tune, then test
+        module.begin_adaptation(); train_locally(module, adapt_batches, fabric)  # not stored
     module.begin_eval(); logits = module.predict(batch)   # the batch carries no label
+    # evaluation on other class names (base-to-novel; fedmoap/evaluation.py):
+    module.set_classnames(novel_names); module.begin_eval(); ...; module.set_classnames(names)
 
 Client statistics (only for a method whose ``collects_statistics(t)`` is true; e.g. PEP-FedPT's
 class prototypes): at the start of round 1 over every client (t = 0, the set-up pass), and after
@@ -234,6 +238,19 @@ class ClientModule(L.LightningModule):
         the method's ``collects_statistics``; the module has been prepared as for evaluation."""
         return {}
 
+    def eval_adaptation_epochs(self, t: int, final: bool) -> int:
+        """Epochs of local training at evaluation time, between :meth:`prepare_eval` and
+        :meth:`begin_eval` (PromptFL+FT's fine-tuning of the global prompt; few-shot adaptation).
+        ``t``: the round being evaluated; ``final``: whether it is the run's last. 0 (default)
+        evaluates the model as it is. The adapted state is never stored nor uploaded, so a method
+        that adapts must set ``personal_eval`` (each client adapts its own copy)."""
+        return 0
+
+    def begin_adaptation(self) -> None:
+        """Before evaluation-time training: a fresh optimizer (the client's kept optimizer state
+        belongs to its federated training and is not touched)."""
+        self._optimizer, self._optim_state = None, None
+
     # ----- model ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, C) logits of a batch (keys: the method's inputs), differentiable."""
@@ -254,6 +271,15 @@ class ClientModule(L.LightningModule):
     def predict(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, C) logits for evaluation; ``batch`` holds the inputs but never the label."""
         return self(batch)
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Make the label space ``classnames`` (logit k = ``classnames[k]``): rebuild whatever
+        depends on the class names (prompt slots, cached text features) so that
+        :meth:`begin_eval` and :meth:`predict` use the new names. Used by evaluation modes that
+        test on classes the client never trained on (base-to-novel). A method whose client cannot
+        classify unseen class names (a linear head, per-class state without a fallback) leaves
+        this unimplemented; such methods are refused by ``eval.modes`` base2novel."""
+        raise NotImplementedError(f"{type(self).__name__} cannot evaluate on other class names")
 
     # ----- optimisation ---------------------------------------------------------------------
     def param_groups(self) -> list[ParamGroup]:

@@ -43,6 +43,12 @@ class PFedMoAPClient(GlobalPromptClient):
             self.gating.reset_parameters(identity_values=self.method.gating_init == "identity")
         self.set_experts(None)
 
+    def set_classnames(self, classnames: list[str]) -> None:
+        """The experts are class-agnostic prompts too: their text features are recomputed for
+        the new names; the gating network works per (image, class) for any class."""
+        super().set_classnames(classnames)
+        self._expert_text = None
+
     def set_experts(self, experts: Tensor | None) -> None:
         """The non-local prompts this client mixes (None: a first-time participant has none)."""
         self.experts, self._expert_text = experts, None

@@ -54,6 +54,14 @@ class PromptClient(ClientModule):
         self.slots = backbone.prepare_prompts([method.template.format(c) for c in classnames], len(init))
         self.ctx = nn.Parameter(torch.zeros(len(init), backbone.ctx_width))
 
+    def set_classnames(self, classnames: list[str]) -> None:
+        """New prompt slots for ``classnames`` (the context is class-agnostic, so it carries over);
+        cached evaluation text features are dropped."""
+        self.classnames, self.num_classes = list(classnames), len(classnames)
+        self.slots = self.backbone.prepare_prompts(
+            [self.method.template.format(c) for c in classnames], self.slots.n_ctx)
+        self._eval_cache = None
+
     def global_init(self) -> Payload:
         return {"prompt": initial_prompt(self.backbone, self.method, self.run.seed)}
 

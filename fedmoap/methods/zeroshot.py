@@ -20,6 +20,11 @@ class ZeroShotClient(ClientModule):
         super().__init__(method, backbone, classnames, run)
         self.slots = backbone.prepare_prompts([method.prompt.format(c) for c in classnames], 0)
 
+    def set_classnames(self, classnames: list[str]) -> None:
+        self.classnames, self.num_classes = list(classnames), len(classnames)
+        self.slots = self.backbone.prepare_prompts([self.method.prompt.format(c) for c in classnames], 0)
+        self._eval_cache = None
+
     def text_features(self) -> Tensor:
         return F.normalize(self.backbone.encode_prompts(self.slots), dim=-1)
 
