@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from fedmoap import sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import load_latest, save_checkpoint
-from fedmoap.config import RunConfig, config_dict, neutral_keys
+from fedmoap.config import DPArgs, RunConfig, config_dict, neutral_keys
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import load_split, make_split
 from fedmoap.distributed import Comm
@@ -36,11 +37,15 @@ from fedmoap.io import atomic_write_text
 from fedmoap.methods.base import INPUTS, RunContext
 from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Preempted, requeue, stop_flag
+from fedmoap.privacy import Privacy, preset_note
+from fedmoap.privacy import problems as privacy_problems
 from fedmoap.results import scalars, write_results
 from fedmoap.rounds import Federation, Schedule
 from fedmoap.store import ClientStore
 
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
+DP_OFF = {f.name: getattr(DPArgs(), f.name) for f in fields(DPArgs)}
+"""The ``dp:`` section at its defaults (differential privacy off)."""
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
 
 
@@ -49,7 +54,8 @@ def config_digest(cfg: dict[str, Any]) -> str:
     neutral = neutral_keys()
     kept = {s: ({k: v for k, v in sec.items() if (s, k) not in neutral}
                 if isinstance(sec, dict) and s != "method" else sec)
-            for s, sec in cfg.items()}
+            for s, sec in cfg.items()
+            if not (s == "dp" and sec == DP_OFF)}  # DP off: the digest of runs made before `dp:`
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -90,6 +96,7 @@ def validate(cfg: RunConfig) -> None:
     if not type(method).inputs <= INPUTS:
         problems.append(f"method: {type(method).__name__}.inputs must be a subset of {sorted(INPUTS)}")
     problems += method.problems()
+    problems += privacy_problems(cfg)
     if problems:
         raise FedmoapError("; ".join(problems))
 
@@ -115,6 +122,8 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
         stored = yaml.safe_load(stored_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
+    if isinstance(stored, dict) and "dp" not in stored:  # a run made before the `dp:` section
+        stored["dp"] = dict(DP_OFF)
     if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict) or \
             any(not isinstance(stored.get(k), dict) for k, v in cfg_dict.items() if isinstance(v, dict)):
         raise FedmoapError(f"{stored_path} is not a fedmoap config of this version (a mapping with "
@@ -221,6 +230,17 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         server.load_state_dict(ckpt["server"])
         store.load_state_dict(ckpt["store"])
         history = list(ckpt["history"])
+    t = cfg.train
+    schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
+                        t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds)
+    privacy = None
+    if cfg.dp.mode != "off":  # differential privacy (fedmoap/privacy.py); may refuse a budget
+        privacy = Privacy(cfg.dp, seed=cfg.seed, method=method, module=module, data=data,
+                          schedule=schedule, state=(ckpt or {}).get("privacy"))
+        privacy.replay(history)
+        note = preset_note(cfg.dp, cfg.data.num_clients, min(map(data.train_size, range(data.num_clients))))
+        if note and comm.is_main:
+            print(f"fedmoap: note: {note}", file=sys.stderr)
     comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
     done = history[-1]["round"] if history else 0
     if comm.is_main:
@@ -231,10 +251,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
 
-    t = cfg.train
-    schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
-                        t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds)
-    federation = Federation(method, module, server, store, data, schedule, fabric, comm)
+    federation = Federation(method, module, server, store, data, schedule, fabric, comm, privacy)
     # a resumed run purges what a killed run logged after its last checkpoint
     logger = (TensorBoardLogger(run_dir, name="tensorboard", version=0,
                                 **({"purge_step": done + 1} if done else {}))
@@ -242,6 +259,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
              "num_clients": cfg.data.num_clients, "config_digest": digest,
              "world_size": comm.world_size, **checks}
+    if privacy is not None:
+        extra["privacy"] = privacy.summary  # the accountant updates it in place every round
     rounds_s = 0.0
     try:
         for r in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
@@ -255,7 +274,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
             if comm.is_main:
                 save_checkpoint(run_dir, r, {"config_digest": digest, "server": server.state_dict(),
                                              "store": store.state_dict(), "history": history,
-                                             "backbone": fingerprints},
+                                             "backbone": fingerprints,
+                                             **({"privacy": privacy.state_dict()} if privacy else {})},
                                 cfg.fed.keep_checkpoints)
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)

@@ -13,6 +13,7 @@ from fedmoap.distributed import Comm
 from fedmoap.federated_data import FederatedData
 from fedmoap.local import evaluate, train_locally
 from fedmoap.methods.base import ClientModule, Method, Server, payload_bytes
+from fedmoap.privacy import Privacy
 from fedmoap.results import round_record
 from fedmoap.seeding import numpy_rng
 from fedmoap.store import ClientStore
@@ -56,10 +57,13 @@ class Federation:
     """
 
     def __init__(self, method: Method, module: ClientModule, server: Server, store: ClientStore,
-                 data: FederatedData, schedule: Schedule, fabric: Fabric, comm: Comm | None = None) -> None:
+                 data: FederatedData, schedule: Schedule, fabric: Fabric, comm: Comm | None = None,
+                 privacy: Privacy | None = None) -> None:
         self.method, self.module, self.server, self.store = method, module, server, store
         self.data, self.schedule, self.fabric = data, schedule, fabric
         self.comm = comm or Comm()
+        self.privacy = privacy
+        """Differential privacy (``dp.mode`` not off): the upload mechanism or DP-SGD, the accountant."""
 
     def run_round(self, t: int, progress: bool = True,
                   stop: Callable[[], bool] = lambda: False) -> dict | None:
@@ -92,8 +96,11 @@ class Federation:
             mine = comm.shard(list(range(self.data.num_clients)))
             counts = comm.gather_dicts(self.evaluate(mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
-        return round_record(t, counts, participants, bytes_up=sum(payload_bytes(u) for u in uploads.values()),
-                            bytes_down=bytes_down)
+        record = round_record(t, counts, participants, bytes_up=sum(payload_bytes(u) for u in uploads.values()),
+                              bytes_down=bytes_down)
+        if self.privacy is not None:  # epsilon so far (fedmoap/privacy.py)
+            record.update(self.privacy.after_round(t, participants, comm.gather_dicts))
+        return record
 
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
         """Local training of client ``cid`` in round ``t``: returns (upload, new client state)."""
@@ -102,11 +109,17 @@ class Federation:
         self.module.receive(payload)
         batches = self.data.train_batches(cid, t, self.schedule.batch_size)
         epochs = self.method.local_epochs(t, self.schedule.local_epochs)
-        scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"))
+        if self.privacy is not None and self.privacy.mode == "record_sgd":  # DP-SGD (fedmoap/privacy.py)
+            scaler = self.privacy.train(self.module, cid, t, epochs, self.fabric)
+        else:
+            scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"))
         state = self.module.client_state()
         if scaler is not None:
             state["scaler"] = scaler
-        return self.module.upload(), state
+        upload = self.module.upload()
+        if self.privacy is not None:  # client_upload: the server sees only the clipped, noised upload
+            upload = self.privacy.release(t, cid, upload, payload)
+        return upload, state
 
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would
