@@ -307,3 +307,26 @@ def test_dp_off_keeps_the_digest_and_old_runs_resume(tmp_path, cache):
     cfg_path.write_text(yaml.safe_dump(old, sort_keys=False))
     res2 = run(tmp_path, cache, "--fed.rounds", "2")
     assert res2["rounds"][0] == res["rounds"][0] and len(res2["rounds"]) == 2
+
+
+# ---------------------------------------------------------------------------- DP-FPL (corrected)
+def test_dpfpl_prompt_and_low_rank_local_update(world):
+    """Client prompt P_G + u v + r equals P_G + P_L; P_L's gradient is g_u v + u g_v (rank <= 2r);
+    only the global prompt is uploaded."""
+    backbone, classnames, data = world
+    method = METHODS["dpfpl"](n_ctx=4, rank=1)
+    m = method.build_client(backbone, classnames, RunContext(0, NUM_CLIENTS, TrainArgs(), True))
+    m.load_client(0, None)
+    batch = next(iter(data.train_batches(0, 1, 8)(0)))
+    m.train()
+    m.on_train_batch_start(batch, 0)
+    assert torch.allclose(m.client_ctx(), m.ctx + m.local, atol=1e-6)
+    m.training_step(batch, 0).backward()
+    assert m.local.grad is None and m.u.grad is not None  # P_L is reached through u v only
+    m.on_after_backward()
+    sv = torch.linalg.svdvals(m.local.grad.double())
+    assert sv[1] > 1e-3 * sv[0] and sv[2] < 1e-5 * sv[0]  # rank 2 = 2r
+    assert torch.allclose(m.local.grad, m.u.grad @ m.v + m.u @ m.v.grad)
+    assert set(m.upload()) == {"prompt"}
+    m.eval()
+    assert torch.equal(m.client_ctx(), m.ctx + m.local)
