@@ -133,7 +133,7 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     """ε of ``steps`` compositions of the (Poisson-subsampled, rate ``sample_rate``) Gaussian
     mechanism with noise multiplier z, at ``delta``: Opacus's ``RDPAccountant`` (its default RDP
     orders, or ``alphas``) or ``PRVAccountant`` (eps_error 0.01). 0 for no step; None where the
-    accountant fails (PRV at huge ε)."""
+    accountant fails or ε is infinite (PRV at negligible noise)."""
     if steps <= 0:
         return 0.0
     from opacus.accountants import PRVAccountant, RDPAccountant
@@ -143,9 +143,10 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     with warnings.catch_warnings():  # q = 1: log(1 - q) in the PRV, largest-alpha notes in the RDP
         warnings.simplefilter("ignore")
         try:
-            return float(acc.get_epsilon(delta=delta, **({"alphas": list(alphas)} if alphas else {})))
+            eps = float(acc.get_epsilon(delta=delta, **({"alphas": list(alphas)} if alphas else {})))
         except (ValueError, RuntimeError, OverflowError, FloatingPointError):
             return None
+    return eps if math.isfinite(eps) else None
 
 
 def solve_noise_multiplier(target_epsilon: float, delta: float, plans: Iterable[tuple[float, int]],
@@ -431,12 +432,12 @@ class Privacy:
             q = self.sample_rate(c)
             if self.steps[c] > self.steps.get(busiest.get(q, -1), -1):
                 busiest[q] = c
-        worst, eps_rdp, eps_prv = None, 0.0, 0.0
+        worst, eps_rdp, eps_prv = None, 0.0, 0.0  # None: the accountant gave no finite epsilon
         for c in busiest.values():
             rdp, prv = self.epsilons(c)
-            if worst is None or (rdp or 0.0) > eps_rdp:
-                worst, eps_rdp = c, rdp or 0.0
-            eps_prv = None if prv is None or eps_prv is None else max(eps_prv, prv)
+            if worst is None or _larger(rdp, eps_rdp):
+                worst, eps_rdp = c, rdp
+            eps_prv = prv if _larger(prv, eps_prv) else eps_prv
         self.summary.update({
             "mode": self.mode, "adjacency": self.adjacency, "clip": self.clip,
             "noise_multiplier": self.noise_multiplier,
@@ -445,3 +446,8 @@ class Privacy:
             "delta": self.delta, "eps_rdp": eps_rdp, "eps_prv": eps_prv, "worst_client": worst,
             "target_epsilon": self.args.epsilon, "accountant": self.args.accountant,
             "preset": self.args.preset, "notes": list(self.notes)})
+
+
+def _larger(a: float | None, b: float | None) -> bool:
+    """a > b, None being infinite."""
+    return b is not None and (a is None or a > b)
