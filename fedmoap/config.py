@@ -203,6 +203,38 @@ class EvalArgs:
     split.json; null keeps all."""
 
 
+# --- differential privacy (fedmoap/privacy.py) ---------------------------------------------------
+@dataclass
+class DPArgs:
+    """Differential privacy (README, "Differential privacy"): off, client-level noise on every
+    upload, or record-level DP-SGD; epsilon is reported by Opacus's RDP and PRV accountants."""
+
+    mode: Literal["off", "client_upload", "record_sgd"] = "off"
+    """``off``; ``client_upload``: each upload's change (all uploaded tensors together) is clipped
+    to L2 norm ``clip`` and Gaussian noise of std ``noise_multiplier * clip`` is added before the
+    server sees it (client-level adjacency, composed over a client's uploads, no amplification);
+    ``record_sgd``: DP-SGD on every locally trained parameter (gating included), per-example
+    clipping to ``clip``, Poisson sampling, noise std ``noise_multiplier * clip`` (record-level)."""
+    epsilon: Optional[float] = None
+    """Target epsilon: solves the noise multiplier (with ``accountant``) so that the worst client
+    spends at most this over the steps the planned ``fed.rounds`` take. Or set
+    ``noise_multiplier``."""
+    noise_multiplier: Optional[float] = None
+    """z, noise std / sensitivity (the alternative to ``epsilon``)."""
+    delta: float = 1e-5
+    """delta of the reported (epsilon, delta); keep it well below 1 / (records or clients)."""
+    clip: Optional[float] = None
+    """Clip norm: S (L2 norm of one upload's change) for ``client_upload``, C (L2 norm of one
+    example's gradient over all trained parameters) for ``record_sgd``. Required: fedmoap derives
+    no default from the private data."""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Accountant that solves ``noise_multiplier`` from ``epsilon`` (both are reported)."""
+    preset: Optional[Literal["pfedmoap-appendix"]] = None
+    """``pfedmoap-appendix``: the paper's DP setting (App. C.2: delta 0.05, epsilon 50 or 25,
+    default 50); sets delta = 0.05 and prints what such a budget means."""
+# --- end differential privacy --------------------------------------------------------------------
+
+
 @dataclass
 class RunConfig:
     """Everything that determines a run's results (``run_dir`` and display options excluded)."""
@@ -224,6 +256,8 @@ class RunConfig:
     """Processes, devices and precision."""
     eval: EvalArgs = field(default_factory=EvalArgs)
     """Evaluation modes (local, global, neighbor, base2novel, unseen_clients)."""
+    dp: DPArgs = field(default_factory=DPArgs)
+    """Differential privacy (off by default)."""
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -241,7 +275,7 @@ def config_dict(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
-ADDED_SECTIONS = {"eval": EvalArgs}
+ADDED_SECTIONS = {"eval": EvalArgs, "dp": DPArgs}
 """Config sections added after runs were made without them: a stored config.yaml that lacks one
 means its defaults, and a section at its defaults is left out of the config digest, so such runs
 still resume and extend."""

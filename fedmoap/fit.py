@@ -36,6 +36,8 @@ from fedmoap.io import atomic_write_text
 from fedmoap.methods.base import INPUTS, RunContext
 from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Preempted, requeue, stop_flag
+from fedmoap.privacy import Privacy, preset_note
+from fedmoap.privacy import problems as privacy_problems
 from fedmoap.results import hparams, mode_scalars, scalars, write_hparams, write_results
 from fedmoap.rounds import Federation, Schedule
 from fedmoap.store import ClientStore
@@ -92,6 +94,7 @@ def validate(cfg: RunConfig) -> None:
         problems.append(f"method: {type(method).__name__}'s inputs must be a subset of {sorted(INPUTS)}")
     problems += method.problems()
     problems += evaluation.problems(cfg)
+    problems += privacy_problems(cfg)
     if problems:
         raise FedmoapError("; ".join(problems))
 
@@ -230,6 +233,19 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         server.load_state_dict(ckpt["server"])
         store.load_state_dict(ckpt["store"])
         history = list(ckpt["history"])
+    t = cfg.train
+    held_out = split.extra.get("unseen_clients", [])
+    schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
+                        t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds,
+                        held_out=frozenset(held_out))
+    privacy = None
+    if cfg.dp.mode != "off":  # differential privacy (fedmoap/privacy.py); may refuse a budget
+        privacy = Privacy(cfg.dp, seed=cfg.seed, method=method, module=module, data=data,
+                          schedule=schedule, state=(ckpt or {}).get("privacy"))
+        privacy.replay(history)
+        note = preset_note(cfg.dp, cfg.data.num_clients, min(map(data.train_size, range(data.num_clients))))
+        if note and comm.is_main:
+            print(f"fedmoap: note: {note}", file=sys.stderr)
     comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
     done = history[-1]["round"] if history else 0
     if comm.is_main:
@@ -240,14 +256,10 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         if not resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
 
-    t = cfg.train
-    held_out = split.extra.get("unseen_clients", [])
-    schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
-                        t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds,
-                        held_out=frozenset(held_out))
     modes = (evaluation.ModeEvaluator(cfg.eval, classes, held_out, t.local_epochs)
              if set(cfg.eval.modes) - {"local"} else None)
-    federation = Federation(method, module, server, store, data, schedule, fabric, comm, modes=modes)
+    federation = Federation(method, module, server, store, data, schedule, fabric, comm,
+                            privacy=privacy, modes=modes)
     # a resumed run purges what a killed run logged after its last checkpoint
     logger = (TensorBoardLogger(run_dir, name="tensorboard", version=0,
                                 **({"purge_step": done + 1} if done else {}))
@@ -255,6 +267,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
              "num_clients": cfg.data.num_clients, "config_digest": digest,
              "world_size": comm.world_size, "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"], **checks}
+    if privacy is not None:
+        extra["privacy"] = privacy.summary  # the accountant updates it in place every round
     rounds_s = 0.0
     try:
         for r in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
@@ -268,7 +282,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
             if comm.is_main:
                 save_checkpoint(run_dir, r, {"config_digest": digest, "server": server.state_dict(),
                                              "store": store.state_dict(), "history": history,
-                                             "backbone": fingerprints},
+                                             "backbone": fingerprints,
+                                             **({"privacy": privacy.state_dict()} if privacy else {})},
                                 cfg.fed.keep_checkpoints)
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)

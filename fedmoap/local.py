@@ -33,10 +33,12 @@ def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: F
     module.train()
     for epoch in range(epochs):
         for step, batch in enumerate(batches(epoch)):
-            with fabric.autocast():
+            module.on_train_batch_start(batch, step)  # Lightning's hooks (no-ops unless a method
+            with fabric.autocast():                    # defines them, e.g. DP-FPL's factorisation)
                 loss = module.training_step(batch, step)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
+            module.on_after_backward()
             optimizer.step()
         scheduler.step()
     module.eval()

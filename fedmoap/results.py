@@ -62,13 +62,16 @@ def _nan_to_none(obj: Any) -> Any:
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
-    """TensorBoard scalars of a round: ``client/<id>/acc``, ``mean/acc``, ``std/acc``, traffic."""
+    """TensorBoard scalars of a round: ``client/<id>/acc``, ``mean/acc``, ``std/acc``, traffic,
+    and with differential privacy ``privacy/eps_rdp``, ``privacy/eps_prv`` (spent so far)."""
     out = {f"client/{cid}/acc": v["acc"] for cid, v in record.get("clients", {}).items()
            if v["acc"] is not None and not math.isnan(v["acc"])}
     if "mean_acc" in record:
         out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"],
                     "worst/acc": record["worst_acc"], "pooled/acc": record["pooled_acc"]})
     out.update({"comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
+    out.update({f"privacy/{k}": float(record[k]) for k in ("eps_rdp", "eps_prv")  # dp.mode on
+                if record.get(k) is not None})
     return out
 
 

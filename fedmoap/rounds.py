@@ -13,6 +13,7 @@ from fedmoap.distributed import Comm
 from fedmoap.federated_data import FederatedData
 from fedmoap.local import evaluate, train_locally
 from fedmoap.methods.base import ClientModule, Method, Server, payload_bytes
+from fedmoap.privacy import Privacy
 from fedmoap.results import round_record
 from fedmoap.seeding import numpy_rng
 from fedmoap.store import ClientStore
@@ -66,10 +67,12 @@ class Federation:
 
     def __init__(self, method: Method, module: ClientModule, server: Server, store: ClientStore,
                  data: FederatedData, schedule: Schedule, fabric: Fabric, comm: Comm | None = None,
-                 modes: Callable[..., dict] | None = None) -> None:
+                 privacy: Privacy | None = None, modes: Callable[..., dict] | None = None) -> None:
         self.method, self.module, self.server, self.store = method, module, server, store
         self.data, self.schedule, self.fabric = data, schedule, fabric
         self.comm = comm or Comm()
+        self.privacy = privacy
+        """Differential privacy (``dp.mode`` not off): the upload mechanism or DP-SGD, the accountant."""
         self.modes = modes
         """Evaluation modes beyond ``local`` (:class:`fedmoap.evaluation.ModeEvaluator`): called
         as ``modes(federation, t, local_counts, progress)`` after each evaluation, its entries
@@ -117,6 +120,8 @@ class Federation:
                               bytes_down=bytes_down)
         if counts is not None and self.modes is not None:
             record.update(self.modes(self, t, counts, progress and comm.is_main))
+        if self.privacy is not None:  # epsilon so far (fedmoap/privacy.py)
+            record.update(self.privacy.after_round(t, participants, comm.gather_dicts))
         return record
 
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
@@ -126,11 +131,17 @@ class Federation:
         self.module.receive(payload)
         batches = self.data.train_batches(cid, t, self.schedule.batch_size)
         epochs = self.method.local_epochs(t, self.schedule.local_epochs)
-        scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"))
+        if self.privacy is not None and self.privacy.mode == "record_sgd":  # DP-SGD (fedmoap/privacy.py)
+            scaler = self.privacy.train(self.module, cid, t, epochs, self.fabric)
+        else:
+            scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"))
         state = self.module.client_state()
         if scaler is not None:
             state["scaler"] = scaler
-        return self.module.upload(), state
+        upload = self.module.upload()
+        if self.privacy is not None:  # client_upload: the server sees only the clipped, noised upload
+            upload = self.privacy.release(t, cid, upload, payload)
+        return upload, state
 
     # --- client statistics (seed-methods) ---
     def collect_statistics(self, t: int, clients: list[int]) -> int:

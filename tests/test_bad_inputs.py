@@ -44,6 +44,15 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "negative_views": (["--data.num_views", "-1"], "fresh", ["data.num_views"]),
     "duplicate_classnames": (["--data.classnames", "[a,a,b,c,d,e,f,g,h,i]"], "fresh", ["data.classnames"]),
     "bad_precision": (["--fabric.precision", "8-bit"], "fresh", ["fabric.precision", "8-bit"]),
+    # differential privacy (fedmoap/privacy.py)
+    "dp_without_clip": (["--dp.mode", "client_upload", "--dp.epsilon", "8"], "fresh", ["dp.clip"]),
+    "dp_epsilon_and_noise_multiplier": (["--dp.mode", "record_sgd", "--dp.clip", "1", "--dp.epsilon", "8",
+                                         "--dp.noise_multiplier", "1"], "existing",
+                                        ["dp.epsilon", "dp.noise_multiplier"]),
+    "dp_budget_without_mode": (["--dp.epsilon", "8"], "existing", ["dp.epsilon", "dp.mode"]),
+    "dp_preset_other_epsilon": (["--dp.mode", "client_upload", "--dp.clip", "1", "--dp.preset",
+                                 "pfedmoap-appendix", "--dp.epsilon", "8"], "fresh", ["dp.preset", "dp.epsilon"]),
+    "dp_unknown_mode": (["--dp.mode", "central"], "fresh", ["dp.mode", "central"]),
     "other_config_on_run_dir": (["--seed", "1"], "existing", ["seed"]),
     # models
     "unknown_arch": (["--model.arch", "no-such-arch"], "fresh", ["model.arch", "no-such-arch"]),

@@ -1,0 +1,453 @@
+"""Differential privacy for every method: the two mechanisms and the accountant (``dp:``).
+
+``dp.mode``:
+
+- ``client_upload`` (client-level adjacency: neighbouring federations differ in one client's whole
+  data). The round loop applies it to whatever a method uploads: the change of the upload,
+  Δ = upload − reference, over all uploaded tensors together, is clipped to L2 norm S
+  (``dp.clip``) and N(0, z²S²) is added to every coordinate; the server receives
+  ``reference + clip(Δ) + noise`` and nothing else. The *reference* is what the server already
+  knows: the payload's tensor of the same key when the server sent one (e.g. the global prompt
+  the client started from), else the method's public initial value of that key
+  (:meth:`~fedmoap.methods.base.ClientModule.global_init`, a function of the run seed), else zero.
+  Never the client's own stored state, which is private. Noise is seeded by
+  (seed, "dp", round, client), so runs stay deterministic. Aggregation, pFedMoAP's pool, KNN and
+  experts only read the noisy uploads: post-processing. Accounting: the Gaussian mechanism
+  composed over the client's actual uploads, q = 1 (the server knows who participates: no
+  amplification by sampling); the worst client is reported.
+- ``record_sgd`` (record-level adjacency: one training example changed). DP-SGD on every
+  parameter the client trains (the gating network too, though never uploaded: otherwise the
+  non-private gating would steer the released prompt), with Poisson sampling: each step takes
+  each of the client's n examples independently with rate q = 1 / ceil(n / B) (B =
+  ``train.batch_size``; ceil(n / B) steps per epoch, so an epoch sees every example once in
+  expectation, as Opacus's ``DPDataLoader``), computes each example's gradient with
+  ``torch.func`` (``functional_call`` + ``vmap(grad)`` of the method's ``training_step`` on a
+  batch of one, regularisers included), clips the concatenation over all trained parameters to C
+  (``dp.clip``), sums, adds N(0, z²C²) and divides by the expected batch size q·n; then the
+  method's optimizer steps as usual. Accounting: the sampled Gaussian mechanism with (z, q,
+  steps) over every step the client takes; the worst client is reported. (Opacus's
+  ``GradSampleModule`` cannot be used: prompts enter the frozen text tower as a bare parameter
+  concatenated into its input, which it cannot hook; Opacus is used for accounting only.)
+
+ε is computed by Opacus's RDP and PRV accountants for the steps actually taken; ``dp.epsilon``
+solves z (``opacus.accountants.utils.get_noise_multiplier``) for the steps the planned
+``fed.rounds`` take, for the worst client. The solved z is kept in the checkpoint, so extending a
+finished run keeps it (and its ε then grows past the target).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import warnings
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from fedmoap.errors import FedmoapError
+from fedmoap.seeding import torch_generator
+
+if TYPE_CHECKING:
+    from lightning import Fabric
+
+    from fedmoap.config import DPArgs, RunConfig
+    from fedmoap.federated_data import FederatedData
+    from fedmoap.methods.base import ClientModule, Method, Payload
+    from fedmoap.rounds import Schedule
+
+ADJACENCY = {"client_upload": "client", "record_sgd": "record"}
+PRESETS = {"pfedmoap-appendix": {"delta": 0.05, "epsilons": (50.0, 25.0)}}
+"""Named settings from papers: pFedMoAP App. C.2 (Table 6) reports epsilon 50 and 25 at delta 0.05."""
+PER_EXAMPLE_CHUNK = 16
+"""Examples whose gradients are computed in one ``vmap`` call (bounds the memory of record_sgd)."""
+
+
+# ---------------------------------------------------------------------------------- config
+def effective(args: DPArgs) -> DPArgs:
+    """The settings a preset implies (``pfedmoap-appendix``: delta 0.05, epsilon 50 unless set)."""
+    if args.preset is None:
+        return args
+    preset = PRESETS[args.preset]
+    eps = args.epsilon if args.epsilon is not None or args.noise_multiplier is not None else preset["epsilons"][0]
+    return replace(args, delta=preset["delta"], epsilon=eps)
+
+
+def problems(cfg: RunConfig) -> list[str]:
+    """Range and combination checks of ``dp:`` (each message names its key)."""
+    dp = cfg.dp
+    out = []
+    if dp.mode == "off":
+        set_ = [k for k in ("epsilon", "noise_multiplier", "clip", "preset") if getattr(dp, k) is not None]
+        if set_:
+            out.append(f"dp.{set_[0]} is set but dp.mode is off (choose dp.mode client_upload or record_sgd)")
+        return out
+    if dp.clip is None:
+        out.append(f"dp.mode {dp.mode} needs dp.clip (the clip norm {'S of an upload' if dp.mode == 'client_upload' else 'C of an example gradient'}; "
+                   "fedmoap derives no default from the private data)")
+    elif not dp.clip > 0:
+        out.append("dp.clip must be > 0")
+    if dp.epsilon is not None and dp.noise_multiplier is not None:
+        out.append("dp.epsilon and dp.noise_multiplier are both set (set one: a target epsilon solves the noise multiplier)")
+    elif dp.epsilon is None and dp.noise_multiplier is None and dp.preset is None:
+        out.append(f"dp.mode {dp.mode} needs dp.epsilon (a target) or dp.noise_multiplier")
+    if dp.epsilon is not None and not dp.epsilon > 0:
+        out.append("dp.epsilon must be > 0")
+    if dp.noise_multiplier is not None and not dp.noise_multiplier > 0:
+        out.append("dp.noise_multiplier must be > 0")
+    if not 0 < dp.delta < 1:
+        out.append("dp.delta must be in (0, 1)")
+    if dp.preset is not None:
+        preset = PRESETS[dp.preset]
+        if dp.delta not in (1e-5, preset["delta"]):
+            out.append(f"dp.preset {dp.preset} sets dp.delta = {preset['delta']}; do not set another")
+        if dp.epsilon is not None and dp.epsilon not in preset["epsilons"]:
+            out.append(f"dp.preset {dp.preset} is epsilon in {{{', '.join(f'{e:g}' for e in preset['epsilons'])}}}, "
+                       f"not dp.epsilon {dp.epsilon:g} (drop the preset for other budgets)")
+    if dp.mode == "record_sgd" and cfg.fabric.precision != "32-true":
+        out.append(f"dp.mode record_sgd runs in fabric.precision 32-true, not {cfg.fabric.precision}")
+    return out
+
+
+def preset_note(args: DPArgs, num_clients: int, min_train: int) -> str | None:
+    """What a preset's budget means, printed once at the start of a run."""
+    if args.preset is None:
+        return None
+    eff = effective(args)
+    adjacency = ADJACENCY[args.mode]
+    n, unit = (num_clients, "clients") if adjacency == "client" else (min_train, "records (smallest client)")
+    eps = eff.epsilon if eff.epsilon is not None else float("nan")
+    return (f"dp.preset {args.preset}: pFedMoAP App. C.2's budget, epsilon {eps:g}, delta {eff.delta:g}. "
+            f"epsilon {eps:g} lets an observer's likelihood ratio between two neighbouring datasets reach "
+            f"e^{eps:g} = {math.exp(eps):.1e}: no meaningful protection; and delta {eff.delta:g} is the "
+            f"chance that even that fails, against 1/n = {1 / n:.2g} for n = {n} {unit} (a mechanism that "
+            f"publishes each {'client' if adjacency == 'client' else 'record'} outright with probability delta "
+            f"is (0, delta)-DP; the usual rule is delta << 1/n). Use it to reproduce the paper's setting only.")
+
+
+# ------------------------------------------------------------------------------ accounting
+@functools.lru_cache(maxsize=4096)
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+            accountant: str = "rdp", alphas: tuple[float, ...] | None = None) -> float | None:
+    """ε of ``steps`` compositions of the (Poisson-subsampled, rate ``sample_rate``) Gaussian
+    mechanism with noise multiplier z, at ``delta``: Opacus's ``RDPAccountant`` (its default RDP
+    orders, or ``alphas``) or ``PRVAccountant`` (eps_error 0.01). 0 for no step; None where the
+    accountant fails or ε is infinite (PRV at negligible noise)."""
+    if steps <= 0:
+        return 0.0
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    with warnings.catch_warnings():  # q = 1: log(1 - q) in the PRV, largest-alpha notes in the RDP
+        warnings.simplefilter("ignore")
+        try:
+            eps = float(acc.get_epsilon(delta=delta, **({"alphas": list(alphas)} if alphas else {})))
+        except (ValueError, RuntimeError, OverflowError, FloatingPointError):
+            return None
+    return eps if math.isfinite(eps) else None
+
+
+def solve_noise_multiplier(target_epsilon: float, delta: float, plans: Iterable[tuple[float, int]],
+                           accountant: str = "rdp") -> float:
+    """The smallest z (Opacus ``get_noise_multiplier``, tolerance 0.01 in ε) such that every
+    (sample rate, steps) of ``plans`` spends at most ``target_epsilon``: the max over the
+    distinct plans."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    z = 0.0
+    for q, steps in sorted(set(plans)):
+        if steps <= 0:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                z = max(z, get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                                sample_rate=q, steps=steps, accountant=accountant))
+            except ValueError as exc:
+                raise FedmoapError(f"dp.epsilon {target_epsilon:g}: {exc} (sample rate {q:g}, "
+                                   f"{steps} steps)") from None
+    return z
+
+
+# ------------------------------------------------------------------------------ mechanisms
+def clip_and_noise(delta: dict[str, Tensor], clip: float, noise_multiplier: float,
+                   gen: torch.Generator) -> tuple[dict[str, Tensor], float]:
+    """``delta`` (tensors of any shapes) clipped to L2 norm ``clip`` over all of them together,
+    plus N(0, (z·clip)²) per coordinate from ``gen``; computed in float64, returned in each
+    tensor's dtype. Also returns the norm before clipping."""
+    keys = sorted(delta)
+    norm = math.sqrt(sum(float(delta[k].double().square().sum()) for k in keys))
+    factor = min(1.0, clip / norm) if norm > 0 else 1.0
+    out = {}
+    for k in keys:
+        d = delta[k]
+        noise = torch.randn(d.shape, generator=gen, dtype=torch.float64) * (noise_multiplier * clip)
+        out[k] = (d.detach().cpu().double() * factor + noise).to(d.dtype)
+    return out, norm
+
+
+def per_example_grads(module: ClientModule, params: dict[str, nn.Parameter],
+                      batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each example's gradient of the method's ``training_step`` loss (on a batch of one) with
+    respect to ``params``: name -> (B, *shape), by ``torch.func.vmap(grad(functional_call))``."""
+    from torch.func import functional_call, grad, vmap
+
+    step = _TrainingStep(module)
+    detached = {f"m.{n}": p.detach() for n, p in params.items()}
+
+    def loss(p: dict[str, Tensor], example: dict[str, Tensor]) -> Tensor:
+        return functional_call(step, p, ({k: v.unsqueeze(0) for k, v in example.items()},))
+
+    out: dict[str, list[Tensor]] = {n: [] for n in params}
+    n = len(next(iter(batch.values())))
+    with warnings.catch_warnings():  # ops without a batching rule fall back to a loop: slower, exact
+        warnings.filterwarnings("ignore", message=".*performance drop.*")
+        for start in range(0, n, PER_EXAMPLE_CHUNK):
+            chunk = {k: v[start:start + PER_EXAMPLE_CHUNK] for k, v in batch.items()}
+            g = vmap(grad(loss), in_dims=(None, 0), randomness="different")(detached, chunk)
+            for name in params:
+                out[name].append(g[f"m.{name}"])
+    return {name: torch.cat(v) for name, v in out.items()}
+
+
+class _TrainingStep(nn.Module):
+    """``training_step`` as a module's forward, so ``functional_call`` can swap the parameters."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.m = module
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.m.training_step(batch, 0)
+
+
+def clipped_sum(module: ClientModule, params: dict[str, nn.Parameter], batch: dict[str, Tensor],
+                clip: float) -> tuple[dict[str, Tensor], list[float]]:
+    """The sum over the batch of each example's gradient (all of ``params`` together) clipped to
+    L2 norm ``clip``; and the norms before clipping."""
+    summed = {name: torch.zeros_like(p) for name, p in params.items()}
+    if not len(batch["label"]):
+        return summed, []
+    grads = per_example_grads(module, params, batch)
+    norm = torch.sqrt(sum(g.flatten(1).double().square().sum(1) for g in grads.values()))
+    factor = (clip / norm.clamp_min(1e-12)).clamp(max=1.0)
+    for name, g in grads.items():
+        summed[name] = torch.einsum("b,b...->...", factor.to(g.dtype), g)
+    return summed, norm.tolist()
+
+
+def noisy_mean(summed: Tensor, clip: float, noise_multiplier: float, expected_batch: float,
+               gen: torch.Generator) -> Tensor:
+    """DP-SGD's gradient: (sum of clipped gradients + N(0, (z·clip)²)) / expected batch size;
+    the noise is drawn on the CPU from ``gen`` (deterministic on any device)."""
+    z = torch.randn(summed.shape, generator=gen) * (noise_multiplier * clip)
+    return (summed + z.to(summed.device, summed.dtype)) / expected_batch
+
+
+def private_parameters(module: ClientModule) -> dict[str, nn.Parameter]:
+    """What record_sgd differentiates, clips and noises: ``module.dp_parameters()`` where a
+    method defines it (DP-FPL: the factors its local prompt is updated through), else every
+    parameter of :meth:`~fedmoap.methods.base.ClientModule.param_groups`."""
+    chosen = module.dp_parameters() if hasattr(module, "dp_parameters") else \
+        [p for g in module.param_groups() for p in g.params]
+    ids = {id(p) for p in chosen}
+    return {n: p for n, p in module.named_parameters() if id(p) in ids}
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size))
+
+
+def dp_sgd(module: ClientModule, data: FederatedData, cid: int, t: int, epochs: int, fabric: Fabric,
+           clip: float, noise_multiplier: float, seed: int, batch_size: int) -> list[float]:
+    """record_sgd's local training (in place of :func:`~fedmoap.local.train_locally`): ``epochs``
+    epochs of ceil(n / B) Poisson-sampled steps. Returns the per-example gradient norms before
+    clipping (a diagnostic; not private)."""
+    built = module.configure_optimizers()
+    if built is None:
+        return []
+    optimizer = fabric.setup_optimizers(built["optimizer"])
+    scheduler = built["lr_scheduler"]["scheduler"]
+    params = private_parameters(module)
+    n = data.train_size(cid)
+    k = steps_per_epoch(n, batch_size)
+    q = 1.0 / k
+    whole = data.train_batches(cid, t, n)  # one batch of the client's whole set per epoch (views drawn per epoch)
+    sampling = torch_generator(seed, "dp-poisson", t, cid)
+    noise = torch_generator(seed, "dp-noise", t, cid)
+    norms: list[float] = []
+    module.train()
+    for epoch in range(epochs):
+        full = next(iter(whole(epoch)))
+        for step in range(k):
+            take = (torch.rand(n, generator=sampling) < q).to(full["label"].device)
+            batch = {key: v[take] for key, v in full.items()}
+            module.on_train_batch_start(batch, step)
+            summed, batch_norms = clipped_sum(module, params, batch, clip)
+            norms += batch_norms
+            for name, p in params.items():
+                p.grad = noisy_mean(summed[name], clip, noise_multiplier, q * n, noise)
+            module.on_after_backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for p in params.values():
+                p.grad = None
+        scheduler.step()
+    module.eval()
+    return norms
+
+
+# ------------------------------------------------------------------------------ the run's view
+class Privacy:
+    """A run's DP mechanism and accountant, built by ``fit`` when ``dp.mode`` is not ``off``.
+
+    The round loop calls :meth:`train` (record_sgd) or :meth:`release` (client_upload) for each
+    participant and :meth:`after_round` once per round; the accountant's state is a function of
+    the rounds' participants, so :meth:`replay` rebuilds it on resume.
+    """
+
+    def __init__(self, args: DPArgs, *, seed: int, method: Method, module: ClientModule,
+                 data: FederatedData, schedule: Schedule, state: dict | None = None) -> None:
+        self.args = effective(args)
+        self.mode, self.adjacency = args.mode, ADJACENCY[args.mode]
+        self.clip, self.delta = float(args.clip), self.args.delta
+        self.seed, self.method, self.data, self.schedule = seed, method, data, schedule
+        self.num_clients = data.num_clients
+        self.init = {k: v.detach().cpu() for k, v in module.global_init().items()}
+        module.load_client(0, None)
+        self.uploads_something = bool(module.upload()) and method.trains
+        self.trains_something = method.trains and bool(module.param_groups())
+        self.steps: dict[int, int] = {}
+        self.notes: list[str] = []
+        planned = self.planned_steps(schedule.rounds)
+        if state is not None and state.get("noise_multiplier") is not None:
+            self.noise_multiplier = float(state["noise_multiplier"])
+        elif self.args.noise_multiplier is not None:
+            self.noise_multiplier = float(self.args.noise_multiplier)
+        else:
+            plans = [(self.sample_rate(c), s) for c, s in planned.items() if s > 0]
+            self.noise_multiplier = (solve_noise_multiplier(self.args.epsilon, self.delta, plans,
+                                                            self.args.accountant) if plans else 0.0)
+        if self.args.epsilon is not None and self.noise_multiplier > 0:
+            worst = max((epsilon(self.noise_multiplier, self.sample_rate(c), s, self.delta, self.args.accountant) or math.inf
+                         for c, s in planned.items() if s > 0), default=0.0)
+            if worst > self.args.epsilon + 0.02:
+                self.notes.append(f"z = {self.noise_multiplier:.4g} was solved for fewer rounds than "
+                                  f"fed.rounds {schedule.rounds} (an extended run): epsilon will reach "
+                                  f"{worst:.3g}, above dp.epsilon {self.args.epsilon:g}")
+        if not self.active:
+            self.notes.append("the method uploads nothing: the server receives nothing to protect "
+                              "(epsilon 0 for the uploads; the clients' models are not protected)"
+                              if self.mode == "client_upload" else
+                              "the method trains nothing: no private data is used (epsilon 0)")
+        self._norms: dict[int, list[float]] = {}
+        self.summary: dict[str, Any] = {}
+        self._update_summary()
+
+    @property
+    def active(self) -> bool:
+        """Whether the mechanism touches anything (an upload to release, parameters to train)."""
+        return self.uploads_something if self.mode == "client_upload" else self.trains_something
+
+    # ----- plan and state
+    def sample_rate(self, cid: int) -> float:
+        if self.mode == "client_upload":
+            return 1.0
+        return 1.0 / steps_per_epoch(self.data.train_size(cid), self.schedule.batch_size)
+
+    def steps_of(self, cid: int, t: int) -> int:
+        """Mechanism applications to client ``cid`` when it participates in round ``t``."""
+        if not self.active:
+            return 0
+        if self.mode == "client_upload":
+            return 1
+        epochs = self.method.local_epochs(t, self.schedule.local_epochs)
+        return epochs * steps_per_epoch(self.data.train_size(cid), self.schedule.batch_size)
+
+    def participants(self, t: int) -> list[int]:
+        return self.method.participants(self.schedule.participants(t), self.num_clients, t)
+
+    def planned_steps(self, rounds: int) -> dict[int, int]:
+        steps = {c: 0 for c in range(self.num_clients)}
+        for t in range(1, rounds + 1):
+            for c in self.participants(t):
+                steps[c] += self.steps_of(c, t)
+        return steps
+
+    def state_dict(self) -> dict:
+        return {"noise_multiplier": self.noise_multiplier}
+
+    def replay(self, history: list[dict]) -> None:
+        """The accountant after the recorded rounds (resume)."""
+        for record in history:
+            for c in record["participants"]:
+                self.steps[c] = self.steps.get(c, 0) + self.steps_of(c, record["round"])
+        self._update_summary()
+
+    # ----- mechanisms
+    def release(self, t: int, cid: int, upload: Payload, payload: Payload) -> Payload:
+        """client_upload: what the server receives instead of ``upload``."""
+        if self.mode != "client_upload" or not upload:
+            return upload
+        ref = {k: (payload[k] if k in payload else self.init.get(k, torch.zeros_like(v))).detach().cpu()
+               for k, v in upload.items()}
+        change = {k: v.detach().cpu() - ref[k].to(v.dtype) for k, v in upload.items()}
+        noisy, norm = clip_and_noise(change, self.clip, self.noise_multiplier,
+                                     torch_generator(self.seed, "dp", t, cid))
+        self._norms[cid] = [norm]
+        return {k: (ref[k].to(noisy[k].dtype) + noisy[k]).to(upload[k].dtype) for k in upload}
+
+    def train(self, module: ClientModule, cid: int, t: int, epochs: int, fabric: Fabric) -> None:
+        """record_sgd: the client's local training."""
+        self._norms[cid] = dp_sgd(module, self.data, cid, t, epochs, fabric, self.clip,
+                                  self.noise_multiplier, self.seed, self.schedule.batch_size)
+
+    # ----- accounting
+    def after_round(self, t: int, participants: list[int], gather=None) -> dict[str, Any]:
+        """Account round ``t``; the round's ``results.json`` entries (ε so far, the worst
+        client's; clipping diagnostics of this round, which are not private)."""
+        for c in participants:
+            self.steps[c] = self.steps.get(c, 0) + self.steps_of(c, t)
+        norms = gather(self._norms) if gather else self._norms
+        self._norms = {}
+        self._update_summary()
+        flat = [x for c in sorted(norms) for x in norms[c]]
+        return {"eps_rdp": self.summary["eps_rdp"], "eps_prv": self.summary["eps_prv"],
+                "dp_clipped_fraction": (sum(x > self.clip for x in flat) / len(flat)) if flat else None,
+                "dp_median_norm": statistics.median(flat) if flat else None}
+
+    def epsilons(self, cid: int) -> tuple[float | None, float | None]:
+        s = self.steps.get(cid, 0)
+        if s == 0 or self.noise_multiplier <= 0:
+            return 0.0, 0.0
+        args = (self.noise_multiplier, self.sample_rate(cid), s, self.delta)
+        return epsilon(*args, "rdp"), epsilon(*args, "prv")
+
+    def _update_summary(self) -> None:
+        # for one sample rate, epsilon grows with the steps: only each rate's busiest client counts
+        busiest: dict[float, int] = {}
+        for c in sorted(self.steps):
+            q = self.sample_rate(c)
+            if self.steps[c] > self.steps.get(busiest.get(q, -1), -1):
+                busiest[q] = c
+        worst, eps_rdp, eps_prv = None, 0.0, 0.0  # None: the accountant gave no finite epsilon
+        for c in busiest.values():
+            rdp, prv = self.epsilons(c)
+            if worst is None or _larger(rdp, eps_rdp):
+                worst, eps_rdp = c, rdp
+            eps_prv = prv if _larger(prv, eps_prv) else eps_prv
+        self.summary.update({
+            "mode": self.mode, "adjacency": self.adjacency, "clip": self.clip,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate(worst) if worst is not None else None,
+            "steps": self.steps.get(worst, 0) if worst is not None else 0,
+            "delta": self.delta, "eps_rdp": eps_rdp, "eps_prv": eps_prv, "worst_client": worst,
+            "target_epsilon": self.args.epsilon, "accountant": self.args.accountant,
+            "preset": self.args.preset, "notes": list(self.notes)})
+
+
+def _larger(a: float | None, b: float | None) -> bool:
+    """a > b, None being infinite."""
+    return b is not None and (a is None or a > b)
