@@ -71,17 +71,19 @@ class FederatedData:
     def train_labels(self, cid: int) -> Tensor:
         return self.train.labels[self.train_pos[cid]]
 
-    def train_batches(self, cid: int, t: int, batch_size: int):
-        """epoch -> that epoch's shuffled batches of client ``cid`` in round ``t``."""
+    def train_batches(self, cid: int, t: int, batch_size: int, purpose: str = "train"):
+        """epoch -> that epoch's shuffled batches of client ``cid`` in round ``t``. ``purpose``
+        names the random stream (``train``; ``adapt`` for evaluation-time training)."""
         pos = self.train_pos[cid]
         n = len(pos)
-        gen = torch_generator(self.seed, "train", t, cid)
+        gen = torch_generator(self.seed, purpose, t, cid)
         views = self.train.features.shape[0] if self.train.features is not None else 1
+        augment_tag = "augment" if purpose == "train" else f"{purpose}/augment"
 
         def epoch(e: int) -> Iterator[dict[str, Tensor]]:
             order = torch.randperm(n, generator=gen)
             view = torch.randint(views, (n,), generator=gen)
-            aug = torch_generator(self.seed, "augment", t, cid, e) if self.train.pixels is not None else None
+            aug = torch_generator(self.seed, augment_tag, t, cid, e) if self.train.pixels is not None else None
             for start in range(0, n, batch_size):
                 idx = order[start:start + batch_size]
                 yield self._batch(self.train, pos[idx], view[idx], aug)

@@ -117,12 +117,28 @@ class Federation:
             if not (shared and ready):
                 self.module.load_client(cid, None if shared else self.store.get(cid))
                 self.module.prepare_eval(self.server.eval_payload(cid))
+                self.adapt(cid, t)
                 with self.fabric.autocast():
                     self.module.begin_eval()
                 ready = True
             accs[cid] = evaluate(self.module, self.data.test_batches(cid, self.schedule.eval_batch_size),
                                  self.fabric)
         return accs
+
+    def adapt(self, cid: int, t: int) -> None:
+        """Evaluation-time training (:meth:`ClientModule.eval_adaptation_epochs`): the module,
+        already holding client ``cid``'s evaluation model, trains on the client's training batches
+        (random stream (seed, "adapt", t, cid)) with a fresh optimizer. Nothing of it is stored or
+        uploaded: the store is not written here and the next client's state is loaded over it."""
+        epochs = self.module.eval_adaptation_epochs(t, t >= self.schedule.rounds)
+        if epochs <= 0:
+            return
+        if not self.module.personal_eval:
+            raise ValueError(f"{type(self.module).__name__} adapts at evaluation time, so it must "
+                             "set personal_eval = True")
+        self.module.begin_adaptation()
+        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
+        train_locally(self.module, batches, epochs, self.fabric)
 
 
 def default_fabric() -> Fabric:

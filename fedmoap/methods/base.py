@@ -22,6 +22,8 @@ Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
     server.aggregate(t, {cid: upload, ...}, {cid: n_train, ...})
     # evaluation of a client:
     module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
+    if module.eval_adaptation_epochs(t, final):  # e.g. PromptFL+FT: fine-tune, then test
+        module.begin_adaptation(); train_locally(module, adapt_batches, fabric)  # not stored
     module.begin_eval(); logits = module.predict(batch)   # the batch carries no label
 """
 from __future__ import annotations
@@ -193,6 +195,19 @@ class ClientModule(L.LightningModule):
 
     def prepare_eval(self, payload: Payload) -> None:
         """Before evaluation: ``payload`` is the server's ``eval_payload`` for this client."""
+
+    def eval_adaptation_epochs(self, t: int, final: bool) -> int:
+        """Epochs of local training at evaluation time, between :meth:`prepare_eval` and
+        :meth:`begin_eval` (PromptFL+FT's fine-tuning of the global prompt; few-shot adaptation).
+        ``t``: the round being evaluated; ``final``: whether it is the run's last. 0 (default)
+        evaluates the model as it is. The adapted state is never stored nor uploaded, so a method
+        that adapts must set ``personal_eval`` (each client adapts its own copy)."""
+        return 0
+
+    def begin_adaptation(self) -> None:
+        """Before evaluation-time training: a fresh optimizer (the client's kept optimizer state
+        belongs to its federated training and is not touched)."""
+        self._optimizer, self._optim_state = None, None
 
     # ----- model ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
