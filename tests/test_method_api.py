@@ -32,7 +32,8 @@ from fedmoap.store import ClientStore
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
-SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2}
+SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2,
+         "bottleneck": 2, "ft_epochs": 1}
 """Knob values that keep every method small on the tiny model (applied where a method has them)."""
 NUM_CLIENTS = 4
 
