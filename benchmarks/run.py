@@ -9,6 +9,8 @@
    them training: fewer states, none with downloaded experts).
 3. Round throughput (``scale.py``): seconds per round on 1 vs 2 processes, one thread each.
 4. Communication (``communication.py``): bytes per client per round for each method.
+5. Baselines' local steps (``baselines_step.py``, full mode only): each baseline of the paper's
+   tables (FedOTP's OT solve included) against the same floor, RN50, C = 10.
 
 Targets (issue 4): ours >= 10x faster than reference at RN50/C=10; ours <= 1.2x the floor;
 1,000-client peak <= 1.2x the 10-client one; 2 processes <= 0.55x one process.
@@ -28,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import baselines_step
 import communication
 import local_step
 import scale
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
         vision = [vision_step.run("ViT-B-16", 10, steps=2, repeats=1 if quick else 3)]
         print("communication", flush=True)
         comm = communication.run(local_step.MODELS["RN50"])
+        baselines = []
+        if not quick:
+            print("baselines' local steps", flush=True)
+            baselines = baselines_step.run(local_step.MODELS["RN50"])
         local_step.MODELS.clear()
         print("clients at scale", flush=True)
         memory = scale.peak_memory([10, 1000] if quick else [10, 100, 1000], rounds=1 if quick else 2,
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("round throughput", flush=True)
         throughput = scale.round_time(rounds=2 if quick else 10, work=work)
     result = {"quick": quick, "cases": steps, "vision": vision, "memory": memory, "throughput": throughput,
-              "communication": comm, "targets": TARGETS,
+              "communication": comm, "baselines": baselines, "targets": TARGETS,
               "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cpu": platform.processor() or platform.machine()},
               "seconds": time.perf_counter() - t0}
@@ -90,6 +97,8 @@ def table(r: dict) -> str:
         lines.append(f"| {v['arch']}, C = {v['classes']}, {v['image_size']} px | {v['ours_ms']:.0f} "
                      f"| {v['floor_ms']:.0f} | {v['ratio_to_floor']:.2f} | {v['provider_ms']:.0f} "
                      f"| {100 * v['provider_share']:.1f} % |")
+    if r.get("baselines"):
+        lines += ["", baselines_step.table(r["baselines"])]
     bf16 = [c for c in r["cases"] if "bf16_speedup" in c]
     if bf16:
         lines += ["", "bf16 autocast on CPU, ours fp32 / bf16 time: " + ", ".join(
