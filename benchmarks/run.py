@@ -12,6 +12,8 @@
    them training: fewer states, none with downloaded experts).
 3. Round throughput (``scale.py``): seconds per round on 1 vs 2 processes, one thread each.
 4. Communication (``communication.py``): bytes per client per round for each method.
+5. Baselines' local steps (``baselines_step.py``, full mode only): each baseline of the paper's
+   tables (FedOTP's OT solve included) against the same floor, RN50, C = 10.
 
 Targets (issue 4): ours >= 10x faster than reference at RN50/C=10; ours <= 1.2x the floor;
 1,000-client peak <= 1.2x the 10-client one; 2 processes <= 0.55x one process. Issue 14: the
@@ -32,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import baselines_step
 import communication
 import local_step
 import prefix
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"packaged-vit step skipped: {exc}", flush=True)
         print("communication", flush=True)
         comm = communication.run(local_step.MODELS["RN50"])
+        baselines = []
+        if not quick:
+            print("baselines' local steps", flush=True)
+            baselines = baselines_step.run(local_step.MODELS["RN50"])
         local_step.MODELS.clear()
         print("clients at scale", flush=True)
         memory = scale.peak_memory([10, 1000] if quick else [10, 100, 1000], rounds=1 if quick else 2,
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("round throughput", flush=True)
         throughput = scale.round_time(rounds=2 if quick else 10, work=work)
     result = {"quick": quick, "cases": steps, "prefix": shared, "vision": vision, "memory": memory,
-              "throughput": throughput, "communication": comm, "targets": TARGETS,
+              "throughput": throughput, "communication": comm, "baselines": baselines, "targets": TARGETS,
               "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                           "cpu": platform.processor() or platform.machine()},
               "seconds": time.perf_counter() - t0}
@@ -115,6 +122,8 @@ def table(r: dict) -> str:
                   "| method / floor |", "|---|---|---|---|---|"]
         lines += [f"| {v['arch']}, {v['image_size']} px | {name} | {m['ms']:.0f} | {v['floor_ms']:.0f} "
                   f"| {m['ratio_to_floor']:.2f} |" for v, name, m in seeds]
+    if r.get("baselines"):
+        lines += ["", baselines_step.table(r["baselines"])]
     bf16 = [c for c in r["cases"] if "bf16_speedup" in c]
     if bf16:
         lines += ["", "bf16 autocast on CPU, ours fp32 / bf16 time: " + ", ".join(

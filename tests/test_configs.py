@@ -1,8 +1,10 @@
 """Every shipped config parses and passes validation (paper configs need real weights and data
 to run, so CI checks only this); bad keys and types are rejected by the parser."""
+import functools
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedmoap.cli import parse_fit
 from fedmoap.errors import FedmoapError
@@ -78,3 +80,36 @@ def test_pepfedpt_settings(method):
                 cfg.train.batch_size) == expected
         assert cfg.method.name == method and cfg.method.shared_tokens == 10
         assert (cfg.train.lr, cfg.train.weight_decay, cfg.model.arch) == (0.01, 1e-5, "ViT-B-16")
+
+
+TABLES = sorted(Path(__file__).parent.parent.joinpath("configs", "paper").glob("table*.yaml"))
+METHOD_CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs", "paper", "methods").glob("*.yaml"))
+
+
+def test_every_table_method_has_a_paper_config():
+    from fedmoap.methods import registry
+
+    named = {yaml.safe_load(p.read_text())["method"]["class_path"] for p in METHOD_CONFIGS}
+    table_methods = {"zeroshot", "coop", "promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp",
+                     "pfedprompt", "fedotp", "fedpgp", "pfedmoap"}
+    assert table_methods <= named <= set(registry())
+
+
+@pytest.mark.parametrize("method", METHOD_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("table", TABLES, ids=lambda p: p.stem)
+def test_table_and_method_configs_compose(table, method):
+    """``--config TABLE --config METHOD``: the table's data and training, the method config's
+    method with exactly its knobs (none carried over from the table's pFedMoAP, e.g. lam)."""
+    cfg, _, _ = parse_fit(["fit", "--config", str(table), "--config", str(method)])
+    validate(cfg)
+    spec = yaml.safe_load(method.read_text())["method"]
+    assert cfg.method.name == spec["class_path"]
+    for knob, value in (spec.get("init_args") or {}).items():
+        assert getattr(cfg.method, knob) == value, (knob, getattr(cfg.method, knob), value)
+    alone = _table_alone(table)
+    assert (cfg.data, cfg.train, cfg.fed, cfg.model) == (alone.data, alone.train, alone.fed, alone.model)
+
+
+@functools.cache
+def _table_alone(table: Path):
+    return parse_fit(["fit", "--config", str(table)])[0]

@@ -141,6 +141,16 @@ def test_zero_shot_fashion_mnist_beats_chance(backbone):
     assert accuracy > 0.20, accuracy  # chance: 10 %
 
 
+def test_token_features_average_to_the_pooled_feature(backbone):
+    """FedOTP's per-patch features: the 7 x 7 x 1280 map before pooling, whose mean is the
+    pooled image feature."""
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens, pooled = backbone.encode_image_tokens(x), backbone.encode_image(x)
+    assert tokens.shape == (2, 49, 1280)
+    torch.testing.assert_close(tokens.mean(1), pooled, atol=1e-5, rtol=1e-5)
+
+
 @needs_fashion_mnist
 def test_fashion_mnist_loader_matches_the_idx_files():
     data = load_fashion_mnist()

@@ -139,3 +139,22 @@ def test_lambda_zero_uses_moe_only(backbone):
     q = torch.nn.functional.normalize(client.gating.reduce(image), dim=-1)
     expected = backbone.logit_scale * torch.einsum("bd,bcd->bc", q, torch.nn.functional.normalize(moe, dim=-1))
     torch.testing.assert_close(client({"features": image}), expected)
+
+
+@pytest.mark.parametrize("local_init", ["global", "own"])
+def test_local_init_where_a_returning_client_starts(backbone, local_init):
+    """``global`` (the paper): every round starts from the global prompt; ``own`` (ablation): a
+    returning client continues its own prompt. A first-time participant starts from the global
+    prompt either way."""
+    cfg = make_cfg(num_experts=1, local_init=local_init)
+    client = client_for(backbone, cfg)
+    client.load_client(0, None)
+    g = torch.randn(4, backbone.ctx_width)
+    client.receive({"prompt": g})                                   # first time: no experts
+    assert torch.equal(client.ctx.detach(), g)
+    own = torch.randn(4, backbone.ctx_width)
+    client.ctx.data.copy_(own)
+    experts = torch.randn(1, 4, backbone.ctx_width)
+    client.receive({"prompt": g, "experts": experts})               # returning
+    assert torch.equal(client.ctx.detach(), g if local_init == "global" else own)
+    assert torch.equal(client.experts, experts)

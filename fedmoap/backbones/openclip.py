@@ -128,6 +128,17 @@ class OpenCLIPBackbone(Backbone):
     def text_fingerprint(self) -> str:
         return _digest_params([v for k, v in self.model.state_dict().items() if not k.startswith("visual.")])
 
+    def encode_image_tokens(self, images: Tensor) -> Tensor:
+        """Per-patch features (N, T, embed_dim), not normalised. ViTs: the patch tokens after the
+        final norm and projection. ModifiedResNet (RN50...): the attention pool's output at every
+        spatial position (T = H*W of the last feature map, 49 for RN50 at 224 px), each position
+        a query of the same attention that pools the image, as FedOTP's modified CLIP; position 0
+        (the mean token's output, left out here) is ``encode_image`` exactly."""
+        visual = self.model.visual
+        if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
+            return _attnpool_all(visual, images)[:, 1:]
+        return super().encode_image_tokens(images)
+
     def describe(self) -> str:
         return f"{self.name} ({type(self.model.visual).__name__})"
 
@@ -331,6 +342,25 @@ def _suffix_attention(q: Tensor, k: Tensor, v: Tensor, k_p: Tensor, v_p: Tensor,
                         (q @ k.transpose(-1, -2)).masked_fill(hidden, float("-inf"))], -1).softmax(-1)
     shared = scores[..., :p].reshape(e, h, c * sq, p) @ v_p
     return shared.view(e, h, c, sq, d) + scores[..., p:] @ v
+
+def _attnpool_all(visual: nn.Module, images: Tensor) -> Tensor:
+    """(N, 1 + H*W, D): open_clip's ``AttentionPool2d.forward`` (which already runs every token as
+    a query) without its final ``x[0]``: the pooled output, then one output per spatial position."""
+    x = visual.stem(images)
+    x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
+    pool = visual.attnpool
+    x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)  # (HW)NC
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+    x = x + pool.positional_embedding[:, None, :].to(x.dtype)
+    x, _ = F.multi_head_attention_forward(
+        query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.,
+        out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True, training=pool.training, need_weights=False)
+    return x.permute(1, 0, 2)
 
 
 class _ToRGB:

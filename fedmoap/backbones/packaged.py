@@ -326,6 +326,12 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
     def describe(self) -> str:
         return "packaged-towers (EfficientNet-Lite0, a CNN)"
 
+    def encode_image_tokens(self, images: Tensor) -> Tensor:
+        """(N, H*W, 1280) per-position features of the last feature map (7 x 7 at 224 px), whose
+        mean is :meth:`encode_image`'s pooled feature."""
+        x = self.image_tower.forward_features(images.contiguous(memory_format=torch.channels_last))
+        return x.flatten(2).transpose(1, 2)
+
     def image_tower_parameters(self) -> list[Tensor]:
         """The image tower's state tensors (weights and batch-norm statistics) in state-dict order,
         without the 0-d ``num_batches_tracked`` counters (unused in eval mode). Returned as

@@ -68,7 +68,8 @@ class PFedMoAPClient(GlobalPromptClient):
         self.set_experts(extra.get("experts"))
 
     def receive(self, payload: Payload) -> None:
-        super().receive(payload)
+        if self.method.local_init == "global" or "experts" not in payload:
+            super().receive(payload)  # P_i <- P_g (Alg. 1, line 1); first-timers always
         self.set_experts(payload.get("experts"))
 
     def prepare_eval(self, payload: Payload) -> None:
@@ -171,6 +172,11 @@ class PFedMoAP(PromptMethod):
     """Initialisation of a client's gating network (the paper does not say): ``default`` is
     PyTorch's for all four projections (as the reference code); ``identity`` starts the value and
     output projections at the identity, so an untrained gating averages the experts."""
+
+    local_init: Literal["global", "own"] = "global"
+    """Where a returning participant's local prompt starts each round: ``global`` = the global
+    prompt (the paper's Alg. 1, line 1); ``own`` = its own prompt of its last round (an ablation:
+    what the restart costs where the global prompt is of no use to the client)."""
 
     def problems(self) -> list[str]:
         out = super().problems()
