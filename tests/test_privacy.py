@@ -20,7 +20,8 @@ from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
 from fedmoap.features import FeatureCache
 from fedmoap.federated_data import gather_inputs
-from fedmoap.fit import DP_OFF, config_digest
+from fedmoap.config import added_section_defaults
+from fedmoap.fit import config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import INPUTS, RunContext
 from fedmoap.pixels import PixelCache
@@ -301,7 +302,7 @@ def test_dp_off_keeps_the_digest_and_old_runs_resume(tmp_path, cache):
     assert "privacy" not in res and "eps_rdp" not in res["rounds"][0]
     cfg_path = tmp_path / "run" / "config.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    assert cfg["dp"] == DP_OFF
+    assert cfg["dp"] == added_section_defaults()["dp"]
     old = {k: v for k, v in cfg.items() if k != "dp"}
     assert config_digest(old) == config_digest(cfg)
     cfg_path.write_text(yaml.safe_dump(old, sort_keys=False))
