@@ -55,13 +55,13 @@ def time_case(backbone: OpenCLIPBackbone, case: StepCase, repeats: int, expert_r
     """Median seconds of the step, the text path, the floor and the two expert encodings."""
     backbone.share_prefix, backbone.truncate = True, True
     client, experts = make_client(backbone, case)
-    optim = client.configure_optimizers()
+    optim = client.configure_optimizers()["optimizer"]
     gen = torch.Generator().manual_seed(1)
     images = F.normalize(torch.randn(BATCH, backbone.embed_dim, generator=gen), dim=-1)
     labels = torch.randint(case.classes, (BATCH,), generator=gen)
 
     def step() -> None:
-        loss = client.training_step((images, labels), 0)
+        loss = client.training_step({"features": images, "label": labels})
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()

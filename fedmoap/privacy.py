@@ -191,7 +191,36 @@ def clip_and_noise(delta: dict[str, Tensor], clip: float, noise_multiplier: floa
 def per_example_grads(module: ClientModule, params: dict[str, nn.Parameter],
                       batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """Each example's gradient of the method's ``training_step`` loss (on a batch of one) with
-    respect to ``params``: name -> (B, *shape), by ``torch.func.vmap(grad(functional_call))``."""
+    respect to ``params``: name -> (B, *shape), by ``torch.func.vmap(grad(functional_call))``;
+    for a method whose step ``vmap`` cannot transform (data-dependent control flow such as
+    FedOTP's OT iterations, in-place updates of its own buffers), one backward pass per example
+    (exact, slower)."""
+    if module.pure_training_step and type(module) not in _NOT_VMAPPABLE:
+        try:
+            return _vmapped_grads(module, params, batch)
+        except RuntimeError:
+            _NOT_VMAPPABLE.add(type(module))
+    return _looped_grads(module, params, batch)
+
+
+_NOT_VMAPPABLE: set[type] = set()
+"""Client module classes whose ``training_step`` ``torch.func`` could not transform."""
+
+
+def _looped_grads(module: ClientModule, params: dict[str, nn.Parameter],
+                  batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    names, tensors = list(params), list(params.values())
+    out: dict[str, list[Tensor]] = {n: [] for n in names}
+    for i in range(len(next(iter(batch.values())))):
+        loss = module.training_step({k: v[i:i + 1] for k, v in batch.items()}, 0)
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        for name, p, g in zip(names, tensors, grads):
+            out[name].append(torch.zeros_like(p) if g is None else g)
+    return {name: torch.stack(v) for name, v in out.items()}
+
+
+def _vmapped_grads(module: ClientModule, params: dict[str, nn.Parameter],
+                   batch: dict[str, Tensor]) -> dict[str, Tensor]:
     from torch.func import functional_call, grad, vmap
 
     step = _TrainingStep(module)

@@ -217,7 +217,10 @@ def test_dp_sgd_trains_every_method(world, tmp_path, name):
     assert record["dp_median_norm"] > 0
     fed.module.load_client(0, None)
     fresh, trained = fed.module.client_state()["params"], fed.store.get(0)["params"]
-    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh)
+    server, init = getattr(fed.server, "global_state", {}), fed.module.global_init()
+    moved = any(not torch.equal(fresh[k], trained[k]) for k in fresh) or any(
+        not torch.equal(v, init[k]) for k, v in server.items() if k in init)
+    assert moved, "DP-SGD trained nothing: neither the client's state nor the server's moved"
 
 
 def test_per_example_clipping_bounds_one_examples_influence(world):

@@ -163,6 +163,10 @@ class ClientModule(L.LightningModule):
     keeps_statistics: ClassVar[bool] = False
     """True if :meth:`statistics` changes what the client keeps (e.g. its label histogram): the
     set-up pass then stores every client's state (as of round 0)."""
+    pure_training_step: ClassVar[bool] = True
+    """False if :meth:`training_step` records what it sees (e.g. pFedPrompt's feature cache):
+    DP-SGD then takes one backward pass per example instead of ``torch.func.vmap``, which must
+    not let its batched tensors escape."""
 
     def __init__(self, method: Method, backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:

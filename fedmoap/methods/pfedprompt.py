@@ -44,6 +44,8 @@ class PFedPromptClient(GlobalPromptClient):
         """(M, C) their labels, one-hot, weighted 1 / local epochs per occurrence."""
         self._seen: list[tuple[Tensor, Tensor]] = []
 
+    pure_training_step = False  # training_step records the features it sees
+
     def reset(self, cid: int) -> None:
         super().reset(cid)
         self.cache_keys = self.cache_values = None
