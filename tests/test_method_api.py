@@ -15,17 +15,13 @@ import pytest
 import torch
 import yaml
 
-from fedmoap.backbones.openclip import OpenCLIPBackbone
+from worlds import tiny_world
+
 from fedmoap.cli import build_parser, main, parse_fit
-from fedmoap.config import DataArgs, RunConfig, TrainArgs
-from fedmoap.data.sources import load_source
-from fedmoap.data.split import make_split
+from fedmoap.config import RunConfig, TrainArgs
 from fedmoap.errors import FedmoapError
-from fedmoap.features import FeatureCache
-from fedmoap.federated_data import gather_inputs
 from fedmoap.methods import registry
 from fedmoap.methods.base import INPUTS, RunContext
-from fedmoap.pixels import PixelCache
 from fedmoap.rounds import Federation, Schedule, default_fabric
 from fedmoap.store import ClientStore
 
@@ -42,16 +38,7 @@ NUM_CLIENTS = 4
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The tiny ViT, the synthetic dataset split over 4 clients, every input a method can read."""
-    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
-    args = DataArgs(source="synthetic", num_clients=NUM_CLIENTS, alpha=0.5, shots=4,
-                    max_test_per_client=12, num_views=1)
-    source = load_source(args)
-    split = make_split(args, source, seed=0)
-    root = tmp_path_factory.mktemp("cache")
-    data = gather_inputs(INPUTS, args, source, split, FeatureCache(root, backbone),
-                         FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
-    data.backbone = backbone
-    return backbone, source.classnames, data
+    return tiny_world(tmp_path_factory.mktemp("cache"), NUM_CLIENTS, num_views=1)
 
 
 def federation(world, cls, tmp_path: Path, participation: float = 0.5, seed: int = 0) -> Federation:

@@ -10,17 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from worlds import tiny_world
+
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.cli import main
-from fedmoap.config import DataArgs, TrainArgs
-from fedmoap.data.sources import load_source
-from fedmoap.data.split import make_split
-from fedmoap.features import FeatureCache
-from fedmoap.federated_data import gather_inputs
-from fedmoap.methods.base import INPUTS, RunContext
+from fedmoap.config import TrainArgs
+from fedmoap.methods.base import RunContext
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
-from fedmoap.pixels import PixelCache
 from fedmoap.rounds import Federation, Schedule, default_fabric
 from fedmoap.store import ClientStore
 
@@ -32,15 +29,7 @@ N = 4
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
-    args = DataArgs(source="synthetic", num_clients=N, alpha=0.5, shots=4, max_test_per_client=12)
-    source = load_source(args)
-    split = make_split(args, source, seed=0)
-    root = tmp_path_factory.mktemp("cache")
-    data = gather_inputs(INPUTS, args, source, split, FeatureCache(root, backbone),
-                         FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
-    data.backbone = backbone
-    return backbone, source.classnames, data
+    return tiny_world(tmp_path_factory.mktemp("cache"), N)
 
 
 def client(world, **knobs):

@@ -13,18 +13,14 @@ import pytest
 import torch
 import yaml
 
-from fedmoap.backbones.openclip import OpenCLIPBackbone
+from worlds import tiny_world
+
 from fedmoap.cli import main
-from fedmoap.config import DataArgs, DPArgs, TrainArgs
-from fedmoap.data.sources import load_source
-from fedmoap.data.split import make_split
-from fedmoap.features import FeatureCache
-from fedmoap.federated_data import gather_inputs
+from fedmoap.config import DPArgs, TrainArgs
 from fedmoap.config import added_section_defaults
 from fedmoap.fit import config_digest
 from fedmoap.methods import registry
-from fedmoap.methods.base import INPUTS, RunContext
-from fedmoap.pixels import PixelCache
+from fedmoap.methods.base import RunContext
 from fedmoap.privacy import (Privacy, clip_and_noise, clipped_sum, epsilon, noisy_mean,
                              private_parameters, solve_noise_multiplier)
 from fedmoap.rounds import Federation, Schedule, default_fabric
@@ -129,16 +125,7 @@ def test_record_noise_has_the_stated_scale():
 def world(tmp_path_factory):
     """The tiny ViT, the synthetic dataset split over 4 clients, every input a method can read."""
     torch.manual_seed(0)
-    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
-    args = DataArgs(source="synthetic", num_clients=NUM_CLIENTS, alpha=0.5, shots=4,
-                    max_test_per_client=12, num_views=1)
-    source = load_source(args)
-    split = make_split(args, source, seed=0)
-    root = tmp_path_factory.mktemp("cache")
-    data = gather_inputs(INPUTS, args, source, split, FeatureCache(root, backbone),
-                         FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
-    data.backbone = backbone
-    return backbone, source.classnames, data
+    return tiny_world(tmp_path_factory.mktemp("cache"), NUM_CLIENTS, num_views=1)
 
 
 def federation(world, name, tmp_path: Path, dp: DPArgs | None = None) -> Federation:

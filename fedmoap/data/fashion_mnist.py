@@ -87,7 +87,16 @@ def _read_idx(file: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray
 
 
 def _arrow_table(images: np.ndarray, labels: np.ndarray, features):
-    """Arrow table in ``features``' schema; each image is a PGM file built without Python loops."""
+    """Arrow table in ``features``' schema (image, label)."""
+    import pyarrow as pa
+
+    return pa.Table.from_arrays([_image_column(images), pa.array(labels.astype(np.int64))],
+                                schema=features.arrow_schema)
+
+
+def _image_column(images: np.ndarray):
+    """(N, 28, 28) uint8 -> an Arrow image column: each image a PGM file, built without Python
+    loops."""
     import pyarrow as pa
 
     n = len(images)
@@ -97,7 +106,4 @@ def _arrow_table(images: np.ndarray, labels: np.ndarray, features):
     data[:, len(_PGM_HEADER):] = images.reshape(n, -1)
     offsets = np.arange(n + 1, dtype=np.int32) * item
     blobs = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    paths = pa.nulls(n, pa.string())
-    image_col = pa.StructArray.from_arrays([blobs, paths], ["bytes", "path"])
-    label_col = pa.array(labels.astype(np.int64))
-    return pa.Table.from_arrays([image_col, label_col], schema=features.arrow_schema)
+    return pa.StructArray.from_arrays([blobs, pa.nulls(n, pa.string())], ["bytes", "path"])

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.data.fashion_mnist import (CLASS_NAMES, DEFAULT_DIR, SPLIT_FILES, _IMAGE_MAGIC,
-                                        _LABEL_MAGIC, _PGM_HEADER, _SIDE, _find, _read_idx)
+                                        _LABEL_MAGIC, _SIDE, _find, _image_column, _read_idx)
 from fedmoap.errors import FedmoapError
 
 STYLES = ("original", "inverted", "rotated", "blurred", "edges")
@@ -110,17 +110,9 @@ _STYLE = {"inverted": _inverted, "rotated": _rotated, "blurred": _blurred, "edge
 
 
 def _arrow_table(images: np.ndarray, labels: np.ndarray, styles: np.ndarray, features):
-    """Arrow table in ``features``' schema (binary PGM images, as :mod:`fashion_mnist` does)."""
+    """Arrow table in ``features``' schema (image, label, domain)."""
     import pyarrow as pa
 
-    n = len(images)
-    item = len(_PGM_HEADER) + _SIDE * _SIDE
-    data = np.empty((n, item), np.uint8)
-    data[:, :len(_PGM_HEADER)] = np.frombuffer(_PGM_HEADER, np.uint8)
-    data[:, len(_PGM_HEADER):] = images.reshape(n, -1)
-    offsets = np.arange(n + 1, dtype=np.int32) * item
-    blobs = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-    image_col = pa.StructArray.from_arrays([blobs, pa.nulls(n, pa.string())], ["bytes", "path"])
     domain_col = pa.array(np.asarray(STYLES, dtype=object)[styles].tolist(), pa.string())
-    return pa.Table.from_arrays([image_col, pa.array(labels.astype(np.int64)), domain_col],
+    return pa.Table.from_arrays([_image_column(images), pa.array(labels.astype(np.int64)), domain_col],
                                 schema=features.arrow_schema)
