@@ -18,52 +18,14 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch.nn.functional as F
-from torch import Tensor
 
 from fedmoap.cli import parse_fit
 from fedmoap.fit import fit
-from fedmoap.methods import registry
-from fedmoap.methods.base import FedAvgServer, Payload
-from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
-# --- stand-in until the baselines branch's `fedprox` method is merged (same definition: proximal
-# term mu/2 ||P - P_g||^2 on the live parameter, mu 0.5, evaluated with the global prompt) --------
-class FedProxClient(GlobalPromptClient):
-    personal_eval = False
-    anchor: Tensor | None = None
-
-    def receive(self, payload: Payload) -> None:
-        super().receive(payload)
-        self.anchor = payload["prompt"].to(self.ctx.device, self.ctx.dtype).clone()
-
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
-        loss = F.cross_entropy(self(batch), batch["label"])
-        return loss + self.method.mu / 2 * (self.ctx - self.anchor).square().sum()
-
-
-@dataclass
-class FedProx(PromptMethod):
-    """PromptFL+FedProx (stand-in, scripts/dp_evidence.py)."""
-
-    client_class = FedProxClient
-    server_class = FedAvgServer
-    mu: float = 0.5
-    """Weight of the proximal term."""
-
-
-def fedprox() -> list[str]:
-    return ["--method", "fedprox" if "fedprox" in registry() else "dp_evidence.FedProx"]
-
-
-METHODS = {"PromptFL": ["--method", "promptfl"], "PromptFL+FedProx": fedprox(),
+METHODS = {"PromptFL": ["--method", "promptfl"], "PromptFL+FedProx": ["--method", "fedprox"],
            "pFedMoAP": ["--method", "pfedmoap"]}
 PROXY = ["--data.source", "synthetic"]
 
@@ -83,6 +45,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epsilons", type=float, nargs="+", default=[math.inf, 8.0, 1.0])
     ap.add_argument("--clip", type=float, default=None, help="S; default: calibrated on the public proxy")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                    help="rows, in the order they run")
     ap.add_argument("--out", default="runs/dp-evidence")
     ap.add_argument("overrides", nargs="*", help="extra `fedmoap fit` arguments, after --")
     a = ap.parse_args()
@@ -91,7 +55,8 @@ def main() -> None:
     print(f"clip norm S = {clip:.4g}", flush=True)
     raw: dict[str, dict[str, list[dict]]] = {}
     for seed in a.seeds:  # seed-major: an interrupted run leaves whole seeds
-        for name, method in METHODS.items():
+        for name in a.methods:
+            method = METHODS[name]
             for eps in a.epsilons:
                 dp = [] if math.isinf(eps) else ["--dp.mode", "client_upload", "--dp.clip", str(clip),
                                                  "--dp.epsilon", f"{eps:g}"]
