@@ -19,24 +19,12 @@ from fedmoap.config import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedotp import transport_plan
+from local_step import paired
 
 BATCH = 32
 METHODS = ["promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp"]
 """PromptFL for reference; PromptFL+FT's step is PromptFL's (its fine-tuning at evaluation
 repeats it ``ft_epochs`` times per client and evaluation)."""
-
-
-def paired(steps, repeats: int) -> list[float]:
-    import time
-
-    times: list[list[float]] = [[] for _ in steps]
-    for r in range(repeats + 1):
-        for i, step in enumerate(steps):
-            t = time.perf_counter()
-            step()
-            if r:
-                times[i].append(time.perf_counter() - t)
-    return [sorted(ts)[len(ts) // 2] for ts in times]
 
 
 def run(backbone: OpenCLIPBackbone, classes: int = 10, repeats: int = 5,

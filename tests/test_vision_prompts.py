@@ -80,3 +80,17 @@ def test_towers_without_tokens_refuse_with_their_name():
     resnet = OpenCLIPBackbone.build("fedmoap-tiny-rn", None, seed=0)
     with pytest.raises(FedmoapError, match="ModifiedResNet"):
         resnet.encode_image_prompted(images(resnet), [{0: torch.zeros(2, 8)}])
+
+
+@pytest.mark.parametrize("name,knob", [("fedvpt", "vision_depth"), ("pfeddc", "vision_depth"),
+                                       ("pepfedpt", "shared_depth")])
+def test_vision_prompt_methods_refuse_a_cnn_and_too_deep_prompts(name, knob):
+    from fedmoap.methods import registry
+
+    method = registry()[name]
+    (problem,) = method().backbone_problems(OpenCLIPBackbone.build("fedmoap-tiny-rn", None, seed=0))
+    assert f"method {name} needs a ViT image tower" in problem and "ModifiedResNet" in problem
+    tiny = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+    assert method().backbone_problems(tiny) == []
+    (problem,) = method(**{knob: tiny.vision_layers + 1}).backbone_problems(tiny)
+    assert problem == f"method.{knob} {tiny.vision_layers + 1} exceeds the image tower's {tiny.vision_layers} blocks"

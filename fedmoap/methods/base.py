@@ -373,6 +373,18 @@ class FedAvgServer(Server):
         self.global_state = dict(state["global"])
 
 
+def vision_prompt_problems(method: str, backbone: Backbone, knob: str, depth: int,
+                           hint: str = "") -> list[str]:
+    """Why ``backbone`` cannot take ``method``'s vision prompts in ``depth`` blocks (``knob`` names
+    the setting): not a ViT, or too few blocks. Empty if it can."""
+    if backbone.vision_width is None:
+        return [f"method {method} needs a ViT image tower: {backbone.describe()} cannot take prompt "
+                f"tokens (use an open_clip ViT such as ViT-B-16, or packaged-vit{hint})"]
+    if depth > backbone.vision_layers:
+        return [f"method.{knob} {depth} exceeds the image tower's {backbone.vision_layers} blocks"]
+    return []
+
+
 def weighted_mean(uploads: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, float],
                   like: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The weighted mean of every uploaded tensor (any key, any shape), accumulated in float64.

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext, vision_prompt_problems
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
@@ -96,10 +96,4 @@ class FedVPT(PromptMethod):
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
-        if backbone.vision_width is None:
-            return [f"method fedvpt needs a ViT image tower: {backbone.describe()} cannot take "
-                    "prompt tokens (use an open_clip ViT such as ViT-B-16, or packaged-vit)"]
-        if self.vision_depth > backbone.vision_layers:
-            return [f"method.vision_depth {self.vision_depth} exceeds the image tower's "
-                    f"{backbone.vision_layers} blocks"]
-        return []
+        return vision_prompt_problems("fedvpt", backbone, "vision_depth", self.vision_depth)

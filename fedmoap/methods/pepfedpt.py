@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import (ClientModule, FedAvgServer, Method, ParamGroup, Payload,
-                                  RunContext, Server, weighted_mean)
+                                  RunContext, Server, vision_prompt_problems, weighted_mean)
 from fedmoap.seeding import torch_generator
 
 
@@ -307,13 +307,7 @@ class VPTHead(Method):
         ] if not ok]
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
-        if backbone.vision_width is None:
-            return [f"method {self.name} needs a ViT image tower: {backbone.describe()} cannot take "
-                    "prompt tokens (use an open_clip ViT such as ViT-B-16, or packaged-vit)"]
-        if self.shared_depth > backbone.vision_layers:
-            return [f"method.shared_depth {self.shared_depth} exceeds the image tower's "
-                    f"{backbone.vision_layers} blocks"]
-        return []
+        return vision_prompt_problems(self.name, backbone, "shared_depth", self.shared_depth)
 
 
 @dataclass

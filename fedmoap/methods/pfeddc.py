@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext, weighted_mean
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext, vision_prompt_problems, weighted_mean
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
@@ -296,13 +296,9 @@ class PFedDC(PromptMethod):
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
         out = []
-        if self.vision and backbone.vision_width is None:
-            out.append(f"method pfeddc needs a ViT image tower for its vision prompts: "
-                       f"{backbone.describe()} cannot take prompt tokens (use an open_clip ViT such "
-                       "as ViT-B-16, or packaged-vit; or --method.vision false)")
-        elif self.vision and self.vision_depth > backbone.vision_layers:
-            out.append(f"method.vision_depth {self.vision_depth} exceeds the image tower's "
-                       f"{backbone.vision_layers} blocks")
+        if self.vision:
+            out += vision_prompt_problems("pfeddc", backbone, "vision_depth", self.vision_depth,
+                                          "; or --method.vision false")
         if self.text_depth > 1 and self.text_depth > backbone.text_layers:
             out.append(f"method.text_depth {self.text_depth}: {backbone.describe()} takes deep text "
                        f"prompts in at most {backbone.text_layers} blocks (open_clip towers only)")
