@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import sys
 import time
@@ -42,7 +43,7 @@ SPLITS = {
     "domain": ["--data.source", "fashion-mnist-styles", "--data.domain_column", "domain",
                "--data.partition", "domain_dirichlet", "--data.shots", "4"],
 }
-METHODS = {  # name -> fit arguments; the first four share a table, the last three the other
+METHODS = {  # name -> fit arguments; the first four share a table, the next three the other
     "pFedDC": ["--method", "pfeddc"],
     "PromptFL": ["--method", "promptfl"],
     "pFedMoAP": ["--method", "pfedmoap"],
@@ -50,13 +51,28 @@ METHODS = {  # name -> fit arguments; the first four share a table, the last thr
     "PEP-FedPT": ["--method", "pepfedpt"],
     "FedAvg-VPT": ["--method", "fedavg_vpt"],
     "Local VPT": ["--method", "local_vpt"],
+    # ablations (run with --methods NAME ...), each one part of a seed method switched off or the
+    # budget raised, to locate where the method loses to its baselines
+    "pFedDC, text only": ["--method", "pfeddc", "--method.vision", "false"],
+    "pFedDC, text only, fusion sum": ["--method", "pfeddc", "--method.vision", "false",
+                                      "--method.fusion", "sum"],
+    "pFedDC, no local prompts (F = G)": ["--method", "pfeddc", "--method.fusion", "none"],
+    "pFedDC, fusion sum": ["--method", "pfeddc", "--method.fusion", "sum"],
+    "pFedDC, fusion sum, vision init N(0, 0.02²)": ["--method", "pfeddc", "--method.fusion", "sum",
+                                                    "--method.vision_init", "normal"],
+    "pFedDC, 30 rounds": ["--method", "pfeddc", "--fed.rounds", "30"],
+    "PEP-FedPT, 30 rounds": ["--method", "pepfedpt", "--fed.rounds", "30"],
+    "FedAvg-VPT, 30 rounds": ["--method", "fedavg_vpt", "--fed.rounds", "30"],
 }
+DEFAULT_METHODS = list(METHODS)[:7]
 CLIP_TABLE = ["pFedDC", "PromptFL", "pFedMoAP", "CoOp"]
 VPT_TABLE = ["PEP-FedPT", "PEP-FedPT (uniform prior)", "FedAvg-VPT", "Local VPT"]
+ABLATIONS = list(METHODS)[7:]
 
 
 def run_dir(out: Path, split: str, name: str, seed: int) -> Path:
-    return out / split / f"{METHODS[name][1]}-seed{seed}"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return out / split / f"{slug}-seed{seed}"
 
 
 def metrics(rounds: list[dict]) -> dict:
@@ -120,7 +136,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/seed-evidence"))
     ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
+                    help="default: the seven methods; the ablations are asked by name")
     ap.add_argument("overrides", nargs="*", help="extra `fedmoap fit` arguments, after --")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +210,14 @@ def tables(done: dict, seeds: list[int]) -> str:
                 lines.append("| " + " | ".join([name] + [_fmt([e[k] for e in r]) for k in (
                     "final_mean_acc", "final_worst_acc", "final_pooled_acc", "last5_mean_acc",
                     "last5_worst_acc", "last5_pooled_acc")]) + " |")
+        r = [e for e in rows if e["method"] in ABLATIONS]
+        if r:
+            lines += ["", "| ablation | final mean (%) | final worst (%) | last-5 mean (%) |", "|---|---|---|---|"]
+            for name in ABLATIONS:
+                a = [e for e in r if e["method"] == name]
+                if a:
+                    lines.append("| " + " | ".join([name] + [_fmt([e[k] for e in a]) for k in (
+                        "final_mean_acc", "final_worst_acc", "last5_mean_acc")]) + " |")
         secs = sum(e["seconds"] for e in rows)
         lines += ["", f"({len(rows)} runs, {secs / 60:.0f} min in all; seeds {sorted({e['seed'] for e in rows})})", ""]
     return "\n".join(lines)
