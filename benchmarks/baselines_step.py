@@ -98,6 +98,17 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    a = ap.parse_args()
     torch.manual_seed(0)
-    rows = run(OpenCLIPBackbone.build("RN50", None))
+    rows = run(OpenCLIPBackbone.build("RN50", None), repeats=a.repeats)
     print(table(rows))
+    if a.json:
+        a.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                      "rows": rows}, indent=1))

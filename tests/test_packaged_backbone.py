@@ -174,3 +174,21 @@ def test_fashion_mnist_errors_name_the_culprit(tmp_path):
             f.write((2049).to_bytes(4, "big") + b"\x00" * 12 + b"\x00" * 784)
     with pytest.raises(FedmoapError, match="magic number 2049, expected 2051"):
         load_fashion_mnist(tmp_path)
+
+
+def test_fashion_mnist_id_is_the_content_digest_gzipped_or_not(tmp_path):
+    """Split files name their dataset by this id: it must not depend on the machine (datasets'
+    fingerprint of an in-memory table differs between Python versions), only on the pixels."""
+    from fedmoap.data.fashion_mnist import load_fashion_mnist_with_id
+
+    _, reference = load_fashion_mnist_with_id()
+    for image_name, label_name in SPLIT_FILES.values():  # the same data, decompressed
+        for name in (image_name, label_name):
+            with gzip.open(DEFAULT_DIR / f"{name}.gz") as f:
+                (tmp_path / name).write_bytes(f.read())
+    data, plain = load_fashion_mnist_with_id(tmp_path)
+    assert plain == reference and reference.startswith("fashion-mnist-v1-")
+    raw = bytearray((tmp_path / "t10k-labels-idx1-ubyte").read_bytes())
+    raw[-1] = (raw[-1] + 1) % 10  # one test label changed
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes(raw))
+    assert load_fashion_mnist_with_id(tmp_path)[1] != reference

@@ -21,8 +21,8 @@ from fedmoap.config import added_section_defaults
 from fedmoap.fit import config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
-from fedmoap.privacy import (Privacy, clip_and_noise, clipped_sum, epsilon, noisy_mean,
-                             private_parameters, solve_noise_multiplier)
+from fedmoap.dp_sgd import clipped_sum, noisy_mean, private_parameters
+from fedmoap.privacy import Privacy, clip_and_noise, epsilon, solve_noise_multiplier
 from fedmoap.rounds import Federation, Schedule, default_fabric
 from fedmoap.seeding import torch_generator
 from fedmoap.store import ClientStore

@@ -8,6 +8,7 @@ about twice as fast as PNG, so nothing is cached on disk.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 _IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
 _SIDE = 28
+_ID_VERSION = "fashion-mnist-v1"
 _PGM_HEADER = f"P5\n{_SIDE} {_SIDE}\n255\n".encode()
 
 
@@ -33,12 +35,19 @@ def load_fashion_mnist(path: str | Path | None = None):
     (``datasets.ClassLabel`` named as :data:`CLASS_NAMES`). ``path`` is a directory holding the
     four IDX files (gzipped or not); default :data:`DEFAULT_DIR`.
     """
+    return load_fashion_mnist_with_id(path)[0]
+
+
+def load_fashion_mnist_with_id(path: str | Path | None = None):
+    """(the ``DatasetDict`` of :func:`load_fashion_mnist`, its data id). The id is a digest of the
+    decoded pixels and labels, so split files and caches carry over between machines, Python and
+    ``datasets`` versions (``datasets``' own fingerprint of an in-memory table does not)."""
     import datasets
 
     root = Path(path) if path is not None else DEFAULT_DIR
     features = datasets.Features({"image": datasets.Image(),
                                   "label": datasets.ClassLabel(names=CLASS_NAMES)})
-    splits = {}
+    h, splits = hashlib.sha256(_ID_VERSION.encode()), {}
     for split, (image_name, label_name) in SPLIT_FILES.items():
         images = _read_idx(_find(root, image_name), _IMAGE_MAGIC, (_SIDE, _SIDE))
         labels = _read_idx(_find(root, label_name), _LABEL_MAGIC, ())
@@ -46,9 +55,11 @@ def load_fashion_mnist(path: str | Path | None = None):
             raise FedmoapError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
         if labels.size and labels.max() >= len(CLASS_NAMES):
             raise FedmoapError(f"{root}: {split} labels go up to {labels.max()}, expected 0..9")
+        h.update(images.tobytes())
+        h.update(labels.tobytes())
         splits[split] = datasets.Dataset(_arrow_table(images, labels, features),
                                          info=datasets.DatasetInfo(features=features), split=split)
-    return datasets.DatasetDict(splits)
+    return datasets.DatasetDict(splits), f"{_ID_VERSION}-{h.hexdigest()[:16]}"
 
 
 def _find(root: Path, name: str) -> Path:

@@ -157,8 +157,8 @@ def _open(args: DataArgs) -> tuple[DatasetDict, str | None]:
         from fedmoap.data.synthetic import make_synthetic, synthetic_id
         return make_synthetic(), synthetic_id()
     if src == "fashion-mnist":
-        from fedmoap.data.fashion_mnist import load_fashion_mnist
-        return load_fashion_mnist(args.path), None
+        from fedmoap.data.fashion_mnist import load_fashion_mnist_with_id
+        return load_fashion_mnist_with_id(args.path)
     if src == "fashion-mnist-styles":  # five rendering styles as a domain column
         from fedmoap.data.fashion_mnist_styles import load_fashion_mnist_styles
         return load_fashion_mnist_styles(args.path)
