@@ -48,6 +48,17 @@ def load_fashion_mnist_with_id(path: str | Path | None = None):
     features = datasets.Features({"image": datasets.Image(),
                                   "label": datasets.ClassLabel(names=CLASS_NAMES)})
     h, splits = hashlib.sha256(_ID_VERSION.encode()), {}
+    for split, images, labels in read_splits(root):
+        h.update(images.tobytes())
+        h.update(labels.tobytes())
+        splits[split] = datasets.Dataset(_arrow_table(images, labels, features),
+                                         info=datasets.DatasetInfo(features=features), split=split)
+    return datasets.DatasetDict(splits), f"{_ID_VERSION}-{h.hexdigest()[:16]}"
+
+
+def read_splits(root: Path):
+    """Yield (split, images (N, 28, 28) uint8, labels (N,) uint8) for "train" and "test" from the
+    IDX files in ``root``, checked (magic numbers, sizes, matching counts, labels 0..9)."""
     for split, (image_name, label_name) in SPLIT_FILES.items():
         images = _read_idx(_find(root, image_name), _IMAGE_MAGIC, (_SIDE, _SIDE))
         labels = _read_idx(_find(root, label_name), _LABEL_MAGIC, ())
@@ -55,11 +66,7 @@ def load_fashion_mnist_with_id(path: str | Path | None = None):
             raise FedmoapError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
         if labels.size and labels.max() >= len(CLASS_NAMES):
             raise FedmoapError(f"{root}: {split} labels go up to {labels.max()}, expected 0..9")
-        h.update(images.tobytes())
-        h.update(labels.tobytes())
-        splits[split] = datasets.Dataset(_arrow_table(images, labels, features),
-                                         info=datasets.DatasetInfo(features=features), split=split)
-    return datasets.DatasetDict(splits), f"{_ID_VERSION}-{h.hexdigest()[:16]}"
+        yield split, images, labels
 
 
 def _find(root: Path, name: str) -> Path:

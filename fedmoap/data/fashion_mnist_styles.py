@@ -25,9 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedmoap.data.fashion_mnist import (CLASS_NAMES, DEFAULT_DIR, SPLIT_FILES, _IMAGE_MAGIC,
-                                        _LABEL_MAGIC, _SIDE, _find, _image_column, _read_idx)
-from fedmoap.errors import FedmoapError
+from fedmoap.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, _image_column, read_splits
 
 STYLES = ("original", "inverted", "rotated", "blurred", "edges")
 """Domain names, in the order of the assignment (row's position in the permutation mod 5)."""
@@ -45,11 +43,7 @@ def load_fashion_mnist_styles(path: str | Path | None = None):
                                   "label": datasets.ClassLabel(names=CLASS_NAMES),
                                   "domain": datasets.Value("string")})
     h, splits = hashlib.sha256(_VERSION.encode()), {}
-    for split, (image_name, label_name) in SPLIT_FILES.items():
-        images = _read_idx(_find(root, image_name), _IMAGE_MAGIC, (_SIDE, _SIDE))
-        labels = _read_idx(_find(root, label_name), _LABEL_MAGIC, ())
-        if len(images) != len(labels):
-            raise FedmoapError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
+    for split, images, labels in read_splits(root):
         h.update(images.tobytes())
         h.update(labels.tobytes())
         styles = assign_styles(len(images), split)
