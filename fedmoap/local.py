@@ -22,6 +22,7 @@ def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: F
 
     Returns the loss scaler's state under ``16-mixed`` (the client keeps it), else None.
     """
+    module.planned_epochs = epochs
     built = module.configure_optimizers()
     if built is None:
         return None

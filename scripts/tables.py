@@ -33,7 +33,8 @@ METHOD_CONFIGS = REPO / "configs" / "paper" / "methods"
 
 ROWS = {  # README label -> method config (configs/paper/methods/<name>.yaml)
     "ZS-CLIP": "zeroshot",
-    "CoOp": "coop",
+    "CoOp (paper: 25 epochs once)": "coop",
+    "CoOp (every round, 10 x 5)": "coop_every_round",
     "PromptFL": "promptfl",
     "PromptFL+FT": "promptfl_ft",
     "PromptFL+FedProx": "fedprox",

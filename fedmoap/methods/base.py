@@ -83,8 +83,8 @@ class ParamGroup:
     params: list[nn.Parameter]
     lr: float
     anneal: bool = True
-    """Cosine-anneal the lr over the local epochs of each round (restarted every round); False
-    keeps it constant."""
+    """Cosine-anneal the lr over the epochs of each local training (restarted every time a client
+    trains; the period is the length of that training); False keeps it constant."""
 
 
 class Method:
@@ -181,6 +181,9 @@ class ClientModule(L.LightningModule):
         self._optim_state: dict | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._eval_cache: Any = None
+        self.planned_epochs: int | None = None
+        """Epochs of the local training about to run (federated training, fine-tuning, adaptation
+        or DP-SGD), set by the trainer before :meth:`configure_optimizers`: the cosine's period."""
 
     # ----- per-client state -----------------------------------------------------------------
     def reset(self, cid: int) -> None:
@@ -290,9 +293,14 @@ class ClientModule(L.LightningModule):
         """The trainable parameters, grouped by learning rate and schedule."""
         return []
 
+    def schedule_epochs(self) -> int:
+        """The cosine's period: the epochs this training runs (:attr:`planned_epochs`), or
+        ``train.local_epochs`` where no trainer set it."""
+        return self.planned_epochs or self.run.train.local_epochs
+
     def configure_optimizers(self) -> dict | None:
         """SGD over :meth:`param_groups` (with the client's kept state, if any) and a LambdaLR
-        schedule stepped once per local epoch."""
+        schedule stepped once per local epoch, annealed to 0 over :meth:`schedule_epochs`."""
         groups = self.param_groups()
         if not groups:
             return None
@@ -304,7 +312,7 @@ class ClientModule(L.LightningModule):
             for group, g in zip(optimizer.param_groups, groups):  # the schedule restarts
                 group["lr"] = g.lr
                 group.pop("initial_lr", None)
-        epochs = t.local_epochs
+        epochs = self.schedule_epochs()
 
         def cosine(epoch: int) -> float:
             return 0.5 * (1 + math.cos(math.pi * epoch / epochs))

@@ -199,7 +199,7 @@ class PFedDCClient(GlobalPromptClient):
         built = super().configure_optimizers()
         if self.method.schedule != "two_stage":
             return built
-        epochs = self.run.train.local_epochs
+        epochs = self.schedule_epochs()
         first = max(1, epochs // 2)  # epochs of stage 1 (global prompts only)
 
         def stage(group: int):

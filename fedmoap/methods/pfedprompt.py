@@ -41,7 +41,7 @@ class PFedPromptClient(GlobalPromptClient):
         self.cache_keys: Tensor | None = None
         """(M, D) L2-normalised training features of the latest round."""
         self.cache_values: Tensor | None = None
-        """(M, C) their labels, one-hot, weighted 1 / local epochs per occurrence."""
+        """(M, C) their labels, one-hot, weighted 1 / (epochs of the training) per occurrence."""
         self._seen: list[tuple[Tensor, Tensor]] = []
 
     pure_training_step = False  # training_step records the features it sees
@@ -68,7 +68,7 @@ class PFedPromptClient(GlobalPromptClient):
         keys, where = torch.unique(feats, dim=0, return_inverse=True)
         values = torch.zeros(len(keys), self.num_classes)
         values.index_add_(0, where, F.one_hot(labels, self.num_classes).float())
-        self.cache_keys, self.cache_values = keys, values / self.run.train.local_epochs
+        self.cache_keys, self.cache_values = keys, values / self.schedule_epochs()
         self._seen = []
 
     def extra_state(self) -> dict[str, Tensor]:
