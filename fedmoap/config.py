@@ -24,6 +24,10 @@ from fedmoap.methods.pfedmoap import PFedMoAP
 
 NEUTRAL = {"neutral": True}
 """Field metadata of settings that do not change results (resume and extension may change them)."""
+ADDED = {"added": True}
+"""Field metadata of settings added after runs were made without them: their default is what such
+runs did, so a stored config.yaml that lacks one means its default, and a value at its default is
+left out of the config digest (older runs still resume and extend)."""
 
 
 @dataclass
@@ -229,6 +233,12 @@ class DPArgs:
     no default from the private data."""
     accountant: Literal["rdp", "prv"] = "rdp"
     """Accountant that solves ``noise_multiplier`` from ``epsilon`` (both are reported)."""
+    adjacency: Literal["add_remove", "replace"] = field(default="add_remove", metadata=ADDED)
+    """Which datasets are neighbours: ``add_remove`` (one client's data, or one record, present or
+    absent: zero-out; the sensitivity is the clip norm, as Opacus's accountants assume) or
+    ``replace`` (one client's data, or one record, exchanged for another: the sensitivity doubles,
+    so epsilon is accounted with half the noise multiplier, and a target epsilon solves twice
+    the noise)."""
     preset: Optional[Literal["pfedmoap-appendix"]] = None
     """``pfedmoap-appendix``: the paper's DP setting (App. C.2: delta 0.05, epsilon 50 or 25,
     default 50); sets delta = 0.05 and prints what such a budget means."""
@@ -285,6 +295,23 @@ def added_section_defaults() -> dict[str, dict[str, Any]]:
     """Section name -> its default values as plain data, for every :data:`ADDED_SECTIONS` entry."""
     return {name: {f.name: getattr(cls(), f.name) for f in fields(cls)}
             for name, cls in ADDED_SECTIONS.items()}
+
+
+def added_keys() -> dict[tuple[str, str], Any]:
+    """(section, key) -> default of every field added later (:data:`ADDED`)."""
+    cfg = RunConfig()
+    return {(f.name, g.name): getattr(section, g.name) for f in fields(cfg)
+            if is_dataclass(section := getattr(cfg, f.name)) and not isinstance(section, Method)
+            for g in fields(section) if g.metadata.get("added")}
+
+
+def with_added_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with every section and key added since it was written at its default."""
+    out = {**added_section_defaults(), **cfg}
+    for (s, k), default in added_keys().items():
+        if isinstance(out.get(s), dict) and k not in out[s]:
+            out[s] = {**out[s], k: default}
+    return out
 
 
 def neutral_keys() -> set[tuple[str, str]]:

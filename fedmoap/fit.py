@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import load_latest, save_checkpoint
-from fedmoap.config import RunConfig, added_section_defaults, config_dict, neutral_keys
+from fedmoap.config import (RunConfig, added_keys, added_section_defaults, config_dict, neutral_keys,
+                            with_added_defaults)
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import load_split, make_split
 from fedmoap.distributed import Comm
@@ -48,9 +49,11 @@ PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
 
 def config_digest(cfg: dict[str, Any]) -> str:
     """Digest of the settings that determine results (the neutral keys left out)."""
-    neutral = neutral_keys()
+    neutral, later = neutral_keys(), added_keys()
     added = added_section_defaults()  # a section added later, at its defaults: as if absent
-    kept = {s: ({k: v for k, v in sec.items() if (s, k) not in neutral}
+    cfg = with_added_defaults(cfg)
+    kept = {s: ({k: v for k, v in sec.items()
+                 if (s, k) not in neutral and not ((s, k) in later and v == later[s, k])}
                 if isinstance(sec, dict) and s != "method" else sec)
             for s, sec in cfg.items() if not (s in added and sec == added[s])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -120,8 +123,8 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
         stored = yaml.safe_load(stored_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
-    if isinstance(stored, dict):  # runs made before a section existed have its defaults
-        stored = {**stored, **{k: v for k, v in added_section_defaults().items() if k not in stored}}
+    if isinstance(stored, dict):  # runs made before a section or key existed have its defaults
+        stored = with_added_defaults(stored)
     if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict) or \
             any(not isinstance(stored.get(k), dict) for k, v in cfg_dict.items() if isinstance(v, dict)):
         raise FedmoapError(f"{stored_path} is not a fedmoap config of this version (a mapping with "

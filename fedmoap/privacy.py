@@ -2,6 +2,12 @@
 
 ``dp.mode``:
 
+Adjacency (``dp.adjacency``, reported in ``results.json`` as ``privacy.neighbours``):
+``add_remove`` (default), neighbouring datasets differ by the presence of one client's data (or one
+record), which the zero-out mechanisms below bound by the clip norm; ``replace``, they differ by
+one exchanged for another, which moves a clipped sum by up to twice the clip norm, so ε is
+accounted at half the noise multiplier (and a target ε solves twice the noise).
+
 - ``client_upload`` (client-level adjacency: neighbouring federations differ in one client's whole
   data). The round loop applies it to whatever a method uploads: the change of the upload,
   Δ = upload − reference, over all uploaded tensors together, is clipped to L2 norm S
@@ -28,6 +34,10 @@
   steps) over every step the client takes; the worst client is reported. (Opacus's
   ``GradSampleModule`` cannot be used: prompts enter the frozen text tower as a bare parameter
   concatenated into its input, which it cannot hook; Opacus is used for accounting only.)
+
+Methods whose server folds client statistics (PEP-FedPT's class prototypes:
+:meth:`~fedmoap.methods.base.Method.collects_statistics`) are refused: exact per-class sums and
+counts would reach the server outside both mechanisms and their accountant.
 
 ε is computed by Opacus's RDP and PRV accountants for the steps actually taken; ``dp.epsilon``
 solves z (``opacus.accountants.utils.get_noise_multiplier``) for the steps the planned
@@ -104,6 +114,10 @@ def problems(cfg: RunConfig) -> list[str]:
         if dp.epsilon is not None and dp.epsilon not in preset["epsilons"]:
             out.append(f"dp.preset {dp.preset} is epsilon in {{{', '.join(f'{e:g}' for e in preset['epsilons'])}}}, "
                        f"not dp.epsilon {dp.epsilon:g} (drop the preset for other budgets)")
+    if any(cfg.method.collects_statistics(t) for t in range(cfg.fed.rounds + 1)):
+        out.append(f"dp.mode {dp.mode}: method {cfg.method.name or type(cfg.method).__name__} sends client "
+                   "statistics (e.g. per-class feature sums and counts) that no DP mechanism covers; "
+                   "run it with dp.mode off")
     if dp.mode == "record_sgd" and cfg.fabric.precision != "32-true":
         out.append(f"dp.mode record_sgd runs in fabric.precision 32-true, not {cfg.fabric.precision}")
     return out
@@ -200,6 +214,10 @@ class Privacy:
                  data: FederatedData, schedule: Schedule, state: dict | None = None) -> None:
         self.args = effective(args)
         self.mode, self.adjacency = args.mode, ADJACENCY[args.mode]
+        self.relation = args.adjacency
+        self.sensitivity = 2.0 if args.adjacency == "replace" else 1.0
+        """Sensitivity in units of the clip norm: replacing one client (record) moves the clipped
+        sum by up to twice the clip norm, adding or removing one by up to the clip norm."""
         self.clip, self.delta = float(args.clip), self.args.delta
         self.seed, self.method, self.data, self.schedule = seed, method, data, schedule
         self.num_clients = data.num_clients
@@ -216,10 +234,10 @@ class Privacy:
             self.noise_multiplier = float(self.args.noise_multiplier)
         else:
             plans = [(self.sample_rate(c), s) for c, s in planned.items() if s > 0]
-            self.noise_multiplier = (solve_noise_multiplier(self.args.epsilon, self.delta, plans,
-                                                            self.args.accountant) if plans else 0.0)
+            self.noise_multiplier = self.sensitivity * (solve_noise_multiplier(
+                self.args.epsilon, self.delta, plans, self.args.accountant) if plans else 0.0)
         if self.args.epsilon is not None and self.noise_multiplier > 0:
-            worst = max((epsilon(self.noise_multiplier, self.sample_rate(c), s, self.delta, self.args.accountant) or math.inf
+            worst = max((epsilon(self.accounted_z, self.sample_rate(c), s, self.delta, self.args.accountant) or math.inf
                          for c, s in planned.items() if s > 0), default=0.0)
             if worst > self.args.epsilon + 0.02:
                 self.notes.append(f"z = {self.noise_multiplier:.4g} was solved for fewer rounds than "
@@ -233,6 +251,11 @@ class Privacy:
         self._norms: dict[int, list[float]] = {}
         self.summary: dict[str, Any] = {}
         self._update_summary()
+
+    @property
+    def accounted_z(self) -> float:
+        """The noise multiplier the accountant sees: noise std over the sensitivity."""
+        return self.noise_multiplier / self.sensitivity
 
     @property
     def active(self) -> bool:
@@ -310,7 +333,7 @@ class Privacy:
         s = self.steps.get(cid, 0)
         if s == 0 or self.noise_multiplier <= 0:
             return 0.0, 0.0
-        args = (self.noise_multiplier, self.sample_rate(cid), s, self.delta)
+        args = (self.accounted_z, self.sample_rate(cid), s, self.delta)
         return epsilon(*args, "rdp"), epsilon(*args, "prv")
 
     def _update_summary(self) -> None:
@@ -327,7 +350,8 @@ class Privacy:
                 worst, eps_rdp = c, rdp
             eps_prv = prv if _larger(prv, eps_prv) else eps_prv
         self.summary.update({
-            "mode": self.mode, "adjacency": self.adjacency, "clip": self.clip,
+            "mode": self.mode, "adjacency": self.adjacency, "neighbours": self.relation,
+            "sensitivity": self.sensitivity * self.clip, "clip": self.clip,
             "noise_multiplier": self.noise_multiplier,
             "sample_rate": self.sample_rate(worst) if worst is not None else None,
             "steps": self.steps.get(worst, 0) if worst is not None else 0,

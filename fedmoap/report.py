@@ -202,10 +202,10 @@ def read_run(path: Path) -> Run:
 def flatten(config: dict[str, Any], results: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flat settings of a config: ``method`` (the short name results.json records, else the
     class path), ``method.<knob>``, ``<section>.<key>`` and top-level values."""
-    from fedmoap.config import added_section_defaults
+    from fedmoap.config import with_added_defaults
 
     out: dict[str, Any] = {}
-    config = {**added_section_defaults(), **config}  # runs made before a section existed
+    config = with_added_defaults(config)  # runs made before a section or key existed
     for key, value in config.items():
         if key == "method" and isinstance(value, dict):
             out["method"] = (results or {}).get("method") or value.get("class_path")

@@ -300,6 +300,47 @@ def test_dp_off_keeps_the_digest_and_old_runs_resume(tmp_path, cache):
     assert res2["rounds"][0] == res["rounds"][0] and len(res2["rounds"]) == 2
 
 
+def test_replace_adjacency_doubles_the_sensitivity(tmp_path, cache):
+    """Under replace-one adjacency a target epsilon solves twice the noise of add/remove, the
+    accountant sees half the noise multiplier, and results.json states which was used."""
+    dp = ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.epsilon", "8", "--fed.rounds", "1"]
+    add = run(tmp_path / "add", cache, *dp)["privacy"]
+    rep = run(tmp_path / "rep", cache, *dp, "--dp.adjacency", "replace")["privacy"]
+    assert (add["neighbours"], rep["neighbours"]) == ("add_remove", "replace")
+    assert (add["sensitivity"], rep["sensitivity"]) == (0.5, 1.0)
+    assert rep["noise_multiplier"] == pytest.approx(2 * add["noise_multiplier"], rel=1e-9)
+    assert rep["eps_rdp"] == pytest.approx(add["eps_rdp"], rel=1e-9)
+    fixed = ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.noise_multiplier", "1.5", "--fed.rounds", "1"]
+    rep_z = run(tmp_path / "rep_z", cache, *fixed, "--dp.adjacency", "replace")["privacy"]
+    assert rep_z["eps_rdp"] == pytest.approx(epsilon(0.75, 1.0, 1, 1e-5))
+
+
+def test_runs_made_before_a_key_existed_resume(tmp_path, cache):
+    """A DP run whose config.yaml predates ``dp.adjacency`` means its default (add/remove) and
+    resumes; the digest of a key added later is the same as without it while at its default."""
+    dp = ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.noise_multiplier", "2"]
+    res = run(tmp_path, cache, *dp, "--fed.rounds", "1")
+    cfg_path = tmp_path / "run" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    assert cfg["dp"]["adjacency"] == "add_remove"
+    old = {**cfg, "dp": {k: v for k, v in cfg["dp"].items() if k != "adjacency"}}
+    assert config_digest(old) == config_digest(cfg)
+    assert config_digest({**cfg, "dp": {**cfg["dp"], "adjacency": "replace"}}) != config_digest(cfg)
+    cfg_path.write_text(yaml.safe_dump(old, sort_keys=False))
+    res2 = run(tmp_path, cache, *dp, "--fed.rounds", "2")
+    assert res2["rounds"][0] == res["rounds"][0] and len(res2["rounds"]) == 2
+
+
+def test_methods_that_send_client_statistics_are_refused_under_dp(tmp_path, capsys):
+    """PEP-FedPT's class prototypes (exact per-class sums and counts) would reach the server
+    outside the DP mechanisms: such a method is refused before anything is written."""
+    rc = main(["fit", "--config", str(SMOKE), "--method", "pepfedpt", "--dp.mode", "client_upload",
+               "--dp.clip", "1", "--dp.noise_multiplier", "1", "--run_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "pepfedpt" in err and "statistics" in err and not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------------- DP-FPL (corrected)
 def test_dpfpl_prompt_and_low_rank_local_update(world):
     """Client prompt P_G + u v + r equals P_G + P_L; P_L's gradient is g_u v + u g_v (rank <= 2r);
