@@ -85,6 +85,10 @@ class DataArgs:
     (Dir(alpha) within each domain of ``domain_column``); ``label_uniform`` (SGPT's
     "noniid-labeluni": ``classes_per_client`` classes each, every class shared by equally many
     clients in U(0.4, 0.6) proportions)."""
+    balance_cap: bool = field(default=False, metadata=ADDED)
+    """dirichlet / domain_dirichlet: a client that already holds N / num_clients samples (of its
+    domain) gets no share of the classes drawn after (NIID-bench's cap, used by the FedOTP
+    lineage: more even client sizes); false is the plain draw (Hsu et al.)."""
     alpha: float = 0.1
     """Dirichlet concentration (dirichlet, domain_dirichlet). The offline default's 0.1 is a split
     where personalization matters on Fashion-MNIST (each client alone beats the FedAvg prompt);
@@ -146,7 +150,11 @@ class FedArgs:
     rounds: int = field(default=10, metadata=NEUTRAL)
     """Communication rounds. Extending a finished run continues it exactly."""
     participation: float = 1.0
-    """Fraction of clients sampled each round (at least one)."""
+    """Fraction of the training clients sampled each round: max(1, fraction x N rounded half up)
+    (30 x 0.25 -> 8; the reference code truncates, 7: set ``participants`` for an exact count)."""
+    participants: Optional[int] = field(default=None, metadata=ADDED)
+    """Exact number of training clients sampled each round (instead of ``participation``, which
+    must then stay 1.0); null uses ``participation``."""
     keep_checkpoints: int = field(default=2, metadata=NEUTRAL)
     """Per-round checkpoints kept in ``run_dir/checkpoints`` (the newest ones)."""
     eval_every: int = field(default=1, metadata=NEUTRAL)

@@ -66,6 +66,12 @@ def validate(cfg: RunConfig) -> None:
     checks = [
         (f.rounds >= 1, "fed.rounds must be >= 1"),
         (0 < f.participation <= 1, "fed.participation must be in (0, 1]"),
+        (f.participants is None or 1 <= f.participants <= d.num_clients,
+         f"fed.participants must be in [1, data.num_clients = {d.num_clients}] or null"),
+        (f.participants is None or f.participation == 1.0,
+         "fed.participants and fed.participation are both set (set one)"),
+        (not d.balance_cap or d.partition in ("dirichlet", "domain_dirichlet"),
+         f"data.balance_cap applies to dirichlet partitions, not {d.partition}"),
         (f.keep_checkpoints >= 1, "fed.keep_checkpoints must be >= 1"),
         (f.eval_every >= 1, "fed.eval_every must be >= 1"),
         (d.num_clients >= 1, "data.num_clients must be >= 1"),
@@ -240,7 +246,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     held_out = split.extra.get("unseen_clients", [])
     schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
                         t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds,
-                        held_out=frozenset(held_out))
+                        count=cfg.fed.participants, held_out=frozenset(held_out))
     privacy = None
     if cfg.dp.mode != "off":  # differential privacy (fedmoap/privacy.py); may refuse a budget
         privacy = Privacy(cfg.dp, seed=cfg.seed, method=method, module=module, data=data,

@@ -32,6 +32,8 @@ class Schedule:
     eval_every: int = 1
     rounds: int = 1
     """The run's last round (always evaluated)."""
+    count: int | None = None
+    """Exact participants per round (``fed.participants``) instead of the fraction."""
     held_out: frozenset[int] = frozenset()
     """Clients that never train (``eval.modes`` unseen_clients): they are neither drawn nor
     evaluated as training clients (:mod:`fedmoap.evaluation` evaluates them)."""
@@ -42,11 +44,12 @@ class Schedule:
         return [c for c in range(self.num_clients) if c not in self.held_out]
 
     def participants(self, t: int) -> list[int]:
-        """The clients of round ``t``: a seeded draw of max(1, r * N rounded half up) of the N
-        training clients, sorted (0.5 x 7 -> 4, 0.5 x 5 -> 3)."""
+        """The clients of round ``t``: a seeded draw of ``count`` or else max(1, r * N rounded
+        half up) of the N training clients, sorted (0.5 x 7 -> 4, 0.5 x 5 -> 3)."""
         pool = self.clients
         n = len(pool)
-        m = min(n, max(1, math.floor(self.participation * n + 0.5)))
+        m = self.count if self.count is not None else max(1, math.floor(self.participation * n + 0.5))
+        m = min(n, m)
         if m == n:
             return pool
         return sorted(pool[int(i)] for i in numpy_rng(self.seed, "participants", t).choice(n, m, replace=False))

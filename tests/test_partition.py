@@ -256,3 +256,18 @@ def test_test_like_train_by_group_stays_in_group():
 def test_validation_errors_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_dirichlet_balance_cap_stops_feeding_full_clients():
+    """NIID-bench's cap: once a client holds N / n samples it gets nothing of later classes, so
+    no client exceeds N / n by more than one class's share; without the cap, alpha 0.1 gives a
+    client far more. The uncapped draw is unchanged by the option's existence."""
+    labels = np.repeat(np.arange(10), 100)
+    n = 5
+    plain = P.dirichlet(labels, n, 0.1, np.random.default_rng(3))
+    again = P.dirichlet(labels, n, 0.1, np.random.default_rng(3), balance_cap=False)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, again))
+    capped = P.dirichlet(labels, n, 0.1, np.random.default_rng(3), balance_cap=True)
+    assert sorted(np.concatenate(capped).tolist()) == list(range(labels.size))
+    assert max(c.size for c in capped) <= labels.size / n + 100
+    assert max(c.size for c in plain) > labels.size / n + 100

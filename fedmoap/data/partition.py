@@ -105,6 +105,7 @@ def dirichlet(
     rng: np.random.Generator,
     min_size: int = 2,
     max_tries: int = 100,
+    balance_cap: bool = False,
 ) -> list[np.ndarray]:
     """Label-Dirichlet partition (Hsu et al., 2019).
 
@@ -112,6 +113,8 @@ def dirichlet(
     samples at the cumulative proportions. The whole draw is repeated until every
     client holds at least ``min_size`` samples, at most ``max_tries`` times.
     Small ``alpha`` means skewed clients; large ``alpha`` tends to iid.
+    ``balance_cap`` (NIID-bench): a client already holding ``labels.size / num_clients``
+    samples gets no share of the classes that follow (the others' shares are renormalised).
     """
     labels = _check_labels(labels)
     num_clients = _check_int(num_clients, "num_clients", 1)
@@ -131,6 +134,10 @@ def dirichlet(
         for idx in by_class:
             idx = rng.permutation(idx)
             p = rng.dirichlet(np.full(num_clients, float(alpha)))
+            if balance_cap:
+                held = np.array([sum(c.size for c in part) for part in parts])
+                capped = p * (held < labels.size / num_clients)
+                p = capped / capped.sum() if capped.sum() > 0 else p
             cuts = (np.cumsum(p)[:-1] * idx.size).astype(np.int64)
             for k, chunk in enumerate(np.split(idx, cuts)):
                 parts[k].append(chunk)

@@ -102,7 +102,7 @@ def _partition(args: DataArgs, data: SourceData, rng: np.random.Generator) -> li
     if args.partition == "pathological":
         return P.pathological(labels, n, rng, args.classes_per_client)
     if args.partition == "dirichlet":
-        return P.dirichlet(labels, n, args.alpha, rng)
+        return P.dirichlet(labels, n, args.alpha, rng, balance_cap=args.balance_cap)
     if args.partition == "label_uniform":
         if args.classes_per_client is None:
             raise FedmoapError("data.partition label_uniform needs data.classes_per_client")
@@ -114,7 +114,7 @@ def _partition(args: DataArgs, data: SourceData, rng: np.random.Generator) -> li
         raise FedmoapError(f"data.num_clients: {n} clients cannot be spread evenly over "
                            f"{num_domains} domains")
     return P.by_group(data.train_domains, labels, n // num_domains,
-                      partial(P.dirichlet, alpha=args.alpha), rng)
+                      partial(P.dirichlet, alpha=args.alpha, balance_cap=args.balance_cap), rng)
 
 
 def load_split(path: Path, data: SourceData, num_clients: int) -> ClientSplit:
