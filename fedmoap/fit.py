@@ -70,6 +70,8 @@ def validate(cfg: RunConfig) -> None:
          f"fed.participants must be in [1, data.num_clients = {d.num_clients}] or null"),
         (f.participants is None or f.participation == 1.0,
          "fed.participants and fed.participation are both set (set one)"),
+        (d.test_from == "share" or d.max_test_per_client is not None,
+         "data.test_from whole needs data.max_test_per_client (each client's test set size)"),
         (not d.balance_cap or d.partition in ("dirichlet", "domain_dirichlet"),
          f"data.balance_cap applies to dirichlet partitions, not {d.partition}"),
         (f.keep_checkpoints >= 1, "fed.keep_checkpoints must be >= 1"),

@@ -271,3 +271,38 @@ def test_dirichlet_balance_cap_stops_feeding_full_clients():
     assert sorted(np.concatenate(capped).tolist()) == list(range(labels.size))
     assert max(c.size for c in capped) <= labels.size / n + 100
     assert max(c.size for c in plain) > labels.size / n + 100
+
+
+def test_test_sets_drawn_from_the_whole_split_follow_the_training_mix():
+    """``data.test_from whole``: each client's test counts are its training counts scaled to the
+    test size (largest remainder), drawn from all test images of each class (so two clients may
+    share images); the share rule's counts follow the class's split among clients instead."""
+    rng = np.random.default_rng(0)
+    train_labels = np.repeat(np.arange(4), 10)
+    clients = [np.array([0, 1, 2, 3, 10, 11]),  # class 0 x4, class 1 x2
+               np.array([4, 20, 21, 22, 23, 24, 25, 26])]  # class 0 x1, class 2 x7
+    test_labels = np.repeat(np.arange(4), 50)
+    zeros = np.zeros
+    drawn = P.test_drawn_like_train_by_group(zeros(40, np.int64), train_labels, clients,
+                                             zeros(200, np.int64), test_labels, 24, rng)
+    assert np.bincount(test_labels[drawn[0]], minlength=4).tolist() == [16, 8, 0, 0]
+    assert np.bincount(test_labels[drawn[1]], minlength=4).tolist() == [3, 0, 21, 0]
+    assert all(np.unique(d).size == d.size for d in drawn)
+    shared = P.test_like_train(train_labels, clients, test_labels, np.random.default_rng(0))
+    assert np.bincount(test_labels[shared[0]], minlength=4).tolist() == [40, 50, 0, 0]
+
+
+def test_whole_test_rule_through_the_split():
+    from fedmoap.config import DataArgs
+    from fedmoap.data.sources import load_source
+    from fedmoap.data.split import make_split
+
+    args = DataArgs(source="synthetic", num_clients=3, alpha=0.3, shots=4, max_test_per_client=20,
+                    test_from="whole")
+    source = load_source(args)
+    split = make_split(args, source, seed=0)
+    for train, test in zip(split.train, split.test):
+        assert len(test) == 20
+        mix = np.bincount(source.train_labels[train], minlength=len(source.classnames)) / len(train)
+        got = np.bincount(source.test_labels[test], minlength=len(source.classnames)) / len(test)
+        assert 0.5 * np.abs(mix - got).sum() <= len(source.classnames) / (2 * 20)

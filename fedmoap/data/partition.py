@@ -317,6 +317,40 @@ def test_like_train_by_group(
     return [_sorted(np.concatenate(p)) if p else np.empty(0, np.int64) for p in parts]
 
 
+def test_drawn_like_train_by_group(
+    train_groups: np.ndarray,
+    train_labels: np.ndarray,
+    train_indices: list[np.ndarray],
+    test_groups: np.ndarray,
+    test_labels: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Each client's test set drawn from the whole test split (clients may share test images):
+    ``size`` images whose (group, class) counts are the client's training counts scaled to
+    ``size`` (largest remainder), each key's images drawn without replacement from all test
+    images of that key; a key with fewer test images than its share gives all it has."""
+    train_labels = _check_labels(train_labels, "train_labels")
+    test_labels = _check_labels(test_labels, "test_labels")
+    size = _check_int(size, "size", 1)
+    train_indices = _check_indices(train_indices, train_labels.size, "train_indices")
+    _check_rng(rng)
+    _, g_code = np.unique(np.concatenate([np.asarray(train_groups), np.asarray(test_groups)]),
+                          return_inverse=True)
+    pairs = np.stack([g_code.reshape(-1), np.concatenate([train_labels, test_labels])], axis=1)
+    keys, key_id = np.unique(pairs, axis=0, return_inverse=True)
+    key_id = key_id.reshape(-1)
+    train_key, test_key = key_id[: train_labels.size], key_id[train_labels.size:]
+    members = [np.flatnonzero(test_key == k) for k in range(len(keys))]
+    out = []
+    for idx in train_indices:
+        counts = np.bincount(train_key[idx], minlength=len(keys))
+        shares = _largest_remainder(counts, size) if counts.sum() else counts
+        chunks = [rng.permutation(members[k])[: shares[k]] for k in np.flatnonzero(shares)]
+        out.append(_sorted(np.concatenate(chunks)) if chunks else np.empty(0, np.int64))
+    return out
+
+
 def test_like_train(
     train_labels: np.ndarray,
     train_indices: list[np.ndarray],

@@ -76,14 +76,20 @@ def make_split(args: DataArgs, data: SourceData, seed: int,
         if args.shots is not None:
             train = P.k_shot(data.train_labels, train, args.shots, rng)
         mix = train if args.test_follows == "train" else full_train
-        if data.train_domains is not None and args.partition == "domain_dirichlet":
+        by_domain = data.train_domains is not None and args.partition == "domain_dirichlet"
+        groups = ((data.train_domains, data.test_domains) if by_domain else
+                  (np.zeros(data.train_labels.size, np.int64), np.zeros(data.test_labels.size, np.int64)))
+        if args.test_from == "whole":
+            test = P.test_drawn_like_train_by_group(groups[0], data.train_labels, mix, groups[1],
+                                                    data.test_labels, args.max_test_per_client, rng)
+        elif by_domain:
             test = P.test_like_train_by_group(data.train_domains, data.train_labels, mix,
                                               data.test_domains, data.test_labels, rng)
         else:
             test = P.test_like_train(data.train_labels, mix, data.test_labels, rng)
     except ValueError as exc:
         raise FedmoapError(f"data: cannot split {args.source!r} into {args.num_clients} clients: {exc}") from exc
-    if args.max_test_per_client is not None:
+    if args.max_test_per_client is not None and args.test_from == "share":
         test = [np.sort(rng.permutation(t)[: args.max_test_per_client]) for t in test]
     empty = [i for i, t in enumerate(train) if len(t) == 0]
     if empty:
