@@ -31,3 +31,25 @@ def test_seed_evidence_tables_render_every_committed_run():
     for name in names:
         assert f"| {name} |" in text
     assert "(45 runs" in text  # per split: 15 methods and ablations x 3 seeds
+
+
+def test_ordering_study_runs_on_another_dataset_with_meaningless_names(tmp_path):
+    """The ordering study on a dataset of the user's (here the synthetic source on the tiny
+    model): one meaningless word per class of that dataset, every variant run on one split."""
+    import ordering
+    from fedmoap.data.sources import load_source
+
+    user = ["--model.arch", "fedmoap-tiny-vit", "--data.source", "synthetic", "--fed.rounds", "1",
+            "--train.local_epochs", "1", "--data.shots", "2", "--data.max_test_per_client", "6",
+            "--data.num_clients", "2", "--data.feature_cache", str(tmp_path / "cache"), "--fabric.threads", "1"]
+    result = ordering.main(["--out", str(tmp_path / "out"), "--seeds", "0", "--variants", "zeroshot", "coop",
+                            "--", *user])
+    cfg, _, _ = parse_fit(["fit", *user])
+    count = len(load_source(cfg.data).classnames)
+    names = result["setting"][1]
+    assert result["setting"][0] == "--data.classnames" and len(names.strip("[]").split(", ")) == count
+    assert set(result["variants"]) == {"zeroshot", "coop"}
+    splits = {json.dumps(json.loads((tmp_path / "out" / v / "seed0" / "split.json").read_text())["clients"])
+              for v in ("zeroshot", "coop")}
+    assert len(splits) == 1
+    assert ordering.nonsense_names(10) == ordering.WORDS  # the committed evidence's names
