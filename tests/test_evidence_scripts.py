@@ -53,3 +53,27 @@ def test_ordering_study_runs_on_another_dataset_with_meaningless_names(tmp_path)
               for v in ("zeroshot", "coop")}
     assert len(splits) == 1
     assert ordering.nonsense_names(10) == ordering.WORDS  # the committed evidence's names
+
+
+def test_same_numbers_records_and_catches_a_moved_number(tmp_path, capsys):
+    """The refactor gate: a recording equals itself, and one changed tensor in a client's state
+    (below the resolution of accuracies) is reported as a difference."""
+    import shutil
+
+    import same_numbers
+    import torch
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert same_numbers.main(["record", "--out", str(a), "--cases", "smoke-promptfl"]) == 0
+    shutil.copytree(a, b)
+    assert same_numbers.main(["compare", str(a), str(b)]) == 0
+    state_file = sorted((b / "smoke-promptfl" / "run" / "clients" / "0").glob("round_*.pt"))[-1]
+    state = torch.load(state_file, weights_only=True)
+    name = sorted(state["params"])[0]
+    state["params"][name] = state["params"][name] + 1e-7
+    torch.save(state, state_file)
+    (b / "smoke-promptfl" / "numbers.json").write_text(
+        json.dumps(same_numbers.numbers(b / "smoke-promptfl" / "run")))
+    capsys.readouterr()
+    assert same_numbers.main(["compare", str(a), str(b)]) == 1
+    assert "smoke-promptfl: DIFFERS /clients/0" in capsys.readouterr().out
