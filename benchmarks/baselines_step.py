@@ -22,7 +22,8 @@ from fedmoap.methods.fedotp import transport_plan
 from local_step import paired
 
 BATCH = 32
-METHODS = ["promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp"]
+METHODS = ["promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp",
+           "kgcoop", "promptfolio"]
 """PromptFL for reference; PromptFL+FT's step is PromptFL's (its fine-tuning at evaluation
 repeats it ``ft_epochs`` times per client and evaluation)."""
 
