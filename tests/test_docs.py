@@ -74,7 +74,8 @@ def test_every_docs_page_is_in_the_mkdocs_nav():
         return [p for value in node.values() for p in pages(value)]
 
     in_nav = set(pages(config["nav"]))
-    excluded = [line.strip().rstrip("/") for line in config.get("exclude_docs", "").splitlines()]
-    on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")
-               if not any(p.relative_to(DOCS).as_posix().startswith(e + "/") for e in excluded if e)}
+    excluded = tuple(line.strip().rstrip("/") + "/"
+                     for line in config.get("exclude_docs", "").splitlines() if line.strip())
+    on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    on_disk = {p for p in on_disk if not p.startswith(excluded)}
     assert on_disk == in_nav, (on_disk - in_nav, in_nav - on_disk)
