@@ -2,7 +2,7 @@
 
 - ``full-sequence floor``: one text-tower forward and backward over the C class prompts of the local
   context at the exact truncated length, every prompt's whole sequence (``share_prefix = False``):
-  the floor of ``local_step.py`` before the shared prefix, the one the README's table reports.
+  the floor of ``local_step.py`` before the shared prefix, the one docs/speed.md's table reports.
 - ``text path``: the same forward and backward with the start token and context encoded once.
 - ``step``: the whole pFedMoAP client step with the shared prefix (batch 32 of cached image
   features; the 9 experts' text features fixed, as within a round).

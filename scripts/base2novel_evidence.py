@@ -1,4 +1,4 @@
-"""Base-to-novel evidence on the offline default (README, "Evaluation modes"): zero-shot (the
+"""Base-to-novel evidence on the offline default (docs/evaluation.md): zero-shot (the
 reference), CoOp, PromptFL, pFedMoAP (and FedPGP where the method exists), over seeds, with
 ``--eval.modes "[local,base2novel]"``; each seed's split and class split identical for all methods.
 

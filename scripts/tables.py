@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 METHOD_CONFIGS = REPO / "configs" / "paper" / "methods"
 
-ROWS = {  # README label -> method config (configs/paper/methods/<name>.yaml)
+ROWS = {  # table label (docs/evidence.md) -> method config (configs/paper/methods/<name>.yaml)
     "ZS-CLIP": "zeroshot",
     "CoOp (paper: 25 epochs once)": "coop",
     "CoOp (every round, 10 x 5)": "coop_every_round",
