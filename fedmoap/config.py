@@ -122,8 +122,10 @@ class DataArgs:
     """A ``split.json`` written by an earlier run: reuse its client split exactly."""
     num_views: int = 0
     """Augmented views (random resized crop + flip) cached per training image for methods that
-    read cached features; training draws from these plus the plain view. 0 trains on plain
-    features only. (Methods that read pixels augment every step instead.)"""
+    read cached features, pooled or per-patch tokens (FedOTP) alike: the same augmented images,
+    and the same view drawn per image and epoch. Training draws from these plus the plain view;
+    0 trains on plain features only. Token features cost (T x D) floats per image and view.
+    (Methods that read pixels augment every step instead.)"""
     view_seed: int = 0
     """Seed of the augmented views (part of the cache key, independent of the run seed)."""
     feature_cache: Optional[str] = field(default=None, metadata=NEUTRAL)

@@ -5,7 +5,8 @@ declares it (:attr:`~fedmoap.methods.base.Method.inputs`):
 
 - ``features``: pooled frozen image features from the feature cache (the plain view and
   ``data.num_views`` augmented views per training image);
-- ``tokens``: frozen per-patch token features (plain view), from the same cache;
+- ``tokens``: frozen per-patch token features from the same cache, with the same views (the same
+  augmented images: a view's crop and flip derive from (view seed, row, view) alone);
 - ``pixels``: decoded uint8 images from the pixel cache, augmented per step for training.
 
 A batch is a dict of the method's inputs plus ``label``; every random draw comes from the
@@ -18,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from datasets import Dataset
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
@@ -37,10 +39,17 @@ class Inputs:
     features: Tensor | None = None
     """(V + 1, N, D) for train (view 0 plain), (1, N, D) for test."""
     tokens: Tensor | None = None
-    """(N, T, D)"""
+    """(V + 1, N, T, D) for train (view 0 plain), (1, N, T, D) for test."""
     pixels: np.ndarray | None = None
     """(M, 3, S, S) uint8, memory-mapped; ``pixel_pos`` maps used positions to its rows."""
     pixel_pos: np.ndarray | None = None
+
+    @property
+    def views(self) -> int:
+        """Cached views per row (plain included) that training draws from; 1 without cached
+        features or tokens."""
+        cached = self.features if self.features is not None else self.tokens
+        return cached.shape[0] if cached is not None else 1
 
 
 @dataclass
@@ -80,7 +89,7 @@ class FederatedData:
         pos = self.train_pos[cid]
         n = len(pos)
         gen = torch_generator(self.seed, purpose, t, cid)
-        views = self.train.features.shape[0] if self.train.features is not None else 1
+        views = self.train.views
         augment_tag = "augment" if purpose == "train" else f"{purpose}/augment"
 
         def epoch(e: int) -> Iterator[dict[str, Tensor]]:
@@ -124,7 +133,7 @@ class FederatedData:
         if split.features is not None:
             batch["features"] = split.features[view, rows].to(d)
         if split.tokens is not None:
-            batch["tokens"] = split.tokens[rows].to(d)
+            batch["tokens"] = split.tokens[view, rows].to(d)
         if split.pixels is not None:
             images = torch.from_numpy(np.ascontiguousarray(split.pixels[split.pixel_pos[rows.numpy()]])).to(d)
             x = augment(images, aug) if aug is not None else images.float().div_(255)
@@ -143,20 +152,30 @@ def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, sp
     train = Inputs(torch.from_numpy(source.train_labels[train_used]))
     test = Inputs(torch.from_numpy(source.test_labels[test_used]))
     column = args.image_column
-    if "features" in inputs:
-        train.features = torch.stack([
-            features.get(source.train, source.train_id, train_used, column, v, args.view_seed)
-            for v in range(args.num_views + 1)])
-        test.features = features.get(source.test, source.test_id, test_used, column, 0)[None]
-    if "tokens" in inputs:
-        train.tokens = tokens.get(source.train, source.train_id, train_used, column)
-        test.tokens = tokens.get(source.test, source.test_id, test_used, column)
+    for name, cache in (("features", features), ("tokens", tokens)):
+        if name in inputs:
+            setattr(train, name, _views(cache, source.train, source.train_id, train_used, column,
+                                        args.num_views, args.view_seed))
+            setattr(test, name, cache.get(source.test, source.test_id, test_used, column, 0)[None])
     if "pixels" in inputs:
         for part, ds, data_id, used in ((train, source.train, source.train_id, train_used),
                                         (test, source.test, source.test_id, test_used)):
             rows, part.pixels = pixels.get(ds, data_id, used, column)
             part.pixel_pos = np.searchsorted(rows, used)
     return FederatedData(source.classnames, train, test, train_pos, test_pos, seed, eval_pos=pool_pos)
+
+
+def _views(cache: FeatureCache, ds: Dataset, data_id: str, used: np.ndarray, column: str,
+           num_views: int, view_seed: int) -> Tensor:
+    """(num_views + 1, N, ...) cached features of rows ``used``, view 0 plain; filled view by
+    view so that peak memory is the result plus one view (token features are large)."""
+    first = cache.get(ds, data_id, used, column, 0, view_seed)
+    out = first.new_empty((num_views + 1, *first.shape))
+    out[0] = first
+    del first
+    for v in range(1, num_views + 1):
+        out[v] = cache.get(ds, data_id, used, column, v, view_seed)
+    return out
 
 
 def _union(per_client: list[np.ndarray]) -> tuple[np.ndarray, list[Tensor]]:

@@ -13,6 +13,11 @@ change of v is below ``thresh`` or ``max_iter``. T* is a constant for backpropag
 ``logit_c = s * sum_mn T*_mn sim_mn``. The client uploads P_G and is evaluated with
 ``[P_G^t, P_L,i]``.
 
+Inputs: the patch features are cached like every cached-feature method's pooled ones, with
+``data.num_views`` augmented views per training image (the same crops and flips, and the same
+view drawn per image and epoch, as the pooled features of the other methods); evaluation reads
+the plain view.
+
 Numerics: T is computed in fp32 whatever the autocast, and in the log domain when eps < 0.05,
 where ``exp(-C / eps)`` underflows (the reference runs it in fp16, which underflows already for
 any cost above ~0.17 at its few-shot script's eps = 0.01). The log-domain iterations are the same
