@@ -14,13 +14,14 @@
   images, novel class names as the label space, renumbered from 0): two separate label spaces,
   not a joint one. HM(base, novel) and HM(local, base, novel) per client and averaged.
 - ``unseen_clients``: a seeded fraction of the clients never trains. Each is evaluated (a) as a
-  never-trained client (``load_client(cid, None)`` + :meth:`~fedmoap.methods.base.ClientModule.prepare_unseen`:
-  the method's global component, e.g. the FedAvg prompt; pFedMoAP's global prompt without
-  experts; FedAMP's mean of the clients' prompts) and (b) after the method's first-time-participant
-  procedure (:meth:`~fedmoap.methods.base.ClientModule.adapt_unseen`) with ``adaptation_epochs``
-  epochs of local training on its own training split
-  (:meth:`~fedmoap.rounds.Federation.adapt_epochs`: fresh optimizer, random stream
-  (seed, "adapt", t, cid)); nothing of it is stored, uploaded or seen by the server.
+  never-trained client (``load_client(cid, None)`` +
+  :meth:`~fedmoap.methods.base.ClientModule.prepare_unseen`: the method's global component, e.g.
+  the FedAvg prompt; pFedMoAP's global prompt without experts; FedAMP's mean of the clients'
+  prompts) and (b) after the method's first-time-participant procedure
+  (:meth:`~fedmoap.methods.base.ClientModule.adapt_unseen`) with ``adaptation_epochs`` epochs of
+  local training on its own training split (:meth:`~fedmoap.rounds.Federation.adapt_epochs`:
+  fresh optimizer, random stream (seed, "adapt", t, cid); pFedMoAP trains twice, see
+  :mod:`fedmoap.methods.pfedmoap`); nothing of it is stored, uploaded or seen by the server.
 
 What a mode needs of the split is stored in ``split.json`` (``classes``, ``unseen_clients``,
 ``eval_sets``) so every method of a comparison uses the same classes, clients and test images.
