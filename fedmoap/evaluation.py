@@ -28,6 +28,7 @@ What a mode needs of the split is stored in ``split.json`` (``classes``, ``unsee
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, get_args
@@ -278,13 +279,7 @@ class ModeEvaluator:
         """Each held-out client on its own test set, as a never-trained client and after
         few-shot adaptation (nothing stored, uploaded or aggregated)."""
         module, bs, out = fed.module, fed.schedule.eval_batch_size, {}
-        peers: list[dict[str, torch.Tensor] | None] = []
-
-        def peer_mean() -> dict[str, torch.Tensor] | None:
-            if not peers:
-                peers.append(mean_params(fed.store.get(c) for c in fed.schedule.clients))
-            return peers[0]
-
+        peer_mean = functools.cache(lambda: mean_params(fed.store.get(c) for c in fed.schedule.clients))
         for cid in tqdm(clients, desc=f"round {t} unseen clients", leave=False, disable=not progress):
             held = HeldOut(cid, self.adaptation_epochs,
                            download=lambda up, cid=cid: fed.server.unseen_payload(cid, up),
