@@ -14,20 +14,24 @@
   images, novel class names as the label space, renumbered from 0): two separate label spaces,
   not a joint one. HM(base, novel) and HM(local, base, novel) per client and averaged.
 - ``unseen_clients``: a seeded fraction of the clients never trains. Each is evaluated (a) as a
-  never-trained client (``load_client(cid, None)`` + ``prepare_eval(server.eval_payload(cid))``:
-  the method's global component, e.g. the FedAvg prompt; pFedMoAP's global prompt without
-  experts) and (b) after ``adaptation_epochs`` epochs of local training on its own training
-  split (:meth:`~fedmoap.rounds.Federation.adapt_epochs`: fresh optimizer, random stream
-  (seed, "adapt", t, cid)); nothing of it is stored, uploaded or seen by the server.
+  never-trained client (``load_client(cid, None)`` +
+  :meth:`~fedmoap.methods.base.ClientModule.prepare_unseen`: the method's global component, e.g.
+  the FedAvg prompt; pFedMoAP's global prompt without experts; FedAMP's mean of the clients'
+  prompts) and (b) after the method's first-time-participant procedure
+  (:meth:`~fedmoap.methods.base.ClientModule.adapt_unseen`) with ``adaptation_epochs`` epochs of
+  local training on its own training split (:meth:`~fedmoap.rounds.Federation.adapt_epochs`:
+  fresh optimizer, random stream (seed, "adapt", t, cid); pFedMoAP trains twice, see
+  :mod:`fedmoap.methods.pfedmoap`); nothing of it is stored, uploaded or seen by the server.
 
 What a mode needs of the split is stored in ``split.json`` (``classes``, ``unseen_clients``,
 ``eval_sets``) so every method of a comparison uses the same classes, clients and test images.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, Iterable, get_args
 
 import numpy as np
 import torch
@@ -38,7 +42,7 @@ from fedmoap.data.split import ClientSplit
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
 from fedmoap.local import evaluate
-from fedmoap.methods.base import ClientModule
+from fedmoap.methods.base import ClientModule, HeldOut
 from fedmoap.results import accuracy_entry, base2novel_entry, unseen_entry
 from fedmoap.seeding import numpy_rng
 
@@ -275,15 +279,19 @@ class ModeEvaluator:
         """Each held-out client on its own test set, as a never-trained client and after
         few-shot adaptation (nothing stored, uploaded or aggregated)."""
         module, bs, out = fed.module, fed.schedule.eval_batch_size, {}
+        peer_mean = functools.cache(lambda: mean_params(fed.store.get(c) for c in fed.schedule.clients))
         for cid in tqdm(clients, desc=f"round {t} unseen clients", leave=False, disable=not progress):
+            held = HeldOut(cid, self.adaptation_epochs,
+                           download=lambda up, cid=cid: fed.server.unseen_payload(cid, up),
+                           train=lambda n, stream, cid=cid: fed.adapt_epochs(cid, t, n, stream),
+                           train_labels=fed.data.train_labels(cid), peer_mean=peer_mean)
             res = {}
-            for part, epochs in (("plain", 0), ("adapted", self.adaptation_epochs)):
-                if part == "adapted" and not epochs:
-                    continue
+            for part in ("plain", "adapted") if self.adaptation_epochs else ("plain",):
                 module.load_client(cid, None)
-                module.prepare_eval(fed.server.eval_payload(cid))
-                if epochs:
-                    fed.adapt_epochs(cid, t, epochs)
+                if part == "plain":
+                    module.prepare_unseen(held)
+                else:
+                    module.adapt_unseen(held)
                 with fed.fabric.autocast():
                     module.begin_eval()
                 res[part] = evaluate(module, fed.data.test_batches(cid, bs), fed.fabric)
@@ -297,3 +305,19 @@ class ModeEvaluator:
             fed.module.set_classnames(names)
         with fed.fabric.autocast():
             fed.module.begin_eval()
+
+
+def mean_params(states: Iterable[dict | None]) -> dict[str, torch.Tensor] | None:
+    """The unweighted mean (in float64, then the stored dtype) of the parameters of the kept
+    client states; None if none keeps a parameter."""
+    sums: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    n = 0
+    for state in states:
+        if state is None or not state["params"]:
+            continue
+        n += 1
+        for name, p in state["params"].items():
+            sums[name] = sums.get(name, 0) + p.double()
+            dtypes[name] = p.dtype
+    return {k: (v / n).to(dtypes[k]) for k, v in sums.items()} if n else None

@@ -172,12 +172,12 @@ class Federation:
     # --- end client statistics ---
 
     # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------
-    def adapt_epochs(self, cid: int, t: int, epochs: int) -> None:
+    def adapt_epochs(self, cid: int, t: int, epochs: int, stream: str = "adapt") -> None:
         """Few-shot adaptation of a never-trained (held-out) client: :meth:`adapt`'s mechanism
-        (fresh optimizer, the client's training batches from the stream (seed, "adapt", t, cid),
-        nothing stored or uploaded) for a given number of epochs."""
+        (fresh optimizer, the client's training batches from the random stream (seed, ``stream``,
+        t, cid), nothing stored or uploaded) for a given number of epochs."""
         self.module.begin_adaptation()
-        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
+        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose=stream)
         train_locally(self.module, batches, epochs, self.fabric)
 
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:

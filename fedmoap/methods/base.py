@@ -28,6 +28,15 @@ Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
     # evaluation on other class names (base-to-novel; fedmoap/evaluation.py):
     module.set_classnames(novel_names); module.begin_eval(); ...; module.set_classnames(names)
 
+Never-trained (held-out) clients (``eval.modes`` unseen_clients, fedmoap/evaluation.py): each is
+evaluated twice from a fresh module, with a :class:`HeldOut` that gives it the server's
+``unseen_payload``, its training split and the training clients' mean parameters; nothing it does
+is stored, uploaded or seen by the server::
+
+    module.load_client(cid, None); module.prepare_unseen(held)   # (a) the global component
+    module.load_client(cid, None); module.adapt_unseen(held)     # (b) first-time participant,
+    module.begin_eval(); logits = module.predict(batch)          #     R_adapt epochs, no upload
+
 Client statistics (only for a method whose ``collects_statistics(t)`` is true; e.g. PEP-FedPT's
 class prototypes): at the start of round 1 over every client (t = 0, the set-up pass), and after
 round t's aggregation over its participants (t >= 1)::
@@ -42,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 import lightning as L
 import torch
@@ -74,6 +83,26 @@ class RunContext:
     train: TrainArgs
     keep_optimizer_state: bool
     """The resolved policy: ``train.optimizer_state``, or the method's default."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """A never-trained (held-out) client as evaluation sees it: what it may ask of the server and
+    do with its own training split. Nothing it does is stored, uploaded or aggregated."""
+
+    cid: int
+    epochs: int
+    """R_adapt: epochs of few-shot adaptation (``eval.adaptation_epochs``)."""
+    download: Callable[[Payload | None], Payload]
+    """``download(upload)``: the server's :meth:`Server.unseen_payload` for this client."""
+    train: Callable[[int, str], None]
+    """``train(n, stream)``: n epochs of local training on its training split with a fresh
+    optimizer, batches from the random stream (seed, stream, t, cid)."""
+    train_labels: Tensor
+    """The labels of its training split."""
+    peer_mean: Callable[[], dict[str, Tensor] | None]
+    """The unweighted mean of the training clients' kept parameters (by parameter name; None
+    while no client keeps any)."""
 
 
 @dataclass
@@ -258,6 +287,19 @@ class ClientModule(L.LightningModule):
         belongs to its federated training and is not touched)."""
         self._optimizer, self._optim_state = None, None
 
+    def prepare_unseen(self, held: HeldOut) -> None:
+        """Make this fresh module (``load_client(cid, None)``) the never-trained client
+        ``held.cid`` as evaluated without adaptation: the method's global component. Default:
+        :meth:`prepare_eval` with the server's ``unseen_payload``."""
+        self.prepare_eval(held.download(None))
+
+    def adapt_unseen(self, held: HeldOut) -> None:
+        """Few-shot adaptation of this fresh module as the never-trained client ``held.cid``:
+        the method's first-time-participant procedure, without uploading. Default:
+        :meth:`receive` the server's ``unseen_payload`` and train ``held.epochs`` epochs."""
+        self.receive(held.download(None))
+        held.train(held.epochs, "adapt")
+
     # ----- model ----------------------------------------------------------------------------
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """(B, C) logits of a batch (keys: the method's inputs), differentiable."""
@@ -340,6 +382,13 @@ class Server:
     def eval_payload(self, cid: int) -> Payload:
         """What client ``cid`` needs from the server to be evaluated (not counted as traffic)."""
         return {}
+
+    def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
+        """What the never-trained (held-out) client ``cid`` downloads: with ``upload`` None, its
+        model before any training (default: :meth:`eval_payload`); with ``upload``, what a client
+        that had just uploaded it would download next (pFedMoAP: its nearest experts). Changes
+        no server state, keeps no upload, counts no traffic."""
+        return self.eval_payload(cid)
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         """End of round ``t``: fold in the participants' uploads (weights: training-set sizes)."""

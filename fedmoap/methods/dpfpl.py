@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
@@ -54,6 +54,11 @@ class DPFPLClient(GlobalPromptClient):
 
     def prepare_eval(self, payload: Payload) -> None:
         self.ctx.data.copy_(payload["prompt"])  # the current global prompt + the client's own P_L
+
+    def prepare_unseen(self, held: HeldOut) -> None:
+        """P_G alone (P_L = 0): a never-trained client has no local prompt."""
+        self.prepare_eval(held.download(None))
+        self.local.data.zero_()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """Factorise P_L = u v + r (one power-iteration step); the factors are this step's

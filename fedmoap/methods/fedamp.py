@@ -5,7 +5,8 @@ sends participant i its personalised cloud model ``u_i = sum_j xi_ij w_j`` (j ov
 with an uploaded prompt; w_i = the initial prompt before i's first upload). The client starts
 from u_i (``amp_init: u``; ``previous`` keeps its own w_i), minimises
 ``F_i(w) + lam / (2 alpha_k) * ||w - u_i||^2`` for the local epochs (the term on the live
-parameter), uploads w and is evaluated with it.
+parameter), uploads w and is evaluated with it. A never-trained (held-out) client takes the mean
+of the w_i as its model and, adapting, as its u_i.
 
 Message weights (``variant``):
 
@@ -120,6 +121,15 @@ class FedAMPServer(Server):
 
     def eval_payload(self, cid: int) -> Payload:
         return {"prompt": self.cloud(cid)[0]}
+
+    def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
+        """A client with no prompt of its own: the unweighted mean of the clients' prompts w_i
+        (the initial prompt before any upload) as its model and its cloud model, the proximal
+        weight at the unclamped alpha."""
+        init = self.init["prompt"]
+        mean = (torch.stack([self.prompts[j].double() for j in sorted(self.prompts)]).mean(0).to(init.dtype)
+                if self.prompts else init.clone())
+        return {"prompt": mean, "prox_weight": torch.tensor(self.method.lam / (2 * self.method.alpha))}
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         for cid, up in uploads.items():

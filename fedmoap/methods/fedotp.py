@@ -11,7 +11,7 @@ each) and the prompts solves ``min_T <T, 1 - sim> - eps H(T)`` with ``T 1_N <= a
 ``u <- min(a / (K v), 1)``, ``v <- b / (K^T u)``, ``K = exp(-(1 - sim) / eps)``, until the mean
 change of v is below ``thresh`` or ``max_iter``. T* is a constant for backpropagation (no_grad);
 ``logit_c = s * sum_mn T*_mn sim_mn``. The client uploads P_G and is evaluated with
-``[P_G^t, P_L,i]``.
+``[P_G^t, P_L,i]``; a never-trained (held-out) client with P_G alone.
 
 Inputs: the patch features are cached like every cached-feature method's pooled ones, with
 ``data.num_views`` augmented views per training image (the same crops and flips, and the same
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
 
@@ -115,6 +115,12 @@ class FedOTPClient(PromptClient):
         self.ctx.data.copy_(payload["prompt"])
 
     prepare_eval = receive
+
+    def prepare_unseen(self, held: HeldOut) -> None:
+        """P_G alone: both slots hold P_G (with two equal prompts the transport plan splits each
+        patch's mass equally, the logits are those of P_G with mass gamma)."""
+        self.receive(held.download(None))
+        self.local.data.copy_(self.ctx.data)
 
     def upload(self) -> Payload:
         return {"prompt": self.ctx.detach().cpu().clone()}

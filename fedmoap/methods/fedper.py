@@ -6,7 +6,8 @@ A prompt has no layers; the personal tokens are by default the ones next to the 
 "output end", as FedPer's head), half of the context (PromptFolio's ``per_length = n_ctx // 2``,
 the only public choice). Every client starts from the same initial prompt; each round it takes
 the global shared tokens, trains both parts, and uploads the shared ones; it is evaluated with
-``[shared^t, personal_i]``.
+``[shared^t, personal_i]``; a never-trained (held-out) client with the shared tokens and the mean
+of the clients' personal ones.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Literal, Optional
 import torch
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, Payload, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 
 
@@ -48,6 +49,16 @@ class FedPerClient(PromptClient):
             self.ctx[self.shared.to(self.ctx.device)] = payload["shared"].to(self.ctx)
 
     prepare_eval = receive
+
+    def prepare_unseen(self, held: HeldOut) -> None:
+        """The global shared tokens with the mean of the training clients' personal tokens
+        (their initial value while no client keeps any)."""
+        self.receive(held.download(None))
+        peers = held.peer_mean()
+        if peers is not None:
+            personal = ~self.shared.to(self.ctx.device)
+            with torch.no_grad():
+                self.ctx[personal] = peers["ctx"].to(self.ctx)[personal]
 
     def upload(self) -> Payload:
         return {"shared": self.ctx.detach()[self.shared.to(self.ctx.device)].cpu().clone()}

@@ -8,7 +8,8 @@ T_sigma = g(sigma) and the frozen anchor T_0, per class c:
 ``L = CE(s cos(I, T_full), y) + mu * mean_c -log(e^{cos(T_0, T_sigma)/tau} /
 (e^{cos(T_0, T_sigma)/tau} + e^{cos(T_sigma, T_full)/tau}))`` -- the positive pair pulls the
 global prompt toward CLIP's knowledge, the negative pushes the low-rank term to carry what is
-client-specific. Uploads sigma; evaluated with ``[sigma_G^t, U_i, V_i]``.
+client-specific. Uploads sigma; evaluated with ``[sigma_G^t, U_i, V_i]``; a never-trained (held-out)
+client with sigma_G alone.
 
 Anchor: the paper's "hand-crafted prompt", "a photo of a {}." (``anchor: template``); the
 reference code's anchor is the token embeddings of the learner's own "X X ... X {class}."
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
@@ -56,6 +57,11 @@ class FedPGPClient(PromptClient):
         self.ctx.data.copy_(payload["prompt"])
 
     prepare_eval = receive
+
+    def prepare_unseen(self, held: HeldOut) -> None:
+        """sigma_G alone (U V = 0)."""
+        self.receive(held.download(None))
+        self.u.data.zero_()
 
     def upload(self) -> Payload:
         return {"prompt": self.ctx.detach().cpu().clone()}

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import (ClientModule, FedAvgServer, Method, ParamGroup, Payload,
+from fedmoap.methods.base import (ClientModule, FedAvgServer, HeldOut, Method, ParamGroup, Payload,
                                   RunContext, Server, vision_prompt_problems, weighted_mean)
 from fedmoap.seeding import torch_generator
 
@@ -108,6 +108,13 @@ class VPTHeadClient(ClientModule):
 
     def prepare_eval(self, payload: Payload) -> None:
         self.receive(payload)
+
+    def adapt_unseen(self, held: HeldOut) -> None:
+        """A first-time participant: its prior is its own training label histogram (what the
+        set-up pass keeps; nothing goes to the server), then it trains on the downloaded model."""
+        if self.ccmp:
+            self.prior_counts = torch.bincount(held.train_labels.cpu(), minlength=self.num_classes).float()
+        super().adapt_unseen(held)
 
     def upload(self) -> Payload:
         if self.method.local:

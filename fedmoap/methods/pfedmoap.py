@@ -8,6 +8,12 @@ Uploads its prompt only; the gating network never leaves the client.
 
 Server: keeps a pool with every client's latest prompt and the FedAvg global prompt; a returning
 participant downloads the global prompt and the K pool entries nearest (L2) to its own entry.
+
+A never-trained (held-out) client is evaluated with the global prompt alone (the gating needs
+local training); its few-shot adaptation runs both of a participant's kinds of round, R_adapt
+epochs each: first as a first-time participant (the global prompt, plain CE), then as a
+returning one whose pool entry is that prompt (the K experts nearest to it, local prompt and
+gating trained as in any round with experts); its prompt never enters the pool.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.gating import AttentionGating
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
@@ -76,6 +82,13 @@ class PFedMoAPClient(GlobalPromptClient):
         if self.fresh:  # never trained: the global prompt, no experts (as a first-time participant)
             self.ctx.data.copy_(payload["prompt"])
 
+    def adapt_unseen(self, held: HeldOut) -> None:
+        """A first-time participant's round, then a returning participant's with the experts
+        nearest to the prompt it would have uploaded (see the module docstring)."""
+        super().adapt_unseen(held)
+        self.receive(held.download(self.upload()))
+        held.train(held.epochs, "adapt/experts")
+
     def logits(self, batch: dict[str, Tensor], local_text: Tensor) -> Tensor:
         image = batch["features"]
         local = self.backbone.logit_scale * image @ local_text.t()
@@ -109,11 +122,21 @@ class PFedMoAPServer(FedAvgServer):
     def payload(self, cid: int, t: int) -> Payload:
         out = super().payload(cid, t)
         if cid in self.pool:
-            ids = nearest_experts(self.pool, cid, self.num_experts(cid))
-            prompt = out["prompt"]
-            out["experts"] = (torch.stack([self.pool[j] for j in ids]) if ids
-                              else prompt.new_zeros(0, *prompt.shape))
+            out["experts"] = self.experts(self.pool, cid, out["prompt"])
         return out
+
+    def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
+        """The global prompt; with ``upload``, also the experts nearest to its prompt (as if it
+        were ``cid``'s pool entry; the pool is not changed)."""
+        out = self.eval_payload(cid)
+        if upload is not None:
+            out["experts"] = self.experts({**self.pool, cid: upload["prompt"]}, cid, out["prompt"])
+        return out
+
+    def experts(self, pool: dict[int, Tensor], cid: int, prompt: Tensor) -> Tensor:
+        """(K, n_ctx, W) the pool entries nearest to ``pool[cid]``, nearest first."""
+        ids = nearest_experts(pool, cid, self.num_experts(cid))
+        return torch.stack([pool[j] for j in ids]) if ids else prompt.new_zeros(0, *prompt.shape)
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         super().aggregate(t, uploads, weights)

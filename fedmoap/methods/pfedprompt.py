@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, Payload, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
@@ -57,6 +57,13 @@ class PFedPromptClient(GlobalPromptClient):
 
     def prepare_eval(self, payload: Payload) -> None:
         self.ctx.data.copy_(payload["prompt"])
+
+    def adapt_unseen(self, held: HeldOut) -> None:
+        """A first-time participant's round; the features it saw become its cache (as when a
+        participant's state is kept)."""
+        super().adapt_unseen(held)
+        if self._seen:
+            self._build_cache()
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
         self._seen.append((batch["features"].detach().float().cpu(), batch["label"].cpu()))
