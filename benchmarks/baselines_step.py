@@ -23,7 +23,7 @@ from local_step import paired
 
 BATCH = 32
 METHODS = ["promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp",
-           "kgcoop", "promptfolio"]
+           "kgcoop", "promptfolio", "prograd", "plot"]
 """PromptFL for reference; PromptFL+FT's step is PromptFL's (its fine-tuning at evaluation
 repeats it ``ft_epochs`` times per client and evaluation)."""
 
@@ -106,9 +106,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     a = ap.parse_args()
     torch.manual_seed(0)
-    rows = run(OpenCLIPBackbone.build("RN50", None), repeats=a.repeats)
+    rows = run(OpenCLIPBackbone.build("RN50", None), repeats=a.repeats, methods=a.methods)
     print(table(rows))
     if a.json:
         a.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),

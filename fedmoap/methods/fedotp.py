@@ -90,6 +90,15 @@ def transport_plan(sim: Tensor, eps: float, gamma: float = 1.0, unbalanced: bool
         return u.unsqueeze(-1) * k * v.unsqueeze(-2)
 
 
+def transport_logits(tokens: Tensor, text: Tensor, scale: Tensor | float, eps: float, gamma: float,
+                     unbalanced: bool, max_iter: int, thresh: float) -> Tensor:
+    """(B, C) ``scale * sum_mn T*_mn <f_m, g_cn>`` for patch features ``tokens`` (B, M, D) and the
+    text features ``text`` (N, C, D) of N prompts; T* (:func:`transport_plan`) is a constant."""
+    sim = torch.einsum("bmd,ncd->bcmn", tokens, text.to(tokens.dtype))
+    plan = transport_plan(sim.detach(), eps, gamma, unbalanced, max_iter, thresh)
+    return scale * (plan.to(sim.dtype) * sim).sum((-2, -1))
+
+
 class FedOTPClient(PromptClient):
     method: "FedOTP"
 
@@ -132,9 +141,8 @@ class FedOTPClient(PromptClient):
     def ot_logits(self, tokens: Tensor, text: Tensor) -> Tensor:
         """(B, C) ``s * sum_mn T*_mn <f_m, g_cn>`` for patch features (B, M, D)."""
         m = self.method
-        sim = torch.einsum("bmd,ncd->bcmn", tokens, text.to(tokens.dtype))
-        plan = transport_plan(sim.detach(), m.eps, m.gamma, m.ot == "cot", m.max_iter, m.thresh)
-        return self.backbone.logit_scale * (plan.to(sim.dtype) * sim).sum((-2, -1))
+        return transport_logits(tokens, text, self.backbone.logit_scale, m.eps, m.gamma, m.ot == "cot",
+                                m.max_iter, m.thresh)
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.ot_logits(batch["tokens"], self.prompt_features())
