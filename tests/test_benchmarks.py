@@ -43,3 +43,16 @@ def test_quick_benchmark_writes_its_contract(tmp_path):
     assert traffic["pfedmoap"]["down_bytes"] == (1 + 9) * prompt  # global + K = 9 experts
     assert traffic["coop"]["down_bytes"] == traffic["zeroshot"]["up_bytes"] == 0
     assert "| local step" in proc.stdout
+
+
+def test_cocoop_step_benchmark_runs_and_is_exact(tmp_path):
+    """The CoCoOp step benchmark on the tiny model: both paths give the same logits, every figure
+    is measured, the reference path really is full-length."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cocoop_step
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+
+    row = cocoop_step.run(OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0), classes=3, batch=2, repeats=1)
+    assert row["max_abs_diff"] <= 1e-5
+    assert row["full_tokens"] == 77 and row["prompt_tokens"] < 20
+    assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("ms", "floor_ms", "ratio_to_floor"))
