@@ -146,6 +146,14 @@ class TrainArgs:
     lr: float = 0.01
     """Learning rate of the prompts (cosine-annealed over the local epochs of each round). Paper:
     0.002 (set by the paper configs); the offline default's few CPU rounds need a larger step."""
+    lr_schedule: Literal["local", "rounds"] = field(default="local", metadata=ADDED)
+    """``local``: the lr is cosine-annealed over the epochs of each local training (restarted every
+    time a client trains; pFedMoAP's reference); ``rounds``: a cosine over the global rounds,
+    ``lr * 0.5 (1 + cos(pi (t - 1) / lr_rounds))`` in round t, constant within the round (FedTPG,
+    FedMVP, FLiP). Groups a method keeps at a constant lr (pFedMoAP's gating) stay constant."""
+    lr_rounds: Optional[int] = field(default=None, metadata=ADDED)
+    """``lr_schedule: rounds``: the cosine's period in rounds (required; usually ``fed.rounds``;
+    rounds past it keep the last value, so an extended run continues exactly)."""
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 5e-4

@@ -129,7 +129,7 @@ def dp_sgd(module: ClientModule, data: FederatedData, cid: int, t: int, epochs: 
     """record_sgd's local training (in place of :func:`~fedmoap.local.train_locally`): ``epochs``
     epochs of ceil(n / B) Poisson-sampled steps. Returns the per-example gradient norms before
     clipping (a diagnostic; not private)."""
-    module.planned_epochs = epochs
+    module.planned_epochs, module.planned_round = epochs, t
     built = module.configure_optimizers()
     if built is None:
         return []

@@ -17,12 +17,13 @@ Batches = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 
 
 def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: Fabric,
-                  scaler_state: dict | None = None) -> dict | None:
-    """``epochs`` epochs of the module's optimizer on one client; the schedule steps per epoch.
+                  scaler_state: dict | None = None, t: int | None = None) -> dict | None:
+    """``epochs`` epochs of the module's optimizer on one client in round ``t``; the schedule
+    steps per epoch.
 
     Returns the loss scaler's state under ``16-mixed`` (the client keeps it), else None.
     """
-    module.planned_epochs = epochs
+    module.planned_epochs, module.planned_round = epochs, t
     built = module.configure_optimizers()
     if built is None:
         return None

@@ -137,7 +137,7 @@ class Federation:
         if self.privacy is not None and self.privacy.mode == "record_sgd":  # DP-SGD (fedmoap/privacy.py)
             scaler = self.privacy.train(self.module, cid, t, epochs, self.fabric)
         else:
-            scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"))
+            scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"), t=t)
         state = self.module.client_state()
         if scaler is not None:
             state["scaler"] = scaler
@@ -178,7 +178,7 @@ class Federation:
         t, cid), nothing stored or uploaded) for a given number of epochs."""
         self.module.begin_adaptation()
         batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose=stream)
-        train_locally(self.module, batches, epochs, self.fabric)
+        train_locally(self.module, batches, epochs, self.fabric, t=t)
 
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would
@@ -210,7 +210,7 @@ class Federation:
                              "set personal_eval = True")
         self.module.begin_adaptation()
         batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
-        train_locally(self.module, batches, epochs, self.fabric)
+        train_locally(self.module, batches, epochs, self.fabric, t=t)
 
 
 def default_fabric() -> Fabric:

@@ -113,3 +113,11 @@ def test_table_and_method_configs_compose(table, method):
 @functools.cache
 def _table_alone(table: Path):
     return parse_fit(["fit", "--config", str(table)])[0]
+
+
+@pytest.mark.parametrize("method", sorted(p for p in METHOD_CONFIGS if p.stem.endswith("_flip")), ids=lambda p: p.stem)
+def test_flip_protocol_composes_with_each_flip_learner(method):
+    cfg, _, _ = parse_fit(["fit", "--config", str(TABLES[0].parent / "flip_caltech101.yaml"), "--config", str(method)])
+    validate(cfg)
+    assert cfg.train.lr_schedule == "rounds" and cfg.train.lr_rounds == cfg.fed.rounds == 50
+    assert cfg.method.name == yaml.safe_load(method.read_text())["method"]["class_path"]

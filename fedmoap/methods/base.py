@@ -210,6 +210,8 @@ class ClientModule(L.LightningModule):
         self._optim_state: dict | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._eval_cache: Any = None
+        self.planned_round: int | None = None
+        """The round this training belongs to (for ``train.lr_schedule: rounds``)."""
         self.planned_epochs: int | None = None
         """Epochs of the local training about to run (federated training, fine-tuning, adaptation
         or DP-SGD), set by the trainer before :meth:`configure_optimizers`: the cosine's period."""
@@ -340,6 +342,16 @@ class ClientModule(L.LightningModule):
         ``train.local_epochs`` where no trainer set it."""
         return self.planned_epochs or self.run.train.local_epochs
 
+    def round_factor(self) -> float | None:
+        """``train.lr_schedule: rounds``: the lr factor of this training's round t, a cosine over
+        ``train.lr_rounds`` rounds, ``0.5 (1 + cos(pi (t - 1) / R))``, constant within the round
+        (rounds past R keep the last value); None for the per-training cosine (``local``)."""
+        t = self.run.train
+        if t.lr_schedule != "rounds" or self.planned_round is None:
+            return None
+        r = max(1, t.lr_rounds or 1)
+        return 0.5 * (1 + math.cos(math.pi * (min(self.planned_round, r) - 1) / r))
+
     def configure_optimizers(self) -> dict | None:
         """SGD over :meth:`param_groups` (with the client's kept state, if any) and a LambdaLR
         schedule stepped once per local epoch, annealed to 0 over :meth:`schedule_epochs`."""
@@ -355,9 +367,10 @@ class ClientModule(L.LightningModule):
                 group["lr"] = g.lr
                 group.pop("initial_lr", None)
         epochs = self.schedule_epochs()
+        by_round = self.round_factor()
 
         def cosine(epoch: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+            return 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if by_round is None else by_round
 
         def constant(epoch: int) -> float:
             return 1.0
