@@ -222,6 +222,11 @@ class EvalArgs:
     with HM(base, novel) and HM(local, base, novel); ``unseen_clients``: a seeded
     ``unseen_fraction`` of the clients never trains and is evaluated without and with few-shot
     adaptation. E.g. ``--eval.modes "[local,base2novel]"``."""
+    local_label_space: Literal["all", "own"] = field(default="all", metadata=ADDED)
+    """The label space of ``local``: ``all``, every class of the dataset (the pFedMoAP metric);
+    ``own``, only the classes the client trains on (FedTPG's "local": the model classifies among
+    them, its class names set to them; a test image of another class counts as an error, and none
+    exists under the default test-set rules). Methods that cannot rename classes are refused."""
     base_fraction: float = 0.5
     """base2novel: fraction of the classes (by label index, rounded up) that are base classes
     (CoOp's convention: ceil(C/2))."""

@@ -82,6 +82,10 @@ def problems(cfg: RunConfig) -> list[str]:
         out.append("eval.adaptation_epochs must be >= 0 or null")
     if e.max_test_images is not None and e.max_test_images < 1:
         out.append("eval.max_test_images must be >= 1 or null")
+    if e.local_label_space == "own" and not can_rename(cfg.method):
+        name = cfg.method.name or type(cfg.method).__name__
+        out.append(f"eval.local_label_space own: method {name} cannot change its label space (its "
+                   "client does not implement set_classnames)")
     if "base2novel" in modes and not can_rename(cfg.method):
         name = cfg.method.name or type(cfg.method).__name__
         out.append(f"eval.modes base2novel: method {name} cannot evaluate on class names it did not "

@@ -115,6 +115,14 @@ class FederatedData:
             rows = pos[start:start + batch_size]
             yield self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
 
+    def own_classes(self, cid: int) -> tuple[list[str], Tensor]:
+        """The classes client ``cid`` trains on, in label order: their names, and the map from
+        every label to its index among them (-1 for the others)."""
+        own = torch.unique(self.train_labels(cid)).cpu()
+        relabel = torch.full((len(self.classnames),), -1, dtype=torch.long)
+        relabel[own] = torch.arange(len(own))
+        return [self.classnames[int(k)] for k in own], relabel
+
     def rows_batches(self, pos: Tensor, batch_size: int,
                      relabel: Tensor | None = None) -> Iterator[dict[str, Tensor]]:
         """Test batches of the positions ``pos`` into ``test`` (an evaluation mode's test set);

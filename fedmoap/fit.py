@@ -251,7 +251,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     held_out = split.extra.get("unseen_clients", [])
     schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
                         t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds,
-                        count=cfg.fed.participants, held_out=frozenset(held_out))
+                        count=cfg.fed.participants, own_label_space=cfg.eval.local_label_space == "own",
+                        held_out=frozenset(held_out))
     privacy = None
     if cfg.dp.mode != "off":  # differential privacy (fedmoap/privacy.py); may refuse a budget
         privacy = Privacy(cfg.dp, seed=cfg.seed, method=method, module=module, data=data,

@@ -34,6 +34,8 @@ class Schedule:
     """The run's last round (always evaluated)."""
     count: int | None = None
     """Exact participants per round (``fed.participants``) instead of the fraction."""
+    own_label_space: bool = False
+    """``eval.local_label_space own``: each client is evaluated among its own classes."""
     held_out: frozenset[int] = frozenset()
     """Clients that never train (``eval.modes`` unseen_clients): they are neither drawn nor
     evaluated as training clients (:mod:`fedmoap.evaluation` evaluates them)."""
@@ -185,16 +187,26 @@ class Federation:
         use now. A method whose evaluation depends on the server alone is set up once for all."""
         accs, ready = {}, False
         shared = not self.module.personal_eval
-        for cid in tqdm(clients, desc=f"round {t} eval", leave=False, disable=not progress):
-            if not (shared and ready):
-                self.module.load_client(cid, None if shared else self.store.get(cid))
-                self.module.prepare_eval(self.server.eval_payload(cid))
-                self.adapt(cid, t)
-                with self.fabric.autocast():
-                    self.module.begin_eval()
-                ready = True
-            accs[cid] = evaluate(self.module, self.data.test_batches(cid, self.schedule.eval_batch_size),
-                                 self.fabric)
+        own, names = self.schedule.own_label_space, list(self.module.classnames)
+        bs = self.schedule.eval_batch_size
+        try:
+            for cid in tqdm(clients, desc=f"round {t} eval", leave=False, disable=not progress):
+                if not (shared and ready) or own:
+                    self.module.load_client(cid, None if shared else self.store.get(cid))
+                    self.module.prepare_eval(self.server.eval_payload(cid))
+                    self.adapt(cid, t)
+                    if own:  # the client's own classes are its label space
+                        own_names, relabel = self.data.own_classes(cid)
+                        self.module.set_classnames(own_names)
+                    with self.fabric.autocast():
+                        self.module.begin_eval()
+                    ready = True
+                batches = (self.data.rows_batches(self.data.test_pos[cid], bs, relabel) if own
+                           else self.data.test_batches(cid, bs))
+                accs[cid] = evaluate(self.module, batches, self.fabric)
+        finally:
+            if list(self.module.classnames) != names:
+                self.module.set_classnames(names)
         return accs
 
     def adapt(self, cid: int, t: int) -> None:

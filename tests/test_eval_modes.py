@@ -348,3 +348,35 @@ def test_report_bad_inputs_one_line_exit_2(tmp_path, capsys, case):
     assert main(["report", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedmoap: error: report:") and "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["promptfl", "pfedmoap"])
+def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name):
+    """``eval.local_label_space own``: each client's model chooses among the classes it trains on,
+    so (argmax over a subset that holds the true class) it is right wherever it is right over all
+    classes; the module's label space is restored afterwards."""
+    from worlds import tiny_world
+
+    backbone, names, data = tiny_world(tmp_path / "cache", 3, alpha=0.02)
+    knobs = {"n_ctx": 4} if name == "promptfl" else {"n_ctx": 4, "num_experts": 1, "d_gating": 16, "heads": 2}
+    method = METHODS[name](**knobs)
+    run = RunContext(0, 3, TrainArgs(local_epochs=1, batch_size=8), True)
+    module = method.build_client(backbone, names, run)
+    server = method.build_server(module.global_init(), run)
+    fed = Federation(method, module, server, ClientStore(tmp_path / "store"), data,
+                     Schedule(0, 3, 1.0, 1, 8, rounds=1), default_fabric())
+    fed.run_round(1, progress=False)
+    all_space = fed.evaluate([0, 1, 2], 1)
+    fed.schedule = Schedule(0, 3, 1.0, 1, 8, rounds=1, own_label_space=True)
+    own_space = fed.evaluate([0, 1, 2], 1)
+    assert list(module.classnames) == names
+    for c in range(3):
+        assert own_space[c][1] == all_space[c][1] and own_space[c][0] >= all_space[c][0]
+    assert min(len(data.own_classes(c)[0]) for c in range(3)) < len(names)
+    assert sum(o[0] for o in own_space.values()) > sum(a[0] for a in all_space.values())
+
+
+def test_own_label_space_refuses_methods_with_a_fixed_head(tmp_path, capsys):
+    rc = main(["fit", "--config", str(SMOKE), "--method", "fedavg_vpt", "--eval.local_label_space", "own",
+               "--run_dir", str(tmp_path / "r")])
+    assert rc == 2 and "eval.local_label_space own: method fedavg_vpt" in capsys.readouterr().err
