@@ -114,7 +114,7 @@ def problems(cfg: RunConfig) -> list[str]:
         if dp.epsilon is not None and dp.epsilon not in preset["epsilons"]:
             out.append(f"dp.preset {dp.preset} is epsilon in {{{', '.join(f'{e:g}' for e in preset['epsilons'])}}}, "
                        f"not dp.epsilon {dp.epsilon:g} (drop the preset for other budgets)")
-    if any(cfg.method.collects_statistics(t) for t in range(cfg.fed.rounds + 1)):
+    if cfg.method.shares_statistics and any(cfg.method.collects_statistics(t) for t in range(cfg.fed.rounds + 1)):
         out.append(f"dp.mode {dp.mode}: method {cfg.method.name or type(cfg.method).__name__} sends client "
                    "statistics (e.g. per-class feature sums and counts) that no DP mechanism covers; "
                    "run it with dp.mode off")

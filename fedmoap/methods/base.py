@@ -158,6 +158,11 @@ class Method:
         return default
 
     # --- client statistics (seed-methods) ---
+    shares_statistics: ClassVar[bool] = True
+    """Whether what :meth:`ClientModule.statistics` returns reaches the server (False: the pass
+    only lets each client record something of its own data, e.g. its classes, and sends nothing;
+    such a method runs under DP)."""
+
     def collects_statistics(self, t: int) -> bool:
         """Whether the server folds client statistics (:meth:`ClientModule.statistics`,
         :meth:`Server.fold_statistics`) at step ``t``: ``t = 0`` is the set-up pass over every
