@@ -22,7 +22,7 @@ def load_images(ds: Dataset, rows: np.ndarray, column: str, data_id: str) -> lis
     """The decoded images of rows ``rows`` of ``ds`` (``data_id`` names the split in errors)."""
     rows = [int(r) for r in rows]
     try:
-        images = ds.select(rows)[column]
+        images = list(ds.select(rows)[column])  # a lazy column decodes while listed
     except Exception as exc:  # Pillow and datasets raise many kinds for one bad image
         images, failure = None, exc
     else:
