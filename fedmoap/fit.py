@@ -128,7 +128,8 @@ def stopped_at(where: dict[str, Any], what: str) -> str:
         return f"{what} while starting the run, before its first round; rerun the same command to start it"
     if stage == "finish":
         return f"{what} after the last round, while writing the results; rerun the same command to finish"
-    resume = f"round {r - 1}'s checkpoint is the resume point" if r > 1 else "no round was finished"
+    done = where["done"]
+    resume = f"round {done}'s checkpoint is the resume point" if done else "no round was finished"
     return f"{what} during round {r}; {resume}; rerun the same command to resume"
 
 
@@ -143,7 +144,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     """
     run_dir = Path(run_dir)
     validate(cfg)
-    where: dict[str, Any] = {"stage": "set-up", "round": 0}
+    where: dict[str, Any] = {"stage": "set-up", "round": 0, "done": 0}  # done: the newest checkpoint
     lock = RunLock(run_dir)
     try:
         return _fit(cfg, run_dir, progress, lock, where)
@@ -276,8 +277,8 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
         if note and comm.is_main:
             print(f"fedmoap: note: {note}", file=sys.stderr)
     claim(run_dir, cfg_dict, comm, lock, seen)  # every rank has checked the run directory
-    where["stage"] = "start"
     done = history[-1]["round"] if history else 0
+    where.update(stage="start", done=done)
     if comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
@@ -317,6 +318,7 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
                                              "backbone": fingerprints,
                                              **({"privacy": privacy.state_dict()} if privacy else {})},
                                 cfg.fed.keep_checkpoints)
+                where["done"] = r
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
