@@ -65,11 +65,12 @@ def _structure_problem(ckpt: dict[str, Any], t: int) -> str | None:
         [(int(c), int(v)) for c, v in store["index"].items()]
     except (TypeError, ValueError):
         return "'store.index' does not map client ids to rounds"
-    if not isinstance(history, list) or not history or \
-            not all(isinstance(r, dict) and isinstance(r.get("round"), int) for r in history):
+    if not isinstance(history, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("round"), int) and isinstance(r.get("participants"), list)
+            for r in history):
         return "'history' is not a list of round records"
-    if ckpt.get("round") != t or history[-1]["round"] != t:
-        return f"it does not hold round {t}"
+    if ckpt.get("round") != t or [r["round"] for r in history] != list(range(1, t + 1)):
+        return f"it does not hold rounds 1 to {t}"
     for key in ("backbone", "privacy"):
         if key in ckpt and not isinstance(ckpt[key], dict):
             return f"{key!r} is not a mapping"

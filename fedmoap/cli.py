@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     except FedmoapError as exc:
         print(f"fedmoap: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before fit() began: nothing was written
-        print("fedmoap: interrupted (SIGINT) while starting, before anything was written", file=sys.stderr)
+    except KeyboardInterrupt:  # outside fit()'s own report of where it stopped
+        print("fedmoap: interrupted (SIGINT); rerun the same command", file=sys.stderr)
         return EXIT_INTERRUPTED
     rounds = out["rounds"]
     if rounds and out["rank"] == 0:

@@ -42,7 +42,7 @@ from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
 from fedmoap.privacy import Privacy, preset_note
 from fedmoap.privacy import problems as privacy_problems
-from fedmoap.results import hparams, mode_scalars, scalars, write_hparams, write_results
+from fedmoap.results import hparams, mode_scalars, mode_summary, scalars, summary, write_hparams, write_results
 from fedmoap.rounds import Federation, Schedule
 from fedmoap.rundir import OWN_FILES, RunLock, check_run_dir  # noqa: F401  (OWN_FILES: public here)
 from fedmoap.store import ClientStore
@@ -262,6 +262,8 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
             server.load_state_dict(ckpt["server"])
             store.load_state_dict(ckpt["store"])
             history = list(ckpt["history"])
+            summary(history), mode_summary(history)  # what every later write of the results reads
+            [(scalars(r), mode_scalars(r)) for r in history[-1:]]
         if cfg.dp.mode != "off":  # differential privacy (fedmoap/privacy.py); may refuse a budget
             privacy = Privacy(cfg.dp, seed=cfg.seed, method=method, module=module, data=data,
                               schedule=schedule, state=(ckpt or {}).get("privacy"))

@@ -87,6 +87,8 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 def check_directory(path: Path, key: str) -> None:
     """Refuse a directory-to-be that is a file, or lies under a file (``key`` names the setting)."""
     path = Path(path).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise FedmoapError(f"{key} {path} is a broken symbolic link")
     if path.exists() and not path.is_dir():
         raise FedmoapError(f"{key} {path} is a file, not a directory")
     for parent in path.parents:

@@ -103,6 +103,8 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "run_dir_holds_something_else": ([], "foreign", ["not empty"]),
     "checkpoint_holding_a_list": (["--fed.rounds", "3"], "ckpt_list", ["{newest}"]),
     "checkpoint_of_another_structure": (["--fed.rounds", "3"], "ckpt_structure", ["{newest}", "store"]),
+    "checkpoint_missing_a_round": (["--fed.rounds", "3"], "ckpt_history", ["{newest}", "rounds 1 to 2"]),
+    "run_dir_a_broken_link": ([], "broken_link", ["broken symbolic link"]),
     # a run dir whose entries fedmoap did not write: refused before round 3 is trained
     "results_json_is_a_folder": (["--fed.rounds", "3"], "results_folder", ["results.json", "folder"]),
     "checkpoints_is_a_file": (["--fed.rounds", "3"], "checkpoints_file", ["checkpoints", "is a file"]),
@@ -185,13 +187,18 @@ def setup(tmp_path_factory):
 def prepare(root: Path, base: Path, name: str, kind: str) -> tuple[Path, Path | None]:
     run_dir, newest = root / "cases" / name, None
     run_dir.parent.mkdir(exist_ok=True)
-    if kind not in ("fresh", "file", "under_file", "foreign", "aborted_config_folder"):
+    if kind not in ("fresh", "file", "under_file", "foreign", "aborted_config_folder", "broken_link"):
         shutil.copytree(base, run_dir)
     checkpoints = sorted(run_dir.glob("checkpoints/round_*.pt"))
-    if kind in ("ckpt_list", "ckpt_structure", "state_folder"):
+    if kind in ("ckpt_list", "ckpt_structure", "ckpt_history", "state_folder"):
         newest = checkpoints[-1]
     if kind == "ckpt_list":
         torch.save([1, 2, 3], newest)
+    elif kind == "ckpt_history":
+        ckpt = torch.load(newest, weights_only=True)
+        torch.save({**ckpt, "history": ckpt["history"][1:]}, newest)
+    elif kind == "broken_link":
+        run_dir.symlink_to(root / "nowhere")
     elif kind == "ckpt_structure":
         ckpt = torch.load(newest, weights_only=True)
         torch.save({**ckpt, "store": [ckpt["store"]]}, newest)

@@ -159,7 +159,9 @@ def load_split(path: Path, data: SourceData, num_clients: int, key: str = "data.
 
 
 def _ints(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    """A list of integers that fit int64."""
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           and -2 ** 63 <= v < 2 ** 63 for v in value)
 
 
 def _shape_problem(raw: object) -> str | None:
