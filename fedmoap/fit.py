@@ -36,7 +36,7 @@ from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
 from fedmoap.federated_data import gather_inputs
 from fedmoap.features import FeatureCache
-from fedmoap.io import atomic_write_text, check_directory, remove_temporaries, write_error
+from fedmoap.io import atomic_write_text, check_directory, write_error
 from fedmoap.methods.base import INPUTS, RunContext
 from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
@@ -44,7 +44,7 @@ from fedmoap.privacy import Privacy, preset_note
 from fedmoap.privacy import problems as privacy_problems
 from fedmoap.results import hparams, mode_scalars, mode_summary, scalars, summary, write_hparams, write_results
 from fedmoap.rounds import Federation, Schedule
-from fedmoap.rundir import OWN_FILES, RunLock, check_run_dir  # noqa: F401  (OWN_FILES: public here)
+from fedmoap.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
 from fedmoap.store import ClientStore
 
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
@@ -119,20 +119,6 @@ def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
     return f"stopped by signal {sig} {where}; {how}"
 
 
-def stopped_at(where: dict[str, Any], what: str) -> str:
-    """Where a run stopped by ``what`` (Ctrl-C, a failed write) left off, and how to go on."""
-    stage, r = where["stage"], where["round"]
-    if stage == "set-up":
-        return f"{what} during set-up, before anything was written to the run directory; rerun the same command"
-    if stage == "start":
-        return f"{what} while starting the run, before its first round; rerun the same command to start it"
-    if stage == "finish":
-        return f"{what} after the last round, while writing the results; rerun the same command to finish"
-    done = where["done"]
-    resume = f"round {done}'s checkpoint is the resume point" if done else "no round was finished"
-    return f"{what} during round {r}; {resume}; rerun the same command to resume"
-
-
 def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the federated training ``cfg`` describes, writing into ``run_dir``.
 
@@ -156,29 +142,6 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         raise FedmoapError(write_error(exc, stopped_at(where, "stopped"))) from None
     finally:
         lock.release()
-
-
-def claim(run_dir: Path, cfg_dict: dict[str, Any], comm: Comm, lock: RunLock, seen: tuple) -> None:
-    """Take the run directory's lock (rank 0) and check that the directory is still as set-up
-    found it (``seen``: resumable?, newest checkpoint); then delete killed writes' temporaries.
-    Every rank raises the same error, so that none waits for the others."""
-    error = None
-    if comm.is_main:
-        try:
-            lock.acquire()
-            if (check_run_dir(run_dir, cfg_dict), latest_round(run_dir)) != seen:
-                raise FedmoapError(f"run_dir {run_dir} changed while this run was setting up (another "
-                                   "fedmoap fit wrote into it); rerun the same command")
-            remove_temporaries(run_dir)
-        except FedmoapError as exc:
-            error = str(exc)
-        except OSError as exc:
-            error = write_error(exc, "rerun the same command")
-        if error:
-            lock.release()
-    error = comm.broadcast(error)
-    if error:
-        raise FedmoapError(error)
 
 
 def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: dict[str, Any]) -> dict[str, Any]:

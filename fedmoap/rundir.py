@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from fedmoap.checkpoint import latest_round
 from fedmoap.config import added_section_defaults, neutral_keys
+from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.io import check_directory, is_temporary, try_lock, writable
+from fedmoap.io import check_directory, is_temporary, remove_temporaries, try_lock, write_error, writable
 
 LOCK_NAME = ".fedmoap.lock"
 FILES = ("config.yaml", "split.json", "results.json", LOCK_NAME)
@@ -141,3 +143,40 @@ class RunLock:
         if self._handle is not None:
             self._handle.close()  # closing the last descriptor frees the lock
             self._handle = None
+
+
+def stopped_at(where: dict[str, Any], what: str) -> str:
+    """Where a run stopped by ``what`` (Ctrl-C, a failed write) left off, and how to go on."""
+    stage, r = where["stage"], where["round"]
+    if stage == "set-up":
+        return f"{what} during set-up, before anything was written to the run directory; rerun the same command"
+    if stage == "start":
+        return f"{what} before round {where['done'] + 1} began; rerun the same command"
+    if stage == "finish":
+        return f"{what} after the last round, while writing the results; rerun the same command to finish"
+    done = where["done"]
+    resume = f"round {done}'s checkpoint is the resume point" if done else "no round was finished"
+    return f"{what} during round {r}; {resume}; rerun the same command to resume"
+
+
+def claim(run_dir: Path, cfg_dict: dict[str, Any], comm: Comm, lock: RunLock, seen: tuple) -> None:
+    """Take the run directory's lock (rank 0) and check that the directory is still as set-up
+    found it (``seen``: resumable?, newest checkpoint); then delete killed writes' temporaries.
+    Every rank raises the same error, so that none waits for the others."""
+    error = None
+    if comm.is_main:
+        try:
+            lock.acquire()
+            if (check_run_dir(run_dir, cfg_dict), latest_round(run_dir)) != seen:
+                raise FedmoapError(f"run_dir {run_dir} changed while this run was setting up (another "
+                                   "fedmoap fit wrote into it); rerun the same command")
+            remove_temporaries(run_dir)
+        except FedmoapError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = write_error(exc, "rerun the same command")
+        if error:
+            lock.release()
+    error = comm.broadcast(error)
+    if error:
+        raise FedmoapError(error)
