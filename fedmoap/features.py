@@ -98,9 +98,12 @@ class FeatureCache:
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         try:
             blob = torch.load(path, weights_only=True)
-            assert blob["format"] == CACHE_FORMAT and len(blob["rows"]) == len(blob["features"])
-            assert isinstance(blob["rows"], Tensor) and blob["rows"].ndim == 1
-            return blob["rows"], blob["features"]
+            rows, feats = blob["rows"], blob["features"]
+            if blob["format"] != CACHE_FORMAT or not isinstance(rows, Tensor) or not isinstance(feats, Tensor) \
+                    or rows.ndim != 1 or feats.ndim < 2 or len(rows) != len(feats) \
+                    or not bool((rows[1:] > rows[:-1]).all()):  # sorted: rows are looked up by bisection
+                raise ValueError("not a feature table of this format")
+            return rows, feats
         except Exception as exc:
             raise FedmoapError(f"feature cache file {path} is corrupt ({exc!r}); delete it to "
                                "recompute") from None

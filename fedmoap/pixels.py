@@ -92,7 +92,9 @@ class PixelCache:
         try:
             have = np.load(rows)
             images = np.load(data, mmap_mode="r")
-            assert images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(have)
+            if images.dtype != np.uint8 or images.ndim != 4 or have.ndim != 1 or len(images) != len(have) \
+                    or not (have[1:] > have[:-1]).all():  # sorted: rows are looked up by bisection
+                raise ValueError("not an image table of this format")
             return have, images
         except Exception as exc:
             raise FedmoapError(f"pixel cache file {data} is corrupt ({exc!r}); delete it to "

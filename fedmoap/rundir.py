@@ -9,9 +9,11 @@ writes its pid and host into it, so that a second ``fit`` is refused naming the 
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +129,16 @@ class RunLock:
         the holder that the lock file names."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+")  # not truncated: it names the holder
-        if not try_lock(handle):
+        try:
+            free = try_lock(handle)
+        except OSError as exc:  # a file system without any locks: run as before locks existed
+            handle.close()
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            print(f"fedmoap: warning: cannot lock {self.path} ({exc.strerror}); make sure no other "
+                  "fedmoap fit writes into this run directory", file=sys.stderr)
+            return
+        if not free:
             handle.seek(0)
             holder = " ".join(handle.read().split()) or "another process"
             handle.close()
