@@ -47,7 +47,40 @@ def load_latest(run_dir: Path, config_digest: str) -> dict[str, Any] | None:
         raise FedmoapError(f"checkpoint {path} is not a fedmoap checkpoint of format {CKPT_FORMAT}")
     if ckpt.get("config_digest") != config_digest:
         raise FedmoapError(f"checkpoint {path} was written by a run with another config")
+    problem = _structure_problem(ckpt, rounds[-1])
+    if problem:
+        raise FedmoapError(f"checkpoint {path} is not a fedmoap checkpoint of format {CKPT_FORMAT} "
+                           f"({problem}); move it away to resume from an earlier one")
     return ckpt
+
+
+def _structure_problem(ckpt: dict[str, Any], t: int) -> str | None:
+    """What is wrong with the shape of a loaded checkpoint of round ``t``, or None."""
+    store, history = ckpt.get("store"), ckpt.get("history")
+    if not isinstance(ckpt.get("server"), dict):
+        return "'server' is not a mapping"
+    if not isinstance(store, dict) or not isinstance(store.get("index"), dict):
+        return "'store' has no mapping 'index'"
+    try:
+        [(int(c), int(v)) for c, v in store["index"].items()]
+    except (TypeError, ValueError):
+        return "'store.index' does not map client ids to rounds"
+    if not isinstance(history, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("round"), int) and isinstance(r.get("participants"), list)
+            for r in history):
+        return "'history' is not a list of round records"
+    if ckpt.get("round") != t or [r["round"] for r in history] != list(range(1, t + 1)):
+        return f"it does not hold rounds 1 to {t}"
+    for key in ("backbone", "privacy"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            return f"{key!r} is not a mapping"
+    return None
+
+
+def latest_round(run_dir: Path) -> int:
+    """The newest checkpointed round of the run (0 if none)."""
+    rounds = _rounds(run_dir)
+    return rounds[-1] if rounds else 0
 
 
 def _rounds(run_dir: Path) -> list[int]:

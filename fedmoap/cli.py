@@ -1,4 +1,8 @@
-"""Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``."""
+"""Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``.
+
+Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
+3 preempted by SIGUSR1/SIGTERM; 130 interrupted by Ctrl-C (SIGINT). After 2 (once fixed), 3 and
+130, rerunning the same command resumes from the last checkpoint."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +15,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_parsing_settings
 
 from fedmoap.errors import FedmoapError
-from fedmoap.preemption import EXIT_PREEMPTED, Preempted, stop_flag
+from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, stop_flag
 
 
 def build_parser() -> ArgumentParser:
@@ -161,9 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as exc:
         print(f"fedmoap: preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except Interrupted as exc:
+        print(f"fedmoap: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except FedmoapError as exc:
         print(f"fedmoap: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside fit()'s own report of where it stopped
+        print("fedmoap: interrupted (SIGINT); rerun the same command", file=sys.stderr)
+        return EXIT_INTERRUPTED
     rounds = out["rounds"]
     if rounds and out["rank"] == 0:
         last = rounds[-1]

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
-from fedmoap.io import atomic_torch_save, file_lock
+from fedmoap.data.images import load_images
+from fedmoap.io import atomic_torch_save, cache_lock
 from fedmoap.preemption import Preempted
 from fedmoap.seeding import derive_seed
 
@@ -72,7 +73,10 @@ class FeatureCache:
         """
         indices = np.asarray(indices, dtype=np.int64)
         path = self.root / f"{self.key(data_id, image_column, view, view_seed)}.pt"
-        with file_lock(path):
+        rows, feats = self._load(path)  # files are replaced atomically: readable without the lock
+        if np.isin(indices, rows.numpy()).all():  # all cached: nothing to write, no lock needed
+            return feats[torch.searchsorted(rows, torch.from_numpy(indices))]
+        with cache_lock(path, "data.feature_cache", len(np.setdiff1d(indices, rows.numpy()))):
             rows, feats = self._load(path)
             missing = np.setdiff1d(np.unique(indices), rows.numpy())
             for start in range(0, len(missing), FLUSH_ROWS):  # saved as it goes: a preempted
@@ -80,7 +84,7 @@ class FeatureCache:
                     raise Preempted("stopped by a signal while filling the feature cache; "
                                     "re-run to continue (rows encoded so far are cached)")
                 chunk = missing[start:start + FLUSH_ROWS]
-                new = self._encode(ds, chunk, image_column, view, view_seed)
+                new = self._encode(ds, data_id, chunk, image_column, view, view_seed)
                 rows = torch.cat([rows, torch.from_numpy(chunk)])
                 feats = torch.cat([feats, new]) if len(feats) else new
                 order = rows.argsort()
@@ -90,24 +94,28 @@ class FeatureCache:
         return feats[pos]
 
     def _load(self, path: Path) -> tuple[Tensor, Tensor]:
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return torch.zeros(0, dtype=torch.int64), torch.zeros(0)
         try:
             blob = torch.load(path, weights_only=True)
-            assert blob["format"] == CACHE_FORMAT and len(blob["rows"]) == len(blob["features"])
-            return blob["rows"], blob["features"]
+            rows, feats = blob["rows"], blob["features"]
+            if blob["format"] != CACHE_FORMAT or not isinstance(rows, Tensor) or not isinstance(feats, Tensor) \
+                    or rows.ndim != 1 or feats.ndim < 2 or len(rows) != len(feats) \
+                    or not bool((rows[1:] > rows[:-1]).all()):  # sorted: rows are looked up by bisection
+                raise ValueError("not a feature table of this format")
+            return rows, feats
         except Exception as exc:
             raise FedmoapError(f"feature cache file {path} is corrupt ({exc!r}); delete it to "
                                "recompute") from None
 
     @torch.no_grad()
-    def _encode(self, ds: Dataset, rows: np.ndarray, image_column: str, view: int,
+    def _encode(self, ds: Dataset, data_id: str, rows: np.ndarray, image_column: str, view: int,
                 view_seed: int) -> Tensor:
         transform = self.backbone.image_transform(train=view > 0)
         out = []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
-            images = ds.select(chunk.tolist())[image_column]
+            images = load_images(ds, chunk, image_column, data_id)
             batch = []
             for row, img in zip(chunk, images):
                 with torch.random.fork_rng(devices=[]):

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.config import DataArgs
+from fedmoap.data.images import BadImage
 from fedmoap.data.sources import SourceData
 from fedmoap.data.split import ClientSplit
 from fedmoap.features import FeatureCache
@@ -152,7 +153,17 @@ class FederatedData:
 def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, split: ClientSplit,
                   features: FeatureCache | None, tokens: FeatureCache | None,
                   pixels: PixelCache | None, seed: int) -> FederatedData:
-    """The inputs a method reads, for every row any client uses (encoded once, then cached)."""
+    """The inputs a method reads, for every row any client uses (encoded once, then cached). An
+    image that cannot be decoded stops it with one line naming the image and ``data.source``."""
+    try:
+        return _gather(inputs, args, source, split, features, tokens, pixels, seed)
+    except BadImage as exc:
+        raise BadImage(f"data.source {args.source!r}: {exc}") from None
+
+
+def _gather(inputs: frozenset[str], args: DataArgs, source: SourceData, split: ClientSplit,
+            features: FeatureCache | None, tokens: FeatureCache | None,
+            pixels: PixelCache | None, seed: int) -> FederatedData:
     train_used, train_pos = _union(split.train)
     pools = split.eval_sets  # the evaluation modes' pooled test sets (usually none)
     test_used, test_pos = _union(split.test + list(pools.values()))

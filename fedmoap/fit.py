@@ -1,7 +1,11 @@
 """``fedmoap fit``: validate, set up (backbone, data, split, features), then run or resume rounds.
 
-Nothing is written to the run directory until the config, the dataset, the split and the latest
-checkpoint have all been checked, so a bad input never damages an earlier run.
+Nothing is written to the run directory until the config, the run directory's contents, the
+dataset, the split and the latest checkpoint have all been checked, so a bad input never damages
+an earlier run. The first write comes after taking the run directory's lock
+(:class:`~fedmoap.rundir.RunLock`) and checking the directory again under it. A failed write
+(full disk, read-only file system) or Ctrl-C ends with one line saying where the run stopped;
+rerunning the same command resumes.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from tqdm.auto import tqdm
 
 from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
-from fedmoap.checkpoint import load_latest, save_checkpoint
+from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
 from fedmoap.config import (RunConfig, added_keys, added_section_defaults, config_dict, neutral_keys,
                             with_added_defaults)
 from fedmoap.data.sources import load_source
@@ -33,14 +37,15 @@ from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
 from fedmoap.federated_data import gather_inputs
 from fedmoap.features import FeatureCache
-from fedmoap.io import atomic_write_text
+from fedmoap.io import atomic_write_text, check_directory, write_error
 from fedmoap.methods.base import INPUTS, RunContext
 from fedmoap.pixels import PixelCache
-from fedmoap.preemption import Preempted, requeue, stop_flag
+from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
 from fedmoap.privacy import Privacy, preset_note
 from fedmoap.privacy import problems as privacy_problems
-from fedmoap.results import hparams, mode_scalars, scalars, write_hparams, write_results
+from fedmoap.results import hparams, mode_scalars, mode_summary, scalars, summary, write_hparams, write_results
 from fedmoap.rounds import Federation, Schedule
+from fedmoap.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
 from fedmoap.store import ClientStore
 
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
@@ -113,46 +118,6 @@ def validate(cfg: RunConfig) -> None:
         raise FedmoapError("; ".join(problems))
 
 
-OWN_FILES = {"config.yaml", "split.json", "tensorboard"}
-"""What a start that was killed before its first round can leave in a run directory."""
-
-
-def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
-    """True if ``run_dir`` holds this run already (resume); False for a new run (the directory
-    is absent, empty, or holds only what an aborted start leaves); an error if it holds another
-    run or something else."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FedmoapError(f"run_dir {run_dir} is a file, not a directory")
-    names = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
-    stored_path = run_dir / "config.yaml"
-    if not {"config.yaml", "split.json"} <= names:
-        if names - OWN_FILES:
-            raise FedmoapError(f"run_dir {run_dir} is not empty and holds no fedmoap run (config.yaml, "
-                               "split.json); choose an empty or new directory")
-        return False
-    try:
-        stored = yaml.safe_load(stored_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
-    if isinstance(stored, dict):  # runs made before a section or key existed have its defaults
-        stored = with_added_defaults(stored)
-    if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict) or \
-            any(not isinstance(stored.get(k), dict) for k, v in cfg_dict.items() if isinstance(v, dict)):
-        raise FedmoapError(f"{stored_path} is not a fedmoap config of this version (a mapping with "
-                           f"sections {', '.join(k for k, v in cfg_dict.items() if isinstance(v, dict))}); "
-                           "start the run in a new --run_dir")
-    if config_digest(stored) != config_digest(cfg_dict):
-        neutral = neutral_keys()
-        diffs = [f"{s}.{k}: {stored[s].get(k)!r} -> {v!r}" for s, sec in cfg_dict.items()
-                 if isinstance(sec, dict) and s != "method" for k, v in sec.items()
-                 if (s, k) not in neutral and stored[s].get(k) != v]
-        diffs += [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in cfg_dict.items()
-                  if (not isinstance(v, dict) or k == "method") and stored.get(k) != v]
-        raise FedmoapError(f"run_dir {run_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
-                           "use a new --run_dir to start a different run")
-    return True
-
-
 def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
     """What a preempted run says; only rank 0 requeues a SLURM job (once, for every rank)."""
     received = [s for s in (comm.gather(signal_number) if comm else [signal_number]) if s is not None]
@@ -172,10 +137,28 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     """Run (or resume) the federated training ``cfg`` describes, writing into ``run_dir``.
 
     Launches Fabric's processes (``cfg.fabric``); every rank runs this function. Raises
-    :class:`~fedmoap.preemption.Preempted` after a SIGUSR1/SIGTERM (requeueing under SLURM).
+    :class:`~fedmoap.preemption.Preempted` after a SIGUSR1/SIGTERM (requeueing under SLURM),
+    :class:`~fedmoap.preemption.Interrupted` after Ctrl-C (SIGINT), and a
+    :class:`FedmoapError` for bad input or a failed write (e.g. a full disk), each saying where
+    the run stopped.
     """
     run_dir = Path(run_dir)
     validate(cfg)
+    where: dict[str, Any] = {"stage": "set-up", "round": 0, "done": 0}  # done: the newest checkpoint
+    lock = RunLock(run_dir)
+    try:
+        return _fit(cfg, run_dir, progress, lock, where)
+    except KeyboardInterrupt:
+        raise Interrupted(stopped_at(where, "interrupted (SIGINT)")) from None
+    except OSError as exc:
+        if where["stage"] == "set-up":  # not a write into the run directory
+            raise FedmoapError(write_error(exc, "rerun the same command")) from None
+        raise FedmoapError(write_error(exc, stopped_at(where, "stopped"))) from None
+    finally:
+        lock.release()
+
+
+def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: dict[str, Any]) -> dict[str, Any]:
     cfg_dict = config_dict(cfg)
     digest = config_digest(cfg_dict)
     method = cfg.method
@@ -193,6 +176,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         torch.set_num_threads(f.threads)
     torch.set_float32_matmul_precision("highest")
     resuming = check_run_dir(run_dir, cfg_dict)
+    cache_root = Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
+    check_directory(cache_root, "data.feature_cache")
     t0 = time.perf_counter()
     backbone = build_backbone(cfg.model, cfg.seed).to(fabric.device)
     problems = method.backbone_problems(backbone)
@@ -200,16 +185,16 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         raise FedmoapError("; ".join(problems))
     source = load_source(cfg.data)
     classes = evaluation.train_classes(cfg.eval, source)  # base2novel: partition base classes only
-    split = (load_split(run_dir / "split.json", source, cfg.data.num_clients) if resuming
+    split = (load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir") if resuming
              else make_split(cfg.data, source, cfg.seed, classes.base if classes else None))
     evaluation.complete_split(split, cfg, source, classes)
     ckpt = load_latest(run_dir, digest) if resuming else None
+    seen = (resuming, latest_round(run_dir) if resuming else 0)
     fingerprints = {"image": backbone.image_fingerprint(), "text": backbone.text_fingerprint()}
     if ckpt is not None and ckpt.get("backbone", fingerprints) != fingerprints:
         raise FedmoapError(f"run_dir {run_dir}: the checkpoint was made with other backbone weights "
                            f"(model.pretrained {cfg.model.pretrained!r} has changed since); resume with "
                            "the original weights or start a new --run_dir")
-    cache_root = Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
     batch, inputs = cfg.data.feature_batch_size, method.required_inputs()
     stop = stop_flag()
     features = FeatureCache(cache_root, backbone, batch, fabric.device, stop=stop) if "features" in inputs else None
@@ -243,10 +228,6 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     server = method.build_server(module.global_init(), run)
     store = ClientStore(run_dir / "clients")
     history: list[dict] = []
-    if ckpt is not None:
-        server.load_state_dict(ckpt["server"])
-        store.load_state_dict(ckpt["store"])
-        history = list(ckpt["history"])
     t = cfg.train
     held_out = split.extra.get("unseen_clients", [])
     schedule = Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
@@ -254,15 +235,30 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
                         count=cfg.fed.participants, own_label_space=cfg.eval.local_label_space == "own",
                         held_out=frozenset(held_out))
     privacy = None
-    if cfg.dp.mode != "off":  # differential privacy (fedmoap/privacy.py); may refuse a budget
-        privacy = Privacy(cfg.dp, seed=cfg.seed, method=method, module=module, data=data,
-                          schedule=schedule, state=(ckpt or {}).get("privacy"))
-        privacy.replay(history)
+    try:
+        if ckpt is not None:
+            server.load_state_dict(ckpt["server"])
+            store.load_state_dict(ckpt["store"])
+            history = list(ckpt["history"])
+            summary(history), mode_summary(history)  # what every later write of the results reads
+            [(scalars(r), mode_scalars(r)) for r in history[-1:]]
+        if cfg.dp.mode != "off":  # differential privacy (fedmoap/privacy.py); may refuse a budget
+            privacy = Privacy(cfg.dp, seed=cfg.seed, method=method, module=module, data=data,
+                              schedule=schedule, state=(ckpt or {}).get("privacy"))
+            privacy.replay(history)
+    except (KeyError, IndexError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        if ckpt is None:
+            raise
+        raise FedmoapError(f"checkpoint {checkpoint_path(run_dir, ckpt['round'])} does not fit this run "
+                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); move it away to "
+                           "resume from an earlier one") from None
+    if privacy is not None:
         note = preset_note(cfg.dp, cfg.data.num_clients, min(map(data.train_size, range(data.num_clients))))
         if note and comm.is_main:
             print(f"fedmoap: note: {note}", file=sys.stderr)
-    comm.barrier()  # every rank has checked the run directory before rank 0 writes into it
+    claim(run_dir, cfg_dict, comm, lock, seen)  # every rank has checked the run directory
     done = history[-1]["round"] if history else 0
+    where.update(stage="start", done=done)
     if comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
@@ -285,9 +281,11 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     if privacy is not None:
         extra["privacy"] = privacy.summary  # the accountant updates it in place every round
     rounds_s = 0.0
+    hparams_dir = run_dir / "tensorboard" / "hparams"
     try:
         for r in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
                       total=cfg.fed.rounds, disable=not (progress and comm.is_main)):
+            where.update(stage="round", round=r)
             t1 = time.perf_counter()
             record = None if comm.any(stop()) else federation.run_round(r, progress, stop)
             if record is None:
@@ -300,14 +298,17 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
                                              "backbone": fingerprints,
                                              **({"privacy": privacy.state_dict()} if privacy else {})},
                                 cfg.fed.keep_checkpoints)
+                where["done"] = r
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
                 logger.log_metrics({**scalars(record), **mode_scalars(record)}, step=r)  # after the checkpoint: never twice
                 logger.experiment.flush()
-        if comm.is_main and history and done < cfg.fed.rounds:  # HParams tab: settings -> final numbers
-            write_hparams(run_dir / "tensorboard" / "hparams",
-                          *hparams(cfg_dict, extra["method"], history, neutral_keys()), step=history[-1]["round"])
+        where["stage"] = "finish"
+        # HParams tab: settings -> final numbers; also written by the rerun of a run killed before it
+        if comm.is_main and history and (done < cfg.fed.rounds or not any(hparams_dir.glob("events.*"))):
+            write_hparams(hparams_dir, *hparams(cfg_dict, extra["method"], history, neutral_keys()),
+                          step=history[-1]["round"])
     finally:
         stop.close()
         if logger is not None:

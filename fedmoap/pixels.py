@@ -24,7 +24,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
-from fedmoap.io import atomic_write_bytes, file_lock
+from fedmoap.data.images import load_images
+from fedmoap.io import atomic_write_bytes, cache_lock
 
 PIXEL_FORMAT = 1
 SCALE = (0.08, 1.0)
@@ -51,7 +52,13 @@ class PixelCache:
         """(cached row ids, sorted; memory-mapped uint8 images of those rows), covering ``rows``."""
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         base = self.root / self.key(data_id, image_column)
-        with file_lock(base.with_suffix(".npy")):
+        try:  # replaced by renames, so readable without the lock unless caught between two
+            have, images = self._load(base)
+        except FedmoapError:
+            have = np.zeros(0, np.int64)
+        if len(rows) and np.isin(rows, have).all():  # all cached: nothing to write, no lock needed
+            return have, images
+        with cache_lock(base.with_suffix(".npy"), "data.feature_cache", len(np.setdiff1d(rows, have))):
             have, images = self._load(base)
             missing = np.setdiff1d(rows, have)
             if len(missing):
@@ -59,7 +66,7 @@ class PixelCache:
                 order = np.argsort(merged, kind="stable")
                 where = np.empty_like(order)
                 where[order] = np.arange(len(order))  # position of each merged entry when sorted
-                probe = self.transform(ds[int(missing[0])][image_column]).numpy()
+                probe = self.transform(load_images(ds, missing[:1], image_column, data_id)[0]).numpy()
                 tmp = base.with_suffix(".tmp.npy")
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                                 shape=(len(merged), *probe.shape))
@@ -69,7 +76,7 @@ class PixelCache:
                 for start in range(0, len(missing), chunk):
                     part = missing[start:start + chunk]
                     out[where[len(have) + start:len(have) + start + len(part)]] = np.stack(
-                        [self.transform(img).numpy() for img in ds.select(part.tolist())[image_column]])
+                        [self.transform(img).numpy() for img in load_images(ds, part, image_column, data_id)])
                 out.flush()
                 del out
                 self.computed += len(missing)
@@ -85,7 +92,9 @@ class PixelCache:
         try:
             have = np.load(rows)
             images = np.load(data, mmap_mode="r")
-            assert images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(have)
+            if images.dtype != np.uint8 or images.ndim != 4 or have.ndim != 1 or len(images) != len(have) \
+                    or not (have[1:] > have[:-1]).all():  # sorted: rows are looked up by bisection
+                raise ValueError("not an image table of this format")
             return have, images
         except Exception as exc:
             raise FedmoapError(f"pixel cache file {data} is corrupt ({exc!r}); delete it to "

@@ -2,7 +2,11 @@
 boundary; the round in flight is abandoned (the previous round's checkpoint stays the resume
 point). On SIGUSR1 (the time-limit warning) a SLURM job requeues itself so that it resumes
 automatically; on SIGTERM it does not (that is ``scancel``, or a preemption after which SLURM
-requeues the job itself)."""
+requeues the job itself). Exit code :data:`EXIT_PREEMPTED`.
+
+Ctrl-C (SIGINT) stops at once instead (:class:`Interrupted`, exit code :data:`EXIT_INTERRUPTED`,
+128 + SIGINT as shells report it): the round in flight is lost as after a kill, and rerunning
+the same command resumes from the last checkpoint."""
 from __future__ import annotations
 
 import os
@@ -15,10 +19,15 @@ from fedmoap.errors import FedmoapError
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 EXIT_PREEMPTED = 3
+EXIT_INTERRUPTED = 130
 
 
 class Preempted(FedmoapError):
     """The run stopped on a signal after saving its last complete round."""
+
+
+class Interrupted(FedmoapError):
+    """The run stopped on Ctrl-C (SIGINT); its message says where and how to resume."""
 
 
 class StopFlag:

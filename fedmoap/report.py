@@ -196,7 +196,29 @@ def read_run(path: Path) -> Run:
                            f"({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(config, dict) or not isinstance(results, dict) or "summary" not in results:
         raise FedmoapError(f"report: {path} does not hold a fedmoap run's config.yaml and results.json")
-    return Run(path, config, results, flatten(config, results))
+    try:
+        run = Run(path, config, results, flatten(config, results))
+        _check_shape(run)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise FedmoapError(f"report: {path}: results.json or config.yaml does not have the shape fedmoap "
+                           f"writes ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+    return run
+
+
+def _check_shape(run: Run) -> None:
+    """Read everything the table and the notebooks read of a run, so that a malformed file is
+    refused here, naming its run, rather than failing later without a name."""
+    rounds = run.results.get("rounds", [])
+    if not isinstance(rounds, list) or not isinstance(run.results["summary"], dict):
+        raise TypeError("'rounds' must be a list and 'summary' an object")
+    for r in rounds:
+        if not isinstance(r, dict) or not isinstance(r["round"], int):
+            raise TypeError("every entry of 'rounds' must be an object with an integer 'round'")
+    run.finished, run.metrics(), run.client_curves()
+    for mode in ("local", "global", "neighbor", "unseen", "unseen.adapted") + tuple(
+            f"b2n.{k}" for k in ("local", "base", "novel", "hm", "hm3")):
+        run.final_client_accs(mode)
+    str(run.method), run.dataset, run.seed
 
 
 def flatten(config: dict[str, Any], results: dict[str, Any] | None = None) -> dict[str, Any]:

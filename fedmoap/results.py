@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedmoap.io import atomic_write_text
+from fedmoap.io import atomic_write_text, temporary_path
 
 
 def round_record(t: int, counts: dict[int, tuple[int, int]] | None, participants: list[int],
@@ -255,16 +255,22 @@ def write_hparams(log_dir: Path, params: dict[str, Any], metrics: dict[str, floa
     """Write a run's HParams session into ``log_dir`` (replacing an earlier one): the settings and
     the final metrics as scalars at ``step``, and deliberately no experiment summary, so that
     TensorBoard's HParams tab over a directory of runs builds its columns from every run's
-    settings (with one experiment summary it would show only that run's settings)."""
+    settings (with one experiment summary it would show only that run's settings). Written
+    beside it first, then renamed: a killed write leaves no half session."""
+    import os
     import shutil
 
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir = Path(log_dir)
+    tmp = temporary_path(log_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
     _, session_start, session_end = hparams_summary(params, metrics)
-    with SummaryWriter(str(log_dir)) as writer:
+    with SummaryWriter(str(tmp)) as writer:
         writer.file_writer.add_summary(session_start)
         writer.file_writer.add_summary(session_end)
         for key, value in metrics.items():
             writer.add_scalar(key, value, step)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    os.replace(tmp, log_dir)

@@ -51,11 +51,15 @@ class ClientStore:
             return None
         path = self.path(cid, self._index[cid])
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise FedmoapError(f"client state {path} is missing, corrupt or unreadable "
                                f"({type(exc).__name__}); resume from a copy of the run "
                                "directory that has it") from None
+        if not isinstance(state, dict):
+            raise FedmoapError(f"client state {path} holds a {type(state).__name__}, not a client's "
+                               "state; resume from a copy of the run directory that has it")
+        return state
 
     def __contains__(self, cid: int) -> bool:
         return cid in self._index

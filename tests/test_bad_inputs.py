@@ -16,6 +16,8 @@ import pytest
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
+import torch
+
 from fedmoap.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +80,18 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "split_file_other_client_count": (["--data.split_file", "{split}", "--data.num_clients", "4"], "fresh",
                                       ["data.split_file", "4"]),
     "split_file_corrupt": (["--data.split_file", "{garbage}"], "fresh", ["data.split_file"]),
+    "split_file_is_a_directory": (["--data.split_file", "{a_dir}"], "fresh", ["data.split_file", "is a directory"]),
+    "split_file_json_of_another_shape": (["--data.split_file", "{split_list}"], "fresh",
+                                         ["data.split_file", "not a valid split file"]),
+    "split_file_fractional_indices": (["--data.split_file", "{split_floats}"], "fresh",
+                                      ["data.split_file", "client 0"]),
+    "resumed_split_of_another_shape": (["--fed.rounds", "3"], "split_shape", ["split.json", "clients"]),
+    "resumed_split_client_without_training": (["--fed.rounds", "3"], "split_no_train",
+                                              ["split.json", "clients [2]", "no training"]),
+    "feature_cache_is_a_file": (["--data.feature_cache", "{garbage}"], "existing",
+                                ["data.feature_cache", "is a file"]),
+    "feature_cache_under_a_file": (["--data.feature_cache", "{garbage}/sub"], "fresh",
+                                   ["data.feature_cache", "garbage.json", "is a file"]),
     # run directories, checkpoints, client states
     "corrupt_checkpoint": (["--fed.rounds", "3"], "corrupt", ["{newest}"]),
     "corrupt_client_state": (["--fed.rounds", "3"], "corrupt_state", ["{newest}"]),
@@ -85,7 +99,19 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "config_section_not_a_mapping": ([], "int_section", ["config.yaml"]),
     "config_not_yaml": ([], "bad_yaml", ["config.yaml"]),
     "run_dir_is_a_file": ([], "file", ["is a file"]),
+    "run_dir_under_a_file": ([], "under_file", ["lies under", "is a file"]),
     "run_dir_holds_something_else": ([], "foreign", ["not empty"]),
+    "checkpoint_holding_a_list": (["--fed.rounds", "3"], "ckpt_list", ["{newest}"]),
+    "checkpoint_of_another_structure": (["--fed.rounds", "3"], "ckpt_structure", ["{newest}", "store"]),
+    "checkpoint_missing_a_round": (["--fed.rounds", "3"], "ckpt_history", ["{newest}", "rounds 1 to 2"]),
+    "run_dir_a_broken_link": ([], "broken_link", ["broken symbolic link"]),
+    # a run dir whose entries fedmoap did not write: refused before round 3 is trained
+    "results_json_is_a_folder": (["--fed.rounds", "3"], "results_folder", ["results.json", "folder"]),
+    "checkpoints_is_a_file": (["--fed.rounds", "3"], "checkpoints_file", ["checkpoints", "is a file"]),
+    "client_state_is_a_folder": (["--fed.rounds", "3"], "state_folder", ["{newest}", "folder"]),
+    "clients_holds_a_stranger": (["--fed.rounds", "3"], "clients_stranger", ["notes.txt"]),
+    "tensorboard_is_a_file": (["--fed.rounds", "3"], "tensorboard_file", ["tensorboard", "is a file"]),
+    "config_yaml_is_a_folder_after_an_aborted_start": ([], "aborted_config_folder", ["config.yaml", "folder"]),
     # evaluation modes
     "unknown_eval_mode": (["--eval.modes", "[local,nosuchmode]"], "fresh", ["eval.modes", "nosuchmode"]),
     "base2novel_with_a_linear_head": (["--method", "evalcase_linear.LinearHead", "--eval.modes",
@@ -134,8 +160,15 @@ def setup(tmp_path_factory):
     base = root / "base"
     assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "2", "--run_dir", str(base),
                  "--data.feature_cache", str(cache), "--progress", "false"]) == 0
-    files = {"split": str(base / "split.json"), "garbage": str(root / "garbage.json")}
+    files = {"split": str(base / "split.json"), "garbage": str(root / "garbage.json"),
+             "a_dir": str(root / "a_dir"), "split_list": str(root / "split_list.json"),
+             "split_floats": str(root / "split_floats.json")}
     Path(files["garbage"]).write_text("{not json")
+    Path(files["a_dir"]).mkdir()
+    Path(files["split_list"]).write_text(json.dumps([[0, 1], [2, 3]]))
+    floats = json.loads((base / "split.json").read_text())
+    floats["clients"][0]["train"] = [i + 0.5 for i in floats["clients"][0]["train"]]
+    Path(files["split_floats"]).write_text(json.dumps(floats))
     misspelt = root / "misspelt.yaml"
     misspelt.write_text(SMOKE.read_text().replace("  rounds: 3", "  roundz: 3"))
     files["misspelt_yaml"] = str(misspelt)
@@ -154,8 +187,52 @@ def setup(tmp_path_factory):
 def prepare(root: Path, base: Path, name: str, kind: str) -> tuple[Path, Path | None]:
     run_dir, newest = root / "cases" / name, None
     run_dir.parent.mkdir(exist_ok=True)
-    if kind in ("existing", "corrupt", "corrupt_state", "empty_config", "int_section", "bad_yaml"):
+    if kind not in ("fresh", "file", "under_file", "foreign", "aborted_config_folder", "broken_link"):
         shutil.copytree(base, run_dir)
+    checkpoints = sorted(run_dir.glob("checkpoints/round_*.pt"))
+    if kind in ("ckpt_list", "ckpt_structure", "ckpt_history", "state_folder"):
+        newest = checkpoints[-1]
+    if kind == "ckpt_list":
+        torch.save([1, 2, 3], newest)
+    elif kind == "ckpt_history":
+        ckpt = torch.load(newest, weights_only=True)
+        torch.save({**ckpt, "history": ckpt["history"][1:]}, newest)
+    elif kind == "broken_link":
+        run_dir.symlink_to(root / "nowhere")
+    elif kind == "ckpt_structure":
+        ckpt = torch.load(newest, weights_only=True)
+        torch.save({**ckpt, "store": [ckpt["store"]]}, newest)
+    elif kind == "state_folder":  # a client state the newest checkpoint names
+        newest = sorted(run_dir.glob("clients/*/round_*.pt"))[-1]
+        newest.unlink()
+        (newest / "x").mkdir(parents=True)
+    elif kind in ("split_shape", "split_no_train"):
+        split = json.loads((run_dir / "split.json").read_text())
+        if kind == "split_shape":
+            split["clients"] = {"0": split["clients"][0]}
+        else:
+            split["clients"][2]["train"] = []
+        (run_dir / "split.json").write_text(json.dumps(split))
+    elif kind == "results_folder":
+        (run_dir / "results.json").unlink()
+        (run_dir / "results.json").mkdir()
+        (run_dir / "results.json" / "x").write_text("x")
+    elif kind == "checkpoints_file":
+        shutil.rmtree(run_dir / "checkpoints")
+        (run_dir / "checkpoints").write_text("x")
+    elif kind == "clients_stranger":
+        (run_dir / "clients" / "notes.txt").write_text("x")
+    elif kind == "tensorboard_file":
+        shutil.rmtree(run_dir / "tensorboard")
+        (run_dir / "tensorboard").write_text("x")
+    elif kind == "aborted_config_folder":
+        run_dir.mkdir()
+        shutil.copy(base / "split.json", run_dir / "split.json")
+        (run_dir / "config.yaml").mkdir()
+        (run_dir / "config.yaml" / "x").write_text("x")
+    elif kind == "under_file":
+        (run_dir.parent / "a_file").write_text("x")
+        run_dir = run_dir.parent / "a_file" / "run"
     if kind == "corrupt":
         newest = sorted((run_dir / "checkpoints").glob("round_*.pt"))[-1]
         newest.write_bytes(GARBAGE)
@@ -192,10 +269,17 @@ def test_bad_input_fails_cleanly(setup, case, capsys):
     run_dir, newest = prepare(root, base, case, kind)
     extra = [a.format(**files) if a.startswith("{") else a for a in extra]
     config = [] if "--config" in extra else ["--config", str(SMOKE)]
+    cache_arg = [] if "--data.feature_cache" in extra else ["--data.feature_cache", str(cache)]
+    assert_fails_cleanly(capsys, ["fit", *config, *extra, "--run_dir", str(run_dir), *cache_arg,
+                                  "--progress", "false"], run_dir, words, case, newest)
+
+
+def assert_fails_cleanly(capsys, argv: list[str], run_dir: Path, words: list[str], case: str,
+                         newest: Path | None = None) -> None:
+    """``fedmoap ARGV`` exits with 2 and one error line holding ``words``, ``run_dir`` unchanged."""
     before = snapshot(run_dir)
     capsys.readouterr()
-    rc = main(["fit", *config, *extra, "--run_dir", str(run_dir), "--data.feature_cache", str(cache),
-               "--progress", "false"])
+    rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, f"{case}: exit code {rc}; stderr: {err}"
     errors = ERROR_LINE.findall(err)
@@ -223,3 +307,80 @@ def test_an_aborted_start_is_restarted_not_refused(setup):
         assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "1", "--run_dir", str(run_dir),
                      "--data.feature_cache", str(cache), "--progress", "false"]) == 0
         assert json.loads((run_dir / "results.json").read_text())["rounds"][0]["round"] == 1
+
+
+# ----- images that cannot be decoded ----------------------------------------------------------
+def png(size: int, value: int) -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+
+    buf = io.BytesIO()
+    PILImage.new("RGB", (size, size), (value, 255 - value, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+BAD_ROW = 5
+IMAGE_CASES = {  # name -> (what train row BAD_ROW holds, words the message must contain)
+    "corrupt_image_bytes": ({"bytes": b"not an image at all", "path": None}, ["UnidentifiedImageError"]),
+    "truncated_image": ({"bytes": png(16, 9)[:60], "path": None}, ["truncated"]),
+    "missing_image": (None, ["None"]),
+    "corrupt_image_file": ("file", ["bad.png"]),
+    "decompression_bomb": ({"bytes": png(64, 9), "path": None}, ["DecompressionBombError"]),
+}
+
+
+@pytest.mark.parametrize("case", list(IMAGE_CASES))
+def test_image_that_cannot_be_decoded_is_named(setup, case, capsys, tmp_path, monkeypatch):
+    """A corrupt, truncated, missing (None) or decompression-bomb image stops the set-up with
+    one line naming data.source, the split and the row (and its file where it has one)."""
+    from PIL import Image as PILImage
+
+    root, base, cache, _ = setup
+    bad, words = IMAGE_CASES[case]
+    if bad == "file":
+        (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+        bad = {"bytes": None, "path": str(tmp_path / "bad.png")}
+    train = [{"bytes": png(16, 20 * i), "path": None} for i in range(8)]
+    train[BAD_ROW] = bad
+    test = [{"bytes": png(16, 20 * i + 7), "path": None} for i in range(4)]
+    features = Features({"image": Image(), "label": ClassLabel(names=["ant", "bee"])})
+    source = tmp_path / "images"
+    DatasetDict(train=Dataset.from_dict({"image": train, "label": [0, 1] * 4}, features=features),
+                test=Dataset.from_dict({"image": test, "label": [0, 1] * 2}, features=features)
+                ).save_to_disk(str(source))
+    # the bomb is 64x64 (4096 pixels), the others 16x16: over twice this limit, Pillow refuses it
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    assert_fails_cleanly(capsys, ["fit", "--config", str(SMOKE), "--data.source", str(source),
+                                  "--data.num_clients", "2", "--data.partition", "iid", "--data.shots", "null",
+                                  "--run_dir", str(tmp_path / "run"), "--data.feature_cache", str(tmp_path / "c"),
+                                  "--progress", "false"],
+                         tmp_path / "run", ["data.source", str(source), f"image {BAD_ROW} of", "/train", *words], case)
+    assert not (tmp_path / "run").exists()
+
+
+# ----- fedmoap report on malformed results -----------------------------------------------------
+MALFORMED_RESULTS = {
+    "a_list": lambda r: [r],
+    "rounds_an_object": lambda r: {**r, "rounds": {"1": r["rounds"][0]}},
+    "round_without_number": lambda r: {**r, "rounds": [{k: v for k, v in r["rounds"][0].items() if k != "round"}]},
+    "summary_a_list": lambda r: {**r, "summary": [r["summary"]]},
+    "clients_a_list": lambda r: {**r, "rounds": [{**r["rounds"][-1], "clients": [1, 2]}]},
+    "client_without_acc": lambda r: {**r, "rounds": [{**r["rounds"][-1], "clients": {"0": {"n": 3}}}]},
+    "mode_summary_a_number": lambda r: {**r, "summary": {**r["summary"], "global": 0.5}},
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_RESULTS))
+def test_report_on_malformed_results_names_the_run(setup, case, capsys, tmp_path):
+    _, base, _, _ = setup
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(base / "config.yaml", run_dir / "config.yaml")
+    results = json.loads((base / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps(MALFORMED_RESULTS[case](results)))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedmoap: error: report:") and "\n" not in err, err
+    assert str(run_dir) in err

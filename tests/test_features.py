@@ -83,3 +83,34 @@ def test_corrupt_cache_file_is_reported(tmp_path, setup):
 
 def test_synthetic_id_names_its_parameters():
     assert synthetic_id() != synthetic_id(seed=1)
+
+
+def test_cached_rows_are_read_without_the_lock_and_missing_ones_name_the_cache(tmp_path, setup):
+    """A cache that cannot take its lock file (a read-only file system; here a folder where the
+    lock file would go, which even root cannot open for writing) serves every row it holds, and
+    asking for more is one error naming data.feature_cache."""
+    backbone, data = setup
+    first = FeatureCache(tmp_path, backbone).get(data["test"], "d", np.arange(3), "image")
+    path = next(tmp_path.glob("*.pt"))
+    path.with_suffix(".lock").unlink()
+    path.with_suffix(".lock").mkdir()
+    again = FeatureCache(tmp_path, backbone).get(data["test"], "d", np.array([2, 0]), "image")
+    torch.testing.assert_close(again, first[[2, 0]])
+    with pytest.raises(FedmoapError, match=r"data.feature_cache: 2 entries .* not cached yet"):
+        FeatureCache(tmp_path, backbone).get(data["test"], "d", np.arange(5), "image")
+
+
+@pytest.mark.parametrize("blob", ["list", "unsorted_rows", "rows_features_mismatch"])
+def test_cache_file_of_another_structure_is_reported(tmp_path, setup, blob):
+    """A readable torch file that is not a feature table (rows must be sorted: they are found by
+    bisection) is refused, not silently misread."""
+    backbone, data = setup
+    cache = FeatureCache(tmp_path, backbone)
+    feats = cache.get(data["test"], "d", np.arange(3), "image")
+    path = next(tmp_path.glob("*.pt"))
+    rows = torch.arange(3)
+    torch.save({"list": [rows, feats],
+                "unsorted_rows": {"format": 2, "rows": rows.flip(0), "features": feats},
+                "rows_features_mismatch": {"format": 2, "rows": rows, "features": feats[:2]}}[blob], path)
+    with pytest.raises(FedmoapError, match="corrupt"):
+        FeatureCache(tmp_path, backbone).get(data["test"], "d", np.arange(3), "image")

@@ -124,6 +124,13 @@ def assert_same_final_checkpoint(run_dir: Path, reference: Path) -> None:
     assert_same_state(torch.load(mine, weights_only=True), torch.load(ref, weights_only=True), mine.name)
 
 
+def layout(run_dir: Path) -> list[str]:
+    """Every path under ``run_dir``, TensorBoard event files by kind (their names hold a time
+    and a pid, and a resumed run writes one more)."""
+    return sorted({re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*", str(p.relative_to(run_dir)))
+                   for p in run_dir.rglob("*")})
+
+
 def copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)  # copy2: contents and mtimes
     return dst
@@ -300,6 +307,8 @@ def test_resume_after_sigkill(run3, runs_root, cache_dir, tmp_path, trained_roun
     assert trained_rounds == list(range(last_done + 1, 4)), "resume must start after the last checkpoint"
     assert res["rounds"] == read_results(run3)["rounds"]
     assert_same_final_checkpoint(d, run3)
+    assert layout(d) == layout(run3), "the resumed run's directory differs from the uninterrupted one's"
+    assert (d / "results.json").read_bytes() == (run3 / "results.json").read_bytes()
 
 
 # ---------------------------------------------------------------------------------- 5. extend
@@ -458,3 +467,231 @@ def test_eval_every_skips_rounds_but_not_the_last(method_runs, runs_root, cache_
     for r in (1, 2):  # evaluation does not change training: the same numbers as evaluating always
         assert res["rounds"][r]["clients"] == full["rounds"][r]["clients"]
     assert res["summary"]["final_mean_acc"] == full["summary"]["final_mean_acc"]
+
+
+# ---------------------------------------------------------------------------------- 9. faults
+def fedmoap_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("fedmoap:")]
+
+
+def killed_inside_write(target: Path, write) -> None:
+    """Run ``write()`` in a forked child that SIGKILLs itself halfway through fedmoap's atomic
+    write of ``target``: what a kill -9 at that moment leaves on disk."""
+    import os
+
+    import fedmoap.io as fio
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            real = fio._write_fd
+
+            def half_then_die(fd: int, data: bytes) -> None:
+                if f".{target.name}." in os.readlink(f"/proc/self/fd/{fd}"):
+                    real(fd, data[: len(data) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real(fd, data)
+
+            fio._write_fd = half_then_die
+            write()
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, status
+
+
+def temporaries(run_dir: Path) -> list[Path]:
+    from fedmoap.io import is_temporary
+
+    return [p for p in run_dir.rglob("*") if is_temporary(p.name)]
+
+
+@pytest.mark.parametrize("target", ["split.json", "config.yaml"])
+def test_kill_inside_the_first_write_leaves_a_restartable_run(base2, runs_root, cache_dir, target):
+    """A kill -9 inside the atomic write of split.json (or of config.yaml, after split.json)
+    leaves a temporary; the next start recognises it, removes it and starts the run."""
+    from fedmoap.io import atomic_write_text
+
+    d = runs_root / f"killed_writing_{target}"
+    d.mkdir()
+    if target == "config.yaml":
+        shutil.copy(base2 / "split.json", d / "split.json")
+    killed_inside_write(d / target, lambda: atomic_write_text(d / target, (base2 / target).read_text()))
+    assert temporaries(d) and not (d / target).exists()
+    res = fit_in_process(d, cache_dir, "--fed.rounds", "2")
+    assert res["rounds"] == read_results(base2)["rounds"]
+    assert not temporaries(d)
+
+
+def test_kill_inside_a_checkpoint_write_resumes_identically(run3, base2, runs_root, cache_dir, trained_rounds):
+    from fedmoap.io import atomic_write_bytes
+
+    d = copy_run(base2, runs_root / "killed_writing_checkpoint")
+    state = sorted((d / "clients").glob("*/round_*.pt"))[0]
+    for target in (d / "checkpoints" / "round_0003.pt", state.with_name("round_0003.pt")):
+        killed_inside_write(target, lambda: atomic_write_bytes(target, state.read_bytes()))
+    assert len(temporaries(d)) == 2
+    res = fit_in_process(d, cache_dir, "--fed.rounds", "3")
+    assert trained_rounds == [3]
+    assert res["rounds"] == read_results(run3)["rounds"]
+    assert_same_final_checkpoint(d, run3)
+    assert not temporaries(d)
+
+
+def test_rerun_after_a_kill_before_the_hparams_writes_them(run3, runs_root, cache_dir):
+    """Killed after the last results.json: no HParams session (or half of one, beside it). The
+    rerun writes it, and the directory ends as the uninterrupted run's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = copy_run(run3, runs_root / "killed_before_hparams")
+    shutil.rmtree(d / "tensorboard" / "hparams")
+    half = d / "tensorboard" / ".hparams.1234.fedmoap-tmp"
+    half.mkdir()
+    (half / "events.out.tfevents.0.host.1234.0").write_bytes(b"half")
+    fit_in_process(d, cache_dir)
+    assert layout(d) == layout(run3)
+    assert (d / "results.json").read_bytes() == (run3 / "results.json").read_bytes()
+    acc = EventAccumulator(str(d / "tensorboard" / "hparams"))
+    acc.Reload()
+    final = read_results(run3)["summary"]["final_mean_acc"]
+    assert acc.Scalars("summary/final_mean_acc")[0].value == pytest.approx(final, rel=1e-6)
+
+
+def test_full_disk_at_a_checkpoint_says_where_and_resumes_identically(run3, runs_root, cache_dir, monkeypatch,
+                                                                      capsys, trained_rounds):
+    """ENOSPC while writing round 2's checkpoint (injected at the one OS-level write of the
+    atomic writer): one line naming the file and the resume point; after that, the same command
+    resumes to the uninterrupted result."""
+    import errno
+    import os
+
+    import fedmoap.io as fio
+
+    real = fio._write_fd
+
+    def full_disk(fd: int, data: bytes) -> None:
+        if "checkpoints/.round_0002.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, data)
+
+    d = runs_root / "full_disk"
+    monkeypatch.setattr(fio, "_write_fd", full_disk)
+    capsys.readouterr()
+    assert main(fit_args(d, cache_dir)) == 2
+    lines = fedmoap_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith("fedmoap: error: no space left"), lines
+    for words in (str(d / "checkpoints" / "round_0002.pt"), "round 1's checkpoint is the resume point",
+                  "rerun the same command"):
+        assert words in lines[0], lines[0]
+    assert [p.name for p in checkpoints(d)] == ["round_0001.pt"] and not temporaries(d)
+    monkeypatch.setattr(fio, "_write_fd", real)
+    trained_rounds.clear()
+    res = fit_in_process(d, cache_dir)
+    assert trained_rounds == [2, 3]
+    assert res["rounds"] == read_results(run3)["rounds"]
+    assert_same_final_checkpoint(d, run3)
+
+
+def test_second_fit_on_a_locked_run_dir_is_refused_naming_the_holder(run3, base2, runs_root, cache_dir,
+                                                                      capsys, monkeypatch):
+    """While another process holds the run directory's lock, fit refuses in one line naming it
+    and changes nothing; a kill -9 of the holder frees the lock; fit holds it while it trains."""
+    import fcntl
+    import socket
+
+    from fedmoap.rounds import Federation
+    from fedmoap.rundir import LOCK_NAME
+
+    d = copy_run(base2, runs_root / "locked")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fedmoap.rundir import RunLock; "
+         "lock = RunLock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); time.sleep(600)", str(d)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(d)
+        capsys.readouterr()
+        assert main(fit_args(d, cache_dir, "--fed.rounds", "3")) == 2
+        lines = fedmoap_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and f"pid {holder.pid} on host {socket.gethostname()}" in lines[0], lines
+        assert snapshot(d) == before
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of the lock file, the kernel frees the lock
+        holder.wait()
+
+    held = []
+    original = Federation.run_round
+
+    def probing(self, t, *args, **kwargs):
+        with open(d / LOCK_NAME) as other:  # another open file description: conflicts with fit's
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return original(self, t, *args, **kwargs)
+
+    monkeypatch.setattr(Federation, "run_round", probing)
+    res = fit_in_process(d, cache_dir, "--fed.rounds", "3")
+    assert held == [True] and res["rounds"] == read_results(run3)["rounds"]
+
+
+def test_ctrl_c_says_where_exits_130_and_resumes_identically(run3, runs_root, cache_dir, tmp_path):
+    from fedmoap.preemption import EXIT_INTERRUPTED
+
+    d = runs_root / "ctrl_c"
+    proc = subprocess.Popen(fit_subprocess_cmd(d, cache_dir, "--fed.rounds", "25"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (d / "checkpoints" / "round_0001.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no round_0001.pt after 300 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    lines = fedmoap_lines(err)
+    assert "Traceback" not in err and len(lines) == 1, err
+    stopped = int(re.search(r"during round (\d+)", lines[0]).group(1))
+    resume = int(re.search(r"round (\d+)'s checkpoint is the resume point", lines[0]).group(1))
+    assert stopped - 1 <= resume <= stopped and "rerun the same command" in lines[0], lines[0]
+    assert max(int(p.stem.split("_")[1]) for p in checkpoints(d)) == resume
+    total = max(3, stopped + 1)
+    reference = run3 if total == 3 else runs_root / "ctrl_c_reference"
+    if total > 3:
+        fit_in_process(reference, cache_dir, "--fed.rounds", str(total))
+    res = fit_in_process(d, cache_dir, "--fed.rounds", str(total))
+    assert res["rounds"] == read_results(reference)["rounds"]
+    assert_same_final_checkpoint(d, reference)
+
+
+def test_read_only_file_systems(base2, runs_root, cache_dir, tmp_path):
+    """On a read-only run directory: one line, exit 2, nothing changed. A read-only feature
+    cache that holds every needed entry is used without its lock files. (Read-only bind mounts
+    in a private mount namespace: where they cannot be made, as for an unprivileged user, the
+    test cannot run.)"""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    try:
+        ok = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {probe} {probe}"],
+                            capture_output=True).returncode == 0
+    except OSError:
+        ok = False
+    if not ok:
+        pytest.skip("no mount namespace with bind mounts here (needs privileges)")
+    d = copy_run(base2, runs_root / "read_only")
+    before = snapshot(d)
+    fresh = runs_root / "on_a_read_only_cache"
+    code = ("import sys; from fedmoap.cli import main; "
+            f"print('RC', main({fit_args(d, cache_dir, '--fed.rounds', '3')!r}), "
+            f"main({fit_args(fresh, cache_dir, '--fed.rounds', '1')!r}))")
+    script = (f"mount --bind -o ro {d} {d} && mount --bind -o ro {cache_dir} {cache_dir} && "
+              f"exec {sys.executable} -c \"{code}\"")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert "RC 2 0" in proc.stdout, proc.stdout + proc.stderr
+    lines = fedmoap_lines(proc.stderr)
+    assert len(lines) == 1 and str(d) in lines[0] and "read-only" in lines[0], proc.stderr
+    assert snapshot(d) == before
+    assert read_results(fresh)["rounds"] == read_results(base2)["rounds"][:1]

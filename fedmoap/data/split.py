@@ -123,26 +123,69 @@ def _partition(args: DataArgs, data: SourceData, rng: np.random.Generator) -> li
                       partial(P.dirichlet, alpha=args.alpha, balance_cap=args.balance_cap), rng)
 
 
-def load_split(path: Path, data: SourceData, num_clients: int) -> ClientSplit:
-    """Read a ``split.json`` and check that it fits this dataset and client count."""
+def load_split(path: Path, data: SourceData, num_clients: int, key: str = "data.split_file") -> ClientSplit:
+    """Read a ``split.json`` and check that it fits this dataset and client count; ``key`` names
+    where the file came from in errors (``run_dir`` for a resumed run's own split)."""
+    path = Path(path)
     try:
         raw = json.loads(path.read_text())
-        clients = raw["clients"]
-        train = [np.asarray(c["train"], dtype=np.int64) for c in clients]
-        test = [np.asarray(c["test"], dtype=np.int64) for c in clients]
-        extra = {k: raw[k] for k in EXTRA_KEYS if k in raw}
     except FileNotFoundError:
-        raise FedmoapError(f"data.split_file: {path} does not exist") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FedmoapError(f"data.split_file: {path} is not a valid split file ({exc})") from None
+        raise FedmoapError(f"{key}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise FedmoapError(f"{key}: {path} is a directory, not a split file") from None
+    except OSError as exc:
+        raise FedmoapError(f"{key}: {path} cannot be read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise FedmoapError(f"{key}: {path} is not a valid split file ({exc})") from None
+    problem = _shape_problem(raw)
+    if problem:
+        raise FedmoapError(f"{key}: {path} is not a valid split file ({problem})")
+    clients = raw["clients"]
+    train = [np.asarray(c["train"], dtype=np.int64).reshape(-1) for c in clients]
+    test = [np.asarray(c["test"], dtype=np.int64).reshape(-1) for c in clients]
+    extra = {k: raw[k] for k in EXTRA_KEYS if k in raw}
     if len(train) != num_clients:
-        raise FedmoapError(f"data.split_file: {path} has {len(train)} clients, "
+        raise FedmoapError(f"{key}: {path} has {len(train)} clients, "
                            f"data.num_clients is {num_clients}")
+    empty = [i for i, t in enumerate(train) if len(t) == 0]
+    if empty:
+        raise FedmoapError(f"{key}: {path} gives clients {empty} no training samples")
     for name, idx, n in (("train", train, len(data.train_labels)), ("test", test, len(data.test_labels))):
         if any(len(i) and (i.min() < 0 or i.max() >= n) for i in idx):
-            raise FedmoapError(f"data.split_file: {path} indexes {name} samples beyond the "
+            raise FedmoapError(f"{key}: {path} indexes {name} samples beyond the "
                                f"{n} of this dataset")
+    pooled = [r for rows in extra.get("eval_sets", {}).values() for r in rows]
+    if pooled and (min(pooled) < 0 or max(pooled) >= len(data.test_labels)):
+        raise FedmoapError(f"{key}: {path} indexes test samples beyond the {len(data.test_labels)} "
+                           "of this dataset in 'eval_sets'")
     if (raw.get("train_id"), raw.get("test_id")) != (data.train_id, data.test_id):
-        raise FedmoapError(f"data.split_file: {path} was made for another dataset "
+        raise FedmoapError(f"{key}: {path} was made for another dataset "
                            f"({raw.get('train_id')}, not {data.train_id})")
     return ClientSplit(train, test, data.train_id, data.test_id, extra)
+
+
+def _ints(value: object) -> bool:
+    """A list of integers that fit int64."""
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                           and -2 ** 63 <= v < 2 ** 63 for v in value)
+
+
+def _shape_problem(raw: object) -> str | None:
+    """What is wrong with the structure of a parsed split file, or None."""
+    if not isinstance(raw, dict):
+        return f"a JSON {type(raw).__name__}, not an object"
+    clients = raw.get("clients")
+    if not isinstance(clients, list):
+        return "'clients' is not a list"
+    for i, c in enumerate(clients):
+        if not isinstance(c, dict) or not _ints(c.get("train")) or not _ints(c.get("test")):
+            return f"client {i} is not an object with integer lists 'train' and 'test'"
+    classes = raw.get("classes", {})
+    if not isinstance(classes, dict) or not all(_ints(classes.get(k, [])) for k in ("base", "novel")):
+        return "'classes' is not an object with integer lists 'base' and 'novel'"
+    if not _ints(raw.get("unseen_clients", [])):
+        return "'unseen_clients' is not a list of client ids"
+    sets = raw.get("eval_sets", {})
+    if not isinstance(sets, dict) or not all(_ints(v) for v in sets.values()):
+        return "'eval_sets' is not an object of integer lists"
+    return None
