@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
 TRAINED = [name for name, cls in METHODS.items() if cls.trains]
-SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2, "rank": 2}
+SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2, "rank": 2, "depth": 2}
 NUM_CLIENTS = 4
 
 

@@ -460,6 +460,14 @@ def vision_prompt_problems(method: str, backbone: Backbone, knob: str, depth: in
     return []
 
 
+def text_depth_problems(backbone: Backbone, depth: int, knob: str = "text_depth") -> list[str]:
+    """Why ``backbone``'s text tower cannot take deep text prompts over ``depth`` blocks."""
+    if depth > 1 and depth > backbone.text_layers:
+        return [f"method.{knob} {depth}: {backbone.describe()} takes deep text prompts in at most "
+                f"{backbone.text_layers} blocks (open_clip text towers only)"]
+    return []
+
+
 def weighted_mean(uploads: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, float],
                   like: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
     """The weighted mean of every uploaded tensor (any key, any shape), accumulated in float64.

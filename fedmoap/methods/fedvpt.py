@@ -3,7 +3,9 @@
 Client: learnable tokens in the ViT image tower (VPT, Jia et al. 2022; shallow: appended to
 [CLS] + patches at the input, deep: a fresh set before each of the first ``vision_depth``
 blocks) and a CoOp context in the text tower, trained jointly on cross-entropy over the cosine
-logits (the independent vision-language prompting, IVLP, of MaPLe's ablations). Uploads both.
+logits (the independent vision-language prompting, IVLP, of MaPLe's ablations; ``text_depth``
+J > 1 adds IVLP's deep text prompts, fresh context vectors before each of the first J text
+blocks, open_clip text towers only). Uploads both.
 
 Server: FedAvg of both prompts, weighted by training-set size. Every client is evaluated with the
 global prompts. This is the reference vision-prompt method of the method API: a method that puts
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext, vision_prompt_problems
+from fedmoap.methods.base import (FedAvgServer, ParamGroup, Payload, RunContext, text_depth_problems,
+                                  vision_prompt_problems)
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
@@ -33,13 +36,20 @@ class FedVPTClient(GlobalPromptClient):
         super().__init__(method, backbone, classnames, run)
         self.vision = nn.Parameter(torch.zeros(method.vision_depth, method.vision_tokens,
                                                backbone.vision_width))
+        if method.text_depth > 1:
+            self.deep_text = nn.Parameter(torch.zeros(method.text_depth - 1, *self.ctx.shape))
+            """IVLP's deep text prompts P_1..P_{J-1}, each replacing the context before its block."""
 
     def global_init(self) -> Payload:
         m = self.method
         gen = torch_generator(self.run.seed, "initial_vision_prompt")
         vision = torch.randn(m.vision_depth, m.vision_tokens, self.backbone.vision_width,
                              generator=gen) * m.vision_init_std
-        return {**super().global_init(), "vision": vision}
+        out = {**super().global_init(), "vision": vision}
+        if m.text_depth > 1:
+            gen = torch_generator(self.run.seed, "initial_deep_text_prompt")
+            out["deep_text"] = torch.randn(m.text_depth - 1, *out["prompt"].shape, generator=gen) * 0.02
+        return out
 
     def reset(self, cid: int) -> None:
         self.receive(self.global_init())
@@ -47,12 +57,23 @@ class FedVPTClient(GlobalPromptClient):
     def receive(self, payload: Payload) -> None:
         self.ctx.data.copy_(payload["prompt"])
         self.vision.data.copy_(payload["vision"])
+        if self.method.text_depth > 1:
+            self.deep_text.data.copy_(payload["deep_text"])
 
     def upload(self) -> Payload:
         out = {"vision": self.vision.detach().cpu().clone()}
-        return {**super().upload(), **out} if self.method.train_text else out
+        if not self.method.train_text:
+            return out
+        if self.method.text_depth > 1:
+            out["deep_text"] = self.deep_text.detach().cpu().clone()
+        return {**super().upload(), **out}
 
     prepare_eval = receive
+
+    def text_features(self, ctx: Tensor | None = None) -> Tensor:
+        if self.method.text_depth == 1 or ctx is not None:
+            return super().text_features(ctx)
+        return F.normalize(self.backbone.encode_prompts_deep(self.slots, [self.ctx, *self.deep_text]), dim=-1)
 
     def image_features(self, pixels: Tensor) -> Tensor:
         """L2-normalised features of the images with this client's visual prompt."""
@@ -63,7 +84,8 @@ class FedVPTClient(GlobalPromptClient):
         return self.backbone.logit_scale * self.image_features(batch["pixels"]) @ text.t()
 
     def param_groups(self) -> list[ParamGroup]:
-        params = [self.ctx, self.vision] if self.method.train_text else [self.vision]
+        deep = [self.deep_text] if self.method.text_depth > 1 else []
+        params = [self.ctx, *deep, self.vision] if self.method.train_text else [self.vision]
         return [ParamGroup(params, self.run.train.lr)]
 
 
@@ -83,6 +105,9 @@ class FedVPT(PromptMethod):
     """1: shallow VPT (tokens at the input only); J > 1: deep VPT over the first J blocks."""
     vision_init_std: float = 0.02
     """Standard deviation of the visual prompt's normal initialisation (same for all clients)."""
+    text_depth: int = 1
+    """1: the CoOp context at the input only; J > 1: IVLP's deep text prompts over the first J text
+    blocks (open_clip text towers)."""
     train_text: bool = True
     """Also train (and upload) the CoOp text context; False keeps it at its initialisation
     (e.g. ``ctx_init: a photo of a``) and uploads the visual prompt only."""
@@ -93,7 +118,10 @@ class FedVPT(PromptMethod):
             out.append("method.vision_tokens must be >= 1")
         if self.vision_depth < 1:
             out.append("method.vision_depth must be >= 1")
+        if self.text_depth < 1:
+            out.append("method.text_depth must be >= 1")
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
-        return vision_prompt_problems("fedvpt", backbone, "vision_depth", self.vision_depth)
+        return (vision_prompt_problems(self.name, backbone, "vision_depth", self.vision_depth)
+                + text_depth_problems(backbone, self.text_depth))

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext, vision_prompt_problems, weighted_mean
+from fedmoap.methods.base import (FedAvgServer, ParamGroup, Payload, RunContext, text_depth_problems,
+                                  vision_prompt_problems, weighted_mean)
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
@@ -299,9 +300,7 @@ class PFedDC(PromptMethod):
         if self.vision:
             out += vision_prompt_problems("pfeddc", backbone, "vision_depth", self.vision_depth,
                                           "; or --method.vision false")
-        if self.text_depth > 1 and self.text_depth > backbone.text_layers:
-            out.append(f"method.text_depth {self.text_depth}: {backbone.describe()} takes deep text "
-                       f"prompts in at most {backbone.text_layers} blocks (open_clip towers only)")
+        out += text_depth_problems(backbone, self.text_depth)
         if self.fusion == "cross" and self.fusion_dim is None:
             widths = {backbone.ctx_width} | ({backbone.vision_width} if self.vision else set())
             bad = sorted(w for w in widths if w and w % self.fusion_heads)
