@@ -21,8 +21,7 @@ def peers_problem(num_nodes: int) -> str | None:
     from MASTER_ADDR and NODE_RANK (its plain environment). Without one a run would wait forever."""
     if num_nodes <= 1:
         return None
-    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment, SLURMEnvironment,
-                                                       TorchElasticEnvironment)
+    from lightning.fabric.plugins.environments import LSFEnvironment, MPIEnvironment, TorchElasticEnvironment
     from lightning.fabric.plugins.environments.slurm import _is_srun_used
 
     slurm_nodes = os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES"))

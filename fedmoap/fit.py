@@ -22,7 +22,7 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap import evaluation, sanity
+from fedmoap import evaluation, sanity, yamlfile
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import load_latest, save_checkpoint
 from fedmoap.config import RunConfig, added_section_defaults, config_dict, neutral_keys
@@ -130,7 +130,7 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any]) -> bool:
                                "split.json); choose an empty or new directory")
         return False
     try:
-        stored = yaml.safe_load(stored_path.read_text())
+        stored = yamlfile.load(stored_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
     if isinstance(stored, dict):  # runs made before a section existed have its defaults

@@ -2,8 +2,9 @@
 one wins", and a config file that is empty, binary or not a mapping is named in one line."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError

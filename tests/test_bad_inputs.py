@@ -313,3 +313,22 @@ def test_bad_sweep_fails_cleanly_and_writes_nothing(setup, case, capsys):
     for word in words:
         assert word.format(**files) in err, f"{case}: the error does not name {word!r}: {err}"
     assert out.read_text() == "an earlier sweep\n"
+
+
+def test_num_nodes_needs_a_launcher_that_supplies_the_nodes(monkeypatch):
+    from fedmoap.distributed import peers_problem
+
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert peers_problem(1) is None
+    assert "fabric.num_nodes 2" in peers_problem(2)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert peers_problem(2) is None  # Lightning's plain environment: the user starts every node
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_NNODES", "1")
+    assert "1 node" in peers_problem(2)  # srun, but the job has fewer nodes than asked for
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    assert peers_problem(2) is None

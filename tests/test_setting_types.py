@@ -40,7 +40,7 @@ def every_setting():
                 yield f"{f.name}.{g.name}", type(section), g.name, hints[g.name]
         elif f.name != "method":
             yield f.name, RunConfig, f.name, typing.get_type_hints(RunConfig)[f.name]
-    for name, cls in registry().items():
+    for cls in registry().values():
         hints = typing.get_type_hints(cls)
         for g in dataclasses.fields(cls):
             yield f"method.{g.name}", cls, g.name, hints[g.name]
