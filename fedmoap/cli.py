@@ -113,7 +113,10 @@ def _explicit_method_knobs(argv: list[str]) -> set[str]:
             knobs.add(key[len("--method."):].split(".")[0])
         value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
         if key == "--method" and value.lstrip().startswith("{"):
-            knobs |= set(_init_args(yamlfile.load(value)))
+            try:
+                knobs |= set(_init_args(yamlfile.load(value)))
+            except yaml.YAMLError as exc:
+                raise FedmoapError(f"--method {value}: {' '.join(str(exc).split())}") from None
         if key == "--config" and Path(value).is_file():
             knobs |= set(_init_args(yamlfile.read_config(value).get("method")))
     return knobs
@@ -140,6 +143,8 @@ def short_method_names(argv: list[str]) -> list[str]:
         elif arg == "--config" and i + 1 < len(argv):
             out += [arg, _config_with_class_path(argv[i + 1])]
             i += 1
+        elif key == "--config" and eq:
+            out += [key, _config_with_class_path(value)]
         else:
             out.append(arg)
         i += 1

@@ -124,6 +124,7 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
                     ["dp.clip"]),
     # config files that are not YAML settings
     "binary_config": (["--config", "{binary}"], "existing", ["{binary}", "not a text"]),
+    "binary_config_after_equals": (["--config={binary}"], "existing", ["{binary}", "not a text"]),
     "empty_config_file": (["--config", "{empty}"], "existing", ["{empty}", "empty"]),
     "config_file_a_list": (["--config", "{list_yaml}"], "existing", ["{list_yaml}", "not a mapping"]),
     "duplicate_yaml_key": (["--config", "{dup_yaml}"], "existing", ["{dup_yaml}", "'seed' appears twice"]),
