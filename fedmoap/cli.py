@@ -6,20 +6,26 @@ Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, set_parsing_settings
+from jsonargparse import (ActionConfigFile, ArgumentError, ArgumentParser, get_loader, set_loader,
+                          set_parsing_settings)
 
+from fedmoap import yamlfile
 from fedmoap.errors import FedmoapError
 from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, stop_flag
+from fedmoap.typecheck import type_problems
 
 
 def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    if not hasattr(get_loader("yaml"), "__wrapped__"):  # config files and values: no repeated keys
+        set_loader("yaml", yamlfile.strict(get_loader("yaml")), exceptions=(yaml.YAMLError,))
     from fedmoap.config import RunConfig
     from fedmoap.methods import registry
 
@@ -62,13 +68,36 @@ def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
     try:
         ns = parser.parse_args(short_method_names(argv))
     except ArgumentError as exc:
-        message = " ".join(str(exc).split())
-        raise FedmoapError(f"{message} (see `fedmoap fit --help`)") from None
+        raise FedmoapError(f"{parser_message(exc)} (see `fedmoap fit --help`)") from None
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
     init = instantiate(ns).fit
     cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
+    problem = method_class_problem(type(cfg.method))
+    if problem:
+        raise FedmoapError(problem)
     cfg.method = _own_defaults(cfg.method, _explicit_method_knobs(argv))
+    problems = type_problems(cfg)
+    if problems:
+        raise FedmoapError("; ".join(problems))
     return cfg, init["run_dir"], init["progress"]
+
+
+def parser_message(exc: Exception) -> str:
+    """The parser's error on one line, a method knob named as ``method.KNOB (class path)``."""
+    message = " ".join(str(exc).split())
+    message = re.sub(r'Parser key "method": Problem with given class_path \'([\w.]+)\': Parser key "(\w+)":',
+                     r"method.\2 (\1):", message)
+    return re.sub(r"<class '(\w+)'>", r"\1", message)
+
+
+def method_class_problem(cls: type) -> str | None:
+    """Why ``cls`` cannot be a run's method (None if it can): it must be a dataclass subclass of
+    :class:`~fedmoap.methods.base.Method` with its client and server classes."""
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    if not (dataclasses.is_dataclass(cls) and hasattr(cls, "client_class") and hasattr(cls, "server_class")):
+        return (f"method: {path} is not a complete method (a @dataclass subclass of "
+                "fedmoap.methods.base.Method that sets client_class and server_class)")
+    return None
 
 
 def _own_defaults(method, explicit: set[str]):
@@ -88,14 +117,12 @@ def _explicit_method_knobs(argv: list[str]) -> set[str]:
             knobs.add(key[len("--method."):].split(".")[0])
         value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
         if key == "--method" and value.lstrip().startswith("{"):
-            knobs |= set(_init_args(yaml.safe_load(value)))
-        if key == "--config":
             try:
-                cfg = yaml.safe_load(Path(value).read_text())
-            except (OSError, yaml.YAMLError):
-                continue
-            if isinstance(cfg, dict):
-                knobs |= set(_init_args(cfg.get("method")))
+                knobs |= set(_init_args(yamlfile.load(value)))
+            except yaml.YAMLError as exc:
+                raise FedmoapError(f"--method {value}: {' '.join(str(exc).split())}") from None
+        if key == "--config" and Path(value).is_file():
+            knobs |= set(_init_args(yamlfile.read_config(value).get("method")))
     return knobs
 
 
@@ -120,6 +147,8 @@ def short_method_names(argv: list[str]) -> list[str]:
         elif arg == "--config" and i + 1 < len(argv):
             out += [arg, _config_with_class_path(argv[i + 1])]
             i += 1
+        elif key == "--config" and eq:
+            out += [key, _config_with_class_path(value)]
         else:
             out.append(arg)
         i += 1
@@ -128,14 +157,14 @@ def short_method_names(argv: list[str]) -> list[str]:
 
 def _config_with_class_path(path: str) -> str:
     """The config file's path, or its text with the method's short name resolved where it has
-    one (an unreadable file is left for the parser to report)."""
+    one; a file that is not a readable mapping of settings is refused here, named (a path that
+    does not exist is left to the parser, which also takes YAML text in its place)."""
     from fedmoap.methods import resolve
 
-    try:
-        cfg = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
+    if not Path(path).exists():
         return path
-    method = cfg.get("method") if isinstance(cfg, dict) else None
+    cfg = yamlfile.read_config(path)
+    method = cfg.get("method")
     if isinstance(method, str) and resolve(method) != method:
         cfg["method"] = resolve(method)
     elif isinstance(method, dict) and isinstance(method.get("class_path"), str) \

@@ -67,7 +67,7 @@ class DataArgs:
     train_split: str = "train"
     """Name of the split the clients train on."""
     test_split: str = "test"
-    """Name of the split the clients' test sets are drawn from."""
+    """Name of the split the clients' test sets are drawn from (not ``train_split``)."""
     image_column: str = "image"
     """Column holding the images."""
     label_column: str = "label"
@@ -193,15 +193,16 @@ class FabricArgs:
     devices: int | str = field(default=1, metadata=NEUTRAL)
     """Processes (devices) per node."""
     num_nodes: int = field(default=1, metadata=NEUTRAL)
-    """Nodes."""
+    """Nodes. More than 1 needs a launcher that starts the other nodes' processes (srun under SLURM,
+    torchrun, jsrun, mpirun, or MASTER_ADDR and NODE_RANK set on every node); refused without one."""
     strategy: str = field(default="auto", metadata=NEUTRAL)
     """Fabric strategy: ``auto``, ``ddp`` (several processes)."""
     precision: str = "32-true"
     """``32-true`` (default, bit-reproducible), ``bf16-mixed``, ``16-mixed`` (GPU; loss scaling per
     client), ``bf16-true``."""
     threads: Optional[int] = field(default=None, metadata=NEUTRAL)
-    """torch threads per process; null keeps torch's default. Runs compared bit for bit (e.g. 1
-    vs 2 processes) need the same value."""
+    """torch threads per process (1 to 1024); null keeps torch's default. Runs compared bit for
+    bit (e.g. 1 vs 2 processes) need the same value."""
 
 
 # ----- evaluation modes (issue 13; fedmoap/evaluation.py) -----------------------------------------
@@ -289,7 +290,7 @@ class RunConfig:
     """The federated method and its knobs: a short name (``pfedmoap``, ``promptfl``, ...; see
     README) or a class path (``mypkg.MyMethod``); ``--method.help NAME`` lists its knobs."""
     seed: int = 0
-    """Run seed: every random draw derives from (seed, purpose, round, client)."""
+    """Run seed, 0 <= seed < 2**63: every random draw derives from (seed, purpose, round, client)."""
     model: ModelArgs = field(default_factory=ModelArgs)
     """The frozen backbone."""
     data: DataArgs = field(default_factory=DataArgs)

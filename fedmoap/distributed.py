@@ -6,11 +6,33 @@ points of a round, so every rank calls every collective in the same order.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 import torch.distributed as dist
 
 T = TypeVar("T")
+
+
+def peers_problem(num_nodes: int) -> str | None:
+    """Why ``num_nodes`` nodes cannot be reached from here (None if they can): with more than one
+    node, Lightning Fabric waits for the other nodes' processes, and only a launcher that starts
+    them says where they are, which Fabric detects (TorchElastic, SLURM's srun, LSF, MPI) or reads
+    from MASTER_ADDR and NODE_RANK (its plain environment). Without one a run would wait forever."""
+    if num_nodes <= 1:
+        return None
+    from lightning.fabric.plugins.environments import LSFEnvironment, MPIEnvironment, TorchElasticEnvironment
+    from lightning.fabric.plugins.environments.slurm import _is_srun_used
+
+    slurm_nodes = os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES"))
+    if _is_srun_used() and slurm_nodes and slurm_nodes.isdigit() and int(slurm_nodes) < num_nodes:
+        return f"fabric.num_nodes {num_nodes}: this SLURM job has {slurm_nodes} node(s)"
+    if _is_srun_used() or TorchElasticEnvironment.detect() or LSFEnvironment.detect() or \
+            MPIEnvironment.detect() or {"MASTER_ADDR", "NODE_RANK"} <= os.environ.keys():
+        return None
+    return (f"fabric.num_nodes {num_nodes} needs a launcher that starts the other nodes (srun under "
+            "SLURM, torchrun, jsrun, mpirun, or MASTER_ADDR and NODE_RANK set on every node); "
+            "none was found, so the run would wait forever: use fabric.num_nodes 1")
 
 
 class Comm:

@@ -26,19 +26,20 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap import evaluation, sanity
+from fedmoap import evaluation, sanity, yamlfile
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
 from fedmoap.config import (RunConfig, added_keys, added_section_defaults, config_dict, neutral_keys,
                             with_added_defaults)
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import load_split, make_split
-from fedmoap.distributed import Comm
+from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
 from fedmoap.federated_data import gather_inputs
 from fedmoap.features import FeatureCache
 from fedmoap.io import atomic_write_text, check_directory, write_error
 from fedmoap.methods.base import INPUTS, RunContext
+from fedmoap.methods.prompts import PromptMethod
 from fedmoap.pixels import PixelCache
 from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
 from fedmoap.privacy import Privacy, preset_note
@@ -47,9 +48,13 @@ from fedmoap.results import hparams, mode_scalars, mode_summary, scalars, summar
 from fedmoap.rounds import Federation, Schedule
 from fedmoap.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
 from fedmoap.store import ClientStore
+from fedmoap.typecheck import type_problems
 
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
+MAX_THREADS = 1024
+"""Cap on fabric.threads: a fixed number, not this machine's CPU count, so that a sweep written on
+a small login node is not refused for its compute nodes."""
 
 
 def config_digest(cfg: dict[str, Any]) -> str:
@@ -67,8 +72,12 @@ def config_digest(cfg: dict[str, Any]) -> str:
 def validate(cfg: RunConfig) -> None:
     """Checks beyond types, all of them, before anything is built: ranges and combinations, each
     message naming its key; raises one :class:`FedmoapError` listing every problem."""
+    problems = type_problems(cfg)
+    if problems:  # the range checks below assume the declared types
+        raise FedmoapError("; ".join(problems))
     d, t, f = cfg.data, cfg.train, cfg.fed
     checks = [
+        (0 <= cfg.seed < 2**63, f"seed must be in [0, 2**63), got {cfg.seed}"),
         (f.rounds >= 1, "fed.rounds must be >= 1"),
         (0 < f.participation <= 1, "fed.participation must be in (0, 1]"),
         (f.participants is None or 1 <= f.participants <= d.num_clients,
@@ -90,6 +99,9 @@ def validate(cfg: RunConfig) -> None:
         (d.classes_per_client is None or d.classes_per_client >= 1, "data.classes_per_client must be >= 1 or null"),
         (d.feature_batch_size >= 1, "data.feature_batch_size must be >= 1"),
         (d.classnames is None or len(set(d.classnames)) == len(d.classnames), "data.classnames has duplicates"),
+        (d.source.strip() != "", "data.source must not be empty"),
+        (d.test_split != d.train_split,
+         f"data.test_split {d.test_split!r} is data.train_split: clients would be tested on their training data"),
         (d.partition != "domain_dirichlet" or d.domain_column,
          "data.partition domain_dirichlet needs data.domain_column"),
         (t.local_epochs >= 1, "train.local_epochs must be >= 1"),
@@ -102,7 +114,8 @@ def validate(cfg: RunConfig) -> None:
         (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (cfg.model.image_size is None or cfg.model.image_size >= 1, "model.image_size must be >= 1 or null"),
-        (cfg.fabric.threads is None or cfg.fabric.threads >= 1, "fabric.threads must be >= 1 or null"),
+        (cfg.fabric.threads is None or 1 <= cfg.fabric.threads <= MAX_THREADS,
+         f"fabric.threads must be in 1..{MAX_THREADS} or null"),
         (cfg.fabric.num_nodes >= 1, "fabric.num_nodes must be >= 1"),
         (cfg.fabric.precision in PRECISIONS,
          f"fabric.precision {cfg.fabric.precision!r} is not one of {', '.join(PRECISIONS)}"),
@@ -165,9 +178,14 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
     f = cfg.fabric
     # slurm/array.sbatch runs single-process jobs without srun on purpose
     warnings.filterwarnings("ignore", message="The `srun` command is available")
+    problem = peers_problem(f.num_nodes)
+    if problem:
+        raise FedmoapError(problem)
     try:
         fabric = L.Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes,
                           strategy=f.strategy, precision=f.precision)
+    except ImportError as exc:  # an accelerator whose library is not installed (tpu: torch_xla)
+        raise FedmoapError(f"fabric.accelerator {f.accelerator!r}: {' '.join(str(exc).split())}") from None
     except (ValueError, RuntimeError, TypeError) as exc:
         raise FedmoapError(f"fabric: {' '.join(str(exc).split())}") from None
     fabric.launch()
@@ -181,6 +199,8 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
     t0 = time.perf_counter()
     backbone = build_backbone(cfg.model, cfg.seed).to(fabric.device)
     problems = method.backbone_problems(backbone)
+    if isinstance(method, PromptMethod):
+        problems = method.context_problems(backbone) + problems
     if problems:
         raise FedmoapError("; ".join(problems))
     source = load_source(cfg.data)

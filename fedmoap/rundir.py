@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from fedmoap.checkpoint import latest_round
+from fedmoap import yamlfile
 from fedmoap.config import neutral_keys, with_added_defaults
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
@@ -95,7 +96,7 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any], digest: Any = None) -
     if digest is None:
         from fedmoap.fit import config_digest as digest
     try:
-        stored = yaml.safe_load(stored_path.read_text())
+        stored = yamlfile.load(stored_path.read_text())
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
     if isinstance(stored, dict):  # runs made before a section existed have its defaults

@@ -124,6 +124,50 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "base2novel_on_a_split_with_novel_training": (["--data.split_file", "{split}", "--eval.modes",
                                                    "[local,base2novel]"], "fresh", ["data.split_file", "novel"]),
     "other_eval_modes_on_run_dir": (["--eval.modes", "[local,global]"], "existing", ["eval.modes"]),
+    # method knobs are type-checked like every other setting, wherever they are written
+    "knob_not_a_number": (["--method.lam", "abc"], "existing", ["method.lam", "abc"]),
+    "int_knob_given_a_float": (["--method.heads", "4.0"], "existing", ["method.heads", "4.0"]),
+    "int_knob_given_a_bool": (["--method.heads", "true"], "fresh", ["method.heads"]),
+    "pfeddc_int_knob_given_a_float": (["--method", "pfeddc", "--method.fusion_heads", "4.0"], "fresh",
+                                      ["method.fusion_heads", "4.0"]),
+    "n_ctx_fractional": (["--method.n_ctx", "2.5"], "fresh", ["method.n_ctx", "2.5"]),
+    "experts_per_client_a_list": (["--method.experts_per_client", "[1,2]"], "existing",
+                                  ["method.experts_per_client"]),
+    "literal_knob_unknown_value": (["--method.moe_similarity", "bogus"], "existing",
+                                   ["method.moe_similarity", "bogus"]),
+    "knob_not_a_number_in_yaml": (["--config", "{lam_abc_yaml}"], "existing", ["method.lam", "abc"]),
+    "knob_not_a_number_in_inline_method": (["--method", "{{class_path: fedmoap.methods.pfedmoap.PFedMoAP, init_args: {{heads: 2.5}}}}"],
+                                           "fresh", ["method.heads", "2.5"]),
+    # infinity and NaN are not numbers a run can use
+    "lr_infinite": (["--train.lr", ".inf"], "fresh", ["train.lr", "finite"]),
+    "lr_overflowing": (["--train.lr", "1e999"], "fresh", ["train.lr", "finite"]),
+    "lr_nan": (["--train.lr", ".nan"], "fresh", ["train.lr"]),
+    "gating_lr_infinite": (["--method.gating_lr", ".inf"], "fresh", ["method.gating_lr", "finite"]),
+    "sigma_infinite": (["--method", "fedamp", "--method.sigma", ".inf"], "fresh", ["method.sigma", "finite"]),
+    "dp_noise_infinite": (["--dp.mode", "client_upload", "--dp.clip", "1", "--dp.noise_multiplier", ".inf"],
+                          "fresh", ["dp.noise_multiplier", "finite"]),
+    "dp_clip_nan": (["--dp.mode", "client_upload", "--dp.clip", ".nan", "--dp.epsilon", "8"], "fresh",
+                    ["dp.clip"]),
+    # config files that are not YAML settings
+    "binary_config": (["--config", "{binary}"], "existing", ["{binary}", "not a text"]),
+    "binary_config_after_equals": (["--config={binary}"], "existing", ["{binary}", "not a text"]),
+    "empty_config_file": (["--config", "{empty}"], "existing", ["{empty}", "empty"]),
+    "config_file_a_list": (["--config", "{list_yaml}"], "existing", ["{list_yaml}", "not a mapping"]),
+    "duplicate_yaml_key": (["--config", "{dup_yaml}"], "existing", ["{dup_yaml}", "'seed' appears twice"]),
+    "duplicate_nested_yaml_key": (["--config", "{dup_nested_yaml}"], "existing",
+                                  ["{dup_nested_yaml}", "'rounds' appears twice"]),
+    # settings that crashed or blamed the wrong thing
+    "base_class_as_method": (["--method", "fedmoap.methods.base.Method"], "fresh",
+                             ["method", "fedmoap.methods.base.Method"]),
+    "accelerator_not_installed": (["--fabric.accelerator", "tpu"], "existing", ["fabric.accelerator", "tpu"]),
+    "threads_absurd": (["--fabric.threads", "100000"], "existing", ["fabric.threads", "1024"]),
+    "seed_overflowing": (["--seed", str(2**70)], "fresh", ["seed", str(2**70)]),
+    "seed_negative": (["--seed", "-1"], "fresh", ["seed", "-1"]),
+    "n_ctx_beyond_text_context": (["--method.n_ctx", "500"], "fresh", ["method.n_ctx 500", "77"]),
+    "test_split_is_train_split": (["--data.test_split", "train"], "fresh", ["data.test_split", "data.train_split"]),
+    "empty_source": (["--data.source", ""], "fresh", ["data.source"]),
+    "blank_source": (["--data.source", "  "], "existing", ["data.source"]),
+    "num_nodes_without_peers": (["--fabric.num_nodes", "2"], "existing", ["fabric.num_nodes"]),
 }
 LINEAR_HEAD = '''
 from dataclasses import dataclass
@@ -179,6 +223,16 @@ def setup(tmp_path_factory):
                                   features=Features({"image": Image(), "label": feature}))
         DatasetDict(train=split, test=split).save_to_disk(str(root / name))
         files[name] = str(root / name)
+    smoke = SMOKE.read_text()
+    texts = {"lam_abc_yaml": smoke.replace("    heads: 4\n", "    heads: 4\n    lam: abc\n"),
+             "dup_yaml": smoke + "seed: 1\n", "dup_nested_yaml": smoke.replace("  rounds: 3\n", "  rounds: 3\n  rounds: 4\n"),
+             "list_yaml": "- seed\n- 1\n", "empty": "\n"}
+    for name, text in texts.items():
+        assert text != smoke
+        files[name] = str(root / f"{name}.yaml")
+        Path(files[name]).write_text(text)
+    files["binary"] = str(root / "binary.yaml")
+    Path(files["binary"]).write_bytes(bytes(range(256)) * 4)
     (root / "evalcase_linear.py").write_text(LINEAR_HEAD)
     sys.path.insert(0, str(root))
     return root, base, cache, files
@@ -262,12 +316,18 @@ def snapshot(path: Path) -> dict[str, bytes] | None:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+LAUNCHER_VARIABLES = ("SLURM_NTASKS", "SLURM_NNODES", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "NODE_RANK",
+                      "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_fails_cleanly(setup, case, capsys):
+def test_bad_input_fails_cleanly(setup, case, capsys, monkeypatch):
+    for name in LAUNCHER_VARIABLES:  # as on a workstation: no launcher supplies other nodes
+        monkeypatch.delenv(name, raising=False)
     root, base, cache, files = setup
     extra, kind, words = CASES[case]
     run_dir, newest = prepare(root, base, case, kind)
-    extra = [a.format(**files) if a.startswith("{") else a for a in extra]
+    extra = [a.format(**files) for a in extra]
     config = [] if "--config" in extra else ["--config", str(SMOKE)]
     cache_arg = [] if "--data.feature_cache" in extra else ["--data.feature_cache", str(cache)]
     assert_fails_cleanly(capsys, ["fit", *config, *extra, "--run_dir", str(run_dir), *cache_arg,
@@ -287,7 +347,7 @@ def assert_fails_cleanly(capsys, argv: list[str], run_dir: Path, words: list[str
     line = err[ERROR_LINE.search(err).start():].strip()
     assert "\n" not in line, f"{case}: the error takes several lines:\n{line}"
     for word in words:
-        word = word.replace("{newest}", str(newest))
+        word = word.format(newest=newest, **files)
         assert word in line, f"{case}: the error does not name {word!r}: {line}"
     assert snapshot(run_dir) == before, f"{case}: the run dir was changed"
 
@@ -384,3 +444,53 @@ def test_report_on_malformed_results_names_the_run(setup, case, capsys, tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedmoap: error: report:") and "\n" not in err, err
     assert str(run_dir) in err
+
+
+# ----- fedmoap sweep: every line it would write is parsed first, so a bad value writes nothing -----
+SWEEP_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "knob_not_a_number": (["--grid", "pfedmoap.lam=0.5,abc"], ["method.lam", "abc"]),
+    "int_knob_given_a_float": (["--grid", "method.heads=4.0"], ["method.heads", "4.0"]),
+    "literal_knob_unknown_value": (["--grid", "method.moe_similarity=cosine,bogus"], ["method.moe_similarity"]),
+    "lr_infinite": (["--grid", "train.lr=0.1,.inf"], ["train.lr", "finite"]),
+    "binary_config": (["--config", "{binary}"], ["{binary}"]),
+    "empty_config": (["--config", "{empty}"], ["{empty}", "empty"]),
+    "duplicate_yaml_key": (["--config", "{dup_yaml}"], ["{dup_yaml}", "'seed' appears twice"]),
+    "knob_not_a_number_in_yaml": (["--config", "{lam_abc_yaml}"], ["method.lam", "abc"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SWEEP_CASES))
+def test_bad_sweep_fails_cleanly_and_writes_nothing(setup, case, capsys):
+    root, _, _, files = setup
+    extra, words = SWEEP_CASES[case]
+    extra = [a.format(**files) for a in extra]
+    config = [] if "--config" in extra else ["--config", str(SMOKE)]
+    out = root / f"sweep_{case}.txt"
+    out.write_text("an earlier sweep\n")
+    capsys.readouterr()
+    rc = main(["sweep", *config, *extra, "--seeds", "0", "--out", str(out), "--runs_root", str(root / "sw")])
+    err = capsys.readouterr().err
+    assert rc == 2, f"{case}: exit code {rc}; stderr: {err}"
+    assert len(ERROR_LINE.findall(err)) == 1 and err.strip().count("\n") == 0, err
+    for word in words:
+        assert word.format(**files) in err, f"{case}: the error does not name {word!r}: {err}"
+    assert out.read_text() == "an earlier sweep\n"
+
+
+def test_num_nodes_needs_a_launcher_that_supplies_the_nodes(monkeypatch):
+    from fedmoap.distributed import peers_problem
+
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert peers_problem(1) is None
+    assert "fabric.num_nodes 2" in peers_problem(2)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert peers_problem(2) is None  # Lightning's plain environment: the user starts every node
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    monkeypatch.setenv("SLURM_NNODES", "1")
+    assert "1 node" in peers_problem(2)  # srun, but the job has fewer nodes than asked for
+    monkeypatch.setenv("SLURM_NNODES", "2")
+    assert peers_problem(2) is None

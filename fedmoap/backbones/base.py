@@ -114,6 +114,11 @@ class Backbone(nn.Module, ABC):
         """Name of the architecture, for messages."""
         return type(self).__name__
 
+    @property
+    def text_context_length(self) -> int:
+        """Tokens the text tower takes in one prompt, start and end tokens included."""
+        raise NotImplementedError
+
     def encode_image_prompted(self, images: Tensor, prompts: Sequence[Mapping[int, Tensor]] = (),
                               return_tokens: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Image features with learnable prompt tokens inside a ViT image tower.

@@ -192,12 +192,16 @@ class OpenCLIPBackbone(Backbone):
             return tokens.argmax(dim=-1)
         return (tokens == self.eos_id).int().argmax(dim=-1)
 
+    @property
+    def text_context_length(self) -> int:
+        return int(self.text.positional_embedding.shape[0])
+
     def prepare_prompts(self, texts: list[str], n_ctx: int) -> PromptSlots:
         tokens = self._tokenize([("X " * n_ctx) + t for t in texts])
         eot = self._end_positions(tokens)
         if int(eot.max()) + 1 >= tokens.shape[1] and (tokens[:, -1] != 0).any():
-            raise FedmoapError(f"a prompt is longer than the model's {tokens.shape[1]}-token context: "
-                               f"{max(texts, key=len)!r}")
+            raise FedmoapError(f"a prompt with {n_ctx} context tokens (method.n_ctx) is longer than the "
+                               f"model's {tokens.shape[1]}-token context: {max(texts, key=len)!r}")
         length = int(eot.max()) + 1 if self.truncate else tokens.shape[1]
         with torch.no_grad():
             emb = self.text.token_embedding(tokens[:, :length])

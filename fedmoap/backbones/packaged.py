@@ -203,6 +203,10 @@ class MiniLMText:
     def _word_embeddings(self) -> nn.Embedding:
         return self.text_tower.get_input_embeddings()
 
+    @property
+    def text_context_length(self) -> int:
+        return self.text_tower.config.max_position_embeddings
+
     def prepare_prompts(self, texts: list[str], n_ctx: int) -> PromptSlots:
         """BERT layout ``[CLS] [ctx × n_ctx] tokens [SEP] [PAD...]``, padded to the longest prompt."""
         if not texts:
@@ -213,9 +217,11 @@ class MiniLMText:
         ids = tok(list(texts), add_special_tokens=False)["input_ids"]
         lengths = [2 + n_ctx + len(t) for t in ids]
         seq_len = max(lengths)
-        limit = self.text_tower.config.max_position_embeddings
+        limit = self.text_context_length
         if seq_len > limit:
-            raise ValueError(f"a prompt is {seq_len} tokens long, the text tower takes {limit}")
+            longest = texts[lengths.index(seq_len)]
+            raise FedmoapError(f"a prompt with {n_ctx} context tokens (method.n_ctx) is {seq_len} tokens "
+                               f"long, the text tower takes {limit}: {longest!r}")
         suffix_ids = [t + [tok.sep_token_id] + [tok.pad_token_id] * (seq_len - n)
                       for t, n in zip(ids, lengths)]
         mask = [[1] * n + [0] * (seq_len - n) for n in lengths]

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
@@ -501,3 +502,9 @@ def _cpu_copy(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(v) for v in obj)
     return obj
+
+
+# Method's own annotations, evaluated here where their names are defined: jsonargparse resolves a
+# method's annotations in the method's module, where ClassVar or Server may be unimported; one
+# unresolvable base annotation left every knob of every method unvalidated (any value accepted).
+Method.__annotations__ = typing.get_type_hints(Method)

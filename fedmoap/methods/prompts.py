@@ -33,6 +33,18 @@ class PromptMethod(Method):
             out.append("method.template must contain {} for the class name")
         return out
 
+    def context_problems(self, backbone: Backbone) -> list[str]:
+        """Whether the context fits the text tower's context length next to the start and end
+        tokens and at least one token of text (a longer class name is caught when the prompts
+        are laid out)."""
+        n = len(backbone.embed_tokens(self.ctx_init)) if self.ctx_init else self.n_ctx
+        limit = backbone.text_context_length
+        if n + 3 <= limit:
+            return []
+        knob = f"method.ctx_init ({n} tokens)" if self.ctx_init else f"method.n_ctx {n}"
+        return [f"{knob} does not fit {backbone.describe()}'s {limit}-token text context "
+                f"(at most {limit - 3} context tokens, next to the start, end and class-name tokens)"]
+
 
 def initial_prompt(backbone: Backbone, method: PromptMethod, seed: int) -> Tensor:
     """The run's initial context: the embedded ``ctx_init`` words, or N(0, 0.02) from the seed."""
