@@ -92,7 +92,7 @@ class DataArgs:
     alpha: float = 0.1
     """Dirichlet concentration (dirichlet, domain_dirichlet). The offline default's 0.1 is a split
     where personalization matters on Fashion-MNIST (each client alone beats the FedAvg prompt);
-    at 0.5 it does not (README, "Evidence"). The paper's CIFAR settings use 0.5."""
+    at 0.5 it does not (docs/evidence.md). The paper's CIFAR settings use 0.5."""
     classes_per_client: Optional[int] = None
     """pathological: classes per client (default: all classes spread evenly); label_uniform:
     classes per client (required)."""
@@ -161,7 +161,7 @@ class TrainArgs:
     optimizer_state: Optional[Literal["keep", "reset"]] = None
     """Whether a client's optimizer state (momentum) is kept from one of its local trainings to
     the next (``keep``) or started afresh every round (``reset``, plain FedAvg); null = the
-    method's own default (README, method table)."""
+    method's own default (docs/methods.md, method table)."""
     eval_batch_size: int = field(default=512, metadata=NEUTRAL)
     """Evaluation batch size."""
 
@@ -211,7 +211,7 @@ EvalMode = Literal["local", "global", "neighbor", "base2novel", "unseen_clients"
 
 @dataclass
 class EvalArgs:
-    """Evaluation modes (README, "Evaluation modes"); each evaluated round reports every mode."""
+    """Evaluation modes (docs/evaluation.md); each evaluated round reports every mode."""
 
     modes: list[EvalMode] = field(default_factory=lambda: ["local"])
     """``local``: each client on its own test set (always evaluated; the pFedMoAP metric);
@@ -247,7 +247,7 @@ class EvalArgs:
 # --- differential privacy (fedmoap/privacy.py) ---------------------------------------------------
 @dataclass
 class DPArgs:
-    """Differential privacy (README, "Differential privacy"): off, client-level noise on every
+    """Differential privacy (docs/privacy.md): off, client-level noise on every
     upload, or record-level DP-SGD; epsilon is reported by Opacus's RDP and PRV accountants."""
 
     mode: Literal["off", "client_upload", "record_sgd"] = "off"
