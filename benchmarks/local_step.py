@@ -75,7 +75,7 @@ def make_client(backbone: OpenCLIPBackbone, case: StepCase) -> tuple[PFedMoAPCli
     gen = torch.Generator().manual_seed(0)
     experts = torch.randn(case.experts, method.n_ctx, backbone.ctx_width, generator=gen) * 0.02
     client.receive({"prompt": initial_prompt(backbone, method, 0), "experts": experts})
-    client.expert_text  # computed once per round, not per step
+    _ = client.expert_text  # computed once per round, not per step
     return client, experts
 
 

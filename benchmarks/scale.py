@@ -43,7 +43,8 @@ def make_dataset(root: Path) -> Path:
 
 
 def fit_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).with_name("peak_rss.py")), "fit", "--config", str(SMOKE), "--run_dir", str(run_dir),
+    return [sys.executable, str(Path(__file__).with_name("peak_rss.py")), "fit", "--config", str(SMOKE),
+            "--run_dir", str(run_dir),
             "--data.feature_cache", str(cache), "--progress", "false", *extra]
 
 

@@ -1,7 +1,8 @@
 """Round checkpoints: everything needed for an identical continuation, written atomically.
 
 A checkpoint holds the server state, the client store's index (the client states themselves are
-versioned files beside it, see :mod:`fedmoap.store`), the finished round and the results so far. No RNG state is needed: every random draw derives from (seed, round, client id).
+versioned files beside it, see :mod:`fedmoap.store`), the finished round and the results so far.
+No RNG state is needed: every random draw derives from (seed, round, client id).
 """
 from __future__ import annotations
 

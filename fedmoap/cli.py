@@ -10,7 +10,7 @@ import re
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from jsonargparse import (ActionConfigFile, ArgumentError, ArgumentParser, get_loader, set_loader,
@@ -20,6 +20,9 @@ from fedmoap import yamlfile
 from fedmoap.errors import FedmoapError
 from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, stop_flag
 from fedmoap.typecheck import type_problems
+
+if TYPE_CHECKING:
+    from fedmoap.config import RunConfig
 
 
 def build_parser() -> ArgumentParser:

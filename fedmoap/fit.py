@@ -26,7 +26,7 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap import evaluation, sanity, yamlfile
+from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
 from fedmoap.config import (RunConfig, added_keys, added_section_defaults, config_dict, neutral_keys,
@@ -297,7 +297,8 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
               if comm.is_main else None)
     extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
              "num_clients": cfg.data.num_clients, "config_digest": digest,
-             "world_size": comm.world_size, "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"], **checks}
+             "world_size": comm.world_size,
+             "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"], **checks}
     if privacy is not None:
         extra["privacy"] = privacy.summary  # the accountant updates it in place every round
     rounds_s = 0.0
@@ -322,7 +323,8 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
-                logger.log_metrics({**scalars(record), **mode_scalars(record)}, step=r)  # after the checkpoint: never twice
+                # after the checkpoint: never logged twice
+                logger.log_metrics({**scalars(record), **mode_scalars(record)}, step=r)
                 logger.experiment.flush()
         where["stage"] = "finish"
         # HParams tab: settings -> final numbers; also written by the rerun of a run killed before it

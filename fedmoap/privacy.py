@@ -93,12 +93,14 @@ def problems(cfg: RunConfig) -> list[str]:
             out.append(f"dp.{set_[0]} is set but dp.mode is off (choose dp.mode client_upload or record_sgd)")
         return out
     if dp.clip is None:
-        out.append(f"dp.mode {dp.mode} needs dp.clip (the clip norm {'S of an upload' if dp.mode == 'client_upload' else 'C of an example gradient'}; "
+        norm = "S of an upload" if dp.mode == "client_upload" else "C of an example gradient"
+        out.append(f"dp.mode {dp.mode} needs dp.clip (the clip norm {norm}; "
                    "fedmoap derives no default from the private data)")
     elif not dp.clip > 0:
         out.append("dp.clip must be > 0")
     if dp.epsilon is not None and dp.noise_multiplier is not None:
-        out.append("dp.epsilon and dp.noise_multiplier are both set (set one: a target epsilon solves the noise multiplier)")
+        out.append("dp.epsilon and dp.noise_multiplier are both set (set one: a target epsilon solves "
+                   "the noise multiplier)")
     elif dp.epsilon is None and dp.noise_multiplier is None and dp.preset is None:
         out.append(f"dp.mode {dp.mode} needs dp.epsilon (a target) or dp.noise_multiplier")
     if dp.epsilon is not None and not dp.epsilon > 0:

@@ -194,7 +194,8 @@ def tables(done: dict, seeds: list[int]) -> str:
             if r:
                 lines.append(f"| {name} | {_fmt([e['final_mean_acc'] for e in r])} | "
                              f"{_fmt([e['last5_mean_acc'] for e in r])} | "
-                             f"{_fmt([e['final_worst_acc'] for e in r])} | {_fmt([e['final_pooled_acc'] for e in r])} |")
+                             f"{_fmt([e['final_worst_acc'] for e in r])} | "
+                             f"{_fmt([e['final_pooled_acc'] for e in r])} |")
         lines += ["", "| method | final mean (%) | final worst (%) | final pooled (%) | last-5 mean (%) "
                   "| last-5 worst (%) | last-5 pooled (%) |", "|---|---|---|---|---|---|---|"]
         for name in VPT_TABLE:

@@ -136,7 +136,8 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "literal_knob_unknown_value": (["--method.moe_similarity", "bogus"], "existing",
                                    ["method.moe_similarity", "bogus"]),
     "knob_not_a_number_in_yaml": (["--config", "{lam_abc_yaml}"], "existing", ["method.lam", "abc"]),
-    "knob_not_a_number_in_inline_method": (["--method", "{{class_path: fedmoap.methods.pfedmoap.PFedMoAP, init_args: {{heads: 2.5}}}}"],
+    "knob_not_a_number_in_inline_method": (["--method", "{{class_path: fedmoap.methods.pfedmoap.PFedMoAP, "
+                                                        "init_args: {{heads: 2.5}}}}"],
                                            "fresh", ["method.heads", "2.5"]),
     # infinity and NaN are not numbers a run can use
     "lr_infinite": (["--train.lr", ".inf"], "fresh", ["train.lr", "finite"]),
@@ -225,7 +226,8 @@ def setup(tmp_path_factory):
         files[name] = str(root / name)
     smoke = SMOKE.read_text()
     texts = {"lam_abc_yaml": smoke.replace("    heads: 4\n", "    heads: 4\n    lam: abc\n"),
-             "dup_yaml": smoke + "seed: 1\n", "dup_nested_yaml": smoke.replace("  rounds: 3\n", "  rounds: 3\n  rounds: 4\n"),
+             "dup_yaml": smoke + "seed: 1\n",
+             "dup_nested_yaml": smoke.replace("  rounds: 3\n", "  rounds: 3\n  rounds: 4\n"),
              "list_yaml": "- seed\n- 1\n", "empty": "\n"}
     for name, text in texts.items():
         assert text != smoke
@@ -331,11 +333,11 @@ def test_bad_input_fails_cleanly(setup, case, capsys, monkeypatch):
     config = [] if "--config" in extra else ["--config", str(SMOKE)]
     cache_arg = [] if "--data.feature_cache" in extra else ["--data.feature_cache", str(cache)]
     assert_fails_cleanly(capsys, ["fit", *config, *extra, "--run_dir", str(run_dir), *cache_arg,
-                                  "--progress", "false"], run_dir, words, case, newest)
+                                  "--progress", "false"], run_dir, words, case, newest, files)
 
 
 def assert_fails_cleanly(capsys, argv: list[str], run_dir: Path, words: list[str], case: str,
-                         newest: Path | None = None) -> None:
+                         newest: Path | None = None, files: dict[str, str] | None = None) -> None:
     """``fedmoap ARGV`` exits with 2 and one error line holding ``words``, ``run_dir`` unchanged."""
     before = snapshot(run_dir)
     capsys.readouterr()
@@ -347,7 +349,8 @@ def assert_fails_cleanly(capsys, argv: list[str], run_dir: Path, words: list[str
     line = err[ERROR_LINE.search(err).start():].strip()
     assert "\n" not in line, f"{case}: the error takes several lines:\n{line}"
     for word in words:
-        word = word.format(newest=newest, **files)
+        for key, value in {"newest": newest, **(files or {})}.items():
+            word = word.replace("{" + key + "}", str(value))
         assert word in line, f"{case}: the error does not name {word!r}: {line}"
     assert snapshot(run_dir) == before, f"{case}: the run dir was changed"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
 from fedmoap.cli import main

@@ -21,7 +21,7 @@ from fedmoap.cli import main
 from fedmoap.config import DataArgs, EvalArgs, RunConfig, TrainArgs, config_dict
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.evaluation import ClassSplit, ModeEvaluator, apply_class_order, class_split, complete_split
+from fedmoap.evaluation import ModeEvaluator, apply_class_order, class_split, complete_split
 from fedmoap.features import FeatureCache
 from fedmoap.federated_data import FederatedData, Inputs, gather_inputs
 from fedmoap.fit import check_run_dir, config_digest

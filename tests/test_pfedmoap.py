@@ -1,5 +1,4 @@
 """pFedMoAP's server (pool, KNN, FedAvg) and client (first-time path, MoE logits, privacy)."""
-import dataclasses
 
 import pytest
 import torch

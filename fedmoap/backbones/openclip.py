@@ -114,7 +114,8 @@ class OpenCLIPBackbone(Backbone):
         elif self.resize_mode == "longest":
             from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
             head = [ResizeKeepRatio(s, interpolation=mode, longest=1),
-                    _Described(CenterCropOrPad(s, fill=self.fill_color), f"CenterCropOrPad({s}, fill={self.fill_color})")]
+                    _Described(CenterCropOrPad(s, fill=self.fill_color),
+                               f"CenterCropOrPad({s}, fill={self.fill_color})")]
         else:
             head = [T.Resize(s, interpolation=mode), T.CenterCrop(s)]
         return T.Compose([_ToRGB(), *head, T.ToTensor(), T.Normalize(self.mean, self.std)])

@@ -6,7 +6,9 @@ graph's fixed 224 px input: final-norm tokens (timm vs ONNX Runtime) and the pos
     PYTHONPATH=/tmp/ort python scripts/diagnostics/packaged_vit_onnx_check.py
 """
 import tempfile
-import onnx, onnxruntime as ort, torch
+import onnx
+import onnxruntime as ort
+import torch
 import torchvision.transforms as T
 from PIL import Image
 from sklearn.datasets import load_sample_images
@@ -32,7 +34,8 @@ got = dict(zip(outputs, map(torch.from_numpy, session.run(list(outputs.values())
 with torch.no_grad():
     ours = vit.forward_features(x)
 d = (ours - got["tokens"]).abs()
-print(f"final-norm tokens, {len(images)} images: max |diff| {d.max():.2e}, mean {d.mean():.2e}, max |value| {ours.abs().max():.1f}")
+print(f"final-norm tokens, {len(images)} images: max |diff| {d.max():.2e}, mean {d.mean():.2e}, "
+      f"max |value| {ours.abs().max():.1f}")
 print(f"position table at 16x16 vs the graph's: max |diff| {(vit.pos_embed - got['pos']).abs().max():.2e}")
 timm_pos = resample_abs_pos_embed(state["pos_embed"], new_size=(16, 16), old_size=(37, 37), num_prefix_tokens=1)
 print(f"timm's antialiased resample_abs_pos_embed vs the graph's: max |diff| {(timm_pos - got['pos']).abs().max():.2e}")

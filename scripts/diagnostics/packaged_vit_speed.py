@@ -3,8 +3,12 @@
 
     python scripts/diagnostics/packaged_vit_speed.py [--size 112] [--batch 32] [--runs 5] [--threads N]
 """
-import argparse, statistics, tempfile, time
-import torch, torch.nn.functional as F
+import argparse
+import statistics
+import tempfile
+import time
+import torch
+import torch.nn.functional as F
 from fedmoap.backbones.packaged_vit import PackagedViTBackbone
 
 ap = argparse.ArgumentParser()

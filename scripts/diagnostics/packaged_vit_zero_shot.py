@@ -9,10 +9,13 @@ cosine between bridged and true EfficientNet features, and squared error of the 
 token: the label-free criteria BRIDGE_STRENGTH and TOKEN_BRIDGE_STRENGTH were chosen by. The
 zero-shot accuracy each gives is reported only, not used to choose.
 """
-import argparse, tempfile, time
-import torch, torch.nn.functional as F
+import argparse
+import tempfile
+import time
+import torch
+import torch.nn.functional as F
 from fedmoap.backbones.dinov2_onnx import load_converted
-from fedmoap.backbones.packaged import PackagedTowersBackbone, fit_ridge
+from fedmoap.backbones.packaged import PackagedTowersBackbone
 from fedmoap.backbones.packaged_vit import BRIDGE_TARGET_SIZE, BridgeData, PackagedViTBackbone, bridge_images_default
 from fedmoap.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
@@ -28,7 +31,9 @@ if args.threads:
 print("threads", torch.get_num_threads())
 cache = tempfile.mkdtemp(prefix="packaged_vit_")
 clock = time.perf_counter
-t = clock(); towers = PackagedTowersBackbone.build(cache, BRIDGE_TARGET_SIZE); print(f"packaged-towers cold build {clock() - t:.1f} s")
+t = clock()
+towers = PackagedTowersBackbone.build(cache, BRIDGE_TARGET_SIZE)
+print(f"packaged-towers cold build {clock() - t:.1f} s")
 t = clock(); load_converted(cache); print(f"ONNX -> timm conversion {clock() - t:.1f} s")
 t = clock(); vit = PackagedViTBackbone.build(cache, args.size, bridge_images=8 if args.grid else None)
 print(f"packaged-vit build (bridge fitted on {8 if args.grid else 'the default'} images) {clock() - t:.1f} s")

@@ -3,7 +3,9 @@
 
     python scripts/diagnostics/rss_per_round.py fit [fedmoap fit arguments]
 """
-import ctypes, gc, sys
+import ctypes
+import gc
+import sys
 import fedmoap.rounds as R
 from fedmoap.cli import main
 libc = ctypes.CDLL("libc.so.6")
