@@ -2,49 +2,27 @@
 encoder and exact against the reference's per-image full-length encoding."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import tiny_world
+from worlds import first_batch, tiny_client
 
-from fedmoap.config import TrainArgs
-from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory.mktemp("cache"), 2)
-
-
-def client(world, name, **knobs):
-    backbone, names, _ = world
-    run = RunContext(0, 2, TrainArgs(local_epochs=1, batch_size=8), False)
-    module = registry()[name](**knobs).build_client(backbone, names, run)
-    module.load_client(0, None)
-    module.receive(module.global_init())
-    return module
-
-
-def batch(world):
-    return next(iter(world[2].train_batches(0, 1, 8)(0)))
 
 
 def test_zero_meta_net_is_promptfl(world):
-    co = client(world, "cocoop", n_ctx=4, ctx_init=None)
-    fl = client(world, "promptfl", n_ctx=4)
+    co = tiny_client(world, "cocoop", n_ctx=4, ctx_init=None)
+    fl = tiny_client(world, "promptfl", n_ctx=4)
     with torch.no_grad():
         co.meta_net[2].weight.zero_()
         co.meta_net[2].bias.zero_()
-    b = batch(world)
+    b = first_batch(world)
     assert torch.equal(co.ctx, fl.ctx)
     assert torch.allclose(co(b), fl(b), atol=1e-5)
 
 
 def test_each_image_gets_its_own_context(world):
-    co = client(world, "cocoop", n_ctx=4)
-    feats = batch(world)["features"][:2]
+    co = tiny_client(world, "cocoop", n_ctx=4)
+    feats = first_batch(world)["features"][:2]
     ctx = co.image_contexts(torch.stack([feats[0], feats[1], feats[0]]))
     assert not torch.equal(ctx[0], ctx[1]) and torch.equal(ctx[0], ctx[2])
     assert torch.allclose(ctx - co.ctx, (ctx - co.ctx)[:, :1].expand_as(ctx))  # one bias per image
@@ -53,8 +31,8 @@ def test_each_image_gets_its_own_context(world):
 def test_batched_logits_equal_the_reference_per_image_full_length_encoding(world):
     """One shared-prefix call for the batch against the reference's loop: per image, the C
     full-length (77-token, unshared) prompts of its own context."""
-    co = client(world, "cocoop", n_ctx=4)
-    b = batch(world)
+    co = tiny_client(world, "cocoop", n_ctx=4)
+    b = first_batch(world)
     batched = co(b)
     bb = co.backbone
     assert bb.encode_shared_prefix(co.slots, co.image_contexts(b["features"])) is not None  # the path used
@@ -75,9 +53,9 @@ def test_batched_logits_equal_the_reference_per_image_full_length_encoding(world
 
 
 def test_upload_is_the_context_and_the_meta_net_and_both_learn(world):
-    co = client(world, "cocoop", n_ctx=4)
+    co = tiny_client(world, "cocoop", n_ctx=4)
     up = co.upload()
     assert set(up) == {"prompt", "meta_net.0.weight", "meta_net.0.bias", "meta_net.2.weight", "meta_net.2.bias"}
-    b = batch(world)
+    b = first_batch(world)
     co.training_step(b).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in co.parameters())

@@ -2,34 +2,12 @@
 and heterogeneous local prompt lengths, on the tiny model."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import tiny_world
+from worlds import first_batch, tiny_client
 
-from fedmoap.config import TrainArgs
-from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedpha import weak_projector
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory.mktemp("cache"), 2)
-
-
-def client(world, cid=0, **knobs):
-    backbone, names, _ = world
-    run = RunContext(0, 2, TrainArgs(local_epochs=1, batch_size=8), True)
-    module = registry()["fedpha"](**knobs).build_client(backbone, names, run)
-    module.load_client(cid, None)
-    module.receive(module.global_init())
-    return module
-
-
-def batch(world):
-    return next(iter(world[2].train_batches(0, 1, 8)(0)))
 
 
 def test_projector_keeps_the_weak_directions_of_the_global_prompt():
@@ -43,8 +21,8 @@ def test_projector_keeps_the_weak_directions_of_the_global_prompt():
 
 
 def test_without_alignment_terms_the_prompts_train_as_promptfl_and_coop(world):
-    pha = client(world, n_ctx=4, lambda_pull=0.0, lambda_push=0.0)
-    b = batch(world)
+    pha = tiny_client(world, "fedpha", n_ctx=4, lambda_pull=0.0, lambda_push=0.0)
+    b = first_batch(world)
     pha.training_step(b).backward()
     g_global, g_local = pha.ctx.grad.clone(), pha.local.grad.clone()
     pha.zero_grad()
@@ -56,8 +34,8 @@ def test_without_alignment_terms_the_prompts_train_as_promptfl_and_coop(world):
 
 
 def test_push_term_vanishes_beyond_the_margin(world):
-    pha = client(world, n_ctx=4, lambda_pull=0.0, alpha=0.0)
-    b = batch(world)
+    pha = tiny_client(world, "fedpha", n_ctx=4, lambda_pull=0.0, alpha=0.0)
+    b = first_batch(world)
     full = pha.training_step(b)
     ce = (F.cross_entropy(pha.logits(b, pha.local_features(projected=False)), b["label"])
           + F.cross_entropy(pha.logits(b, pha.text_features()), b["label"]))
@@ -66,7 +44,7 @@ def test_push_term_vanishes_beyond_the_margin(world):
 
 def test_local_prompts_of_other_lengths_use_their_own_slots(world):
     for cid, n in ((0, 2), (1, 6)):
-        pha = client(world, cid=cid, n_ctx=4, local_lengths=[2, 6])
+        pha = tiny_client(world, "fedpha", cid=cid, n_ctx=4, local_lengths=[2, 6])
         assert pha.length() == n
         got = pha.local_features(projected=False)
         slots = pha.backbone.prepare_prompts([pha.method.template.format(c) for c in pha.classnames], n)
@@ -76,7 +54,7 @@ def test_local_prompts_of_other_lengths_use_their_own_slots(world):
 
 
 def test_clients_are_evaluated_with_their_local_prompt_and_newcomers_with_the_global(world):
-    pha = client(world, n_ctx=4)
+    pha = tiny_client(world, "fedpha", n_ctx=4)
     assert torch.allclose(pha.eval_state(), pha.local_features(projected=False))
     pha.load_client(1, None)
     pha.prepare_eval(pha.global_init())

@@ -2,39 +2,16 @@
 training and its unweighted server, on the tiny model."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import tiny_world
+from worlds import first_batch, tiny_client
 
-from fedmoap.config import TrainArgs
-from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory.mktemp("cache"), 2)
-
-
-def client(world, name="fedtpg", **knobs):
-    backbone, names, _ = world
-    run = RunContext(0, 2, TrainArgs(local_epochs=1, batch_size=8), True)
-    method = registry()[name](**knobs)
-    module = method.build_client(backbone, names, run)
-    module.load_client(0, None)
-    module.receive(module.global_init())
-    return module, method, run
-
-
-def batch(world):
-    return next(iter(world[2].train_batches(0, 1, 8)(0)))
 
 
 def test_class_order_permutes_logits_and_leaves_the_context(world):
-    tpg, _, _ = client(world)
-    b = batch(world)
+    tpg = tiny_client(world, "fedtpg")
+    b = first_batch(world)
     with torch.no_grad():
         ctx = tpg.context()
         logits = tpg(b)
@@ -46,20 +23,20 @@ def test_class_order_permutes_logits_and_leaves_the_context(world):
 
 
 def test_zero_generator_output_is_promptfl_with_a_zero_context(world):
-    tpg, _, _ = client(world, n_ctx=4)
-    fl, _, _ = client(world, "promptfl", n_ctx=4)
+    tpg = tiny_client(world, "fedtpg", n_ctx=4)
+    fl = tiny_client(world, "promptfl", n_ctx=4)
     with torch.no_grad():
         for layer in (tpg.generator.cross.out_proj, tpg.generator.ff.down):
             layer.weight.zero_()
             layer.bias.zero_()
         fl.ctx.zero_()
-        b = batch(world)
+        b = first_batch(world)
         assert torch.equal(tpg.context(), torch.zeros_like(fl.ctx))
         assert torch.equal(tpg(b), fl(b))
 
 
 def test_new_class_names_generate_a_new_context_without_per_class_state(world):
-    tpg, _, _ = client(world)
+    tpg = tiny_client(world, "fedtpg")
     with torch.no_grad():
         before = tpg.context()
         tpg.set_classnames([f"novel thing {i}" for i in range(3)])
@@ -67,14 +44,15 @@ def test_new_class_names_generate_a_new_context_without_per_class_state(world):
 
 
 def test_gradient_reaches_every_generator_tensor_and_the_upload_is_the_generator(world):
-    tpg, _, _ = client(world)
-    tpg.training_step(batch(world)).backward()
+    tpg = tiny_client(world, "fedtpg")
+    tpg.training_step(first_batch(world)).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tpg.generator.parameters())
     assert set(tpg.upload()) == set(tpg.generator.state_dict())
 
 
 def test_server_mean_is_unweighted_by_default(world):
-    tpg, method, run = client(world)
+    tpg = tiny_client(world, "fedtpg")
+    method, run = tpg.method, tpg.run
     init = tpg.global_init()
     server = method.build_server(init, run)
     a = {k: torch.zeros_like(v) for k, v in init.items()}
@@ -87,8 +65,8 @@ def test_server_mean_is_unweighted_by_default(world):
 
 
 def test_training_never_puts_probability_on_classes_the_client_does_not_hold(world):
-    tpg, _, _ = client(world)
-    b = batch(world)
+    tpg = tiny_client(world, "fedtpg")
+    b = first_batch(world)
     own = torch.unique(b["label"])
     tpg.statistics([b])
     assert torch.equal(tpg.own, own) and tpg.extra_state()["own"].tolist() == own.tolist()

@@ -2,36 +2,12 @@
 model (spec-new-methods A2 and B2)."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import tiny_world
-
-from fedmoap.config import TrainArgs
-from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
-
-METHODS = registry()
+from worlds import first_batch, tiny_client
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory.mktemp("cache"), 2)
-
-
-def client(world, name, **knobs):
-    backbone, names, _ = world
-    torch.manual_seed(0)
-    run = RunContext(0, 2, TrainArgs(local_epochs=1, batch_size=8), True)
-    module = METHODS[name](**knobs).build_client(backbone, names, run)
-    module.load_client(0, None)
-    module.receive(module.global_init())
-    return module
-
-
-def batch(world):
-    return next(iter(world[2].train_batches(0, 1, 8)(0)))
 
 
 def grads(module, loss):
@@ -42,9 +18,9 @@ def grads(module, loss):
 
 # ---------------------------------------------------------------------------------- PromptFolio
 def test_promptfolio_at_theta_0_is_promptfl_and_leaves_the_local_prompt_alone(world):
-    folio = client(world, "promptfolio", n_ctx=4, theta=0.0)
-    fl = client(world, "promptfl", n_ctx=4)
-    b = batch(world)
+    folio = tiny_client(world, "promptfolio", n_ctx=4, theta=0.0)
+    fl = tiny_client(world, "promptfl", n_ctx=4)
+    b = first_batch(world)
     assert torch.equal(folio.ctx, fl.ctx)
     assert torch.allclose(folio(b), fl(b), atol=1e-6)
     g = grads(folio, folio.training_step(b))
@@ -52,10 +28,10 @@ def test_promptfolio_at_theta_0_is_promptfl_and_leaves_the_local_prompt_alone(wo
 
 
 def test_promptfolio_at_theta_1_trains_only_the_local_prompt_as_coop_would(world):
-    folio = client(world, "promptfolio", n_ctx=4, theta=1.0)
-    coop = client(world, "coop", n_ctx=4)
+    folio = tiny_client(world, "promptfolio", n_ctx=4, theta=1.0)
+    coop = tiny_client(world, "coop", n_ctx=4)
     coop.ctx.data.copy_(folio.local.data)
-    b = batch(world)
+    b = first_batch(world)
     assert torch.allclose(folio(b), coop(b), atol=1e-6)
     g = grads(folio, folio.training_step(b))
     assert g["ctx"].abs().max() == 0 and g["local"].abs().max() > 0
@@ -63,10 +39,10 @@ def test_promptfolio_at_theta_1_trains_only_the_local_prompt_as_coop_would(world
 
 
 def test_promptfolio_mix_is_not_renormalised_and_never_trained_clients_use_the_global_prompt(world):
-    folio = client(world, "promptfolio", n_ctx=4, theta=0.4)
+    folio = tiny_client(world, "promptfolio", n_ctx=4, theta=0.4)
     mixed = folio.mixed_text_features()
     assert (mixed.norm(dim=-1) < 1 - 1e-4).all()
-    fresh = client(world, "promptfolio", n_ctx=4, theta=0.4)
+    fresh = tiny_client(world, "promptfolio", n_ctx=4, theta=0.4)
     fresh.load_client(1, None)  # a client that never trained: theta falls back to unseen_theta 0
     assert fresh.theta == 0.0
     glob = fresh.text_features()
@@ -77,15 +53,15 @@ def test_promptfolio_mix_is_not_renormalised_and_never_trained_clients_use_the_g
 
 # ---------------------------------------------------------------------------------- KgCoOp
 def test_kgcoop_at_weight_0_is_promptfl(world):
-    kg = client(world, "kgcoop", n_ctx=4, ctx_init=None, weight=0.0)
-    fl = client(world, "promptfl", n_ctx=4)
-    b = batch(world)
+    kg = tiny_client(world, "kgcoop", n_ctx=4, ctx_init=None, weight=0.0)
+    fl = tiny_client(world, "promptfl", n_ctx=4)
+    b = first_batch(world)
     assert torch.equal(kg.ctx, fl.ctx)
     assert torch.allclose(kg.training_step(b), F.cross_entropy(fl(b), b["label"]), atol=1e-6)
 
 
 def test_kgcoop_term_vanishes_when_the_prompt_is_the_hand_crafted_one(world):
-    kg = client(world, "kgcoop", ctx_init="a photo of a", template="{}.", weight=8.0)
+    kg = tiny_client(world, "kgcoop", ctx_init="a photo of a", template="{}.", weight=8.0)
     text = kg.text_features()
     gap = kg.knowledge_gap(text)
     assert abs(float(gap)) < 1e-5
@@ -94,9 +70,9 @@ def test_kgcoop_term_vanishes_when_the_prompt_is_the_hand_crafted_one(world):
 
 
 def test_kgcoop_term_pulls_the_prompt_and_scales_with_its_weight(world):
-    b = batch(world)
-    one = client(world, "kgcoop", n_ctx=4, ctx_init=None, weight=1.0)
-    two = client(world, "kgcoop", n_ctx=4, ctx_init=None, weight=2.0)
+    b = first_batch(world)
+    one = tiny_client(world, "kgcoop", n_ctx=4, ctx_init=None, weight=1.0)
+    two = tiny_client(world, "kgcoop", n_ctx=4, ctx_init=None, weight=2.0)
     ce = F.cross_entropy(one(b), b["label"])
     g_ce = grads(one, ce)["ctx"]
     g1 = grads(one, one.training_step(b))["ctx"] - g_ce
@@ -106,7 +82,7 @@ def test_kgcoop_term_pulls_the_prompt_and_scales_with_its_weight(world):
 
 
 def test_kgcoop_anchor_follows_the_class_names(world):
-    kg = client(world, "kgcoop", n_ctx=4, ctx_init=None)
+    kg = tiny_client(world, "kgcoop", n_ctx=4, ctx_init=None)
     before = kg.anchor.clone()
     names = list(reversed(kg.classnames))
     kg.set_classnames(names)
@@ -129,8 +105,8 @@ def test_prograd_projection_removes_only_the_conflicting_component():
 def test_prograd_step_applies_the_projected_gradient_exactly(world):
     from fedmoap.methods.prograd import project
 
-    pg = client(world, "prograd", n_ctx=4, tail_init="a photo of a")
-    b = batch(world)
+    pg = tiny_client(world, "prograd", n_ctx=4, tail_init="a photo of a")
+    b = first_batch(world)
     words = pg.backbone.embed_tokens("a photo of a")
     assert torch.equal(pg.ctx[-len(words):], words[-4:]) if len(words) <= 4 else True
     ce, kl = pg.losses(b)
@@ -145,7 +121,7 @@ def test_prograd_step_applies_the_projected_gradient_exactly(world):
 
 
 def test_prograd_distill_at_weight_0_is_promptfl(world):
-    pg = client(world, "prograd", n_ctx=4, tail_init=None, mode="distill", weight=0.0)
-    fl = client(world, "promptfl", n_ctx=4)
-    b = batch(world)
+    pg = tiny_client(world, "prograd", n_ctx=4, tail_init=None, mode="distill", weight=0.0)
+    fl = tiny_client(world, "promptfl", n_ctx=4)
+    b = first_batch(world)
     assert torch.allclose(pg.training_step(b), F.cross_entropy(fl(b), b["label"]), atol=1e-6)

@@ -1,47 +1,25 @@
 """PLOT (spec-new-methods B5): its reductions and its transport, on the tiny model's patch tokens."""
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import tiny_world
+from worlds import first_batch, tiny_client
 
-from fedmoap.config import TrainArgs
-from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedotp import transport_plan
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return tiny_world(tmp_path_factory.mktemp("cache"), 2)
-
-
-def client(world, name, **knobs):
-    backbone, names, _ = world
-    run = RunContext(0, 2, TrainArgs(local_epochs=1, batch_size=8), False)
-    module = registry()[name](**knobs).build_client(backbone, names, run)
-    module.load_client(0, None)
-    module.receive(module.global_init())
-    return module
-
-
-def batch(world):
-    return next(iter(world[2].train_batches(0, 1, 8)(0)))
-
-
 def test_one_prompt_is_coop_on_the_mean_patch_feature(world):
-    plot = client(world, "plot", n_ctx=4, num_prompts=1)
-    b = batch(world)
+    plot = tiny_client(world, "plot", n_ctx=4, num_prompts=1)
+    b = first_batch(world)
     text = plot.text_features()[0]
     expected = plot.backbone.logit_scale * b["tokens"].mean(1) @ text.t()
     assert torch.allclose(plot(b), expected, atol=1e-5)
 
 
 def test_plan_has_uniform_marginals_and_no_gradient(world):
-    plot = client(world, "plot", n_ctx=4, num_prompts=3, thresh=1e-6, max_iter=1000)
-    b = batch(world)
+    plot = tiny_client(world, "plot", n_ctx=4, num_prompts=3, thresh=1e-6, max_iter=1000)
+    b = first_batch(world)
     sim = torch.einsum("bmd,ncd->bcmn", b["tokens"], plot.text_features())
     plan = transport_plan(sim, plot.method.eps, 1.0, False, 1000, 1e-6)
     m, n = sim.shape[-2:]
@@ -53,11 +31,11 @@ def test_plan_has_uniform_marginals_and_no_gradient(world):
 
 
 def test_two_prompts_match_fedotp_balanced_with_both_prompts_global(world):
-    plot = client(world, "plot", n_ctx=4, num_prompts=2, thresh=1e-3)
-    otp = client(world, "fedotp", n_ctx=4, ot="sinkhorn", gamma=1.0, thresh=1e-3)
+    plot = tiny_client(world, "plot", n_ctx=4, num_prompts=2, thresh=1e-3)
+    otp = tiny_client(world, "fedotp", n_ctx=4, ot="sinkhorn", gamma=1.0, thresh=1e-3)
     otp.ctx.data.copy_(plot.ctx.data[0])
     otp.local.data.copy_(plot.ctx.data[1])
-    b = batch(world)
+    b = first_batch(world)
     assert torch.allclose(plot(b), otp(b), atol=1e-6)
     assert set(plot.upload()) == {"prompt"} and plot.upload()["prompt"].shape[0] == 2
     assert not torch.equal(plot.ctx.data[0], plot.ctx.data[1])

@@ -27,3 +27,23 @@ def tiny_world(root: Path, num_clients: int, alpha: float = 0.5,
                          FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
     data.backbone = backbone
     return backbone, source.classnames, data
+
+
+def tiny_client(world, name: str, cid: int = 0, batch_size: int = 8, **knobs):
+    """Method ``name``'s client module (``knobs`` set) on ``world``, made a fresh client ``cid``
+    holding the server's initial payload."""
+    from fedmoap.config import TrainArgs
+    from fedmoap.methods import registry
+    from fedmoap.methods.base import RunContext
+
+    backbone, names, data = world
+    run = RunContext(0, data.num_clients, TrainArgs(local_epochs=1, batch_size=batch_size), True)
+    module = registry()[name](**knobs).build_client(backbone, names, run)
+    module.load_client(cid, None)
+    module.receive(module.global_init())
+    return module
+
+
+def first_batch(world, batch_size: int = 8, cid: int = 0) -> dict:
+    """Client ``cid``'s first training batch of round 1."""
+    return next(iter(world[2].train_batches(cid, 1, batch_size)(0)))
