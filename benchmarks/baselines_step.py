@@ -23,7 +23,7 @@ from local_step import paired
 
 BATCH = 32
 METHODS = ["promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp",
-           "kgcoop", "promptfolio", "prograd", "plot"]
+           "kgcoop", "promptfolio", "prograd", "plot", "fedtpg", "fedpha", "cocoop"]
 """PromptFL for reference; PromptFL+FT's step is PromptFL's (its fine-tuning at evaluation
 repeats it ``ft_epochs`` times per client and evaluation)."""
 

@@ -20,6 +20,7 @@ minutes, and it needs the offline extra and the dataset).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -31,13 +32,19 @@ DP = {"client_upload": ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.
       "record_sgd": ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"]}
 MODES = ["global", "neighbor", "base2novel", "unseen_clients"]
 TIMING = ("seconds", "setup_s", "round_s")
+SIZE = {"depth": "2"}
+"""Knobs set where a method has them, so that it fits the smoke config's 2-block tiny model."""
 
 
 def cases() -> dict[str, list[str]]:
     """Case name -> ``fedmoap fit`` arguments."""
     from fedmoap.methods import registry
 
-    out = {f"smoke-{name}": [*SMOKE, "--method", name] for name in registry()}
+    out = {}
+    for name, cls in registry().items():
+        knobs = {f.name for f in dataclasses.fields(cls)}
+        size = [a for k, v in SIZE.items() if k in knobs for a in (f"--method.{k}", v)]
+        out[f"smoke-{name}"] = [*SMOKE, "--method", name, *size]
     for method in ("promptfl", "pfedmoap"):
         for mode, args in DP.items():
             out[f"dp-{mode}-{method}"] = [*SMOKE, "--method", method, *args]
