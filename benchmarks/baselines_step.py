@@ -56,7 +56,9 @@ def run(backbone: OpenCLIPBackbone, classes: int = 10, repeats: int = 5,
             loss.backward()
             optim.step()
 
-        ctx = client.ctx.detach().clone().requires_grad_(True)
+        # one context of the method's length: the floor is one prompt set (PLOT's N prompts and
+        # FedTPG's generator, which has no context parameter, count against it)
+        ctx = (torch.randn(client.slots.n_ctx, backbone.ctx_width, generator=gen) * 0.02).requires_grad_(True)
 
         def floor() -> None:
             backbone.encode_prompts(client.slots, ctx).sum().backward()
