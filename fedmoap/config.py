@@ -16,18 +16,13 @@ be resumed or extended with other values, and they are left out of the config di
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal, Optional
 
+from fedmoap.field_flags import ADDED, NEUTRAL  # noqa: F401  (re-exported: config.NEUTRAL, config.ADDED)
 from fedmoap.methods import Method
 from fedmoap.methods.pfedmoap import PFedMoAP
-
-NEUTRAL = {"neutral": True}
-"""Field metadata of settings that do not change results (resume and extension may change them)."""
-ADDED = {"added": True}
-"""Field metadata of settings added after runs were made without them: their default is what such
-runs did, so a stored config.yaml that lacks one means its default, and a value at its default is
-left out of the config digest (older runs still resume and extend)."""
 
 
 @dataclass
@@ -342,12 +337,28 @@ def added_keys() -> dict[tuple[str, str], Any]:
             for g in fields(section) if g.metadata.get("added")}
 
 
+def added_knobs(spec: Any) -> dict[str, Any]:
+    """knob -> default of the method knobs added later (``field(metadata=ADDED)``) of the method a
+    stored ``{class_path, init_args}`` names; empty if the class cannot be imported."""
+    path = spec.get("class_path") if isinstance(spec, dict) else None
+    module, _, name = (path or "").rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return {}
+    return {f.name: f.default for f in fields(cls) if f.metadata.get("added")} if is_dataclass(cls) else {}
+
+
 def with_added_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A stored config with every section and key added since it was written at its default."""
+    """A stored config with every section, key and method knob added since it was written at its
+    default."""
     out = {**added_section_defaults(), **cfg}
     for (s, k), default in added_keys().items():
         if isinstance(out.get(s), dict) and k not in out[s]:
             out[s] = {**out[s], k: default}
+    knobs = added_knobs(out.get("method"))
+    if knobs and isinstance(out["method"].get("init_args") or {}, dict):
+        out["method"] = {**out["method"], "init_args": {**knobs, **(out["method"].get("init_args") or {})}}
     return out
 
 

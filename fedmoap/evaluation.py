@@ -283,7 +283,9 @@ class ModeEvaluator:
         """Each held-out client on its own test set, as a never-trained client and after
         few-shot adaptation (nothing stored, uploaded or aggregated)."""
         module, bs, out = fed.module, fed.schedule.eval_batch_size, {}
-        peer_mean = functools.cache(lambda: mean_params(fed.store.get(c) for c in fed.schedule.clients))
+        # the clients' kept state is private: under DP no mechanism covers releasing its mean
+        peer_mean = ((lambda: None) if fed.privacy is not None else
+                     functools.cache(lambda: mean_params(fed.store.get(c) for c in fed.schedule.clients)))
         for cid in tqdm(clients, desc=f"round {t} unseen clients", leave=False, disable=not progress):
             held = HeldOut(cid, self.adaptation_epochs,
                            download=lambda up, cid=cid: fed.server.unseen_payload(cid, up),

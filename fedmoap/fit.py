@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
-from fedmoap.config import (RunConfig, added_keys, added_section_defaults, config_dict, neutral_keys,
+from fedmoap.config import (RunConfig, added_keys, added_knobs, added_section_defaults, config_dict, neutral_keys,
                             with_added_defaults)
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import load_split, make_split
@@ -62,6 +62,11 @@ def config_digest(cfg: dict[str, Any]) -> str:
     neutral, later = neutral_keys(), added_keys()
     added = added_section_defaults()  # a section added later, at its defaults: as if absent
     cfg = with_added_defaults(cfg)
+    knobs = added_knobs(cfg.get("method"))
+    if knobs:  # a method knob added later, at its default: as if absent
+        args = {k: v for k, v in (cfg["method"].get("init_args") or {}).items()
+                if not (k in knobs and v == knobs[k])}
+        cfg = {**cfg, "method": {**cfg["method"], "init_args": args}}
     kept = {s: ({k: v for k, v in sec.items()
                  if (s, k) not in neutral and not ((s, k) in later and v == later[s, k])}
                 if isinstance(sec, dict) and s != "method" else sec)

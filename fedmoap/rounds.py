@@ -192,6 +192,8 @@ class Federation:
         try:
             for cid in tqdm(clients, desc=f"round {t} eval", leave=False, disable=not progress):
                 if not (shared and ready) or own:
+                    if list(self.module.classnames) != names:  # adaptation trains over all classes
+                        self.module.set_classnames(names)
                     self.module.load_client(cid, None if shared else self.store.get(cid))
                     self.module.prepare_eval(self.server.eval_payload(cid))
                     self.adapt(cid, t)

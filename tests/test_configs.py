@@ -121,3 +121,17 @@ def test_flip_protocol_composes_with_each_flip_learner(method):
     validate(cfg)
     assert cfg.train.lr_schedule == "rounds" and cfg.train.lr_rounds == cfg.fed.rounds == 50
     assert cfg.method.name == yaml.safe_load(method.read_text())["method"]["class_path"]
+
+
+def test_a_method_knob_added_later_keeps_old_runs_digest():
+    """fedvpt's text_depth came after fedvpt runs existed: a stored config without it, or with it
+    at its default, has the old digest (the run resumes); another value is another run."""
+    from fedmoap.config import config_dict
+    from fedmoap.fit import config_digest
+
+    cfg, _, _ = parse_fit(["fit", "--config", str(TABLES[0].parents[1] / "smoke.yaml"), "--method", "fedvpt"])
+    d = config_dict(cfg)
+    args = d["method"]["init_args"]
+    old = {**d, "method": {**d["method"], "init_args": {k: v for k, v in args.items() if k != "text_depth"}}}
+    assert config_digest(old) == config_digest(d)
+    assert config_digest({**d, "method": {**d["method"], "init_args": {**args, "text_depth": 2}}}) != config_digest(d)

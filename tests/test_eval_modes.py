@@ -350,7 +350,7 @@ def test_report_bad_inputs_one_line_exit_2(tmp_path, capsys, case):
     assert err.startswith("fedmoap: error: report:") and "\n" not in err
 
 
-@pytest.mark.parametrize("name", ["promptfl", "pfedmoap"])
+@pytest.mark.parametrize("name", ["promptfl", "pfedmoap", "promptfl_ft"])
 def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name):
     """``eval.local_label_space own``: each client's model chooses among the classes it trains on,
     so (argmax over a subset that holds the true class) it is right wherever it is right over all
@@ -358,7 +358,8 @@ def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name
     from worlds import tiny_world
 
     backbone, names, data = tiny_world(tmp_path / "cache", 3, alpha=0.02)
-    knobs = {"n_ctx": 4} if name == "promptfl" else {"n_ctx": 4, "num_experts": 1, "d_gating": 16, "heads": 2}
+    knobs = {"promptfl": {"n_ctx": 4}, "promptfl_ft": {"n_ctx": 4, "ft_epochs": 1},  # +FT adapts before it renames
+             "pfedmoap": {"n_ctx": 4, "num_experts": 1, "d_gating": 16, "heads": 2}}[name]
     method = METHODS[name](**knobs)
     run = RunContext(0, 3, TrainArgs(local_epochs=1, batch_size=8), True)
     module = method.build_client(backbone, names, run)
@@ -376,7 +377,8 @@ def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name
     assert sum(o[0] for o in own_space.values()) > sum(a[0] for a in all_space.values())
 
 
-def test_own_label_space_refuses_methods_with_a_fixed_head(tmp_path, capsys):
-    rc = main(["fit", "--config", str(SMOKE), "--method", "fedavg_vpt", "--eval.local_label_space", "own",
+@pytest.mark.parametrize("name", ["fedavg_vpt", "pfedprompt"])
+def test_own_label_space_refuses_methods_with_a_fixed_label_space(tmp_path, capsys, name):
+    rc = main(["fit", "--config", str(SMOKE), "--method", name, "--eval.local_label_space", "own",
                "--run_dir", str(tmp_path / "r")])
-    assert rc == 2 and "eval.local_label_space own: method fedavg_vpt" in capsys.readouterr().err
+    assert rc == 2 and f"eval.local_label_space own: method {name}" in capsys.readouterr().err

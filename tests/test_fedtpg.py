@@ -75,3 +75,26 @@ def test_training_never_puts_probability_on_classes_the_client_does_not_hold(wor
     others[own] = False
     assert others.any() and probs[:, others].max() == 0
     assert torch.isfinite(tpg.training_step(b))
+
+
+def test_a_newcomer_adapts_on_its_own_classes(world):
+    """The unseen-client adaptation of FedTPG is its first-time participant's: the label space is
+    the held-out client's own classes (here recorded when its training starts)."""
+    from fedmoap.methods.base import HeldOut
+
+    tpg = tiny_client(world, "fedtpg")
+    tpg.load_client(1, None)
+    seen = []
+    held = HeldOut(cid=1, epochs=1, download=lambda upload: tpg.global_init(),
+                   train=lambda n, stream: seen.append(tpg.own.tolist()),
+                   train_labels=torch.tensor([2, 0, 2]), peer_mean=lambda: None)
+    tpg.adapt_unseen(held)
+    assert seen == [[0, 2]]
+
+
+def test_heads_must_divide_the_text_width_and_the_context_is_generated(world):
+    from fedmoap.methods import registry
+
+    assert registry()["fedtpg"](heads=3).backbone_problems(world[0])
+    assert not registry()["fedtpg"](heads=4).backbone_problems(world[0])
+    assert any("ctx_init" in p for p in registry()["fedtpg"](ctx_init="a photo of a").problems())

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
 
@@ -125,6 +125,12 @@ class FedTPGClient(PromptClient):
         super().set_classnames(classnames)
         self._names, self.own = None, None
 
+    def adapt_unseen(self, held: HeldOut) -> None:
+        """A newcomer's first training, as every participant's: on its own classes."""
+        if self.method.label_space == "own":
+            self.own = torch.unique(held.train_labels.cpu())
+        super().adapt_unseen(held)
+
     @property
     def name_features(self) -> Tensor:
         """(C, D) L2-normalised frozen features of the bare class names (computed once)."""
@@ -198,6 +204,12 @@ class FedTPG(PromptMethod):
         out += [m for ok, m in [
             (self.heads >= 1, "method.heads must be >= 1"),
             (self.depth >= 0, "method.depth must be >= 0"),
+            (not self.ctx_init, "method.ctx_init: FedTPG generates its context (leave it null)"),
         ] if not ok]
         return out
+
+    def backbone_problems(self, backbone: Backbone) -> list[str]:
+        if backbone.ctx_width % self.heads:
+            return [f"method.heads {self.heads} must divide the text width {backbone.ctx_width}"]
+        return []
 

@@ -14,13 +14,14 @@ prompts in the image tower declares ``inputs = {"pixels"}`` and calls
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
+from fedmoap.field_flags import ADDED
 from fedmoap.methods.base import (FedAvgServer, ParamGroup, Payload, RunContext, text_depth_problems,
                                   vision_prompt_problems)
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
@@ -105,7 +106,7 @@ class FedVPT(PromptMethod):
     """1: shallow VPT (tokens at the input only); J > 1: deep VPT over the first J blocks."""
     vision_init_std: float = 0.02
     """Standard deviation of the visual prompt's normal initialisation (same for all clients)."""
-    text_depth: int = 1
+    text_depth: int = field(default=1, metadata=ADDED)
     """1: the CoOp context at the input only; J > 1: IVLP's deep text prompts over the first J text
     blocks (open_clip text towers)."""
     train_text: bool = True

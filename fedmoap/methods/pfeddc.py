@@ -202,11 +202,13 @@ class PFedDCClient(GlobalPromptClient):
             return built
         epochs = self.schedule_epochs()
         first = max(1, epochs // 2)  # epochs of stage 1 (global prompts only)
+        by_round = self.round_factor()
 
         def stage(group: int):
             def factor(epoch: int) -> float:
                 on = (epoch < first) == (group == 0)
-                return 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if on else 0.0
+                cosine = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if by_round is None else by_round
+                return cosine if on else 0.0
             return factor
 
         optimizer = built["optimizer"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, HeldOut, Payload, RunContext
+from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Payload, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
@@ -88,6 +88,9 @@ class PFedPromptClient(GlobalPromptClient):
     def load_extra_state(self, extra: dict[str, Tensor]) -> None:
         self.cache_keys, self.cache_values = extra.get("cache_keys"), extra.get("cache_values")
         self._seen = []
+
+    # the cache's one-hot values are columns of the training label space: no other class names
+    set_classnames = ClientModule.set_classnames
 
     def cache_logits(self, features: Tensor) -> Tensor:
         """(B, C): ``alpha * exp(-beta * (1 - I K^T)) L`` (zero without a cache)."""

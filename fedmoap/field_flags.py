@@ -1,0 +1,10 @@
+"""Metadata flags of settings (config sections' fields and method knobs), a leaf module so that
+methods can flag their knobs without importing the config."""
+from __future__ import annotations
+
+NEUTRAL = {"neutral": True}
+"""Field metadata of settings that do not change results (resume and extension may change them)."""
+ADDED = {"added": True}
+"""Field metadata of settings added after runs were made without them: their default is what such
+runs did, so a stored config.yaml that lacks one means its default, and a value at its default is
+left out of the config digest (older runs still resume and extend)."""
