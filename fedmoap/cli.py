@@ -5,177 +5,20 @@ Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the
 130, rerunning the same command resumes from the last checkpoint."""
 from __future__ import annotations
 
-import dataclasses
-import re
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-import yaml
-from jsonargparse import (ActionConfigFile, ArgumentError, ArgumentParser, get_loader, set_loader,
-                          set_parsing_settings)
+from jsonargparse import (ArgumentError)
 
-from fedmoap import yamlfile
 from fedmoap.errors import FedmoapError
+from fedmoap.parse import (  # noqa: F401  (public here: fedmoap.cli.parse_fit and friends)
+    build_parser, method_class_problem, parse_fit, parser_message, short_method_names)
 from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, stop_flag
-from fedmoap.typecheck import type_problems
 
 if TYPE_CHECKING:
-    from fedmoap.config import RunConfig
-
-
-def build_parser() -> ArgumentParser:
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    if not hasattr(get_loader("yaml"), "__wrapped__"):  # config files and values: no repeated keys
-        set_loader("yaml", yamlfile.strict(get_loader("yaml")), exceptions=(yaml.YAMLError,))
-    from fedmoap.config import RunConfig
-    from fedmoap.methods import registry
-
-    methods = ", ".join(f"{name} ({cls.__doc__.split(':')[0].strip()})" for name, cls in registry().items())
-    parser = ArgumentParser(prog="fedmoap", description="Personalized federated prompt learning "
-                            "for CLIP-like models (pFedMoAP and baselines).")
-    commands = parser.add_subcommands(dest="command")
-    fit = ArgumentParser(description="Train (or resume) a federated run. With no --config: the "
-                         "offline default (packaged towers, Fashion-MNIST, pFedMoAP).",
-                         epilog=f"Methods (--method NAME or a class path; --method.help NAME lists "
-                         f"a method's knobs): {methods}.")
-    fit.add_argument("--config", action=ActionConfigFile, help="YAML file of settings")
-    fit.add_class_arguments(RunConfig)
-    fit.add_argument("--run_dir", type=str | None, default=None,
-                     help="Output directory; re-running on it resumes. Default: runs/<method>-<time>")
-    fit.add_argument("--progress", type=bool, default=True, help="Show progress bars")
-    commands.add_subcommand("fit", fit, help="train or resume a run")
-    sweep = ArgumentParser(description="Write a sweep file (one `fedmoap fit` argument line per "
-                           "grid point and seed) for slurm/array.sbatch.")
-    sweep.add_argument("--config", type=str | None, default=None, help="base config of every run")
-    sweep.add_argument("--grid", type=str, nargs="+", default=[],
-                       help="overrides to cross, e.g. method=promptfl,pfedmoap pfedmoap.lam=0,0.5")
-    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    sweep.add_argument("--runs_root", type=str, default="runs/sweep", help="run directories go here")
-    sweep.add_argument("--out", type=str, default="sweep.txt", help="the sweep file")
-    commands.add_subcommand("sweep", sweep, help="write a sweep file for a SLURM array")
-    report = _report_parser()
-    commands.add_subcommand("report", report, help="table of runs: mean ± std over seeds")
-    for p in (parser, fit, sweep, report):
-        p.exit_on_error = False  # one-line errors from main() instead of the full usage text
-    return parser
-
-
-def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
-    """Parse ``fedmoap fit ...`` arguments into a :class:`RunConfig`; a bad key, value or config
-    file raises :class:`FedmoapError` with the parser's message."""
-    from fedmoap.config import RunConfig
-
-    parser = build_parser()
-    try:
-        ns = parser.parse_args(short_method_names(argv))
-    except ArgumentError as exc:
-        raise FedmoapError(f"{parser_message(exc)} (see `fedmoap fit --help`)") from None
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    init = instantiate(ns).fit
-    cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
-    problem = method_class_problem(type(cfg.method))
-    if problem:
-        raise FedmoapError(problem)
-    cfg.method = _own_defaults(cfg.method, _explicit_method_knobs(argv))
-    problems = type_problems(cfg)
-    if problems:
-        raise FedmoapError("; ".join(problems))
-    return cfg, init["run_dir"], init["progress"]
-
-
-def parser_message(exc: Exception) -> str:
-    """The parser's error on one line, a method knob named as ``method.KNOB (class path)``."""
-    message = " ".join(str(exc).split())
-    message = re.sub(r'Parser key "method": Problem with given class_path \'([\w.]+)\': Parser key "(\w+)":',
-                     r"method.\2 (\1):", message)
-    return re.sub(r"<class '(\w+)'>", r"\1", message)
-
-
-def method_class_problem(cls: type) -> str | None:
-    """Why ``cls`` cannot be a run's method (None if it can): it must be a dataclass subclass of
-    :class:`~fedmoap.methods.base.Method` with its client and server classes."""
-    path = f"{cls.__module__}.{cls.__qualname__}"
-    if not (dataclasses.is_dataclass(cls) and hasattr(cls, "client_class") and hasattr(cls, "server_class")):
-        return (f"method: {path} is not a complete method (a @dataclass subclass of "
-                "fedmoap.methods.base.Method that sets client_class and server_class)")
-    return None
-
-
-def _own_defaults(method, explicit: set[str]):
-    """The method with its own defaults for every knob the user did not set. (When a config's
-    method is replaced on the command line, the parser carries the old method's values over,
-    defaults included; only the knobs that were set should carry.)"""
-    kept = {f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.name in explicit}
-    return type(method)(**kept)
-
-
-def _explicit_method_knobs(argv: list[str]) -> set[str]:
-    """Names of the method knobs set on the command line or in a ``--config`` file."""
-    knobs: set[str] = set()
-    for i, arg in enumerate(argv):
-        key = arg.partition("=")[0]
-        if key.startswith("--method.") and key != "--method.help":
-            knobs.add(key[len("--method."):].split(".")[0])
-        value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
-        if key == "--method" and value.lstrip().startswith("{"):
-            try:
-                knobs |= set(_init_args(yamlfile.load(value)))
-            except yaml.YAMLError as exc:
-                raise FedmoapError(f"--method {value}: {' '.join(str(exc).split())}") from None
-        if key == "--config" and Path(value).is_file():
-            knobs |= set(_init_args(yamlfile.read_config(value).get("method")))
-    return knobs
-
-
-def _init_args(spec) -> dict:
-    return (spec.get("init_args") or {}) if isinstance(spec, dict) else {}
-
-
-def short_method_names(argv: list[str]) -> list[str]:
-    """Replace a method's short name (``--method pfedmoap``, ``method: promptfl`` or
-    ``class_path: coop`` in a ``--config`` file) by its class path, which the parser needs."""
-    from fedmoap.methods import resolve
-
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        key, eq, value = arg.partition("=")
-        if key in ("--method", "--method.help") and eq:
-            out.append(f"{key}={resolve(value)}")
-        elif arg in ("--method", "--method.help") and i + 1 < len(argv):
-            out += [arg, resolve(argv[i + 1])]
-            i += 1
-        elif arg == "--config" and i + 1 < len(argv):
-            out += [arg, _config_with_class_path(argv[i + 1])]
-            i += 1
-        elif key == "--config" and eq:
-            out += [key, _config_with_class_path(value)]
-        else:
-            out.append(arg)
-        i += 1
-    return out
-
-
-def _config_with_class_path(path: str) -> str:
-    """The config file's path, or its text with the method's short name resolved where it has
-    one; a file that is not a readable mapping of settings is refused here, named (a path that
-    does not exist is left to the parser, which also takes YAML text in its place)."""
-    from fedmoap.methods import resolve
-
-    if not Path(path).exists():
-        return path
-    cfg = yamlfile.read_config(path)
-    method = cfg.get("method")
-    if isinstance(method, str) and resolve(method) != method:
-        cfg["method"] = resolve(method)
-    elif isinstance(method, dict) and isinstance(method.get("class_path"), str) \
-            and resolve(method["class_path"]) != method["class_path"]:
-        cfg["method"] = {**method, "class_path": resolve(method["class_path"])}
-    else:
-        return path
-    return yaml.safe_dump(cfg, sort_keys=False)
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,30 +68,6 @@ def _sweep(argv: list[str]) -> int:
         return 2
     print(f"{n} runs -> {ns.out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {ns.out}")
     return 0
-
-
-# ----- fedmoap report (fedmoap/report.py) ------------------------------------------------------------
-def _report_parser() -> ArgumentParser:
-    from fedmoap.report import METRICS
-
-    report = ArgumentParser(description="Print the table of a set of runs (run directories, or "
-                            "directories holding them, e.g. a sweep's runs_root): per dataset, method "
-                            "and the settings that differ between runs of the same method, the mean ± "
-                            "sample std over seeds of the final and last-5 accuracy and of each "
-                            "evaluation mode's final numbers (%).")
-    report.add_argument("runs", type=str, nargs="+", help="run directories or roots containing them")
-    report.add_argument("--format", type=Literal["markdown", "csv"], default="markdown",
-                        help="markdown or csv")
-    report.add_argument("--group-by", type=str, nargs="+", default=None,
-                        help="settings that separate groups besides dataset and method (flat keys, e.g. "
-                             "method.lam data.alpha); default: those that differ between runs of the same "
-                             "dataset and method")
-    report.add_argument("--layout", type=Literal["long", "paper"], default="long",
-                        help="long: one row per group, one column per metric; paper: methods x datasets")
-    report.add_argument("--metric", type=Literal[tuple(METRICS)], default="final",
-                        help="the metric of the paper layout's cells: " +
-                             "; ".join(f"{k}: {v}" for k, v in METRICS.items()))
-    return report
 
 
 def _report(argv: list[str]) -> int:

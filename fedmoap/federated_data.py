@@ -23,7 +23,7 @@ from datasets import Dataset
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.config import DataArgs
+from fedmoap.args import DataArgs
 from fedmoap.data.images import BadImage
 from fedmoap.data.sources import SourceData
 from fedmoap.data.split import ClientSplit

@@ -9,8 +9,6 @@ rerunning the same command resumes.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import signal
 import sys
@@ -29,8 +27,7 @@ from tqdm.auto import tqdm
 from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
-from fedmoap.config import (RunConfig, added_keys, added_knobs, added_section_defaults, config_dict, neutral_keys,
-                            with_added_defaults)
+from fedmoap.config import RunConfig, config_dict, config_digest, neutral_keys  # noqa: F401  (config_digest: public here)
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import load_split, make_split
 from fedmoap.distributed import Comm, peers_problem
@@ -55,23 +52,6 @@ PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
 MAX_THREADS = 1024
 """Cap on fabric.threads: a fixed number, not this machine's CPU count, so that a sweep written on
 a small login node is not refused for its compute nodes."""
-
-
-def config_digest(cfg: dict[str, Any]) -> str:
-    """Digest of the settings that determine results (the neutral keys left out)."""
-    neutral, later = neutral_keys(), added_keys()
-    added = added_section_defaults()  # a section added later, at its defaults: as if absent
-    cfg = with_added_defaults(cfg)
-    knobs = added_knobs(cfg.get("method"))
-    if knobs:  # a method knob added later, at its default: as if absent
-        args = {k: v for k, v in (cfg["method"].get("init_args") or {}).items()
-                if not (k in knobs and v == knobs[k])}
-        cfg = {**cfg, "method": {**cfg["method"], "init_args": args}}
-    kept = {s: ({k: v for k, v in sec.items()
-                 if (s, k) not in neutral and not ((s, k) in later and v == later[s, k])}
-                if isinstance(sec, dict) and s != "method" else sec)
-            for s, sec in cfg.items() if not (s in added and sec == added[s])}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def validate(cfg: RunConfig) -> None:

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from fedmoap.config import DPArgs, RunConfig
     from fedmoap.federated_data import FederatedData
     from fedmoap.methods.base import ClientModule, Method, Payload
-    from fedmoap.rounds import Schedule
+    from fedmoap.schedule import Schedule
 
 ADJACENCY = {"client_upload": "client", "record_sgd": "record"}
 PRESETS = {"pfedmoap-appendix": {"delta": 0.05, "epsilons": (50.0, 25.0)}}

@@ -45,7 +45,7 @@ def _method_class(spec: str) -> type:
 
 
 def _base_method(config: str | None) -> str:
-    from fedmoap.cli import parse_fit
+    from fedmoap.parse import parse_fit
 
     cfg, _, _ = parse_fit(["fit"] + (["--config", config] if config else []))
     return type(cfg.method).__module__ + "." + type(cfg.method).__qualname__
@@ -91,7 +91,7 @@ def sweep_lines(config: str | None, grid: list[tuple[str, list[str]]], seeds: li
 
 def check_lines(lines: list[str]) -> None:
     """Parse every line as ``fedmoap fit`` would; the first bad one is reported with its number."""
-    from fedmoap.cli import parse_fit
+    from fedmoap.parse import parse_fit
     from fedmoap.fit import validate
 
     for i, line in enumerate(lines):

@@ -12,3 +12,14 @@ def test_ruff_check_passes():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "fedmoap", "tests", "scripts", "benchmarks"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_layers_have_no_upward_import():
+    """import-linter's layers contract in pyproject.toml: no module imports a higher layer, so
+    there are no cycles (TYPE_CHECKING imports count too)."""
+    import shutil
+
+    exe = shutil.which("lint-imports")
+    assert exe, "import-linter is in the test extra"
+    proc = subprocess.run([exe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "0 broken" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from fedmoap.backbones.base import Backbone, PromptSlots
 
 if TYPE_CHECKING:
-    from fedmoap.config import ModelArgs
+    from fedmoap.args import ModelArgs
 
 __all__ = ["Backbone", "PromptSlots", "build_backbone"]
 

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from fedmoap.backbones.base import Backbone
 
 if TYPE_CHECKING:
-    from fedmoap.config import TrainArgs
+    from fedmoap.args import TrainArgs
 
 Payload = dict[str, Tensor]
 INPUTS = frozenset({"features", "tokens", "pixels"})
