@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
+from fedmoap.backbones.base import Backbone
 from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
 from fedmoap.config import RunConfig, config_dict, config_digest, neutral_keys  # noqa: F401  (config_digest: public here)
 from fedmoap.data.sources import load_source
@@ -131,8 +132,11 @@ def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
     return f"stopped by signal {sig} {where}; {how}"
 
 
-def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True, backbone: Backbone | None = None) -> dict[str, Any]:
     """Run (or resume) the federated training ``cfg`` describes, writing into ``run_dir``.
+
+    ``backbone``: an already built frozen backbone for ``cfg.model`` (studies run many fits in one
+    process on one backbone); None builds it.
 
     Launches Fabric's processes (``cfg.fabric``); every rank runs this function. Raises
     :class:`~fedmoap.preemption.Preempted` after a SIGUSR1/SIGTERM (requeueing under SLURM),
@@ -145,7 +149,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
     where: dict[str, Any] = {"stage": "set-up", "round": 0, "done": 0}  # done: the newest checkpoint
     lock = RunLock(run_dir)
     try:
-        return _fit(cfg, run_dir, progress, lock, where)
+        return _fit(cfg, run_dir, progress, lock, where, backbone)
     except KeyboardInterrupt:
         raise Interrupted(stopped_at(where, "interrupted (SIGINT)")) from None
     except OSError as exc:
@@ -156,7 +160,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str,
         lock.release()
 
 
-def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: dict[str, Any]) -> dict[str, Any]:
+def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: dict[str, Any],
+         backbone: Backbone | None) -> dict[str, Any]:
     cfg_dict = config_dict(cfg)
     digest = config_digest(cfg_dict)
     method = cfg.method
@@ -182,7 +187,7 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
     cache_root = Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
     check_directory(cache_root, "data.feature_cache")
     t0 = time.perf_counter()
-    backbone = build_backbone(cfg.model, cfg.seed).to(fabric.device)
+    backbone = (backbone or build_backbone(cfg.model, cfg.seed)).to(fabric.device)
     problems = method.backbone_problems(backbone)
     if isinstance(method, PromptMethod):
         problems = method.context_problems(backbone) + problems
