@@ -1,4 +1,6 @@
-"""Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``.
+"""Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``;
+``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.reevaluate`);
+``fedmoap sweep ...``; ``fedmoap report ...``.
 
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
 3 preempted by SIGUSR1/SIGTERM; 130 interrupted by Ctrl-C (SIGINT). After 2 (once fixed), 3 and
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(argv)
     if argv[0] == "report":
         return _report(argv)
+    if argv[0] == "eval":
+        return _eval(argv[1:])
     stop_flag()  # before the heavy imports: a preemption signal during start-up counts
     try:
         cfg, run_dir, progress = parse_fit(argv)
@@ -55,6 +59,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: round {last['round']}: mean acc {last['mean_acc']:.4f} "
               f"(std {last['std_acc']:.4f}) -> {run_dir}/results.json  [set-up {out['setup_seconds']:.0f} s, "
               f"{out['features_computed']} images encoded; rounds {out['round_seconds']:.1f} s]")
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    """``fedmoap eval RUN_DIR [overrides] [--out FILE]``."""
+    if not argv or argv[0].startswith("-"):
+        print("usage: fedmoap eval RUN_DIR [--eval.modes [local,global] --method.KNOB V ...] [--out FILE]\n"
+              "  evaluates a finished run again (fedmoap/reevaluate.py); writes RUN_DIR/eval/<digest>.json",
+              file=sys.stderr)
+        return 2
+    run_dir, rest, out = argv[0], list(argv[1:]), None
+    if "--out" in rest:
+        i = rest.index("--out")
+        if i + 1 >= len(rest):
+            print("fedmoap: error: --out needs a file name", file=sys.stderr)
+            return 2
+        out = rest[i + 1]
+        del rest[i:i + 2]
+    try:
+        from fedmoap.reevaluate import reevaluate
+        result, path = reevaluate(run_dir, rest, out)
+    except (ArgumentError, FedmoapError) as exc:
+        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    last = result["rounds"][-1]
+    print(f"{result['method']}: round {last['round']} re-evaluated: mean acc {last['mean_acc']:.4f} "
+          f"(std {last['std_acc']:.4f}) -> {path}")
     return 0
 
 

@@ -10,7 +10,8 @@ from typing import Callable, Iterable
 import torch
 from lightning import Fabric
 
-from fedmoap.methods.base import ClientModule
+from fedmoap.federated_data import FederatedData
+from fedmoap.methods.base import ClientModule, Payload
 
 Batches = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 """epoch -> the batches of that epoch (dicts of the method's inputs and ``label``)."""
@@ -45,6 +46,30 @@ def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: F
         scheduler.step()
     module.eval()
     return scaler.state_dict() if scaler is not None else None
+
+
+class LocalTraining:
+    """How a participant trains in a round and what of it leaves the client: plain local training
+    on its augmented batches, the upload as it is. Differential privacy wraps it
+    (:class:`fedmoap.privacy.Privacy`: DP-SGD in place of the training, or the upload clipped and
+    noised), so the round loop never asks which one runs."""
+
+    def __init__(self, data: FederatedData, fabric: Fabric, batch_size: int) -> None:
+        self.data, self.fabric, self.batch_size = data, fabric, batch_size
+
+    def train(self, module: ClientModule, cid: int, t: int, epochs: int) -> None:
+        """``epochs`` epochs of client ``cid`` (loaded into ``module``) in round ``t``; the loss
+        scaler's state (``16-mixed``) goes in and out with the client's state."""
+        batches = self.data.train_batches(cid, t, self.batch_size)
+        module.scaler_state = train_locally(module, batches, epochs, self.fabric, module.scaler_state, t=t)
+
+    def release(self, t: int, cid: int, upload: Payload, payload: Payload) -> Payload:
+        """What the server receives of client ``cid``'s ``upload`` (``payload``: what it downloaded)."""
+        return upload
+
+    def after_round(self, t: int, participants: list[int], gather: Callable | None = None) -> dict:
+        """Round ``t``'s entries for ``results.json`` (none without DP)."""
+        return {}
 
 
 def _reset_scaler(scaler: torch.amp.GradScaler) -> None:

@@ -51,18 +51,17 @@ import math
 import statistics
 import warnings
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from fedmoap.dp_sgd import dp_sgd, steps_per_epoch
 from fedmoap.errors import FedmoapError
+from fedmoap.local import LocalTraining
 from fedmoap.seeding import torch_generator
 
 if TYPE_CHECKING:
-    from lightning import Fabric
-
     from fedmoap.config import DPArgs, RunConfig
     from fedmoap.federated_data import FederatedData
     from fedmoap.methods.base import ClientModule, Method, Payload
@@ -204,16 +203,24 @@ def clip_and_noise(delta: dict[str, Tensor], clip: float, noise_multiplier: floa
 
 
 # ------------------------------------------------------------------------------ the run's view
-class Privacy:
-    """A run's DP mechanism and accountant, built by ``fit`` when ``dp.mode`` is not ``off``.
+class Privacy(LocalTraining):
+    """A run's DP mechanism and accountant around its plain local training (``dp.mode`` not
+    ``off``), as Flower's DP wrappers wrap a strategy.
 
-    The round loop calls :meth:`train` (record_sgd) or :meth:`release` (client_upload) for each
-    participant and :meth:`after_round` once per round; the accountant's state is a function of
-    the rounds' participants, so :meth:`replay` rebuilds it on resume.
+    The round loop calls :meth:`train` and :meth:`release` for each participant, as it would a
+    plain :class:`~fedmoap.local.LocalTraining`: ``record_sgd`` replaces the training by DP-SGD,
+    ``client_upload`` trains plainly and clips and noises the upload. :meth:`after_round` accounts
+    each round; the accountant's state is a function of the rounds' participants, so
+    :meth:`replay` rebuilds it on resume. ``trainers(t)`` is who trains in round ``t`` (the
+    federation's one answer); by default the method's choice from the schedule's draw.
     """
 
     def __init__(self, args: DPArgs, *, seed: int, method: Method, module: ClientModule,
-                 data: FederatedData, schedule: Schedule, state: dict | None = None) -> None:
+                 data: FederatedData, schedule: Schedule, state: dict | None = None,
+                 inner: LocalTraining | None = None, trainers: Callable[[int], list[int]] | None = None) -> None:
+        self.inner = inner
+        """The plain local training this wraps (``client_upload`` trains with it)."""
+        self.trainers = trainers or self.participants
         self.args = effective(args)
         self.mode, self.adjacency = args.mode, ADJACENCY[args.mode]
         self.relation = args.adjacency
@@ -285,7 +292,7 @@ class Privacy:
     def planned_steps(self, rounds: int) -> dict[int, int]:
         steps = {c: 0 for c in range(self.num_clients)}
         for t in range(1, rounds + 1):
-            for c in self.participants(t):
+            for c in self.trainers(t):
                 steps[c] += self.steps_of(c, t)
         return steps
 
@@ -312,9 +319,12 @@ class Privacy:
         self._norms[cid] = [norm]
         return {k: (ref[k].to(noisy[k].dtype) + noisy[k]).to(upload[k].dtype) for k in upload}
 
-    def train(self, module: ClientModule, cid: int, t: int, epochs: int, fabric: Fabric) -> None:
-        """record_sgd: the client's local training."""
-        self._norms[cid] = dp_sgd(module, self.data, cid, t, epochs, fabric, self.clip,
+    def train(self, module: ClientModule, cid: int, t: int, epochs: int) -> None:
+        """The client's local training: DP-SGD (record_sgd), else the wrapped plain training."""
+        if self.mode != "record_sgd":
+            self.inner.train(module, cid, t, epochs)
+            return
+        self._norms[cid] = dp_sgd(module, self.data, cid, t, epochs, self.inner.fabric, self.clip,
                                   self.noise_multiplier, self.seed, self.schedule.batch_size)
 
     # ----- accounting

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 
 from fedmoap.distributed import Comm
 from fedmoap.federated_data import FederatedData
-from fedmoap.local import evaluate, train_locally
+from fedmoap.local import LocalTraining, evaluate, train_locally
 from fedmoap.methods.base import ClientModule, Method, Server, payload_bytes
 from fedmoap.privacy import Privacy
 from fedmoap.results import round_record
@@ -35,6 +35,8 @@ class Federation:
         self.comm = comm or Comm()
         self.privacy = privacy
         """Differential privacy (``dp.mode`` not off): the upload mechanism or DP-SGD, the accountant."""
+        self.training: LocalTraining = privacy or LocalTraining(data, fabric, schedule.batch_size)
+        """How a participant trains and what leaves it: plain, or wrapped by :attr:`privacy`."""
         self.modes = modes
         """Evaluation modes beyond ``local`` (:class:`fedmoap.evaluation.ModeEvaluator`): called
         as ``modes(federation, t, local_counts, progress)`` after each evaluation, its entries
@@ -49,8 +51,7 @@ class Federation:
         stats_up = 0  # client statistics (seed-methods): the set-up pass opens round 1
         if t == 1 and self.method.collects_statistics(0):
             stats_up = self.collect_statistics(0, self.schedule.clients)  # held-out clients: never
-        participants = self.method.participants(self.schedule.participants(t), self.data.num_clients, t)
-        participants = [c for c in participants if c not in self.schedule.held_out]  # never train
+        participants = self.trainers(t)
         mine = comm.shard(participants)
         uploads, refs, bytes_down, stopped = {}, {}, 0, False
         for cid in tqdm(mine, desc=f"round {t} train", leave=False,
@@ -82,28 +83,23 @@ class Federation:
                               bytes_down=bytes_down)
         if counts is not None and self.modes is not None:
             record.update(self.modes(self, t, counts, progress and comm.is_main))
-        if self.privacy is not None:  # epsilon so far (fedmoap/privacy.py)
-            record.update(self.privacy.after_round(t, participants, comm.gather_dicts))
+        record.update(self.training.after_round(t, participants, comm.gather_dicts))  # DP: epsilon so far
         return record
 
+    def trainers(self, t: int) -> list[int]:
+        """Who trains in round ``t``: the method's choice from the schedule's seeded draw, never a
+        held-out client. The one answer for the loop and the privacy accountant's plan."""
+        chosen = self.method.participants(self.schedule.participants(t), self.data.num_clients, t)
+        return [c for c in chosen if c not in self.schedule.held_out]
+
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
-        """Local training of client ``cid`` in round ``t``: returns (upload, new client state)."""
-        stored = self.store.get(cid)
-        self.module.load_client(cid, stored)
+        """Local training of client ``cid`` in round ``t``: returns (what the server receives,
+        the client's new state)."""
+        self.module.load_client(cid, self.store.get(cid))
         self.module.receive(payload)
-        batches = self.data.train_batches(cid, t, self.schedule.batch_size)
-        epochs = self.method.local_epochs(t, self.schedule.local_epochs)
-        if self.privacy is not None and self.privacy.mode == "record_sgd":  # DP-SGD (fedmoap/privacy.py)
-            scaler = self.privacy.train(self.module, cid, t, epochs, self.fabric)
-        else:
-            scaler = train_locally(self.module, batches, epochs, self.fabric, (stored or {}).get("scaler"), t=t)
+        self.training.train(self.module, cid, t, self.method.local_epochs(t, self.schedule.local_epochs))
         state = self.module.client_state()
-        if scaler is not None:
-            state["scaler"] = scaler
-        upload = self.module.upload()
-        if self.privacy is not None:  # client_upload: the server sees only the clipped, noised upload
-            upload = self.privacy.release(t, cid, upload, payload)
-        return upload, state
+        return self.training.release(t, cid, self.module.upload(), payload), state
 
     # --- client statistics (seed-methods) ---
     def collect_statistics(self, t: int, clients: list[int]) -> int:

@@ -28,31 +28,32 @@ from fedmoap.data.split import make_split
 from fedmoap.features import FeatureCache
 from fedmoap.federated_data import gather_inputs
 from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
+from fedmoap.methods.base import INPUTS, RunContext
+from fedmoap.pixels import PixelCache
 from fedmoap.methods.fedamp import FedAMP, FedAMPServer
 from fedmoap.methods.fedotp import transport_plan
-from fedmoap.rounds import Federation, Schedule, default_fabric
-from fedmoap.store import ClientStore
+from fedmoap.rounds import Federation
+from worlds import tiny_federation
 
 METHODS = registry()
 NEW = ["promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp"]
 SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2,
-         "bottleneck": 2, "ft_epochs": 1}
+         "bottleneck": 2, "ft_epochs": 1, "depth": 2}
 NUM_CLIENTS = 4
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """The tiny ViT, synthetic data over 4 clients (plain features only), features and tokens."""
+    """The tiny ViT, synthetic data over 4 clients (plain features only), features, tokens and pixels."""
     backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
     args = DataArgs(source="synthetic", num_clients=NUM_CLIENTS, partition="pathological",
                     shots=4, max_test_per_client=12, num_views=0)
     source = load_source(args)
     split = make_split(args, source, seed=0)
     root = tmp_path_factory.mktemp("cache")
-    data = gather_inputs(frozenset({"features", "tokens"}), args, source, split,
-                         FeatureCache(root, backbone), FeatureCache(root, backbone, tokens=True),
-                         None, seed=0)
+    data = gather_inputs(INPUTS, args, source, split, FeatureCache(root, backbone),
+                         FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
+    data.backbone = backbone
     return backbone, source.classnames, data
 
 
@@ -61,12 +62,7 @@ def federation(world, name: str, tmp_path: Path, **knobs) -> Federation:
     cls = METHODS[name]
     fields = {f.name for f in dataclasses.fields(cls)}
     method = cls(**{**{k: v for k, v in SMALL.items() if k in fields}, **knobs})
-    run = RunContext(0, NUM_CLIENTS, TrainArgs(local_epochs=1, batch_size=8), cls.keep_optimizer_state)
-    module = method.build_client(backbone, classnames, run)
-    server = method.build_server(module.global_init(), run)
-    schedule = Schedule(0, NUM_CLIENTS, 1.0, local_epochs=1, batch_size=8, rounds=3)
-    return Federation(method, module, server, ClientStore(tmp_path / "clients"), data, schedule,
-                      default_fabric())
+    return tiny_federation(world, method, tmp_path / "clients")
 
 
 def a_batch(fed: Federation, cid: int = 0) -> dict:
@@ -200,8 +196,6 @@ def test_uploads_are_exactly_the_shared_parts(world, tmp_path, name):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_one_logit_per_class(world, tmp_path, name):
-    if "pixels" in METHODS[name].inputs:
-        pytest.skip("reads pixels (not in this world)")
     fed = federation(world, name, tmp_path)
     m = fed.module
     m.load_client(0, None)

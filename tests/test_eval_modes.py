@@ -30,6 +30,7 @@ from fedmoap.methods.base import RunContext
 from fedmoap.results import base2novel_entry, hmean
 from fedmoap.rounds import Federation, Schedule, default_fabric
 from fedmoap.store import ClientStore
+from worlds import tiny_federation
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -164,15 +165,10 @@ def world(tmp_path_factory):
 def federation(world, name: str, store_root: Path, **knobs) -> tuple[Federation, ModeEvaluator]:
     backbone, classes, split, data = world
     method = METHODS[name](**knobs)
-    run = RunContext(0, 5, TrainArgs(local_epochs=1, batch_size=8), True)
-    module = method.build_client(backbone, classes.names_of(classes.base), run)
-    server = method.build_server(module.global_init(), run)
     held = split.extra["unseen_clients"]
-    schedule = Schedule(0, 5, 1.0, 1, 8, rounds=3, held_out=frozenset(held))
-    modes = ModeEvaluator(EvalArgs(modes=["global", "base2novel", "unseen_clients"], adaptation_epochs=2),
-                          classes, held, 1)
-    fed = Federation(method, module, server, ClientStore(store_root), data, schedule, default_fabric(), modes=modes)
-    return fed, modes
+    fed = tiny_federation(world, method, store_root, keep=True, classes=classes, held_out=held,
+                          eval_args=EvalArgs(modes=["global", "base2novel", "unseen_clients"], adaptation_epochs=2))
+    return fed, fed.modes
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -360,17 +356,12 @@ def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name
     backbone, names, data = tiny_world(tmp_path / "cache", 3, alpha=0.02)
     knobs = {"promptfl": {"n_ctx": 4}, "promptfl_ft": {"n_ctx": 4, "ft_epochs": 1},  # +FT adapts before it renames
              "pfedmoap": {"n_ctx": 4, "num_experts": 1, "d_gating": 16, "heads": 2}}[name]
-    method = METHODS[name](**knobs)
-    run = RunContext(0, 3, TrainArgs(local_epochs=1, batch_size=8), True)
-    module = method.build_client(backbone, names, run)
-    server = method.build_server(module.global_init(), run)
-    fed = Federation(method, module, server, ClientStore(tmp_path / "store"), data,
-                     Schedule(0, 3, 1.0, 1, 8, rounds=1), default_fabric())
+    fed = tiny_federation((backbone, names, data), METHODS[name](**knobs), tmp_path / "store", rounds=1, keep=True)
     fed.run_round(1, progress=False)
     all_space = fed.evaluate([0, 1, 2], 1)
     fed.schedule = Schedule(0, 3, 1.0, 1, 8, rounds=1, own_label_space=True)
     own_space = fed.evaluate([0, 1, 2], 1)
-    assert list(module.classnames) == names
+    assert list(fed.module.classnames) == names
     for c in range(3):
         assert own_space[c][1] == all_space[c][1] and own_space[c][0] >= all_space[c][0]
     assert min(len(data.own_classes(c)[0]) for c in range(3)) < len(names)

@@ -15,15 +15,14 @@ import pytest
 import torch
 import yaml
 
-from worlds import tiny_world
+from worlds import tiny_federation, tiny_world
 
 from fedmoap.cli import build_parser, main, parse_fit
-from fedmoap.config import RunConfig, TrainArgs
+from fedmoap.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.methods import registry
-from fedmoap.methods.base import INPUTS, RunContext
-from fedmoap.rounds import Federation, Schedule, default_fabric
-from fedmoap.store import ClientStore
+from fedmoap.methods.base import INPUTS
+from fedmoap.rounds import Federation
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -45,12 +44,7 @@ def federation(world, cls, tmp_path: Path, participation: float = 0.5, seed: int
     backbone, classnames, data = world
     knobs = {f.name for f in dataclasses.fields(cls)}
     method = cls(**{k: v for k, v in SMALL.items() if k in knobs})
-    run = RunContext(seed, NUM_CLIENTS, TrainArgs(local_epochs=1, batch_size=8), cls.keep_optimizer_state)
-    module = method.build_client(backbone, classnames, run)
-    server = method.build_server(module.global_init(), run)
-    schedule = Schedule(seed, NUM_CLIENTS, participation, local_epochs=1, batch_size=8, rounds=3)
-    return Federation(method, module, server, ClientStore(tmp_path / "clients"), data, schedule,
-                      default_fabric())
+    return tiny_federation(world, method, tmp_path / "clients", participation=participation, seed=seed)
 
 
 def same(a, b, where="") -> None:
@@ -277,13 +271,8 @@ def test_method_help_documents_every_knob(name):
 def test_optimizer_state_policy(world, tmp_path, keep):
     """Under ``keep`` a client's momentum is stored and the next local training starts from it;
     under ``reset`` nothing is stored and every local training starts afresh."""
-    backbone, classnames, data = world
-    method = METHODS["promptfl"](n_ctx=4)
-    run = RunContext(0, NUM_CLIENTS, TrainArgs(local_epochs=1, batch_size=8), keep_optimizer_state=keep)
-    module = method.build_client(backbone, classnames, run)
-    server = method.build_server(module.global_init(), run)
-    fed = Federation(method, module, server, ClientStore(tmp_path), data,
-                     Schedule(0, NUM_CLIENTS, 1.0, 1, 8, rounds=2), default_fabric())
+    fed = tiny_federation(world, METHODS["promptfl"](n_ctx=4), tmp_path, rounds=2, keep=keep)
+    module = fed.module
     fed.run_round(1, progress=False)
     stored = fed.store.get(0)["optim"]
     if not keep:
@@ -294,4 +283,4 @@ def test_optimizer_state_policy(world, tmp_path, keep):
     module.load_client(0, fed.store.get(0))
     optimizer = module.configure_optimizers()["optimizer"]
     assert torch.equal(optimizer.state[module.ctx]["momentum_buffer"], momentum)
-    assert optimizer.param_groups[0]["lr"] == run.train.lr  # the schedule restarts every round
+    assert optimizer.param_groups[0]["lr"] == module.run.train.lr  # the schedule restarts every round

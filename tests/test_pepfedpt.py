@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from worlds import tiny_world
+from worlds import tiny_federation, tiny_world
 
 from fedmoap.cli import main
 from fedmoap.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.pepfedpt import FedAvgVPT, LocalVPT, PEPFedPT
-from fedmoap.rounds import Federation, Schedule, default_fabric
-from fedmoap.store import ClientStore
+from fedmoap.rounds import Federation
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -34,12 +33,7 @@ def world(tmp_path_factory):
 def federation(world, tmp_path, cls=PEPFedPT, participation=0.5, keep=None, **knobs) -> Federation:
     backbone, classnames, data = world
     method = cls(**{**(PEP if cls is PEPFedPT else SMALL), **knobs})
-    keep = method.keep_optimizer_state if keep is None else keep
-    run = RunContext(0, N, TrainArgs(local_epochs=1, batch_size=8), keep)
-    module = method.build_client(backbone, classnames, run)
-    server = method.build_server(module.global_init(), run)
-    return Federation(method, module, server, ClientStore(tmp_path / "clients"), data,
-                      Schedule(0, N, participation, 1, 8, rounds=4), default_fabric())
+    return tiny_federation(world, method, tmp_path / "clients", participation=participation, rounds=4, keep=keep)
 
 
 def fit(tmp_path: Path, name: str, *args: str, rounds: int = 2) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import tiny_world
+from worlds import tiny_federation, tiny_world
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.cli import main
@@ -18,8 +18,7 @@ from fedmoap.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
-from fedmoap.rounds import Federation, Schedule, default_fabric
-from fedmoap.store import ClientStore
+from fedmoap.rounds import Federation
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -44,11 +43,7 @@ def client(world, **knobs):
 def federation(world, tmp_path, participation=0.5, **knobs) -> Federation:
     backbone, classnames, data = world
     method = PFedDC(**{**SMALL, **knobs})
-    run = RunContext(0, N, TrainArgs(local_epochs=1, batch_size=8), True)
-    module = method.build_client(backbone, classnames, run)
-    server = method.build_server(module.global_init(), run)
-    return Federation(method, module, server, ClientStore(tmp_path / "clients"), data,
-                      Schedule(0, N, participation, 1, 8, rounds=4), default_fabric())
+    return tiny_federation(world, method, tmp_path / "clients", participation=participation, rounds=4, keep=True)
 
 
 def fit(tmp_path: Path, name: str, *args: str) -> dict:

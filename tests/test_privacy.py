@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from worlds import tiny_world
+from worlds import tiny_federation, tiny_world
 
 from fedmoap.cli import main
 from fedmoap.config import DPArgs, TrainArgs
@@ -22,10 +22,9 @@ from fedmoap.fit import config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.dp_sgd import clipped_sum, noisy_mean, private_parameters
-from fedmoap.privacy import Privacy, clip_and_noise, epsilon, solve_noise_multiplier
-from fedmoap.rounds import Federation, Schedule, default_fabric
+from fedmoap.privacy import clip_and_noise, epsilon, solve_noise_multiplier
+from fedmoap.rounds import Federation
 from fedmoap.seeding import torch_generator
-from fedmoap.store import ClientStore
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -134,14 +133,8 @@ def federation(world, name, tmp_path: Path, dp: DPArgs | None = None) -> Federat
     knobs = {f.name for f in dataclasses.fields(cls)}
     method = cls(**{k: v for k, v in SMALL.items() if k in knobs})
     train = TrainArgs(local_epochs=1, batch_size=8)
-    run = RunContext(0, NUM_CLIENTS, train, cls.keep_optimizer_state)
-    module = method.build_client(backbone, classnames, run)
-    server = method.build_server(module.global_init(), run)
-    schedule = Schedule(0, NUM_CLIENTS, 1.0, local_epochs=1, batch_size=8, rounds=2)
-    privacy = (Privacy(dp, seed=0, method=method, module=module, data=data, schedule=schedule)
-               if dp is not None else None)
-    return Federation(method, module, server, ClientStore(tmp_path / "clients"), data, schedule,
-                      default_fabric(), privacy=privacy)
+    return tiny_federation(world, method, tmp_path / "clients", rounds=2, dp=dp,
+                           local_epochs=train.local_epochs, batch_size=train.batch_size)
 
 
 def received(fed: Federation) -> dict:

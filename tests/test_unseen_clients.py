@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from worlds import tiny_world
+from worlds import tiny_federation, tiny_world
 
-from fedmoap.config import EvalArgs, TrainArgs
+from fedmoap.config import EvalArgs
 from fedmoap.evaluation import ModeEvaluator
 from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
 from fedmoap.methods.pfedmoap import nearest_experts
-from fedmoap.rounds import Federation, Schedule, default_fabric
-from fedmoap.store import ClientStore
+from fedmoap.rounds import Federation
 
 N, HELD = 5, 4
 METHODS = registry()
@@ -33,14 +31,9 @@ def trained(world, tmp_path: Path, name: str, adaptation_epochs: int, rounds: in
     """``rounds`` rounds of ``name`` over clients 0-3 (client 4 held out), full participation."""
     backbone, classnames, data = world
     method = METHODS[name](**{**KNOBS.get(name, dict(n_ctx=4)), **knobs})
-    run = RunContext(0, N, TrainArgs(local_epochs=1, batch_size=8), method.keep_optimizer_state)
-    module = method.build_client(backbone, classnames, run)
-    server = method.build_server(module.global_init(), run)
-    schedule = Schedule(0, N, 1.0, 1, 8, rounds=rounds, held_out=frozenset({HELD}))
     modes = ModeEvaluator(EvalArgs(modes=["unseen_clients"], adaptation_epochs=adaptation_epochs),
                           None, [HELD], 1)
-    fed = Federation(method, module, server, ClientStore(tmp_path / "clients"), data, schedule,
-                     default_fabric())
+    fed = tiny_federation(world, method, tmp_path / "clients", rounds=rounds, held_out=[HELD])
     for t in range(1, rounds + 1):
         fed.run_round(t, progress=False)
     return fed, modes

@@ -47,3 +47,23 @@ def tiny_client(world, name: str, cid: int = 0, batch_size: int = 8, **knobs):
 def first_batch(world, batch_size: int = 8, cid: int = 0) -> dict:
     """Client ``cid``'s first training batch of round 1."""
     return next(iter(world[2].train_batches(cid, 1, batch_size)(0)))
+
+
+def tiny_federation(world, method, store, *, participation: float = 1.0, rounds: int = 3, seed: int = 0,
+                    keep: bool | None = None, dp=None, eval_args=None, classes=None, held_out=(),
+                    local_epochs: int = 1, batch_size: int = 8):
+    """A federation of ``method`` (a Method instance) over ``world``'s data, assembled by
+    :func:`fedmoap.build.assemble` as ``fedmoap fit`` assembles one, with its client store in
+    ``store``; ``keep`` overrides the method's optimizer-state policy."""
+    from fedmoap.build import assemble
+    from fedmoap.config import DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
+    from fedmoap.rounds import default_fabric
+
+    backbone, data = world[0], world[-1]
+    policy = None if keep is None else ("keep" if keep else "reset")
+    cfg = RunConfig(method=method, seed=seed, data=DataArgs(num_clients=data.num_clients),
+                    train=TrainArgs(local_epochs=local_epochs, batch_size=batch_size, optimizer_state=policy),
+                    fed=FedArgs(rounds=rounds, participation=participation),
+                    eval=eval_args or EvalArgs(), dp=dp or DPArgs())
+    return assemble(cfg, data, backbone, store=store, fabric=default_fabric(), classes=classes,
+                    held_out=list(held_out))

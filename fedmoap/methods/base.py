@@ -216,6 +216,8 @@ class ClientModule(L.LightningModule):
         self._optim_state: dict | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._eval_cache: Any = None
+        self.scaler_state: dict | None = None
+        """The loss scaler's state (``16-mixed``) of the current client: part of what it keeps."""
         self.planned_round: int | None = None
         """The round this training belongs to (for ``train.lr_schedule: rounds``)."""
         self.planned_epochs: int | None = None
@@ -235,6 +237,7 @@ class ClientModule(L.LightningModule):
         keep policy, optimizer state), or a fresh one if it has none."""
         self.client_id, self.fresh = cid, state is None
         self._optimizer, self._optim_state, self._eval_cache = None, None, None
+        self.scaler_state = None if state is None else state.get("scaler")
         if state is None:
             self.reset(cid)
             return
@@ -254,8 +257,11 @@ class ClientModule(L.LightningModule):
         optim = None
         if self.run.keep_optimizer_state:
             optim = self._optimizer.state_dict() if self._optimizer is not None else self._optim_state
-        return {"params": {n: p.detach().cpu().clone() for n, p in self.named_parameters()},
-                "extra": self.extra_state(), "optim": _cpu_copy(optim)}
+        state = {"params": {n: p.detach().cpu().clone() for n, p in self.named_parameters()},
+                 "extra": self.extra_state(), "optim": _cpu_copy(optim)}
+        if self.scaler_state is not None:
+            state["scaler"] = self.scaler_state
+        return state
 
     def extra_state(self) -> dict[str, Tensor]:
         """Non-parameter tensors the client keeps (e.g. downloaded experts)."""

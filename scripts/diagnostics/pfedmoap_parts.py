@@ -11,36 +11,18 @@ from pathlib import Path
 
 import torch
 
-from fedmoap.backbones import build_backbone
-from fedmoap.checkpoint import load_latest
 from fedmoap.cli import parse_fit
-from fedmoap.config import config_dict
-from fedmoap.data.sources import load_source
-from fedmoap.data.split import load_split
-from fedmoap.features import FeatureCache
-from fedmoap.federated_data import gather_inputs
-from fedmoap.fit import DEFAULT_CACHE, config_digest
-from fedmoap.methods.base import RunContext
-from fedmoap.store import ClientStore
+from fedmoap.reevaluate import restore_run
 
 
-def parts(run_dir: Path, backbone_cache: dict) -> dict[str, list[float]]:
-    cfg, _, _ = parse_fit(["fit", "--config", str(run_dir / "config.yaml")])
-    key = (cfg.model.arch, cfg.seed)
-    if key not in backbone_cache:
-        backbone_cache[key] = build_backbone(cfg.model, cfg.seed)
-    backbone = backbone_cache[key]
-    source = load_source(cfg.data)
-    split = load_split(run_dir / "split.json", source, cfg.data.num_clients)
-    cache = FeatureCache(Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser(), backbone)
-    data = gather_inputs(frozenset({"features"}), cfg.data, source, split, cache, None, None, cfg.seed)
-    ckpt = load_latest(run_dir, config_digest(config_dict(cfg)))
-    run = RunContext(cfg.seed, cfg.data.num_clients, cfg.train, True)
-    module = cfg.method.build_client(backbone, source.classnames, run)
-    server = cfg.method.build_server(module.global_init(), run)
-    server.load_state_dict(ckpt["server"])
-    store = ClientStore(run_dir / "clients")
-    store.load_state_dict(ckpt["store"])
+def parts(run_dir: Path, backbones: dict) -> dict[str, list[float]]:
+    """Each client's accuracy per part of the logits, at the run's newest checkpoint (the run
+    rebuilt by the one builder; ``backbones`` keeps one backbone per model and seed)."""
+    trained, _, _ = parse_fit(["fit", "--config", str(run_dir / "config.yaml")])
+    key = (repr(trained.model), trained.seed)
+    fed, cfg, _ = restore_run(run_dir, backbone=backbones.get(key))
+    backbone, module, server, store, data = fed.module.backbone, fed.module, fed.server, fed.store, fed.data
+    backbones[key] = backbone
     s, lam = backbone.logit_scale, cfg.method.lam
     out: dict[str, list[float]] = {}
     with torch.no_grad():

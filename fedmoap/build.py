@@ -1,0 +1,161 @@
+"""Assembling a federation from a run config: the one place it is done.
+
+:func:`resolve` turns a config into what a federation runs on (the frozen backbone, the dataset,
+the client split, the cached inputs); :func:`assemble` turns a config and those inputs into a
+:class:`~fedmoap.rounds.Federation` (the method's client module and server, the client store,
+the schedule, differential privacy around local training, the evaluation modes);
+:func:`build_federation` does both. ``fedmoap fit``, ``fedmoap eval``, studies, benchmarks and the
+tests' worlds use them, so a federation is the same wherever it is built::
+
+    fabric = default_fabric()
+    federation = build_federation(cfg, run_dir=Path("runs/x"), fabric=fabric)
+    record = federation.run_round(1)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lightning import Fabric
+
+from fedmoap import evaluation
+from fedmoap.backbones import build_backbone
+from fedmoap.backbones.base import Backbone
+from fedmoap.config import RunConfig
+from fedmoap.data.sources import SourceData, load_source
+from fedmoap.data.split import ClientSplit, load_split, make_split
+from fedmoap.distributed import Comm
+from fedmoap.errors import FedmoapError
+from fedmoap.evaluation import ClassSplit
+from fedmoap.features import FeatureCache
+from fedmoap.federated_data import FederatedData, gather_inputs
+from fedmoap.io import check_directory
+from fedmoap.methods.base import RunContext
+from fedmoap.methods.prompts import PromptMethod
+from fedmoap.pixels import PixelCache
+from fedmoap.privacy import Privacy
+from fedmoap.rounds import Federation
+from fedmoap.schedule import Schedule
+from fedmoap.store import ClientStore
+
+DEFAULT_CACHE = Path("~/.cache/fedmoap")
+
+
+@dataclass
+class Resolved:
+    """What a config resolves to before any federation exists."""
+
+    backbone: Backbone
+    source: SourceData
+    classes: ClassSplit | None
+    """The base/novel class split (``eval.modes`` base2novel), else None."""
+    split: ClientSplit
+    data: FederatedData
+    caches: dict[str, Any] = field(default_factory=dict)
+    """``features`` / ``tokens`` / ``pixels`` -> the cache that filled them (those the method reads)."""
+    cache_root: Path = DEFAULT_CACHE / "features"
+
+    @property
+    def held_out(self) -> list[int]:
+        """Clients that never train (``eval.modes`` unseen_clients)."""
+        return list(self.split.extra.get("unseen_clients", []))
+
+    @property
+    def computed(self) -> int:
+        """Images encoded (not read from the caches) while resolving."""
+        return sum(c.computed for c in self.caches.values())
+
+
+def cache_root(cfg: RunConfig) -> Path:
+    """The feature cache directory (``data.feature_cache``, default ``~/.cache/fedmoap/features``)."""
+    return Path(cfg.data.feature_cache or DEFAULT_CACHE / "features").expanduser()
+
+
+def backbone_problems(cfg: RunConfig, backbone: Backbone) -> list[str]:
+    """What ``backbone`` lacks for the configured method (prompt context, tower kind)."""
+    method = cfg.method
+    problems = method.backbone_problems(backbone)
+    if isinstance(method, PromptMethod):
+        problems = method.context_problems(backbone) + problems
+    return problems
+
+
+def resolve(cfg: RunConfig, *, fabric: Fabric, run_dir: Path | None = None, resuming: bool = False,
+            backbone: Backbone | None = None, stop: Callable[[], bool] = lambda: False) -> Resolved:
+    """The backbone (``backbone``, or built from ``cfg.model``), the dataset, the split (the run
+    directory's own when ``resuming``, else ``data.split_file`` or a new draw from the seed) and
+    the method's inputs, encoded once into the caches (rank 0 first, the other ranks then read)."""
+    root = cache_root(cfg)
+    check_directory(root, "data.feature_cache")
+    backbone = (backbone or build_backbone(cfg.model, cfg.seed)).to(fabric.device)
+    problems = backbone_problems(cfg, backbone)
+    if problems:
+        raise FedmoapError("; ".join(problems))
+    source = load_source(cfg.data)
+    classes = evaluation.train_classes(cfg.eval, source)  # base2novel: partition base classes only
+    split = (load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir") if resuming
+             else make_split(cfg.data, source, cfg.seed, classes.base if classes else None))
+    evaluation.complete_split(split, cfg, source, classes)
+    batch, inputs = cfg.data.feature_batch_size, cfg.method.required_inputs()
+    caches: dict[str, Any] = {}
+    if "features" in inputs:
+        caches["features"] = FeatureCache(root, backbone, batch, fabric.device, stop=stop)
+    if "tokens" in inputs:
+        caches["tokens"] = FeatureCache(root, backbone, batch, fabric.device, tokens=True, stop=stop)
+    if "pixels" in inputs:
+        caches["pixels"] = PixelCache(root, backbone)
+    with fabric.rank_zero_first():
+        data = gather_inputs(inputs, cfg.data, source, split, caches.get("features"), caches.get("tokens"),
+                             caches.get("pixels"), cfg.seed)
+    data.device, data.backbone = fabric.device, backbone
+    if classes is not None:  # labels in base-then-novel order; clients know the base classes
+        evaluation.apply_class_order(data, classes)
+    return Resolved(backbone, source, classes, split, data, caches, root)
+
+
+def schedule_of(cfg: RunConfig, held_out: list[int] | frozenset[int] = ()) -> Schedule:
+    """The run's schedule: who trains when, batch sizes, when everyone is evaluated."""
+    t = cfg.train
+    return Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
+                    t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds,
+                    count=cfg.fed.participants, own_label_space=cfg.eval.local_label_space == "own",
+                    held_out=frozenset(held_out))
+
+
+def assemble(cfg: RunConfig, data: FederatedData, backbone: Backbone, *, store: ClientStore | Path,
+             fabric: Fabric, comm: Comm | None = None, classes: ClassSplit | None = None,
+             held_out: list[int] | tuple[int, ...] = (), privacy_state: dict | None = None) -> Federation:
+    """A federation of ``cfg``'s method over ``data`` on ``backbone``: the client module (its label
+    space: the base classes under base-to-novel, else ``data.classnames``), the server from the
+    module's initial shared tensors, the client ``store`` (a directory or a store), the schedule,
+    plain or private local training (``dp``; ``privacy_state``: a checkpoint's, which keeps the
+    solved noise multiplier) and the evaluation modes beyond ``local``."""
+    method, t = cfg.method, cfg.train
+    keep = {"keep": True, "reset": False}.get(t.optimizer_state, method.keep_optimizer_state)
+    run = RunContext(cfg.seed, cfg.data.num_clients, t, keep)
+    names = classes.names_of(classes.base) if classes is not None else list(data.classnames)
+    module = method.build_client(backbone, names, run).to(fabric.device)
+    server = method.build_server(module.global_init(), run)
+    store = store if isinstance(store, ClientStore) else ClientStore(Path(store))
+    schedule = schedule_of(cfg, held_out)
+    modes = (evaluation.ModeEvaluator(cfg.eval, classes, list(held_out), t.local_epochs)
+             if set(cfg.eval.modes) - {"local"} else None)
+    federation = Federation(method, module, server, store, data, schedule, fabric, comm, modes=modes)
+    if cfg.dp.mode != "off":  # may refuse a budget (fedmoap/privacy.py)
+        federation.privacy = federation.training = Privacy(
+            cfg.dp, seed=cfg.seed, method=method, module=module, data=data, schedule=schedule,
+            state=privacy_state, inner=federation.training)
+    return federation
+
+
+def build_federation(cfg: RunConfig, *, run_dir: Path, fabric: Fabric, comm: Comm | None = None,
+                     backbone: Backbone | None = None, resuming: bool = False,
+                     stop: Callable[[], bool] = lambda: False,
+                     privacy_state: dict | None = None) -> tuple[Federation, Resolved]:
+    """:func:`resolve` then :func:`assemble`, the client store in ``run_dir/clients``."""
+    resolved = resolve(cfg, fabric=fabric, run_dir=run_dir, resuming=resuming, backbone=backbone, stop=stop)
+    federation = assemble(cfg, resolved.data, resolved.backbone, store=run_dir / "clients", fabric=fabric,
+                          comm=comm, classes=resolved.classes, held_out=resolved.held_out,
+                          privacy_state=privacy_state)
+    return federation, resolved
