@@ -49,17 +49,23 @@ round t's aggregation over its participants (t >= 1)::
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
+from fedmoap.methods.optim import cpu_copy, local_sgd, lr_schedule, round_cosine
+
+# re-exported (``x as x``): method files import them from here
+from fedmoap.aggregate import payload_bytes as payload_bytes
+from fedmoap.methods.checks import text_depth_problems as text_depth_problems
+from fedmoap.methods.checks import vision_prompt_problems as vision_prompt_problems
 
 if TYPE_CHECKING:
     from fedmoap.args import TrainArgs
@@ -68,11 +74,6 @@ Payload = dict[str, Tensor]
 INPUTS = frozenset({"features", "tokens", "pixels"})
 """What a client can read besides the label: cached pooled image features, cached per-patch token
 features, or transformed images (for methods that put prompts inside the image tower)."""
-
-
-def payload_bytes(payload: Mapping[str, Tensor]) -> int:
-    """Bytes a payload takes on the wire (raw tensor data)."""
-    return sum(t.numel() * t.element_size() for t in payload.values())
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ class ClientModule(L.LightningModule):
         if self.run.keep_optimizer_state:
             optim = self._optimizer.state_dict() if self._optimizer is not None else self._optim_state
         return {"params": {n: p.detach().cpu().clone() for n, p in self.named_parameters()},
-                "extra": self.extra_state(), "optim": _cpu_copy(optim)}
+                "extra": self.extra_state(), "optim": cpu_copy(optim)}
 
     def extra_state(self) -> dict[str, Tensor]:
         """Non-parameter tensors the client keeps (e.g. downloaded experts)."""
@@ -352,39 +353,18 @@ class ClientModule(L.LightningModule):
         """``train.lr_schedule: rounds``: the lr factor of this training's round t, a cosine over
         ``train.lr_rounds`` rounds, ``0.5 (1 + cos(pi (t - 1) / R))``, constant within the round
         (rounds past R keep the last value); None for the per-training cosine (``local``)."""
-        t = self.run.train
-        if t.lr_schedule != "rounds" or self.planned_round is None:
-            return None
-        r = max(1, t.lr_rounds or 1)
-        return 0.5 * (1 + math.cos(math.pi * (min(self.planned_round, r) - 1) / r))
+        return round_cosine(self.run.train, self.planned_round)
 
     def configure_optimizers(self) -> dict | None:
         """SGD over :meth:`param_groups` (with the client's kept state, if any) and a LambdaLR
-        schedule stepped once per local epoch, annealed to 0 over :meth:`schedule_epochs`."""
+        schedule stepped once per local epoch, annealed to 0 over :meth:`schedule_epochs`
+        (:mod:`fedmoap.methods.optim`)."""
         groups = self.param_groups()
         if not groups:
             return None
-        t = self.run.train
-        optimizer = torch.optim.SGD([{"params": g.params, "lr": g.lr} for g in groups], lr=t.lr,
-                                    momentum=t.momentum, weight_decay=t.weight_decay)
-        if self._optim_state is not None:
-            optimizer.load_state_dict(self._optim_state)
-            for group, g in zip(optimizer.param_groups, groups):  # the schedule restarts
-                group["lr"] = g.lr
-                group.pop("initial_lr", None)
-        epochs = self.schedule_epochs()
-        by_round = self.round_factor()
-
-        def cosine(epoch: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if by_round is None else by_round
-
-        def constant(epoch: int) -> float:
-            return 1.0
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, [cosine if g.anneal else constant for g in groups])
-        self._optimizer = optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        self._optimizer = local_sgd(groups, self.run.train, self._optim_state)
+        scheduler = lr_schedule(self._optimizer, groups, self.schedule_epochs(), self.round_factor())
+        return {"optimizer": self._optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 class Server:
@@ -447,61 +427,6 @@ class FedAvgServer(Server):
 
     def load_state_dict(self, state: dict) -> None:
         self.global_state = dict(state["global"])
-
-
-def vision_prompt_problems(method: str, backbone: Backbone, knob: str, depth: int,
-                           hint: str = "") -> list[str]:
-    """Why ``backbone`` cannot take ``method``'s vision prompts in ``depth`` blocks (``knob`` names
-    the setting): not a ViT, or too few blocks. Empty if it can."""
-    if backbone.vision_width is None:
-        return [f"method {method} needs a ViT image tower: {backbone.describe()} cannot take prompt "
-                f"tokens (use an open_clip ViT such as ViT-B-16, or packaged-vit{hint})"]
-    if depth > backbone.vision_layers:
-        return [f"method.{knob} {depth} exceeds the image tower's {backbone.vision_layers} blocks"]
-    return []
-
-
-def text_depth_problems(backbone: Backbone, depth: int, knob: str = "text_depth") -> list[str]:
-    """Why ``backbone``'s text tower cannot take deep text prompts over ``depth`` blocks."""
-    if depth > 1 and depth > backbone.text_layers:
-        return [f"method.{knob} {depth}: {backbone.describe()} takes deep text prompts in at most "
-                f"{backbone.text_layers} blocks (open_clip text towers only)"]
-    return []
-
-
-def weighted_mean(uploads: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, float],
-                  like: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-    """The weighted mean of every uploaded tensor (any key, any shape), accumulated in float64.
-
-    Every participant must upload the same keys with the same shapes. The result has the dtype
-    of ``like[key]`` where given, else of the first upload.
-    """
-    ids = sorted(uploads)
-    if not ids:
-        raise ValueError("no uploads to average")
-    keys = set(uploads[ids[0]])
-    for i in ids:
-        if set(uploads[i]) != keys:
-            raise ValueError(f"client {i} uploaded {sorted(uploads[i])}, client {ids[0]} {sorted(keys)}")
-    w = torch.tensor([float(weights[i]) for i in ids], dtype=torch.float64)
-    w = w / w.sum()
-    out = {}
-    for key in sorted(keys):
-        stacked = torch.stack([uploads[i][key].double() for i in ids])
-        mean = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).sum(0)
-        out[key] = mean.to((like or {}).get(key, uploads[ids[0]][key]).dtype)
-    return out
-
-
-def _cpu_copy(obj: Any) -> Any:
-    """A deep copy with every tensor on the CPU (optimiser states alias live buffers)."""
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return obj
 
 
 # Method's own annotations, evaluated here where their names are defined: jsonargparse resolves a

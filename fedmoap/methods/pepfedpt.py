@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import (ClientModule, FedAvgServer, HeldOut, Method, ParamGroup, Payload,
-                                  RunContext, Server, vision_prompt_problems, weighted_mean)
+from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Method, ParamGroup, Payload, RunContext, Server
+from fedmoap.methods.checks import vision_prompt_problems
 from fedmoap.seeding import torch_generator
 
 

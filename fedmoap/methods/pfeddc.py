@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import (FedAvgServer, ParamGroup, Payload, RunContext, text_depth_problems,
-                                  vision_prompt_problems, weighted_mean)
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
 from fedmoap.methods.fusion import CrossFusion
+from fedmoap.methods.optim import cosine
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
 
@@ -207,8 +209,7 @@ class PFedDCClient(GlobalPromptClient):
         def stage(group: int):
             def factor(epoch: int) -> float:
                 on = (epoch < first) == (group == 0)
-                cosine = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if by_round is None else by_round
-                return cosine if on else 0.0
+                return cosine(epoch, epochs, by_round) if on else 0.0
             return factor
 
         optimizer = built["optimizer"]
