@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 import lightning as L
 import torch
@@ -190,7 +190,9 @@ class ClientModule(L.LightningModule):
     """A client's model: the shared frozen backbone plus the trainable parts a method defines.
 
     Subclasses create their trainable parameters in ``__init__``, initialise them in
-    :meth:`reset` and implement :meth:`forward` (logits of a batch, differentiable).
+    :meth:`reset`, declare which of them are shared with the server (:attr:`shared_params`) and
+    implement :meth:`forward` (logits of a batch, differentiable). The declarations below are
+    class-level; one that depends on the method's knobs may be set on the instance in ``__init__``.
     """
 
     personal_eval: ClassVar[bool] = True
@@ -203,6 +205,17 @@ class ClientModule(L.LightningModule):
     """False if :meth:`training_step` records what it sees (e.g. pFedPrompt's feature cache):
     DP-SGD then takes one backward pass per example instead of ``torch.func.vmap``, which must
     not let its batched tensors escape."""
+    keeps_parameters: ClassVar[bool] = True
+    """False if the client keeps no trainable tensor between rounds (its whole model is downloaded
+    every time, e.g. PEP-FedPT's): its stored state is then its extras and optimizer state alone,
+    and loading it starts from :meth:`reset`."""
+    shared_params: ClassVar[Mapping[str, str]] = {}
+    """What the client shares with the server: payload key -> the name of the parameter it is
+    downloaded into and uploaded from (a submodule's name shares each of its parameters, under
+    ``key.<parameter name>``), in upload order; e.g. ``{"prompt": "ctx"}``. The default
+    :meth:`receive` and :meth:`prepare_eval` copy exactly these keys of a payload (any other key is
+    left to the method) and the default :meth:`upload` sends them; :meth:`shared_parameters`
+    resolves the names, and a method whose shared set depends on its knobs overrides it instead."""
 
     def __init__(self, method: Method, backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -225,7 +238,8 @@ class ClientModule(L.LightningModule):
 
     # ----- per-client state -----------------------------------------------------------------
     def reset(self, cid: int) -> None:
-        """Fresh trainable state for a client seen for the first time (from seed and cid only)."""
+        """Fresh trainable state for a client seen for the first time (from seed and cid only;
+        also the start of every load of a client without :attr:`keeps_parameters`)."""
 
     def global_init(self) -> Payload:
         """Initial values of the shared tensors, the same for every client (from the run seed)."""
@@ -236,27 +250,30 @@ class ClientModule(L.LightningModule):
         keep policy, optimizer state), or a fresh one if it has none."""
         self.client_id, self.fresh = cid, state is None
         self._optimizer, self._optim_state, self._eval_cache = None, None, None
-        if state is None:
+        if state is None or not self.keeps_parameters:
             self.reset(cid)
+        if state is None:
             return
-        params = dict(self.named_parameters())
-        if set(params) != set(state["params"]):
-            raise ValueError(f"client {cid}: stored parameters {sorted(state['params'])} do not "
-                             f"match this method's {sorted(params)}")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state["params"][name])
+        if self.keeps_parameters:
+            params = dict(self.named_parameters())
+            if set(params) != set(state["params"]):
+                raise ValueError(f"client {cid}: stored parameters {sorted(state['params'])} do not "
+                                 f"match this method's {sorted(params)}")
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(state["params"][name])
         self.load_extra_state(state.get("extra", {}))
         if self.run.keep_optimizer_state:
             self._optim_state = state.get("optim")
 
     def client_state(self) -> dict:
-        """What the client keeps between rounds, on CPU: parameters, extras, optimizer state."""
+        """What the client keeps between rounds, on CPU: parameters (unless not
+        :attr:`keeps_parameters`), extras, optimizer state (under the keep policy)."""
         optim = None
         if self.run.keep_optimizer_state:
             optim = self._optimizer.state_dict() if self._optimizer is not None else self._optim_state
-        return {"params": {n: p.detach().cpu().clone() for n, p in self.named_parameters()},
-                "extra": self.extra_state(), "optim": cpu_copy(optim)}
+        params = {n: p.detach().cpu().clone() for n, p in self.named_parameters()} if self.keeps_parameters else {}
+        return {"params": params, "extra": self.extra_state(), "optim": cpu_copy(optim)}
 
     def extra_state(self) -> dict[str, Tensor]:
         """Non-parameter tensors the client keeps (e.g. downloaded experts)."""
@@ -266,15 +283,39 @@ class ClientModule(L.LightningModule):
         pass
 
     # ----- communication --------------------------------------------------------------------
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Payload key -> the parameter it is downloaded into and uploaded from, in upload order:
+        :attr:`shared_params` resolved on this module."""
+        out: dict[str, nn.Parameter] = {}
+        for key, name in self.shared_params.items():
+            part = getattr(self, name)
+            if isinstance(part, nn.Module):
+                out.update({f"{key}.{n}": p for n, p in part.named_parameters()})
+            else:
+                out[key] = part
+        return out
+
+    def load_shared(self, payload: Payload) -> None:
+        """Copy each of :meth:`shared_parameters`' keys of ``payload`` into its parameter (the
+        parameter keeps its dtype and device); other keys are not read."""
+        with torch.no_grad():
+            for key, p in self.shared_parameters().items():
+                p.copy_(payload[key])
+
     def receive(self, payload: Payload) -> None:
-        """Start of local training: take what the server sent."""
+        """Start of local training: take what the server sent. Default: :meth:`load_shared`."""
+        self.load_shared(payload)
 
     def upload(self) -> Payload:
-        """End of local training: what goes to the server."""
-        return {}
+        """End of local training: what goes to the server. Default: a detached CPU copy of each
+        of :meth:`shared_parameters`."""
+        return {key: p.detach().cpu().clone() for key, p in self.shared_parameters().items()}
 
     def prepare_eval(self, payload: Payload) -> None:
-        """Before evaluation: ``payload`` is the server's ``eval_payload`` for this client."""
+        """Before evaluation: ``payload`` is the server's ``eval_payload`` for this client.
+        Default: :meth:`load_shared` (the server's current shared parameters with the client's
+        own private ones)."""
+        self.load_shared(payload)
 
     def statistics(self, batches: Iterable[dict[str, Tensor]]) -> Payload:
         """What the current client tells the server about its training data (e.g. per-class
@@ -343,6 +384,11 @@ class ClientModule(L.LightningModule):
     def param_groups(self) -> list[ParamGroup]:
         """The trainable parameters, grouped by learning rate and schedule."""
         return []
+
+    def dp_parameters(self) -> list[nn.Parameter]:
+        """What DP-SGD (``dp.mode record_sgd``) differentiates, clips and noises. Default: every
+        parameter of :meth:`param_groups`; DP-FPL: the factors its local prompt moves through."""
+        return [p for g in self.param_groups() for p in g.params]
 
     def schedule_epochs(self) -> int:
         """The cosine's period: the epochs this training runs (:attr:`planned_epochs`), or

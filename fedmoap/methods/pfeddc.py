@@ -112,25 +112,15 @@ class PFedDCClient(GlobalPromptClient):
     def fusion_modules(self) -> list[CrossFusion]:
         return [*getattr(self, "fusion_text", []), *getattr(self, "fusion_vision", [])]
 
-    def global_parts(self) -> dict[str, nn.Parameter]:
-        """Upload key -> the global prompt it carries."""
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Exactly the global prompts (downloaded, uploaded; evaluated with this client's own
+        local parts): payload key -> the global prompt it carries."""
         out = {"prompt": self.ctx}
         if self.method.text_depth > 1:
             out["prompt_deep"] = self.global_text_deep
         if self.method.vision:
             out["vision"] = self.global_vision
         return out
-
-    def receive(self, payload: Payload) -> None:
-        with torch.no_grad():
-            for key, p in self.global_parts().items():
-                p.copy_(payload[key])
-
-    prepare_eval = receive  # the latest global prompts with this client's own local parts
-
-    def upload(self) -> Payload:
-        """Exactly the global prompts."""
-        return {k: p.detach().cpu().clone() for k, p in self.global_parts().items()}
 
     # ----- model ------------------------------------------------------------------------------
     def fuse(self, g: Tensor, l: Tensor | None, modules: nn.ModuleList | None, j: int) -> Tensor:
@@ -188,7 +178,7 @@ class PFedDCClient(GlobalPromptClient):
         """One SGD group (PromptFL's when nothing but G_t exists); with ``fusion_lr`` or the
         two-stage schedule: the global prompts, then the private parts."""
         m, lr = self.method, self.run.train.lr
-        glob = list(self.global_parts().values())
+        glob = list(self.shared_parameters().values())
         prompts = [*glob, *([self.local_text] if self.local else []),
                    *([self.local_vision] if self.local and m.vision else [])]
         fusion = [p for module in self.fusion_modules() for p in module.parameters()]
