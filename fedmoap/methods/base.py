@@ -1,50 +1,10 @@
-"""What every method shares: the method (its knobs), the client module, the server, aggregation.
+"""The method API: a :class:`Method` (its knobs and declarations), a :class:`ClientModule` (what a
+client trains, keeps, downloads and uploads) and a :class:`Server` (what it sends and aggregates).
 
-A method is one file with three parts:
-
-- a :class:`Method` subclass: a dataclass whose fields are the method's hyper-parameters (each
-  with an attribute docstring, which ``--method.help NAME`` prints), its short ``name``, the
-  inputs its client reads, its optimizer-state policy and the client and server classes;
-- a :class:`ClientModule` subclass: what a client trains, keeps and uploads;
-- a :class:`Server` subclass: what the server sends and how it aggregates.
-
-One client module exists per process: a client's state is loaded into it before the client
-trains or is evaluated and saved after; the backbone is shared and never copied.
-
-Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
-
-    payload = server.payload(cid, t)             # download, from last round's server state
-    module.load_client(cid, store.get(cid))      # params, extras, optimizer state; None -> fresh
-    module.receive(payload)                      # e.g. prompt <- global prompt, experts
-    train_locally(module, batches, fabric)       # the module builds its optimizer and schedule
-    upload = module.upload()                     # what goes to the server
-    store.write(cid, module.client_state(), t)   # what the client keeps
-    server.aggregate(t, {cid: upload, ...}, {cid: n_train, ...})
-    # evaluation of a client:
-    module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
-    if module.eval_adaptation_epochs(t, final):  # e.g. PromptFL+FT: fine-tune, then test
-        module.begin_adaptation(); train_locally(module, adapt_batches, fabric)  # not stored
-    module.begin_eval(); logits = module.predict(batch)   # the batch carries no label
-    # evaluation on other class names (base-to-novel; fedmoap/evaluation.py):
-    module.set_classnames(novel_names); module.begin_eval(); ...; module.set_classnames(names)
-
-Never-trained (held-out) clients (``eval.modes`` unseen_clients, fedmoap/evaluation.py): each is
-evaluated twice from a fresh module, with a :class:`HeldOut` that gives it the server's
-``unseen_payload``, its training split and the training clients' mean parameters; nothing it does
-is stored, uploaded or seen by the server::
-
-    module.load_client(cid, None); module.prepare_unseen(held)   # (a) the global component
-    module.load_client(cid, None); module.adapt_unseen(held)     # (b) first-time participant,
-    module.begin_eval(); logits = module.predict(batch)          #     R_adapt epochs, no upload
-
-Client statistics (only for a method whose ``collects_statistics(t)`` is true; e.g. PEP-FedPT's
-class prototypes): at the start of round 1 over every client (t = 0, the set-up pass), and after
-round t's aggregation over its participants (t >= 1)::
-
-    module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
-    stats[cid] = module.statistics(plain_train_batches)   # no training, no augmentation
-    store.write(cid, module.client_state(), 0)            # t = 0 and module.keeps_statistics only
-    server.fold_statistics(t, stats)                       # part of server.state_dict()
+The round protocol these hooks are called in, the shared/private split and the hooks' order are
+in ``docs/method-api.md``; a walk-through in ``docs/adding-a-method.md``. The mechanism behind
+the API lives apart: aggregation maths in :mod:`fedmoap.aggregate`, the local optimizer in
+:mod:`fedmoap.methods.optim`, backbone checks several methods share in :mod:`fedmoap.methods.checks`.
 """
 from __future__ import annotations
 
