@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from fedmoap.aggregate import payload_bytes
 from fedmoap.backbones.base import Backbone
 from fedmoap.config import TrainArgs
 from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext, payload_bytes
+from fedmoap.methods.base import RunContext
 
 PAPER_PROMPT_PARAMS = 16 * 512
 """The paper's example: a 16 x 512 prompt is 8,192 parameters (vs 25.6M for a ResNet50)."""

@@ -111,12 +111,10 @@ def noisy_mean(summed: Tensor, clip: float, noise_multiplier: float, expected_ba
 
 
 def private_parameters(module: ClientModule) -> dict[str, nn.Parameter]:
-    """What record_sgd differentiates, clips and noises: ``module.dp_parameters()`` where a
-    method defines it (DP-FPL: the factors its local prompt is updated through), else every
-    parameter of :meth:`~fedmoap.methods.base.ClientModule.param_groups`."""
-    chosen = module.dp_parameters() if hasattr(module, "dp_parameters") else \
-        [p for g in module.param_groups() for p in g.params]
-    ids = {id(p) for p in chosen}
+    """What record_sgd differentiates, clips and noises
+    (:meth:`~fedmoap.methods.base.ClientModule.dp_parameters`), by parameter name in the module's
+    registration order."""
+    ids = {id(p) for p in module.dp_parameters()}
     return {n: p for n, p in module.named_parameters() if id(p) in ids}
 
 

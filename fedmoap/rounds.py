@@ -7,10 +7,11 @@ import torch
 from lightning import Fabric
 from tqdm.auto import tqdm
 
+from fedmoap.aggregate import payload_bytes
 from fedmoap.distributed import Comm
 from fedmoap.federated_data import FederatedData
 from fedmoap.local import LocalTraining, evaluate, train_locally
-from fedmoap.methods.base import ClientModule, Method, Server, payload_bytes
+from fedmoap.methods.base import ClientModule, Method, Server
 from fedmoap.privacy import Privacy
 from fedmoap.results import round_record
 from fedmoap.schedule import Schedule  # noqa: F401  (public here: fedmoap.rounds.Schedule)

@@ -177,6 +177,59 @@ def test_method_declarations(name):
         assert f.name.isidentifier()
 
 
+@pytest.mark.parametrize("name", [n for n, c in METHODS.items() if c.trains])
+def test_shared_parameters_are_stored_parameters_with_a_server_start(world, tmp_path, name):
+    """What a client shares is a registered parameter (so the store keeps it) of the shape the
+    server starts it with (its ``global_init`` entry)."""
+    fed = federation(world, METHODS[name], tmp_path)
+    module = fed.module
+    module.load_client(0, None)
+    registered = {id(p) for p in module.parameters()}
+    init = module.global_init()
+    for key, p in module.shared_parameters().items():
+        assert id(p) in registered, f"{name}: shared {key!r} is not a parameter of the module"
+        assert key in init and init[key].shape == p.shape, f"{name}: no initial value for {key!r}"
+
+
+def test_declared_shared_split_receives_and_uploads_exactly_the_declared_parameter(world, tmp_path):
+    """FedOTP declares ``{"prompt": "ctx"}``: the global prompt P_G comes and goes, the private
+    P_L (``local``) does neither, even when a payload carries a key of that name."""
+    fed = federation(world, METHODS["fedotp"], tmp_path)
+    module = fed.module
+    assert type(module).shared_params == {"prompt": "ctx"}
+    module.load_client(1, None)
+    local = module.local.detach().clone()
+    gen = torch.Generator().manual_seed(7)
+    prompt = torch.randn(module.ctx.shape, generator=gen, dtype=torch.float64)
+    module.receive({"prompt": prompt, "local": torch.randn(module.local.shape, generator=gen)})
+    assert module.ctx.dtype == torch.float32 and torch.equal(module.ctx.detach(), prompt.float())
+    assert torch.equal(module.local.detach(), local), "an undeclared key was copied"
+    up = module.upload()
+    assert list(up) == ["prompt"] and torch.equal(up["prompt"], prompt.float())
+    assert up["prompt"].device.type == "cpu" and not up["prompt"].requires_grad
+    up["prompt"].zero_()  # a copy: the server may keep it while the client trains on
+    assert torch.equal(module.ctx.detach(), prompt.float())
+    later = torch.randn(module.ctx.shape, generator=gen)
+    module.prepare_eval({"prompt": later, "local": torch.zeros_like(local)})
+    assert torch.equal(module.ctx.detach(), later) and torch.equal(module.local.detach(), local)
+    with pytest.raises(KeyError, match="prompt"):
+        module.receive({"local": local})
+
+
+def test_a_shared_submodule_goes_under_its_parameter_names(world, tmp_path):
+    """CoCoOp shares ``{"prompt": "ctx", "meta_net": "meta_net"}``: its upload is the prompt,
+    then every meta-network parameter as ``meta_net.<name>``, the keys of its server's start."""
+    fed = federation(world, METHODS["cocoop"], tmp_path)
+    module = fed.module
+    module.load_client(0, None)
+    names = [f"meta_net.{n}" for n, _ in module.meta_net.named_parameters()]
+    assert list(module.upload()) == ["prompt", *names] == list(module.global_init())
+    payload = {k: torch.full_like(v, i + 1.0) for i, (k, v) in enumerate(module.global_init().items())}
+    module.receive(payload)
+    for i, p in enumerate([module.ctx, *module.meta_net.parameters()]):
+        assert torch.equal(p.detach(), torch.full_like(p, i + 1.0))
+
+
 # ---------------------------------------------------------------------------- the CLI side
 def test_short_name_and_knobs_on_the_command_line():
     cfg, _, _ = parse_fit(["fit", "--method", "pfedmoap", "--method.lam", "0.3"])

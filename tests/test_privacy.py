@@ -353,5 +353,6 @@ def test_dpfpl_prompt_and_low_rank_local_update(world):
     assert sv[1] > 1e-3 * sv[0] and sv[2] < 1e-5 * sv[0]  # rank 2 = 2r
     assert torch.allclose(m.local.grad, m.u.grad @ m.v + m.u @ m.v.grad)
     assert set(m.upload()) == {"prompt"}
+    assert list(private_parameters(m)) == ["ctx", "u", "v"]  # its dp_parameters, not P_L
     m.eval()
     assert torch.equal(m.client_ctx(), m.ctx + m.local)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from fedmoap.methods.base import ClientModule, FedAvgServer, Method, RunContext, Server, weighted_mean
+from fedmoap.aggregate import weighted_mean
+from fedmoap.methods.base import ClientModule, FedAvgServer, Method, RunContext, Server
 
 __all__ = ["ClientModule", "FedAvgServer", "Method", "RunContext", "Server", "weighted_mean",
            "registry", "resolve"]

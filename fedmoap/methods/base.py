@@ -1,55 +1,14 @@
-"""What every method shares: the method (its knobs), the client module, the server, aggregation.
+"""The method API: a :class:`Method` (its knobs and declarations), a :class:`ClientModule` (what a
+client trains, keeps, downloads and uploads) and a :class:`Server` (what it sends and aggregates).
 
-A method is one file with three parts:
-
-- a :class:`Method` subclass: a dataclass whose fields are the method's hyper-parameters (each
-  with an attribute docstring, which ``--method.help NAME`` prints), its short ``name``, the
-  inputs its client reads, its optimizer-state policy and the client and server classes;
-- a :class:`ClientModule` subclass: what a client trains, keeps and uploads;
-- a :class:`Server` subclass: what the server sends and how it aggregates.
-
-One client module exists per process: a client's state is loaded into it before the client
-trains or is evaluated and saved after; the backbone is shared and never copied.
-
-Round protocol, as :class:`~fedmoap.rounds.Federation` drives it::
-
-    payload = server.payload(cid, t)             # download, from last round's server state
-    module.load_client(cid, store.get(cid))      # params, extras, optimizer state; None -> fresh
-    module.receive(payload)                      # e.g. prompt <- global prompt, experts
-    train_locally(module, batches, fabric)       # the module builds its optimizer and schedule
-    upload = module.upload()                     # what goes to the server
-    store.write(cid, module.client_state(), t)   # what the client keeps
-    server.aggregate(t, {cid: upload, ...}, {cid: n_train, ...})
-    # evaluation of a client:
-    module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
-    if module.eval_adaptation_epochs(t, final):  # e.g. PromptFL+FT: fine-tune, then test
-        module.begin_adaptation(); train_locally(module, adapt_batches, fabric)  # not stored
-    module.begin_eval(); logits = module.predict(batch)   # the batch carries no label
-    # evaluation on other class names (base-to-novel; fedmoap/evaluation.py):
-    module.set_classnames(novel_names); module.begin_eval(); ...; module.set_classnames(names)
-
-Never-trained (held-out) clients (``eval.modes`` unseen_clients, fedmoap/evaluation.py): each is
-evaluated twice from a fresh module, with a :class:`HeldOut` that gives it the server's
-``unseen_payload``, its training split and the training clients' mean parameters; nothing it does
-is stored, uploaded or seen by the server::
-
-    module.load_client(cid, None); module.prepare_unseen(held)   # (a) the global component
-    module.load_client(cid, None); module.adapt_unseen(held)     # (b) first-time participant,
-    module.begin_eval(); logits = module.predict(batch)          #     R_adapt epochs, no upload
-
-Client statistics (only for a method whose ``collects_statistics(t)`` is true; e.g. PEP-FedPT's
-class prototypes): at the start of round 1 over every client (t = 0, the set-up pass), and after
-round t's aggregation over its participants (t >= 1)::
-
-    module.load_client(cid, store.get(cid)); module.prepare_eval(server.eval_payload(cid))
-    stats[cid] = module.statistics(plain_train_batches)   # no training, no augmentation
-    store.write(cid, module.client_state(), 0)            # t = 0 and module.keeps_statistics only
-    server.fold_statistics(t, stats)                       # part of server.state_dict()
+The round protocol these hooks are called in, the shared/private split and the hooks' order are
+in ``docs/method-api.md``; a walk-through in ``docs/adding-a-method.md``. The mechanism behind
+the API lives apart: aggregation maths in :mod:`fedmoap.aggregate`, the local optimizer in
+:mod:`fedmoap.methods.optim`, backbone checks several methods share in :mod:`fedmoap.methods.checks`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
@@ -59,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
+from fedmoap.methods.optim import cpu_copy, local_sgd, lr_schedule, round_cosine
+
+# re-exported (``x as x``): method files import them from here
+from fedmoap.aggregate import payload_bytes as payload_bytes
+from fedmoap.methods.checks import text_depth_problems as text_depth_problems
+from fedmoap.methods.checks import vision_prompt_problems as vision_prompt_problems
 
 if TYPE_CHECKING:
     from fedmoap.args import TrainArgs
@@ -68,11 +34,6 @@ Payload = dict[str, Tensor]
 INPUTS = frozenset({"features", "tokens", "pixels"})
 """What a client can read besides the label: cached pooled image features, cached per-patch token
 features, or transformed images (for methods that put prompts inside the image tower)."""
-
-
-def payload_bytes(payload: Mapping[str, Tensor]) -> int:
-    """Bytes a payload takes on the wire (raw tensor data)."""
-    return sum(t.numel() * t.element_size() for t in payload.values())
 
 
 @dataclass(frozen=True)
@@ -189,7 +150,9 @@ class ClientModule(L.LightningModule):
     """A client's model: the shared frozen backbone plus the trainable parts a method defines.
 
     Subclasses create their trainable parameters in ``__init__``, initialise them in
-    :meth:`reset` and implement :meth:`forward` (logits of a batch, differentiable).
+    :meth:`reset`, declare which of them are shared with the server (:attr:`shared_params`) and
+    implement :meth:`forward` (logits of a batch, differentiable). The declarations below are
+    class-level; one that depends on the method's knobs may be set on the instance in ``__init__``.
     """
 
     personal_eval: ClassVar[bool] = True
@@ -202,6 +165,17 @@ class ClientModule(L.LightningModule):
     """False if :meth:`training_step` records what it sees (e.g. pFedPrompt's feature cache):
     DP-SGD then takes one backward pass per example instead of ``torch.func.vmap``, which must
     not let its batched tensors escape."""
+    keeps_parameters: ClassVar[bool] = True
+    """False if the client keeps no trainable tensor between rounds (its whole model is downloaded
+    every time, e.g. PEP-FedPT's): its stored state is then its extras and optimizer state alone,
+    and loading it starts from :meth:`reset`."""
+    shared_params: ClassVar[Mapping[str, str]] = {}
+    """What the client shares with the server: payload key -> the name of the parameter it is
+    downloaded into and uploaded from (a submodule's name shares each of its parameters, under
+    ``key.<parameter name>``), in upload order; e.g. ``{"prompt": "ctx"}``. The default
+    :meth:`receive` and :meth:`prepare_eval` copy exactly these keys of a payload (any other key is
+    left to the method) and the default :meth:`upload` sends them; :meth:`shared_parameters`
+    resolves the names, and a method whose shared set depends on its knobs overrides it instead."""
 
     def __init__(self, method: Method, backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -226,7 +200,8 @@ class ClientModule(L.LightningModule):
 
     # ----- per-client state -----------------------------------------------------------------
     def reset(self, cid: int) -> None:
-        """Fresh trainable state for a client seen for the first time (from seed and cid only)."""
+        """Fresh trainable state for a client seen for the first time (from seed and cid only;
+        also the start of every load of a client without :attr:`keeps_parameters`)."""
 
     def global_init(self) -> Payload:
         """Initial values of the shared tensors, the same for every client (from the run seed)."""
@@ -238,27 +213,30 @@ class ClientModule(L.LightningModule):
         self.client_id, self.fresh = cid, state is None
         self._optimizer, self._optim_state, self._eval_cache = None, None, None
         self.scaler_state = None if state is None else state.get("scaler")
-        if state is None:
+        if state is None or not self.keeps_parameters:
             self.reset(cid)
+        if state is None:
             return
-        params = dict(self.named_parameters())
-        if set(params) != set(state["params"]):
-            raise ValueError(f"client {cid}: stored parameters {sorted(state['params'])} do not "
-                             f"match this method's {sorted(params)}")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state["params"][name])
+        if self.keeps_parameters:
+            params = dict(self.named_parameters())
+            if set(params) != set(state["params"]):
+                raise ValueError(f"client {cid}: stored parameters {sorted(state['params'])} do not "
+                                 f"match this method's {sorted(params)}")
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(state["params"][name])
         self.load_extra_state(state.get("extra", {}))
         if self.run.keep_optimizer_state:
             self._optim_state = state.get("optim")
 
     def client_state(self) -> dict:
-        """What the client keeps between rounds, on CPU: parameters, extras, optimizer state."""
+        """What the client keeps between rounds, on CPU: parameters (unless not
+        :attr:`keeps_parameters`), extras, optimizer state (under the keep policy)."""
         optim = None
         if self.run.keep_optimizer_state:
             optim = self._optimizer.state_dict() if self._optimizer is not None else self._optim_state
-        state = {"params": {n: p.detach().cpu().clone() for n, p in self.named_parameters()},
-                 "extra": self.extra_state(), "optim": _cpu_copy(optim)}
+        params = {n: p.detach().cpu().clone() for n, p in self.named_parameters()} if self.keeps_parameters else {}
+        state = {"params": params, "extra": self.extra_state(), "optim": cpu_copy(optim)}
         if self.scaler_state is not None:
             state["scaler"] = self.scaler_state
         return state
@@ -271,15 +249,39 @@ class ClientModule(L.LightningModule):
         pass
 
     # ----- communication --------------------------------------------------------------------
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Payload key -> the parameter it is downloaded into and uploaded from, in upload order:
+        :attr:`shared_params` resolved on this module."""
+        out: dict[str, nn.Parameter] = {}
+        for key, name in self.shared_params.items():
+            part = getattr(self, name)
+            if isinstance(part, nn.Module):
+                out.update({f"{key}.{n}": p for n, p in part.named_parameters()})
+            else:
+                out[key] = part
+        return out
+
+    def load_shared(self, payload: Payload) -> None:
+        """Copy each of :meth:`shared_parameters`' keys of ``payload`` into its parameter (the
+        parameter keeps its dtype and device); other keys are not read."""
+        with torch.no_grad():
+            for key, p in self.shared_parameters().items():
+                p.copy_(payload[key])
+
     def receive(self, payload: Payload) -> None:
-        """Start of local training: take what the server sent."""
+        """Start of local training: take what the server sent. Default: :meth:`load_shared`."""
+        self.load_shared(payload)
 
     def upload(self) -> Payload:
-        """End of local training: what goes to the server."""
-        return {}
+        """End of local training: what goes to the server. Default: a detached CPU copy of each
+        of :meth:`shared_parameters`."""
+        return {key: p.detach().cpu().clone() for key, p in self.shared_parameters().items()}
 
     def prepare_eval(self, payload: Payload) -> None:
-        """Before evaluation: ``payload`` is the server's ``eval_payload`` for this client."""
+        """Before evaluation: ``payload`` is the server's ``eval_payload`` for this client.
+        Default: :meth:`load_shared` (the server's current shared parameters with the client's
+        own private ones)."""
+        self.load_shared(payload)
 
     def statistics(self, batches: Iterable[dict[str, Tensor]]) -> Payload:
         """What the current client tells the server about its training data (e.g. per-class
@@ -349,6 +351,11 @@ class ClientModule(L.LightningModule):
         """The trainable parameters, grouped by learning rate and schedule."""
         return []
 
+    def dp_parameters(self) -> list[nn.Parameter]:
+        """What DP-SGD (``dp.mode record_sgd``) differentiates, clips and noises. Default: every
+        parameter of :meth:`param_groups`; DP-FPL: the factors its local prompt moves through."""
+        return [p for g in self.param_groups() for p in g.params]
+
     def schedule_epochs(self) -> int:
         """The cosine's period: the epochs this training runs (:attr:`planned_epochs`), or
         ``train.local_epochs`` where no trainer set it."""
@@ -358,39 +365,18 @@ class ClientModule(L.LightningModule):
         """``train.lr_schedule: rounds``: the lr factor of this training's round t, a cosine over
         ``train.lr_rounds`` rounds, ``0.5 (1 + cos(pi (t - 1) / R))``, constant within the round
         (rounds past R keep the last value); None for the per-training cosine (``local``)."""
-        t = self.run.train
-        if t.lr_schedule != "rounds" or self.planned_round is None:
-            return None
-        r = max(1, t.lr_rounds or 1)
-        return 0.5 * (1 + math.cos(math.pi * (min(self.planned_round, r) - 1) / r))
+        return round_cosine(self.run.train, self.planned_round)
 
     def configure_optimizers(self) -> dict | None:
         """SGD over :meth:`param_groups` (with the client's kept state, if any) and a LambdaLR
-        schedule stepped once per local epoch, annealed to 0 over :meth:`schedule_epochs`."""
+        schedule stepped once per local epoch, annealed to 0 over :meth:`schedule_epochs`
+        (:mod:`fedmoap.methods.optim`)."""
         groups = self.param_groups()
         if not groups:
             return None
-        t = self.run.train
-        optimizer = torch.optim.SGD([{"params": g.params, "lr": g.lr} for g in groups], lr=t.lr,
-                                    momentum=t.momentum, weight_decay=t.weight_decay)
-        if self._optim_state is not None:
-            optimizer.load_state_dict(self._optim_state)
-            for group, g in zip(optimizer.param_groups, groups):  # the schedule restarts
-                group["lr"] = g.lr
-                group.pop("initial_lr", None)
-        epochs = self.schedule_epochs()
-        by_round = self.round_factor()
-
-        def cosine(epoch: int) -> float:
-            return 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if by_round is None else by_round
-
-        def constant(epoch: int) -> float:
-            return 1.0
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, [cosine if g.anneal else constant for g in groups])
-        self._optimizer = optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        self._optimizer = local_sgd(groups, self.run.train, self._optim_state)
+        scheduler = lr_schedule(self._optimizer, groups, self.schedule_epochs(), self.round_factor())
+        return {"optimizer": self._optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 class Server:
@@ -453,61 +439,6 @@ class FedAvgServer(Server):
 
     def load_state_dict(self, state: dict) -> None:
         self.global_state = dict(state["global"])
-
-
-def vision_prompt_problems(method: str, backbone: Backbone, knob: str, depth: int,
-                           hint: str = "") -> list[str]:
-    """Why ``backbone`` cannot take ``method``'s vision prompts in ``depth`` blocks (``knob`` names
-    the setting): not a ViT, or too few blocks. Empty if it can."""
-    if backbone.vision_width is None:
-        return [f"method {method} needs a ViT image tower: {backbone.describe()} cannot take prompt "
-                f"tokens (use an open_clip ViT such as ViT-B-16, or packaged-vit{hint})"]
-    if depth > backbone.vision_layers:
-        return [f"method.{knob} {depth} exceeds the image tower's {backbone.vision_layers} blocks"]
-    return []
-
-
-def text_depth_problems(backbone: Backbone, depth: int, knob: str = "text_depth") -> list[str]:
-    """Why ``backbone``'s text tower cannot take deep text prompts over ``depth`` blocks."""
-    if depth > 1 and depth > backbone.text_layers:
-        return [f"method.{knob} {depth}: {backbone.describe()} takes deep text prompts in at most "
-                f"{backbone.text_layers} blocks (open_clip text towers only)"]
-    return []
-
-
-def weighted_mean(uploads: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, float],
-                  like: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-    """The weighted mean of every uploaded tensor (any key, any shape), accumulated in float64.
-
-    Every participant must upload the same keys with the same shapes. The result has the dtype
-    of ``like[key]`` where given, else of the first upload.
-    """
-    ids = sorted(uploads)
-    if not ids:
-        raise ValueError("no uploads to average")
-    keys = set(uploads[ids[0]])
-    for i in ids:
-        if set(uploads[i]) != keys:
-            raise ValueError(f"client {i} uploaded {sorted(uploads[i])}, client {ids[0]} {sorted(keys)}")
-    w = torch.tensor([float(weights[i]) for i in ids], dtype=torch.float64)
-    w = w / w.sum()
-    out = {}
-    for key in sorted(keys):
-        stacked = torch.stack([uploads[i][key].double() for i in ids])
-        mean = (stacked * w.view(-1, *[1] * (stacked.dim() - 1))).sum(0)
-        out[key] = mean.to((like or {}).get(key, uploads[ids[0]][key]).dtype)
-    return out
-
-
-def _cpu_copy(obj: Any) -> Any:
-    """A deep copy with every tensor on the CPU (optimiser states alias live buffers)."""
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return obj
 
 
 # Method's own annotations, evaluated here where their names are defined: jsonargparse resolves a

@@ -30,6 +30,7 @@ class CoCoOpClient(PromptClient):
 
     method: "CoCoOp"
     personal_eval = False
+    shared_params = {"prompt": "ctx", "meta_net": "meta_net"}  # meta_net.0.weight, ...
 
     def __init__(self, method: "CoCoOp", backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -48,23 +49,8 @@ class CoCoOpClient(PromptClient):
             init[f"meta_net.{name}"] = (torch.rand(p.shape, generator=gen) * 2 - 1) * bound
         return init
 
-    def _load(self, payload: Payload) -> None:
-        with torch.no_grad():
-            self.ctx.copy_(payload["prompt"])
-            for name, p in self.meta_net.named_parameters():
-                p.copy_(payload[f"meta_net.{name}"])
-
     def reset(self, cid: int) -> None:
-        self._load(self.global_init())
-
-    def receive(self, payload: Payload) -> None:
-        self._load(payload)
-
-    prepare_eval = receive
-
-    def upload(self) -> Payload:
-        return {"prompt": self.ctx.detach().cpu().clone(),
-                **{f"meta_net.{n}": p.detach().cpu().clone() for n, p in self.meta_net.named_parameters()}}
+        self.load_shared(self.global_init())
 
     def image_contexts(self, features: Tensor) -> Tensor:
         """(B, n_ctx, W): ``P + pi(I_b)`` for L2-normalised image features (B, D)."""

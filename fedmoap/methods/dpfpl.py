@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
@@ -51,9 +51,6 @@ class DPFPLClient(GlobalPromptClient):
             self.local.copy_(torch.randn(self.local.shape, generator=gen) * 0.02)
             self.u.zero_()
             self.v.zero_()
-
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])  # the current global prompt + the client's own P_L
 
     def prepare_unseen(self, held: HeldOut) -> None:
         """P_G alone (P_L = 0): a never-trained client has no local prompt."""

@@ -38,6 +38,7 @@ from fedmoap.methods.prompts import PromptClient, PromptMethod
 
 class FedAMPClient(PromptClient):
     method: "FedAMP"
+    shared_params = {"prompt": "ctx"}  # uploaded; downloaded as the cloud model u_i
 
     cloud: Tensor | None = None
     """u_i of the current round (fixed during local training)."""
@@ -52,14 +53,11 @@ class FedAMPClient(PromptClient):
         self.cloud = payload["prompt"].to(self.ctx.device, self.ctx.dtype).clone()
         self.prox_weight = float(payload["prox_weight"])
         if self.method.amp_init == "u":
-            self.ctx.data.copy_(self.cloud)
+            self.load_shared(payload)
 
     def prepare_eval(self, payload: Payload) -> None:
-        if self.fresh:  # never trained: what it would start from
-            self.ctx.data.copy_(payload["prompt"])
-
-    def upload(self) -> Payload:
-        return {"prompt": self.ctx.detach().cpu().clone()}
+        if self.fresh:  # never trained: what it would start from; else its own w_i
+            self.load_shared(payload)
 
     def proximal(self) -> Tensor:
         """``lam / (2 alpha_k) * ||w - u_i||^2`` on the live parameter."""

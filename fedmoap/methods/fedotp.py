@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
 
@@ -101,6 +101,7 @@ def transport_logits(tokens: Tensor, text: Tensor, scale: Tensor | float, eps: f
 
 class FedOTPClient(PromptClient):
     method: "FedOTP"
+    shared_params = {"prompt": "ctx"}  # P_G; P_L (``local``) stays
 
     def __init__(self, method: "FedOTP", backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -120,19 +121,11 @@ class FedOTPClient(PromptClient):
         with torch.no_grad():
             self.local.copy_(self.initial_local())
 
-    def receive(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
-    prepare_eval = receive
-
     def prepare_unseen(self, held: HeldOut) -> None:
         """P_G alone: both slots hold P_G (with two equal prompts the transport plan splits each
         patch's mass equally, the logits are those of P_G with mass gamma)."""
         self.receive(held.download(None))
         self.local.data.copy_(self.ctx.data)
-
-    def upload(self) -> Payload:
-        return {"prompt": self.ctx.detach().cpu().clone()}
 
     def prompt_features(self) -> Tensor:
         """(2, C, D) L2-normalised text features of [P_G, P_L]; one text-tower batch."""

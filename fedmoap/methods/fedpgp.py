@@ -27,13 +27,14 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
-from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
 
 class FedPGPClient(PromptClient):
     method: "FedPGP"
+    shared_params = {"prompt": "ctx"}  # sigma_G; U, V stay
 
     def __init__(self, method: "FedPGP", backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -53,18 +54,10 @@ class FedPGPClient(PromptClient):
             self.u.copy_(torch.randn(self.u.shape, generator=gen) * 0.02)
             self.v.copy_(torch.randn(self.v.shape, generator=gen) * 0.02)
 
-    def receive(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
-    prepare_eval = receive
-
     def prepare_unseen(self, held: HeldOut) -> None:
         """sigma_G alone (U V = 0)."""
         self.receive(held.download(None))
         self.u.data.zero_()
-
-    def upload(self) -> Payload:
-        return {"prompt": self.ctx.detach().cpu().clone()}
 
     def personal_prompt(self) -> Tensor:
         return self.ctx + self.u @ self.v

@@ -92,9 +92,6 @@ class FedPHAClient(GlobalPromptClient):
         super().receive(payload)
         self.trained = True
 
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
     def begin_adaptation(self) -> None:
         super().begin_adaptation()
         self.trained = True

@@ -31,9 +31,6 @@ class FedProxClient(GlobalPromptClient):
         super().receive(payload)
         self.anchor = payload["prompt"].to(self.ctx.device, self.ctx.dtype).clone()
 
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
     def proximal(self) -> Tensor:
         """``mu/2 * ||ctx - anchor||^2`` on the live parameter (0 before a global prompt arrived)."""
         if self.anchor is None:

@@ -95,20 +95,13 @@ class FedTPGClient(PromptClient):
     def global_init(self) -> Payload:
         return {k: v.detach().cpu().clone() for k, v in self._new_generator().state_dict().items()}
 
-    def _load(self, payload: Payload) -> None:
-        self.generator.load_state_dict({k: v.to(self.device) for k, v in payload.items()})
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """All of the generator, under its own parameter names."""
+        return dict(self.generator.named_parameters())
 
     def reset(self, cid: int) -> None:
-        self._load(self.global_init())
+        self.load_shared(self.global_init())
         self.own = None
-
-    def receive(self, payload: Payload) -> None:
-        self._load(payload)
-
-    prepare_eval = receive
-
-    def upload(self) -> Payload:
-        return {k: v.detach().cpu().clone() for k, v in self.generator.state_dict().items()}
 
     def extra_state(self) -> dict[str, Tensor]:
         return {} if self.own is None else {"own": self.own}

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.field_flags import ADDED
-from fedmoap.methods.base import (FedAvgServer, ParamGroup, Payload, RunContext, text_depth_problems,
-                                  vision_prompt_problems)
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
@@ -52,24 +52,19 @@ class FedVPTClient(GlobalPromptClient):
             out["deep_text"] = torch.randn(m.text_depth - 1, *out["prompt"].shape, generator=gen) * 0.02
         return out
 
-    def reset(self, cid: int) -> None:
-        self.receive(self.global_init())
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """The text context, the visual prompt and (J > 1) the deep text prompts."""
+        deep = {"deep_text": self.deep_text} if self.method.text_depth > 1 else {}
+        return {"prompt": self.ctx, "vision": self.vision, **deep}
 
-    def receive(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-        self.vision.data.copy_(payload["vision"])
-        if self.method.text_depth > 1:
-            self.deep_text.data.copy_(payload["deep_text"])
+    def reset(self, cid: int) -> None:
+        self.load_shared(self.global_init())
 
     def upload(self) -> Payload:
-        out = {"vision": self.vision.detach().cpu().clone()}
+        """Every shared prompt; the visual prompt alone if the text is not trained."""
         if not self.method.train_text:
-            return out
-        if self.method.text_depth > 1:
-            out["deep_text"] = self.deep_text.detach().cpu().clone()
-        return {**super().upload(), **out}
-
-    prepare_eval = receive
+            return {"vision": self.vision.detach().cpu().clone()}
+        return super().upload()
 
     def text_features(self, ctx: Tensor | None = None) -> Tensor:
         if self.method.text_depth == 1 or ctx is not None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedmoap.methods.base import FedAvgServer, Payload
+from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
@@ -30,9 +30,6 @@ class KgCoOpClient(GlobalPromptClient):
     method: "KgCoOp"
     personal_eval = False
     _anchor: Optional[Tensor] = None
-
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
 
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)

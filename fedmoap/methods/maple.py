@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import (FedAvgServer, ParamGroup, Payload, RunContext, text_depth_problems,
-                                  vision_prompt_problems)
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
 
@@ -31,6 +31,7 @@ class MaPLeClient(GlobalPromptClient):
 
     method: "MaPLe"
     personal_eval = False
+    shared_params = {"prompt": "ctx", "deep_text": "deep_text", "proj": "proj"}  # proj.0.weight, ...
 
     def __init__(self, method: "MaPLe", backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -60,20 +61,7 @@ class MaPLeClient(GlobalPromptClient):
         return out
 
     def reset(self, cid: int) -> None:
-        self.receive(self.global_init())
-
-    def receive(self, payload: Payload) -> None:
-        with torch.no_grad():
-            self.ctx.copy_(payload["prompt"])
-            self.deep_text.copy_(payload["deep_text"])
-            for name, p in self.proj.named_parameters():
-                p.copy_(payload[f"proj.{name}"])
-
-    prepare_eval = receive
-
-    def upload(self) -> Payload:
-        return {"prompt": self.ctx.detach().cpu().clone(), "deep_text": self.deep_text.detach().cpu().clone(),
-                **{f"proj.{n}": p.detach().cpu().clone() for n, p in self.proj.named_parameters()}}
+        self.load_shared(self.global_init())
 
     def text_prompts(self) -> list[Tensor]:
         return [self.ctx, *self.deep_text]

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import (ClientModule, FedAvgServer, HeldOut, Method, ParamGroup, Payload,
-                                  RunContext, Server, vision_prompt_problems, weighted_mean)
+from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Method, ParamGroup, Payload, RunContext, Server
+from fedmoap.methods.checks import vision_prompt_problems
 from fedmoap.seeding import torch_generator
 
 
@@ -42,6 +43,7 @@ class VPTHeadClient(ClientModule):
         self.ccmp = m.uses_ccmp()
         self.personal_eval = m.local or (self.ccmp and m.prior == "client")
         self.keeps_statistics = self.ccmp and m.prior == "client"
+        self.keeps_parameters = m.local  # a federated client downloads its whole model every time
         self.shared = nn.Parameter(torch.zeros(m.shared_depth, m.shared_tokens, width))
         if self.ccmp:
             self.ccmp_block = m.ccmp_block(backbone.vision_layers)
@@ -85,8 +87,8 @@ class VPTHeadClient(ClientModule):
         bound = math.sqrt(6.0 / (3 * 16 * 16 + self.backbone.vision_width))  # VPT's (16-px patches)
         return torch.rand(shape, generator=gen) * (2 * bound) - bound
 
-    def parts(self) -> dict[str, Tensor]:
-        """Key -> the trainable tensor it names (what the server averages)."""
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Key -> the trainable tensor it names (what the server averages): all of them."""
         out = {"shared": self.shared, "head_weight": self.head.weight, "head_bias": self.head.bias}
         if self.ccmp:
             out["class_prompts"] = self.class_prompts
@@ -99,9 +101,7 @@ class VPTHeadClient(ClientModule):
     def receive(self, payload: Payload, keep_local: bool = True) -> None:
         """The downloaded model (a local-only client keeps its own)."""
         if not (self.method.local and keep_local):
-            with torch.no_grad():
-                for key, p in self.parts().items():
-                    p.copy_(payload[key])
+            self.load_shared(payload)
         if self.ccmp:
             self.prototypes.copy_(payload["prototypes"])
             self._usage.zero_()
@@ -119,7 +119,7 @@ class VPTHeadClient(ClientModule):
     def upload(self) -> Payload:
         if self.method.local:
             return {}
-        out = {k: p.detach().cpu().clone() for k, p in self.parts().items()}
+        out = super().upload()
         if self.ccmp and self.method.class_prompt_agg == "usage":
             out["usage"] = self._usage.float().clone()
         return out
@@ -129,23 +129,6 @@ class VPTHeadClient(ClientModule):
 
     def load_extra_state(self, extra: dict[str, Tensor]) -> None:
         self.prior_counts = extra.get("prior_counts")
-
-    def client_state(self) -> dict:
-        """A federated client keeps no trainable tensor (the model is downloaded every time):
-        its prior counts and, under the keep policy, its optimizer state."""
-        state = super().client_state()
-        if not self.method.local:
-            state["params"] = {}
-        return state
-
-    def load_client(self, cid: int, state: dict | None) -> None:
-        if state is None or self.method.local:
-            return super().load_client(cid, state)
-        super().load_client(cid, None)  # parameters: overwritten by receive / prepare_eval
-        self.fresh = False
-        self.load_extra_state(state.get("extra", {}))
-        if self.run.keep_optimizer_state:
-            self._optim_state = state.get("optim")
 
     # ----- statistics (set-up pass) -----------------------------------------------------------
     def statistics(self, batches) -> Payload:

@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import (FedAvgServer, ParamGroup, Payload, RunContext, text_depth_problems,
-                                  vision_prompt_problems, weighted_mean)
+from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
 from fedmoap.methods.fusion import CrossFusion
+from fedmoap.methods.optim import cosine
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
 
@@ -110,25 +112,15 @@ class PFedDCClient(GlobalPromptClient):
     def fusion_modules(self) -> list[CrossFusion]:
         return [*getattr(self, "fusion_text", []), *getattr(self, "fusion_vision", [])]
 
-    def global_parts(self) -> dict[str, nn.Parameter]:
-        """Upload key -> the global prompt it carries."""
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """Exactly the global prompts (downloaded, uploaded; evaluated with this client's own
+        local parts): payload key -> the global prompt it carries."""
         out = {"prompt": self.ctx}
         if self.method.text_depth > 1:
             out["prompt_deep"] = self.global_text_deep
         if self.method.vision:
             out["vision"] = self.global_vision
         return out
-
-    def receive(self, payload: Payload) -> None:
-        with torch.no_grad():
-            for key, p in self.global_parts().items():
-                p.copy_(payload[key])
-
-    prepare_eval = receive  # the latest global prompts with this client's own local parts
-
-    def upload(self) -> Payload:
-        """Exactly the global prompts."""
-        return {k: p.detach().cpu().clone() for k, p in self.global_parts().items()}
 
     # ----- model ------------------------------------------------------------------------------
     def fuse(self, g: Tensor, l: Tensor | None, modules: nn.ModuleList | None, j: int) -> Tensor:
@@ -186,7 +178,7 @@ class PFedDCClient(GlobalPromptClient):
         """One SGD group (PromptFL's when nothing but G_t exists); with ``fusion_lr`` or the
         two-stage schedule: the global prompts, then the private parts."""
         m, lr = self.method, self.run.train.lr
-        glob = list(self.global_parts().values())
+        glob = list(self.shared_parameters().values())
         prompts = [*glob, *([self.local_text] if self.local else []),
                    *([self.local_vision] if self.local and m.vision else [])]
         fusion = [p for module in self.fusion_modules() for p in module.parameters()]
@@ -207,8 +199,7 @@ class PFedDCClient(GlobalPromptClient):
         def stage(group: int):
             def factor(epoch: int) -> float:
                 on = (epoch < first) == (group == 0)
-                cosine = 0.5 * (1 + math.cos(math.pi * epoch / epochs)) if by_round is None else by_round
-                return cosine if on else 0.0
+                return cosine(epoch, epochs, by_round) if on else 0.0
             return factor
 
         optimizer = built["optimizer"]

@@ -80,7 +80,7 @@ class PFedMoAPClient(GlobalPromptClient):
 
     def prepare_eval(self, payload: Payload) -> None:
         if self.fresh:  # never trained: the global prompt, no experts (as a first-time participant)
-            self.ctx.data.copy_(payload["prompt"])
+            super().prepare_eval(payload)
 
     def adapt_unseen(self, held: HeldOut) -> None:
         """A first-time participant's round, then a returning participant's with the experts

@@ -55,9 +55,6 @@ class PFedPromptClient(GlobalPromptClient):
         super().receive(payload)
         self._seen = []
 
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
     def adapt_unseen(self, held: HeldOut) -> None:
         """A first-time participant's round; the features it saw become its cache (as when a
         participant's state is kept)."""

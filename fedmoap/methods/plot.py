@@ -42,9 +42,6 @@ class PLOTClient(GlobalPromptClient):
         rest = torch.randn(self.method.num_prompts - 1, *first.shape, generator=gen) * 0.02
         return {"prompt": torch.cat([first.unsqueeze(0), rest])}
 
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.ot_logits(batch["tokens"], self.text_features())
 

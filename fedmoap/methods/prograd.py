@@ -54,9 +54,6 @@ class ProGradClient(GlobalPromptClient):
         ctx[m.n_ctx - k:] = words[len(words) - k:]
         return {"prompt": ctx}
 
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
     def set_classnames(self, classnames: list[str]) -> None:
         super().set_classnames(classnames)
         self._teacher = None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedmoap.methods.base import FedAvgServer, Payload
+from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
@@ -11,9 +11,6 @@ class PromptFLClient(GlobalPromptClient):
     """Trains the global prompt on local data and uploads it; evaluated with the global prompt."""
 
     personal_eval = False
-
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
 
 
 @dataclass

@@ -13,16 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fedmoap.methods.base import FedAvgServer, Payload
+from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
 class PromptFLFTClient(GlobalPromptClient):
     method: "PromptFLFT"
     personal_eval = True  # each client fine-tunes its own copy
-
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
 
     def eval_adaptation_epochs(self, t: int, final: bool) -> int:
         m = self.method

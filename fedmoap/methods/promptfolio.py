@@ -55,9 +55,6 @@ class PromptFolioClient(GlobalPromptClient):
         super().receive(payload)
         self.trained = True
 
-    def prepare_eval(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
     @property
     def theta(self) -> float:
         return self.method.theta if self.trained else self.method.unseen_theta

@@ -105,10 +105,7 @@ class PromptClient(ClientModule):
 
 
 class GlobalPromptClient(PromptClient):
-    """Trains the downloaded global prompt and uploads it (FedAvg of one prompt)."""
+    """Trains the downloaded global prompt and uploads it (FedAvg of one prompt); evaluated with
+    the server's current prompt (and whatever private parts a subclass adds)."""
 
-    def receive(self, payload: Payload) -> None:
-        self.ctx.data.copy_(payload["prompt"])
-
-    def upload(self) -> Payload:
-        return {"prompt": self.ctx.detach().cpu().clone()}
+    shared_params = {"prompt": "ctx"}
