@@ -145,7 +145,7 @@ def assemble(cfg: RunConfig, data: FederatedData, backbone: Backbone, *, store: 
     if cfg.dp.mode != "off":  # may refuse a budget (fedmoap/privacy.py)
         federation.privacy = federation.training = Privacy(
             cfg.dp, seed=cfg.seed, method=method, module=module, data=data, schedule=schedule,
-            state=privacy_state, inner=federation.training)
+            state=privacy_state, inner=federation.training, trainers=federation.trainers)
     return federation
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from worlds import tiny_federation, tiny_world
 
-from fedmoap.cli import main
+from fedmoap.cli import main, parse_fit
 from fedmoap.config import DPArgs, TrainArgs
 from fedmoap.config import added_section_defaults
 from fedmoap.fit import config_digest
@@ -356,3 +356,24 @@ def test_dpfpl_prompt_and_low_rank_local_update(world):
     assert list(private_parameters(m)) == ["ctx", "u", "v"]  # its dp_parameters, not P_L
     m.eval()
     assert torch.equal(m.client_ctx(), m.ctx + m.local)
+
+
+def test_dp_plans_no_steps_for_held_out_clients(tmp_path):
+    """Held-out clients (eval.modes unseen_clients) never train, so the accountant's plan, and the
+    noise multiplier solved from it, leave them out; CoOp trains every client (the method's own
+    choice), which must not bring them back. Seed 4 holds out client 0, the busiest plan: counting
+    it asked for z 1.3721 instead of 1.2305."""
+    from fedmoap.build import build_federation
+    from fedmoap.rounds import default_fabric
+
+    cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--method", "coop", "--method.epochs", "2", "--seed", "4",
+                           "--eval.modes", "[local,unseen_clients]", "--dp.mode", "record_sgd", "--dp.clip", "1.0",
+                           "--dp.epsilon", "8", "--data.feature_cache", str(tmp_path / "cache")])
+    fed, resolved = build_federation(cfg, run_dir=tmp_path / "run", fabric=default_fabric())
+    privacy = fed.privacy
+    planned = privacy.planned_steps(cfg.fed.rounds)
+    assert resolved.held_out == [0] and planned[0] == 0
+    assert all(planned[c] > 0 for c in fed.schedule.clients)
+    plans = [(privacy.sample_rate(c), s) for c, s in planned.items() if s > 0]
+    assert privacy.noise_multiplier == solve_noise_multiplier(8.0, cfg.dp.delta, plans)
+    assert round(privacy.noise_multiplier, 4) == 1.2305
