@@ -1,0 +1,32 @@
+"""How much the held-out-clients fix moves the solved DP noise multiplier on configs/smoke.yaml
+(eval.modes [local,unseen_clients], record_sgd, clip 1, epsilon 8): z solved from the federation's
+own plan (who trains) against the plan that also counted the held-out clients, seeds 0-5.
+
+    python scripts/diagnostics/dp_held_out_z.py
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from fedmoap.cli import parse_fit
+from fedmoap.build import build_federation
+from fedmoap.privacy import Privacy
+from fedmoap.rounds import default_fabric
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+for seed in range(6):
+    for method in ["coop", "local_vpt"]:
+        extra = (["--method.epochs", "2"] if method == "coop" else
+                 ["--method.shared_depth", "2", "--method.shared_tokens", "2"])
+        cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--method", method, *extra, "--seed", str(seed),
+                               "--eval.modes", "[local,unseen_clients]", "--dp.mode", "record_sgd", "--dp.clip", "1.0",
+                               "--dp.epsilon", "8", "--fabric.threads", "1"])
+        try:
+            fed, res = build_federation(cfg, run_dir=Path(tempfile.mkdtemp()), fabric=default_fabric())
+        except Exception as e:
+            print(method, seed, "error", e); continue
+        after = fed.privacy.noise_multiplier
+        before = Privacy(cfg.dp, seed=cfg.seed, method=cfg.method, module=fed.module, data=fed.data,
+                         schedule=fed.schedule, inner=fed.training.inner).noise_multiplier
+        print(f"seed {seed} {method:9s} held-out {res.held_out}: z before {before:.4f} after {after:.4f} "
+              f"({100 * (after - before) / before:+.2f} %)", flush=True)
