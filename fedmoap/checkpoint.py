@@ -6,7 +6,10 @@ No RNG state is needed: every random draw derives from (seed, round, client id).
 """
 from __future__ import annotations
 
+import functools
 import re
+import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,30 @@ CKPT_FORMAT = 3
 _NAME = re.compile(r"round_(\d+)\.pt$")
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, str | None]:
+    """The code that writes a checkpoint: the installed fedmoap version and, when the package runs
+    from a git checkout, its commit (with ``+dirty`` for uncommitted changes). Recorded in every
+    checkpoint and in ``results.json``, so a resumed run that crossed a code change says so."""
+    try:
+        version = metadata.version("fedmoap")
+    except metadata.PackageNotFoundError:
+        version = None
+    commit = None
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():
+        try:
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                  text=True, timeout=5)
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            if head.returncode == 0:
+                commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"version": version, "commit": commit}
+
+
 def checkpoint_path(run_dir: Path, t: int) -> Path:
     return run_dir / "checkpoints" / f"round_{t:04d}.pt"
 
@@ -26,7 +53,7 @@ def checkpoint_path(run_dir: Path, t: int) -> Path:
 def save_checkpoint(run_dir: Path, t: int, state: dict[str, Any], keep: int) -> Path:
     """Write round ``t``'s checkpoint, then delete all but the newest ``keep``."""
     path = checkpoint_path(run_dir, t)
-    atomic_torch_save(path, {"format": CKPT_FORMAT, "round": t, **state})
+    atomic_torch_save(path, {"format": CKPT_FORMAT, "round": t, "code": code_version(), **state})
     for old in _rounds(run_dir)[:-max(keep, 1)]:
         checkpoint_path(run_dir, old).unlink(missing_ok=True)
     return path

@@ -33,7 +33,7 @@ from fedmoap import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
 from fedmoap.build import DEFAULT_CACHE, Resolved, assemble, resolve  # noqa: F401  (DEFAULT_CACHE: public here)
-from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
+from fedmoap.checkpoint import checkpoint_path, code_version, latest_round, load_latest, save_checkpoint
 from fedmoap.config import RunConfig, config_dict, config_digest, neutral_keys  # noqa: F401  (config_digest: public here)
 from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
@@ -174,6 +174,10 @@ def build(s: Setup, backbone: Backbone | None) -> tuple[Federation, Resolved, li
         raise FedmoapError(f"checkpoint {checkpoint_path(s.run_dir, ckpt['round'])} does not fit this run "
                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); move it away to "
                            "resume from an earlier one") from None
+    made_by, now = (ckpt or {}).get("code"), code_version()
+    if made_by is not None and made_by != now and s.comm.is_main:
+        print(f"fedmoap: note: resuming a checkpoint written by fedmoap {made_by.get('version')} "
+              f"(commit {made_by.get('commit')}) with {now['version']} (commit {now['commit']})", file=sys.stderr)
     if federation.privacy is not None and s.comm.is_main:
         data = resolved.data
         note = preset_note(cfg.dp, cfg.data.num_clients, min(map(data.train_size, range(data.num_clients))))
@@ -237,7 +241,7 @@ def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, pr
               if comm.is_main else None)
     extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
              "num_clients": cfg.data.num_clients, "config_digest": s.digest,
-             "world_size": comm.world_size,
+             "world_size": comm.world_size, "code": code_version(),
              "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"], **checks}
     if privacy is not None:
         extra["privacy"] = privacy.summary  # the accountant updates it in place every round

@@ -42,8 +42,9 @@ counts would reach the server outside both mechanisms and their accountant.
 ε is computed by Opacus's RDP and PRV accountants for the steps actually taken; ``dp.epsilon``
 solves z (``opacus.accountants.utils.get_noise_multiplier``) for the steps the planned
 ``fed.rounds`` take, for the worst client; the plan asks the federation who trains in each round
-(:meth:`~fedmoap.rounds.Federation.trainers`), so held-out clients, which never train, plan no step. The solved z is kept in the checkpoint, so extending a
-finished run keeps it (and its ε then grows past the target).
+(:meth:`~fedmoap.rounds.Federation.trainers`), so held-out clients, which never train, plan no
+step. The solved z is kept in the checkpoint, so extending a finished run keeps it (and its ε then
+grows past the target).
 """
 from __future__ import annotations
 
