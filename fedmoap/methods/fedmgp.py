@@ -91,6 +91,8 @@ class FedMGPClient(PromptClient):
         self._due, self._globals = False, {}
 
     # ----- communication ----------------------------------------------------------------------
+    # What is shared changes from round to round (s of the G groups, chosen after training), so
+    # FedMGP writes its own download and upload instead of declaring shared parameters.
     def _write(self, payload: Payload) -> None:
         """The latest globals into the groups the client last uploaded, rank by rank."""
         if not payload or self.sent is None:

@@ -117,20 +117,19 @@ class FedMVPClient(ClientModule):
             return PromptFormer(bb.embed_dim, bb.vision_width, m.heads, m.prompt_tokens)
 
     def global_init(self) -> Payload:
-        return {k: v.detach().cpu().clone() for k, v in self._new_former().state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self._new_former().named_parameters()}
+
+    def shared_parameters(self) -> dict[str, nn.Parameter]:
+        """All of the PromptFormer, under its own parameter names."""
+        return dict(self.former.named_parameters())
 
     def reset(self, cid: int) -> None:
-        self.receive(self.global_init())
+        self.load_shared(self.global_init())
         self.own = None
 
     def receive(self, payload: Payload) -> None:
-        self.former.load_state_dict({k: v.to(self.device) for k, v in payload.items()})
+        super().receive(payload)
         self._steps = 0
-
-    prepare_eval = receive
-
-    def upload(self) -> Payload:
-        return {k: v.detach().cpu().clone() for k, v in self.former.state_dict().items()}
 
     def extra_state(self) -> dict[str, Tensor]:
         return {} if self.own is None else {"own": self.own}

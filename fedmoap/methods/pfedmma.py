@@ -84,6 +84,7 @@ class PFedMMAClient(ClientModule):
     """Personal text and image adapters, the shared projections (global) and the fixed prompts."""
 
     method: "PFedMMA"
+    shared_params = {"shared": "shared"}  # shared.0.0.weight, ...; down/up stay
 
     def __init__(self, method: "PFedMMA", backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
@@ -106,15 +107,7 @@ class PFedMMAClient(ClientModule):
         gen = torch_generator(self.run.seed, "pfedmma/personal")
         _kaiming(self.text, gen)
         _kaiming(self.vision, gen)
-        self.receive(self.global_init())
-
-    def receive(self, payload: Payload) -> None:
-        self.shared.load_state_dict({k[len("shared."):]: v.to(self.device) for k, v in payload.items()})
-
-    prepare_eval = receive
-
-    def upload(self) -> Payload:
-        return {f"shared.{k}": v.detach().cpu().clone() for k, v in self.shared.state_dict().items()}
+        self.load_shared(self.global_init())
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Prompts for ``classnames`` (the adapters are class-agnostic)."""
