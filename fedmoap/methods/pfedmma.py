@@ -91,14 +91,16 @@ class PFedMMAClient(ClientModule):
         super().__init__(method, backbone, classnames, run)
         n, r = method.num_blocks, method.adapter_dim
         self.slots = backbone.prepare_prompts([method.prompt.format(c) for c in classnames], 0)
-        self.text = nn.ModuleList(ModalAdapter(backbone.ctx_width, r) for _ in range(n))
-        self.vision = nn.ModuleList(ModalAdapter(backbone.vision_width, r) for _ in range(n))
-        self.shared = nn.ModuleList(_relu_linear(r, r) for _ in range(n))
-        """h_l, the same module on text block l and image block l; the only uploaded part."""
+        with torch.random.fork_rng(devices=[]):  # every value is set in reset, from the run seed
+            self.text = nn.ModuleList(ModalAdapter(backbone.ctx_width, r) for _ in range(n))
+            self.vision = nn.ModuleList(ModalAdapter(backbone.vision_width, r) for _ in range(n))
+            self.shared = nn.ModuleList(_relu_linear(r, r) for _ in range(n))
+            """h_l, the same module on text block l and image block l; the only uploaded part."""
 
     def global_init(self) -> Payload:
-        shared = nn.ModuleList(_relu_linear(self.method.adapter_dim, self.method.adapter_dim)
-                               for _ in range(self.method.num_blocks))
+        r, n = self.method.adapter_dim, self.method.num_blocks
+        with torch.random.fork_rng(devices=[]):
+            shared = nn.ModuleList(_relu_linear(r, r) for _ in range(n))
         _kaiming(shared, torch_generator(self.run.seed, "pfedmma/shared"))
         return {f"shared.{k}": v for k, v in shared.state_dict().items()}
 
