@@ -32,7 +32,7 @@ DP = {"client_upload": ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.
       "record_sgd": ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"]}
 MODES = ["global", "neighbor", "base2novel", "unseen_clients"]
 TIMING = ("seconds", "setup_s", "round_s")
-SIZE = {"depth": "2"}
+SIZE = {"depth": "2", "text_blocks": "[1, 2]", "vision_blocks": "[1, 2]"}
 """Knobs set where a method has them, so that it fits the smoke config's 2-block tiny model."""
 
 

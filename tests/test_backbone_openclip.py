@@ -65,3 +65,37 @@ def test_local_checkpoint_loads(tmp_path, backbone):
     assert other.image_fingerprint() == backbone.image_fingerprint()
     assert OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=123).image_fingerprint() != \
         backbone.image_fingerprint()
+
+
+def test_zero_adapters_leave_the_text_tower_exact_and_others_match_a_plain_loop(backbone):
+    """``Backbone.adapted``: adapters returning zeros give open_clip's own text features; a
+    non-zero one on block 1 equals ``block(x) + δ(block.ln_1(x))`` written out by hand."""
+    texts = [f"a photo of a {n}." for n in NAMES]
+    slots = backbone.prepare_prompts(texts, n_ctx=0)
+    zero = {j: (lambda h: torch.zeros_like(h)) for j in range(len(backbone.adapter_blocks("text")))}
+    with torch.no_grad():
+        reference = backbone.model.encode_text(backbone.tokenizer(texts))
+        backbone.share_prefix = False
+        full = backbone.encode_prompts(slots)
+        backbone.share_prefix = True
+        with backbone.adapted(text=zero):
+            adapted = backbone.encode_prompts(slots)
+        assert torch.equal(adapted, full)
+        torch.testing.assert_close(adapted, reference, atol=1e-5, rtol=1e-5)
+
+        delta = torch.nn.Linear(backbone.ctx_width, backbone.ctx_width)
+        with backbone.adapted(text={1: delta}):
+            got = backbone.encode_prompts(slots)
+        t = backbone.text
+        x = t.token_embedding(backbone.tokenizer(texts)[:, :slots.seq_len]) + t.positional_embedding[:slots.seq_len]
+        mask = t.attn_mask[:slots.seq_len, :slots.seq_len]
+        first, second = t.transformer.resblocks
+        x = first(x, attn_mask=mask)
+        x = second(x, attn_mask=mask) + delta(second.ln_1(x))
+        want = t.ln_final(x)[torch.arange(len(texts)), slots.extra["eot"]] @ t.text_projection
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, reference, atol=1e-3)
+    with pytest.raises(ValueError, match="text blocks \\[2\\]"):
+        with backbone.adapted(text={2: delta}):
+            pass
+    assert backbone._adapting == 0 and not any(b._forward_hooks for b, _ in backbone.adapter_blocks("text"))

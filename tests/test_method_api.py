@@ -29,7 +29,7 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
 SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2,
          "fusion_heads": 4, "shared_tokens": 2, "class_tokens": 1,
-         "bottleneck": 2, "ft_epochs": 1, "depth": 2}
+         "bottleneck": 2, "ft_epochs": 1, "depth": 2, "text_blocks": [1, 2], "vision_blocks": [1, 2]}
 """Knob values that keep every method small on the tiny model (applied where a method has them)."""
 NUM_CLIENTS = 4
 

@@ -232,3 +232,40 @@ def test_build_backbone_default(backbone, cache_dir, monkeypatch):
             x = block(x)
         assert (built.vit.norm(x) - built.vit.forward_features(images)).abs().max() <= 1e-5
         assert torch.equal(built.encode_image(images), built.encode_image_prompted(images))
+
+
+def test_adapters_on_both_towers(backbone, images):
+    """``Backbone.adapted``: zero adapters leave DINOv2 and MiniLM exact; a non-zero adapter on
+    DINOv2 block 3 equals ``block(x) + δ(block.norm1(x))``, and on MiniLM's last (post-norm)
+    layer it adds δ of that layer's raw input to its output."""
+    from fedmoap.backbones.packaged import _mean_normalise
+
+    texts = ["a photo of a coat.", "a photo of a bag, which has handles."]
+    slots = backbone.prepare_prompts(texts, 0)
+    zero = {"text": {j: torch.zeros_like for j in range(6)},
+            "image": {j: torch.zeros_like for j in range(12)}}
+    g = torch.Generator().manual_seed(4)
+    vision_delta, text_delta = (torch.nn.Linear(384, 384) for _ in range(2))
+    for layer in (vision_delta, text_delta):
+        torch.nn.init.normal_(layer.weight, std=0.05, generator=g)
+    with torch.no_grad():
+        plain_image, plain_text = backbone.encode_image(images), backbone.encode_prompts(slots)
+        with backbone.adapted(**zero):
+            assert torch.equal(backbone.encode_image(images), plain_image)
+            assert torch.equal(backbone.encode_prompts(slots), plain_text)
+        with backbone.adapted(image={3: vision_delta}, text={5: text_delta}):
+            got_image, got_text = backbone.encode_image(images), backbone.encode_prompts(slots)
+        vit = backbone.vit
+        x = backbone.vit_pre(backbone.vit_embed(images))
+        for i, block in enumerate(vit.blocks):
+            x = block(x) + (vision_delta(block.norm1(x)) if i == 3 else 0)
+        x = vit.norm(x)
+        want_image = backbone.bridge(torch.cat([x[:, 0], x[:, 1:].mean(1)], dim=-1))
+        mask = slots.extra["attention_mask"]
+        embeddings = torch.cat([slots.prefix, slots.suffix], dim=1)
+        out = backbone.text_tower(inputs_embeds=embeddings, attention_mask=mask, output_hidden_states=True)
+        last = out.last_hidden_state + text_delta(out.hidden_states[-2])
+        want_text = backbone.projection(_mean_normalise(last, mask))
+    torch.testing.assert_close(got_image, want_image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_text, want_text, atol=1e-5, rtol=1e-5)
+    assert (got_image - plain_image).abs().max() > 1e-3 and (got_text - plain_text).abs().max() > 1e-3

@@ -94,3 +94,29 @@ def test_vision_prompt_methods_refuse_a_cnn_and_too_deep_prompts(name, knob):
     assert method().backbone_problems(tiny) == []
     (problem,) = method(**{knob: tiny.vision_layers + 1}).backbone_problems(tiny)
     assert problem == f"method.{knob} {tiny.vision_layers + 1} exceeds the image tower's {tiny.vision_layers} blocks"
+
+
+def test_zero_adapters_leave_the_image_tower_exact_and_others_match_a_plain_loop(tiny):
+    """``Backbone.adapted`` on the image tower: zeros give open_clip's ``encode_image`` (with and
+    without prompt tokens); an adapter on block 0 equals ``block(x) + δ(block.ln_1(x))``."""
+    v = tiny.model.visual
+    x = images(tiny, n=3, seed=2)
+    zero = {j: (lambda h: h * 0) for j in range(tiny.vision_layers)}
+    prompt = torch.randn(2, tiny.vision_width)
+    delta = torch.nn.Linear(tiny.vision_width, tiny.vision_width)
+    with torch.no_grad():
+        plain, prompted = tiny.model.encode_image(x), tiny.encode_image_prompted(x, [{0: prompt}])
+        with tiny.adapted(image=zero):
+            assert torch.equal(tiny.model.encode_image(x), plain)
+            assert torch.equal(tiny.encode_image_prompted(x, [{0: prompt}]), prompted)
+        with tiny.adapted(image={0: delta}):
+            got = tiny.encode_image(x)
+        h = v.conv1(x).flatten(2).transpose(1, 2)
+        h = v.ln_pre(torch.cat([v.class_embedding.expand(3, 1, -1), h], 1) + v.positional_embedding)
+        first, second = v.transformer.resblocks
+        h = second(first(h) + delta(first.ln_1(h)))
+        want = v.ln_post(h[:, 0]) @ v.proj
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)
+    resnet = OpenCLIPBackbone.build("fedmoap-tiny-rn", None, seed=0)
+    assert resnet.adapter_blocks("image") == [] and len(resnet.adapter_blocks("text")) == 2

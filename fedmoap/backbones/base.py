@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,12 @@ class PromptSlots:
             self.prefix.to(device), self.suffix.to(device), self.n_ctx,
             {k: v.to(device) for k, v in self.extra.items()},
         )
+
+
+Adapter = Callable[[Tensor], Tensor]
+"""A residual branch on one transformer block: (..., W) normalised block input -> (..., W), added to
+the block's output (:meth:`Backbone.adapted`)."""
+Tower = Literal["text", "image"]
 
 
 class Backbone(nn.Module, ABC):
@@ -238,7 +245,7 @@ class Backbone(nn.Module, ABC):
         if ctx3.shape[1] != slots.n_ctx:
             raise ValueError(f"ctx has {ctx3.shape[1]} vectors, prompts have {slots.n_ctx} slots")
         ctx3 = ctx3.to(slots.prefix.dtype)
-        feats = self.encode_shared_prefix(slots, ctx3)
+        feats = None if self._adapting else self.encode_shared_prefix(slots, ctx3)
         if feats is None:
             x = torch.cat(
                 [
@@ -268,6 +275,60 @@ class Backbone(nn.Module, ABC):
         from fedmoap.errors import FedmoapError
         raise FedmoapError(f"{self.describe()}: its text tower takes no deep prompts (text_depth "
                            "> 1 needs an open_clip model)")
+
+
+    # ----- residual adapters on the blocks (pFedMMA) ------------------------------------------------
+    _adapting: int = 0
+
+    def adapter_blocks(self, tower: Tower) -> Sequence[tuple[nn.Module, Callable[[Tensor], Tensor]]]:
+        """The transformer blocks of ``tower`` that :meth:`adapted` can hook, in order, each with the
+        norm its residual branches read their input through (a pre-norm block's first LayerNorm;
+        the identity for a post-norm block, whose input is already the previous block's
+        normalised output). Empty for a tower without such blocks (a CNN)."""
+        return []
+
+    @contextmanager
+    def adapted(self, text: Mapping[int, Adapter] | None = None,
+                image: Mapping[int, Adapter] | None = None) -> Iterator[None]:
+        """Residual adapters on the blocks of both towers, for whatever is encoded inside the
+        context: block j (0-based, of :meth:`adapter_blocks`) with an adapter δ_j computes
+        ``x <- block_j(x) + δ_j(norm_j(x))`` from its input x, at every position (prompt tokens
+        included). It is a forward hook on the block modules, so every encoding path that runs the
+        blocks takes it (``encode_prompts``, ``encode_image``, ``encode_image_prompted``, deep
+        prompts); the text path that shares the prompts' common prefix is switched off inside,
+        since it does not run the blocks as modules. Adapters returning zeros leave every feature
+        exactly as it is without them."""
+        text, image = dict(text or {}), dict(image or {})
+        hooks = []
+        try:
+            for tower, adapters in (("text", text), ("image", image)):
+                blocks = self.adapter_blocks(tower)
+                bad = sorted(set(adapters) - set(range(len(blocks))))
+                if bad:
+                    raise ValueError(f"adapters for {tower} blocks {bad}: {self.describe()}'s {tower} "
+                                     f"tower has {len(blocks)} that take them")
+                for j, adapter in adapters.items():
+                    module, norm = blocks[j]
+                    hooks.append(module.register_forward_hook(_residual_hook(adapter, norm), with_kwargs=True))
+            self._adapting += 1
+            try:
+                yield
+            finally:
+                self._adapting -= 1
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+def _residual_hook(adapter: Adapter, norm: Callable[[Tensor], Tensor]) -> Callable:
+    """A forward hook adding ``adapter(norm(block input))`` to a block's output (a tensor, or the
+    first element of a tuple)."""
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output):
+        x = args[0] if args else next(iter(kwargs.values()))
+        if isinstance(output, tuple):
+            return (output[0] + adapter(norm(x)), *output[1:])
+        return output + adapter(norm(x))
+    return hook
 
 
 def _digest_params(tensors: list[Tensor]) -> str:

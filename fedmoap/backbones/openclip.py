@@ -174,6 +174,14 @@ class OpenCLIPBackbone(Backbone):
             pooled, tokens = pooled @ v.proj, tokens @ v.proj
         return pooled, tokens
 
+    def adapter_blocks(self, tower: str) -> list[tuple[nn.Module, Callable[[Tensor], Tensor]]]:
+        """The residual attention blocks of the text tower, or of a ViT image tower, each with its
+        first LayerNorm (``ln_1``); none for a CNN image tower."""
+        if tower == "image" and self.vision_width is None:
+            return []
+        tower_module = self.text if tower == "text" else self.model.visual
+        return [(block, block.ln_1) for block in tower_module.transformer.resblocks]
+
     # ----- text -------------------------------------------------------------------------------
     def _tokenize(self, texts: list[str]) -> Tensor:
         """Token ids of ``texts`` on the token embedding's device, after checking once that the

@@ -200,6 +200,12 @@ class MiniLMText:
         """A digest of the text tower's weights (the map excluded)."""
         return _digest_params([t.reshape(-1) for t in self.text_tower.state_dict().values()])
 
+    def text_adapter_blocks(self) -> list[tuple[nn.Module, Callable[[Tensor], Tensor]]]:
+        """MiniLM's six BERT layers for :meth:`~fedmoap.backbones.base.Backbone.adapted`. They are
+        post-norm: a layer's input is already the previous layer's (or the embeddings')
+        LayerNorm output, so an adapter reads it as it is (identity norm)."""
+        return [(layer, _identity) for layer in self.text_tower.encoder.layer]
+
     def _word_embeddings(self) -> nn.Embedding:
         return self.text_tower.get_input_embeddings()
 
@@ -332,6 +338,10 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
     def describe(self) -> str:
         return "packaged-towers (EfficientNet-Lite0, a CNN)"
 
+    def adapter_blocks(self, tower: str) -> list[tuple[nn.Module, Callable[[Tensor], Tensor]]]:
+        """MiniLM's layers for the text tower; none for the EfficientNet image tower (a CNN)."""
+        return self.text_adapter_blocks() if tower == "text" else []
+
     def encode_image_tokens(self, images: Tensor) -> Tensor:
         """(N, H*W, 1280) per-position features of the last feature map (7 x 7 at 224 px), whose
         mean is :meth:`encode_image`'s pooled feature."""
@@ -345,6 +355,10 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
         return [v.clone(memory_format=torch.contiguous_format)
                 for k, v in self.image_tower.state_dict().items()
                 if not k.endswith("num_batches_tracked")]
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def _mean_normalise(hidden: Tensor, mask: Tensor) -> Tensor:

@@ -225,6 +225,13 @@ class PackagedViTBackbone(MiniLMText, Backbone):
     def vit_blocks(self) -> list[Callable[[Tensor], Tensor]]:
         return list(self.vit.blocks)
 
+    def adapter_blocks(self, tower: str) -> list[tuple[nn.Module, Callable[[Tensor], Tensor]]]:
+        """MiniLM's layers for the text tower; DINOv2's pre-norm blocks, each with its first
+        LayerNorm (``norm1``), for the image tower."""
+        if tower == "text":
+            return self.text_adapter_blocks()
+        return [(block, block.norm1) for block in self.vit.blocks]
+
     def vit_head(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Final norm, then the pooled feature through the bridge and each patch token through the
         token bridge."""
