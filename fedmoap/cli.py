@@ -98,15 +98,15 @@ def _sweep(argv: list[str]) -> int:
             return 0
         out = ns.out or "sweep.txt"
         n = sweep.write_sweep(out, ns.config, ns.grid, ns.seeds, ns.runs_root)
-    except (ArgumentError, FedmoapError) as exc:
-        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    except Preempted as exc:
-        print(f"fedmoap: preempted: {exc}", file=sys.stderr)
+    except Preempted as exc:  # before FedmoapError, its base: exit 3, rerun to resume
+        print(f"fedmoap: preempted: {exc}; rerun the same command to resume", file=sys.stderr)
         return EXIT_PREEMPTED
     except Interrupted as exc:
         print(f"fedmoap: {exc}; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (ArgumentError, FedmoapError) as exc:
+        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     print(f"{n} runs -> {out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {out}")
     return 0
 
@@ -116,7 +116,8 @@ def _report(argv: list[str]) -> int:
     try:
         ns = build_parser().parse_args(argv).report
         if ns.study:
-            from fedmoap.study import load_study, study_report
+            from fedmoap.study import load_study
+            from fedmoap.sweep import study_report
             print(study_report(load_study(ns.study), ns.out))
             return 0
         if not ns.runs:

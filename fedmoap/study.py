@@ -117,16 +117,16 @@ class Study:
 
     def cells(self, out: str | Path | None = None, extra: dict[str, Any] | None = None) -> list[Cell]:
         """Every cell in run order (split, then seed, then variant), each parsed and validated as
-        ``fedmoap fit`` would; ``extra``: overrides of every run after the study's own (settings
-        that do not change numbers only, see :func:`check_extra`)."""
+        ``fedmoap fit`` would; ``extra``: overrides of every run after the study's own
+        (:func:`fedmoap.sweep.check_extra` keeps them to settings that do not change numbers)."""
         from fedmoap.config import config_dict, config_digest
         from fedmoap.validate import validate
 
         out = Path(out) if out is not None else self.default_out()
-        extra_args = to_args(check_extra(extra or {}), "--set")
-        self._parse(to_args(self.base, "base"), "base")
+        extra_args = to_args(extra or {})
+        self._parse(to_args(self.base), "base")
         for s, overrides in self.splits.items():
-            self._parse(to_args(self.base, "base") + to_args(overrides, f"splits.{s}"), f"splits.{s}")
+            self._parse(to_args(self.base) + to_args(overrides), f"splits.{s}")
         cells = []
         parsed: dict[tuple[str, str], Any] = {}
         for split, split_overrides in self.splits.items():
@@ -137,9 +137,9 @@ class Study:
                         continue
                     run_dir = out / split / f"seed{seed}" / v.key
                     shares = not any("data.split_file" in m for m in (self.base, split_overrides, v.overrides))
-                    common = (to_args(self.base, "base") + to_args(split_overrides, f"splits.{split}")
+                    common = (to_args(self.base) + to_args(split_overrides)
                               + (["--config", v.config] if v.config else [])
-                              + to_args(v.overrides, f"variants.{v.label}.overrides") + extra_args)
+                              + to_args(v.overrides) + extra_args)
                     split_file = str(writer / "split.json") if shares and writer is not None else None
                     args = common + ["--seed", str(seed)] + (["--data.split_file", split_file] if split_file else [])
                     where = f"variants.{v.label} (split {split}, seed {seed})"
@@ -168,7 +168,7 @@ class Study:
             raise FedmoapError(f"{self.path}: {where}: {exc}") from None
 
 
-def to_args(overrides: dict[str, Any], where: str) -> list[str]:
+def to_args(overrides: dict[str, Any]) -> list[str]:
     """``{"method": "pfedmoap", "method.lam": 0}`` -> ``["--method", "pfedmoap", "--method.lam",
     "0"]``: ``config`` first (it is ``--config``), then ``method`` (its knobs follow it), then
     the rest in the file's order."""
@@ -181,28 +181,7 @@ def to_args(overrides: dict[str, Any], where: str) -> list[str]:
 
 def _text(value: Any) -> str:
     """A YAML value as the command line writes it (jsonargparse reads it back as YAML)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, (int, float)):
-        return str(value)
-    return json.dumps(value)
-
-
-def check_extra(extra: dict[str, Any]) -> dict[str, Any]:
-    """Overrides given beside a study (``--set``) may only change how runs are computed, not their
-    numbers (the neutral keys: ``fabric.*``, ``data.feature_cache``, ...), so that the study's
-    run directories keep holding the study's runs."""
-    from fedmoap.config import neutral_keys
-
-    # rounds and evaluation rounds are neutral (a run may be extended) but move the table
-    neutral = {f"{s}.{k}" for s, k in neutral_keys()} - {"fed.rounds", "fed.eval_every"}
-    for key in extra:
-        if key not in neutral:
-            raise FedmoapError(f"--set {key}: only settings that do not change results may be set beside "
-                               f"a study ({', '.join(sorted(neutral))}); write another study for the rest")
-    return extra
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def load_study(path: str | Path) -> Study:
@@ -316,37 +295,3 @@ def _table(value: Any, splits: list[str], bad) -> tuple[list[str], list[str]]:
         raise bad("table.splits", f"{shown!r} is not a list of the study's splits ({', '.join(splits)})")
     return list(metrics), list(shown)
 
-
-def study_report(study: Study, out: str | Path | None = None) -> str:
-    """The study's table from its run directories under ``out`` (finished runs only; nothing is
-    run): returns the Markdown and writes it to ``OUT/<name>.md`` and, with every run's values
-    per seed (fractions), its seconds (``OUT/seconds.json``, written by ``sweep --run``) and
-    config digest, to ``OUT/<name>.json``."""
-    import math
-
-    from fedmoap import report
-    from fedmoap.io import atomic_write_text
-
-    out = Path(out) if out is not None else study.default_out()
-    planned = {v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
-               for v in study.variants}
-    book = out / "seconds.json"
-    try:
-        seconds = {str(out / rel): s for rel, s in json.loads(book.read_text()).items()} if book.is_file() else {}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise FedmoapError(f"report: {book} is unreadable ({' '.join(str(exc).split())[:200]})") from None
-    table, record = report.study_table(planned, study.table_splits, study.metrics, seconds)
-
-    def strict(obj: Any) -> Any:  # JSON without NaN
-        if isinstance(obj, float) and math.isnan(obj):
-            return None
-        if isinstance(obj, dict):
-            return {k: strict(v) for k, v in obj.items()}
-        return [strict(v) for v in obj] if isinstance(obj, list) else obj
-
-    record = {"study": study.name, "description": study.description, "file": str(study.path),
-              "out": str(out), "seeds": study.seeds, **record}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{study.name}.md", f"# {study.name}\n\n{study.description}\n\n{table}\n")
-    atomic_write_text(out / f"{study.name}.json", json.dumps(strict(record), indent=1, allow_nan=False))
-    return table

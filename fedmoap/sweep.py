@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import importlib
 import itertools
+import json
 import re
 import shlex
 from pathlib import Path
@@ -118,6 +119,27 @@ def write_sweep(out: str, config: str | None, grid: list[str], seeds: list[int],
 
 
 # ----- studies (fedmoap/study.py): run in this process, or write a SLURM array -----------------
+def check_extra(extra: dict) -> dict:
+    """Overrides given beside a study (``--set``) may only change how runs are computed, not their
+    numbers (the neutral keys: ``fabric.*``, ``data.feature_cache``, ...), so that the study's
+    run directories keep holding the study's runs."""
+    from fedmoap.config import neutral_keys
+
+    # rounds and evaluation rounds are neutral (a run may be extended) but move the table
+    neutral = {f"{s}.{k}" for s, k in neutral_keys()} - {"fed.rounds", "fed.eval_every"}
+    for key in extra:
+        if key not in neutral:
+            raise FedmoapError(f"--set {key}: only settings that do not change results may be set beside "
+                               f"a study ({', '.join(sorted(neutral))}); write another study for the rest")
+    return extra
+
+
+def cells_of(study, out: Path, only: list[str] | None, extra: dict | None, check_splits: bool = True) -> list:
+    """The study's cells under ``out`` (:meth:`fedmoap.study.Study.cells`) with the ``--set``
+    overrides ``extra``, of the variants in ``only``."""
+    return select(study, study.cells(out, check_extra(extra or {})), only, check_splits)
+
+
 def select(study, cells: list, only: list[str] | None, check_splits: bool = True) -> list:
     """The cells of the variants named in ``only`` (labels or keys; all if None). With
     ``check_splits``, a cell that reads its split from a variant left out is refused unless that
@@ -138,8 +160,7 @@ def run_study(study, out: str | Path | None = None, only: list[str] | None = Non
               extra: dict | None = None, echo=print) -> str:
     """Run (or resume) every cell of ``study`` in order in this process, one backbone per model
     built once and shared by all fits; finished cells are skipped. ``echo`` gets one line per
-    cell. Returns the study's table (:func:`fedmoap.study.study_report`, which also writes it)."""
-    import json
+    cell. Returns the study's table (:func:`study_report`, which also writes it)."""
     import time
 
     import torch
@@ -147,10 +168,9 @@ def run_study(study, out: str | Path | None = None, only: list[str] | None = Non
     from fedmoap import report
     from fedmoap.backbones import build_backbone
     from fedmoap.fit import fit
-    from fedmoap.study import study_report
 
     out = Path(out) if out is not None else study.default_out()
-    cells = select(study, study.cells(out, extra), only)
+    cells = cells_of(study, out, only, extra)
     book = out / "seconds.json"
     seconds = json.loads(book.read_text()) if book.is_file() else {}
     built: dict = {}
@@ -187,7 +207,7 @@ def write_study_array(study, out: str | Path | None = None, only: list[str] | No
     lines from the latter on read a split.json that an earlier line writes, so they are submitted
     as a second array that waits for the first."""
     out = Path(out) if out is not None else study.default_out()
-    cells = select(study, study.cells(out, extra), only)
+    cells = cells_of(study, out, only, extra)
     first = [c for c in cells if c.writes_split]
     lines = [cell_line(c) for c in first + [c for c in cells if not c.writes_split]]
     path = out / f"{study.name}.sweep.txt"
@@ -204,7 +224,7 @@ def list_cells(study, out: str | Path | None = None, only: list[str] | None = No
 
     out = Path(out) if out is not None else study.default_out()
     lines = []
-    for c in select(study, study.cells(out, extra), only, check_splits=False):
+    for c in cells_of(study, out, only, extra, check_splits=False):
         done = report.rounds_done(c.run_dir)
         state = "finished" if done >= c.rounds else f"round {done} of {c.rounds}" if done else "new"
         stored = c.run_dir / "config.yaml"
@@ -241,3 +261,37 @@ def study_command(path: str, run: bool, slurm: bool, listing: bool, out: str | N
             echo(f"{n} runs -> {file}; submit: sbatch --array=0-{n - 1} {array}")
     else:
         echo(run_study(study, out, only, extra, echo))
+
+
+def study_report(study, out: str | Path | None = None) -> str:
+    """The study's table from its run directories under ``out`` (finished runs only; nothing is
+    run): returns the Markdown and writes it to ``OUT/<name>.md`` and, with every run's values
+    per seed (fractions), its seconds (``OUT/seconds.json``, written by ``sweep --run``) and
+    config digest, to ``OUT/<name>.json``."""
+    import math
+
+    from fedmoap import report
+
+    out = Path(out) if out is not None else study.default_out()
+    planned = {v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
+               for v in study.variants}
+    book = out / "seconds.json"
+    try:
+        seconds = {str(out / rel): s for rel, s in json.loads(book.read_text()).items()} if book.is_file() else {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise FedmoapError(f"report: {book} is unreadable ({' '.join(str(exc).split())[:200]})") from None
+    table, record = report.study_table(planned, study.table_splits, study.metrics, seconds)
+
+    def strict(obj: object) -> object:  # JSON without NaN
+        if isinstance(obj, float) and math.isnan(obj):
+            return None
+        if isinstance(obj, dict):
+            return {k: strict(v) for k, v in obj.items()}
+        return [strict(v) for v in obj] if isinstance(obj, list) else obj
+
+    record = {"study": study.name, "description": study.description, "file": str(study.path),
+              "out": str(out), "seeds": study.seeds, **record}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{study.name}.md", f"# {study.name}\n\n{study.description}\n\n{table}\n")
+    atomic_write_text(out / f"{study.name}.json", json.dumps(strict(record), indent=1, allow_nan=False))
+    return table
