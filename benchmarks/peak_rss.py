@@ -1,16 +1,21 @@
-"""Run ``fedmoap`` in this process, then print its peak resident set size.
+"""Run ``fedmoap fit`` in this process, then write its peak resident set size and timings as JSON.
 
-    python benchmarks/peak_rss.py fit --config ...
+    python benchmarks/peak_rss.py RECORD.json fit --config ...
 
-A child's ``ru_maxrss`` from ``wait4`` also counts the pages of the parent it was forked from, so
-the benchmark asks the child itself: ``VmHWM`` of /proc/self/status belongs to the memory of the
-program after exec alone (Linux).
+``RECORD.json`` gets ``{"peak_rss_kb", "setup_seconds", "round_seconds"}`` (the seconds are what
+``fit`` returns: results.json holds accuracies, not timings). A child's ``ru_maxrss`` from
+``wait4`` also counts the pages of the parent it was forked from, so the benchmark asks the child
+itself: ``VmHWM`` of /proc/self/status belongs to the memory of the program after exec alone
+(Linux).
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
-from fedmoap.cli import main
+from fedmoap.cli import parse_fit
+from fedmoap.fit import fit
 
 
 def peak_rss_kb() -> int:
@@ -22,6 +27,9 @@ def peak_rss_kb() -> int:
 
 
 if __name__ == "__main__":
-    rc = main(sys.argv[1:])
-    print(f"PEAK_RSS_KB {peak_rss_kb()}", flush=True)
-    sys.exit(rc)
+    record, argv = Path(sys.argv[1]), sys.argv[2:]
+    cfg, run_dir, progress = parse_fit(argv)
+    out = fit(cfg, run_dir, progress)
+    if out["rank"] == 0:  # with fabric.devices > 1 every process runs this file
+        record.write_text(json.dumps({"peak_rss_kb": peak_rss_kb(), "setup_seconds": out["setup_seconds"],
+                                      "round_seconds": out["round_seconds"]}))

@@ -2,7 +2,7 @@
 clients, and round time on 1 versus 2 processes."""
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import sys
 import time
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedmoap import report
 from fedmoap.backbones import build_backbone
 from fedmoap.cli import parse_fit
 from fedmoap.data.sources import load_source
@@ -18,8 +19,6 @@ from fedmoap.features import FeatureCache
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
-PEAK = re.compile(r"PEAK_RSS_KB (\d+)")
-ROUNDS_SECONDS = re.compile(r"rounds ([0-9.]+) s\]")
 
 MEMORY_ARGS = [
     "--method", "pfedmoap", "--data.partition", "iid", "--data.shots", "1",
@@ -43,20 +42,23 @@ def make_dataset(root: Path) -> Path:
 
 
 def fit_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).with_name("peak_rss.py")), "fit", "--config", str(SMOKE),
-            "--run_dir", str(run_dir),
+    return [sys.executable, str(Path(__file__).with_name("peak_rss.py")), str(run_dir / "peak_rss.json"),
+            "fit", "--config", str(SMOKE), "--run_dir", str(run_dir),
             "--data.feature_cache", str(cache), "--progress", "false", *extra]
 
 
-def run_child(cmd: list[str]) -> tuple[float, str]:
-    """Run ``cmd`` (a :func:`fit_cmd`); returns (peak resident set size in MB, its stdout)."""
+def run_child(cmd: list[str]) -> dict:
+    """Run ``cmd`` (a :func:`fit_cmd`); returns its record (peak RSS in MB as ``mb``, the fit's
+    ``round_seconds``) after checking that its run finished (``results.json``, read by
+    :mod:`fedmoap.report`)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    match = PEAK.search(proc.stdout)
-    if match is None:
-        raise RuntimeError(f"no peak memory in the output of {' '.join(cmd)}: {proc.stdout[-500:]}")
-    return int(match.group(1)) / 1024, proc.stdout
+    run_dir = Path(cmd[cmd.index("--run_dir") + 1])
+    if not report.read_run(run_dir).finished:
+        raise RuntimeError(f"{' '.join(cmd)} did not finish its rounds (see {run_dir}/results.json)")
+    record = json.loads(Path(cmd[2]).read_text())
+    return {**record, "mb": record["peak_rss_kb"] / 1024}
 
 
 def warm_cache(data: Path, cache: Path) -> None:
@@ -80,8 +82,8 @@ def peak_memory(counts: list[int], rounds: int, work: Path,
     for n in counts:
         t = time.perf_counter()
         run_dir = work / f"clients-{n}"
-        mb, _ = run_child(fit_cmd(run_dir, cache, *common, "--data.num_clients", str(n),
-                                  "--fed.rounds", str(rounds), "--fed.participation", str(participation)))
+        mb = run_child(fit_cmd(run_dir, cache, *common, "--data.num_clients", str(n),
+                               "--fed.rounds", str(rounds), "--fed.participation", str(participation)))["mb"]
         out[f"clients_{n}_mb"] = mb
         states = list((run_dir / "clients").glob("*/round_*.pt"))
         if states:
@@ -89,8 +91,6 @@ def peak_memory(counts: list[int], rounds: int, work: Path,
         print(f"  memory: {n} clients, {rounds} rounds: peak RSS {mb:.0f} MB "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
     return out
-
-
 
 
 def round_time(rounds: int, work: Path) -> dict[str, float]:
@@ -102,12 +102,9 @@ def round_time(rounds: int, work: Path) -> dict[str, float]:
               "--fed.rounds", str(rounds), "--fabric.threads", "1", "--fabric.accelerator", "cpu"]
     out = {}
     for devices in (1, 2):
-        _, stdout = run_child(fit_cmd(work / f"throughput-{devices}", cache, *common,
-                                      "--fabric.devices", str(devices)))
-        match = ROUNDS_SECONDS.search(stdout)
-        if match is None:
-            raise RuntimeError(f"no round time in the output of fedmoap fit: {stdout[-500:]}")
-        out[f"procs_{devices}_s"] = float(match.group(1)) / rounds
+        record = run_child(fit_cmd(work / f"throughput-{devices}", cache, *common,
+                                   "--fabric.devices", str(devices)))
+        out[f"procs_{devices}_s"] = record["round_seconds"] / rounds
         print(f"  throughput: {devices} process(es): {out[f'procs_{devices}_s']:.2f} s per round", flush=True)
     out["ratio_2_vs_1"] = out["procs_2_s"] / out["procs_1_s"]
     return out

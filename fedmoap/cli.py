@@ -90,14 +90,24 @@ def _eval(argv: list[str]) -> int:
 
 
 def _sweep(argv: list[str]) -> int:
-    from fedmoap.sweep import write_sweep
+    from fedmoap import sweep
     try:
         ns = build_parser().parse_args(argv).sweep
-        n = write_sweep(ns.out, ns.config, ns.grid, ns.seeds, ns.runs_root)
+        if ns.study:
+            sweep.study_command(ns.study, ns.run, ns.slurm, ns.list, ns.out, ns.only, ns.set)
+            return 0
+        out = ns.out or "sweep.txt"
+        n = sweep.write_sweep(out, ns.config, ns.grid, ns.seeds, ns.runs_root)
+    except Preempted as exc:  # before FedmoapError, its base: exit 3, rerun to resume
+        print(f"fedmoap: preempted: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except Interrupted as exc:
+        print(f"fedmoap: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ArgumentError, FedmoapError) as exc:
         print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    print(f"{n} runs -> {ns.out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {ns.out}")
+    print(f"{n} runs -> {out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {out}")
     return 0
 
 
@@ -105,6 +115,13 @@ def _report(argv: list[str]) -> int:
     from fedmoap import report
     try:
         ns = build_parser().parse_args(argv).report
+        if ns.study:
+            from fedmoap.study import load_study
+            from fedmoap.sweep import study_report
+            print(study_report(load_study(ns.study), ns.out))
+            return 0
+        if not ns.runs:
+            raise FedmoapError("report: give run directories or --study FILE")
         warnings: list[str] = []
         runs = report.load_runs(ns.runs, warn=warnings.append)
         groups = report.summarize(runs, ns.group_by)

@@ -41,15 +41,26 @@ def build_parser() -> ArgumentParser:
                      help="Output directory; re-running on it resumes. Default: runs/<method>-<time>")
     fit.add_argument("--progress", type=bool, default=True, help="Show progress bars")
     commands.add_subcommand("fit", fit, help="train or resume a run")
-    sweep = ArgumentParser(description="Write a sweep file (one `fedmoap fit` argument line per "
-                           "grid point and seed) for slurm/array.sbatch.")
-    sweep.add_argument("--config", type=str | None, default=None, help="base config of every run")
+    sweep = ArgumentParser(description="Run a study (--study FILE --run), list its runs (--list) or "
+                           "write them as a SLURM array (--slurm); or write a sweep file of a grid "
+                           "(--config, --grid: one `fedmoap fit` argument line per grid point and seed) "
+                           "for slurm/array.sbatch.")
+    sweep.add_argument("--study", type=str | None, default=None, help="a study file (configs/studies/NAME.yaml)")
+    sweep.add_argument("--run", action="store_true", help="run the study's cells here, in order")
+    sweep.add_argument("--slurm", action="store_true", help="write OUT/NAME.sweep.txt for slurm/array.sbatch")
+    sweep.add_argument("--list", action="store_true", help="print every cell: run dir, state, "
+                       "config digest, fit arguments")
+    sweep.add_argument("--only", type=str, nargs="+", default=None, help="only these variants (labels or keys)")
+    sweep.add_argument("--set", type=str, nargs="+", default=[],
+                       help="KEY=VALUE overrides of every run that do not change results (fabric.threads=1)")
+    sweep.add_argument("--config", type=str | None, default=None, help="grid: base config of every run")
     sweep.add_argument("--grid", type=str, nargs="+", default=[],
-                       help="overrides to cross, e.g. method=promptfl,pfedmoap pfedmoap.lam=0,0.5")
-    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    sweep.add_argument("--runs_root", type=str, default="runs/sweep", help="run directories go here")
-    sweep.add_argument("--out", type=str, default="sweep.txt", help="the sweep file")
-    commands.add_subcommand("sweep", sweep, help="write a sweep file for a SLURM array")
+                       help="grid: overrides to cross, e.g. method=promptfl,pfedmoap pfedmoap.lam=0,0.5")
+    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="grid: seeds")
+    sweep.add_argument("--runs_root", type=str, default="runs/sweep", help="grid: run directories go here")
+    sweep.add_argument("--out", type=str | None, default=None, help="--study: its output directory (default "
+                       "runs/studies/NAME); grid: the sweep file (default sweep.txt)")
+    commands.add_subcommand("sweep", sweep, help="run a study, or write a SLURM array of runs")
     report = _report_parser()
     commands.add_subcommand("report", report, help="table of runs: mean ± std over seeds")
     for p in (parser, fit, sweep, report):
@@ -182,7 +193,11 @@ def _report_parser() -> ArgumentParser:
                             "and the settings that differ between runs of the same method, the mean ± "
                             "sample std over seeds of the final and last-5 accuracy and of each "
                             "evaluation mode's final numbers (%).")
-    report.add_argument("runs", type=str, nargs="+", help="run directories or roots containing them")
+    report.add_argument("runs", type=str, nargs="*", help="run directories or roots containing them")
+    report.add_argument("--study", type=str | None, default=None, help="a study file: print its table "
+                        "(and write OUT/NAME.md, OUT/NAME.json)")
+    report.add_argument("--out", type=str | None, default=None, help="--study: its output directory "
+                        "(default runs/studies/NAME)")
     report.add_argument("--format", type=Literal["markdown", "csv"], default="markdown",
                         help="markdown or csv")
     report.add_argument("--group-by", type=str, nargs="+", default=None,

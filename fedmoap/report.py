@@ -12,6 +12,9 @@ notebooks (``notebooks/tables_and_curves.ipynb``)::
     from fedmoap import report
     runs = report.load_runs(["runs/sweep"])
     print(report.render(report.summarize(runs), "markdown", layout="paper"))
+
+A study's table (``fedmoap report --study FILE``) is :func:`study_table`. Reading a run is
+:mod:`fedmoap.runs` (re-exported here: ``report.read_run``, ``report.read_results``, ...).
 """
 from __future__ import annotations
 
@@ -20,17 +23,19 @@ import io
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
-
-import yaml
+from typing import Any
 
 from fedmoap.errors import FedmoapError
+from fedmoap.runs import (  # noqa: F401  (public here: report.read_run and friends)
+    Run, flatten, load_runs, read_results, read_run, rounds_done)
 
 METRICS: dict[str, str] = {
     "final": "final round, mean per-client accuracy",
     "last5": "mean over the last 5 evaluated rounds",
+    "worst": "final round, worst client's accuracy",
+    "pooled": "final round, accuracy over all clients' test images pooled",
     "global": "global mode, final round",
     "neighbor": "neighbor mode, final round",
     "b2n.local": "base-to-novel: local, final round",
@@ -46,83 +51,6 @@ IGNORED = {"seed", "data.split_file", "data.path", "model.cache_dir", "data.feat
            "data.feature_batch_size", "train.eval_batch_size", "fed.keep_checkpoints", "fed.eval_every",
            "fabric.accelerator", "fabric.devices", "fabric.num_nodes", "fabric.strategy", "fabric.threads"}
 """Settings that never separate groups (seeds, paths, and what does not change results)."""
-
-
-@dataclass
-class Run:
-    """One run directory: its config, its results and what the table needs of them."""
-
-    path: Path
-    config: dict[str, Any]
-    results: dict[str, Any]
-    settings: dict[str, Any] = field(default_factory=dict)
-    """Flat settings: ``method`` (short name), ``method.<knob>``, ``<section>.<key>``, ``seed``."""
-
-    @property
-    def method(self) -> str:
-        return str(self.settings["method"])
-
-    @property
-    def dataset(self) -> str:
-        source = str(self.settings.get("data.source", "?")).rstrip("/")
-        return source.rsplit("/", 1)[-1] if "/" in source and Path(source).is_absolute() else source
-
-    @property
-    def seed(self) -> Any:
-        return self.settings.get("seed")
-
-    @property
-    def evaluated(self) -> list[dict[str, Any]]:
-        return [r for r in self.results.get("rounds", []) if "mean_acc" in r]
-
-    @property
-    def finished(self) -> bool:
-        rounds = self.results.get("rounds", [])
-        return bool(rounds) and rounds[-1]["round"] >= int(self.settings.get("fed.rounds", 0))
-
-    def metrics(self) -> dict[str, float]:
-        """The run's value of every :data:`METRICS` column it has (fractions; NaN for null)."""
-        s, out = self.results.get("summary", {}), {}
-        out["final"], out["last5"] = _num(s.get("final_mean_acc")), _num(s.get("last5_mean_acc"))
-        for mode in ("global", "neighbor"):
-            if mode in s:
-                out[mode] = _num(s[mode]["final_mean_acc"])
-        if "base2novel" in s:
-            out.update({f"b2n.{k}": _num(v) for k, v in s["base2novel"]["final"].items()})
-        unseen = s.get("unseen_clients", {})
-        if "no_adaptation" in unseen:
-            out["unseen"] = _num(unseen["no_adaptation"]["final_mean_acc"])
-        if "adapted" in unseen:
-            out["unseen.adapted"] = _num(unseen["adapted"]["final_mean_acc"])
-        return out
-
-    def client_curves(self) -> dict[str, list[tuple[int, float]]]:
-        """Client id -> [(round, local accuracy), ...] over the evaluated rounds."""
-        curves: dict[str, list[tuple[int, float]]] = {}
-        for r in self.evaluated:
-            for cid, v in r["clients"].items():
-                curves.setdefault(cid, []).append((r["round"], _num(v["acc"])))
-        return curves
-
-    def final_client_accs(self, mode: str = "local") -> dict[str, float]:
-        """Client id -> final-round accuracy in ``mode`` (local, global, neighbor; base2novel's
-        ``b2n.<metric>``; unseen, unseen.adapted)."""
-        if not self.evaluated:
-            return {}
-        last = self.evaluated[-1]
-        if mode == "local":
-            entry = last
-        elif mode in ("global", "neighbor"):
-            entry = last.get(mode, {})
-        elif mode.startswith("b2n."):
-            key = mode.split(".", 1)[1]
-            return {c: _num(v[key]) for c, v in last.get("base2novel", {}).get("clients", {}).items()}
-        elif mode in ("unseen", "unseen.adapted"):
-            part = "adapted" if mode.endswith("adapted") else "no_adaptation"
-            entry = last.get("unseen_clients", {}).get(part, {})
-        else:
-            raise FedmoapError(f"report: unknown mode {mode!r}")
-        return {c: _num(v["acc"]) for c, v in entry.get("clients", {}).items()}
 
 
 @dataclass
@@ -154,89 +82,6 @@ class Group:
             return math.nan, math.nan, 0
         sd = statistics.stdev(values) if len(values) > 1 else math.nan
         return statistics.fmean(values), sd, len(values)
-
-
-# ----- reading ---------------------------------------------------------------------------------
-def load_runs(paths: Iterable[str | Path], warn: Any = None) -> list[Run]:
-    """The runs under ``paths``: each a run directory (holding ``results.json``) or a directory
-    whose sub-directories hold runs (searched recursively). An unreadable run or a path with no
-    run raises :class:`FedmoapError` naming it. ``warn(message)`` is told of unfinished runs."""
-    runs: list[Run] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FedmoapError(f"report: {p} does not exist")
-        found = [p] if (p / "results.json").is_file() else sorted(
-            {f.parent for f in p.rglob("results.json")}) if p.is_dir() else []
-        if not found:
-            raise FedmoapError(f"report: {p} holds no run (no results.json in it or below it)")
-        runs += [read_run(d) for d in found]
-    seen = set()
-    unique = []
-    for run in runs:
-        if run.path.resolve() not in seen:
-            seen.add(run.path.resolve())
-            unique.append(run)
-    if warn is not None:
-        for run in unique:
-            if not run.finished:
-                last = run.results.get("rounds", [{}])[-1].get("round", 0) if run.results.get("rounds") else 0
-                warn(f"{run.path} is unfinished (round {last} of {run.settings.get('fed.rounds')})")
-    return unique
-
-
-def read_run(path: Path) -> Run:
-    """One run directory's ``config.yaml`` and ``results.json``."""
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text())
-        results = json.loads((path / "results.json").read_text())
-    except FileNotFoundError as exc:
-        raise FedmoapError(f"report: {path} is not a run directory ({Path(exc.filename).name} is missing)") from None
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise FedmoapError(f"report: {path} has an unreadable config.yaml or results.json "
-                           f"({' '.join(str(exc).split())[:200]})") from None
-    if not isinstance(config, dict) or not isinstance(results, dict) or "summary" not in results:
-        raise FedmoapError(f"report: {path} does not hold a fedmoap run's config.yaml and results.json")
-    try:
-        run = Run(path, config, results, flatten(config, results))
-        _check_shape(run)
-    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise FedmoapError(f"report: {path}: results.json or config.yaml does not have the shape fedmoap "
-                           f"writes ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
-    return run
-
-
-def _check_shape(run: Run) -> None:
-    """Read everything the table and the notebooks read of a run, so that a malformed file is
-    refused here, naming its run, rather than failing later without a name."""
-    rounds = run.results.get("rounds", [])
-    if not isinstance(rounds, list) or not isinstance(run.results["summary"], dict):
-        raise TypeError("'rounds' must be a list and 'summary' an object")
-    for r in rounds:
-        if not isinstance(r, dict) or not isinstance(r["round"], int):
-            raise TypeError("every entry of 'rounds' must be an object with an integer 'round'")
-    run.finished, run.metrics(), run.client_curves()
-    for mode in ("local", "global", "neighbor", "unseen", "unseen.adapted") + tuple(
-            f"b2n.{k}" for k in ("local", "base", "novel", "hm", "hm3")):
-        run.final_client_accs(mode)
-    str(run.method), run.dataset, run.seed
-
-
-def flatten(config: dict[str, Any], results: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Flat settings of a config: ``method`` (the short name results.json records, else the
-    class path), ``method.<knob>``, ``<section>.<key>`` and top-level values."""
-    from fedmoap.config import with_added_defaults
-
-    out: dict[str, Any] = {}
-    config = with_added_defaults(config)  # runs made before a section or key existed
-    for key, value in config.items():
-        if key == "method" and isinstance(value, dict):
-            out["method"] = (results or {}).get("method") or value.get("class_path")
-            out.update({f"method.{k}": v for k, v in (value.get("init_args") or {}).items()})
-        elif isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
 
 
 # ----- grouping --------------------------------------------------------------------------------
@@ -351,8 +196,64 @@ def render(groups: list[Group], fmt: str = "markdown", layout: str = "long", met
     return "\n".join(lines)
 
 
-def _num(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+# ----- a study's table (fedmoap report --study) ------------------------------------------------
+TITLES = {"final": "final round", "last5": "last 5 rounds", "worst": "worst client", "pooled": "pooled",
+          "b2n.local": "local", "b2n.base": "base", "b2n.novel": "novel", "b2n.hm": "HM(base, novel)",
+          "b2n.hm3": "HM(local, base, novel)", "unseen": "held-out clients", "unseen.adapted": "held-out, adapted"}
+"""Short column titles of the study table."""
+
+
+def study_table(planned: dict[str, dict[str, list[tuple[int, Path]]]], splits: list[str], metrics: list[str],
+                seconds: dict[str, float] | None = None) -> tuple[str, dict[str, Any]]:
+    """The table of a study's runs: ``planned`` is row label -> split -> [(seed, run directory)];
+    rows = labels, columns = ``splits`` x ``metrics``, each cell the mean ± sample std over the
+    finished runs' values in %, the best mean of a column in bold, ``(n of m seeds)`` where runs
+    are missing. Returns the Markdown and a record (per-seed values as fractions, seconds: the
+    ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds)."""
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    missing, unfinished = [], []
+    for label, cells in planned.items():
+        for split in splits:
+            for seed, path in cells.get(split, []):
+                if not (Path(path) / "results.json").is_file():
+                    missing.append(str(path))
+                    continue
+                run = read_run(Path(path))
+                if not run.finished:
+                    unfinished.append(str(path))
+                    continue
+                values = {m: v for m, v in run.metrics().items() if m in metrics}
+                took = (seconds or {}).get(str(path), run.results.get("seconds"))
+                rows.setdefault(label, {}).setdefault(split, []).append(
+                    {"seed": seed, **values, "rounds": run.evaluated[-1]["round"] if run.evaluated else 0,
+                     "seconds": took, "config_digest": run.results.get("config_digest"), "run_dir": str(path)})
+    stats = {label: {split: {m: _stats([r.get(m, math.nan) for r in rows.get(label, {}).get(split, [])])
+                             for m in metrics} for split in splits} for label in planned}
+    best = {(s, m): max((stats[label][s][m]["mean"] for label in planned
+                         if stats[label][s][m]["n"]), default=math.nan) for s in splits for m in metrics}
+    titles = [TITLES.get(m, m) + " (%)" for m in metrics]
+    head = titles if len(splits) == 1 else [f"{s}: {t}" for s in splits for t in titles]
+    lines = ["| variant | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for label, cells in planned.items():
+        row = []
+        for s in splits:
+            for m in metrics:
+                st, want = stats[label][s][m], len(cells.get(s, []))
+                text = cell(st["mean"], st["std"]) if st["n"] else "–"
+                text = f"**{text}**" if st["n"] and st["mean"] == best[(s, m)] else text
+                row.append(text + (f" ({st['n']} of {want} seeds)" if st["n"] and st["n"] < want else ""))
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    record = {"splits": splits, "metrics": metrics, "rows": rows, "table": stats,
+              "missing": missing, "unfinished": unfinished}
+    return "\n".join(lines), record
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {"mean": statistics.mean(kept), "std": statistics.stdev(kept) if len(kept) > 1 else math.nan,
+            "n": len(kept)}
 
 
 def _show(value: Any) -> str:

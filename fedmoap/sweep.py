@@ -1,4 +1,9 @@
-"""``fedmoap sweep``: a grid of overrides x seeds, one ``fedmoap fit`` argument line per run.
+"""``fedmoap sweep``: run a study in this process, or write runs as ``fedmoap fit`` argument lines
+for a SLURM array (a study's cells, or a grid of overrides x seeds).
+
+``--study FILE`` (:mod:`fedmoap.study`): ``--run`` runs every cell in order, one backbone per model
+shared by all fits, skipping finished cells; ``--slurm`` writes ``OUT/<name>.sweep.txt``; ``--list``
+prints the cells. ``--config/--grid``: a grid, one line per run, described below.
 
 The file is read by ``slurm/array.sbatch`` (line k for array task k); each line names its own run
 directory, so a requeued or re-submitted element resumes its own run.
@@ -15,6 +20,7 @@ import dataclasses
 import hashlib
 import importlib
 import itertools
+import json
 import re
 import shlex
 from pathlib import Path
@@ -110,3 +116,182 @@ def write_sweep(out: str, config: str | None, grid: list[str], seeds: list[int],
     check_lines(lines)
     atomic_write_text(Path(out), "\n".join(lines) + "\n")
     return len(lines)
+
+
+# ----- studies (fedmoap/study.py): run in this process, or write a SLURM array -----------------
+def check_extra(extra: dict) -> dict:
+    """Overrides given beside a study (``--set``) may only change how runs are computed, not their
+    numbers (the neutral keys: ``fabric.*``, ``data.feature_cache``, ...), so that the study's
+    run directories keep holding the study's runs."""
+    from fedmoap.config import neutral_keys
+
+    # rounds and evaluation rounds are neutral (a run may be extended) but move the table
+    neutral = {f"{s}.{k}" for s, k in neutral_keys()} - {"fed.rounds", "fed.eval_every"}
+    for key in extra:
+        if key not in neutral:
+            raise FedmoapError(f"--set {key}: only settings that do not change results may be set beside "
+                               f"a study ({', '.join(sorted(neutral))}); write another study for the rest")
+    return extra
+
+
+def cells_of(study, out: Path, only: list[str] | None, extra: dict | None, check_splits: bool = True) -> list:
+    """The study's cells under ``out`` (:meth:`fedmoap.study.Study.cells`) with the ``--set``
+    overrides ``extra``, of the variants in ``only``."""
+    return select(study, study.cells(out, check_extra(extra or {})), only, check_splits)
+
+
+def select(study, cells: list, only: list[str] | None, check_splits: bool = True) -> list:
+    """The cells of the variants named in ``only`` (labels or keys; all if None). With
+    ``check_splits``, a cell that reads its split from a variant left out is refused unless that
+    split exists already."""
+    if not only:
+        return cells
+    keys = {study.variant(name).key for name in only}
+    chosen = [c for c in cells if c.variant.key in keys]
+    for c in cells if check_splits else []:
+        if c.writes_split and c.variant.key not in keys and not (c.run_dir / "split.json").is_file() \
+                and any(o.split == c.split and o.seed == c.seed for o in chosen):
+            raise FedmoapError(f"--only: {c.split}/seed{c.seed}'s split is made by variant {c.variant.key!r}, "
+                               "which has not run yet; add it to --only")
+    return chosen
+
+
+def run_study(study, out: str | Path | None = None, only: list[str] | None = None,
+              extra: dict | None = None, echo=print) -> str:
+    """Run (or resume) every cell of ``study`` in order in this process, one backbone per model
+    built once and shared by all fits; finished cells are skipped. ``echo`` gets one line per
+    cell. Returns the study's table (:func:`study_report`, which also writes it)."""
+    import time
+
+    import torch
+
+    from fedmoap import report
+    from fedmoap.backbones import build_backbone
+    from fedmoap.fit import fit
+
+    out = Path(out) if out is not None else study.default_out()
+    cells = cells_of(study, out, only, extra)
+    book = out / "seconds.json"
+    seconds = json.loads(book.read_text()) if book.is_file() else {}
+    built: dict = {}
+    for c in cells:
+        rel = str(c.run_dir.relative_to(out))
+        if report.rounds_done(c.run_dir) >= c.rounds:
+            m = report.read_run(c.run_dir).metrics()
+            echo(f"{c.name}: finished earlier: final {100 * m['final']:.2f} last5 {100 * m['last5']:.2f}")
+            continue
+        m = c.cfg.model  # random-weight towers are drawn from the run's seed; pretrained ones are not
+        key = (repr(m), None if m.pretrained or m.arch.startswith("packaged") else c.seed)
+        if key not in built:
+            if c.cfg.fabric.threads:  # as fit() does: the build's arithmetic depends on the threads
+                torch.set_num_threads(c.cfg.fabric.threads)
+            built[key] = build_backbone(m, c.seed)
+        t = time.perf_counter()
+        fit(c.cfg, c.run_dir, progress=False, backbone=built[key])
+        seconds[rel] = time.perf_counter() - t
+        atomic_write_text(book, json.dumps(seconds, indent=1))
+        m = report.read_run(c.run_dir).metrics()
+        echo(f"{c.name}: final {100 * m['final']:.2f} last5 {100 * m['last5']:.2f} ({seconds[rel]:.0f} s)")
+    return study_report(study, out)
+
+
+def cell_line(cell) -> str:
+    """A cell as one line of ``fedmoap fit`` arguments naming its run directory."""
+    return shlex.join([*cell.args, "--run_dir", str(cell.run_dir)])
+
+
+def write_study_array(study, out: str | Path | None = None, only: list[str] | None = None,
+                      extra: dict | None = None) -> tuple[Path, int, int]:
+    """Write ``OUT/<name>.sweep.txt`` for ``slurm/array.sbatch``: one line per cell, the cells
+    that write a split first. Returns (file, number of lines, number of split-writing lines):
+    lines from the latter on read a split.json that an earlier line writes, so they are submitted
+    as a second array that waits for the first."""
+    out = Path(out) if out is not None else study.default_out()
+    cells = cells_of(study, out, only, extra)
+    first = [c for c in cells if c.writes_split]
+    lines = [cell_line(c) for c in first + [c for c in cells if not c.writes_split]]
+    path = out / f"{study.name}.sweep.txt"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path, len(lines), len(first)
+
+
+def list_cells(study, out: str | Path | None = None, only: list[str] | None = None,
+               extra: dict | None = None) -> list[str]:
+    """One line per cell: its run directory, state (new, round r of n, finished, or holding
+    another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
+    from fedmoap import report, yamlfile
+    from fedmoap.config import config_digest
+
+    out = Path(out) if out is not None else study.default_out()
+    lines = []
+    for c in cells_of(study, out, only, extra, check_splits=False):
+        done = report.rounds_done(c.run_dir)
+        state = "finished" if done >= c.rounds else f"round {done} of {c.rounds}" if done else "new"
+        stored = c.run_dir / "config.yaml"
+        if stored.is_file() and config_digest(yamlfile.load(stored.read_text())) != c.digest:
+            state = "holds another config"
+        lines.append(f"{c.run_dir}  [{state}]  digest {c.digest}  fedmoap fit {cell_line(c)}")
+    return lines
+
+
+def study_command(path: str, run: bool, slurm: bool, listing: bool, out: str | None, only: list[str] | None,
+                  sets: list[str], echo=lambda line: print(line, flush=True)) -> None:
+    """``fedmoap sweep --study FILE --run | --slurm | --list [--out DIR] [--only V ...] [--set K=V ...]``."""
+    from fedmoap.study import load_study
+
+    if [run, slurm, listing].count(True) != 1:
+        raise FedmoapError("sweep --study: give one of --run, --slurm, --list")
+    extra = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise FedmoapError(f"--set {item!r} is not KEY=VALUE")
+        extra[key] = value
+    study = load_study(path)
+    if listing:
+        echo("\n".join(list_cells(study, out, only, extra)))
+    elif slurm:
+        file, n, k = write_study_array(study, out, only, extra)
+        array = f"slurm/array.sbatch {file}"
+        if 0 < k < n:  # the later lines read the split.json that the first k lines write
+            echo(f"{n} runs -> {file}; submit (lines {k}+ wait for the {k} that write the splits):\n"
+                 f"  J=$(sbatch --parsable --array=0-{k - 1} {array})\n"
+                 f"  sbatch --dependency=afterok:${{J%%;*}} --array={k}-{n - 1} {array}")
+        else:
+            echo(f"{n} runs -> {file}; submit: sbatch --array=0-{n - 1} {array}")
+    else:
+        echo(run_study(study, out, only, extra, echo))
+
+
+def study_report(study, out: str | Path | None = None) -> str:
+    """The study's table from its run directories under ``out`` (finished runs only; nothing is
+    run): returns the Markdown and writes it to ``OUT/<name>.md`` and, with every run's values
+    per seed (fractions), its seconds (``OUT/seconds.json``, written by ``sweep --run``) and
+    config digest, to ``OUT/<name>.json``."""
+    import math
+
+    from fedmoap import report
+
+    out = Path(out) if out is not None else study.default_out()
+    planned = {v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
+               for v in study.variants}
+    book = out / "seconds.json"
+    try:
+        seconds = {str(out / rel): s for rel, s in json.loads(book.read_text()).items()} if book.is_file() else {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise FedmoapError(f"report: {book} is unreadable ({' '.join(str(exc).split())[:200]})") from None
+    table, record = report.study_table(planned, study.table_splits, study.metrics, seconds)
+
+    def strict(obj: object) -> object:  # JSON without NaN
+        if isinstance(obj, float) and math.isnan(obj):
+            return None
+        if isinstance(obj, dict):
+            return {k: strict(v) for k, v in obj.items()}
+        return [strict(v) for v in obj] if isinstance(obj, list) else obj
+
+    record = {"study": study.name, "description": study.description, "file": str(study.path),
+              "out": str(out), "seeds": study.seeds, **record}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{study.name}.md", f"# {study.name}\n\n{study.description}\n\n{table}\n")
+    atomic_write_text(out / f"{study.name}.json", json.dumps(strict(record), indent=1, allow_nan=False))
+    return table

@@ -83,7 +83,9 @@ def numbers(run_dir: Path) -> dict:
     server state and of every client's stored state."""
     import torch
 
-    res = json.loads((run_dir / "results.json").read_text())
+    from fedmoap.report import read_results
+
+    res = read_results(run_dir)
     strip = lambda d: {k: v for k, v in d.items() if not any(t in k for t in TIMING)}  # noqa: E731
     ckpts = sorted((run_dir / "checkpoints").glob("round_*.pt"))
     ckpt = torch.load(ckpts[-1], map_location="cpu", weights_only=True)

@@ -1,58 +1,48 @@
-"""The evidence scripts' run matrices parse, name distinct run directories, and render the
-committed evidence (scripts are not run by CI: their runs take minutes to hours)."""
+"""The evidence steps that are not study runs (configs/studies/ holds those, tests/test_studies.py
+tests them): the DP study's clip calibration, the ordering study's meaningless class names, and
+the refactor gate scripts/same_numbers.py."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-import seed_evidence  # noqa: E402
 from fedmoap.cli import parse_fit  # noqa: E402
 
-
-def test_seed_evidence_matrix_parses_with_distinct_run_dirs(tmp_path):
-    dirs = set()
-    for split, split_args in seed_evidence.SPLITS.items():
-        for name, method_args in seed_evidence.METHODS.items():
-            cfg, _, _ = parse_fit(["fit", *seed_evidence.COMMON, *split_args, *method_args, "--seed", "0"])
-            assert cfg.model.arch == "packaged-vit" and cfg.method.name == method_args[1]
-            dirs.add(seed_evidence.run_dir(tmp_path, split, name, 0))
-    assert len(dirs) == len(seed_evidence.SPLITS) * len(seed_evidence.METHODS)
+TINY = ["--config", str(REPO / "configs" / "smoke.yaml"), "--fabric.threads", "1"]
 
 
-def test_seed_evidence_tables_render_every_committed_run():
-    done = json.loads((REPO / "evidence" / "2026-11-23-seed-evidence.json").read_text())
-    text = seed_evidence.tables(done, [0, 1, 2])
-    names = {e["method"] for e in done.values()}
-    assert names == set(seed_evidence.METHODS)
-    for name in names:
-        assert f"| {name} |" in text
-    assert "(45 runs" in text  # per split: 15 methods and ablations x 3 seeds
+def test_dp_clip_is_the_median_upload_norm_of_the_proxy_run(tmp_path):
+    import dp_clip
+    from fedmoap import report
+
+    clip = dp_clip.main(["--out", str(tmp_path / "proxy"), "--", *TINY,
+                         "--data.feature_cache", str(tmp_path / "cache")])
+    rounds = report.read_run(tmp_path / "proxy").results["rounds"]
+    assert len(rounds) == 3 and math.isfinite(clip) and clip > 0
+    norms = sorted(r["dp_median_norm"] for r in rounds)
+    assert clip == norms[1]
 
 
-def test_ordering_study_runs_on_another_dataset_with_meaningless_names(tmp_path):
-    """The ordering study on a dataset of the user's (here the synthetic source on the tiny
-    model): one meaningless word per class of that dataset, every variant run on one split."""
-    import ordering
+def test_nonsense_names_one_word_per_class_of_the_chosen_dataset(capsys):
+    """The ordering study on a dataset of the user's (here the synthetic source): one meaningless
+    word per class, the committed study's words first."""
+    import nonsense_names
     from fedmoap.data.sources import load_source
 
-    user = ["--model.arch", "fedmoap-tiny-vit", "--data.source", "synthetic", "--fed.rounds", "1",
-            "--train.local_epochs", "1", "--data.shots", "2", "--data.max_test_per_client", "6",
-            "--data.num_clients", "2", "--data.feature_cache", str(tmp_path / "cache"), "--fabric.threads", "1"]
-    result = ordering.main(["--out", str(tmp_path / "out"), "--seeds", "0", "--variants", "zeroshot", "coop",
-                            "--", *user])
-    cfg, _, _ = parse_fit(["fit", *user])
-    count = len(load_source(cfg.data).classnames)
-    names = result["setting"][1]
-    assert result["setting"][0] == "--data.classnames" and len(names.strip("[]").split(", ")) == count
-    assert set(result["variants"]) == {"zeroshot", "coop"}
-    splits = {json.dumps(json.loads((tmp_path / "out" / v / "seed0" / "split.json").read_text())["clients"])
-              for v in ("zeroshot", "coop")}
-    assert len(splits) == 1
-    assert ordering.nonsense_names(10) == ordering.WORDS  # the committed evidence's names
+    args = [*TINY, "--data.source", "synthetic"]
+    text = nonsense_names.main(args)
+    count = len(load_source(parse_fit(["fit", *args])[0].data).classnames)
+    names = text.strip("[]").split(", ")
+    assert len(names) == len(set(names)) == count and capsys.readouterr().out.strip() == text
+    assert nonsense_names.nonsense_names(10) == nonsense_names.WORDS
+    assert len(set(nonsense_names.nonsense_names(40))) == 40
+    study = (REPO / "configs" / "studies" / "ordering.yaml").read_text()
+    assert "[" + ", ".join(nonsense_names.WORDS) + "]" in study
 
 
 def test_same_numbers_records_and_catches_a_moved_number(tmp_path, capsys):

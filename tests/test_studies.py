@@ -1,0 +1,159 @@
+"""Studies (``configs/studies/*.yaml``, ``fedmoap sweep --study``, ``fedmoap report --study``):
+a tiny study runs in this process, shares each (split, seed)'s split between its variants, moves
+no number against a plain ``fedmoap fit``, resumes without work, and its table is the mean ±
+sample std of the runs' results.json; bad study files are refused in one line before anything is
+written; the SLURM array's lines are ``fedmoap fit`` argument lines."""
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fedmoap.cli import main, parse_fit
+from fedmoap.study import load_study
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+def tiny_study(tmp_path: Path, **changes) -> Path:
+    """2 variants x 1 split x 2 seeds of the smoke config, 2 rounds each."""
+    study = {"name": "tiny", "description": "two methods on the smoke config",
+             "base": {"config": SMOKE, "fed.rounds": 2, "fabric.threads": 1,
+                      "data.feature_cache": str(tmp_path / "cache")},
+             "splits": {"dir": {"data.alpha": 0.5}}, "seeds": [0, 1],
+             "variants": {"PromptFL": {"key": "promptfl", "overrides": {"method": "promptfl"}},
+                          "pFedMoAP (smoke knobs)": {"key": "pfedmoap"}}}
+    study.update(changes)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(study))  # JSON is YAML
+    return path
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def accs(run_dir: Path) -> list:
+    return [{c: v["acc"] for c, v in r["clients"].items()} for r in results(run_dir)["rounds"]]
+
+
+def test_a_study_runs_shares_splits_resumes_and_reports(tmp_path, capsys):
+    path, out = tiny_study(tmp_path), tmp_path / "out"
+    assert main(["sweep", "--study", str(path), "--run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    cells = [f"dir/seed{s}/{k}" for s in (0, 1) for k in ("promptfl", "pfedmoap")]
+    assert [line.split(":")[0] for line in printed.splitlines()[:4]] == cells
+    for seed in (0, 1):  # the first variant makes the split, the second reads it
+        first, second = out / "dir" / f"seed{seed}" / "promptfl", out / "dir" / f"seed{seed}" / "pfedmoap"
+        stored = [parse_fit(["fit", "--config", str(d / "config.yaml")])[0].data.split_file for d in (first, second)]
+        assert stored == [None, str(first / "split.json")]
+        splits = [json.loads((d / "split.json").read_text())["clients"] for d in (first, second)]
+        assert splits[0] == splits[1]
+    # one backbone for every fit and a split read from file: the numbers of a plain fit
+    alone = tmp_path / "alone"
+    assert main(["fit", "--config", SMOKE, "--fed.rounds", "2", "--fabric.threads", "1", "--data.alpha", "0.5",
+                 "--data.feature_cache", str(tmp_path / "cache"), "--seed", "1", "--run_dir", str(alone),
+                 "--progress", "false"]) == 0
+    assert accs(alone) == accs(out / "dir" / "seed1" / "pfedmoap")
+    # a second run does no work
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out}
+    capsys.readouterr()
+    assert main(["sweep", "--study", str(path), "--run", "--out", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert again.count("finished earlier") == 4
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out} == before
+    # the report: mean ± sample std over seeds of the runs' own numbers, in %
+    assert main(["report", "--study", str(path), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for label, key in (("PromptFL", "promptfl"), ("pFedMoAP (smoke knobs)", "pfedmoap")):
+        finals = [results(out / "dir" / f"seed{s}" / key)["summary"]["final_mean_acc"] for s in (0, 1)]
+        expected = f"{100 * statistics.mean(finals):.2f} ± {100 * statistics.stdev(finals):.2f}"
+        row = next(line for line in table.splitlines() if line.startswith(f"| {label} |"))
+        assert expected in row, (expected, row)
+    record = json.loads((out / "tiny.json").read_text())
+    assert [r["seed"] for r in record["rows"]["PromptFL"]["dir"]] == [0, 1]
+    assert all(r["seconds"] > 0 for r in record["rows"]["PromptFL"]["dir"])
+    assert (out / "tiny.md").read_text().count("| PromptFL |") == 1
+
+
+def test_the_slurm_array_is_fit_argument_lines(tmp_path, capsys):
+    path, out = tiny_study(tmp_path, seeds=[0, 1, 2]), tmp_path / "out"
+    study = load_study(path)
+    assert main(["sweep", "--study", str(path), "--slurm", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    lines = (out / "tiny.sweep.txt").read_text().splitlines()
+    assert len(lines) == 6 and "--dependency=afterok" in printed and "--array=3-5" in printed
+    cells = {str(c.run_dir): c for c in study.cells(out)}
+    for i, line in enumerate(lines):
+        cfg, run_dir, _ = parse_fit(["fit", *shlex.split(line)])
+        cell = cells.pop(run_dir)
+        assert cell.writes_split == (i < 3) and cfg.seed == cell.seed
+        # slurm/array.sbatch reads the line with `eval "set -- $LINE"`
+        argv = subprocess.run(["bash", "-c", f'eval "set -- {line}"; printf "%s\\n" "$@"'],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+        assert argv == shlex.split(line)
+    assert not cells
+
+
+BAD = {  # file changes -> words the one-line error must hold
+    "unknown_key": ({"tabel": {}}, ["tiny.yaml", "tabel"]),
+    "bad_config_key": ({"splits": {"dir": {"fed.roundz": 3}}}, ["tiny.yaml", "splits.dir", "roundz"]),
+    "bad_value": ({"variants": {"A": {"key": "a", "overrides": {"method": "promptfl", "fed.rounds": "x"}}}},
+                  ["tiny.yaml", "variants.A", "fed.rounds"]),
+    "refused_by_fit": ({"variants": {"A": {"key": "a", "overrides": {"train.lr": -1}}}},
+                       ["tiny.yaml", "variants.A", "lr"]),
+    "unknown_method_knob": ({"variants": {"A": {"key": "a", "overrides": {"method": "promptfl", "method.lam": 0}}}},
+                            ["tiny.yaml", "variants.A", "lam"]),
+    "variant_without_key": ({"variants": {"A": {"overrides": {}}}}, ["tiny.yaml", "variants.A.key"]),
+    "seeds_outside": ({"variants": {"A": {"key": "a", "seeds": [7]}}}, ["tiny.yaml", "variants.A.seeds"]),
+    "seed_override": ({"base": {"seed": 3}}, ["tiny.yaml", "base.seed"]),
+    "missing_config": ({"variants": {"A": {"key": "a", "config": "nope.yaml"}}}, ["tiny.yaml", "variants.A.config"]),
+    "same_key_twice": ({"variants": {"A": {"key": "a"}, "B": {"key": "a"}}}, ["tiny.yaml", "variants.B.key"]),
+    "table_metric": ({"table": {"metrics": ["best"]}}, ["tiny.yaml", "table.metrics"]),
+    "not_yaml": (None, ["tiny.yaml", "YAML"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_study_files_one_line_exit_2_nothing_written(tmp_path, capsys, case):
+    changes, words = BAD[case]
+    path, out = tiny_study(tmp_path, **(changes or {})), tmp_path / "out"
+    if changes is None:
+        path.write_text("name: tiny\nvariants: [a: b\n")
+    for mode in ("--run", "--slurm", "--list"):
+        capsys.readouterr()
+        assert main(["sweep", "--study", str(path), mode, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fedmoap: error:") and "\n" not in err, err
+        assert all(w in err for w in words), (words, err)
+        assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_set_only_takes_settings_that_keep_the_numbers(tmp_path, capsys):
+    path, out = tiny_study(tmp_path), tmp_path / "out"
+    assert main(["sweep", "--study", str(path), "--list", "--out", str(out), "--set", "train.lr=0.1"]) == 2
+    assert "--set train.lr" in capsys.readouterr().err
+    assert main(["sweep", "--study", str(path), "--list", "--out", str(out), "--set", "fabric.threads=2",
+                 "--only", "pfedmoap"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and all("--fabric.threads 2" in line and "[new]" in line for line in listed)
+    # its split is made by the variant left out, which has not run
+    assert main(["sweep", "--study", str(path), "--run", "--out", str(out), "--only", "pfedmoap"]) == 2
+    assert "add it to --only" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_committed_studies_load_and_name_distinct_run_directories(path, monkeypatch):
+    """Every committed study is a valid study whose cells parse as `fedmoap fit` runs (their config
+    paths are from the repository root)."""
+    monkeypatch.chdir(REPO)
+    study = load_study(path.relative_to(REPO))
+    assert study.name == path.stem
+    cells = study.cells("runs/x")
+    assert len({c.run_dir for c in cells}) == len(cells) == sum(len(v.seeds) * len(v.splits) for v in study.variants)
