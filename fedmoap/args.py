@@ -57,18 +57,24 @@ class DataArgs:
     label_column: str = "label"
     """Column holding the integer (or ClassLabel) labels."""
     domain_column: Optional[str] = None
-    """Column naming each sample's domain, for ``partition: domain_dirichlet``."""
+    """Column naming each sample's domain, for ``partition: domain_dirichlet`` / ``class_blocks``
+    and the domain protocols of ``eval.modes`` (xdomain, lodo, xdataset)."""
     classnames: Optional[list[str]] = None
     """Class names; default: the names of the dataset's ClassLabel feature."""
     num_clients: int = 5
     """Total clients (for domain_dirichlet: clients per domain x number of domains). The offline
     default uses 5 to fit in minutes on a CPU; the paper configs set theirs (10 to 100)."""
-    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet", "label_uniform"] = "dirichlet"
+    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet", "label_uniform",
+                       "class_blocks"] = "dirichlet"
     """How training samples are divided among clients: ``iid``; ``pathological`` (disjoint
     classes per client); ``dirichlet`` (label skew, Dir(alpha) per class); ``domain_dirichlet``
     (Dir(alpha) within each domain of ``domain_column``); ``label_uniform`` (SGPT's
     "noniid-labeluni": ``classes_per_client`` classes each, every class shared by equally many
-    clients in U(0.4, 0.6) proportions)."""
+    clients in U(0.4, 0.6) proportions); ``class_blocks`` (FedTPG's: per domain of
+    ``domain_column``, or over the whole set without one, its m classes in label order cut into
+    max(1, round_half_even(m / classes_per_client)) contiguous blocks, the last taking the
+    remainder, one client per block holding all of its samples; ``num_clients`` must equal the
+    blocks' count)."""
     balance_cap: bool = field(default=False, metadata=ADDED)
     """dirichlet / domain_dirichlet: a client that already holds N / num_clients samples (of its
     domain) gets no share of the classes drawn after (NIID-bench's cap, used by the FedOTP
@@ -78,8 +84,8 @@ class DataArgs:
     where personalization matters on Fashion-MNIST (each client alone beats the FedAvg prompt);
     at 0.5 it does not (docs/evidence.md). The paper's CIFAR settings use 0.5."""
     classes_per_client: Optional[int] = None
-    """pathological: classes per client (default: all classes spread evenly); label_uniform:
-    classes per client (required)."""
+    """pathological: classes per client (default: all classes spread evenly); label_uniform,
+    class_blocks: classes per client (required)."""
     shots: Optional[int] = 8
     """Training samples kept per class and client (k-shot); null keeps all."""
     max_test_per_client: Optional[int] = 150
