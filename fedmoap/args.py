@@ -196,7 +196,7 @@ class FabricArgs:
 
 
 # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------------
-EvalMode = Literal["local", "global", "neighbor", "base2novel", "unseen_clients"]
+EvalMode = Literal["local", "global", "neighbor", "base2novel", "unseen_clients", "xdomain", "lodo", "xdataset"]
 
 
 @dataclass
@@ -212,7 +212,14 @@ class EvalArgs:
     base-class test images, base names) and novel (all novel-class test images, novel names),
     with HM(base, novel) and HM(local, base, novel); ``unseen_clients``: a seeded
     ``unseen_fraction`` of the clients never trains and is evaluated without and with few-shot
-    adaptation. E.g. ``--eval.modes "[local,base2novel]"``."""
+    adaptation. The generalisation protocols (one per run; domains are ``data.domain_column``'s
+    values): ``xdomain``, clients train on one source domain (``source_domains``), the model is
+    tested on each other domain's test images, all classes; ``lodo``, clients train on every domain
+    but the held-out one (``target_domains: [d]``), tested on its test images; ``xdataset``,
+    clients train on the source domains' base classes (as base2novel), tested on each target
+    domain's novel classes with the novel names. Each reports per target and the mean over
+    targets, for the method's global component and the mean of the clients' own models.
+    E.g. ``--eval.modes "[local,base2novel]"``."""
     local_label_space: Literal["all", "own"] = field(default="all", metadata=ADDED)
     """The label space of ``local``: ``all``, every class of the dataset (the pFedMoAP metric);
     ``own``, only the classes the client trains on (FedTPG's "local": the model classifies among
@@ -229,9 +236,15 @@ class EvalArgs:
     own training split (never uploaded nor stored); null = train.local_epochs; 0 skips the
     adapted evaluation."""
     max_test_images: Optional[int] = None
-    """Cap on the pooled test sets of global and base2novel (the whole test set, all base-class
-    and all novel-class test images): a seeded random subset of this many images each, stored in
-    split.json; null keeps all."""
+    """Cap on the pooled test sets of global, base2novel and the domain protocols (the whole test
+    set, all base-class and all novel-class test images, each target domain's): a seeded random
+    subset of this many images each, stored in split.json; null keeps all."""
+    source_domains: Optional[list[str]] = field(default=None, metadata=ADDED)
+    """xdomain, lodo, xdataset: the domains the clients train on (xdomain: exactly one); null =
+    every domain that is not a target."""
+    target_domains: Optional[list[str]] = field(default=None, metadata=ADDED)
+    """xdomain, lodo, xdataset: the domains tested, each separately (lodo: exactly one, the
+    held-out domain); null = every domain that is not a source."""
 
 
 # --- differential privacy (fedmoap/privacy.py) ---------------------------------------------------

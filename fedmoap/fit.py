@@ -24,7 +24,7 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap import evaluation, sanity
+from fedmoap import evaluation, protocols, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
 from fedmoap.checkpoint import checkpoint_path, latest_round, load_latest, save_checkpoint
@@ -195,8 +195,10 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
         raise FedmoapError("; ".join(problems))
     source = load_source(cfg.data)
     classes = evaluation.train_classes(cfg.eval, source)  # base2novel: partition base classes only
+    domains = protocols.domain_plan(cfg.eval, source)  # xdomain, lodo, xdataset: source domains only
     split = (load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir") if resuming
-             else make_split(cfg.data, source, cfg.seed, classes.base if classes else None))
+             else make_split(cfg.data, source, cfg.seed, classes.base if classes else None,
+                             domains.source_codes if domains else None))
     evaluation.complete_split(split, cfg, source, classes)
     ckpt = load_latest(run_dir, digest) if resuming else None
     seen = (resuming, latest_round(run_dir) if resuming else 0)

@@ -40,6 +40,9 @@ METRICS: dict[str, str] = {
     "b2n.hm3": "base-to-novel: HM(local, base, novel), mean over clients, final round",
     "unseen": "held-out clients without adaptation, final round",
     "unseen.adapted": "held-out clients after few-shot adaptation, final round",
+    **{f"{mode}.{part}": f"{mode}: {what}, mean over target domains, final round"
+       for mode in ("xdomain", "lodo", "xdataset")
+       for part, what in (("global", "global component"), ("personal", "clients' own models"))},
 }
 """Column name -> what it is (all accuracies, shown in %)."""
 IGNORED = {"seed", "data.split_file", "data.path", "model.cache_dir", "data.feature_cache",
@@ -94,6 +97,9 @@ class Run:
             out["unseen"] = _num(unseen["no_adaptation"]["final_mean_acc"])
         if "adapted" in unseen:
             out["unseen.adapted"] = _num(unseen["adapted"]["final_mean_acc"])
+        for mode in ("xdomain", "lodo", "xdataset"):
+            for part in ("global", "personal") if mode in s else ():
+                out[f"{mode}.{part}"] = _num(s[mode]["final"][f"mean/{part}"])
         return out
 
     def client_curves(self) -> dict[str, list[tuple[int, float]]]:

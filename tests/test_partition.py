@@ -338,7 +338,8 @@ def test_class_blocks_through_the_split_check_the_client_count_and_stay_in_their
     source = load_source(args)
     split = make_split(args, source, seed=0)
     for train, test in zip(split.train, split.test):
-        assert set(source.train_domains[train]) == set(source.test_domains[test]) and len(set(source.train_domains[train])) == 1
+        assert set(source.train_domains[train]) == set(source.test_domains[test])
+        assert len(set(source.train_domains[train])) == 1
         assert set(source.test_labels[test]) <= set(source.train_labels[train])
     assert [sorted(set(source.train_labels[t])) for t in split.train] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] * 2
     with pytest.raises(FedmoapError, match="data.num_clients: class_blocks of 5 classes .* make 4 clients here, not 3"):
