@@ -57,18 +57,24 @@ class DataArgs:
     label_column: str = "label"
     """Column holding the integer (or ClassLabel) labels."""
     domain_column: Optional[str] = None
-    """Column naming each sample's domain, for ``partition: domain_dirichlet``."""
+    """Column naming each sample's domain, for ``partition: domain_dirichlet`` / ``class_blocks``
+    and the domain protocols of ``eval.modes`` (xdomain, lodo, xdataset)."""
     classnames: Optional[list[str]] = None
     """Class names; default: the names of the dataset's ClassLabel feature."""
     num_clients: int = 5
     """Total clients (for domain_dirichlet: clients per domain x number of domains). The offline
     default uses 5 to fit in minutes on a CPU; the paper configs set theirs (10 to 100)."""
-    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet", "label_uniform"] = "dirichlet"
+    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet", "label_uniform",
+                       "class_blocks"] = "dirichlet"
     """How training samples are divided among clients: ``iid``; ``pathological`` (disjoint
     classes per client); ``dirichlet`` (label skew, Dir(alpha) per class); ``domain_dirichlet``
     (Dir(alpha) within each domain of ``domain_column``); ``label_uniform`` (SGPT's
     "noniid-labeluni": ``classes_per_client`` classes each, every class shared by equally many
-    clients in U(0.4, 0.6) proportions)."""
+    clients in U(0.4, 0.6) proportions); ``class_blocks`` (FedTPG's: per domain of
+    ``domain_column``, or over the whole set without one, its m classes in label order cut into
+    max(1, round_half_even(m / classes_per_client)) contiguous blocks, the last taking the
+    remainder, one client per block holding all of its samples; ``num_clients`` must equal the
+    blocks' count)."""
     balance_cap: bool = field(default=False, metadata=ADDED)
     """dirichlet / domain_dirichlet: a client that already holds N / num_clients samples (of its
     domain) gets no share of the classes drawn after (NIID-bench's cap, used by the FedOTP
@@ -78,8 +84,8 @@ class DataArgs:
     where personalization matters on Fashion-MNIST (each client alone beats the FedAvg prompt);
     at 0.5 it does not (docs/evidence.md). The paper's CIFAR settings use 0.5."""
     classes_per_client: Optional[int] = None
-    """pathological: classes per client (default: all classes spread evenly); label_uniform:
-    classes per client (required)."""
+    """pathological: classes per client (default: all classes spread evenly); label_uniform,
+    class_blocks: classes per client (required)."""
     shots: Optional[int] = 8
     """Training samples kept per class and client (k-shot); null keeps all."""
     max_test_per_client: Optional[int] = 150
@@ -190,7 +196,7 @@ class FabricArgs:
 
 
 # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------------
-EvalMode = Literal["local", "global", "neighbor", "base2novel", "unseen_clients"]
+EvalMode = Literal["local", "global", "neighbor", "base2novel", "unseen_clients", "xdomain", "lodo", "xdataset"]
 
 
 @dataclass
@@ -206,7 +212,14 @@ class EvalArgs:
     base-class test images, base names) and novel (all novel-class test images, novel names),
     with HM(base, novel) and HM(local, base, novel); ``unseen_clients``: a seeded
     ``unseen_fraction`` of the clients never trains and is evaluated without and with few-shot
-    adaptation. E.g. ``--eval.modes "[local,base2novel]"``."""
+    adaptation. The generalisation protocols (one per run; domains are ``data.domain_column``'s
+    values): ``xdomain``, clients train on one source domain (``source_domains``), the model is
+    tested on each other domain's test images, all classes; ``lodo``, clients train on every domain
+    but the held-out one (``target_domains: [d]``), tested on its test images; ``xdataset``,
+    clients train on the source domains' base classes (as base2novel), tested on each target
+    domain's novel classes with the novel names. Each reports per target and the mean over
+    targets, for the method's global component and the mean of the clients' own models.
+    E.g. ``--eval.modes "[local,base2novel]"``."""
     local_label_space: Literal["all", "own"] = field(default="all", metadata=ADDED)
     """The label space of ``local``: ``all``, every class of the dataset (the pFedMoAP metric);
     ``own``, only the classes the client trains on (FedTPG's "local": the model classifies among
@@ -223,9 +236,15 @@ class EvalArgs:
     own training split (never uploaded nor stored); null = train.local_epochs; 0 skips the
     adapted evaluation."""
     max_test_images: Optional[int] = None
-    """Cap on the pooled test sets of global and base2novel (the whole test set, all base-class
-    and all novel-class test images): a seeded random subset of this many images each, stored in
-    split.json; null keeps all."""
+    """Cap on the pooled test sets of global, base2novel and the domain protocols (the whole test
+    set, all base-class and all novel-class test images, each target domain's): a seeded random
+    subset of this many images each, stored in split.json; null keeps all."""
+    source_domains: Optional[list[str]] = field(default=None, metadata=ADDED)
+    """xdomain, lodo, xdataset: the domains the clients train on (xdomain: exactly one); null =
+    every domain that is not a target."""
+    target_domains: Optional[list[str]] = field(default=None, metadata=ADDED)
+    """xdomain, lodo, xdataset: the domains tested, each separately (lodo: exactly one, the
+    held-out domain); null = every domain that is not a source."""
 
 
 # --- differential privacy (fedmoap/privacy.py) ---------------------------------------------------

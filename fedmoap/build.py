@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from lightning import Fabric
 
-from fedmoap import evaluation
+from fedmoap import evaluation, protocols
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
 from fedmoap.config import RunConfig
@@ -94,8 +94,10 @@ def resolve(cfg: RunConfig, *, fabric: Fabric, run_dir: Path | None = None, resu
         raise FedmoapError("; ".join(problems))
     source = load_source(cfg.data)
     classes = evaluation.train_classes(cfg.eval, source)  # base2novel: partition base classes only
+    domains = protocols.domain_plan(cfg.eval, source)  # xdomain, lodo, xdataset: source domains only
     split = (load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir") if resuming
-             else make_split(cfg.data, source, cfg.seed, classes.base if classes else None))
+             else make_split(cfg.data, source, cfg.seed, classes.base if classes else None,
+                             domains.source_codes if domains else None))
     evaluation.complete_split(split, cfg, source, classes)
     batch, inputs = cfg.data.feature_batch_size, cfg.method.required_inputs()
     caches: dict[str, Any] = {}

@@ -23,20 +23,25 @@
   fresh optimizer, random stream (seed, "adapt", t, cid); pFedMoAP trains twice, see
   :mod:`fedmoap.methods.pfedmoap`); nothing of it is stored, uploaded or seen by the server.
 
+- ``xdomain``, ``lodo``, ``xdataset``: the generalisation protocols over the domains of
+  ``data.domain_column`` (:mod:`fedmoap.protocols`).
+
 What a mode needs of the split is stored in ``split.json`` (``classes``, ``unseen_clients``,
-``eval_sets``) so every method of a comparison uses the same classes, clients and test images.
+``eval_sets``, ``domains``) so every method of a comparison uses the same classes, clients and
+test images.
 """
 from __future__ import annotations
 
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, get_args
+from typing import TYPE_CHECKING, Any, Callable, Iterable, get_args
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedmoap import protocols
 from fedmoap.config import EvalArgs, EvalMode, RunConfig
 from fedmoap.data.split import ClientSplit
 from fedmoap.data.sources import SourceData
@@ -90,7 +95,7 @@ def problems(cfg: RunConfig) -> list[str]:
         name = cfg.method.name or type(cfg.method).__name__
         out.append(f"eval.modes base2novel: method {name} cannot evaluate on class names it did not "
                    "train on (its client does not implement set_classnames)")
-    return out
+    return out + protocols.problems(cfg, can_rename(cfg.method))
 
 
 @dataclass
@@ -126,8 +131,9 @@ def class_split(classnames: list[str], fraction: float) -> ClassSplit:
 
 
 def train_classes(e: EvalArgs, source: SourceData) -> ClassSplit | None:
-    """The class split if ``base2novel`` is on (the partition then sees only its base classes)."""
-    return class_split(source.classnames, e.base_fraction) if "base2novel" in e.modes else None
+    """The class split if ``base2novel`` or ``xdataset`` is on (the partition then sees only its
+    base classes)."""
+    return class_split(source.classnames, e.base_fraction) if {"base2novel", "xdataset"} & set(e.modes) else None
 
 
 def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData,
@@ -178,6 +184,7 @@ def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData,
             if e.max_test_images is not None and len(rows) > e.max_test_images:
                 rows = np.sort(numpy_rng(cfg.seed, "eval_sets", name).permutation(rows)[:e.max_test_images])
             sets[name] = rows.tolist()
+    sets.update(protocols.complete_split(split, cfg, source, classes, stored_sets))
     n_test = len(source.test_labels)
     for name, rows in sets.items():
         if not rows or min(rows) < 0 or max(rows) >= n_test:
@@ -229,6 +236,8 @@ class ModeEvaluator:
             plain = {c: counts[c]["plain"] for c in sorted(counts)}
             adapted = ({c: counts[c]["adapted"] for c in sorted(counts)} if self.adaptation_epochs else None)
             out["unseen_clients"] = unseen_entry(self.held_out, self.adaptation_epochs, plain, adapted)
+        if self.modes & set(protocols.PROTOCOLS):
+            out.update(protocols.evaluate(fed, self.modes, self.classes, t, progress, peer_mean(fed)))
         return out
 
     # ---------------------------------------------------------------------------------------
@@ -283,14 +292,12 @@ class ModeEvaluator:
         """Each held-out client on its own test set, as a never-trained client and after
         few-shot adaptation (nothing stored, uploaded or aggregated)."""
         module, bs, out = fed.module, fed.schedule.eval_batch_size, {}
-        # the clients' kept state is private: under DP no mechanism covers releasing its mean
-        peer_mean = ((lambda: None) if fed.privacy is not None else
-                     functools.cache(lambda: mean_params(fed.store.get(c) for c in fed.schedule.clients)))
+        peers = peer_mean(fed)
         for cid in tqdm(clients, desc=f"round {t} unseen clients", leave=False, disable=not progress):
             held = HeldOut(cid, self.adaptation_epochs,
                            download=lambda up, cid=cid: fed.server.unseen_payload(cid, up),
                            train=lambda n, stream, cid=cid: fed.adapt_epochs(cid, t, n, stream),
-                           train_labels=fed.data.train_labels(cid), peer_mean=peer_mean)
+                           train_labels=fed.data.train_labels(cid), peer_mean=peers)
             res = {}
             for part in ("plain", "adapted") if self.adaptation_epochs else ("plain",):
                 module.load_client(cid, None)
@@ -311,6 +318,14 @@ class ModeEvaluator:
             fed.module.set_classnames(names)
         with fed.fabric.autocast():
             fed.module.begin_eval()
+
+
+def peer_mean(fed: Federation) -> Callable[[], dict[str, torch.Tensor] | None]:
+    """:attr:`HeldOut.peer_mean`: the training clients' mean kept parameters, computed once."""
+    # the clients' kept state is private: under DP no mechanism covers releasing its mean
+    if fed.privacy is not None:
+        return lambda: None
+    return functools.cache(lambda: mean_params(fed.store.get(c) for c in fed.schedule.clients))
 
 
 def mean_params(states: Iterable[dict | None]) -> dict[str, torch.Tensor] | None:

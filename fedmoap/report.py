@@ -45,6 +45,9 @@ METRICS: dict[str, str] = {
     "b2n.hm3": "base-to-novel: HM(local, base, novel), mean over clients, final round",
     "unseen": "held-out clients without adaptation, final round",
     "unseen.adapted": "held-out clients after few-shot adaptation, final round",
+    **{f"{mode}.{part}": f"{mode}: {what}, mean over target domains, final round"
+       for mode in ("xdomain", "lodo", "xdataset")
+       for part, what in (("global", "global component"), ("personal", "clients' own models"))},
 }
 """Column name -> what it is (all accuracies, shown in %)."""
 IGNORED = {"seed", "data.split_file", "data.path", "model.cache_dir", "data.feature_cache",

@@ -76,7 +76,7 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 # ----- evaluation modes (issue 13; computed by fedmoap/evaluation.py) -------------------------------
-MODE_KEYS = ("global", "neighbor", "base2novel", "unseen_clients")
+MODE_KEYS = ("global", "neighbor", "base2novel", "unseen_clients", "xdomain", "lodo", "xdataset")
 """The round-record entries of the evaluation modes beyond ``local`` (whose keys are the record's
 own ``clients``/``mean_acc``/``std_acc``)."""
 B2N_METRICS = ("local", "base", "novel", "hm", "hm3")
@@ -132,6 +132,31 @@ def unseen_entry(held_out: list[int], epochs: int, plain: dict[int, tuple[int, i
     return out
 
 
+PROTOCOLS = ("xdomain", "lodo", "xdataset")
+"""The generalisation protocols (fedmoap/protocols.py): entries of :func:`protocol_entry`'s shape."""
+
+
+def protocol_entry(shared: dict[str, tuple[int, int]],
+                   personal: dict[int, dict[str, tuple[int, int]]]) -> dict[str, Any]:
+    """A generalisation protocol's round entry: per target domain ``global``
+    (the method's global component: correct, n, acc) and ``personal`` (each training client's own
+    model, with the local keys' shape); ``mean``: the unweighted mean over targets of the global
+    accuracy and of the clients' mean accuracy."""
+    targets = {d: {"global": {"correct": k, "n": n, "acc": k / n if n else float("nan")},
+                   "personal": accuracy_entry({c: personal[c][d] for c in sorted(personal)})}
+               for d, (k, n) in shared.items()}
+    return {"targets": targets,
+            "mean": {"global": _nanmean([v["global"]["acc"] for v in targets.values()]),
+                     "personal": _nanmean([v["personal"]["mean_acc"] for v in targets.values()])}}
+
+
+def _protocol_numbers(entry: dict[str, Any]) -> dict[str, float]:
+    """``<target>/global``, ``<target>/personal``, ``mean/global``, ``mean/personal``."""
+    out = {f"{d}/{part}": v[part]["acc" if part == "global" else "mean_acc"]
+           for d, v in entry["targets"].items() for part in ("global", "personal")}
+    return {**out, "mean/global": entry["mean"]["global"], "mean/personal": entry["mean"]["personal"]}
+
+
 def _nanmean(values: list[float]) -> float:
     kept = [v for v in values if v is not None and not math.isnan(v)]
     return sum(kept) / len(kept) if kept else float("nan")
@@ -161,6 +186,11 @@ def mode_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             part: {"final_mean_acc": fl["final"], "last5_mean_acc": fl["last5"]}
             for part in ("no_adaptation", "adapted") if part in unseen[-1]
             for fl in [_final_last5([e[part]["mean_acc"] for e in unseen if part in e])]}
+    for mode in PROTOCOLS:
+        entries = [_protocol_numbers(r[mode]) for r in rounds if mode in r]
+        if entries:
+            out[mode] = {"final": entries[-1],
+                         "last5": {k: _nanmean([e.get(k, float("nan")) for e in entries[-5:]]) for k in entries[-1]}}
     return out
 
 
@@ -168,7 +198,9 @@ def mode_scalars(record: dict[str, Any]) -> dict[str, float]:
     """TensorBoard scalars of the evaluation modes: ``<mode>/client/<id>/acc``,
     ``<mode>/mean/acc``, ``<mode>/std/acc`` (global, neighbor); ``base2novel/client/<id>/<m>`` and
     ``base2novel/mean/<m>`` for m in local, base, novel, hm, hm3; ``unseen_clients/client/<id>/acc``
-    and ``.../adapted_acc``, ``unseen_clients/mean/acc`` and ``.../adapted_acc``. And
+    and ``.../adapted_acc``, ``unseen_clients/mean/acc`` and ``.../adapted_acc``;
+    ``<protocol>/<target>/global_acc``, ``.../personal_acc`` and ``<protocol>/mean/global_acc``,
+    ``.../personal_acc`` (xdomain, lodo, xdataset). And
     ``privacy/<key>`` for every number of the record's ``privacy`` entry (e.g. epsilon, written
     by differential privacy)."""
     out: dict[str, float] = {}
@@ -198,6 +230,9 @@ def mode_scalars(record: dict[str, Any]) -> dict[str, float]:
                 for cid, v in e[part]["clients"].items():
                     put(f"unseen_clients/client/{cid}/{suffix}", v["acc"])
                 put(f"unseen_clients/mean/{suffix}", e[part]["mean_acc"])
+    for mode in PROTOCOLS:
+        for key, value in (_protocol_numbers(record[mode]) if mode in record else {}).items():
+            put(f"{mode}/{key}_acc", value)
     for key, value in (record.get("privacy") or {}).items():  # a place for DP's epsilon per round
         put(f"privacy/{key}", value)
     return out
@@ -236,6 +271,9 @@ def hparams(cfg: dict[str, Any], method: str, rounds: list[dict[str, Any]],
     for part, entry in s.get("unseen_clients", {}).items():
         metrics[f"summary/unseen_{part}_final_mean_acc"] = entry["final_mean_acc"]
         metrics[f"summary/unseen_{part}_last5_mean_acc"] = entry["last5_mean_acc"]
+    for mode in PROTOCOLS:
+        for when in ("final", "last5") if mode in s else ():
+            metrics.update({f"summary/{mode}_{when}_{k.replace('/', '_')}_acc": v for k, v in s[mode][when].items()})
     evaluated = [r for r in rounds if "privacy" in r]
     if evaluated:
         metrics.update({f"summary/final_{k}": v for k, v in evaluated[-1]["privacy"].items()})

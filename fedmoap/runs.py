@@ -71,6 +71,9 @@ class Run:
             out["unseen"] = _num(unseen["no_adaptation"]["final_mean_acc"])
         if "adapted" in unseen:
             out["unseen.adapted"] = _num(unseen["adapted"]["final_mean_acc"])
+        for mode in ("xdomain", "lodo", "xdataset"):
+            for part in ("global", "personal") if mode in s else ():
+                out[f"{mode}.{part}"] = _num(s[mode]["final"][f"mean/{part}"])
         return out
 
     def client_curves(self) -> dict[str, list[tuple[int, float]]]:

@@ -31,6 +31,8 @@ SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_token
          "fusion_heads": 4, "shared_tokens": 2, "class_tokens": 1,
          "bottleneck": 2, "ft_epochs": 1, "depth": 2, "text_blocks": [1, 2], "vision_blocks": [1, 2]}
 """Knob values that keep every method small on the tiny model (applied where a method has them)."""
+PER_METHOD = {"promptsrc": {"vision_tokens": 2, "vision_depth": 2, "text_depth": 2}}
+"""Per-method overrides of :data:`SMALL` (PromptSRC's deep prompts must fit the tiny towers)."""
 NUM_CLIENTS = 4
 
 
@@ -43,7 +45,7 @@ def world(tmp_path_factory):
 def federation(world, cls, tmp_path: Path, participation: float = 0.5, seed: int = 0) -> Federation:
     backbone, classnames, data = world
     knobs = {f.name for f in dataclasses.fields(cls)}
-    method = cls(**{k: v for k, v in SMALL.items() if k in knobs})
+    method = cls(**{k: v for k, v in {**SMALL, **PER_METHOD.get(cls.name, {})}.items() if k in knobs})
     return tiny_federation(world, method, tmp_path / "clients", participation=participation, seed=seed)
 
 

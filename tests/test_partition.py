@@ -306,3 +306,45 @@ def test_whole_test_rule_through_the_split():
         mix = np.bincount(source.train_labels[train], minlength=len(source.classnames)) / len(train)
         got = np.bincount(source.test_labels[test], minlength=len(source.classnames)) / len(test)
         assert 0.5 * np.abs(mix - got).sum() <= len(source.classnames) / (2 * 20)
+
+
+# ---------------------------------------------------------------- class blocks
+def test_class_blocks_cut_each_group_in_label_order_with_the_remainder_last():
+    labels = np.tile(np.arange(10), 6)
+    groups = np.repeat([3, 7], 30)  # two domains, every class in both
+    clients = P.class_blocks(labels, 4, groups)
+    assert_well_formed(clients, labels.size)
+    assert_disjoint(clients)
+    assert np.concatenate(clients).size == labels.size
+    # m = 10, k = 4: round_half_even(2.5) = 2 blocks, {0..3} and the remainder {4..9}, per domain
+    assert [sorted(set(labels[c])) for c in clients] == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]] * 2
+    assert [set(groups[c]) for c in clients] == [{3}, {3}, {7}, {7}]
+    base = np.flatnonzero(labels < 5)  # m = 5, k = 2: 2 blocks, {0, 1} and {2, 3, 4}
+    parts = P.class_blocks(labels[base], 2)
+    assert [sorted(set(labels[base][c])) for c in parts] == [[0, 1], [2, 3, 4]]
+    assert P.block_count(3, 4) == 1 and P.block_count(9, 2) == 4 and P.block_count(11, 4) == 3
+    again = P.class_blocks(labels, 4, groups)
+    assert all(np.array_equal(a, b) for a, b in zip(clients, again))
+
+
+def test_class_blocks_through_the_split_check_the_client_count_and_stay_in_their_domain():
+    from fedmoap.config import DataArgs
+    from fedmoap.data.sources import load_source
+    from fedmoap.data.split import make_split
+    from fedmoap.errors import FedmoapError
+
+    args = DataArgs(source="synthetic", domain_column="domain", partition="class_blocks",
+                    classes_per_client=5, num_clients=4, shots=3, max_test_per_client=None)
+    source = load_source(args)
+    split = make_split(args, source, seed=0)
+    for train, test in zip(split.train, split.test):
+        assert set(source.train_domains[train]) == set(source.test_domains[test])
+        assert len(set(source.train_domains[train])) == 1
+        assert set(source.test_labels[test]) <= set(source.train_labels[train])
+    assert [sorted(set(source.train_labels[t])) for t in split.train] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]] * 2
+    with pytest.raises(FedmoapError, match="data.num_clients: class_blocks of 5 classes .* make 4 clients here, not 3"):
+        make_split(DataArgs(**{**vars(args), "num_clients": 3}), source, seed=0)
+    with pytest.raises(FedmoapError, match="class_blocks needs data.classes_per_client"):
+        make_split(DataArgs(**{**vars(args), "classes_per_client": None}), source, seed=0)
+    one = make_split(DataArgs(**{**vars(args), "num_clients": 2}), source, seed=0, train_domains=[1])
+    assert all(set(source.train_domains[t]) == {1} == set(source.test_domains[s]) for t, s in zip(one.train, one.test))

@@ -207,6 +207,39 @@ def label_uniform(
     return [_sorted(np.concatenate(p)) if p else np.empty(0, np.int64) for p in parts]
 
 
+def block_count(num_classes: int, classes_per_client: int) -> int:
+    """Clients of :func:`class_blocks` for a group of ``num_classes`` classes:
+    ``max(1, round_half_even(num_classes / classes_per_client))`` (FedTPG's count)."""
+    return max(1, round(num_classes / classes_per_client))
+
+
+def class_blocks(
+    labels: np.ndarray,
+    classes_per_client: int,
+    groups: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """FedTPG's class-block partition: per group (e.g. domain; one group if ``groups`` is None),
+    the m classes present in label order are cut into :func:`block_count` contiguous blocks of
+    ``classes_per_client``, the last block taking the remainder; a client holds every sample of
+    its block's classes in its group. Groups are visited in sorted order, clients group-major.
+    Deterministic (no draw)."""
+    labels = _check_labels(labels)
+    k = _check_int(classes_per_client, "classes_per_client", 1)
+    groups = np.zeros(labels.size, np.int64) if groups is None else np.asarray(groups)
+    if groups.ndim != 1 or groups.shape != labels.shape:
+        raise ValueError(f"groups must be 1-D with the same length as labels ({labels.size}), "
+                         f"got shape {groups.shape}")
+    clients = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        classes = np.unique(labels[members])
+        n = block_count(classes.size, k)
+        for i in range(n):
+            block = classes[i * k:(i + 1) * k] if i < n - 1 else classes[i * k:]
+            clients.append(_sorted(members[np.isin(labels[members], block)]))
+    return clients
+
+
 def by_group(
     groups: np.ndarray,
     labels: np.ndarray,

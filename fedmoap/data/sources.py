@@ -35,6 +35,9 @@ class SourceData:
     test_domains: np.ndarray | None
     train_id: str
     test_id: str
+    domain_names: list[str] | None = None
+    """Domain names (``data.domain_column``'s distinct values, sorted); code i is
+    ``domain_names[i]``."""
 
 
 def load_source(args: DataArgs) -> SourceData:
@@ -56,19 +59,20 @@ def load_source(args: DataArgs) -> SourceData:
     if top >= len(classnames) or min(train_labels.min(initial=0), test_labels.min(initial=0)) < 0:
         raise FedmoapError(f"data: class-count mismatch: labels go up to {top} but there are "
                            f"{len(classnames)} class names")
-    domains = [None, None]
+    domains, domain_names = [None, None], None
     if args.domain_column:
         # codes over the union of both splits, so a domain has the same code in train and test
         values = [_column(s, args.domain_column) for s in (train, test)]
         names = np.unique(np.concatenate(values))
         domains = [np.searchsorted(names, v) for v in values]
+        domain_names = [str(d) for d in names]
         missing = sorted(str(d) for d in set(names[np.unique(domains[0])]) - set(names[np.unique(domains[1])]))
         if missing:
             raise FedmoapError(f"data.domain_column: domains {missing} have training samples but no "
                                f"test samples in split {args.test_split!r}")
     return SourceData(train, test, classnames, train_labels, test_labels, domains[0], domains[1],
                       f"{data_id or train._fingerprint}/{args.train_split}",
-                      f"{data_id or test._fingerprint}/{args.test_split}")
+                      f"{data_id or test._fingerprint}/{args.test_split}", domain_names)
 
 
 def _labels(args: DataArgs, train: Dataset, test: Dataset,

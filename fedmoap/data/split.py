@@ -20,9 +20,10 @@ from fedmoap.errors import FedmoapError
 from fedmoap.seeding import numpy_rng
 
 SPLIT_FORMAT = 1
-EXTRA_KEYS = ("classes", "unseen_clients", "eval_sets")
+EXTRA_KEYS = ("classes", "unseen_clients", "eval_sets", "domains")
 """Optional split-file sections the evaluation modes add (:mod:`fedmoap.evaluation`): the
-base/novel class split, the held-out clients, the pooled test sets."""
+base/novel class split, the held-out clients, the pooled test sets, the domain protocol (its
+mode, source and target domains)."""
 
 
 @dataclass
@@ -57,18 +58,26 @@ class ClientSplit:
 
 
 def make_split(args: DataArgs, data: SourceData, seed: int,
-               train_classes: list[int] | None = None) -> ClientSplit:
+               train_classes: list[int] | None = None,
+               train_domains: list[int] | None = None) -> ClientSplit:
     """The split a config asks for: from ``args.split_file`` if given, else drawn from ``seed``.
-    ``train_classes`` (base-to-novel): only samples of these classes are partitioned, so no
-    client trains on (or is locally tested on) another class."""
+    ``train_classes`` (base-to-novel) and ``train_domains`` (domain codes; the generalisation
+    protocols' source domains): only samples of these classes and domains are partitioned, so no
+    client trains on (or is locally tested on) another; with ``train_domains`` each client's test
+    set comes from its own domains."""
     if args.split_file:
         return load_split(Path(args.split_file), data, args.num_clients)
     rng = numpy_rng(seed, "split")
     try:
-        if train_classes is None:
+        if train_classes is None and train_domains is None:
             train = _partition(args, data, rng)
         else:
-            keep = np.flatnonzero(np.isin(data.train_labels, train_classes))
+            keep = np.ones(len(data.train_labels), bool)
+            if train_classes is not None:
+                keep &= np.isin(data.train_labels, train_classes)
+            if train_domains is not None:
+                keep &= np.isin(data.train_domains, train_domains)
+            keep = np.flatnonzero(keep)
             domains = None if data.train_domains is None else data.train_domains[keep]
             subset = replace(data, train_labels=data.train_labels[keep], train_domains=domains)
             train = [keep[idx] for idx in _partition(args, subset, rng)]
@@ -76,7 +85,8 @@ def make_split(args: DataArgs, data: SourceData, seed: int,
         if args.shots is not None:
             train = P.k_shot(data.train_labels, train, args.shots, rng)
         mix = train if args.test_follows == "train" else full_train
-        by_domain = data.train_domains is not None and args.partition == "domain_dirichlet"
+        by_domain = data.train_domains is not None and (
+            args.partition in ("domain_dirichlet", "class_blocks") or train_domains is not None)
         groups = ((data.train_domains, data.test_domains) if by_domain else
                   (np.zeros(data.train_labels.size, np.int64), np.zeros(data.test_labels.size, np.int64)))
         if args.test_from == "whole":
@@ -109,13 +119,20 @@ def _partition(args: DataArgs, data: SourceData, rng: np.random.Generator) -> li
         return P.pathological(labels, n, rng, args.classes_per_client)
     if args.partition == "dirichlet":
         return P.dirichlet(labels, n, args.alpha, rng, balance_cap=args.balance_cap)
+    if args.partition in ("label_uniform", "class_blocks") and args.classes_per_client is None:
+        raise FedmoapError(f"data.partition {args.partition} needs data.classes_per_client")
     if args.partition == "label_uniform":
-        if args.classes_per_client is None:
-            raise FedmoapError("data.partition label_uniform needs data.classes_per_client")
         return P.label_uniform(labels, n, args.classes_per_client, rng)
+    if args.partition == "class_blocks":
+        parts = P.class_blocks(labels, args.classes_per_client, data.train_domains)
+        if len(parts) != n:
+            raise FedmoapError(f"data.num_clients: class_blocks of {args.classes_per_client} classes "
+                               f"(data.classes_per_client) make {len(parts)} clients here, not {n}; "
+                               f"set data.num_clients {len(parts)}")
+        return parts
     if data.train_domains is None:
         raise FedmoapError("data.partition: domain_dirichlet needs data.domain_column")
-    num_domains = int(data.train_domains.max()) + 1
+    num_domains = len(np.unique(data.train_domains))
     if n % num_domains:
         raise FedmoapError(f"data.num_clients: {n} clients cannot be spread evenly over "
                            f"{num_domains} domains")
@@ -188,4 +205,8 @@ def _shape_problem(raw: object) -> str | None:
     sets = raw.get("eval_sets", {})
     if not isinstance(sets, dict) or not all(_ints(v) for v in sets.values()):
         return "'eval_sets' is not an object of integer lists"
+    domains = raw.get("domains", {"source": [], "target": []})
+    lists = isinstance(domains, dict) and [domains.get(k) for k in ("source", "target")]
+    if not lists or not all(isinstance(v, list) and all(isinstance(d, str) for d in v) for v in lists):
+        return "'domains' is not an object with string lists 'source' and 'target'"
     return None

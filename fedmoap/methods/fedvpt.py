@@ -35,18 +35,20 @@ class FedVPTClient(GlobalPromptClient):
     def __init__(self, method: "FedVPT", backbone: Backbone, classnames: list[str],
                  run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
-        self.vision = nn.Parameter(torch.zeros(method.vision_depth, method.vision_tokens,
-                                               backbone.vision_width))
+        if method.vision_depth:  # 0 only in subclasses: text prompts alone (PromptSRC as FLiP runs it)
+            self.vision = nn.Parameter(torch.zeros(method.vision_depth, method.vision_tokens,
+                                                   backbone.vision_width))
         if method.text_depth > 1:
             self.deep_text = nn.Parameter(torch.zeros(method.text_depth - 1, *self.ctx.shape))
             """IVLP's deep text prompts P_1..P_{J-1}, each replacing the context before its block."""
 
     def global_init(self) -> Payload:
         m = self.method
-        gen = torch_generator(self.run.seed, "initial_vision_prompt")
-        vision = torch.randn(m.vision_depth, m.vision_tokens, self.backbone.vision_width,
-                             generator=gen) * m.vision_init_std
-        out = {**super().global_init(), "vision": vision}
+        out = super().global_init()
+        if m.vision_depth:
+            gen = torch_generator(self.run.seed, "initial_vision_prompt")
+            out["vision"] = torch.randn(m.vision_depth, m.vision_tokens, self.backbone.vision_width,
+                                        generator=gen) * m.vision_init_std
         if m.text_depth > 1:
             gen = torch_generator(self.run.seed, "initial_deep_text_prompt")
             out["deep_text"] = torch.randn(m.text_depth - 1, *out["prompt"].shape, generator=gen) * 0.02
@@ -55,7 +57,8 @@ class FedVPTClient(GlobalPromptClient):
     def shared_parameters(self) -> dict[str, nn.Parameter]:
         """The text context, the visual prompt and (J > 1) the deep text prompts."""
         deep = {"deep_text": self.deep_text} if self.method.text_depth > 1 else {}
-        return {"prompt": self.ctx, "vision": self.vision, **deep}
+        vision = {"vision": self.vision} if self.method.vision_depth else {}
+        return {"prompt": self.ctx, **vision, **deep}
 
     def reset(self, cid: int) -> None:
         self.load_shared(self.global_init())
@@ -63,7 +66,7 @@ class FedVPTClient(GlobalPromptClient):
     def upload(self) -> Payload:
         """Every shared prompt; the visual prompt alone if the text is not trained."""
         if not self.method.train_text:
-            return {"vision": self.vision.detach().cpu().clone()}
+            return {"vision": self.vision.detach().cpu().clone()} if self.method.vision_depth else {}
         return super().upload()
 
     def text_features(self, ctx: Tensor | None = None) -> Tensor:
@@ -81,7 +84,8 @@ class FedVPTClient(GlobalPromptClient):
 
     def param_groups(self) -> list[ParamGroup]:
         deep = [self.deep_text] if self.method.text_depth > 1 else []
-        params = [self.ctx, *deep, self.vision] if self.method.train_text else [self.vision]
+        vision = [self.vision] if self.method.vision_depth else []
+        params = [self.ctx, *deep, *vision] if self.method.train_text else vision
         return [ParamGroup(params, self.run.train.lr)]
 
 
