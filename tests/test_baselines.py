@@ -38,7 +38,8 @@ from worlds import tiny_federation
 METHODS = registry()
 NEW = ["promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp"]
 SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2,
-         "bottleneck": 2, "ft_epochs": 1, "depth": 2}
+         "bottleneck": 2, "ft_epochs": 1, "depth": 2, "text_blocks": [1, 2], "vision_blocks": [1, 2],
+         "text_depth": 2, "vision_depth": 2}
 NUM_CLIENTS = 4
 
 
