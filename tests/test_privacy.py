@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
 TRAINED = [name for name, cls in METHODS.items() if cls.trains]
-SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2, "rank": 2, "depth": 2}
+SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2, "rank": 2, "depth": 2,
+         "text_blocks": [1, 2], "vision_blocks": [1, 2], "text_depth": 2, "vision_depth": 2}
 NUM_CLIENTS = 4
 
 
@@ -170,7 +171,7 @@ def test_every_methods_upload_is_privatised(world, tmp_path, name):
     residuals = []
     for cid, up in plain.items():
         init = fed.module.global_init()
-        ref = {k: sent[cid].get(k, init.get(k)) for k in up}
+        ref = {k: sent[cid].get(k, init.get(k, torch.zeros_like(up[k]))) for k in up}  # the documented rule
         change = {k: up[k] - ref[k] for k in up}
         norm = math.sqrt(sum(float(v.double().square().sum()) for v in change.values()))
         factor = min(1.0, s / norm)
