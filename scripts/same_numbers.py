@@ -34,6 +34,8 @@ MODES = ["global", "neighbor", "base2novel", "unseen_clients"]
 TIMING = ("seconds", "setup_s", "round_s")
 SIZE = {"depth": "2", "text_blocks": "[1, 2]", "vision_blocks": "[1, 2]"}
 """Knobs set where a method has them, so that it fits the smoke config's 2-block tiny model."""
+DEPTHS = ("vision_depth", "text_depth")
+"""Prompt depths lowered to the tiny model's 2 blocks where a method's default is deeper."""
 
 
 def cases() -> dict[str, list[str]]:
@@ -44,6 +46,8 @@ def cases() -> dict[str, list[str]]:
     for name, cls in registry().items():
         knobs = {f.name for f in dataclasses.fields(cls)}
         size = [a for k, v in SIZE.items() if k in knobs for a in (f"--method.{k}", v)]
+        size += [a for f in dataclasses.fields(cls) if f.name in DEPTHS and f.default > 2
+                 for a in (f"--method.{f.name}", "2")]
         out[f"smoke-{name}"] = [*SMOKE, "--method", name, *size]
     for method in ("promptfl", "pfedmoap"):
         for mode, args in DP.items():
