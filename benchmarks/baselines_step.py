@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.config import TrainArgs
+from fedmoap.federation.config import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedotp import transport_plan

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.config import TrainArgs
+from fedmoap.federation.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.cocoop import CoCoOp
 from local_step import paired

@@ -6,7 +6,7 @@
   per round, as ours are, so neither mode times them.
 - ``ours``: fedmoap's step: cached image features, prompts truncated exactly to the longest
   class prompt (same gating, same loss).
-- ``local training``: ``fedmoap.local.train_locally`` over 3 batches (shuffling, batching, the
+- ``local training``: ``fedmoap.federation.local.train_locally`` over 3 batches (shuffling, batching, the
   lr schedule, optimizer creation), per step: what stands between a real round and the step.
 - ``floor``: one text-tower forward and backward over the C class prompts of the local context at
   the truncated length; no method can train its prompt for less.
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.config import TrainArgs
-from fedmoap.local import train_locally
+from fedmoap.federation.config import TrainArgs
+from fedmoap.federation.local import train_locally
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.pfedmoap import PFedMoAP, PFedMoAPClient
 from fedmoap.methods.prompts import initial_prompt
-from fedmoap.rounds import default_fabric
+from fedmoap.federation.rounds import default_fabric
 
 BATCH = 32
 

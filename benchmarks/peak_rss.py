@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from fedmoap.cli import parse_fit
-from fedmoap.fit import fit
+from fedmoap.run.cli import parse_fit
+from fedmoap.run.fit import fit
 
 
 def peak_rss_kb() -> int:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmoap import report
+from fedmoap.run import report
 from fedmoap.backbones import build_backbone
-from fedmoap.cli import parse_fit
+from fedmoap.run.cli import parse_fit
 from fedmoap.data.sources import load_source
 from fedmoap.data.synthetic import make_synthetic
-from fedmoap.features import FeatureCache
+from fedmoap.inputs.features import FeatureCache
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -50,7 +50,7 @@ def fit_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
 def run_child(cmd: list[str]) -> dict:
     """Run ``cmd`` (a :func:`fit_cmd`); returns its record (peak RSS in MB as ``mb``, the fit's
     ``round_seconds``) after checking that its run finished (``results.json``, read by
-    :mod:`fedmoap.report`)."""
+    :mod:`fedmoap.run.report`)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")

@@ -6,8 +6,8 @@ CoOp text prompt), pFedDC (global + local text and vision prompts, two cross-att
 class-mixed tokens at block round(L/2), a linear head, mixing weights from cached features, no
 text path), all timed in turn against one floor in the same run.
 
-- ``ours``: :func:`fedmoap.local.train_locally` over one epoch of batches from the real pixel
-  provider (:class:`~fedmoap.federated_data.FederatedData`: uint8 images, random resized crop +
+- ``ours``: :func:`fedmoap.federation.local.train_locally` over one epoch of batches from the real pixel
+  provider (:class:`~fedmoap.inputs.federated_data.FederatedData`: uint8 images, random resized crop +
   flip on tensors, normalisation), per step: batching, augmentation, forward, backward, SGD step.
 - ``floor``: one prompted image-tower forward and backward on ready-made normalised images plus
   the text path (the C class prompts' forward and backward): what any such method must compute.
@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones import build_backbone
-from fedmoap.config import ModelArgs, TrainArgs
-from fedmoap.federated_data import FederatedData, Inputs
-from fedmoap.local import train_locally
+from fedmoap.federation.config import ModelArgs, TrainArgs
+from fedmoap.inputs.federated_data import FederatedData, Inputs
+from fedmoap.federation.local import train_locally
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedvpt import FedVPT
 from fedmoap.methods.pepfedpt import PEPFedPT
 from fedmoap.methods.pfeddc import PFedDC
-from fedmoap.rounds import default_fabric
+from fedmoap.federation.rounds import default_fabric
 
 BATCH = 32
 TOKENS = 8

@@ -1,3 +1,3 @@
-from fedmoap.cli import main
+from fedmoap.run.cli import main
 
 raise SystemExit(main())

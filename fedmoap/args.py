@@ -2,7 +2,7 @@
 declared (the docstrings are ``fedmoap fit --help``).
 
 A leaf module: the data, backbones and methods packages read their section from here, and
-:mod:`fedmoap.config` assembles them with the method into :class:`~fedmoap.config.RunConfig`.
+:mod:`fedmoap.federation.config` assembles them with the method into :class:`~fedmoap.federation.config.RunConfig`.
 Fields marked ``NEUTRAL`` do not change a run's numbers; fields marked ``ADDED`` came after runs
 made without them (see :mod:`fedmoap.field_flags`).
 """
@@ -195,7 +195,7 @@ class FabricArgs:
     bit (e.g. 1 vs 2 processes) need the same value."""
 
 
-# ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------------
+# ----- evaluation modes (fedmoap/federation/evaluation.py) ----------------------------------------
 EvalMode = Literal["local", "global", "neighbor", "base2novel", "unseen_clients", "xdomain", "lodo", "xdataset"]
 
 
@@ -247,7 +247,7 @@ class EvalArgs:
     held-out domain); null = every domain that is not a source."""
 
 
-# --- differential privacy (fedmoap/privacy.py) ---------------------------------------------------
+# --- differential privacy (fedmoap/federation/privacy.py) -----------------------------------------
 @dataclass
 class DPArgs:
     """Differential privacy (docs/privacy.md): off, client-level noise on every

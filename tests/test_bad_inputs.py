@@ -1,7 +1,7 @@
 """The bad-input matrix: every case ends with one line naming the culprit, exit code 2, and
 nothing in an existing run directory changed (every file's bytes compared before and after).
 
-Cases run in-process through ``fedmoap.cli.main`` (one import for all); ``tests/test_run.py``
+Cases run in-process through ``fedmoap.run.cli.main`` (one import for all); ``tests/test_run.py``
 runs a few of them as real processes too (exit status, no traceback on stderr).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
 import torch
 
-from fedmoap.cli import main
+from fedmoap.run.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -46,7 +46,7 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "negative_views": (["--data.num_views", "-1"], "fresh", ["data.num_views"]),
     "duplicate_classnames": (["--data.classnames", "[a,a,b,c,d,e,f,g,h,i]"], "fresh", ["data.classnames"]),
     "bad_precision": (["--fabric.precision", "8-bit"], "fresh", ["fabric.precision", "8-bit"]),
-    # differential privacy (fedmoap/privacy.py)
+    # differential privacy (fedmoap/federation/privacy.py)
     "dp_without_clip": (["--dp.mode", "client_upload", "--dp.epsilon", "8"], "fresh", ["dp.clip"]),
     "dp_epsilon_and_noise_multiplier": (["--dp.mode", "record_sgd", "--dp.clip", "1", "--dp.epsilon", "8",
                                          "--dp.noise_multiplier", "1"], "existing",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from fedmoap.checkpoint import checkpoint_path, code_version
-from fedmoap.cli import main
+from fedmoap.run.checkpoint import checkpoint_path, code_version
+from fedmoap.run.cli import main
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedmoap.cli import parse_fit
+from fedmoap.run.cli import parse_fit
 from fedmoap.errors import FedmoapError
-from fedmoap.fit import validate
+from fedmoap.run.fit import validate
 
 CONFIGS = sorted(p for p in Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml")
                  if "studies" not in p.parts)  # studies are not fit configs (tests/test_studies.py)
@@ -127,8 +127,8 @@ def test_flip_protocol_composes_with_each_flip_learner(method):
 def test_a_method_knob_added_later_keeps_old_runs_digest():
     """fedvpt's text_depth came after fedvpt runs existed: a stored config without it, or with it
     at its default, has the old digest (the run resumes); another value is another run."""
-    from fedmoap.config import config_dict
-    from fedmoap.fit import config_digest
+    from fedmoap.federation.config import config_dict
+    from fedmoap.run.fit import config_digest
 
     cfg, _, _ = parse_fit(["fit", "--config", str(TABLES[0].parents[1] / "smoke.yaml"), "--method", "fedvpt"])
     d = config_dict(cfg)

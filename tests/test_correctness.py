@@ -13,15 +13,15 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
-from fedmoap.cli import main
-from fedmoap.config import DataArgs
+from fedmoap.run.cli import main
+from fedmoap.federation.config import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.fit import preempted
+from fedmoap.run.fit import preempted
 from fedmoap.io import file_lock
-from fedmoap.rounds import Schedule
+from fedmoap.federation.rounds import Schedule
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -161,7 +161,7 @@ def test_d11_only_rank_0_requeues(monkeypatch):
 
 
 def test_d12_a_preempted_encode_keeps_what_it_encoded(tmp_path, monkeypatch):
-    import fedmoap.features as features
+    import fedmoap.inputs.features as features
     from fedmoap.backbones.openclip import OpenCLIPBackbone
     from fedmoap.data.synthetic import make_synthetic
     from fedmoap.preemption import Preempted

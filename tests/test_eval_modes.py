@@ -17,19 +17,19 @@ import torch
 import yaml
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.cli import main
-from fedmoap.config import DataArgs, EvalArgs, RunConfig, TrainArgs, config_dict
+from fedmoap.run.cli import main
+from fedmoap.federation.config import DataArgs, EvalArgs, RunConfig, TrainArgs, config_dict
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.evaluation import ModeEvaluator, apply_class_order, class_split, complete_split
-from fedmoap.features import FeatureCache
-from fedmoap.federated_data import FederatedData, Inputs, gather_inputs
-from fedmoap.fit import check_run_dir, config_digest
+from fedmoap.federation.evaluation import ModeEvaluator, apply_class_order, class_split, complete_split
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.inputs.federated_data import FederatedData, Inputs, gather_inputs
+from fedmoap.run.fit import check_run_dir, config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
-from fedmoap.results import base2novel_entry, hmean
-from fedmoap.rounds import Federation, Schedule, default_fabric
-from fedmoap.store import ClientStore
+from fedmoap.federation.results import base2novel_entry, hmean
+from fedmoap.federation.rounds import Federation, Schedule, default_fabric
+from fedmoap.federation.store import ClientStore
 from worlds import tiny_federation
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import torch
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.data.synthetic import make_synthetic, synthetic_id
 from fedmoap.errors import FedmoapError
-from fedmoap.features import FeatureCache
+from fedmoap.inputs.features import FeatureCache
 
 
 @pytest.fixture(scope="module")

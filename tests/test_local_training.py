@@ -1,15 +1,15 @@
-"""Local training (fedmoap/local.py, the methods' optimizer and schedule)."""
+"""Local training (fedmoap/federation/local.py, the methods' optimizer and schedule)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from fedmoap.config import TrainArgs
-from fedmoap.local import train_locally
+from fedmoap.federation.config import TrainArgs
+from fedmoap.federation.local import train_locally
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
-from fedmoap.rounds import default_fabric
+from fedmoap.federation.rounds import default_fabric
 from worlds import tiny_world
 
 

@@ -17,12 +17,12 @@ import yaml
 
 from worlds import tiny_federation, tiny_world
 
-from fedmoap.cli import build_parser, main, parse_fit
-from fedmoap.config import RunConfig
+from fedmoap.run.cli import build_parser, main, parse_fit
+from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.methods import registry
 from fedmoap.methods.base import INPUTS
-from fedmoap.rounds import Federation
+from fedmoap.federation.rounds import Federation
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -282,7 +282,7 @@ def test_the_readme_walkthrough_method_runs_from_another_package(tmp_path, monke
     assert results["method"] == "myprox" and len(results["rounds"]) == 2
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["init_args"]["mu"] == 0.25
     with pytest.raises(FedmoapError, match="method.mu"):
-        from fedmoap.fit import validate
+        from fedmoap.run.fit import validate
         validate(parse_fit(["fit", "--method", "mylab.methods.MyProx", "--method.mu", "-1"])[0])
 
 
@@ -314,7 +314,7 @@ def test_help_documents_every_leaf_field():
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_help_documents_every_knob(name):
-    from fedmoap.cli import short_method_names
+    from fedmoap.run.cli import short_method_names
 
     text = leaf_help(short_method_names(["fit", "--method.help", name]))
     for f in dataclasses.fields(METHODS[name]):

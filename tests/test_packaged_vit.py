@@ -25,7 +25,7 @@ from fedmoap.backbones.dinov2_onnx import (  # noqa: E402
 )
 from fedmoap.backbones.packaged import PackagedTowersBackbone  # noqa: E402
 from fedmoap.backbones.packaged_vit import PackagedViTBackbone  # noqa: E402
-from fedmoap.config import ModelArgs  # noqa: E402
+from fedmoap.federation.config import ModelArgs  # noqa: E402
 from fedmoap.data.fashion_mnist import DEFAULT_DIR  # noqa: E402
 from fedmoap.errors import FedmoapError  # noqa: E402
 

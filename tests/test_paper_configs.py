@@ -6,7 +6,7 @@ label order, a few classes), FedBN's split pickles and image tree for DomainNet 
 Office-Caltech10 (all domains and classes, one image each per split), and for the CIFAR hub
 datasets a ``save_to_disk`` copy with exactly the hub's features (``img``; ``label`` or
 ``fine_label``/``coarse_label`` with the hub's ClassLabel names; splits ``train``/``test``), passed
-as ``data.source`` in place of the hub. Each config then runs through ``fedmoap.cli.main`` with
+as ``data.source`` in place of the hub. Each config then runs through ``fedmoap.run.cli.main`` with
 the tiny random model and size overrides. Then, per loader family, schema mismatches that must
 stop with one line naming the culprit.
 """
@@ -23,8 +23,8 @@ import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
-from fedmoap.cli import main
-from fedmoap.config import DataArgs
+from fedmoap.run.cli import main
+from fedmoap.federation.config import DataArgs
 from fedmoap.data.layouts import FEDBN
 from fedmoap.data.sources import load_source
 from fedmoap.errors import FedmoapError

@@ -12,11 +12,11 @@ import torch
 
 from worlds import tiny_federation, tiny_world
 
-from fedmoap.cli import main
-from fedmoap.config import TrainArgs
+from fedmoap.run.cli import main
+from fedmoap.federation.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.pepfedpt import FedAvgVPT, LocalVPT, PEPFedPT
-from fedmoap.rounds import Federation
+from fedmoap.federation.rounds import Federation
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"

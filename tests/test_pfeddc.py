@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from worlds import tiny_federation, tiny_world
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.cli import main
-from fedmoap.config import TrainArgs
+from fedmoap.run.cli import main
+from fedmoap.federation.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
-from fedmoap.rounds import Federation
+from fedmoap.federation.rounds import Federation
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.data.synthetic import make_synthetic, synthetic_id
-from fedmoap.features import FeatureCache
-from fedmoap.pixels import SCALE, PixelCache, augment, crop_params
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.inputs.pixels import SCALE, PixelCache, augment, crop_params
 
 
 @pytest.fixture(scope="module")

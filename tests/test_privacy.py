@@ -1,4 +1,4 @@
-"""Differential privacy (``dp:``, fedmoap/privacy.py): the accountant against published values,
+"""Differential privacy (``dp:``, fedmoap/federation/privacy.py): the accountant against published values,
 the solved noise multiplier, clipping bounds one example's / one client's influence, the noise
 has the stated scale, every method's upload is privatised, DP-SGD runs for every method, and the
 command line end to end (results.json, TensorBoard, resume, preset)."""
@@ -15,15 +15,15 @@ import yaml
 
 from worlds import tiny_federation, tiny_world
 
-from fedmoap.cli import main, parse_fit
-from fedmoap.config import DPArgs, TrainArgs
-from fedmoap.config import added_section_defaults
-from fedmoap.fit import config_digest
+from fedmoap.run.cli import main, parse_fit
+from fedmoap.federation.config import DPArgs, TrainArgs
+from fedmoap.federation.config import added_section_defaults
+from fedmoap.run.fit import config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
-from fedmoap.dp_sgd import clipped_sum, noisy_mean, private_parameters
-from fedmoap.privacy import clip_and_noise, epsilon, solve_noise_multiplier
-from fedmoap.rounds import Federation
+from fedmoap.federation.dp_sgd import clipped_sum, noisy_mean, private_parameters
+from fedmoap.federation.privacy import clip_and_noise, epsilon, solve_noise_multiplier
+from fedmoap.federation.rounds import Federation
 from fedmoap.seeding import torch_generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,8 +364,8 @@ def test_dp_plans_no_steps_for_held_out_clients(tmp_path):
     noise multiplier solved from it, leave them out; CoOp trains every client (the method's own
     choice), which must not bring them back. Seed 4 holds out client 0, the busiest plan: counting
     it asked for z 1.3721 instead of 1.2305."""
-    from fedmoap.build import build_federation
-    from fedmoap.rounds import default_fabric
+    from fedmoap.federation.build import build_federation
+    from fedmoap.federation.rounds import default_fabric
 
     cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--method", "coop", "--method.epochs", "2", "--seed", "4",
                            "--eval.modes", "[local,unseen_clients]", "--dp.mode", "record_sgd", "--dp.clip", "1.0",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from worlds import first_batch, tiny_client
 
-from fedmoap.config import TrainArgs
+from fedmoap.federation.config import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.promptsrc import IMAGENET_TEMPLATES, gpa_weight
@@ -126,8 +126,8 @@ def test_bad_knobs_are_named():
 
 @pytest.mark.parametrize("depth", [0, 2])
 def test_runs_a_round_in_a_federation(world, tmp_path, depth):
-    from fedmoap.rounds import Federation, Schedule, default_fabric
-    from fedmoap.store import ClientStore
+    from fedmoap.federation.rounds import Federation, Schedule, default_fabric
+    from fedmoap.federation.store import ClientStore
 
     backbone, names, data = world
     method = registry()["promptsrc"](**{**SMALL, "vision_depth": depth}, gpa_mean=1.0)

@@ -15,14 +15,14 @@ import torch
 from test_method_api import NUM_CLIENTS, federation
 from worlds import tiny_world
 
-from fedmoap import protocols
-from fedmoap.cli import main
-from fedmoap.config import DataArgs
+from fedmoap.federation import protocols
+from fedmoap.run.cli import main
+from fedmoap.federation.config import DataArgs
 from fedmoap.data.fashion_mnist_styles import STYLES
 from fedmoap.data.sources import load_source
-from fedmoap.evaluation import peer_mean
+from fedmoap.federation.evaluation import peer_mean
 from fedmoap.methods import registry
-from fedmoap.results import mode_scalars
+from fedmoap.federation.results import mode_scalars
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -176,10 +176,10 @@ def test_every_method_scores_a_target_with_its_global_component_and_each_clients
 
 
 def test_a_stored_split_must_match_the_protocol():
-    from fedmoap.config import EvalArgs, RunConfig
+    from fedmoap.federation.config import EvalArgs, RunConfig
     from fedmoap.data.split import make_split
     from fedmoap.errors import FedmoapError
-    from fedmoap.evaluation import complete_split
+    from fedmoap.federation.evaluation import complete_split
 
     args = DataArgs(source="synthetic", domain_column="domain", num_clients=3, shots=2)
     source = load_source(args)

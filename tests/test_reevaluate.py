@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmoap.cli import main
+from fedmoap.run.cli import main
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

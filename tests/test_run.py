@@ -2,7 +2,7 @@
 resume (including after a real SIGKILL), extension, refusal of bad inputs, the methods' traffic,
 and split reuse.
 
-Runs are shared through module-scoped fixtures and made in-process with ``fedmoap.cli.main``
+Runs are shared through module-scoped fixtures and made in-process with ``fedmoap.run.cli.main``
 where possible (one Python import instead of one per run); a subprocess is used where a real
 process matters (exit code, stderr, being killed). Every run uses a temporary feature cache.
 """
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import fedmoap
-from fedmoap.cli import main
+from fedmoap.run.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -83,7 +83,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
 @pytest.fixture
 def trained_rounds(monkeypatch) -> list[int]:
     """The rounds that in-process runs of the test actually train (in order)."""
-    from fedmoap.rounds import Federation
+    from fedmoap.federation.rounds import Federation
 
     seen: list[int] = []
     original = Federation.run_round
@@ -233,7 +233,7 @@ def test_same_seed_same_results_other_seed_differs(run3, base2, runs_root, cache
 
 # ---------------------------------------------------------------------------------- 3. re-run
 def test_rerun_on_finished_run_does_nothing(run3, runs_root, cache_dir, monkeypatch):
-    from fedmoap.rounds import Federation
+    from fedmoap.federation.rounds import Federation
 
     d = copy_run(run3, runs_root / "rerun")
     before_ckpt = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in checkpoints(d)}
@@ -599,12 +599,12 @@ def test_second_fit_on_a_locked_run_dir_is_refused_naming_the_holder(run3, base2
     import fcntl
     import socket
 
-    from fedmoap.rounds import Federation
-    from fedmoap.rundir import LOCK_NAME
+    from fedmoap.federation.rounds import Federation
+    from fedmoap.run.rundir import LOCK_NAME
 
     d = copy_run(base2, runs_root / "locked")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fedmoap.rundir import RunLock; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fedmoap.run.rundir import RunLock; "
          "lock = RunLock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); time.sleep(600)", str(d)],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -683,7 +683,7 @@ def test_read_only_file_systems(base2, runs_root, cache_dir, tmp_path):
     d = copy_run(base2, runs_root / "read_only")
     before = snapshot(d)
     fresh = runs_root / "on_a_read_only_cache"
-    code = ("import sys; from fedmoap.cli import main; "
+    code = ("import sys; from fedmoap.run.cli import main; "
             f"print('RC', main({fit_args(d, cache_dir, '--fed.rounds', '3')!r}), "
             f"main({fit_args(fresh, cache_dir, '--fed.rounds', '1')!r}))")
     script = (f"mount --bind -o ro {d} {d} && mount --bind -o ro {cache_dir} {cache_dir} && "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmoap.config import DataArgs
+from fedmoap.federation.config import DataArgs
 from fedmoap.data import partition as P
 from fedmoap.data.fashion_mnist import DEFAULT_DIR
 from fedmoap.data.fashion_mnist_styles import STYLES, assign_styles, render

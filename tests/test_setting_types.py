@@ -9,7 +9,7 @@ from typing import Literal, Union
 
 import pytest
 
-from fedmoap.config import RunConfig
+from fedmoap.federation.config import RunConfig
 from fedmoap.methods import registry
 from fedmoap.typecheck import mismatch, type_problems
 
@@ -81,7 +81,7 @@ def test_every_float_setting_is_checked_for_finiteness():
 
 def test_every_method_knob_is_validated_by_the_parser(capsys):
     """The parser itself checks each knob (none shown as ``Unvalidated<...>`` in its help)."""
-    from fedmoap.cli import main
+    from fedmoap.run.cli import main
 
     for name in registry():
         with pytest.raises(SystemExit):

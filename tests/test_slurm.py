@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmoap.cli import main
+from fedmoap.run.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "slurm"

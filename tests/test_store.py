@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedmoap.cli import main
+from fedmoap.run.cli import main
 from fedmoap.errors import FedmoapError
-from fedmoap.store import ClientStore
+from fedmoap.federation.store import ClientStore
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

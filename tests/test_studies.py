@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmoap.cli import main, parse_fit
-from fedmoap.study import load_study
+from fedmoap.run.cli import main, parse_fit
+from fedmoap.run.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from fedmoap.cli import main, parse_fit
+from fedmoap.run.cli import main, parse_fit
 from fedmoap.errors import FedmoapError
-from fedmoap.sweep import parse_grid, sweep_lines, write_sweep
+from fedmoap.run.sweep import parse_grid, sweep_lines, write_sweep
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from worlds import tiny_federation, tiny_world
 
-from fedmoap.config import EvalArgs
-from fedmoap.evaluation import ModeEvaluator
+from fedmoap.federation.config import EvalArgs
+from fedmoap.federation.evaluation import ModeEvaluator
 from fedmoap.methods import registry
 from fedmoap.methods.pfedmoap import nearest_experts
-from fedmoap.rounds import Federation
+from fedmoap.federation.rounds import Federation
 
 N, HELD = 5, 4
 METHODS = registry()

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.config import DataArgs
+from fedmoap.federation.config import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.features import FeatureCache
-from fedmoap.federated_data import FederatedData, gather_inputs
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.inputs.federated_data import FederatedData, gather_inputs
 from fedmoap.methods.base import INPUTS
-from fedmoap.pixels import PixelCache
+from fedmoap.inputs.pixels import PixelCache
 
 
 def tiny_world(root: Path, num_clients: int, alpha: float = 0.5,
@@ -32,7 +32,7 @@ def tiny_world(root: Path, num_clients: int, alpha: float = 0.5,
 def tiny_client(world, name: str, cid: int = 0, batch_size: int = 8, **knobs):
     """Method ``name``'s client module (``knobs`` set) on ``world``, made a fresh client ``cid``
     holding the server's initial payload."""
-    from fedmoap.config import TrainArgs
+    from fedmoap.federation.config import TrainArgs
     from fedmoap.methods import registry
     from fedmoap.methods.base import RunContext
 
@@ -53,11 +53,11 @@ def tiny_federation(world, method, store, *, participation: float = 1.0, rounds:
                     keep: bool | None = None, dp=None, eval_args=None, classes=None, held_out=(),
                     local_epochs: int = 1, batch_size: int = 8):
     """A federation of ``method`` (a Method instance) over ``world``'s data, assembled by
-    :func:`fedmoap.build.assemble` as ``fedmoap fit`` assembles one, with its client store in
+    :func:`fedmoap.federation.build.assemble` as ``fedmoap fit`` assembles one, with its client store in
     ``store``; ``keep`` overrides the method's optimizer-state policy."""
-    from fedmoap.build import assemble
-    from fedmoap.config import DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
-    from fedmoap.rounds import default_fabric
+    from fedmoap.federation.build import assemble
+    from fedmoap.federation.config import DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
+    from fedmoap.federation.rounds import default_fabric
 
     backbone, data = world[0], world[-1]
     policy = None if keep is None else ("keep" if keep else "reset")

@@ -1,7 +1,7 @@
 """Griffe extension for the API pages: render the code's reST roles as Markdown code.
 
 fedmoap's docstrings are written for ``--help`` and for reading in the source, so they use
-Sphinx roles (``:class:`~fedmoap.rounds.Federation```) and double-backtick literals. Markdown
+Sphinx roles (``:class:`~fedmoap.federation.rounds.Federation```) and double-backtick literals. Markdown
 renders the literal fine but shows a role's ``:class:`` prefix as text; this drops the prefix
 (and the leading ``~``, keeping only the last dotted name, as Sphinx does).
 """

@@ -21,7 +21,7 @@ from fedmoap.seeding import numpy_rng
 
 SPLIT_FORMAT = 1
 EXTRA_KEYS = ("classes", "unseen_clients", "eval_sets", "domains")
-"""Optional split-file sections the evaluation modes add (:mod:`fedmoap.evaluation`): the
+"""Optional split-file sections the evaluation modes add (:mod:`fedmoap.federation.evaluation`): the
 base/novel class split, the held-out clients, the pooled test sets, the domain protocol (its
 mode, source and target domains)."""
 

@@ -2,7 +2,7 @@
 
 :func:`resolve` turns a config into what a federation runs on (the frozen backbone, the dataset,
 the client split, the cached inputs); :func:`assemble` turns a config and those inputs into a
-:class:`~fedmoap.rounds.Federation` (the method's client module and server, the client store,
+:class:`~fedmoap.federation.rounds.Federation` (the method's client module and server, the client store,
 the schedule, differential privacy around local training, the evaluation modes);
 :func:`build_federation` does both. ``fedmoap fit``, ``fedmoap eval``, studies, benchmarks and the
 tests' worlds use them, so a federation is the same wherever it is built::
@@ -19,25 +19,25 @@ from typing import Any, Callable
 
 from lightning import Fabric
 
-from fedmoap import evaluation, protocols
+from fedmoap.federation import evaluation, protocols
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
-from fedmoap.config import RunConfig
+from fedmoap.federation.config import RunConfig
 from fedmoap.data.sources import SourceData, load_source
 from fedmoap.data.split import ClientSplit, load_split, make_split
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.evaluation import ClassSplit
-from fedmoap.features import FeatureCache
-from fedmoap.federated_data import FederatedData, gather_inputs
+from fedmoap.federation.evaluation import ClassSplit
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.inputs.federated_data import FederatedData, gather_inputs
 from fedmoap.io import check_directory
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.prompts import PromptMethod
-from fedmoap.pixels import PixelCache
-from fedmoap.privacy import Privacy
-from fedmoap.rounds import Federation
-from fedmoap.schedule import Schedule
-from fedmoap.store import ClientStore
+from fedmoap.inputs.pixels import PixelCache
+from fedmoap.federation.privacy import Privacy
+from fedmoap.federation.rounds import Federation
+from fedmoap.federation.schedule import Schedule
+from fedmoap.federation.store import ClientStore
 
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
 
@@ -144,7 +144,7 @@ def assemble(cfg: RunConfig, data: FederatedData, backbone: Backbone, *, store: 
     modes = (evaluation.ModeEvaluator(cfg.eval, classes, list(held_out), t.local_epochs)
              if set(cfg.eval.modes) - {"local"} else None)
     federation = Federation(method, module, server, store, data, schedule, fabric, comm, modes=modes)
-    if cfg.dp.mode != "off":  # may refuse a budget (fedmoap/privacy.py)
+    if cfg.dp.mode != "off":  # may refuse a budget (fedmoap/federation/privacy.py)
         federation.privacy = federation.training = Privacy(
             cfg.dp, seed=cfg.seed, method=method, module=module, data=data, schedule=schedule,
             state=privacy_state, inner=federation.training, trainers=federation.trainers)

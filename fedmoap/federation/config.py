@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from fedmoap.args import (  # noqa: F401  (re-exported: the sections' public path is fedmoap.config)
+from fedmoap.args import (  # noqa: F401  (re-exported: the sections' public path is fedmoap.federation.config)
     DataArgs, DPArgs, EvalArgs, EvalMode, FabricArgs, FedArgs, ModelArgs, TrainArgs)
 from fedmoap.field_flags import ADDED, NEUTRAL  # noqa: F401  (re-exported)
 from fedmoap.methods import Method

@@ -1,5 +1,5 @@
 """DP-SGD for any method (``dp.mode: record_sgd``; the accountant and the run's view are in
-:mod:`fedmoap.privacy`): per-example gradients of the method's own ``training_step``, clipped over
+:mod:`fedmoap.federation.privacy`): per-example gradients of the method's own ``training_step``, clipped over
 all trained parameters together, summed, noised and divided by the expected batch size, with
 Poisson sampling of each step's batch. Every draw is seeded by (seed, purpose, round, client)."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fedmoap.seeding import torch_generator
 if TYPE_CHECKING:
     from lightning import Fabric
 
-    from fedmoap.federated_data import FederatedData
+    from fedmoap.inputs.federated_data import FederatedData
     from fedmoap.methods.base import ClientModule
 
 PER_EXAMPLE_CHUNK = 16
@@ -124,7 +124,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 def dp_sgd(module: ClientModule, data: FederatedData, cid: int, t: int, epochs: int, fabric: Fabric,
            clip: float, noise_multiplier: float, seed: int, batch_size: int) -> list[float]:
-    """record_sgd's local training (in place of :func:`~fedmoap.local.train_locally`): ``epochs``
+    """record_sgd's local training (in place of :func:`~fedmoap.federation.local.train_locally`): ``epochs``
     epochs of ceil(n / B) Poisson-sampled steps. Returns the per-example gradient norms before
     clipping (a diagnostic; not private)."""
     module.planned_epochs, module.planned_round = epochs, t

@@ -1,7 +1,7 @@
 """Evaluation modes beyond each client's own test set (``eval.modes``; spec section 4.3).
 
 - ``local``: each training client on its own test set (the test set follows its training mix);
-  always evaluated, by :meth:`fedmoap.rounds.Federation.evaluate` (the record's own keys).
+  always evaluated, by :meth:`fedmoap.federation.rounds.Federation.evaluate` (the record's own keys).
 - ``global``: each client's evaluation model on the whole test set with all class names (for
   a method evaluated with the server's state alone, the same number for every client).
 - ``neighbor``: each client on the union of the *other* clients' test sets (DP-FPL's
@@ -19,12 +19,12 @@
   the FedAvg prompt; pFedMoAP's global prompt without experts; FedAMP's mean of the clients'
   prompts) and (b) after the method's first-time-participant procedure
   (:meth:`~fedmoap.methods.base.ClientModule.adapt_unseen`) with ``adaptation_epochs`` epochs of
-  local training on its own training split (:meth:`~fedmoap.rounds.Federation.adapt_epochs`:
+  local training on its own training split (:meth:`~fedmoap.federation.rounds.Federation.adapt_epochs`:
   fresh optimizer, random stream (seed, "adapt", t, cid); pFedMoAP trains twice, see
   :mod:`fedmoap.methods.pfedmoap`); nothing of it is stored, uploaded or seen by the server.
 
 - ``xdomain``, ``lodo``, ``xdataset``: the generalisation protocols over the domains of
-  ``data.domain_column`` (:mod:`fedmoap.protocols`).
+  ``data.domain_column`` (:mod:`fedmoap.federation.protocols`).
 
 What a mode needs of the split is stored in ``split.json`` (``classes``, ``unseen_clients``,
 ``eval_sets``, ``domains``) so every method of a comparison uses the same classes, clients and
@@ -41,19 +41,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedmoap import protocols
-from fedmoap.config import EvalArgs, EvalMode, RunConfig
+from fedmoap.federation import protocols
+from fedmoap.federation.config import EvalArgs, EvalMode, RunConfig
 from fedmoap.data.split import ClientSplit
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
-from fedmoap.local import evaluate
+from fedmoap.federation.local import evaluate
 from fedmoap.methods.base import ClientModule, HeldOut
-from fedmoap.results import accuracy_entry, base2novel_entry, unseen_entry
+from fedmoap.federation.results import accuracy_entry, base2novel_entry, unseen_entry
 from fedmoap.seeding import numpy_rng
 
 if TYPE_CHECKING:
-    from fedmoap.federated_data import FederatedData
-    from fedmoap.rounds import Federation
+    from fedmoap.inputs.federated_data import FederatedData
+    from fedmoap.federation.rounds import Federation
 
 MODES: tuple[str, ...] = get_args(EvalMode)
 POOLED = {"global": ("global",), "base2novel": ("base", "novel")}
@@ -209,8 +209,8 @@ def apply_class_order(data: FederatedData, classes: ClassSplit) -> None:
 
 class ModeEvaluator:
     """Evaluates the modes other than ``local`` after each evaluated round (see the module
-    docstring); :class:`~fedmoap.rounds.Federation` calls it with the round's local counts and
-    adds its entries to the round record (:mod:`fedmoap.results`)."""
+    docstring); :class:`~fedmoap.federation.rounds.Federation` calls it with the round's local counts and
+    adds its entries to the round record (:mod:`fedmoap.federation.results`)."""
 
     def __init__(self, e: EvalArgs, classes: ClassSplit | None, held_out: list[int],
                  local_epochs: int) -> None:

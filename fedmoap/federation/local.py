@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 import torch
 from lightning import Fabric
 
-from fedmoap.federated_data import FederatedData
+from fedmoap.inputs.federated_data import FederatedData
 from fedmoap.methods.base import ClientModule, Payload
 
 Batches = Callable[[int], Iterable[dict[str, torch.Tensor]]]
@@ -51,7 +51,7 @@ def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: F
 class LocalTraining:
     """How a participant trains in a round and what of it leaves the client: plain local training
     on its augmented batches, the upload as it is. Differential privacy wraps it
-    (:class:`fedmoap.privacy.Privacy`: DP-SGD in place of the training, or the upload clipped and
+    (:class:`fedmoap.federation.privacy.Privacy`: DP-SGD in place of the training, or the upload clipped and
     noised), so the round loop never asks which one runs."""
 
     def __init__(self, data: FederatedData, fabric: Fabric, batch_size: int) -> None:

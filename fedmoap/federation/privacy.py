@@ -42,7 +42,7 @@ counts would reach the server outside both mechanisms and their accountant.
 ε is computed by Opacus's RDP and PRV accountants for the steps actually taken; ``dp.epsilon``
 solves z (``opacus.accountants.utils.get_noise_multiplier``) for the steps the planned
 ``fed.rounds`` take, for the worst client; the plan asks the federation who trains in each round
-(:meth:`~fedmoap.rounds.Federation.trainers`), so held-out clients, which never train, plan no
+(:meth:`~fedmoap.federation.rounds.Federation.trainers`), so held-out clients, which never train, plan no
 step. The solved z is kept in the checkpoint, so extending a finished run keeps it (and its ε then
 grows past the target).
 """
@@ -58,16 +58,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from fedmoap.dp_sgd import dp_sgd, steps_per_epoch
+from fedmoap.federation.dp_sgd import dp_sgd, steps_per_epoch
 from fedmoap.errors import FedmoapError
-from fedmoap.local import LocalTraining
+from fedmoap.federation.local import LocalTraining
 from fedmoap.seeding import torch_generator
 
 if TYPE_CHECKING:
-    from fedmoap.config import DPArgs, RunConfig
-    from fedmoap.federated_data import FederatedData
+    from fedmoap.federation.config import DPArgs, RunConfig
+    from fedmoap.inputs.federated_data import FederatedData
     from fedmoap.methods.base import ClientModule, Method, Payload
-    from fedmoap.schedule import Schedule
+    from fedmoap.federation.schedule import Schedule
 
 ADJACENCY = {"client_upload": "client", "record_sgd": "record"}
 PRESETS = {"pfedmoap-appendix": {"delta": 0.05, "epsilons": (50.0, 25.0)}}
@@ -210,7 +210,7 @@ class Privacy(LocalTraining):
     ``off``), as Flower's DP wrappers wrap a strategy.
 
     The round loop calls :meth:`train` and :meth:`release` for each participant, as it would a
-    plain :class:`~fedmoap.local.LocalTraining`: ``record_sgd`` replaces the training by DP-SGD,
+    plain :class:`~fedmoap.federation.local.LocalTraining`: ``record_sgd`` replaces the training by DP-SGD,
     ``client_upload`` trains plainly and clips and noises the upload. :meth:`after_round` accounts
     each round; the accountant's state is a function of the rounds' participants, so
     :meth:`replay` rebuilds it on resume. ``trainers(t)`` is who trains in round ``t`` (the

@@ -21,7 +21,7 @@ the ``unseen_clients`` fallback: the FedAvg prompt, pFedMoAP's global prompt wit
 FedAMP's mean prompt, ...) and (b) ``personal``: with each training client's own evaluation model
 (the one ``local`` scores), averaged over clients. A method evaluated with the server's state
 alone has one model, so (a) = (b). Results: per target and the mean over targets
-(:func:`fedmoap.results.protocol_entry`).
+(:func:`fedmoap.federation.results.protocol_entry`).
 """
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ from tqdm.auto import tqdm
 from fedmoap.args import EvalArgs
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
-from fedmoap.local import evaluate as count_correct
+from fedmoap.federation.local import evaluate as count_correct
 from fedmoap.methods.base import HeldOut
-from fedmoap.results import PROTOCOLS, protocol_entry
+from fedmoap.federation.results import PROTOCOLS, protocol_entry
 from fedmoap.seeding import numpy_rng
 
 if TYPE_CHECKING:
-    from fedmoap.config import RunConfig
+    from fedmoap.federation.config import RunConfig
     from fedmoap.data.split import ClientSplit
-    from fedmoap.rounds import Federation
+    from fedmoap.federation.rounds import Federation
 
 
 def problems(cfg: RunConfig, renames: bool) -> list[str]:

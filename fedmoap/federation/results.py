@@ -75,7 +75,7 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-# ----- evaluation modes (issue 13; computed by fedmoap/evaluation.py) -------------------------------
+# ----- evaluation modes (issue 13; computed by fedmoap/federation/evaluation.py) ------------------
 MODE_KEYS = ("global", "neighbor", "base2novel", "unseen_clients", "xdomain", "lodo", "xdataset")
 """The round-record entries of the evaluation modes beyond ``local`` (whose keys are the record's
 own ``clients``/``mean_acc``/``std_acc``)."""
@@ -133,7 +133,7 @@ def unseen_entry(held_out: list[int], epochs: int, plain: dict[int, tuple[int, i
 
 
 PROTOCOLS = ("xdomain", "lodo", "xdataset")
-"""The generalisation protocols (fedmoap/protocols.py): entries of :func:`protocol_entry`'s shape."""
+"""The generalisation protocols (fedmoap/federation/protocols.py): entries of :func:`protocol_entry`'s shape."""
 
 
 def protocol_entry(shared: dict[str, tuple[int, int]],

@@ -9,13 +9,13 @@ from tqdm.auto import tqdm
 
 from fedmoap.aggregate import payload_bytes
 from fedmoap.distributed import Comm
-from fedmoap.federated_data import FederatedData
-from fedmoap.local import LocalTraining, evaluate, train_locally
+from fedmoap.inputs.federated_data import FederatedData
+from fedmoap.federation.local import LocalTraining, evaluate, train_locally
 from fedmoap.methods.base import ClientModule, Method, Server
-from fedmoap.privacy import Privacy
-from fedmoap.results import round_record
-from fedmoap.schedule import Schedule  # noqa: F401  (public here: fedmoap.rounds.Schedule)
-from fedmoap.store import ClientStore
+from fedmoap.federation.privacy import Privacy
+from fedmoap.federation.results import round_record
+from fedmoap.federation.schedule import Schedule  # noqa: F401  (public here: fedmoap.federation.rounds.Schedule)
+from fedmoap.federation.store import ClientStore
 
 
 class Federation:
@@ -23,7 +23,7 @@ class Federation:
     store, the clients' data.
 
     With several processes, each rank trains and evaluates its share of the clients; uploads,
-    store references (see :mod:`fedmoap.store`) and accuracies are gathered on every rank, rank 0
+    store references (see :mod:`fedmoap.federation.store`) and accuracies are gathered on every rank, rank 0
     runs the server step and broadcasts the server state, so all ranks see the same store and
     server after each round.
     """
@@ -39,7 +39,7 @@ class Federation:
         self.training: LocalTraining = privacy or LocalTraining(data, fabric, schedule.batch_size)
         """How a participant trains and what leaves it: plain, or wrapped by :attr:`privacy`."""
         self.modes = modes
-        """Evaluation modes beyond ``local`` (:class:`fedmoap.evaluation.ModeEvaluator`): called
+        """Evaluation modes beyond ``local`` (:class:`fedmoap.federation.evaluation.ModeEvaluator`): called
         as ``modes(federation, t, local_counts, progress)`` after each evaluation, its entries
         are added to the round's record."""
 
@@ -127,7 +127,7 @@ class Federation:
         return sum(payload_bytes(s) for s in stats.values())
     # --- end client statistics ---
 
-    # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------
+    # ----- evaluation modes (fedmoap/federation/evaluation.py) ------------------------------------
     def adapt_epochs(self, cid: int, t: int, epochs: int, stream: str = "adapt") -> None:
         """Few-shot adaptation of a never-trained (held-out) client: :meth:`adapt`'s mechanism
         (fresh optimizer, the client's training batches from the random stream (seed, ``stream``,

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.data.sources import SourceData
-from fedmoap.features import FeatureCache
+from fedmoap.inputs.features import FeatureCache
 
 SAMPLE = 512
 """Test images the zero-shot check looks at (a seeded sample of the clients' test rows)."""

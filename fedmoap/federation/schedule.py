@@ -27,7 +27,7 @@ class Schedule:
     """``eval.local_label_space own``: each client is evaluated among its own classes."""
     held_out: frozenset[int] = frozenset()
     """Clients that never train (``eval.modes`` unseen_clients): they are neither drawn nor
-    evaluated as training clients (:mod:`fedmoap.evaluation` evaluates them)."""
+    evaluated as training clients (:mod:`fedmoap.federation.evaluation` evaluates them)."""
 
     @property
     def clients(self) -> list[int]:

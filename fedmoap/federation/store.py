@@ -3,7 +3,7 @@
 This is all that grows with the number of clients; the model itself exists once per process.
 Each new state goes to its own file ``<root>/<cid>/round_<t>.pt`` and only ``cid -> t`` is kept
 in memory, so memory does not grow with the number of clients and a round's checkpoint holds
-only the index. Used by :class:`~fedmoap.rounds.Federation`:
+only the index. Used by :class:`~fedmoap.federation.rounds.Federation`:
 
 - ``ref = store.write(cid, state, t)`` on the rank that trained ``cid`` in round ``t``;
 - ``store.adopt(refs)`` on every rank with the gathered refs of all ranks;

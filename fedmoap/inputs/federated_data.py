@@ -27,8 +27,8 @@ from fedmoap.args import DataArgs
 from fedmoap.data.images import BadImage
 from fedmoap.data.sources import SourceData
 from fedmoap.data.split import ClientSplit
-from fedmoap.features import FeatureCache
-from fedmoap.pixels import PixelCache, augment
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.inputs.pixels import PixelCache, augment
 from fedmoap.seeding import torch_generator
 
 

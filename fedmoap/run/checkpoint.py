@@ -1,7 +1,7 @@
 """Round checkpoints: everything needed for an identical continuation, written atomically.
 
 A checkpoint holds the server state, the client store's index (the client states themselves are
-versioned files beside it, see :mod:`fedmoap.store`), the finished round and the results so far.
+versioned files beside it, see :mod:`fedmoap.federation.store`), the finished round and the results so far.
 No RNG state is needed: every random draw derives from (seed, round, client id).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def code_version() -> dict[str, str | None]:
     except metadata.PackageNotFoundError:
         version = None
     commit = None
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if (root / ".git").exists():
         try:
             head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,

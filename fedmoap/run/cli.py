@@ -1,5 +1,5 @@
 """Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``;
-``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.reevaluate`);
+``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.run.reevaluate`);
 ``fedmoap sweep ...``; ``fedmoap report ...``.
 
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from jsonargparse import (ArgumentError)
 
 from fedmoap.errors import FedmoapError
-from fedmoap.parse import (  # noqa: F401  (public here: fedmoap.cli.parse_fit and friends)
+from fedmoap.run.parse import (  # noqa: F401  (public here: fedmoap.run.cli.parse_fit and friends)
     build_parser, method_class_problem, parse_fit, parser_message, short_method_names)
 from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, stop_flag
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, run_dir, progress = parse_fit(argv)
         name = cfg.method.name or type(cfg.method).__name__
         run_dir = run_dir or str(Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
-        from fedmoap.fit import fit  # heavy imports only once the arguments are known to be valid
+        from fedmoap.run.fit import fit  # heavy imports only once the arguments are known to be valid
         out = fit(cfg, run_dir, progress)
     except Preempted as exc:
         print(f"fedmoap: preempted: {exc}", file=sys.stderr)
@@ -66,7 +66,7 @@ def _eval(argv: list[str]) -> int:
     """``fedmoap eval RUN_DIR [overrides] [--out FILE]``."""
     if not argv or argv[0].startswith("-"):
         print("usage: fedmoap eval RUN_DIR [--eval.modes [local,global] --method.KNOB V ...] [--out FILE]\n"
-              "  evaluates a finished run again (fedmoap/reevaluate.py); writes RUN_DIR/eval/<digest>.json",
+              "  evaluates a finished run again (fedmoap/run/reevaluate.py); writes RUN_DIR/eval/<digest>.json",
               file=sys.stderr)
         return 2
     run_dir, rest, out = argv[0], list(argv[1:]), None
@@ -78,7 +78,7 @@ def _eval(argv: list[str]) -> int:
         out = rest[i + 1]
         del rest[i:i + 2]
     try:
-        from fedmoap.reevaluate import reevaluate
+        from fedmoap.run.reevaluate import reevaluate
         result, path = reevaluate(run_dir, rest, out)
     except (ArgumentError, FedmoapError) as exc:
         print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -90,7 +90,7 @@ def _eval(argv: list[str]) -> int:
 
 
 def _sweep(argv: list[str]) -> int:
-    from fedmoap import sweep
+    from fedmoap.run import sweep
     try:
         ns = build_parser().parse_args(argv).sweep
         if ns.study:
@@ -112,12 +112,12 @@ def _sweep(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    from fedmoap import report
+    from fedmoap.run import report
     try:
         ns = build_parser().parse_args(argv).report
         if ns.study:
-            from fedmoap.study import load_study
-            from fedmoap.sweep import study_report
+            from fedmoap.run.study import load_study
+            from fedmoap.run.sweep import study_report
             print(study_report(load_study(ns.study), ns.out))
             return 0
         if not ns.runs:

@@ -1,13 +1,13 @@
 """``fedmoap fit``: validate, set up (backbone, data, split, features), then run or resume rounds.
 
 Read it as three steps, each a function: :func:`setup` (Fabric, the run directory's state, the
-checkpoint), :func:`~fedmoap.build.build_federation` (:mod:`fedmoap.build`, the one place a
+checkpoint), :func:`~fedmoap.federation.build.build_federation` (:mod:`fedmoap.federation.build`, the one place a
 federation is assembled) and :func:`loop` (rounds, checkpoints, results, TensorBoard).
 
 Nothing is written to the run directory until the config, the run directory's contents, the
 dataset, the split and the latest checkpoint have all been checked, so a bad input never damages
 an earlier run. The first write comes after taking the run directory's lock
-(:class:`~fedmoap.rundir.RunLock`) and checking the directory again under it. A failed write
+(:class:`~fedmoap.run.rundir.RunLock`) and checking the directory again under it. A failed write
 (full disk, read-only file system) or Ctrl-C ends with one line saying where the run stopped;
 rerunning the same command resumes.
 """
@@ -29,22 +29,23 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap import evaluation, sanity
+from fedmoap.federation import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
-from fedmoap.build import DEFAULT_CACHE, Resolved, assemble, resolve  # noqa: F401  (DEFAULT_CACHE: public here)
-from fedmoap.checkpoint import checkpoint_path, code_version, latest_round, load_latest, save_checkpoint
-from fedmoap.config import RunConfig, config_dict, config_digest, neutral_keys  # noqa: F401  (config_digest: public here)
+from fedmoap.federation.build import DEFAULT_CACHE, Resolved, assemble, resolve  # noqa: F401  (DEFAULT_CACHE: public here)
+from fedmoap.run.checkpoint import checkpoint_path, code_version, latest_round, load_latest, save_checkpoint
+from fedmoap.federation.config import RunConfig, config_dict, config_digest, neutral_keys  # noqa: F401  (config_digest: public here)
 from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
-from fedmoap.features import FeatureCache
+from fedmoap.inputs.features import FeatureCache
 from fedmoap.io import atomic_write_text, write_error
 from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
-from fedmoap.privacy import preset_note
-from fedmoap.results import hparams, mode_scalars, mode_summary, scalars, summary, write_hparams, write_results
-from fedmoap.rounds import Federation
-from fedmoap.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
-from fedmoap.validate import MAX_THREADS, PRECISIONS, validate  # noqa: F401  (public here)
+from fedmoap.federation.privacy import preset_note
+from fedmoap.federation.results import (hparams, mode_scalars, mode_summary, scalars, summary, write_hparams,
+                                        write_results)
+from fedmoap.federation.rounds import Federation
+from fedmoap.run.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
+from fedmoap.run.validate import MAX_THREADS, PRECISIONS, validate  # noqa: F401  (public here)
 
 
 def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:

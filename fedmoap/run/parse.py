@@ -1,4 +1,4 @@
-"""Parsing the command line into a :class:`~fedmoap.config.RunConfig` (``fedmoap fit``) and the
+"""Parsing the command line into a :class:`~fedmoap.federation.config.RunConfig` (``fedmoap fit``) and the
 other commands' arguments: the parser generated from the config dataclasses by jsonargparse,
 short method names, a method's own defaults, and one-line messages for bad input."""
 from __future__ import annotations
@@ -17,14 +17,14 @@ from fedmoap.errors import FedmoapError
 from fedmoap.typecheck import type_problems
 
 if TYPE_CHECKING:
-    from fedmoap.config import RunConfig
+    from fedmoap.federation.config import RunConfig
 
 
 def build_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     if not hasattr(get_loader("yaml"), "__wrapped__"):  # config files and values: no repeated keys
         set_loader("yaml", yamlfile.strict(get_loader("yaml")), exceptions=(yaml.YAMLError,))
-    from fedmoap.config import RunConfig
+    from fedmoap.federation.config import RunConfig
     from fedmoap.methods import registry
 
     methods = ", ".join(f"{name} ({cls.__doc__.split(':')[0].strip()})" for name, cls in registry().items())
@@ -71,7 +71,7 @@ def build_parser() -> ArgumentParser:
 def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
     """Parse ``fedmoap fit ...`` arguments into a :class:`RunConfig`; a bad key, value or config
     file raises :class:`FedmoapError` with the parser's message."""
-    from fedmoap.config import RunConfig
+    from fedmoap.federation.config import RunConfig
 
     parser = build_parser()
     try:
@@ -184,9 +184,9 @@ def _config_with_class_path(path: str) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-# ----- fedmoap report (fedmoap/report.py) ------------------------------------------------------------
+# ----- fedmoap report (fedmoap/run/report.py) -----------------------------------------------------
 def _report_parser() -> ArgumentParser:
-    from fedmoap.report import METRICS
+    from fedmoap.run.report import METRICS
 
     report = ArgumentParser(description="Print the table of a set of runs (run directories, or "
                             "directories holding them, e.g. a sweep's runs_root): per dataset, method "

@@ -1,7 +1,7 @@
 """``fedmoap eval RUN_DIR [--key value ...]``: evaluate a finished run again, with other evaluation
 settings, without training and without changing the run.
 
-The federation is rebuilt by :func:`~fedmoap.build.build_federation` from the run's own
+The federation is rebuilt by :func:`~fedmoap.federation.build.build_federation` from the run's own
 ``config.yaml`` with the overrides applied, on the run's ``split.json``, and restored from its
 newest checkpoint; every training client is then evaluated as the run's last round was (the same
 random streams: with no override the accuracies equal the run's last round's). What may be
@@ -20,16 +20,16 @@ from typing import Any
 import lightning as L
 import torch
 
-from fedmoap import evaluation
+from fedmoap.federation import evaluation
 from fedmoap.backbones.base import Backbone
-from fedmoap.build import build_federation
-from fedmoap.checkpoint import load_latest
-from fedmoap.config import RunConfig, config_dict, config_digest
+from fedmoap.federation.build import build_federation
+from fedmoap.run.checkpoint import load_latest
+from fedmoap.federation.config import RunConfig, config_dict, config_digest
 from fedmoap.errors import FedmoapError
-from fedmoap.parse import parse_fit
-from fedmoap.results import round_record, write_results
-from fedmoap.rounds import Federation
-from fedmoap.validate import validate
+from fedmoap.run.parse import parse_fit
+from fedmoap.federation.results import round_record, write_results
+from fedmoap.federation.rounds import Federation
+from fedmoap.run.validate import validate
 
 TRAINING_MODES = ("base2novel", "unseen_clients")
 """Evaluation modes that change what the clients train on (the partition, who trains)."""
@@ -73,7 +73,7 @@ def override_problems(trained: RunConfig, wanted: RunConfig) -> list[str]:
 
 def restore_run(run_dir: str | Path, overrides: list[str] = (), backbone: Backbone | None = None
                 ) -> tuple[Federation, RunConfig, dict]:
-    """The finished run in ``run_dir`` rebuilt (:func:`~fedmoap.build.build_federation`) with
+    """The finished run in ``run_dir`` rebuilt (:func:`~fedmoap.federation.build.build_federation`) with
     ``overrides`` and restored from its newest checkpoint, in one CPU or GPU process as its
     ``fabric`` section says: (federation, the config with the overrides, the checkpoint). For
     ``fedmoap eval`` and diagnostics that look inside a run."""

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from fedmoap.checkpoint import latest_round
+from fedmoap.run.checkpoint import latest_round
 from fedmoap import yamlfile
-from fedmoap.config import config_digest, neutral_keys, with_added_defaults
+from fedmoap.federation.config import config_digest, neutral_keys, with_added_defaults
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
 from fedmoap.io import check_directory, is_temporary, remove_temporaries, try_lock, write_error, writable
@@ -77,7 +77,8 @@ def check_layout(run_dir: Path) -> None:
 def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any], digest: Any = None) -> bool:
     """True if ``run_dir`` holds this run already (resume); False for a new run (the directory
     is absent, empty, or holds only what an aborted start leaves); an error if it holds another
-    run or something else. ``digest`` computes a config's digest (default: :func:`fedmoap.config.config_digest`)."""
+    run or something else. ``digest`` computes a config's digest (default:
+    :func:`fedmoap.federation.config.config_digest`)."""
     run_dir = Path(run_dir)
     check_directory(run_dir, "run_dir")
     if not writable(run_dir):

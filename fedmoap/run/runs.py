@@ -1,11 +1,11 @@
 """Reading run directories: ``config.yaml`` and ``results.json`` (the one reader of
-``results.json``; :mod:`fedmoap.report` re-exports it and makes the tables).
+``results.json``; :mod:`fedmoap.run.report` re-exports it and makes the tables).
 
 Scripts and benchmarks read a run through :func:`read_run` (a finished or running run, its shape
 checked) or :func:`read_results` / :func:`rounds_done` (the file alone, e.g. to tell whether a
 run has finished)::
 
-    from fedmoap import report
+    from fedmoap.run import report
     run = report.read_run("runs/x")
     run.finished, run.metrics()["final"]
 """
@@ -192,7 +192,7 @@ def _check_shape(run: Run) -> None:
 def flatten(config: dict[str, Any], results: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flat settings of a config: ``method`` (the short name results.json records, else the
     class path), ``method.<knob>``, ``<section>.<key>`` and top-level values."""
-    from fedmoap.config import with_added_defaults
+    from fedmoap.federation.config import with_added_defaults
 
     out: dict[str, Any] = {}
     config = with_added_defaults(config)  # runs made before a section or key existed

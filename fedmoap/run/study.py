@@ -20,7 +20,7 @@ A study is the whole of an evidence table: which runs it needs and how they are 
         seeds: [0]                   #   optional: fewer seeds than the study's
         splits: [dirichlet]          #   optional: fewer splits than the study's
     table:                           # optional
-      metrics: [final, last5]        #   columns per split (fedmoap.report.METRICS)
+      metrics: [final, last5]        #   columns per split (fedmoap.run.report.METRICS)
       splits: [dirichlet]            #   which splits are columns, in order
 
 A value is written as in YAML (``method.lam: 0``, ``eval.modes: [local, base2novel]``) and a
@@ -80,7 +80,7 @@ class Cell:
     rounds: int
     """The planned number of rounds (``fed.rounds``)."""
     digest: str
-    """The config digest (:func:`fedmoap.config.config_digest`), as ``results.json`` records it."""
+    """The config digest (:func:`fedmoap.federation.config.config_digest`), as ``results.json`` records it."""
     writes_split: bool
     """True for the cell that makes its (split, seed)'s ``split.json``."""
     cfg: Any = field(repr=False, default=None)
@@ -118,9 +118,9 @@ class Study:
     def cells(self, out: str | Path | None = None, extra: dict[str, Any] | None = None) -> list[Cell]:
         """Every cell in run order (split, then seed, then variant), each parsed and validated as
         ``fedmoap fit`` would; ``extra``: overrides of every run after the study's own
-        (:func:`fedmoap.sweep.check_extra` keeps them to settings that do not change numbers)."""
-        from fedmoap.config import config_dict, config_digest
-        from fedmoap.validate import validate
+        (:func:`fedmoap.run.sweep.check_extra` keeps them to settings that do not change numbers)."""
+        from fedmoap.federation.config import config_dict, config_digest
+        from fedmoap.run.validate import validate
 
         out = Path(out) if out is not None else self.default_out()
         extra_args = to_args(extra or {})
@@ -160,7 +160,7 @@ class Study:
         return cells
 
     def _parse(self, args: list[str], where: str) -> Any:
-        from fedmoap.parse import parse_fit
+        from fedmoap.run.parse import parse_fit
 
         try:
             return parse_fit(["fit", *args])[0]
@@ -280,7 +280,7 @@ def _seeds(value: Any, where: str, bad, allowed: list[int] | None) -> list[int]:
 
 
 def _table(value: Any, splits: list[str], bad) -> tuple[list[str], list[str]]:
-    from fedmoap.report import METRICS
+    from fedmoap.run.report import METRICS
 
     if not isinstance(value, dict):
         raise bad("table", "not a mapping with metrics, splits")

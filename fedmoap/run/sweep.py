@@ -1,7 +1,7 @@
 """``fedmoap sweep``: run a study in this process, or write runs as ``fedmoap fit`` argument lines
 for a SLURM array (a study's cells, or a grid of overrides x seeds).
 
-``--study FILE`` (:mod:`fedmoap.study`): ``--run`` runs every cell in order, one backbone per model
+``--study FILE`` (:mod:`fedmoap.run.study`): ``--run`` runs every cell in order, one backbone per model
 shared by all fits, skipping finished cells; ``--slurm`` writes ``OUT/<name>.sweep.txt``; ``--list``
 prints the cells. ``--config/--grid``: a grid, one line per run, described below.
 
@@ -51,7 +51,7 @@ def _method_class(spec: str) -> type:
 
 
 def _base_method(config: str | None) -> str:
-    from fedmoap.parse import parse_fit
+    from fedmoap.run.parse import parse_fit
 
     cfg, _, _ = parse_fit(["fit"] + (["--config", config] if config else []))
     return type(cfg.method).__module__ + "." + type(cfg.method).__qualname__
@@ -97,8 +97,8 @@ def sweep_lines(config: str | None, grid: list[tuple[str, list[str]]], seeds: li
 
 def check_lines(lines: list[str]) -> None:
     """Parse every line as ``fedmoap fit`` would; the first bad one is reported with its number."""
-    from fedmoap.parse import parse_fit
-    from fedmoap.fit import validate
+    from fedmoap.run.parse import parse_fit
+    from fedmoap.run.fit import validate
 
     for i, line in enumerate(lines):
         try:
@@ -118,12 +118,12 @@ def write_sweep(out: str, config: str | None, grid: list[str], seeds: list[int],
     return len(lines)
 
 
-# ----- studies (fedmoap/study.py): run in this process, or write a SLURM array -----------------
+# ----- studies (fedmoap/run/study.py): run in this process, or write a SLURM array ----------------
 def check_extra(extra: dict) -> dict:
     """Overrides given beside a study (``--set``) may only change how runs are computed, not their
     numbers (the neutral keys: ``fabric.*``, ``data.feature_cache``, ...), so that the study's
     run directories keep holding the study's runs."""
-    from fedmoap.config import neutral_keys
+    from fedmoap.federation.config import neutral_keys
 
     # rounds and evaluation rounds are neutral (a run may be extended) but move the table
     neutral = {f"{s}.{k}" for s, k in neutral_keys()} - {"fed.rounds", "fed.eval_every"}
@@ -135,7 +135,7 @@ def check_extra(extra: dict) -> dict:
 
 
 def cells_of(study, out: Path, only: list[str] | None, extra: dict | None, check_splits: bool = True) -> list:
-    """The study's cells under ``out`` (:meth:`fedmoap.study.Study.cells`) with the ``--set``
+    """The study's cells under ``out`` (:meth:`fedmoap.run.study.Study.cells`) with the ``--set``
     overrides ``extra``, of the variants in ``only``."""
     return select(study, study.cells(out, check_extra(extra or {})), only, check_splits)
 
@@ -165,9 +165,9 @@ def run_study(study, out: str | Path | None = None, only: list[str] | None = Non
 
     import torch
 
-    from fedmoap import report
+    from fedmoap.run import report
     from fedmoap.backbones import build_backbone
-    from fedmoap.fit import fit
+    from fedmoap.run.fit import fit
 
     out = Path(out) if out is not None else study.default_out()
     cells = cells_of(study, out, only, extra)
@@ -219,8 +219,9 @@ def list_cells(study, out: str | Path | None = None, only: list[str] | None = No
                extra: dict | None = None) -> list[str]:
     """One line per cell: its run directory, state (new, round r of n, finished, or holding
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
-    from fedmoap import report, yamlfile
-    from fedmoap.config import config_digest
+    from fedmoap import yamlfile
+    from fedmoap.run import report
+    from fedmoap.federation.config import config_digest
 
     out = Path(out) if out is not None else study.default_out()
     lines = []
@@ -237,7 +238,7 @@ def list_cells(study, out: str | Path | None = None, only: list[str] | None = No
 def study_command(path: str, run: bool, slurm: bool, listing: bool, out: str | None, only: list[str] | None,
                   sets: list[str], echo=lambda line: print(line, flush=True)) -> None:
     """``fedmoap sweep --study FILE --run | --slurm | --list [--out DIR] [--only V ...] [--set K=V ...]``."""
-    from fedmoap.study import load_study
+    from fedmoap.run.study import load_study
 
     if [run, slurm, listing].count(True) != 1:
         raise FedmoapError("sweep --study: give one of --run, --slurm, --list")
@@ -270,7 +271,7 @@ def study_report(study, out: str | Path | None = None) -> str:
     config digest, to ``OUT/<name>.json``."""
     import math
 
-    from fedmoap import report
+    from fedmoap.run import report
 
     out = Path(out) if out is not None else study.default_out()
     planned = {v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}

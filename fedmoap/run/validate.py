@@ -2,11 +2,11 @@
 method's knobs, the evaluation modes and differential privacy, each message naming its key."""
 from __future__ import annotations
 
-from fedmoap import evaluation
-from fedmoap.config import RunConfig
+from fedmoap.federation import evaluation
+from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import INPUTS
-from fedmoap.privacy import problems as privacy_problems
+from fedmoap.federation.privacy import problems as privacy_problems
 from fedmoap.typecheck import type_problems
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from fedmoap.cli import parse_fit
-from fedmoap.reevaluate import restore_run
+from fedmoap.run.cli import parse_fit
+from fedmoap.run.reevaluate import restore_run
 
 
 def parts(run_dir: Path, backbones: dict) -> dict[str, list[float]]:

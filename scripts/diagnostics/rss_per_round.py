@@ -6,8 +6,8 @@
 import ctypes
 import gc
 import sys
-import fedmoap.rounds as R
-from fedmoap.cli import main
+import fedmoap.federation.rounds as R
+from fedmoap.run.cli import main
 libc = ctypes.CDLL("libc.so.6")
 def rss():
     for l in open("/proc/self/status"):
