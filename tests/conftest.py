@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from worlds import tiny_world
+from tests.worlds import tiny_world
 
 
 @pytest.fixture(scope="session")

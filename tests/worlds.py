@@ -1,8 +1,13 @@
 """The tiny world most method tests run in: the tiny random ViT and the synthetic dataset split
-over a few clients, with every input a method can read (features, tokens, pixels)."""
+over a few clients, with every input a method can read (features, tokens, pixels); a whole
+``fedmoap fit`` of ``configs/smoke.yaml`` in this process; a small dataset saved in the hub's
+format."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from datasets import Dataset, DatasetDict, Features
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import DataArgs
@@ -12,6 +17,10 @@ from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, gather_inputs
 from fedmoap.methods.base import INPUTS
 from fedmoap.inputs.pixels import PixelCache
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+PIXEL = [[[10, 20, 30]] * 4] * 4
+"""A 4x4 RGB image, as nested lists (the datasets ``Image`` feature takes them)."""
 
 
 def tiny_world(root: Path, num_clients: int, alpha: float = 0.5,
@@ -67,3 +76,21 @@ def tiny_federation(world, method, store, *, participation: float = 1.0, rounds:
                     eval=eval_args or EvalArgs(), dp=dp or DPArgs())
     return assemble(cfg, data, backbone, store=store, fabric=default_fabric(), classes=classes,
                     held_out=list(held_out))
+
+
+def saved_dataset(root: Path, train: dict, test: dict, features: Features) -> str:
+    """``train`` and ``test`` (column -> values) saved under ``root`` as a DatasetDict with
+    ``features``: a ``data.source`` path."""
+    DatasetDict(train=Dataset.from_dict(train, features=features),
+                test=Dataset.from_dict(test, features=features)).save_to_disk(str(root))
+    return str(root)
+
+
+def smoke_fit(tmp_path: Path, *extra: str, run: str = "run") -> dict:
+    """``fedmoap fit`` of ``configs/smoke.yaml`` with ``extra`` arguments into ``tmp_path / run``
+    (feature cache ``tmp_path / "cache"``), in this process; its results.json."""
+    from fedmoap.run.cli import main
+
+    assert main(["fit", "--config", str(SMOKE), *extra, "--run_dir", str(tmp_path / run),
+                 "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false"]) == 0
+    return json.loads((tmp_path / run / "results.json").read_text())

@@ -99,3 +99,36 @@ def test_zero_adapters_leave_the_text_tower_exact_and_others_match_a_plain_loop(
         with backbone.adapted(text={2: delta}):
             pass
     assert backbone._adapting == 0 and not any(b._forward_hooks for b, _ in backbone.adapter_blocks("text"))
+
+
+def test_the_tags_resize_mode_and_interpolation_are_used():
+    from torchvision import transforms as T
+
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None)
+    backbone.resize_mode, backbone.interpolation = "squash", "bilinear"
+    steps = backbone.image_transform(train=False).transforms
+    resize = next(t for t in steps if isinstance(t, T.Resize))
+    assert tuple(resize.size) == (32, 32) and resize.interpolation == T.InterpolationMode.BILINEAR
+    backbone.resize_mode = "longest"
+    assert "fill=0" in repr(backbone.image_transform(train=False))
+
+
+def test_a_tokenizer_without_start_token_is_refused():
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+    clip_tokenizer = backbone.tokenizer
+    # The CLIP tokenizer with its start token stripped: mT5's layout (no BOS, end-of-text pooling).
+    backbone.tokenizer = lambda texts: torch.cat(
+        [clip_tokenizer(texts)[:, 1:], torch.zeros(len(texts), 1, dtype=torch.long)], 1)
+    with pytest.raises(FedmoapError, match="start token"):
+        backbone.prepare_prompts(["cat.", "dog."], 4)
+    with pytest.raises(FedmoapError, match="start token"):
+        backbone.embed_tokens("a photo of a")
+    backbone.tokenizer = clip_tokenizer
+    backbone._start_checked = False
+    slots = backbone.prepare_prompts(["cat.", "dog."], 4)
+    assert slots.prefix.device == backbone.text.token_embedding.weight.device
+    assert backbone.embed_tokens("a photo of a").shape[0] == 4

@@ -29,7 +29,7 @@ REDUCED = ["--data.max_test_per_client", "100", "--fed.rounds", "5",
 PFEDMOAP_FLOOR = 0.63
 PROMPTFL_FLOOR = 0.56
 """Measured on this reduced setting (seed 0): pFedMoAP 0.706, PromptFL 0.636 final mean accuracy
-(`python -m pytest tests/test_accuracy_slow.py -s`); the floors sit ~0.07 below."""
+(`python -m pytest tests/e2e/test_accuracy_slow.py -s`); the floors sit ~0.07 below."""
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The bad-input matrix: every case ends with one line naming the culprit, exit code 2, and
 nothing in an existing run directory changed (every file's bytes compared before and after).
 
-Cases run in-process through ``fedmoap.run.cli.main`` (one import for all); ``tests/test_run.py``
+Cases run in-process through ``fedmoap.run.cli.main`` (one import for all); ``tests/run/test_fit.py``
 runs a few of them as real processes too (exit status, no traceback on stderr).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from fedmoap.run.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 ERROR_LINE = re.compile(r"(?<![A-Za-z])error:")
 GARBAGE = b"this is not a torch checkpoint\x00\xff" * 8
@@ -360,7 +360,7 @@ def test_the_matrix_has_at_least_30_cases():
 
 
 def test_an_aborted_start_is_restarted_not_refused(setup):
-    """D9: a start killed after writing split.json (or config.yaml) but before any round is a
+    """A start killed after writing split.json (or config.yaml) but before any round is a
     fresh run on the next attempt, not an unresumable directory."""
     root, base, cache, _ = setup
     for keep in ("split.json", "config.yaml"):

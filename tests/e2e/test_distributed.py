@@ -14,7 +14,7 @@ import pytest
 
 from fedmoap.preemption import EXIT_PREEMPTED, slurm_job_to_requeue
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 

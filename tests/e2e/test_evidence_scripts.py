@@ -1,4 +1,4 @@
-"""The evidence steps that are not study runs (configs/studies/ holds those, tests/test_studies.py
+"""The evidence steps that are not study runs (configs/studies/ holds those, tests/run/test_studies.py
 tests them): the DP study's clip calibration, the ordering study's meaningless class names, and
 the refactor gate scripts/same_numbers.py."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from fedmoap.run.cli import parse_fit  # noqa: E402

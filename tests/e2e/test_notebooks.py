@@ -12,7 +12,7 @@ from nbclient import NotebookClient
 
 from fedmoap.run.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -21,7 +21,8 @@ def execute(name: str, params: dict, cwd: Path) -> nbformat.NotebookNode:
     """Run notebook ``name`` with ``params`` appended to its parameters cell; returns it executed."""
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += "\n# injected by tests/test_notebooks.py\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    cell.source += ("\n# injected by tests/e2e/test_notebooks.py\n"
+                    + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 

@@ -29,7 +29,7 @@ from fedmoap.data.layouts import FEDBN
 from fedmoap.data.sources import load_source
 from fedmoap.errors import FedmoapError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 TINY = ["--model.arch", "fedmoap-tiny-vit", "--model.pretrained", "null", "--fed.rounds", "1",
         "--data.shots", "1", "--data.max_test_per_client", "2", "--train.local_epochs", "1",

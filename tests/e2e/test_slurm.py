@@ -16,7 +16,7 @@ import pytest
 
 from fedmoap.run.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO / "slurm"
 
 

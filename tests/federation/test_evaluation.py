@@ -30,9 +30,9 @@ from fedmoap.methods.base import RunContext
 from fedmoap.federation.results import base2novel_entry, hmean
 from fedmoap.federation.rounds import Federation, Schedule, default_fabric
 from fedmoap.federation.store import ClientStore
-from worlds import tiny_federation
+from tests.worlds import tiny_federation
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 ALL = "[local,global,neighbor,base2novel,unseen_clients]"
 METHODS = registry()
@@ -351,7 +351,7 @@ def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name
     """``eval.local_label_space own``: each client's model chooses among the classes it trains on,
     so (argmax over a subset that holds the true class) it is right wherever it is right over all
     classes; the module's label space is restored afterwards."""
-    from worlds import tiny_world
+    from tests.worlds import tiny_world
 
     backbone, names, data = tiny_world(tmp_path / "cache", 3, alpha=0.02)
     knobs = {"promptfl": {"n_ctx": 4}, "promptfl_ft": {"n_ctx": 4, "ft_epochs": 1},  # +FT adapts before it renames

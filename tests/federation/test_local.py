@@ -10,7 +10,7 @@ from fedmoap.federation.local import train_locally
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.federation.rounds import default_fabric
-from worlds import tiny_world
+from tests.worlds import tiny_world
 
 
 def _lrs_seen(module, data, epochs: int) -> list[float]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from worlds import tiny_federation, tiny_world
+from tests.worlds import tiny_federation, tiny_world
 
 from fedmoap.run.cli import main, parse_fit
 from fedmoap.federation.config import DPArgs, TrainArgs
@@ -26,7 +26,7 @@ from fedmoap.federation.privacy import clip_and_noise, epsilon, solve_noise_mult
 from fedmoap.federation.rounds import Federation
 from fedmoap.seeding import torch_generator
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
 TRAINED = [name for name, cls in METHODS.items() if cls.trains]

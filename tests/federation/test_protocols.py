@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_method_api import NUM_CLIENTS, federation
-from worlds import tiny_world
+from tests.methods.test_method_api import NUM_CLIENTS, federation
+from tests.worlds import tiny_world
 
 from fedmoap.federation import protocols
 from fedmoap.run.cli import main
@@ -24,7 +24,7 @@ from fedmoap.federation.evaluation import peer_mean
 from fedmoap.methods import registry
 from fedmoap.federation.results import mode_scalars
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
 

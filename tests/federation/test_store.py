@@ -13,7 +13,7 @@ from fedmoap.run.cli import main
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.store import ClientStore
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 
 def state(value: float) -> dict:

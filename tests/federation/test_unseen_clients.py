@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from worlds import tiny_federation, tiny_world
+from tests.worlds import tiny_federation, tiny_world
 
 from fedmoap.federation.config import EvalArgs
 from fedmoap.federation.evaluation import ModeEvaluator

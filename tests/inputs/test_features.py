@@ -42,7 +42,7 @@ def test_keys_change_with_view_tower_and_data(tmp_path, setup):
 
 
 def test_another_image_column_is_another_cache_entry(tmp_path, setup):
-    """D6: features of column ``image2`` are not those of ``image`` read from the cache."""
+    """Features of column ``image2`` are not those of ``image`` read from the cache."""
     from PIL import ImageOps
 
     backbone, data = setup
@@ -114,3 +114,21 @@ def test_cache_file_of_another_structure_is_reported(tmp_path, setup, blob):
                 "rows_features_mismatch": {"format": 2, "rows": rows, "features": feats[:2]}}[blob], path)
     with pytest.raises(FedmoapError, match="corrupt"):
         FeatureCache(tmp_path, backbone).get(data["test"], "d", np.arange(3), "image")
+
+
+def test_a_preempted_encode_keeps_what_it_encoded(tmp_path, monkeypatch):
+    import fedmoap.inputs.features as features
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+    from fedmoap.data.synthetic import make_synthetic
+    from fedmoap.preemption import Preempted
+
+    monkeypatch.setattr(features, "FLUSH_ROWS", 4)
+    calls = []
+    cache = features.FeatureCache(tmp_path, OpenCLIPBackbone.build("fedmoap-tiny-vit", None),
+                                  stop=lambda: bool(calls.append(1)) or len(calls) > 1)
+    ds = make_synthetic(num_classes=2, train_per_class=5, test_per_class=1)["train"]
+    with pytest.raises(Preempted):
+        cache.get(ds, "d", np.arange(10), "image")
+    again = features.FeatureCache(tmp_path, cache.backbone)
+    again.get(ds, "d", np.arange(10), "image")
+    assert again.computed == 6  # the first 4 rows were on disk

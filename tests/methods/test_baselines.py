@@ -33,7 +33,7 @@ from fedmoap.inputs.pixels import PixelCache
 from fedmoap.methods.fedamp import FedAMP, FedAMPServer
 from fedmoap.methods.fedotp import transport_plan
 from fedmoap.federation.rounds import Federation
-from worlds import tiny_federation
+from tests.worlds import tiny_federation
 
 METHODS = registry()
 NEW = ["promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp"]

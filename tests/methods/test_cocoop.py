@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from worlds import first_batch, tiny_client
+from tests.worlds import first_batch, tiny_client
 
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from worlds import first_batch, tiny_client
+from tests.worlds import first_batch, tiny_client
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.methods.base import HeldOut

@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import first_batch, tiny_client
+from tests.worlds import first_batch, tiny_client
 
 from fedmoap.data.fashion_mnist import CLASS_NAMES
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.fedmvp import FedMVP, load_attributes, sentences, which_clause
 
-FASHION = Path(__file__).resolve().parents[1] / "fedmoap" / "data" / "attributes" / "fashion-mnist.json"
+FASHION = Path(__file__).resolve().parents[2] / "fedmoap" / "data" / "attributes" / "fashion-mnist.json"
 
 
 def attribute_file(tmp_path, names, reverse=False):

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from worlds import tiny_federation, tiny_world
+from tests.worlds import tiny_federation, tiny_world
 
 from fedmoap.run.cli import build_parser, main, parse_fit
 from fedmoap.federation.config import RunConfig
@@ -24,7 +24,7 @@ from fedmoap.methods import registry
 from fedmoap.methods.base import INPUTS
 from fedmoap.federation.rounds import Federation
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
 SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2,

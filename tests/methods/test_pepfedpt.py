@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from worlds import tiny_federation, tiny_world
+from tests.worlds import tiny_federation, tiny_world
 
 from fedmoap.run.cli import main
 from fedmoap.federation.config import TrainArgs
@@ -18,7 +18,7 @@ from fedmoap.methods.base import RunContext
 from fedmoap.methods.pepfedpt import FedAvgVPT, LocalVPT, PEPFedPT
 from fedmoap.federation.rounds import Federation
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 SMALL = dict(shared_tokens=2)
 PEP = dict(shared_tokens=2, class_tokens=1)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import tiny_federation, tiny_world
+from tests.worlds import tiny_federation, tiny_world
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.run.cli import main
@@ -20,7 +20,7 @@ from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
 from fedmoap.federation.rounds import Federation
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 SMALL = dict(n_ctx=4, vision_tokens=2, fusion_heads=4)
 N = 4

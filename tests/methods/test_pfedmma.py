@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import first_batch, tiny_client
+from tests.worlds import first_batch, tiny_client
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.methods.pfedmma import PFedMMA

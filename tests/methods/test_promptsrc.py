@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worlds import first_batch, tiny_client
+from tests.worlds import first_batch, tiny_client
 
 from fedmoap.federation.config import TrainArgs
 from fedmoap.methods import registry

@@ -10,7 +10,7 @@ import torch
 from fedmoap.run.checkpoint import checkpoint_path, code_version
 from fedmoap.run.cli import main
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 
 def fit(run_dir: Path, rounds: int) -> int:

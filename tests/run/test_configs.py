@@ -10,8 +10,8 @@ from fedmoap.run.cli import parse_fit
 from fedmoap.errors import FedmoapError
 from fedmoap.run.fit import validate
 
-CONFIGS = sorted(p for p in Path(__file__).parent.parent.joinpath("configs").rglob("*.yaml")
-                 if "studies" not in p.parts)  # studies are not fit configs (tests/test_studies.py)
+CONFIGS = sorted(p for p in Path(__file__).parents[2].joinpath("configs").rglob("*.yaml")
+                 if "studies" not in p.parts)  # studies are not fit configs (tests/run/test_studies.py)
 
 
 def test_configs_exist():
@@ -53,7 +53,7 @@ def test_bad_arguments_raise_one_clear_error(args):
 
 
 # ----- seed methods: pFedDC on the nine tables (ViT-B-16), PEP-FedPT's own settings -----------
-PAPER_DIR = Path(__file__).parent.parent / "configs" / "paper"
+PAPER_DIR = Path(__file__).parents[2] / "configs" / "paper"
 NINE = sorted(PAPER_DIR.glob("table*.yaml"))
 
 
@@ -83,8 +83,8 @@ def test_pepfedpt_settings(method):
         assert (cfg.train.lr, cfg.train.weight_decay, cfg.model.arch) == (0.01, 1e-5, "ViT-B-16")
 
 
-TABLES = sorted(Path(__file__).parent.parent.joinpath("configs", "paper").glob("table*.yaml"))
-METHOD_CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs", "paper", "methods").glob("*.yaml"))
+TABLES = sorted(Path(__file__).parents[2].joinpath("configs", "paper").glob("table*.yaml"))
+METHOD_CONFIGS = sorted(Path(__file__).parents[2].joinpath("configs", "paper", "methods").glob("*.yaml"))
 
 
 def test_every_table_method_has_a_paper_config():

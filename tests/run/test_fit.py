@@ -20,12 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from datasets import ClassLabel, Features, Image
 
 import fedmoap
+from fedmoap.args import DataArgs
+from fedmoap.data.sources import load_source
+from fedmoap.data.split import make_split
+from fedmoap.distributed import Comm
+from fedmoap.errors import FedmoapError
 from fedmoap.run.cli import main
+from fedmoap.run.fit import preempted
+from tests.worlds import PIXEL, saved_dataset, smoke_fit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 SMOKE_CFG = yaml.safe_load(SMOKE.read_text())
 NUM_CLIENTS = SMOKE_CFG["data"]["num_clients"]
@@ -329,7 +338,7 @@ BAD_YAML_KEY = "roundz"
 #   run dir kind: "existing" = a copy of a finished 2-round run; "corrupt" = the same with its
 #   newest checkpoint overwritten by garbage; "corrupt_state" = the same with a client's newest
 #   state file (which the newest checkpoint needs) overwritten; "fresh" = a path that does not exist yet.
-BAD_CASES = {  # as real processes; tests/test_bad_inputs.py has the whole matrix in-process
+BAD_CASES = {  # as real processes; tests/e2e/test_bad_inputs.py has the whole matrix in-process
     "misspelt_yaml_key": ([], "existing", ["roundz"]),
     "missing_dataset": (["--data.source", "/nonexistent/dir"], "fresh", ["data.source", "/nonexistent/dir"]),
     "corrupt_client_state": (["--fed.rounds", "3"], "corrupt_state", ["{newest_checkpoint}"]),
@@ -695,3 +704,67 @@ def test_read_only_file_systems(base2, runs_root, cache_dir, tmp_path):
     assert len(lines) == 1 and str(d) in lines[0] and "read-only" in lines[0], proc.stderr
     assert snapshot(d) == before
     assert read_results(fresh)["rounds"] == read_results(base2)["rounds"][:1]
+
+
+def test_results_are_strict_json_and_a_client_without_test_data_is_refused(tmp_path):
+    results = smoke_fit(tmp_path, "--fed.rounds", "1")
+    text = (tmp_path / "run" / "results.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    for c in results["rounds"][0]["clients"].values():  # acc is correct / n, in float64
+        assert c["acc"] == c["correct"] / c["n"]
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b", "c", "d"])})
+    train = {"image": [PIXEL] * 8, "label": [0, 1, 2, 3] * 2}
+    test = {"image": [PIXEL] * 4, "label": [0, 0, 1, 1]}  # classes 2 and 3 have no test images
+    args = DataArgs(source=saved_dataset(tmp_path / "d", train, test, features), num_clients=2,
+                    partition="pathological", shots=None)
+    source = load_source(args)
+    with pytest.raises(FedmoapError, match="no test samples"):
+        for seed in range(20):  # some seed gives one client classes {2, 3}
+            make_split(args, source, seed)
+
+
+class TwoRanks(Comm):
+    """Rank 1 of two, where only rank 0 saw SIGUSR1 (the collective returns both ranks' values)."""
+
+    def __init__(self):
+        super().__init__(rank=1, world_size=2)
+
+    def gather(self, obj):
+        return [int(signal.SIGUSR1), obj]
+
+
+def test_only_rank_0_requeues(monkeypatch):
+    for key in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+    message = preempted(TwoRanks(), None, 3)
+    assert f"signal {int(signal.SIGUSR1)}" in message and "rank 0 requeues" in message
+    assert "not under SLURM" in preempted(Comm(), signal.SIGUSR1, 3)
+
+
+def test_a_fresh_run_clears_an_aborted_starts_tensorboard(tmp_path):
+    stale = tmp_path / "run" / "tensorboard" / "version_0" / "events.out.tfevents.0.stale"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old curves")
+    smoke_fit(tmp_path, "--fed.rounds", "1")
+    assert not stale.exists() and list((tmp_path / "run" / "tensorboard").rglob("events.*"))
+
+
+def test_resuming_with_other_weights_is_refused(tmp_path, capsys):
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0).model.state_dict(), weights)
+    args = ["--model.pretrained", str(weights), "--fed.rounds"]
+    smoke_fit(tmp_path, *args, "1")
+    torch.save(OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=5).model.state_dict(), weights)
+    rc = main(["fit", "--config", str(SMOKE), *args, "2", "--run_dir", str(tmp_path / "run"),
+               "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false"])
+    assert rc == 2 and "other backbone weights" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("method", ["pfedmoap", "fedvpt"])
+def test_smoke_config_runs_on_cuda(tmp_path, method):
+    results = smoke_fit(tmp_path, "--method", method, "--fed.rounds", "2", "--fabric.accelerator", "gpu",
+                  run=method)
+    assert all(math.isfinite(r["mean_acc"]) for r in results["rounds"])

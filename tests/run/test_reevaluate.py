@@ -9,7 +9,7 @@ import pytest
 
 from fedmoap.run.cli import main
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 
 def fit(tmp_path: Path, *args: str) -> Path:

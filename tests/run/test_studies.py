@@ -16,7 +16,7 @@ import pytest
 from fedmoap.run.cli import main, parse_fit
 from fedmoap.run.study import load_study
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
 
 

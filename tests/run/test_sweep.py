@@ -9,7 +9,7 @@ from fedmoap.run.cli import main, parse_fit
 from fedmoap.errors import FedmoapError
 from fedmoap.run.sweep import parse_grid, sweep_lines, write_sweep
 
-SMOKE = str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml")
+SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
 
 
 def configs(lines):
