@@ -9,10 +9,6 @@ from jsonargparse import ArgumentError, ArgumentParser, set_parsing_settings
 
 from fedmoap.errors import FedmoapError
 
-REFERENCE_SHADOWS = 50
-"""DP-FPL's shadow federations (mia_train.py: shadow files of seeds 0-49)."""
-
-
 @dataclass
 class MiaArgs:
     """Settings of the membership-inference attack."""

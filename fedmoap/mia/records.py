@@ -6,7 +6,8 @@ A record set holds, per sample, the softmax vector of the client's evaluation mo
 payload, evaluation-time adaptation), whether the sample is a member (one of the client's
 training samples, seen as evaluation sees images: unaugmented) or not (one of its test samples),
 its label, its row in its split and the client. Members and non-members are balanced per client
-and class by seeded subsampling, so an attack that always answers the same scores 50 %.
+and class by seeded subsampling, so an attack that always answers the same scores 50 %. The
+softmax is over all the run's classes (also under ``eval.local_label_space: own``).
 """
 from __future__ import annotations
 
@@ -39,9 +40,6 @@ class Records:
 
     def __len__(self) -> int:
         return len(self.label)
-
-    def select(self, mask: Tensor) -> "Records":
-        return Records(*(getattr(self, k)[mask] for k in ("probs", "member", "label", "row", "client")))
 
     @staticmethod
     def cat(parts: list["Records"]) -> "Records":
@@ -100,8 +98,8 @@ def client_records(federation: Federation, split: ClientSplit, cid: int, t: int,
     p_out, y_out = softmax_outputs(federation, federation.data.test_batches(cid, bs))
     rows_in, rows_out = np.asarray(split.train[cid]), np.asarray(split.test[cid])
     if (len(rows_in), len(rows_out)) != (len(y_in), len(y_out)):
-        raise FedmoapError(f"client {cid}: the restored data do not match the split ({len(y_in)} "
-                           f"training samples, split.json lists {len(rows_in)})")
+        raise FedmoapError(f"client {cid}: the restored data do not match its split ({len(y_in)} training "
+                           f"and {len(y_out)} test samples; the split lists {len(rows_in)} and {len(rows_out)})")
     k_in, k_out = balance(y_in, y_out, numpy_rng(seed, "mia/balance", tag, cid))
     n_in, n_out = len(k_in), len(k_out)
     return Records(probs=torch.cat([p_in[k_in], p_out[k_out]]),
