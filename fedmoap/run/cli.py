@@ -1,5 +1,6 @@
 """Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``;
 ``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.run.reevaluate`);
+``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] ...`` (:mod:`fedmoap.run.mia`);
 ``fedmoap sweep ...``; ``fedmoap report ...``.
 
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(argv)
     if argv[0] == "eval":
         return _eval(argv[1:])
+    if argv[0] == "mia":
+        return _mia(argv[1:])
     stop_flag()  # before the heavy imports: a preemption signal during start-up counts
     try:
         cfg, run_dir, progress = parse_fit(argv)
@@ -86,6 +89,30 @@ def _eval(argv: list[str]) -> int:
     last = result["rounds"][-1]
     print(f"{result['method']}: round {last['round']} re-evaluated: mean acc {last['mean_acc']:.4f} "
           f"(std {last['std_acc']:.4f}) -> {path}")
+    return 0
+
+
+def _mia(argv: list[str]) -> int:
+    """``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] [--out DIR] ...``."""
+    from fedmoap.run.mia.args import parse_mia
+    try:
+        run_dir, args = parse_mia(argv)
+        from fedmoap.run.mia.run import run_mia, table
+        result, path = run_mia(run_dir, args)
+    except Preempted as exc:  # before FedmoapError, its base: exit 3, rerun to resume the shadows
+        print(f"fedmoap: preempted: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except Interrupted as exc:
+        print(f"fedmoap: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ArgumentError, FedmoapError) as exc:
+        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    target = result["target"]
+    print(f"{result['method']}: membership inference on clients {target['clients']} "
+          f"({target['samples']} samples, half members), {len(result['shadows'])} shadow federations")
+    print(table(result))
+    print(f"-> {path}")
     return 0
 
 

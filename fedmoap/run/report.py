@@ -48,6 +48,8 @@ METRICS: dict[str, str] = {
     **{f"{mode}.{part}": f"{mode}: {what}, mean over target domains, final round"
        for mode in ("xdomain", "lodo", "xdataset")
        for part, what in (("global", "global component"), ("personal", "clients' own models"))},
+    "mia.mlp": "membership inference (fedmoap mia): DP-FPL's attack MLP, mean per-class accuracy",
+    "mia.loss": "membership inference (fedmoap mia): loss-threshold attack, mean per-class accuracy",
 }
 """Column name -> what it is (all accuracies, shown in %)."""
 IGNORED = {"seed", "data.split_file", "data.path", "model.cache_dir", "data.feature_cache",
@@ -80,11 +82,37 @@ class Group:
     def stats(self, metric: str) -> tuple[float, float, int]:
         """(mean, sample std, number of runs) of ``metric`` over the group's runs that have it;
         the std is NaN with fewer than two values."""
-        values = [v for r in self.runs if not math.isnan(v := r.metrics().get(metric, math.nan))]
+        values = [v for r in self.runs if not math.isnan(v := run_metrics(r).get(metric, math.nan))]
         if not values:
             return math.nan, math.nan, 0
         sd = statistics.stdev(values) if len(values) > 1 else math.nan
         return statistics.fmean(values), sd, len(values)
+
+
+def mia_metrics(run: Run) -> dict[str, float]:
+    """``mia.mlp`` and ``mia.loss`` from the run's ``mia/mia.json`` (``fedmoap mia`` with its
+    default output directory), if it attacked the run's last round; else nothing."""
+    path = run.path / "mia" / "mia.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if data["round"] != rounds_done(run.path):
+            return {}
+        attacks = data["attacks"]
+        return {"mia.mlp": _num(attacks["mlp"]["accuracy"]), "mia.loss": _num(attacks["loss_threshold"]["accuracy"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FedmoapError(f"report: {path} is not a readable fedmoap mia result "
+                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+
+
+def run_metrics(run: Run) -> dict[str, float]:
+    """The run's :data:`METRICS` values: :meth:`Run.metrics` and :func:`mia_metrics`."""
+    return {**run.metrics(), **mia_metrics(run)}
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 # ----- grouping --------------------------------------------------------------------------------
@@ -127,7 +155,7 @@ def duplicate_seeds(groups: list[Group]) -> list[str]:
 # ----- rendering -------------------------------------------------------------------------------
 def columns(groups: list[Group]) -> list[str]:
     """The :data:`METRICS` columns some run of ``groups`` has, in that order."""
-    have = {m for g in groups for r in g.runs for m in r.metrics()}
+    have = {m for g in groups for r in g.runs for m in run_metrics(r)}
     return [m for m in METRICS if m in have]
 
 

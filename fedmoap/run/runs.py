@@ -110,7 +110,8 @@ class Run:
 def load_runs(paths: Iterable[str | Path], warn: Any = None) -> list[Run]:
     """The runs under ``paths``: each a run directory (holding ``results.json``) or a directory
     whose sub-directories hold runs (searched recursively). An unreadable run or a path with no
-    run raises :class:`FedmoapError` naming it. ``warn(message)`` is told of unfinished runs."""
+    run raises :class:`FedmoapError` naming it. ``warn(message)`` is told of unfinished runs. A run
+    found inside another found run's directory (``fedmoap mia``'s shadow runs) is not listed."""
     runs: list[Run] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -119,6 +120,7 @@ def load_runs(paths: Iterable[str | Path], warn: Any = None) -> list[Run]:
             {f.parent for f in p.rglob("results.json")}) if p.is_dir() else []
         if not found:
             raise FedmoapError(f"report: {p} holds no run (no results.json in it or below it)")
+        found = [d for d in found if not any(o in d.parents for o in found)]  # e.g. fedmoap mia's shadow runs
         runs += [read_run(d) for d in found]
     seen = set()
     unique = []
