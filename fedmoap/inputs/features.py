@@ -25,7 +25,7 @@ from fedmoap.io import atomic_torch_save, cache_lock
 from fedmoap.preemption import Preempted
 from fedmoap.seeding import derive_seed
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 FLUSH_ROWS = 4096
 """Rows encoded between two writes of a cache file (and two checks of the stop flag)."""
 
@@ -121,8 +121,14 @@ class FeatureCache:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(derive_seed(view_seed, "view", int(row), view))
                     batch.append(transform(img))
-            x = torch.stack(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            x = torch.stack(batch)
+            if len(batch) < self.batch_size:
+                # Always a full batch: the image tower's kernels choose their algorithm by batch size,
+                # so a row's features would otherwise depend on which rows were missing with it (the
+                # order runs filled the cache in), not on the image alone.
+                x = torch.cat([x, x[:1].expand(self.batch_size - len(batch), *x.shape[1:])])
+            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
             encode = self.backbone.encode_image_tokens if self.tokens else self.backbone.encode_image
-            out.append(F.normalize(encode(x).float(), dim=-1).cpu())
+            out.append(F.normalize(encode(x)[:len(batch)].float(), dim=-1).cpu())
         self.computed += len(rows)
         return torch.cat(out)

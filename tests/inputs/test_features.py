@@ -132,3 +132,17 @@ def test_a_preempted_encode_keeps_what_it_encoded(tmp_path, monkeypatch):
     again = features.FeatureCache(tmp_path, cache.backbone)
     again.get(ds, "d", np.arange(10), "image")
     assert again.computed == 6  # the first 4 rows were on disk
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_a_rows_features_do_not_depend_on_the_rows_encoded_with_it(tmp_path, tokens):
+    """Runs fill a shared cache in whatever order they run; a row's cached features must be those
+    of its image alone, bit for bit, or a study's numbers would depend on which runs came first."""
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+    ds = make_synthetic(train_per_class=4, test_per_class=2)["train"]
+    rows = np.arange(10)
+    together = FeatureCache(tmp_path / "a", backbone, batch_size=4, tokens=tokens).get(ds, "d", rows, "image")
+    apart = FeatureCache(tmp_path / "b", backbone, batch_size=4, tokens=tokens)
+    apart.get(ds, "d", np.array([3]), "image")
+    apart.get(ds, "d", np.array([7, 8]), "image")
+    assert torch.equal(apart.get(ds, "d", rows, "image"), together)
