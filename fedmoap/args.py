@@ -122,7 +122,9 @@ class DataArgs:
     """Cache directory of frozen image features, token features and decoded pixels; default
     ``~/.cache/fedmoap/features``."""
     feature_batch_size: int = field(default=32, metadata=NEUTRAL)
-    """Images per image-tower pass when filling the caches."""
+    """Images per image-tower pass when filling the caches. Part of the feature cache's key: the
+    image tower's kernels round differently at each batch size, so features (bit for bit) are a
+    function of the image and this size, and every pass is padded to it."""
 
 
 @dataclass

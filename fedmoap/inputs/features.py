@@ -57,10 +57,10 @@ class FeatureCache:
 
     def key(self, data_id: str, image_column: str, view: int, view_seed: int) -> str:
         """Cache key: image tower, data split and image column, the transform's full description,
-        view and seed."""
+        view and seed, and the encode batch size (the last bits of a feature depend on it)."""
         transform = repr(self.backbone.image_transform(train=view > 0))
         text = (f"{CACHE_FORMAT}|{self.tower}|{data_id}|{image_column}|{transform}|{view}|"
-                f"{view_seed if view else ''}")
+                f"{view_seed if view else ''}|{self.batch_size}")
         text += "|tokens" if self.tokens else ""
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 

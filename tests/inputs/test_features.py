@@ -25,7 +25,7 @@ def test_features_match_direct_encoding_and_are_reused(tmp_path, setup):
         direct = backbone.encode_image(torch.stack([transform(ds[int(r)]["image"]) for r in rows]))
     torch.testing.assert_close(feats, torch.nn.functional.normalize(direct, dim=-1), atol=1e-5, rtol=1e-4)
     assert cache.computed == 3
-    again = FeatureCache(tmp_path, backbone).get(ds, "d", np.array([9, 5, 2]), "image")
+    again = FeatureCache(tmp_path, backbone, batch_size=7).get(ds, "d", np.array([9, 5, 2]), "image")
     torch.testing.assert_close(again[:2], feats[[2, 0]])
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
@@ -36,8 +36,9 @@ def test_keys_change_with_view_tower_and_data(tmp_path, setup):
     other = FeatureCache(tmp_path, OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=1))
     keys = {cache.key("d", "image", 0, 0), cache.key("d", "image", 1, 0), cache.key("d", "image", 2, 0),
             cache.key("d", "image", 1, 1), cache.key("e", "image", 0, 0), other.key("d", "image", 0, 0),
-            cache.key("d", "image2", 0, 0), FeatureCache(tmp_path, backbone, tokens=True).key("d", "image", 0, 0)}
-    assert len(keys) == 8
+            cache.key("d", "image2", 0, 0), FeatureCache(tmp_path, backbone, tokens=True).key("d", "image", 0, 0),
+            FeatureCache(tmp_path, backbone, batch_size=8).key("d", "image", 0, 0)}
+    assert len(keys) == 9
     assert cache.key("d", "image", 0, 0) == cache.key("d", "image", 0, 5)  # the plain view ignores the view seed
 
 
