@@ -18,6 +18,46 @@ from fedmoap.schedule import Schedule  # noqa: F401  (public here: fedmoap.round
 from fedmoap.store import ClientStore
 
 
+Trained = tuple[dict[int, dict], dict[int, int], int, bool]
+"""What a round's local training returns: (uploads, store references, bytes downloaded, stopped)."""
+
+
+class Transport:
+    """The seam between the server's round and the clients: the participants' training (payload
+    down, upload up) and the clients' evaluation. The server's side of the round (sampling,
+    aggregation, accounting, results) stays in :meth:`Federation.run_round`."""
+
+    def train(self, federation: "Federation", t: int, clients: list[int], progress: bool,
+              stop: Callable[[], bool]) -> Trained:
+        """Round ``t``'s local training of ``clients``, in this order; uploads in the same order."""
+        raise NotImplementedError
+
+    def evaluate(self, federation: "Federation", clients: list[int], t: int,
+                 progress: bool) -> dict[int, tuple[int, int]]:
+        """(correct, total) of each of ``clients`` after round ``t``."""
+        raise NotImplementedError
+
+
+class InProcess(Transport):
+    """Every client in this process, one after the other, its state in the federation's store."""
+
+    def train(self, federation: "Federation", t: int, clients: list[int], progress: bool,
+              stop: Callable[[], bool]) -> Trained:
+        uploads, refs, bytes_down = {}, {}, 0
+        for cid in tqdm(clients, desc=f"round {t} train", leave=False, disable=not progress):
+            if stop():
+                return uploads, refs, bytes_down, True
+            payload = federation.server.payload(cid, t)
+            bytes_down += payload_bytes(payload)
+            uploads[cid], state = federation.train_client(t, cid, payload)
+            refs[cid] = federation.store.write(cid, state, t)
+        return uploads, refs, bytes_down, False
+
+    def evaluate(self, federation: "Federation", clients: list[int], t: int,
+                 progress: bool) -> dict[int, tuple[int, int]]:
+        return federation.evaluate(clients, t, progress)
+
+
 class Federation:
     """One process's view of the federation: the method's client module and server, the client
     store, the clients' data.
@@ -42,6 +82,9 @@ class Federation:
         """Evaluation modes beyond ``local`` (:class:`fedmoap.evaluation.ModeEvaluator`): called
         as ``modes(federation, t, local_counts, progress)`` after each evaluation, its entries
         are added to the round's record."""
+        self.transport: Transport = InProcess()
+        """How payloads reach the participants and uploads and accuracies come back: in this
+        process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.flower`)."""
 
     def run_round(self, t: int, progress: bool = True,
                   stop: Callable[[], bool] = lambda: False) -> dict | None:
@@ -54,16 +97,7 @@ class Federation:
             stats_up = self.collect_statistics(0, self.schedule.clients)  # held-out clients: never
         participants = self.trainers(t)
         mine = comm.shard(participants)
-        uploads, refs, bytes_down, stopped = {}, {}, 0, False
-        for cid in tqdm(mine, desc=f"round {t} train", leave=False,
-                        disable=not (progress and comm.is_main)):
-            if stop():
-                stopped = True
-                break
-            payload = self.server.payload(cid, t)
-            bytes_down += payload_bytes(payload)
-            uploads[cid], state = self.train_client(t, cid, payload)
-            refs[cid] = self.store.write(cid, state, t)
+        uploads, refs, bytes_down, stopped = self.transport.train(self, t, mine, progress and comm.is_main, stop)
         if comm.any(stopped or stop()):
             return None
         uploads, bytes_down = comm.gather_dicts(uploads), sum(comm.gather(bytes_down))
@@ -77,7 +111,7 @@ class Federation:
         counts = None
         if self.schedule.evaluates(t):
             mine = comm.shard(self.schedule.clients)
-            counts = comm.gather_dicts(self.evaluate(mine, t, progress and comm.is_main))
+            counts = comm.gather_dicts(self.transport.evaluate(self, mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
         record = round_record(t, counts, participants,
                               bytes_up=sum(payload_bytes(u) for u in uploads.values()) + stats_up,
