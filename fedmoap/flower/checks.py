@@ -1,0 +1,49 @@
+"""What a run on Flower accepts: ``fedmoap fit``'s config, less what needs every client's state
+in one process. Each refusal is one line naming the key or the method."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedmoap.config import RunConfig
+from fedmoap.errors import FedmoapError
+
+
+def flower_problems(cfg: RunConfig) -> list[str]:
+    """Why ``cfg`` cannot run on Flower (empty: it can)."""
+    out = []
+    method = cfg.method
+    name = method.name or type(method).__name__
+    if any(method.collects_statistics(t) for t in range(cfg.fed.rounds + 1)):
+        out.append(f"method {name}: its server folds statistics of every client outside the training "
+                   "rounds (a set-up pass), which the Flower app does not send; run it with `fedmoap fit`")
+    extra = [m for m in cfg.eval.modes if m != "local"]
+    if extra:
+        out.append(f"eval.modes {','.join(extra)}: these evaluations need every client's state in one "
+                   "process; on Flower use eval.modes [local]")
+    f = cfg.fabric
+    if str(f.devices) != "1" or f.num_nodes != 1:
+        out.append(f"fabric.devices {f.devices} / fabric.num_nodes {f.num_nodes}: on Flower each SuperNode "
+                   "is one process (set both to 1; give the simulation's clients GPUs instead)")
+    return out
+
+
+def checked_config(args: list[str], fresh: bool = True) -> tuple[RunConfig, Path]:
+    """``fedmoap fit`` arguments -> (config, run directory), validated as ``fit`` does and refused
+    where Flower cannot run them; ``fresh``: the run directory must not hold a run already (a
+    Flower run does not resume: its clients' state lives on the nodes)."""
+    from fedmoap.config import config_dict
+    from fedmoap.parse import parse_fit
+    from fedmoap.rundir import check_run_dir
+    from fedmoap.validate import validate
+
+    cfg, run_dir, _ = parse_fit(["fit", *args])
+    if run_dir is None:
+        raise FedmoapError("--run_dir is required for a Flower run")
+    validate(cfg)
+    problems = flower_problems(cfg)
+    if problems:
+        raise FedmoapError("; ".join(problems))
+    if fresh and check_run_dir(Path(run_dir), config_dict(cfg)):
+        raise FedmoapError(f"run_dir {run_dir} holds a run already: a Flower run does not resume (its "
+                           "clients' state lives on the nodes); use a new --run_dir")
+    return cfg, Path(run_dir)
