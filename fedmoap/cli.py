@@ -140,7 +140,7 @@ def _flower(argv: list[str]) -> int:
         if opts.get("app"):
             path = write_app(Path(opts["app"]), fit_args, cfg.data.num_clients, opts.get("client_cpus", 1.0),
                              opts.get("client_gpus", 0.0))
-            print(f"Flower App -> {path}; run it with: flwr run {path.parent}")
+            print(f"Flower App -> {path}; run it with: FLWR_HOME={path.parent / 'flwr-home'} flwr run {path.parent}")
         elif opts.get("write_only"):
             raise FedmoapError("--write_only needs --app APP_DIR")
         if opts.get("write_only"):

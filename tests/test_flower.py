@@ -117,8 +117,8 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
     fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", "pfedmoap", *DP], watch)
     assert_same_run(fit_dir, flower_dir)
     clients = node_clients(flower_dir)
-    private = [t for s in clients.values() for name, p in s["params"].items() if name != "ctx"
-               for t in [p]] + [t for s in clients.values() for t in tensors(s["optim"])]
+    private = [p for s in clients.values() for name, p in s["params"].items() if name != "ctx"]
+    private += [t for s in clients.values() for t in tensors(s["optim"])]
     assert any("gating" in n for s in clients.values() for n in s["params"])
     assert len(private) > 10
     kinds = {(d, k) for d, k, _ in seen}
@@ -174,6 +174,7 @@ def test_the_written_flower_app_names_the_apps_and_the_run(tmp_path):
                                          "clientapp": "fedmoap.flower.app:CLIENT_APP"}
     args = json.loads(conf["app"]["config"]["fedmoap-args"])
     assert args[args.index("--run_dir") + 1] == str((tmp_path / "run").resolve())
-    sim = conf["federations"]["local-simulation"]["options"]
+    links = tomllib.loads((app / "flwr-home" / "config.toml").read_text())["superlink"]
+    sim = links[links["default"]]["options"]
     assert sim["num-supernodes"] == 6 and sim["backend"]["client-resources"]["num-cpus"] == 2
     assert not (tmp_path / "run").exists()

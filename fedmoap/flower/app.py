@@ -130,10 +130,11 @@ class FlowerTransport(Transport):
                       int(replies[nodes[cid]].content["metrics"]["total"])) for cid in clients}
 
 
-def server_app(args: list[str] | None = None,
-               watch: Callable[[str, Message], None] | None = None) -> ServerApp:
+def server_app(args: list[str] | None = None, watch: Callable[[str, Message], None] | None = None,
+               done: Callable[[dict], None] | None = None) -> ServerApp:
     """The ServerApp of a run: ``args`` are ``fedmoap fit``'s (None: the run config's
-    :data:`SETTINGS`); ``watch`` sees every message (tests)."""
+    :data:`SETTINGS`); ``watch`` sees every message (tests); ``done`` gets what
+    :func:`~fedmoap.fit.fit` returns (timings, for benchmarks)."""
     app = ServerApp()
 
     @app.main()
@@ -142,7 +143,9 @@ def server_app(args: list[str] | None = None,
         from fedmoap.flower.checks import checked_config
 
         cfg, run_dir = checked_config(settings_of(context, args))
-        fit(cfg, run_dir, progress=False, transport=FlowerTransport(grid, watch=watch))
+        out = fit(cfg, run_dir, progress=False, transport=FlowerTransport(grid, watch=watch))
+        if done is not None:
+            done(out)
 
     return app
 

@@ -5,11 +5,12 @@
 
 ``--app`` writes a Flower App (a ``pyproject.toml`` whose components are
 :mod:`fedmoap.flower.app`'s ServerApp and ClientApp and whose run config holds these ``fedmoap
-fit`` arguments) for ``flwr run APP_DIR`` or a deployment with SuperLink and SuperNodes;
-``--write_only`` stops there. Otherwise the run goes through ``flwr.simulation.run_simulation``
-on the Ray backend, one SuperNode per client (``data.num_clients``), with ``--num_cpus`` CPUs for
-Ray (default: all) and ``--client_cpus`` / ``--client_gpus`` per running ClientApp (default 1 /
-0); results.json, checkpoints and TensorBoard land in ``--run_dir`` as with ``fedmoap fit``.
+fit`` arguments) and a Flower configuration for ``flwr run`` (:func:`write_app`), locally or on
+a deployment with SuperLink and SuperNodes; ``--write_only`` stops there. Otherwise the run goes
+through ``flwr.simulation.run_simulation`` on the Ray backend, one SuperNode per client
+(``data.num_clients``), with ``--num_cpus`` CPUs for Ray (default: all) and ``--client_cpus`` /
+``--client_gpus`` per running ClientApp (default 1 / 0); results.json, checkpoints and
+TensorBoard land in ``--run_dir`` as with ``fedmoap fit``.
 """
 from __future__ import annotations
 
@@ -66,11 +67,14 @@ def absolute(fit_args: list[str]) -> list[str]:
 
 def write_app(app_dir: Path, fit_args: list[str], num_clients: int, client_cpus: float = 1.0,
               client_gpus: float = 0.0) -> Path:
-    """A Flower App in ``app_dir`` for this run: ``flwr run APP_DIR`` simulates it with one
-    SuperNode per client; a deployment points ``flwr run`` at its SuperLink instead."""
+    """A Flower App in ``app_dir`` for this run (``pyproject.toml``) and a Flower configuration
+    beside it (``flwr-home/config.toml``) with two SuperLink connections: ``fedmoap-simulation``
+    (a local Simulation Engine, one SuperNode per client) and ``deployment`` (a SuperLink's
+    Control API address to edit). ``FLWR_HOME=APP_DIR/flwr-home flwr run APP_DIR`` runs the
+    first; returns the pyproject's path."""
     app_dir.mkdir(parents=True, exist_ok=True)
     args = json.dumps(absolute(fit_args))
-    text = f"""# Written by `fedmoap flower`: the fedmoap run below as a Flower App.
+    project = f"""# Written by `fedmoap flower`: the fedmoap run below as a Flower App.
 [build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
@@ -92,24 +96,33 @@ clientapp = "fedmoap.flower.app:CLIENT_APP"
 
 [tool.flwr.app.config]
 {SETTINGS} = {json.dumps(args)}
+"""
+    connections = f"""# Flower configuration (FLWR_HOME) for the app beside it: `flwr run APP_DIR [CONNECTION]`.
+[superlink]
+default = "fedmoap-simulation"
 
-[tool.flwr.federations]
-default = "local-simulation"
-
-[tool.flwr.federations.local-simulation]
+[superlink.fedmoap-simulation]
+address = ":local:"
 options.num-supernodes = {num_clients}
 options.backend.client-resources.num-cpus = {client_cpus:g}
 options.backend.client-resources.num-gpus = {client_gpus:g}
+
+[superlink.deployment]
+address = "127.0.0.1:9093"
+insecure = true
 """
+    (app_dir / "flwr-home").mkdir(exist_ok=True)
+    (app_dir / "flwr-home" / "config.toml").write_text(connections)
     path = app_dir / "pyproject.toml"
-    path.write_text(text)
+    path.write_text(project)
     return path
 
 
 def simulate(fit_args: list[str], num_cpus: int | None = None, client_cpus: float = 1.0,
-             client_gpus: float = 0.0, watch: Callable | None = None) -> Path:
+             client_gpus: float = 0.0, watch: Callable | None = None, done: Callable | None = None) -> Path:
     """Run ``fedmoap fit``'s arguments in Flower's Simulation Engine (Ray backend), one SuperNode
-    per client; returns the run directory. Bad input raises before anything starts."""
+    per client; returns the run directory. Bad input raises before anything starts. ``watch`` and
+    ``done``: :func:`~fedmoap.flower.app.server_app`'s."""
     import warnings
 
     cfg, run_dir = checked_config(fit_args)
@@ -124,7 +137,7 @@ def simulate(fit_args: list[str], num_cpus: int | None = None, client_cpus: floa
     backend = {"client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus}, "init_args": init}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(server_app(fit_args, watch), client_app(fit_args), num_supernodes=cfg.data.num_clients,
+        run_simulation(server_app(fit_args, watch, done), client_app(fit_args), num_supernodes=cfg.data.num_clients,
                        backend_name="ray", backend_config=backend)
     if not (run_dir / "results.json").exists():
         raise FedmoapError(f"the Flower simulation ended without results in {run_dir} (see its log above)")
