@@ -97,9 +97,14 @@ def assert_same_run(fit_dir: Path, flower_dir: Path) -> None:
     assert_same(node_clients(flower_dir), fit_clients(fit_dir), "clients")
 
 
-@pytest.mark.parametrize("method", ["promptfl", "coop", "fedotp"])
-def test_flower_simulation_gives_fits_numbers(method, tmp_path, cache):
-    fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", method])
+RECORD_SGD = ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"]
+
+
+@pytest.mark.parametrize("method, extra", [("promptfl", []), ("coop", []), ("fedotp", []),
+                                           ("promptfl", RECORD_SGD)], ids=["promptfl", "coop", "fedotp", "dp-sgd"])
+def test_flower_simulation_gives_fits_numbers(method, extra, tmp_path, cache):
+    """(pFedMoAP with client-level DP: the message-inspection test below.)"""
+    fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", method, *extra])
     assert_same_run(fit_dir, flower_dir)
     assert main(["report", str(flower_dir)]) == 0  # fedmoap report reads a Flower run
 

@@ -218,15 +218,19 @@ class Downloaded:
 
 
 _NODES: dict[tuple[str, str], Node] = {}
+_RUN_DIRS: dict[str, str] = {}
 
 
 def node_of(context: Context, args: list[str]) -> Node:
-    """This process's :class:`Node` for the run (built once per process and node directory)."""
-    from fedmoap.parse import parse_fit
+    """This process's :class:`Node` for the run (built once per process and node directory;
+    the arguments are parsed once per process too: parsing costs more than a tiny client's round)."""
+    key_args = json.dumps(args)
+    if key_args not in _RUN_DIRS:
+        from fedmoap.parse import parse_fit
 
-    _, run_dir, _ = parse_fit(["fit", *args])
-    root = Path(str(context.node_config.get(NODE_DIR) or Path(run_dir) / "nodes"))
-    key = (json.dumps(args), str(root))
+        _RUN_DIRS[key_args] = str(parse_fit(["fit", *args])[1])
+    root = Path(str(context.node_config.get(NODE_DIR) or Path(_RUN_DIRS[key_args]) / "nodes"))
+    key = (key_args, str(root))
     if key not in _NODES:
         _NODES[key] = Node(args, root)
     return _NODES[key]

@@ -108,7 +108,7 @@ options.backend.client-resources.num-cpus = {client_cpus:g}
 options.backend.client-resources.num-gpus = {client_gpus:g}
 
 [superlink.deployment]
-address = "127.0.0.1:9093"
+address = "127.0.0.1:8000"  # the SuperLink's HTTP API (flower-superlink --host/--port)
 insecure = true
 """
     (app_dir / "flwr-home").mkdir(exist_ok=True)
