@@ -6,11 +6,12 @@
 pFedMoAP on the tiny random model (per-client experts down, half the clients per round, one local
 epoch), both engines on ``--cpus`` CPUs (fit: that many torch threads; Flower: a Ray of that many
 CPUs, one CPU per ClientApp, so ``--cpus`` ClientApps at a time). Per engine: seconds per round
-(mean over the rounds after the first, and the first alone: on Flower it includes building each
-Ray actor's client side). Where Flower's overhead goes, from the server's view of every message:
-the train exchange (payloads out, uploads back) and the evaluate exchange per round, against fit's
-whole round; and encoding plus decoding a round's payloads and uploads as Flower records.
-Both runs must give the same accuracies (checked).
+(fit's own measure, the loop's time over all rounds; on Flower it includes finding the nodes and
+starting the Ray actors, the ``connect`` query, and each actor building its client side in round
+1), and on Flower the steady round (from one round's last reply to the next's). Where Flower's
+overhead goes, from the server's view of every message: the train exchange (payloads out,
+uploads back) and the evaluate exchange per round; and encoding plus decoding a round's payloads
+as Flower records. Both runs must give the same accuracies (checked).
 """
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def one(n: int, rounds: int, cpus: int, work: Path, data: Path) -> dict:
         return max(ts) - min(ts) if ts else 0.0
     per_round = [{"train_exchange_s": exchange(MessageType.TRAIN, str(r)),
                   "evaluate_exchange_s": exchange(MessageType.EVALUATE, str(r))} for r in range(1, rounds + 1)]
+    last_in = [max(t for t, d, _, g in marks if d == "in" and g == str(r)) for r in range(1, rounds + 1)]
+    steady = [b - a for a, b in zip(last_in, last_in[1:])]  # round r's last reply to round r+1's
 
     # encoding: a round's payloads down and uploads up, as the transport does them
     from fedmoap.build import build_federation
@@ -80,6 +83,9 @@ def one(n: int, rounds: int, cpus: int, work: Path, data: Path) -> dict:
     return {"clients": n, "rounds": rounds, "cpus": cpus,
             "fit_round_s": out_fit["round_seconds"] / rounds, "flower_round_s": got["round_seconds"] / rounds,
             "ratio": got["round_seconds"] / out_fit["round_seconds"],
+            "flower_steady_round_s": sum(steady) / len(steady) if steady else None,
+            "steady_ratio": (sum(steady) / len(steady)) / (out_fit["round_seconds"] / rounds) if steady else None,
+            "connect_s": exchange(MessageType.QUERY, "0"),
             "fit_wall_s": fit_wall, "flower_wall_s": flower_wall, "flower_setup_s": got["setup_seconds"],
             "per_round": per_round, "encode_decode_round_s": encode_s}
 
@@ -97,11 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         data = make_dataset(work)
         rows = [one(n, a.rounds, a.cpus, work, data) for n in a.clients]
-    print(f"{'clients':>7} {'fit s/round':>11} {'flower s/round':>14} {'ratio':>6}  "
-          "train / evaluate exchange per round (s)   encode+decode (s)")
+    print(f"{'clients':>7} {'fit s/round':>11} {'flower s/round':>14} {'ratio':>6} {'rounds 2+':>9} {'ratio':>6} "
+          f"{'connect s':>9}  train / evaluate exchange per round (s)   encode+decode (s)")
     for r in rows:
         ex = " ".join(f"{p['train_exchange_s']:.2f}/{p['evaluate_exchange_s']:.2f}" for p in r["per_round"])
-        print(f"{r['clients']:>7} {r['fit_round_s']:>11.2f} {r['flower_round_s']:>14.2f} {r['ratio']:>6.2f}  "
+        print(f"{r['clients']:>7} {r['fit_round_s']:>11.2f} {r['flower_round_s']:>14.2f} {r['ratio']:>6.1f} "
+              f"{r['flower_steady_round_s'] or 0:>9.2f} {r['steady_ratio'] or 0:>6.1f} {r['connect_s']:>9.2f}  "
               f"{ex:<40} {r['encode_decode_round_s']:.3f}")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
