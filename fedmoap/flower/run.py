@@ -82,7 +82,9 @@ build-backend = "hatchling.build"
 [project]
 name = "fedmoap-app"
 version = "1.0.0"
-dependencies = ["fedmoap[flower]"]
+# fedmoap[flower] must be installed where the ServerApp and the ClientApps run: it is not on an
+# index `flwr run` could install it from (Flower skips flwr itself)
+dependencies = ["flwr[simulation]>=1.42"]
 
 [tool.hatch.build.targets.wheel]
 packages = ["."]
