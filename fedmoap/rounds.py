@@ -37,6 +37,12 @@ class Transport:
         """(correct, total) of each of ``clients`` after round ``t``."""
         raise NotImplementedError
 
+    def statistics(self, federation: "Federation", t: int,
+                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+        """Seed-methods: each of ``clients``' statistics at step ``t``
+        (:meth:`Federation.client_statistics`), and the store references of the states it kept."""
+        raise NotImplementedError
+
 
 class InProcess(Transport):
     """Every client in this process, one after the other, its state in the federation's store."""
@@ -56,6 +62,15 @@ class InProcess(Transport):
     def evaluate(self, federation: "Federation", clients: list[int], t: int,
                  progress: bool) -> dict[int, tuple[int, int]]:
         return federation.evaluate(clients, t, progress)
+
+    def statistics(self, federation: "Federation", t: int,
+                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+        stats, refs = {}, {}
+        for cid in clients:
+            stats[cid], state = federation.client_statistics(t, cid)
+            if state is not None:
+                refs[cid] = federation.store.write(cid, state, 0)
+        return stats, refs
 
 
 class Federation:
@@ -143,15 +158,8 @@ class Federation:
         set-up pass (every client's state is stored as of round 0 if the module
         ``keeps_statistics``), ``t >= 1`` follows round ``t``'s aggregation. Returns the bytes
         the clients sent."""
-        comm, stats, refs = self.comm, {}, {}
-        for cid in comm.shard(clients):
-            self.module.load_client(cid, self.store.get(cid))
-            self.module.prepare_eval(self.server.eval_payload(cid))
-            with torch.no_grad(), self.fabric.autocast():
-                stats[cid] = self.module.statistics(
-                    self.data.plain_train_batches(cid, self.schedule.eval_batch_size))
-            if t == 0 and self.module.keeps_statistics:
-                refs[cid] = self.store.write(cid, self.module.client_state(), 0)
+        comm = self.comm
+        stats, refs = self.transport.statistics(self, t, comm.shard(clients))
         stats = comm.gather_dicts(stats)
         self.store.adopt(comm.gather_dicts(refs))
         if comm.is_main:
@@ -159,6 +167,16 @@ class Federation:
         if comm.world_size > 1:
             self.server.load_state_dict(comm.broadcast(self.server.state_dict()))
         return sum(payload_bytes(s) for s in stats.values())
+
+    def client_statistics(self, t: int, cid: int) -> tuple[dict, dict | None]:
+        """Client ``cid``'s side of :meth:`collect_statistics`: (its statistics, its state to keep
+        as of round 0 at the set-up pass of a module that ``keeps_statistics``, else None)."""
+        self.module.load_client(cid, self.store.get(cid))
+        self.module.prepare_eval(self.server.eval_payload(cid))
+        with torch.no_grad(), self.fabric.autocast():
+            stats = self.module.statistics(self.data.plain_train_batches(cid, self.schedule.eval_batch_size))
+        keep = t == 0 and self.module.keeps_statistics
+        return stats, self.module.client_state() if keep else None
     # --- end client statistics ---
 
     # ----- evaluation modes (fedmoap/evaluation.py) ---------------------------------------------

@@ -48,8 +48,9 @@ def fit_clients(run_dir: Path) -> dict[int, dict]:
 
 def node_clients(run_dir: Path) -> dict[int, dict]:
     """Each node's stored client state (one version per node)."""
-    out = {}
-    for folder in (run_dir / "nodes" / "clients").iterdir():
+    out: dict[int, dict] = {}
+    root = run_dir / "nodes" / "clients"
+    for folder in root.iterdir() if root.exists() else []:  # none: nothing trained (zero-shot)
         (path,) = folder.glob("round_*.pt")
         out[int(folder.name)] = torch.load(path, weights_only=True)
     return out
@@ -101,9 +102,11 @@ RECORD_SGD = ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multipl
 
 
 @pytest.mark.parametrize("method, extra", [("promptfl", []), ("coop", []), ("fedotp", []),
-                                           ("promptfl", RECORD_SGD)], ids=["promptfl", "coop", "fedotp", "dp-sgd"])
+                                           ("promptfl", RECORD_SGD), ("pepfedpt", [])],
+                         ids=["promptfl", "coop", "fedotp", "dp-sgd", "statistics"])
 def test_flower_simulation_gives_fits_numbers(method, extra, tmp_path, cache):
-    """(pFedMoAP with client-level DP: the message-inspection test below.)"""
+    """(pFedMoAP with client-level DP: the message-inspection test below. PEP-FedPT: a
+    seed-method, whose clients send statistics in a set-up pass and after every round.)"""
     fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", method, *extra])
     assert_same_run(fit_dir, flower_dir)
     assert main(["report", str(flower_dir)]) == 0  # fedmoap report reads a Flower run
@@ -145,7 +148,7 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
 
 
 @pytest.mark.parametrize("args, culprit", [
-    (["--method", "pepfedpt"], "method pepfedpt"),
+    (["--eval.modes", "[local,unseen_clients]"], "eval.modes unseen_clients"),
     (["--eval.modes", "[local,global]"], "eval.modes global"),
     (["--fabric.devices", "2"], "fabric.devices 2"),
     (["--num_cpus", "0"], "--num_cpus"),

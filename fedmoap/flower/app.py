@@ -36,6 +36,8 @@ from fedmoap.store import ClientStore
 SETTINGS = "fedmoap-args"
 """The run config key (a Flower App's ``[tool.flwr.app.config]``) holding ``fedmoap fit``'s
 arguments as a JSON list, ``--run_dir`` included."""
+STATISTICS = f"{MessageType.QUERY}.statistics"
+"""The message type of a seed-method's statistics pass (:meth:`~fedmoap.rounds.Federation.client_statistics`)."""
 NODE_DIR = "fedmoap-dir"
 """The node config key of a SuperNode's own directory for its client store."""
 
@@ -130,6 +132,17 @@ class FlowerTransport(Transport):
                       int(replies[nodes[cid]].content["metrics"]["total"])) for cid in clients}
 
 
+    def statistics(self, federation: Federation, t: int,
+                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+        nodes = self.connect(federation.data.num_clients)
+        messages = [Message(RecordDict({"payload": to_record(federation.server.eval_payload(cid)),
+                                        "config": ConfigRecord({"round": t, "client": cid})}),
+                            dst_node_id=nodes[cid], message_type=STATISTICS, group_id=str(t))
+                    for cid in clients]
+        replies = self._exchange(messages) if messages else {}
+        return {cid: from_record(replies[nodes[cid]].content["statistics"]) for cid in clients}, {}
+
+
 def server_app(args: list[str] | None = None, watch: Callable[[str, Message], None] | None = None,
                done: Callable[[dict], None] | None = None) -> ServerApp:
     """The ServerApp of a run: ``args`` are ``fedmoap fit``'s (None: the run config's
@@ -190,15 +203,28 @@ class Node:
         if fed.privacy is not None:
             fed.privacy.noise_multiplier = float(content["config"]["noise-multiplier"])
         upload, state = fed.train_client(t, cid, from_record(content["payload"]))
+        self.keep(context, cid, state, t)
+        metrics: dict[str, Any] = {"num-examples": fed.data.train_size(cid)}
+        if fed.privacy is not None:
+            metrics["dp-norms"] = [float(x) for x in fed.privacy.norms_of(cid)]
+        return RecordDict({"upload": to_record(upload), "metrics": MetricRecord(metrics)})
+
+    def statistics(self, context: Context, content: RecordDict) -> RecordDict:
+        fed, cid = self.federation, self.client(context, content)
+        fed.server.eval = from_record(content["payload"])
+        stats, state = fed.client_statistics(int(content["config"]["round"]), cid)
+        if state is not None:  # the set-up pass: what the client learnt of its data, as of round 0
+            self.keep(context, cid, state, 0)
+        return RecordDict({"statistics": to_record(stats)})
+
+    def keep(self, context: Context, cid: int, state: dict, t: int) -> None:
+        """Store the client's new state as of round ``t``, drop its previous one."""
+        fed = self.federation
         previous = context.state["fedmoap"]["round"] if "fedmoap" in context.state else None
         fed.store.adopt({cid: fed.store.write(cid, state, t)})
         if previous is not None and int(previous) != t:
             fed.store.path(cid, int(previous)).unlink(missing_ok=True)
         context.state["fedmoap"] = ConfigRecord({"round": t})
-        metrics: dict[str, Any] = {"num-examples": fed.data.train_size(cid)}
-        if fed.privacy is not None:
-            metrics["dp-norms"] = [float(x) for x in fed.privacy.norms_of(cid)]
-        return RecordDict({"upload": to_record(upload), "metrics": MetricRecord(metrics)})
 
     def evaluate(self, context: Context, content: RecordDict) -> RecordDict:
         fed, cid = self.federation, self.client(context, content)
@@ -248,6 +274,10 @@ def client_app(args: list[str] | None = None) -> ClientApp:
     def query(message: Message, context: Context) -> Message:
         partition = int(context.node_config["partition-id"])
         return Message(RecordDict({"client": ConfigRecord({"partition-id": partition})}), reply_to=message)
+
+    @app.query("statistics")
+    def statistics(message: Message, context: Context) -> Message:
+        return handle(message, context, "statistics")
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

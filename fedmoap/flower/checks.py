@@ -11,11 +11,6 @@ from fedmoap.errors import FedmoapError
 def flower_problems(cfg: RunConfig) -> list[str]:
     """Why ``cfg`` cannot run on Flower (empty: it can)."""
     out = []
-    method = cfg.method
-    name = method.name or type(method).__name__
-    if any(method.collects_statistics(t) for t in range(cfg.fed.rounds + 1)):
-        out.append(f"method {name}: its server folds statistics of every client outside the training "
-                   "rounds (a set-up pass), which the Flower app does not send; run it with `fedmoap fit`")
     extra = [m for m in cfg.eval.modes if m != "local"]
     if extra:
         out.append(f"eval.modes {','.join(extra)}: these evaluations need every client's state in one "
