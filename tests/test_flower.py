@@ -186,3 +186,17 @@ def test_the_written_flower_app_names_the_apps_and_the_run(tmp_path):
     sim = links[links["default"]]["options"]
     assert sim["num-supernodes"] == 6 and sim["backend"]["client-resources"]["num-cpus"] == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_tensors_cross_bit_for_bit_in_every_dtype_and_order():
+    from fedmoap.flower.messages import to_record
+
+    gen = torch.Generator().manual_seed(0)
+    sent = {"z.last": torch.randn(3, 4, generator=gen), "a": torch.randn(5, generator=gen).bfloat16(),
+            "h": torch.randn(2, 2, generator=gen).half(), "d": torch.randn(7, generator=gen, dtype=torch.float64),
+            "i": torch.arange(6).reshape(2, 3), "b": torch.tensor([True, False]), "empty": torch.zeros(0, 4),
+            "scalar": torch.tensor(2.5), "view": torch.randn(4, 6, generator=gen)[:, ::2]}
+    got = from_record(to_record(sent))
+    assert list(got) == list(sent)
+    for k, t in sent.items():
+        assert got[k].dtype == t.dtype and got[k].shape == t.shape and torch.equal(got[k], t), k
