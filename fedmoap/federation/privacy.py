@@ -329,6 +329,15 @@ class Privacy(LocalTraining):
         self._norms[cid] = dp_sgd(module, self.data, cid, t, epochs, self.inner.fabric, self.clip,
                                   self.noise_multiplier, self.seed, self.schedule.batch_size)
 
+    def norms_of(self, cid: int) -> list[float]:
+        """The norms before clipping of client ``cid``'s latest release or DP-SGD steps (taken:
+        a node hands them to the server, which accounts the round)."""
+        return self._norms.pop(cid, [])
+
+    def add_norms(self, cid: int, norms: list[float]) -> None:
+        """Norms a client's node reported (Flower): :meth:`after_round` reports them."""
+        self._norms[cid] = list(norms)
+
     # ----- accounting
     def after_round(self, t: int, participants: list[int], gather=None) -> dict[str, Any]:
         """Account round ``t``; the round's ``results.json`` entries (ε so far, the worst

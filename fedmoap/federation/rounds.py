@@ -18,6 +18,61 @@ from fedmoap.federation.schedule import Schedule  # noqa: F401  (public here: fe
 from fedmoap.federation.store import ClientStore
 
 
+Trained = tuple[dict[int, dict], dict[int, int], int, bool]
+"""What a round's local training returns: (uploads, store references, bytes downloaded, stopped)."""
+
+
+class Transport:
+    """The seam between the server's round and the clients: the participants' training (payload
+    down, upload up) and the clients' evaluation. The server's side of the round (sampling,
+    aggregation, accounting, results) stays in :meth:`Federation.run_round`."""
+
+    def train(self, federation: "Federation", t: int, clients: list[int], progress: bool,
+              stop: Callable[[], bool]) -> Trained:
+        """Round ``t``'s local training of ``clients``, in this order; uploads in the same order."""
+        raise NotImplementedError
+
+    def evaluate(self, federation: "Federation", clients: list[int], t: int,
+                 progress: bool) -> dict[int, tuple[int, int]]:
+        """(correct, total) of each of ``clients`` after round ``t``."""
+        raise NotImplementedError
+
+    def statistics(self, federation: "Federation", t: int,
+                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+        """Seed-methods: each of ``clients``' statistics at step ``t``
+        (:meth:`Federation.client_statistics`), and the store references of the states it kept."""
+        raise NotImplementedError
+
+
+class InProcess(Transport):
+    """Every client in this process, one after the other, its state in the federation's store."""
+
+    def train(self, federation: "Federation", t: int, clients: list[int], progress: bool,
+              stop: Callable[[], bool]) -> Trained:
+        uploads, refs, bytes_down = {}, {}, 0
+        for cid in tqdm(clients, desc=f"round {t} train", leave=False, disable=not progress):
+            if stop():
+                return uploads, refs, bytes_down, True
+            payload = federation.server.payload(cid, t)
+            bytes_down += payload_bytes(payload)
+            uploads[cid], state = federation.train_client(t, cid, payload)
+            refs[cid] = federation.store.write(cid, state, t)
+        return uploads, refs, bytes_down, False
+
+    def evaluate(self, federation: "Federation", clients: list[int], t: int,
+                 progress: bool) -> dict[int, tuple[int, int]]:
+        return federation.evaluate(clients, t, progress)
+
+    def statistics(self, federation: "Federation", t: int,
+                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+        stats, refs = {}, {}
+        for cid in clients:
+            stats[cid], state = federation.client_statistics(t, cid)
+            if state is not None:
+                refs[cid] = federation.store.write(cid, state, 0)
+        return stats, refs
+
+
 class Federation:
     """One process's view of the federation: the method's client module and server, the client
     store, the clients' data.
@@ -42,6 +97,9 @@ class Federation:
         """Evaluation modes beyond ``local`` (:class:`fedmoap.federation.evaluation.ModeEvaluator`): called
         as ``modes(federation, t, local_counts, progress)`` after each evaluation, its entries
         are added to the round's record."""
+        self.transport: Transport = InProcess()
+        """How payloads reach the participants and uploads and accuracies come back: in this
+        process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.flower`)."""
 
     def run_round(self, t: int, progress: bool = True,
                   stop: Callable[[], bool] = lambda: False) -> dict | None:
@@ -54,16 +112,7 @@ class Federation:
             stats_up = self.collect_statistics(0, self.schedule.clients)  # held-out clients: never
         participants = self.trainers(t)
         mine = comm.shard(participants)
-        uploads, refs, bytes_down, stopped = {}, {}, 0, False
-        for cid in tqdm(mine, desc=f"round {t} train", leave=False,
-                        disable=not (progress and comm.is_main)):
-            if stop():
-                stopped = True
-                break
-            payload = self.server.payload(cid, t)
-            bytes_down += payload_bytes(payload)
-            uploads[cid], state = self.train_client(t, cid, payload)
-            refs[cid] = self.store.write(cid, state, t)
+        uploads, refs, bytes_down, stopped = self.transport.train(self, t, mine, progress and comm.is_main, stop)
         if comm.any(stopped or stop()):
             return None
         uploads, bytes_down = comm.gather_dicts(uploads), sum(comm.gather(bytes_down))
@@ -77,7 +126,7 @@ class Federation:
         counts = None
         if self.schedule.evaluates(t):
             mine = comm.shard(self.schedule.clients)
-            counts = comm.gather_dicts(self.evaluate(mine, t, progress and comm.is_main))
+            counts = comm.gather_dicts(self.transport.evaluate(self, mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
         record = round_record(t, counts, participants,
                               bytes_up=sum(payload_bytes(u) for u in uploads.values()) + stats_up,
@@ -109,15 +158,8 @@ class Federation:
         set-up pass (every client's state is stored as of round 0 if the module
         ``keeps_statistics``), ``t >= 1`` follows round ``t``'s aggregation. Returns the bytes
         the clients sent."""
-        comm, stats, refs = self.comm, {}, {}
-        for cid in comm.shard(clients):
-            self.module.load_client(cid, self.store.get(cid))
-            self.module.prepare_eval(self.server.eval_payload(cid))
-            with torch.no_grad(), self.fabric.autocast():
-                stats[cid] = self.module.statistics(
-                    self.data.plain_train_batches(cid, self.schedule.eval_batch_size))
-            if t == 0 and self.module.keeps_statistics:
-                refs[cid] = self.store.write(cid, self.module.client_state(), 0)
+        comm = self.comm
+        stats, refs = self.transport.statistics(self, t, comm.shard(clients))
         stats = comm.gather_dicts(stats)
         self.store.adopt(comm.gather_dicts(refs))
         if comm.is_main:
@@ -125,6 +167,16 @@ class Federation:
         if comm.world_size > 1:
             self.server.load_state_dict(comm.broadcast(self.server.state_dict()))
         return sum(payload_bytes(s) for s in stats.values())
+
+    def client_statistics(self, t: int, cid: int) -> tuple[dict, dict | None]:
+        """Client ``cid``'s side of :meth:`collect_statistics`: (its statistics, its state to keep
+        as of round 0 at the set-up pass of a module that ``keeps_statistics``, else None)."""
+        self.module.load_client(cid, self.store.get(cid))
+        self.module.prepare_eval(self.server.eval_payload(cid))
+        with torch.no_grad(), self.fabric.autocast():
+            stats = self.module.statistics(self.data.plain_train_batches(cid, self.schedule.eval_batch_size))
+        keep = t == 0 and self.module.keeps_statistics
+        return stats, self.module.client_state() if keep else None
     # --- end client statistics ---
 
     # ----- evaluation modes (fedmoap/federation/evaluation.py) ------------------------------------

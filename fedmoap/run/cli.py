@@ -1,6 +1,7 @@
 """Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``;
 ``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.run.reevaluate`);
 ``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] ...`` (:mod:`fedmoap.run.mia`);
+``fedmoap flower --config run.yaml ... --run_dir DIR`` (:mod:`fedmoap.flower`, Flower's simulation);
 ``fedmoap sweep ...``; ``fedmoap report ...``.
 
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(argv[1:])
     if argv[0] == "mia":
         return _mia(argv[1:])
+    if argv[0] == "flower":
+        return _flower(argv[1:])
     stop_flag()  # before the heavy imports: a preemption signal during start-up counts
     try:
         cfg, run_dir, progress = parse_fit(argv)
@@ -113,6 +116,43 @@ def _mia(argv: list[str]) -> int:
           f"({target['samples']} samples, half members), {len(result['shadows'])} shadow federations")
     print(table(result))
     print(f"-> {path}")
+    return 0
+
+
+def _flower(argv: list[str]) -> int:
+    """``fedmoap flower --config FILE [overrides] --run_dir DIR [--app DIR] [--write_only] ...``
+    (:mod:`fedmoap.flower.run`)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: fedmoap flower --config FILE [--section.key value ...] --run_dir DIR [--app APP_DIR] "
+              "[--write_only] [--num_cpus N] [--client_cpus C] [--client_gpus G]\n"
+              "  runs the config in Flower's Simulation Engine, one SuperNode per client (fedmoap/flower/run.py)",
+              file=sys.stderr)
+        return 2
+    try:
+        try:
+            from fedmoap.flower.run import simulate, split_args, write_app
+        except ImportError as exc:
+            raise FedmoapError(f"fedmoap flower needs Flower ({exc.name} is missing): "
+                               'pip install "fedmoap[flower]"') from None
+        from fedmoap.flower.checks import checked_config
+        fit_args, opts = split_args(argv)
+        cfg, run_dir = checked_config(fit_args)
+        if opts.get("app"):
+            path = write_app(Path(opts["app"]), fit_args, cfg.data.num_clients, opts.get("client_cpus", 1.0),
+                             opts.get("client_gpus", 0.0))
+            print(f"Flower App -> {path}; run it with: FLWR_HOME={path.parent / 'flwr-home'} flwr run {path.parent}")
+        elif opts.get("write_only"):
+            raise FedmoapError("--write_only needs --app APP_DIR")
+        if opts.get("write_only"):
+            return 0
+        simulate(fit_args, opts.get("num_cpus"), opts.get("client_cpus", 1.0), opts.get("client_gpus", 0.0))
+    except (ArgumentError, FedmoapError) as exc:
+        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    from fedmoap.run.report import read_results
+    last = read_results(run_dir)["rounds"][-1]
+    print(f"{cfg.method.name or type(cfg.method).__name__} on Flower: round {last['round']}: mean acc "
+          f"{last['mean_acc']:.4f} (std {last['std_acc']:.4f}) -> {run_dir}/results.json")
     return 0
 
 

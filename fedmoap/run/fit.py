@@ -43,7 +43,7 @@ from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
 from fedmoap.federation.privacy import preset_note
 from fedmoap.federation.results import (hparams, mode_scalars, mode_summary, scalars, summary, write_hparams,
                                         write_results)
-from fedmoap.federation.rounds import Federation
+from fedmoap.federation.rounds import Federation, Transport
 from fedmoap.run.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
 from fedmoap.run.validate import MAX_THREADS, PRECISIONS, validate  # noqa: F401  (public here)
 
@@ -63,11 +63,13 @@ def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
     return f"stopped by signal {sig} {where}; {how}"
 
 
-def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True, backbone: Backbone | None = None) -> dict[str, Any]:
+def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True, backbone: Backbone | None = None,
+        transport: Transport | None = None) -> dict[str, Any]:
     """Run (or resume) the federated training ``cfg`` describes, writing into ``run_dir``.
 
     ``backbone``: an already built frozen backbone for ``cfg.model`` (studies run many fits in one
-    process on one backbone); None builds it.
+    process on one backbone); None builds it. ``transport``: how the rounds reach the clients
+    (:class:`~fedmoap.rounds.Transport`; None: in this process; :mod:`fedmoap.flower`: Flower).
 
     Launches Fabric's processes (``cfg.fabric``); every rank runs this function. Raises
     :class:`~fedmoap.preemption.Preempted` after a SIGUSR1/SIGTERM (requeueing under SLURM),
@@ -80,7 +82,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True, backbone: Ba
     where: dict[str, Any] = {"stage": "set-up", "round": 0, "done": 0}  # done: the newest checkpoint
     lock = RunLock(run_dir)
     try:
-        return _fit(cfg, run_dir, progress, lock, where, backbone)
+        return _fit(cfg, run_dir, progress, lock, where, backbone, transport)
     except KeyboardInterrupt:
         raise Interrupted(stopped_at(where, "interrupted (SIGINT)")) from None
     except OSError as exc:
@@ -208,10 +210,12 @@ def zero_shot_checks(cfg: RunConfig, resolved: Resolved, s: Setup) -> dict:
 
 
 def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: dict[str, Any],
-         backbone: Backbone | None) -> dict[str, Any]:
+         backbone: Backbone | None, transport: Transport | None = None) -> dict[str, Any]:
     s = setup(cfg, run_dir)
     t0 = time.perf_counter()
     federation, resolved, history, checks = build(s, backbone)
+    if transport is not None:
+        federation.transport = transport
     setup_s = time.perf_counter() - t0
     claim(run_dir, s.cfg_dict, s.comm, lock, s.seen)  # every rank has checked the run directory
     done = history[-1]["round"] if history else 0

@@ -1,0 +1,202 @@
+"""Every method on Flower: a Flower simulation (Ray backend, one SuperNode per client) gives the
+numbers ``fedmoap fit`` gives on the same config and seed, bit for bit; no message carries a
+client's private state; bad input is one line and exit 2.
+
+flwr is in the ``test`` extra: without it these tests fail (they do not skip)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord
+
+from fedmoap.run.cli import main
+from fedmoap.run.flower.messages import from_record
+from fedmoap.run.flower.run import simulate
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = ["--config", str(REPO / "configs" / "smoke.yaml"), "--fed.rounds", "2", "--fabric.threads", "1",
+         "--progress", "false"]
+DP = ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.noise_multiplier", "1.0"]
+TIMING = ("seconds", "setup_s", "round_s")
+NUMBERS = {"round", "client", "noise-multiplier", "num-examples", "dp-norms", "correct", "total", "partition-id"}
+"""Every non-tensor entry a message may carry."""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> list[str]:
+    return ["--data.feature_cache", str(tmp_path_factory.mktemp("feature_cache"))]
+
+
+def rounds(run_dir: Path) -> list[dict]:
+    res = json.loads((run_dir / "results.json").read_text())
+    return [{k: v for k, v in r.items() if not any(t in k for t in TIMING)} for r in res["rounds"]]
+
+
+def last_checkpoint(run_dir: Path) -> dict:
+    path = sorted((run_dir / "checkpoints").glob("round_*.pt"))[-1]
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fit_clients(run_dir: Path) -> dict[int, dict]:
+    index = last_checkpoint(run_dir)["store"]["index"]
+    return {int(c): torch.load(run_dir / "clients" / str(c) / f"round_{int(t):04d}.pt", weights_only=True)
+            for c, t in index.items()}
+
+
+def node_clients(run_dir: Path) -> dict[int, dict]:
+    """Each node's stored client state (one version per node)."""
+    out: dict[int, dict] = {}
+    root = run_dir / "nodes" / "clients"
+    for folder in root.iterdir() if root.exists() else []:  # none: nothing trained (zero-shot)
+        (path,) = folder.glob("round_*.pt")
+        out[int(folder.name)] = torch.load(path, weights_only=True)
+    return out
+
+
+def tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in tensors(v)]
+    return []
+
+
+def assert_same(a, b, where: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where
+
+
+def both(tmp_path: Path, args: list[str], watch=None) -> tuple[Path, Path]:
+    fit_dir, flower_dir = tmp_path / "fit", tmp_path / "flower"
+    assert main(["fit", *args, "--run_dir", str(fit_dir)]) == 0
+    simulate([*args, "--run_dir", str(flower_dir)], num_cpus=1, client_cpus=1, watch=watch)
+    return fit_dir, flower_dir
+
+
+def assert_same_run(fit_dir: Path, flower_dir: Path) -> None:
+    """Per-client accuracies (all of results.json's rounds but timings), the server's final state
+    and every client's kept state: identical."""
+    assert rounds(flower_dir) == rounds(fit_dir)
+    fit_res, fl_res = (json.loads((d / "results.json").read_text()) for d in (fit_dir, flower_dir))
+    assert fl_res.get("privacy") == fit_res.get("privacy")
+    assert_same(last_checkpoint(flower_dir)["server"], last_checkpoint(fit_dir)["server"], "server")
+    assert_same(node_clients(flower_dir), fit_clients(fit_dir), "clients")
+
+
+RECORD_SGD = ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"]
+
+
+@pytest.mark.parametrize("method, extra", [("promptfl", []), ("coop", []), ("fedotp", []),
+                                           ("promptfl", RECORD_SGD), ("pepfedpt", [])],
+                         ids=["promptfl", "coop", "fedotp", "dp-sgd", "statistics"])
+def test_flower_simulation_gives_fits_numbers(method, extra, tmp_path, cache):
+    """(pFedMoAP with client-level DP: the message-inspection test below. PEP-FedPT: a
+    seed-method, whose clients send statistics in a set-up pass and after every round.)"""
+    fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", method, *extra])
+    assert_same_run(fit_dir, flower_dir)
+    assert main(["report", str(flower_dir)]) == 0  # fedmoap report reads a Flower run
+
+
+def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_message(tmp_path, cache):
+    """pFedMoAP (per-client experts down, a private gating network) with client_upload DP: same
+    numbers as fit; every message the server sends or receives holds only payload and upload
+    tensors and round numbers, none equal to a tensor that only a client keeps."""
+    seen: list[tuple[str, str, dict]] = []
+
+    def watch(direction, message):
+        seen.append((direction, message.metadata.message_type,
+                     {name: record for name, record in message.content.items()}))
+
+    fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", "pfedmoap", *DP], watch)
+    assert_same_run(fit_dir, flower_dir)
+    clients = node_clients(flower_dir)
+    private = [p for s in clients.values() for name, p in s["params"].items() if name != "ctx"]
+    private += [t for s in clients.values() for t in tensors(s["optim"])]
+    assert any("gating" in n for s in clients.values() for n in s["params"])
+    assert len(private) > 10
+    kinds = {(d, k) for d, k, _ in seen}
+    assert {("out", MessageType.TRAIN), ("in", MessageType.TRAIN), ("out", MessageType.EVALUATE),
+            ("in", MessageType.EVALUATE)} <= kinds
+    keys = set()
+    for direction, kind, records in seen:
+        for name, record in records.items():
+            if isinstance(record, ArrayRecord):
+                arrays = from_record(record)
+                keys |= set(arrays)
+                for t in arrays.values():
+                    assert not any(t.shape == p.shape and torch.equal(t, p) for p in private), (direction, kind, name)
+            else:
+                assert isinstance(record, (ConfigRecord, MetricRecord)) and set(record) <= NUMBERS, (name, record)
+    assert keys == {"prompt", "experts"}  # the global prompt and experts down, the released prompt up
+    ups = [r["upload"] for d, k, r in seen if d == "in" and k == MessageType.TRAIN]
+    assert ups and all(set(from_record(u)) == {"prompt"} for u in ups)
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--eval.modes", "[local,unseen_clients]"], "eval.modes unseen_clients"),
+    (["--eval.modes", "[local,global]"], "eval.modes global"),
+    (["--fabric.devices", "2"], "fabric.devices 2"),
+    (["--num_cpus", "0"], "--num_cpus"),
+    (["--write_only"], "--write_only needs --app"),
+    (["--dp.mode", "client_upload"], "dp.clip"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, culprit, tmp_path, capsys):
+    assert main(["flower", *SMOKE, *args, "--run_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and culprit in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_not_resumed_on_flower(tmp_path, cache, capsys):
+    run = tmp_path / "run"
+    assert main(["fit", *SMOKE, *cache, "--method", "coop", "--fed.rounds", "1", "--run_dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["flower", *SMOKE, *cache, "--method", "coop", "--fed.rounds", "1", "--run_dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "does not resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_written_flower_app_names_the_apps_and_the_run(tmp_path):
+    import tomllib
+
+    app = tmp_path / "app"
+    assert main(["flower", *SMOKE, "--method", "coop", "--run_dir", str(tmp_path / "run"), "--app", str(app),
+                 "--write_only", "--client_cpus", "2"]) == 0
+    conf = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]
+    assert conf["app"]["components"] == {"serverapp": "fedmoap.run.flower.app:SERVER_APP",
+                                         "clientapp": "fedmoap.run.flower.app:CLIENT_APP"}
+    args = json.loads(conf["app"]["config"]["fedmoap-args"])
+    assert args[args.index("--run_dir") + 1] == str((tmp_path / "run").resolve())
+    links = tomllib.loads((app / "flwr-home" / "config.toml").read_text())["superlink"]
+    sim = links[links["default"]]["options"]
+    assert sim["num-supernodes"] == 6 and sim["backend"]["client-resources"]["num-cpus"] == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensors_cross_bit_for_bit_in_every_dtype_and_order():
+    from fedmoap.run.flower.messages import to_record
+
+    gen = torch.Generator().manual_seed(0)
+    sent = {"z.last": torch.randn(3, 4, generator=gen), "a": torch.randn(5, generator=gen).bfloat16(),
+            "h": torch.randn(2, 2, generator=gen).half(), "d": torch.randn(7, generator=gen, dtype=torch.float64),
+            "i": torch.arange(6).reshape(2, 3), "b": torch.tensor([True, False]), "empty": torch.zeros(0, 4),
+            "scalar": torch.tensor(2.5), "view": torch.randn(4, 6, generator=gen)[:, ::2]}
+    got = from_record(to_record(sent))
+    assert list(got) == list(sent)
+    for k, t in sent.items():
+        assert got[k].dtype == t.dtype and got[k].shape == t.shape and torch.equal(got[k], t), k
