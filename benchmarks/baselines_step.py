@@ -8,6 +8,7 @@ step, on RN50 with random weights at C = 10. Step and floor alternate (median of
 FedOTP's tokens are the real RN50 attention-pool outputs of random images (the OT's iteration
 count depends on the values); its transport-plan solve is also timed alone.
 """
+
 from __future__ import annotations
 
 
@@ -22,14 +23,28 @@ from fedmoap.methods.fedotp import transport_plan
 from local_step import paired
 
 BATCH = 32
-METHODS = ["promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp",
-           "kgcoop", "promptfolio", "prograd", "plot", "fedtpg", "fedpha", "cocoop"]
+METHODS = [
+    "promptfl",
+    "promptfl_ft",
+    "fedprox",
+    "fedper",
+    "fedamp",
+    "pfedprompt",
+    "fedotp",
+    "fedpgp",
+    "kgcoop",
+    "promptfolio",
+    "prograd",
+    "plot",
+    "fedtpg",
+    "fedpha",
+    "cocoop",
+]
 """PromptFL for reference; PromptFL+FT's step is PromptFL's (its fine-tuning at evaluation
 repeats it ``ft_epochs`` times per client and evaluation)."""
 
 
-def run(backbone: OpenCLIPBackbone, classes: int = 10, repeats: int = 5,
-        methods: list[str] = METHODS) -> list[dict]:
+def run(backbone: OpenCLIPBackbone, classes: int = 10, repeats: int = 5, methods: list[str] = METHODS) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     size = backbone.image_size
     images = torch.randn(BATCH, 3, size, size, generator=gen)
@@ -65,38 +80,50 @@ def run(backbone: OpenCLIPBackbone, classes: int = 10, repeats: int = 5,
             ctx.grad = None
 
         ms, floor_ms = (1e3 * s for s in paired([step, floor], repeats))
-        row = {"name": f"baseline_step/{name}/{backbone.name}/C={classes}", "method": name,
-               "classes": classes, "batch": BATCH, "ms": ms, "floor_ms": floor_ms,
-               "ratio_to_floor": ms / floor_ms,
-               "trainable": sum(p.numel() for p in client.parameters()),
-               "tokens": client.slots.seq_len}
+        row = {
+            "name": f"baseline_step/{name}/{backbone.name}/C={classes}",
+            "method": name,
+            "classes": classes,
+            "batch": BATCH,
+            "ms": ms,
+            "floor_ms": floor_ms,
+            "ratio_to_floor": ms / floor_ms,
+            "trainable": sum(p.numel() for p in client.parameters()),
+            "tokens": client.slots.seq_len,
+        }
         if name == "fedotp":
             with torch.no_grad():
                 sim = torch.einsum("bmd,ncd->bcmn", tokens, client.prompt_features())
             m = client.method
-            ot_ms = 1e3 * paired([lambda: transport_plan(sim, m.eps, m.gamma, True, m.max_iter, m.thresh)],
-                                 repeats)[0]
-            ot_log_ms = 1e3 * paired([lambda: transport_plan(sim, m.eps, m.gamma, True, m.max_iter, m.thresh,
-                                                             log_domain=True)], repeats)[0]
-            row.update({"ot_ms": ot_ms, "ot_share": ot_ms / ms, "ot_log_domain_ms": ot_log_ms,
-                        "patches": tokens.shape[1]})
+            ot_ms = 1e3 * paired([lambda: transport_plan(sim, m.eps, m.gamma, True, m.max_iter, m.thresh)], repeats)[0]
+            ot_log_ms = (
+                1e3
+                * paired(
+                    [lambda: transport_plan(sim, m.eps, m.gamma, True, m.max_iter, m.thresh, log_domain=True)], repeats
+                )[0]
+            )
+            row.update(
+                {"ot_ms": ot_ms, "ot_share": ot_ms / ms, "ot_log_domain_ms": ot_log_ms, "patches": tokens.shape[1]}
+            )
         rows.append(row)
         extra = f", OT {row['ot_ms']:.0f} ms (log domain {row['ot_log_domain_ms']:.0f} ms)" if "ot_ms" in row else ""
-        print(f"  {row['name']}: {ms:.0f} ms, floor {floor_ms:.0f} ms, ratio {ms / floor_ms:.2f}{extra}",
-              flush=True)
+        print(f"  {row['name']}: {ms:.0f} ms, floor {floor_ms:.0f} ms, ratio {ms / floor_ms:.2f}{extra}", flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| baseline local step (RN50, batch 32) | ms | floor ms | step / floor | notes |",
-             "|---|---|---|---|---|"]
+    lines = ["| baseline local step (RN50, batch 32) | ms | floor ms | step / floor | notes |", "|---|---|---|---|---|"]
     for r in rows:
         note = ""
         if "ot_ms" in r:
-            note = (f"OT solve {r['ot_ms']:.0f} ms ({100 * r['ot_share']:.0f} % of the step; log domain "
-                    f"{r['ot_log_domain_ms']:.0f} ms), {r['patches']} patches")
-        lines.append(f"| {r['method']}, C = {r['classes']} | {r['ms']:.0f} | {r['floor_ms']:.0f} "
-                     f"| {r['ratio_to_floor']:.2f} | {note} |")
+            note = (
+                f"OT solve {r['ot_ms']:.0f} ms ({100 * r['ot_share']:.0f} % of the step; log domain "
+                f"{r['ot_log_domain_ms']:.0f} ms), {r['patches']} patches"
+            )
+        lines.append(
+            f"| {r['method']}, C = {r['classes']} | {r['ms']:.0f} | {r['floor_ms']:.0f} "
+            f"| {r['ratio_to_floor']:.2f} | {note} |"
+        )
     return "\n".join(lines)
 
 
@@ -114,5 +141,6 @@ if __name__ == "__main__":
     rows = run(OpenCLIPBackbone.build("RN50", None), repeats=a.repeats, methods=a.methods)
     print(table(rows))
     if a.json:
-        a.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                      "rows": rows}, indent=1))
+        a.json.write_text(
+            json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, indent=1)
+        )

@@ -13,6 +13,7 @@ maximum difference is reported: the targets are <= 1e-5). Step and floor alterna
 
 Targets: step / floor <= 0.35 at C = 10 and <= 0.25 at C = 100.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,16 +39,17 @@ def run(backbone: Backbone, classes: int, batch: int = 4, repeats: int = 3) -> d
     optim = client.configure_optimizers()["optimizer"]
     share, trunc = backbone.share_prefix, backbone.truncate
     backbone.share_prefix = backbone.truncate = False
-    full = backbone.prepare_prompts([client.method.template.format(c) for c in client.classnames],
-                                    client.slots.n_ctx)
+    full = backbone.prepare_prompts([client.method.template.format(c) for c in client.classnames], client.slots.n_ctx)
     backbone.share_prefix, backbone.truncate = share, trunc
 
     def reference_logits() -> torch.Tensor:
         backbone.share_prefix = backbone.truncate = False
         try:
             ctx = client.image_contexts(features)
-            rows = [backbone.logit_scale * f @ F.normalize(backbone.encode_prompts(full, c), dim=-1).t()
-                    for f, c in zip(features, ctx)]
+            rows = [
+                backbone.logit_scale * f @ F.normalize(backbone.encode_prompts(full, c), dim=-1).t()
+                for f, c in zip(features, ctx)
+            ]
         finally:
             backbone.share_prefix, backbone.truncate = share, trunc
         return torch.stack(rows)
@@ -67,17 +69,30 @@ def run(backbone: Backbone, classes: int, batch: int = 4, repeats: int = 3) -> d
     with torch.no_grad():
         diff = float((client.conditioned_logits(features) - reference_logits()).abs().max())
     ms, floor_ms = (1e3 * s for s in paired([step, floor], repeats))
-    return {"name": f"cocoop_step/{backbone.name}/C={classes}", "classes": classes, "batch": batch,
-            "ms": ms, "floor_ms": floor_ms, "ratio_to_floor": ms / floor_ms, "max_abs_diff": diff,
-            "target": TARGETS.get(classes), "prompt_tokens": client.slots.seq_len, "full_tokens": full.seq_len}
+    return {
+        "name": f"cocoop_step/{backbone.name}/C={classes}",
+        "classes": classes,
+        "batch": batch,
+        "ms": ms,
+        "floor_ms": floor_ms,
+        "ratio_to_floor": ms / floor_ms,
+        "max_abs_diff": diff,
+        "target": TARGETS.get(classes),
+        "prompt_tokens": client.slots.seq_len,
+        "full_tokens": full.seq_len,
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| CoCoOp step (random weights) | batch | ms | floor ms | step / floor | target | max diff |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| CoCoOp step (random weights) | batch | ms | floor ms | step / floor | target | max diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['batch']} | {r['ms']:.0f} | {r['floor_ms']:.0f} "
-                     f"| {r['ratio_to_floor']:.3f} | {r['target']} | {r['max_abs_diff']:.1e} |")
+        lines.append(
+            f"| {r['name']} | {r['batch']} | {r['ms']:.0f} | {r['floor_ms']:.0f} "
+            f"| {r['ratio_to_floor']:.3f} | {r['target']} | {r['max_abs_diff']:.1e} |"
+        )
     return "\n".join(lines)
 
 
@@ -102,5 +117,6 @@ if __name__ == "__main__":
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
     if a.json:
-        a.json.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                      "rows": rows}, indent=1))
+        a.json.write_text(
+            json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, indent=1)
+        )

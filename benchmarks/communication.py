@@ -1,5 +1,6 @@
 """Bytes per participating client per round for each method, through the methods' own server and
 client code, at the paper's prompt geometry (16 context vectors of CLIP RN50's 512-d text width)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,7 +40,13 @@ def run(backbone: Backbone, clients: int = 10, rounds: int = 2) -> list[dict]:
             if uploads:
                 server.aggregate(t, uploads, {c: 1 for c in uploads})
         prompt_bytes = PAPER_PROMPT_PARAMS * 4
-        rows.append({"method": name, "down_bytes": down / clients, "up_bytes": up / clients,
-                     "down_in_prompts": down / clients / prompt_bytes,
-                     "up_in_prompts": up / clients / prompt_bytes})
+        rows.append(
+            {
+                "method": name,
+                "down_bytes": down / clients,
+                "up_bytes": up / clients,
+                "down_in_prompts": down / clients / prompt_bytes,
+                "up_in_prompts": up / clients / prompt_bytes,
+            }
+        )
     return rows

@@ -13,6 +13,7 @@
 
 Models have random weights: timing does not depend on the values.
 """
+
 from __future__ import annotations
 
 import time
@@ -79,8 +80,9 @@ def make_client(backbone: OpenCLIPBackbone, case: StepCase) -> tuple[PFedMoAPCli
     return client, experts
 
 
-def time_modes(backbone: OpenCLIPBackbone, case: StepCase, repeats: int,
-               reference_repeats: int, bf16: bool = False) -> dict:
+def time_modes(
+    backbone: OpenCLIPBackbone, case: StepCase, repeats: int, reference_repeats: int, bf16: bool = False
+) -> dict:
     """Median seconds per step of each mode (and of ``ours`` under CPU bf16 autocast if asked)."""
     gen = torch.Generator().manual_seed(1)
     size = backbone.model.visual.image_size
@@ -123,7 +125,7 @@ def time_modes(backbone: OpenCLIPBackbone, case: StepCase, repeats: int,
     def batches(epoch: int):
         order = torch.randperm(len(many), generator=torch.Generator().manual_seed(epoch))
         for start in range(0, len(many), BATCH):
-            idx = order[start:start + BATCH]
+            idx = order[start : start + BATCH]
             yield {"features": many[idx], "label": many_labels[idx]}
 
     def local_training() -> None:  # what a client's round costs: optimizer, batching, schedule
@@ -132,12 +134,16 @@ def time_modes(backbone: OpenCLIPBackbone, case: StepCase, repeats: int,
     # the image encoder ran once above: the reference mode needs no further warm-up step
     # ours and the floor alternate, so that a slow spell of the machine hits both alike
     pair = paired([lambda: train_step(ours, optim, cached), floor], repeats)
-    out = {"reference": median_seconds(reference, reference_repeats, warmup=0),
-           "local_training_per_step": median_seconds(local_training, 1, warmup=0) / steps,
-           "ours": pair[0], "floor": pair[1]}
+    out = {
+        "reference": median_seconds(reference, reference_repeats, warmup=0),
+        "local_training_per_step": median_seconds(local_training, 1, warmup=0) / steps,
+        "ours": pair[0],
+        "floor": pair[1],
+    }
     if bf16:
         out["ours_bf16"] = median_seconds(
-            lambda: train_step(ours, optim, cached, torch.autocast("cpu", dtype=torch.bfloat16)), repeats)
+            lambda: train_step(ours, optim, cached, torch.autocast("cpu", dtype=torch.bfloat16)), repeats
+        )
     out["tokens"] = (ref.slots.seq_len, ours.slots.seq_len)
     return out
 
@@ -154,20 +160,29 @@ def run(cases: list[StepCase], repeats: int, reference_repeats: int, bf16: bool)
             models[case.arch] = OpenCLIPBackbone.build(case.arch, None)
         backbone = models[case.arch]
         t = time_modes(backbone, case, repeats, reference_repeats, bf16)
-        row = {"name": f"local_step/{case.arch}/C={case.classes}", "arch": case.arch,
-               "classes": case.classes, "experts": case.experts + 1,
-               "reference_ms": 1e3 * t["reference"], "ours_ms": 1e3 * t["ours"],
-               "floor_ms": 1e3 * t["floor"],
-               "speedup_vs_reference": t["reference"] / t["ours"],
-               "ratio_to_floor": t["ours"] / t["floor"],
-               "local_training_step_ms": 1e3 * t["local_training_per_step"],
-               "local_training_ratio_to_floor": t["local_training_per_step"] / t["floor"],
-               "tokens_reference": t["tokens"][0], "tokens_ours": t["tokens"][1]}
+        row = {
+            "name": f"local_step/{case.arch}/C={case.classes}",
+            "arch": case.arch,
+            "classes": case.classes,
+            "experts": case.experts + 1,
+            "reference_ms": 1e3 * t["reference"],
+            "ours_ms": 1e3 * t["ours"],
+            "floor_ms": 1e3 * t["floor"],
+            "speedup_vs_reference": t["reference"] / t["ours"],
+            "ratio_to_floor": t["ours"] / t["floor"],
+            "local_training_step_ms": 1e3 * t["local_training_per_step"],
+            "local_training_ratio_to_floor": t["local_training_per_step"] / t["floor"],
+            "tokens_reference": t["tokens"][0],
+            "tokens_ours": t["tokens"][1],
+        }
         if "ours_bf16" in t:
             row["ours_bf16_ms"] = 1e3 * t["ours_bf16"]
             row["bf16_speedup"] = t["ours"] / t["ours_bf16"]
         rows.append(row)
         backbone.truncate = True
-        print(f"  {row['name']}: reference {row['reference_ms']:.0f} ms, ours {row['ours_ms']:.0f} ms, "
-              f"floor {row['floor_ms']:.0f} ms", flush=True)
+        print(
+            f"  {row['name']}: reference {row['reference_ms']:.0f} ms, ours {row['ours_ms']:.0f} ms, "
+            f"floor {row['floor_ms']:.0f} ms",
+            flush=True,
+        )
     return rows

@@ -8,6 +8,7 @@
 itself: ``VmHWM`` of /proc/self/status belongs to the memory of the program after exec alone
 (Linux).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,5 +32,12 @@ if __name__ == "__main__":
     cfg, run_dir, progress = parse_fit(argv)
     out = fit(cfg, run_dir, progress)
     if out["rank"] == 0:  # with fabric.devices > 1 every process runs this file
-        record.write_text(json.dumps({"peak_rss_kb": peak_rss_kb(), "setup_seconds": out["setup_seconds"],
-                                      "round_seconds": out["round_seconds"]}))
+        record.write_text(
+            json.dumps(
+                {
+                    "peak_rss_kb": peak_rss_kb(),
+                    "setup_seconds": out["setup_seconds"],
+                    "round_seconds": out["round_seconds"],
+                }
+            )
+        )

@@ -13,6 +13,7 @@ The step, the floor and the text path are timed in turn (median of ``repeats``),
 expert encodings, so that a slow spell of the machine hits all alike. Random weights: timing does
 not depend on the values.
 """
+
 from __future__ import annotations
 
 import time
@@ -83,8 +84,12 @@ def time_case(backbone: OpenCLIPBackbone, case: StepCase, repeats: int, expert_r
             encode_experts()
 
     out = dict(zip(("step", "floor", "text"), alternate([step, floor, text], repeats)))
-    out.update(zip(("experts", "experts_full"), alternate(
-        [encode_experts, encode_experts_full], expert_repeats, warmup=1 if case.classes <= 10 else 0)))
+    out.update(
+        zip(
+            ("experts", "experts_full"),
+            alternate([encode_experts, encode_experts_full], expert_repeats, warmup=1 if case.classes <= 10 else 0),
+        )
+    )
     out["tokens"] = client.slots.seq_len
     out["own_tokens"] = client.slots.suffix.shape[1]
     return out
@@ -100,30 +105,49 @@ def run(cases: list[StepCase], models: dict[str, OpenCLIPBackbone], repeats: int
         t = time_case(models[case.arch], case, repeats, expert_repeats=3 if case.classes <= 10 else 1)
         key = f"{case.arch}/C={case.classes}"
         target = TARGETS.get(key, TARGETS["C=100"] if case.classes >= 100 else None)
-        row = {"name": f"prefix/{key}", "arch": case.arch, "classes": case.classes,
-               "experts": case.experts, "tokens_full": t["tokens"], "tokens_own": t["own_tokens"],
-               "floor_ms": 1e3 * t["floor"], "text_ms": 1e3 * t["text"], "step_ms": 1e3 * t["step"],
-               "text_ratio_to_floor": t["text"] / t["floor"], "step_ratio_to_floor": t["step"] / t["floor"],
-               "experts_ms": 1e3 * t["experts"], "experts_full_ms": 1e3 * t["experts_full"],
-               "experts_ratio": t["experts"] / t["experts_full"], "target_step_ratio": target}
+        row = {
+            "name": f"prefix/{key}",
+            "arch": case.arch,
+            "classes": case.classes,
+            "experts": case.experts,
+            "tokens_full": t["tokens"],
+            "tokens_own": t["own_tokens"],
+            "floor_ms": 1e3 * t["floor"],
+            "text_ms": 1e3 * t["text"],
+            "step_ms": 1e3 * t["step"],
+            "text_ratio_to_floor": t["text"] / t["floor"],
+            "step_ratio_to_floor": t["step"] / t["floor"],
+            "experts_ms": 1e3 * t["experts"],
+            "experts_full_ms": 1e3 * t["experts_full"],
+            "experts_ratio": t["experts"] / t["experts_full"],
+            "target_step_ratio": target,
+        }
         rows.append(row)
-        print(f"  {row['name']}: full-sequence floor {row['floor_ms']:.0f} ms, text path "
-              f"{row['text_ms']:.0f} ms, step {row['step_ms']:.0f} ms ({row['step_ratio_to_floor']:.2f}x); "
-              f"experts {row['experts_ms']:.0f} vs {row['experts_full_ms']:.0f} ms", flush=True)
+        print(
+            f"  {row['name']}: full-sequence floor {row['floor_ms']:.0f} ms, text path "
+            f"{row['text_ms']:.0f} ms, step {row['step_ms']:.0f} ms ({row['step_ratio_to_floor']:.2f}x); "
+            f"experts {row['experts_ms']:.0f} vs {row['experts_full_ms']:.0f} ms",
+            flush=True,
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["", "| shared prefix (batch 32, 1 + 9 experts) | tokens full/own | full-sequence floor ms "
-             "| text path ms | step ms | text / floor | step / floor (target) | experts ms shared/full "
-             "| ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "| shared prefix (batch 32, 1 + 9 experts) | tokens full/own | full-sequence floor ms "
+        "| text path ms | step ms | text / floor | step / floor (target) | experts ms shared/full "
+        "| ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         target = f" (<= {r['target_step_ratio']})" if r["target_step_ratio"] else ""
-        lines.append(f"| {r['arch']}, C = {r['classes']} | {r['tokens_full']}/{r['tokens_own']} "
-                     f"| {r['floor_ms']:.0f} | {r['text_ms']:.0f} | {r['step_ms']:.0f} "
-                     f"| {r['text_ratio_to_floor']:.2f} | **{r['step_ratio_to_floor']:.2f}**{target} "
-                     f"| {r['experts_ms']:.0f}/{r['experts_full_ms']:.0f} | {r['experts_ratio']:.2f} |")
+        lines.append(
+            f"| {r['arch']}, C = {r['classes']} | {r['tokens_full']}/{r['tokens_own']} "
+            f"| {r['floor_ms']:.0f} | {r['text_ms']:.0f} | {r['step_ms']:.0f} "
+            f"| {r['text_ratio_to_floor']:.2f} | **{r['step_ratio_to_floor']:.2f}**{target} "
+            f"| {r['experts_ms']:.0f}/{r['experts_full_ms']:.0f} | {r['experts_ratio']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -138,11 +162,22 @@ if __name__ == "__main__":
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, help="write the rows here")
     a = ap.parse_args()
-    cases = [StepCase("RN50", 10)] if a.quick else \
-        [StepCase(arch, c) for arch in ("RN50", "ViT-B-16") for c in (10, 100)]
+    cases = (
+        [StepCase("RN50", 10)] if a.quick else [StepCase(arch, c) for arch in ("RN50", "ViT-B-16") for c in (10, 100)]
+    )
     rows = run(cases, {}, a.repeats)
     print(table(rows))
     if a.json:
-        a.json.write_text(json.dumps({"prefix": rows, "machine": {
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine()}}, indent=1))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "prefix": rows,
+                    "machine": {
+                        "torch": torch.__version__,
+                        "threads": torch.get_num_threads(),
+                        "cpu": platform.processor() or platform.machine(),
+                    },
+                },
+                indent=1,
+            )
+        )

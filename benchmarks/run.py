@@ -26,6 +26,7 @@ vision-prompt step <= 1.15x its floor, the provider < 10 % of it; issue 11: pFed
 steps <= 1.2x the same floor.
 Prints a table and writes the JSON contract: {"cases": [...], "prefix": [...], "memory": {...}, ...}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,15 @@ import scale
 import vision_step
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 
-TARGETS = {"speedup_vs_reference": 10.0, "ratio_to_floor": 1.2, "memory_ratio": 1.2,
-           "throughput_ratio": 0.55, "vision_ratio_to_floor": 1.15, "provider_share": 0.10,
-           "seed_methods_ratio_to_floor": 1.2}
+TARGETS = {
+    "speedup_vs_reference": 10.0,
+    "ratio_to_floor": 1.2,
+    "memory_ratio": 1.2,
+    "throughput_ratio": 0.55,
+    "vision_ratio_to_floor": 1.15,
+    "provider_share": 0.10,
+    "seed_methods_ratio_to_floor": 1.2,
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -61,8 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     quick = a.quick
-    cases = ([local_step.StepCase("RN50", 10)] if quick else
-             [local_step.StepCase(arch, c) for arch in ("RN50", "ViT-B-16") for c in (10, 100)])
+    cases = (
+        [local_step.StepCase("RN50", 10)]
+        if quick
+        else [local_step.StepCase(arch, c) for arch in ("RN50", "ViT-B-16") for c in (10, 100)]
+    )
     with tempfile.TemporaryDirectory(prefix="fedmoap-bench-") as tmp:
         work = a.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -74,12 +84,17 @@ def main(argv: list[str] | None = None) -> dict:
         print("shared prefix", flush=True)
         shared = prefix.run(cases, local_step.MODELS, repeats=5)
         print("vision-prompt step", flush=True)
-        vision = ([vision_step.run("ViT-B-32", 10, steps=1, repeats=1)] if quick else  # CI: the contract
-                  [vision_step.run("ViT-B-16", 10, steps=2, repeats=3, methods=("fedvpt", "pfeddc", "pepfedpt"))])
+        vision = (
+            [vision_step.run("ViT-B-32", 10, steps=1, repeats=1)]
+            if quick
+            # CI: the contract
+            else [vision_step.run("ViT-B-16", 10, steps=2, repeats=3, methods=("fedvpt", "pfeddc", "pepfedpt"))]
+        )
         if not quick:  # the offline ViT (seed methods), if its weights can be built here
             try:
-                vision.append(vision_step.run("packaged-vit", 10, steps=2, repeats=3,
-                                              methods=("fedvpt", "pfeddc", "pepfedpt")))
+                vision.append(
+                    vision_step.run("packaged-vit", 10, steps=2, repeats=3, methods=("fedvpt", "pfeddc", "pepfedpt"))
+                )
             except Exception as exc:  # noqa: BLE001 - reported, not fatal
                 print(f"packaged-vit step skipped: {exc}", flush=True)
         print("communication", flush=True)
@@ -90,16 +105,32 @@ def main(argv: list[str] | None = None) -> dict:
             baselines = baselines_step.run(local_step.MODELS["RN50"])
         local_step.MODELS.clear()
         print("clients at scale", flush=True)
-        memory = scale.peak_memory([10, 1000] if quick else [10, 100, 1000], rounds=1 if quick else 2,
-                                   work=work, participation=0.25 if quick else 1.0)
+        memory = scale.peak_memory(
+            [10, 1000] if quick else [10, 100, 1000],
+            rounds=1 if quick else 2,
+            work=work,
+            participation=0.25 if quick else 1.0,
+        )
         memory["ratio_1000_vs_10"] = memory["clients_1000_mb"] / memory["clients_10_mb"]
         print("round throughput", flush=True)
         throughput = scale.round_time(rounds=2 if quick else 10, work=work)
-    result = {"quick": quick, "cases": steps, "prefix": shared, "vision": vision, "memory": memory,
-              "throughput": throughput, "communication": comm, "baselines": baselines, "targets": TARGETS,
-              "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "cpu": platform.processor() or platform.machine()},
-              "seconds": time.perf_counter() - t0}
+    result = {
+        "quick": quick,
+        "cases": steps,
+        "prefix": shared,
+        "vision": vision,
+        "memory": memory,
+        "throughput": throughput,
+        "communication": comm,
+        "baselines": baselines,
+        "targets": TARGETS,
+        "machine": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+        "seconds": time.perf_counter() - t0,
+    }
     print(table(result))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -108,49 +139,78 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def table(r: dict) -> str:
-    lines = ["", "| local step (batch 32, 10 experts; full sequences) | tokens ref/ours | reference ms "
-             "| ours ms | floor ms | ours vs reference | ours / floor | in train_locally / floor |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "| local step (batch 32, 10 experts; full sequences) | tokens ref/ours | reference ms "
+        "| ours ms | floor ms | ours vs reference | ours / floor | in train_locally / floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in r["cases"]:
-        lines.append(f"| {c['arch']}, C = {c['classes']} | {c['tokens_reference']}/{c['tokens_ours']} "
-                     f"| {c['reference_ms']:.0f} | {c['ours_ms']:.0f} | {c['floor_ms']:.0f} "
-                     f"| {c['speedup_vs_reference']:.1f}x | {c['ratio_to_floor']:.2f} "
-                     f"| {c['local_training_ratio_to_floor']:.2f} |")
-    lines += ["", "| vision-prompt step (FedVPT, 8 shallow tokens, batch 32) | ours ms | floor ms "
-              "| ours / floor | pixel provider ms | provider share |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['arch']}, C = {c['classes']} | {c['tokens_reference']}/{c['tokens_ours']} "
+            f"| {c['reference_ms']:.0f} | {c['ours_ms']:.0f} | {c['floor_ms']:.0f} "
+            f"| {c['speedup_vs_reference']:.1f}x | {c['ratio_to_floor']:.2f} "
+            f"| {c['local_training_ratio_to_floor']:.2f} |"
+        )
+    lines += [
+        "",
+        "| vision-prompt step (FedVPT, 8 shallow tokens, batch 32) | ours ms | floor ms "
+        "| ours / floor | pixel provider ms | provider share |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in r.get("vision", []):
-        lines.append(f"| {v['arch']}, C = {v['classes']}, {v['image_size']} px | {v['ours_ms']:.0f} "
-                     f"| {v['floor_ms']:.0f} | {v['ratio_to_floor']:.2f} | {v['provider_ms']:.0f} "
-                     f"| {100 * v['provider_share']:.1f} % |")
+        lines.append(
+            f"| {v['arch']}, C = {v['classes']}, {v['image_size']} px | {v['ours_ms']:.0f} "
+            f"| {v['floor_ms']:.0f} | {v['ratio_to_floor']:.2f} | {v['provider_ms']:.0f} "
+            f"| {100 * v['provider_share']:.1f} % |"
+        )
     seeds = [(v, name, m) for v in r.get("vision", []) for name, m in v.get("methods", {}).items()]
     if seeds:
-        lines += ["", "| vision-prompt step vs the same floor (batch 32, C = 10) | method | ms | floor ms "
-                  "| method / floor |", "|---|---|---|---|---|"]
-        lines += [f"| {v['arch']}, {v['image_size']} px | {name} | {m['ms']:.0f} | {v['floor_ms']:.0f} "
-                  f"| {m['ratio_to_floor']:.2f} |" for v, name, m in seeds]
+        lines += [
+            "",
+            "| vision-prompt step vs the same floor (batch 32, C = 10) | method | ms | floor ms | method / floor |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {v['arch']}, {v['image_size']} px | {name} | {m['ms']:.0f} | {v['floor_ms']:.0f} "
+            f"| {m['ratio_to_floor']:.2f} |"
+            for v, name, m in seeds
+        ]
     if r.get("baselines"):
         lines += ["", baselines_step.table(r["baselines"])]
     bf16 = [c for c in r["cases"] if "bf16_speedup" in c]
     if bf16:
-        lines += ["", "bf16 autocast on CPU, ours fp32 / bf16 time: " + ", ".join(
-            f"{c['arch']} C={c['classes']} {c['bf16_speedup']:.2f}x" for c in bf16)]
+        lines += [
+            "",
+            "bf16 autocast on CPU, ours fp32 / bf16 time: "
+            + ", ".join(f"{c['arch']} C={c['classes']} {c['bf16_speedup']:.2f}x" for c in bf16),
+        ]
     lines.append(prefix.table(r["prefix"]))
     m = r["memory"]
     counts = sorted(int(k.split("_")[1]) for k in m if k.startswith("clients_") and k.endswith("_mb"))
-    lines += ["", "| clients | " + " | ".join(str(n) for n in counts) + " | 1,000 / 10 |",
-              "|---|" + "---|" * (len(counts) + 1),
-              "| peak RSS MB | " + " | ".join(f"{m[f'clients_{n}_mb']:.0f}" for n in counts)
-              + f" | {m['ratio_1000_vs_10']:.3f} |"]
+    lines += [
+        "",
+        "| clients | " + " | ".join(str(n) for n in counts) + " | 1,000 / 10 |",
+        "|---|" + "---|" * (len(counts) + 1),
+        "| peak RSS MB | "
+        + " | ".join(f"{m[f'clients_{n}_mb']:.0f}" for n in counts)
+        + f" | {m['ratio_1000_vs_10']:.3f} |",
+    ]
     if "client_state_kb" in m:
         lines.append(f"(one client's state file: {m['client_state_kb']:.0f} KB on disk)")
     t = r["throughput"]
-    lines += ["", f"round time: 1 process {t['procs_1_s']:.2f} s, 2 processes {t['procs_2_s']:.2f} s "
-              f"-> {t['ratio_2_vs_1']:.2f}x", "",
-              "| method | down bytes/client/round | up | down in 16x512 prompts | up |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"round time: 1 process {t['procs_1_s']:.2f} s, 2 processes {t['procs_2_s']:.2f} s -> {t['ratio_2_vs_1']:.2f}x",
+        "",
+        "| method | down bytes/client/round | up | down in 16x512 prompts | up |",
+        "|---|---|---|---|---|",
+    ]
     for c in r["communication"]:
-        lines.append(f"| {c['method']} | {c['down_bytes']:,.0f} | {c['up_bytes']:,.0f} "
-                     f"| {c['down_in_prompts']:.0f} | {c['up_in_prompts']:.0f} |")
+        lines.append(
+            f"| {c['method']} | {c['down_bytes']:,.0f} | {c['up_bytes']:,.0f} "
+            f"| {c['down_in_prompts']:.0f} | {c['up_in_prompts']:.0f} |"
+        )
     lines.append(f"\n({r['seconds']:.0f} s, torch {r['machine']['torch']}, {r['machine']['threads']} threads)")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """Whole ``fedmoap fit`` runs in child processes: peak memory against the number of simulated
 clients, and round time on 1 versus 2 processes."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,28 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
 MEMORY_ARGS = [
-    "--method", "pfedmoap", "--data.partition", "iid", "--data.shots", "1",
-    "--data.max_test_per_client", "5", "--fed.participation", "1.0",
-    "--method.n_ctx", "16", "--method.num_experts", "9", "--method.d_gating", "64",
-    "--method.heads", "8", "--train.local_epochs", "1", "--fabric.threads", "1",
+    "--method",
+    "pfedmoap",
+    "--data.partition",
+    "iid",
+    "--data.shots",
+    "1",
+    "--data.max_test_per_client",
+    "5",
+    "--fed.participation",
+    "1.0",
+    "--method.n_ctx",
+    "16",
+    "--method.num_experts",
+    "9",
+    "--method.d_gating",
+    "64",
+    "--method.heads",
+    "8",
+    "--train.local_epochs",
+    "1",
+    "--fabric.threads",
+    "1",
 ]
 """Tiny random model, one shot per class and at most 5 test images per client, every client
 trained in every round; a client holds a 16-token prompt, a 16.6K-parameter gating network, its
@@ -42,9 +61,21 @@ def make_dataset(root: Path) -> Path:
 
 
 def fit_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).with_name("peak_rss.py")), str(run_dir / "peak_rss.json"),
-            "fit", "--config", str(SMOKE), "--run_dir", str(run_dir),
-            "--data.feature_cache", str(cache), "--progress", "false", *extra]
+    return [
+        sys.executable,
+        str(Path(__file__).with_name("peak_rss.py")),
+        str(run_dir / "peak_rss.json"),
+        "fit",
+        "--config",
+        str(SMOKE),
+        "--run_dir",
+        str(run_dir),
+        "--data.feature_cache",
+        str(cache),
+        "--progress",
+        "false",
+        *extra,
+    ]
 
 
 def run_child(cmd: list[str]) -> dict:
@@ -71,8 +102,7 @@ def warm_cache(data: Path, cache: Path) -> None:
         features.get(ds, data_id, np.arange(len(ds)), cfg.data.image_column, 0)
 
 
-def peak_memory(counts: list[int], rounds: int, work: Path,
-                participation: float = 1.0) -> dict[str, float]:
+def peak_memory(counts: list[int], rounds: int, work: Path, participation: float = 1.0) -> dict[str, float]:
     """Peak RSS (MB) of a run per number of clients; the feature cache is filled first (in this
     process) so that every measured run only reads it."""
     data, cache = make_dataset(work), work / "cache"
@@ -82,14 +112,27 @@ def peak_memory(counts: list[int], rounds: int, work: Path,
     for n in counts:
         t = time.perf_counter()
         run_dir = work / f"clients-{n}"
-        mb = run_child(fit_cmd(run_dir, cache, *common, "--data.num_clients", str(n),
-                               "--fed.rounds", str(rounds), "--fed.participation", str(participation)))["mb"]
+        mb = run_child(
+            fit_cmd(
+                run_dir,
+                cache,
+                *common,
+                "--data.num_clients",
+                str(n),
+                "--fed.rounds",
+                str(rounds),
+                "--fed.participation",
+                str(participation),
+            )
+        )["mb"]
         out[f"clients_{n}_mb"] = mb
         states = list((run_dir / "clients").glob("*/round_*.pt"))
         if states:
             out["client_state_kb"] = sum(p.stat().st_size for p in states) / len(states) / 1024
-        print(f"  memory: {n} clients, {rounds} rounds: peak RSS {mb:.0f} MB "
-              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        print(
+            f"  memory: {n} clients, {rounds} rounds: peak RSS {mb:.0f} MB ({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
     return out
 
 
@@ -98,12 +141,23 @@ def round_time(rounds: int, work: Path) -> dict[str, float]:
     clients all participating and 5 local epochs. The first run fills the feature cache in its
     set-up, which the round time does not include."""
     cache = work / "cache-throughput"
-    common = ["--data.num_clients", "10", "--fed.participation", "1.0", "--train.local_epochs", "5",
-              "--fed.rounds", str(rounds), "--fabric.threads", "1", "--fabric.accelerator", "cpu"]
+    common = [
+        "--data.num_clients",
+        "10",
+        "--fed.participation",
+        "1.0",
+        "--train.local_epochs",
+        "5",
+        "--fed.rounds",
+        str(rounds),
+        "--fabric.threads",
+        "1",
+        "--fabric.accelerator",
+        "cpu",
+    ]
     out = {}
     for devices in (1, 2):
-        record = run_child(fit_cmd(work / f"throughput-{devices}", cache, *common,
-                                   "--fabric.devices", str(devices)))
+        record = run_child(fit_cmd(work / f"throughput-{devices}", cache, *common, "--fabric.devices", str(devices)))
         out[f"procs_{devices}_s"] = record["round_seconds"] / rounds
         print(f"  throughput: {devices} process(es): {out[f'procs_{devices}_s']:.2f} s per round", flush=True)
     out["ratio_2_vs_1"] = out["procs_2_s"] / out["procs_1_s"]

@@ -15,6 +15,7 @@ text path), all timed in turn against one floor in the same run.
 
 Random weights: timing does not depend on the values.
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,7 @@ from fedmoap.federation.rounds import default_fabric
 
 BATCH = 32
 TOKENS = 8
-METHODS = {"fedvpt": lambda: FedVPT(vision_tokens=TOKENS), "pfeddc": lambda: PFedDC(),
-           "pepfedpt": lambda: PEPFedPT()}
+METHODS = {"fedvpt": lambda: FedVPT(vision_tokens=TOKENS), "pfeddc": lambda: PFedDC(), "pepfedpt": lambda: PEPFedPT()}
 """Each method at its defaults (pFedDC: 16 text tokens, 8 vision tokens; PEP-FedPT: 10 + 4 tokens)."""
 
 
@@ -51,8 +51,7 @@ def provider(backbone, images: int, classes: int) -> FederatedData:
     features = F.normalize(torch.randn(1, images, backbone.embed_dim, generator=gen), dim=-1)
     train = Inputs(labels, features=features, pixels=pixels, pixel_pos=np.arange(images))
     pos = [torch.arange(images)]
-    return FederatedData([str(c) for c in range(classes)], train, train, pos, pos, seed=0,
-                         backbone=backbone)
+    return FederatedData([str(c) for c in range(classes)], train, train, pos, pos, seed=0, backbone=backbone)
 
 
 def client_for(name: str, backbone, classes: int, data: FederatedData):
@@ -66,8 +65,9 @@ def client_for(name: str, backbone, classes: int, data: FederatedData):
     return client
 
 
-def run(arch: str = "ViT-B-16", classes: int = 10, steps: int = 2, repeats: int = 3,
-        methods: tuple[str, ...] = ("fedvpt",)) -> dict:
+def run(
+    arch: str = "ViT-B-16", classes: int = 10, steps: int = 2, repeats: int = 3, methods: tuple[str, ...] = ("fedvpt",)
+) -> dict:
     torch.manual_seed(0)
     backbone = build_backbone(ModelArgs(arch=arch))
     data = provider(backbone, steps * BATCH, classes)
@@ -104,13 +104,20 @@ def run(arch: str = "ViT-B-16", classes: int = 10, steps: int = 2, repeats: int 
                 times[name].append((time.perf_counter() - t) / per)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     first = methods[0]
-    return {"name": f"vision_step/{arch}/C={classes}", "arch": arch, "classes": classes,
-            "batch": BATCH, "prompt_tokens": TOKENS, "image_size": backbone.image_size,
-            "ours_ms": 1e3 * med[first], "floor_ms": 1e3 * med["floor"],
-            "provider_ms": 1e3 * med["provider"], "ratio_to_floor": med[first] / med["floor"],
-            "provider_share": med["provider"] / med[first],
-            "methods": {name: {"ms": 1e3 * med[name], "ratio_to_floor": med[name] / med["floor"]}
-                        for name in methods}}
+    return {
+        "name": f"vision_step/{arch}/C={classes}",
+        "arch": arch,
+        "classes": classes,
+        "batch": BATCH,
+        "prompt_tokens": TOKENS,
+        "image_size": backbone.image_size,
+        "ours_ms": 1e3 * med[first],
+        "floor_ms": 1e3 * med["floor"],
+        "provider_ms": 1e3 * med["provider"],
+        "ratio_to_floor": med[first] / med["floor"],
+        "provider_share": med["provider"] / med[first],
+        "methods": {name: {"ms": 1e3 * med[name], "ratio_to_floor": med[name] / med["floor"]} for name in methods},
+    }
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 A leaf below the methods: plain tensors in, plain tensors out, no knowledge of a method.
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -15,8 +16,9 @@ def payload_bytes(payload: Mapping[str, Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in payload.values())
 
 
-def weighted_mean(uploads: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, float],
-                  like: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+def weighted_mean(
+    uploads: Mapping[int, Mapping[str, Tensor]], weights: Mapping[int, float], like: Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     """The weighted mean of every uploaded tensor (any key, any shape), accumulated in float64.
 
     Every participant must upload the same keys with the same shapes. The result has the dtype

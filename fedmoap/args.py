@@ -6,6 +6,7 @@ A leaf module: the data, backbones and methods packages read their section from 
 Fields marked ``NEUTRAL`` do not change a run's numbers; fields marked ``ADDED`` came after runs
 made without them (see :mod:`fedmoap.field_flags`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,8 +65,9 @@ class DataArgs:
     num_clients: int = 5
     """Total clients (for domain_dirichlet: clients per domain x number of domains). The offline
     default uses 5 to fit in minutes on a CPU; the paper configs set theirs (10 to 100)."""
-    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet", "label_uniform",
-                       "class_blocks"] = "dirichlet"
+    partition: Literal["iid", "pathological", "dirichlet", "domain_dirichlet", "label_uniform", "class_blocks"] = (
+        "dirichlet"
+    )
     """How training samples are divided among clients: ``iid``; ``pathological`` (disjoint
     classes per client); ``dirichlet`` (label skew, Dir(alpha) per class); ``domain_dirichlet``
     (Dir(alpha) within each domain of ``domain_column``); ``label_uniform`` (SGPT's
@@ -284,4 +286,6 @@ class DPArgs:
     preset: Optional[Literal["pfedmoap-appendix"]] = None
     """``pfedmoap-appendix``: the paper's DP setting (App. C.2: delta 0.05, epsilon 50 or 25,
     default 50); sets delta = 0.05 and prints what such a budget means."""
+
+
 # --- end differential privacy --------------------------------------------------------------------

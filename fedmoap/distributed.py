@@ -4,6 +4,7 @@ Clients are trained independently on each rank (never wrapped in DDP: there is n
 synchronise between different clients); ranks exchange Python objects of CPU tensors at fixed
 points of a round, so every rank calls every collective in the same order.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,12 +28,19 @@ def peers_problem(num_nodes: int) -> str | None:
     slurm_nodes = os.environ.get("SLURM_NNODES", os.environ.get("SLURM_JOB_NUM_NODES"))
     if _is_srun_used() and slurm_nodes and slurm_nodes.isdigit() and int(slurm_nodes) < num_nodes:
         return f"fabric.num_nodes {num_nodes}: this SLURM job has {slurm_nodes} node(s)"
-    if _is_srun_used() or TorchElasticEnvironment.detect() or LSFEnvironment.detect() or \
-            MPIEnvironment.detect() or {"MASTER_ADDR", "NODE_RANK"} <= os.environ.keys():
+    if (
+        _is_srun_used()
+        or TorchElasticEnvironment.detect()
+        or LSFEnvironment.detect()
+        or MPIEnvironment.detect()
+        or {"MASTER_ADDR", "NODE_RANK"} <= os.environ.keys()
+    ):
         return None
-    return (f"fabric.num_nodes {num_nodes} needs a launcher that starts the other nodes (srun under "
-            "SLURM, torchrun, jsrun, mpirun, or MASTER_ADDR and NODE_RANK set on every node); "
-            "none was found, so the run would wait forever: use fabric.num_nodes 1")
+    return (
+        f"fabric.num_nodes {num_nodes} needs a launcher that starts the other nodes (srun under "
+        "SLURM, torchrun, jsrun, mpirun, or MASTER_ADDR and NODE_RANK set on every node); "
+        "none was found, so the run would wait forever: use fabric.num_nodes 1"
+    )
 
 
 class Comm:
@@ -52,7 +60,7 @@ class Comm:
     def shard(self, items: list[T]) -> list[T]:
         """This rank's share of ``items``: a balanced round-robin over the sorted list. Which rank
         handles a client does not change its result (its random streams depend on its id only)."""
-        return list(items)[self.rank::self.world_size]
+        return list(items)[self.rank :: self.world_size]
 
     def gather(self, obj: T) -> list[T]:
         """Every rank's ``obj``, in rank order, on every rank."""

@@ -1,5 +1,6 @@
 """Metadata flags of settings (config sections' fields and method knobs), a leaf module so that
 methods can flag their knobs without importing the config."""
+
 from __future__ import annotations
 
 NEUTRAL = {"neutral": True}

@@ -5,6 +5,7 @@ A write goes to a temporary file beside its target, named ``.<target name>.<rand
 leaves the temporary behind, which :func:`is_temporary` recognises and :func:`remove_temporaries`
 deletes on the next start.
 """
+
 from __future__ import annotations
 
 import errno
@@ -51,7 +52,7 @@ def _write_fd(fd: int, data: bytes) -> None:
     """Write all of ``data`` to the open file ``fd`` (the one place atomic writes write bytes)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -149,9 +150,11 @@ def cache_lock(path: Path, key: str, missing: int):
         lock = file_lock(path)
         lock.__enter__()
     except OSError as exc:
-        raise FedmoapError(f"{key}: {missing} entries of {path} are not cached yet and the cache "
-                           f"cannot be written ({exc.strerror}: {exc.filename or path}); point {key} "
-                           "at a writable directory") from None
+        raise FedmoapError(
+            f"{key}: {missing} entries of {path} are not cached yet and the cache "
+            f"cannot be written ({exc.strerror}: {exc.filename or path}); point {key} "
+            "at a writable directory"
+        ) from None
     try:
         yield
     finally:

@@ -7,6 +7,7 @@ requeues the job itself). Exit code :data:`EXIT_PREEMPTED`.
 Ctrl-C (SIGINT) stops at once instead (:class:`Interrupted`, exit code :data:`EXIT_INTERRUPTED`,
 128 + SIGINT as shells report it): the round in flight is lost as after a kill, and rerunning
 the same command resumes from the last checkpoint."""
+
 from __future__ import annotations
 
 import os

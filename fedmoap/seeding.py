@@ -3,6 +3,7 @@
 Seeds come from a cryptographic hash of the tags, not from a shared generator, so a client's
 random stream does not depend on which clients ran before it, on which process, or after a resume.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -8,6 +8,7 @@ knob of every method, including knobs added later, from their annotations alone.
 Rules beyond ``isinstance``: a bool is not an int or a float, a float (even ``4.0``) is not an
 int, and a float must be finite unless its field says otherwise with ``field(metadata=NONFINITE)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,7 @@ def type_problems(obj: Any, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(obj):
         key = f"{prefix}.{f.name}" if prefix else f.name
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value) and not isinstance(value, type) \
-                and isinstance(value, _plain(hints[f.name])):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type) and isinstance(value, _plain(hints[f.name])):
             out += type_problems(value, key)
             continue
         expected = mismatch(value, hints[f.name], finite=not f.metadata.get("nonfinite", False))

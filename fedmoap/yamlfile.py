@@ -1,5 +1,6 @@
 """Reading the user's YAML strictly: a key given twice in one mapping is an error, not "the last
 one wins", and a config file that is empty, binary or not a mapping is named in one line."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,8 +17,7 @@ class DuplicateKeyError(ConstructorError):
     """A mapping holds the same key twice."""
 
     def __init__(self, key: str, first: yaml.Mark, again: yaml.Mark) -> None:
-        super().__init__(None, None, f"key {key!r} appears twice (lines {first.line + 1} and "
-                         f"{again.line + 1})", again)
+        super().__init__(None, None, f"key {key!r} appears twice (lines {first.line + 1} and {again.line + 1})", again)
         self.key = key
 
 

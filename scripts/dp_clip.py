@@ -8,6 +8,7 @@ Prints S; the study's ``dp.clip`` holds the value measured with its settings. No
 the run only switches on the DP diagnostics (clip 1000 and z 1e-12: noise std 1e-9, nothing
 clipped) and what is wanted is one number from its per-round records.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,23 @@ PROXY = ["--data.source", "synthetic"]
 
 def calibrate(out: Path, overrides: list[str]) -> float:
     """Median ``dp_median_norm`` of a 3-round diagnostic PromptFL run on the proxy in ``out``."""
-    cfg, _, _ = parse_fit(["fit", *overrides, "--method", "promptfl", *PROXY, "--dp.mode", "client_upload",
-                           "--dp.clip", "1000", "--dp.noise_multiplier", "1e-12", "--fed.rounds", "3"])
+    cfg, _, _ = parse_fit(
+        [
+            "fit",
+            *overrides,
+            "--method",
+            "promptfl",
+            *PROXY,
+            "--dp.mode",
+            "client_upload",
+            "--dp.clip",
+            "1000",
+            "--dp.noise_multiplier",
+            "1e-12",
+            "--fed.rounds",
+            "3",
+        ]
+    )
     fit(cfg, out, progress=False)
     return statistics.median(r["dp_median_norm"] for r in report.read_run(out).results["rounds"])
 

@@ -5,6 +5,7 @@ tower): prints a ``data.classnames`` value with one word per class of the datase
 
     python scripts/nonsense_names.py --data.source DIR [other fit arguments]
 """
+
 from __future__ import annotations
 
 import sys

@@ -17,6 +17,7 @@ pFedMoAP; every evaluation mode (global, neighbor, base2novel, unseen_clients) o
 pFedMoAP; the offline default (``offline-default``: packaged towers, Fashion-MNIST, 10 rounds;
 minutes, and it needs the offline extra and the dataset).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["--config", str(REPO / "configs" / "smoke.yaml"), "--fed.rounds", "2"]
-DP = {"client_upload": ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.noise_multiplier", "1.0"],
-      "record_sgd": ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"]}
+DP = {
+    "client_upload": ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.noise_multiplier", "1.0"],
+    "record_sgd": ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"],
+}
 MODES = ["global", "neighbor", "base2novel", "unseen_clients"]
 TIMING = ("seconds", "setup_s", "round_s")
 SIZE = {"depth": "2", "text_blocks": "[1, 2]", "vision_blocks": "[1, 2]"}
@@ -46,8 +49,12 @@ def cases() -> dict[str, list[str]]:
     for name, cls in registry().items():
         knobs = {f.name for f in dataclasses.fields(cls)}
         size = [a for k, v in SIZE.items() if k in knobs for a in (f"--method.{k}", v)]
-        size += [a for f in dataclasses.fields(cls) if f.name in DEPTHS and f.default > 2
-                 for a in (f"--method.{f.name}", "2")]
+        size += [
+            a
+            for f in dataclasses.fields(cls)
+            if f.name in DEPTHS and f.default > 2
+            for a in (f"--method.{f.name}", "2")
+        ]
         out[f"smoke-{name}"] = [*SMOKE, "--method", name, *size]
     for method in ("promptfl", "pfedmoap"):
         for mode, args in DP.items():
@@ -97,9 +104,13 @@ def numbers(run_dir: Path) -> dict:
     for cid, t in sorted(ckpt["store"].get("index", {}).items()) if isinstance(ckpt["store"], dict) else []:
         path = run_dir / "clients" / str(cid) / f"round_{int(t):04d}.pt"
         clients[str(cid)] = tensor_digest(torch.load(path, map_location="cpu", weights_only=True))
-    return {"rounds": [strip(r) for r in res["rounds"]], "summary": strip(res.get("summary", {})),
-            "privacy": {k: v for k, v in res.get("privacy", {}).items() if k != "notes"},
-            "server": tensor_digest(ckpt["server"]), "clients": clients}
+    return {
+        "rounds": [strip(r) for r in res["rounds"]],
+        "summary": strip(res.get("summary", {})),
+        "privacy": {k: v for k, v in res.get("privacy", {}).items() if k != "notes"},
+        "server": tensor_digest(ckpt["server"]),
+        "clients": clients,
+    }
 
 
 def record(out: Path, names: list[str] | None) -> None:
@@ -137,8 +148,9 @@ def first_difference(a, b, path: str = "") -> str | None:
 
 
 def compare(before: Path, after: Path) -> int:
-    names = sorted({p.parent.name for p in before.glob("*/numbers.json")} |
-                   {p.parent.name for p in after.glob("*/numbers.json")})
+    names = sorted(
+        {p.parent.name for p in before.glob("*/numbers.json")} | {p.parent.name for p in after.glob("*/numbers.json")}
+    )
     bad = 0
     for name in names:
         files = [d / name / "numbers.json" for d in (before, after)]

@@ -1,4 +1,5 @@
 """Fixtures shared by the method tests (a test module may define its own ``world``)."""
+
 from __future__ import annotations
 
 import pytest

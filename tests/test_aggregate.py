@@ -1,5 +1,6 @@
 """fedmoap.aggregate: the shape-agnostic FedAvg helper every FedAvg-style server uses, and the
 size of a payload on the wire."""
+
 import pytest
 import torch
 
@@ -9,8 +10,10 @@ from fedmoap.aggregate import payload_bytes, weighted_mean
 def test_three_dimensional_uploads_with_as_many_participants_as_layers():
     layers = 3  # the case where a per-row broadcast would silently pick the wrong axis
     gen = torch.Generator().manual_seed(0)
-    uploads = {c: {"vision": torch.randn(layers, 4, 5, generator=gen),
-                   "prompt": torch.randn(6, 5, generator=gen)} for c in (2, 7, 9)}
+    uploads = {
+        c: {"vision": torch.randn(layers, 4, 5, generator=gen), "prompt": torch.randn(6, 5, generator=gen)}
+        for c in (2, 7, 9)
+    }
     weights = {2: 10, 7: 30, 9: 60}
     mean = weighted_mean(uploads, weights)
     for key in ("vision", "prompt"):
@@ -32,8 +35,11 @@ def test_keys_must_agree():
 
 
 def test_payload_bytes_counts_raw_tensor_data_of_every_dtype():
-    payload = {"prompt": torch.zeros(4, 8), "half": torch.zeros(3, dtype=torch.float16),
-               "ids": torch.zeros(2, dtype=torch.int64)}
+    payload = {
+        "prompt": torch.zeros(4, 8),
+        "half": torch.zeros(3, dtype=torch.float16),
+        "ids": torch.zeros(2, dtype=torch.int64),
+    }
     assert payload_bytes(payload) == 4 * 8 * 4 + 3 * 2 + 2 * 8
     assert payload_bytes({}) == 0
 

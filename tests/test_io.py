@@ -1,4 +1,5 @@
 """File helpers (fedmoap/io.py): the file lock where flock is not implemented."""
+
 from __future__ import annotations
 
 import fcntl

@@ -2,6 +2,7 @@
 over a few clients, with every input a method can read (features, tokens, pixels); a whole
 ``fedmoap fit`` of ``configs/smoke.yaml`` in this process; a small dataset saved in the hub's
 format."""
+
 from __future__ import annotations
 
 import json
@@ -23,17 +24,27 @@ PIXEL = [[[10, 20, 30]] * 4] * 4
 """A 4x4 RGB image, as nested lists (the datasets ``Image`` feature takes them)."""
 
 
-def tiny_world(root: Path, num_clients: int, alpha: float = 0.5,
-               num_views: int = 0) -> tuple[OpenCLIPBackbone, list[str], FederatedData]:
+def tiny_world(
+    root: Path, num_clients: int, alpha: float = 0.5, num_views: int = 0
+) -> tuple[OpenCLIPBackbone, list[str], FederatedData]:
     """(backbone, class names, federated data) with caches under ``root``; 4 shots per class and
     client, at most 12 test images per client, split and backbone from seed 0."""
     backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
-    args = DataArgs(source="synthetic", num_clients=num_clients, alpha=alpha, shots=4,
-                    max_test_per_client=12, num_views=num_views)
+    args = DataArgs(
+        source="synthetic", num_clients=num_clients, alpha=alpha, shots=4, max_test_per_client=12, num_views=num_views
+    )
     source = load_source(args)
     split = make_split(args, source, seed=0)
-    data = gather_inputs(INPUTS, args, source, split, FeatureCache(root, backbone),
-                         FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
+    data = gather_inputs(
+        INPUTS,
+        args,
+        source,
+        split,
+        FeatureCache(root, backbone),
+        FeatureCache(root, backbone, tokens=True),
+        PixelCache(root, backbone),
+        seed=0,
+    )
     data.backbone = backbone
     return backbone, source.classnames, data
 
@@ -58,9 +69,22 @@ def first_batch(world, batch_size: int = 8, cid: int = 0) -> dict:
     return next(iter(world[2].train_batches(cid, 1, batch_size)(0)))
 
 
-def tiny_federation(world, method, store, *, participation: float = 1.0, rounds: int = 3, seed: int = 0,
-                    keep: bool | None = None, dp=None, eval_args=None, classes=None, held_out=(),
-                    local_epochs: int = 1, batch_size: int = 8):
+def tiny_federation(
+    world,
+    method,
+    store,
+    *,
+    participation: float = 1.0,
+    rounds: int = 3,
+    seed: int = 0,
+    keep: bool | None = None,
+    dp=None,
+    eval_args=None,
+    classes=None,
+    held_out=(),
+    local_epochs: int = 1,
+    batch_size: int = 8,
+):
     """A federation of ``method`` (a Method instance) over ``world``'s data, assembled by
     :func:`fedmoap.federation.build.assemble` as ``fedmoap fit`` assembles one, with its client store in
     ``store``; ``keep`` overrides the method's optimizer-state policy."""
@@ -70,19 +94,24 @@ def tiny_federation(world, method, store, *, participation: float = 1.0, rounds:
 
     backbone, data = world[0], world[-1]
     policy = None if keep is None else ("keep" if keep else "reset")
-    cfg = RunConfig(method=method, seed=seed, data=DataArgs(num_clients=data.num_clients),
-                    train=TrainArgs(local_epochs=local_epochs, batch_size=batch_size, optimizer_state=policy),
-                    fed=FedArgs(rounds=rounds, participation=participation),
-                    eval=eval_args or EvalArgs(), dp=dp or DPArgs())
-    return assemble(cfg, data, backbone, store=store, fabric=default_fabric(), classes=classes,
-                    held_out=list(held_out))
+    cfg = RunConfig(
+        method=method,
+        seed=seed,
+        data=DataArgs(num_clients=data.num_clients),
+        train=TrainArgs(local_epochs=local_epochs, batch_size=batch_size, optimizer_state=policy),
+        fed=FedArgs(rounds=rounds, participation=participation),
+        eval=eval_args or EvalArgs(),
+        dp=dp or DPArgs(),
+    )
+    return assemble(cfg, data, backbone, store=store, fabric=default_fabric(), classes=classes, held_out=list(held_out))
 
 
 def saved_dataset(root: Path, train: dict, test: dict, features: Features) -> str:
     """``train`` and ``test`` (column -> values) saved under ``root`` as a DatasetDict with
     ``features``: a ``data.source`` path."""
-    DatasetDict(train=Dataset.from_dict(train, features=features),
-                test=Dataset.from_dict(test, features=features)).save_to_disk(str(root))
+    DatasetDict(
+        train=Dataset.from_dict(train, features=features), test=Dataset.from_dict(test, features=features)
+    ).save_to_disk(str(root))
     return str(root)
 
 
@@ -91,6 +120,21 @@ def smoke_fit(tmp_path: Path, *extra: str, run: str = "run") -> dict:
     (feature cache ``tmp_path / "cache"``), in this process; its results.json."""
     from fedmoap.run.cli import main
 
-    assert main(["fit", "--config", str(SMOKE), *extra, "--run_dir", str(tmp_path / run),
-                 "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                *extra,
+                "--run_dir",
+                str(tmp_path / run),
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     return json.loads((tmp_path / run / "results.json").read_text())

@@ -5,6 +5,7 @@ lay out C text prompts with ``n_ctx`` learnable context slots, and encode those 
 more context tensors at once. Methods never touch the towers themselves, so open_clip models and
 the packaged offline model are interchangeable.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,7 @@ class PromptSlots:
 
     def to(self, device: torch.device | str) -> "PromptSlots":
         return PromptSlots(
-            self.prefix.to(device), self.suffix.to(device), self.n_ctx,
-            {k: v.to(device) for k, v in self.extra.items()},
+            self.prefix.to(device), self.suffix.to(device), self.n_ctx, {k: v.to(device) for k, v in self.extra.items()}
         )
 
 
@@ -113,9 +113,12 @@ class Backbone(nn.Module, ABC):
 
     def _no_tokens(self) -> Exception:
         from fedmoap.errors import FedmoapError
-        return FedmoapError(f"model.arch: the image tower of {self.describe()} is not a vision "
-                            "transformer and cannot take prompt tokens; use an open_clip ViT "
-                            "(e.g. ViT-B-16) or packaged-vit")
+
+        return FedmoapError(
+            f"model.arch: the image tower of {self.describe()} is not a vision "
+            "transformer and cannot take prompt tokens; use an open_clip ViT "
+            "(e.g. ViT-B-16) or packaged-vit"
+        )
 
     def describe(self) -> str:
         """Name of the architecture, for messages."""
@@ -126,8 +129,9 @@ class Backbone(nn.Module, ABC):
         """Tokens the text tower takes in one prompt, start and end tokens included."""
         raise NotImplementedError
 
-    def encode_image_prompted(self, images: Tensor, prompts: Sequence[Mapping[int, Tensor]] = (),
-                              return_tokens: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def encode_image_prompted(
+        self, images: Tensor, prompts: Sequence[Mapping[int, Tensor]] = (), return_tokens: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Image features with learnable prompt tokens inside a ViT image tower.
 
         ``prompts`` is a list of groups; a group maps block index -> tokens, (n, W) shared by the
@@ -158,9 +162,8 @@ class Backbone(nn.Module, ABC):
                 if g in where:
                     start, n = where[g]
                     if tokens.shape[1] != n:
-                        raise ValueError(f"prompt group {g}: {tokens.shape[1]} tokens at block "
-                                         f"{block}, {n} before")
-                    x = torch.cat([x[:, :start], tokens, x[:, start + n:]], dim=1)
+                        raise ValueError(f"prompt group {g}: {tokens.shape[1]} tokens at block {block}, {n} before")
+                    x = torch.cat([x[:, :start], tokens, x[:, start + n :]], dim=1)
                 else:
                     where[g] = (x.shape[1], tokens.shape[1])
                     x = torch.cat([x, tokens], dim=1)
@@ -273,9 +276,10 @@ class Backbone(nn.Module, ABC):
         input, as in :meth:`encode_prompts`; ``ctx_layers[j]`` replaces the context positions'
         hidden states before block ``j``. (C, D), not normalised. Towers without it refuse."""
         from fedmoap.errors import FedmoapError
-        raise FedmoapError(f"{self.describe()}: its text tower takes no deep prompts (text_depth "
-                           "> 1 needs an open_clip model)")
 
+        raise FedmoapError(
+            f"{self.describe()}: its text tower takes no deep prompts (text_depth > 1 needs an open_clip model)"
+        )
 
     # ----- residual adapters on the blocks (pFedMMA) ------------------------------------------------
     _adapting: int = 0
@@ -288,8 +292,9 @@ class Backbone(nn.Module, ABC):
         return []
 
     @contextmanager
-    def adapted(self, text: Mapping[int, Adapter] | None = None,
-                image: Mapping[int, Adapter] | None = None) -> Iterator[None]:
+    def adapted(
+        self, text: Mapping[int, Adapter] | None = None, image: Mapping[int, Adapter] | None = None
+    ) -> Iterator[None]:
         """Residual adapters on the blocks of both towers, for whatever is encoded inside the
         context: block j (0-based, of :meth:`adapter_blocks`) with an adapter δ_j computes
         ``x <- block_j(x) + δ_j(norm_j(x))`` from its input x, at every position (prompt tokens
@@ -305,8 +310,10 @@ class Backbone(nn.Module, ABC):
                 blocks = self.adapter_blocks(tower)
                 bad = sorted(set(adapters) - set(range(len(blocks))))
                 if bad:
-                    raise ValueError(f"adapters for {tower} blocks {bad}: {self.describe()}'s {tower} "
-                                     f"tower has {len(blocks)} that take them")
+                    raise ValueError(
+                        f"adapters for {tower} blocks {bad}: {self.describe()}'s {tower} "
+                        f"tower has {len(blocks)} that take them"
+                    )
                 for j, adapter in adapters.items():
                     module, norm = blocks[j]
                     hooks.append(module.register_forward_hook(_residual_hook(adapter, norm), with_kwargs=True))
@@ -323,11 +330,13 @@ class Backbone(nn.Module, ABC):
 def _residual_hook(adapter: Adapter, norm: Callable[[Tensor], Tensor]) -> Callable:
     """A forward hook adding ``adapter(norm(block input))`` to a block's output (a tensor, or the
     first element of a tuple)."""
+
     def hook(module: nn.Module, args: tuple, kwargs: dict, output):
         x = args[0] if args else next(iter(kwargs.values()))
         if isinstance(output, tuple):
             return (output[0] + adapter(norm(x)), *output[1:])
         return output + adapter(norm(x))
+
     return hook
 
 

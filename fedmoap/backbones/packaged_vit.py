@@ -11,6 +11,7 @@ on the same images: every normalised patch token regresses onto its image's targ
 is a local estimate of the image feature (a FedOTP-style method compares them with class texts).
 Text side: the MiniLM tower and text map of ``packaged-towers``, unchanged. No network needed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,11 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone, _digest_params
 from fedmoap.backbones.packaged import (
-    DEFAULT_CACHE_DIR, MiniLMText, PackagedTowersBackbone, _package_dir, fit_ridge,
+    DEFAULT_CACHE_DIR,
+    MiniLMText,
+    PackagedTowersBackbone,
+    _package_dir,
+    fit_ridge,
     packaged_image_transform,
 )
 from fedmoap.backbones.dinov2_onnx import load_converted, resample_pos_embed
@@ -59,8 +64,7 @@ def bridge_images_default(n: int = BRIDGE_IMAGES) -> list[Image.Image]:
 
     train = load_fashion_mnist()["train"]
     if not 0 < n <= len(train):
-        raise FedmoapError(f"packaged-vit: {n} bridge images asked, Fashion-MNIST train has "
-                           f"{len(train)}")
+        raise FedmoapError(f"packaged-vit: {n} bridge images asked, Fashion-MNIST train has {len(train)}")
     return list(train.select(range(n))["image"])
 
 
@@ -86,16 +90,16 @@ class BridgeData:
     tokens: int
     """Patch tokens per image."""
 
-    def fit(self, strength: float = BRIDGE_STRENGTH,
-            token_strength: float = TOKEN_BRIDGE_STRENGTH) -> tuple[Tensor, Tensor]:
+    def fit(
+        self, strength: float = BRIDGE_STRENGTH, token_strength: float = TOKEN_BRIDGE_STRENGTH
+    ) -> tuple[Tensor, Tensor]:
         """Ridge regressions (no intercept) -> (1280, 768) bridge and (1280, 384) token bridge.
 
         Token bridge: min Σ_i Σ_j ‖t_ij W − y_i‖² + λ‖W‖², whose right-hand side Σ_i (Σ_j t_ij) y_iᵀ
         needs only the mean tokens."""
-        sums = self.pooled[:, self.pooled.shape[1] // 2:].double() * self.tokens
+        sums = self.pooled[:, self.pooled.shape[1] // 2 :].double() * self.tokens
         eye = torch.eye(self.token_gram.shape[0], dtype=torch.float64)
-        token = torch.linalg.solve(self.token_gram + token_strength * eye,
-                                   sums.T @ self.target.double())
+        token = torch.linalg.solve(self.token_gram + token_strength * eye, sums.T @ self.target.double())
         pooled = fit_ridge(self.pooled, self.target, strength)
         return pooled.T.float().contiguous(), token.T.float().contiguous()
 
@@ -113,9 +117,17 @@ class PackagedViTBackbone(MiniLMText, Backbone):
     vision_width = 384
     vision_layers = 12
 
-    def __init__(self, vit: nn.Module, text_tower: nn.Module, tokenizer, projection: Tensor,
-                 bridges: tuple[Tensor, Tensor] | None = None,
-                 image_size: int = DEFAULT_IMAGE_SIZE, invert: bool = True, onnx_sha256: str = ""):
+    def __init__(
+        self,
+        vit: nn.Module,
+        text_tower: nn.Module,
+        tokenizer,
+        projection: Tensor,
+        bridges: tuple[Tensor, Tensor] | None = None,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        invert: bool = True,
+        onnx_sha256: str = "",
+    ):
         super().__init__()
         self.vit = vit
         self.text_tower = text_tower
@@ -134,10 +146,15 @@ class PackagedViTBackbone(MiniLMText, Backbone):
 
     # ----- construction ------------------------------------------------------------------------
     @classmethod
-    def build(cls, cache_dir: Path | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
-              invert: bool = True, bridge_images: int | Sequence[Image.Image] | None = None,
-              bridge_strength: float = BRIDGE_STRENGTH,
-              token_strength: float = TOKEN_BRIDGE_STRENGTH) -> "PackagedViTBackbone":
+    def build(
+        cls,
+        cache_dir: Path | None = None,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        invert: bool = True,
+        bridge_images: int | Sequence[Image.Image] | None = None,
+        bridge_strength: float = BRIDGE_STRENGTH,
+        token_strength: float = TOKEN_BRIDGE_STRENGTH,
+    ) -> "PackagedViTBackbone":
         """Convert (or load the cached) DINOv2 weights, build the text side of ``packaged-towers``
         and fit (or load the cached) bridges.
 
@@ -147,27 +164,36 @@ class PackagedViTBackbone(MiniLMText, Backbone):
         under ``cache_dir`` (default ``~/.cache/fedmoap/backbones``) and deterministic.
         """
         if image_size <= 0 or image_size % 14:
-            raise FedmoapError(f"model.image_size: packaged-vit takes a multiple of 14 (patch "
-                               f"size), got {image_size}")
+            raise FedmoapError(f"model.image_size: packaged-vit takes a multiple of 14 (patch size), got {image_size}")
         _package_dir("timm", "timm")
         cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
         state, sha = load_converted(cache_dir)
         towers = PackagedTowersBackbone.build(cache_dir, BRIDGE_TARGET_SIZE, invert=True)
-        model = cls(_make_vit(state, image_size), towers.text_tower, towers.tokenizer,
-                    towers.projection.weight.detach(), None, image_size, invert, sha)
+        model = cls(
+            _make_vit(state, image_size),
+            towers.text_tower,
+            towers.tokenizer,
+            towers.projection.weight.detach(),
+            None,
+            image_size,
+            invert,
+            sha,
+        )
         if bridge_images is None:
             bridge_images = BRIDGE_IMAGES
-        images = (bridge_images_default(bridge_images) if isinstance(bridge_images, int)
-                  else list(bridge_images))
-        key = (f"{_FORMAT}|{sha}|{model.vit_fingerprint()}|{towers.image_fingerprint()}|"
-               f"{BRIDGE_TARGET_SIZE}|{image_size}|{invert}|{len(images)}:{images_digest(images)}|"
-               f"{bridge_strength!r}|{token_strength!r}")
+        images = bridge_images_default(bridge_images) if isinstance(bridge_images, int) else list(bridge_images)
+        key = (
+            f"{_FORMAT}|{sha}|{model.vit_fingerprint()}|{towers.image_fingerprint()}|"
+            f"{BRIDGE_TARGET_SIZE}|{image_size}|{invert}|{len(images)}:{images_digest(images)}|"
+            f"{bridge_strength!r}|{token_strength!r}"
+        )
         path = cache_dir / f"packaged_vit_bridge-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
         weights = _load_bridges(path)
         if weights is None:
             weights = model.bridge_data(images, towers).fit(bridge_strength, token_strength)
-            atomic_torch_save(path, {"weight": weights[0], "token_weight": weights[1],
-                                     "images": len(images), "key": key})
+            atomic_torch_save(
+                path, {"weight": weights[0], "token_weight": weights[1], "images": len(images), "key": key}
+            )
         model.bridge.weight.data.copy_(weights[0])
         model.token_bridge.weight.data.copy_(weights[1])
         return model
@@ -182,21 +208,21 @@ class PackagedViTBackbone(MiniLMText, Backbone):
         return _cls_and_mean(self.vit.forward_features(images))
 
     @torch.no_grad()
-    def bridge_data(self, images: Sequence[Image.Image], towers: PackagedTowersBackbone,
-                    batch_size: int = 32) -> BridgeData:
+    def bridge_data(
+        self, images: Sequence[Image.Image], towers: PackagedTowersBackbone, batch_size: int = 32
+    ) -> BridgeData:
         """The bridges' regression data from ``images`` (this backbone's test transform for the
         ViT, ``towers``' test transform for the EfficientNet targets)."""
         own, target = self.image_transform(train=False), towers.image_transform(train=False)
         x, y = [], []
         gram = torch.zeros(self.vision_width, self.vision_width, dtype=torch.float64)
         for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
+            chunk = images[i : i + batch_size]
             h = self.vit.forward_features(torch.stack([own(img) for img in chunk]))
             x.append(_cls_and_mean(h))
             patches = h[:, 1:].reshape(-1, self.vision_width).double()
             gram += patches.T @ patches
-            y.append(F.normalize(towers.encode_image(torch.stack([target(img) for img in chunk])),
-                                 dim=-1))
+            y.append(F.normalize(towers.encode_image(torch.stack([target(img) for img in chunk])), dim=-1))
         return BridgeData(torch.cat(x), torch.cat(y), gram, h.shape[1] - 1)
 
     # ----- images ------------------------------------------------------------------------------
@@ -249,11 +275,9 @@ def _make_vit(state: dict[str, Tensor], image_size: int) -> nn.Module:
     import timm
 
     with torch.random.fork_rng(devices=[]):  # timm's random init must not move the global RNG
-        vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0,
-                                img_size=image_size)
+        vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=image_size)
     grid = image_size // 14
-    vit.load_state_dict({**state, "pos_embed": resample_pos_embed(state["pos_embed"], grid)},
-                        strict=True)
+    vit.load_state_dict({**state, "pos_embed": resample_pos_embed(state["pos_embed"], grid)}, strict=True)
     return vit
 
 

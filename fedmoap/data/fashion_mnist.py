@@ -5,6 +5,7 @@ The 70,000 images are stored in the ``datasets.Image`` column as binary PGM (net
 would give. Building them takes well under a second (PNG encoding takes ~9 s) and decoding is
 about twice as fast as PNG, so nothing is cached on disk.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -17,11 +18,12 @@ from fedmoap.errors import FedmoapError
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` installs the four IDX files."""
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 """Label names in label order, as published with the dataset."""
-SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 _IMAGE_MAGIC, _LABEL_MAGIC = 2051, 2049
 _SIDE = 28
 _ID_VERSION = "fashion-mnist-v1"
@@ -45,14 +47,14 @@ def load_fashion_mnist_with_id(path: str | Path | None = None):
     import datasets
 
     root = Path(path) if path is not None else DEFAULT_DIR
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
     h, splits = hashlib.sha256(_ID_VERSION.encode()), {}
     for split, images, labels in read_splits(root):
         h.update(images.tobytes())
         h.update(labels.tobytes())
-        splits[split] = datasets.Dataset(_arrow_table(images, labels, features),
-                                         info=datasets.DatasetInfo(features=features), split=split)
+        splits[split] = datasets.Dataset(
+            _arrow_table(images, labels, features), info=datasets.DatasetInfo(features=features), split=split
+        )
     return datasets.DatasetDict(splits), f"{_ID_VERSION}-{h.hexdigest()[:16]}"
 
 
@@ -76,7 +78,8 @@ def _find(root: Path, name: str) -> Path:
     raise FedmoapError(
         f"Fashion-MNIST file {root / (name + '.gz')} not found: install it with "
         f"`apt-get install dataset-fashion-mnist` (it goes to {DEFAULT_DIR}) or pass a directory "
-        f"holding the four IDX files ({', '.join(f for pair in SPLIT_FILES.values() for f in pair)})")
+        f"holding the four IDX files ({', '.join(f for pair in SPLIT_FILES.values() for f in pair)})"
+    )
 
 
 def _read_idx(file: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
@@ -93,14 +96,17 @@ def _read_idx(file: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray
         raise FedmoapError(f"{file} is truncated ({len(raw)} bytes)")
     found, *dims = (int(v) for v in np.frombuffer(raw, ">u4", count=1 + ndim))
     if found != magic:
-        raise FedmoapError(f"{file}: magic number {found}, expected {magic} (not an IDX file of "
-                           f"{'images' if item_shape else 'labels'})")
+        raise FedmoapError(
+            f"{file}: magic number {found}, expected {magic} (not an IDX file of "
+            f"{'images' if item_shape else 'labels'})"
+        )
     if tuple(dims[1:]) != item_shape:
         raise FedmoapError(f"{file}: items of shape {tuple(dims[1:])}, expected {item_shape}")
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise FedmoapError(f"{file}: header announces {dims[0]} items ({expected} bytes), "
-                           f"file holds {len(raw) - header} bytes")
+        raise FedmoapError(
+            f"{file}: header announces {dims[0]} items ({expected} bytes), file holds {len(raw) - header} bytes"
+        )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -108,8 +114,9 @@ def _arrow_table(images: np.ndarray, labels: np.ndarray, features):
     """Arrow table in ``features``' schema (image, label)."""
     import pyarrow as pa
 
-    return pa.Table.from_arrays([_image_column(images), pa.array(labels.astype(np.int64))],
-                                schema=features.arrow_schema)
+    return pa.Table.from_arrays(
+        [_image_column(images), pa.array(labels.astype(np.int64))], schema=features.arrow_schema
+    )
 
 
 def _image_column(images: np.ndarray):
@@ -120,8 +127,8 @@ def _image_column(images: np.ndarray):
     n = len(images)
     item = len(_PGM_HEADER) + _SIDE * _SIDE
     data = np.empty((n, item), np.uint8)
-    data[:, :len(_PGM_HEADER)] = np.frombuffer(_PGM_HEADER, np.uint8)
-    data[:, len(_PGM_HEADER):] = images.reshape(n, -1)
+    data[:, : len(_PGM_HEADER)] = np.frombuffer(_PGM_HEADER, np.uint8)
+    data[:, len(_PGM_HEADER) :] = images.reshape(n, -1)
     offsets = np.arange(n + 1, dtype=np.int32) * item
     blobs = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     return pa.StructArray.from_arrays([blobs, pa.nulls(n, pa.string())], ["bytes", "path"])

@@ -16,6 +16,7 @@ garment appears in two domains. Labels and class names are Fashion-MNIST's. Use 
 (feature and pixel caches) is ``fashion-mnist-styles-v1-`` + a digest of the source pixels and
 labels, stable across processes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,17 +40,18 @@ def load_fashion_mnist_styles(path: str | Path | None = None):
     import datasets
 
     root = Path(path) if path is not None else DEFAULT_DIR
-    features = datasets.Features({"image": datasets.Image(),
-                                  "label": datasets.ClassLabel(names=CLASS_NAMES),
-                                  "domain": datasets.Value("string")})
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES), "domain": datasets.Value("string")}
+    )
     h, splits = hashlib.sha256(_VERSION.encode()), {}
     for split, images, labels in read_splits(root):
         h.update(images.tobytes())
         h.update(labels.tobytes())
         styles = assign_styles(len(images), split)
         rendered = render(images, styles)
-        splits[split] = datasets.Dataset(_arrow_table(rendered, labels, styles, features),
-                                         info=datasets.DatasetInfo(features=features), split=split)
+        splits[split] = datasets.Dataset(
+            _arrow_table(rendered, labels, styles, features), info=datasets.DatasetInfo(features=features), split=split
+        )
     return datasets.DatasetDict(splits), f"{_VERSION}-{h.hexdigest()[:16]}"
 
 
@@ -88,7 +90,7 @@ def _conv(x: np.ndarray, kernel: torch.Tensor) -> torch.Tensor:
 
 def _blurred(x: np.ndarray) -> np.ndarray:
     taps = torch.arange(-3, 4, dtype=torch.float64)
-    g = torch.exp(-taps.square() / (2 * BLUR_SIGMA ** 2))
+    g = torch.exp(-taps.square() / (2 * BLUR_SIGMA**2))
     g = (g / g.sum()).float()
     return _conv(x, g[:, None] * g[None, :]).round().clamp(0, 255).to(torch.uint8).numpy()
 
@@ -108,5 +110,6 @@ def _arrow_table(images: np.ndarray, labels: np.ndarray, styles: np.ndarray, fea
     import pyarrow as pa
 
     domain_col = pa.array(np.asarray(STYLES, dtype=object)[styles].tolist(), pa.string())
-    return pa.Table.from_arrays([_image_column(images), pa.array(labels.astype(np.int64)), domain_col],
-                                schema=features.arrow_schema)
+    return pa.Table.from_arrays(
+        [_image_column(images), pa.array(labels.astype(np.int64)), domain_col], schema=features.arrow_schema
+    )

@@ -4,6 +4,7 @@ A corrupt or truncated file, a missing image (``None``) or one larger than Pillo
 decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) stops the run with
 :class:`BadImage` naming the row, its file where it has one, and the reason.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,10 @@ def load_images(ds: Dataset, rows: np.ndarray, column: str, data_id: str) -> lis
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         if reason:
             file = _file(ds, row, column)
-            raise BadImage(f"image {row} of {data_id} (column {column!r}{f', file {file}' if file else ''}) "
-                           f"cannot be decoded ({reason}); repair or remove it")
+            raise BadImage(
+                f"image {row} of {data_id} (column {column!r}{f', file {file}' if file else ''}) "
+                f"cannot be decoded ({reason}); repair or remove it"
+            )
     if failure is not None:
         raise failure
     return images

@@ -10,6 +10,7 @@ splits keys the feature cache and ``split.json``: it hashes the split files, the
 name and the byte sizes of a sample of the images, not absolute paths, so a copy of the dataset
 elsewhere (a node's scratch disk) keeps its cached features, while a resized copy does not.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,14 +32,23 @@ LAYOUT_FORMAT = 1
 
 # ------------------------------------------------------------------------------------------ CoOp
 
-COOP_IMAGE_DIRS = {"OxfordFlowers": "jpg", "OxfordPets": "images", "Food101": "images",
-                   "Caltech101": "101_ObjectCategories", "DescribableTextures": "images"}
+COOP_IMAGE_DIRS = {
+    "OxfordFlowers": "jpg",
+    "OxfordPets": "images",
+    "Food101": "images",
+    "Caltech101": "101_ObjectCategories",
+    "DescribableTextures": "images",
+}
 """Image folder of each dataset, next to its ``split_zhou_<Name>.json`` (CoOp ``datasets/*.py``).
 Other CoOp split files work too: their image folder is found by looking for the first listed
 image in the dataset folder and its sub-folders."""
-COOP_SIZES = {"OxfordFlowers": (4093, 1633, 2463), "OxfordPets": (2944, 736, 3669),
-              "Food101": (50500, 20200, 30300), "Caltech101": (4128, 1649, 2465),
-              "DescribableTextures": (2820, 1128, 1692)}
+COOP_SIZES = {
+    "OxfordFlowers": (4093, 1633, 2463),
+    "OxfordPets": (2944, 736, 3669),
+    "Food101": (50500, 20200, 30300),
+    "Caltech101": (4128, 1649, 2465),
+    "DescribableTextures": (2820, 1128, 1692),
+}
 """train/val/test sizes of CoOp's split files (CoOp's dataset table; train and test are
 pFedMoAP's Table 5). A split file of another size loads with a warning."""
 COOP_SPLITS = ("train", "val", "test")
@@ -68,11 +78,18 @@ def load_coop(location: str) -> tuple[DatasetDict, str]:
         _check_present(image_dir, [path for path, _, _ in items[split]], f"{split_file.name} ({split})")
     sizes = tuple(len(items[s]) for s in COOP_SPLITS)
     if name in COOP_SIZES and sizes != COOP_SIZES[name]:
-        _warn(f"{split_file} has {'/'.join(map(str, sizes))} train/val/test images; CoOp's "
-              f"{split_file.name} has {'/'.join(f'{n:,}' for n in COOP_SIZES[name])}")
+        _warn(
+            f"{split_file} has {'/'.join(map(str, sizes))} train/val/test images; CoOp's "
+            f"{split_file.name} has {'/'.join(f'{n:,}' for n in COOP_SIZES[name])}"
+        )
     features = Features({"image": Image(), "label": ClassLabel(names=classnames)})
-    columns = {split: {"image": [os.path.join(image_dir, p) for p, _, _ in items[split]],
-                       "label": [y for _, y, _ in items[split]]} for split in COOP_SPLITS}
+    columns = {
+        split: {
+            "image": [os.path.join(image_dir, p) for p, _, _ in items[split]],
+            "label": [y for _, y, _ in items[split]],
+        }
+        for split in COOP_SPLITS
+    }
     splits = DatasetDict({s: Dataset.from_dict(c, features=features) for s, c in columns.items()})
     images = [p for c in columns.values() for p in c["image"]]
     return splits, _data_id("coop", [split_file], os.path.relpath(image_dir, split_file.parent), images)
@@ -85,10 +102,11 @@ def _coop_split_file(path: Path) -> Path:
         raise FedmoapError(f"data.source: coop: no dataset folder or split file at {str(path)!r}")
     found = sorted(path.glob("split_zhou_*.json"))
     if len(found) != 1:
-        what = (f"{len(found)} split files ({', '.join(p.name for p in found)})" if found
-                else "no split_zhou_*.json")
-        raise FedmoapError(f"data.source: coop: {path} holds {what}; point data.source at one "
-                           "dataset folder of CoOp's layout or at its split_zhou_<Name>.json")
+        what = f"{len(found)} split files ({', '.join(p.name for p in found)})" if found else "no split_zhou_*.json"
+        raise FedmoapError(
+            f"data.source: coop: {path} holds {what}; point data.source at one "
+            "dataset folder of CoOp's layout or at its split_zhou_<Name>.json"
+        )
     return found[0]
 
 
@@ -96,24 +114,35 @@ def _read_coop_split(path: Path) -> dict[str, list[tuple[str, int, str]]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FedmoapError(f"data.source: coop: cannot read {path} as JSON "
-                           f"({' '.join(str(exc).split())})") from None
+        raise FedmoapError(f"data.source: coop: cannot read {path} as JSON ({' '.join(str(exc).split())})") from None
     missing = [s for s in COOP_SPLITS if not isinstance(data, dict) or s not in data]
     if missing:
-        raise FedmoapError(f"data.source: coop: {path} is not a CoOp split file: it has no "
-                           f"{' / '.join(map(repr, missing))} list (expected an object with lists "
-                           "'train', 'val' and 'test' of [image path, label, class name])")
+        raise FedmoapError(
+            f"data.source: coop: {path} is not a CoOp split file: it has no "
+            f"{' / '.join(map(repr, missing))} list (expected an object with lists "
+            "'train', 'val' and 'test' of [image path, label, class name])"
+        )
     items = {}
     for split in COOP_SPLITS:
         entries = data[split]
         if not isinstance(entries, list):
-            raise FedmoapError(f"data.source: coop: {path}: {split!r} is a {type(entries).__name__}, "
-                               "not a list of [image path, label, class name]")
+            raise FedmoapError(
+                f"data.source: coop: {path}: {split!r} is a {type(entries).__name__}, "
+                "not a list of [image path, label, class name]"
+            )
         for i, e in enumerate(entries):
-            if not (isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[2], str)
-                    and isinstance(e[1], int) and not isinstance(e[1], bool) and e[1] >= 0):
-                raise FedmoapError(f"data.source: coop: {path}: {split}[{i}] is {_short(e)}, not "
-                                   "[image path, label >= 0, class name]")
+            if not (
+                isinstance(e, list)
+                and len(e) == 3
+                and isinstance(e[0], str)
+                and isinstance(e[2], str)
+                and isinstance(e[1], int)
+                and not isinstance(e[1], bool)
+                and e[1] >= 0
+            ):
+                raise FedmoapError(
+                    f"data.source: coop: {path}: {split}[{i}] is {_short(e)}, not [image path, label >= 0, class name]"
+                )
         items[split] = [tuple(e) for e in entries]
     if not items["train"]:
         raise FedmoapError(f"data.source: coop: {path} lists no training images")
@@ -125,12 +154,14 @@ def _coop_classnames(path: Path, items: dict[str, list[tuple[str, int, str]]]) -
     for split in COOP_SPLITS:
         for _, label, name in items[split]:
             if names.setdefault(label, name) != name:
-                raise FedmoapError(f"data.source: coop: {path}: label {label} is named both "
-                                   f"{names[label]!r} and {name!r}")
+                raise FedmoapError(
+                    f"data.source: coop: {path}: label {label} is named both {names[label]!r} and {name!r}"
+                )
     gaps = sorted(set(range(max(names) + 1)) - set(names))
     if gaps:
-        raise FedmoapError(f"data.source: coop: {path}: labels {gaps[:5]} have no image in any "
-                           f"split (labels must be 0..{max(names)})")
+        raise FedmoapError(
+            f"data.source: coop: {path}: labels {gaps[:5]} have no image in any split (labels must be 0..{max(names)})"
+        )
     ordered = [names[k] for k in range(len(names))]
     dup = sorted({n for n in ordered if ordered.count(n) > 1})
     if dup:
@@ -147,11 +178,13 @@ def _coop_image_dir(split_file: Path, name: str, items: dict) -> Path:
         if (folder / first).is_file():
             return folder
     expected = root / COOP_IMAGE_DIRS[name] if name in COOP_IMAGE_DIRS else f"{root} or a folder in it"
-    raise FedmoapError(f"data.source: coop: image {first!r} (first training entry of "
-                       f"{split_file.name}) is not in {expected}")
+    raise FedmoapError(
+        f"data.source: coop: image {first!r} (first training entry of {split_file.name}) is not in {expected}"
+    )
 
 
 # ----------------------------------------------------------------------------------------- FedBN
+
 
 @dataclass(frozen=True)
 class FedbnLayout:
@@ -163,13 +196,28 @@ class FedbnLayout:
 
 FEDBN = {
     "fedbn-domainnet": FedbnLayout(
-        "DomainNet", ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
-        ("bird", "feather", "headphones", "ice_cream", "teapot", "tiger", "whale", "windmill",
-         "wine_glass", "zebra"), (18278, 4573)),
+        "DomainNet",
+        ("clipart", "infograph", "painting", "quickdraw", "real", "sketch"),
+        ("bird", "feather", "headphones", "ice_cream", "teapot", "tiger", "whale", "windmill", "wine_glass", "zebra"),
+        (18278, 4573),
+    ),
     "fedbn-office": FedbnLayout(
-        "office_caltech_10", ("amazon", "caltech", "dslr", "webcam"),
-        ("back_pack", "bike", "calculator", "headphones", "keyboard", "laptop_computer", "monitor",
-         "mouse", "mug", "projector"), (2025, 508)),
+        "office_caltech_10",
+        ("amazon", "caltech", "dslr", "webcam"),
+        (
+            "back_pack",
+            "bike",
+            "calculator",
+            "headphones",
+            "keyboard",
+            "laptop_computer",
+            "monitor",
+            "mouse",
+            "mug",
+            "projector",
+        ),
+        (2025, 508),
+    ),
 }
 """FedBN's two feature-shift benchmarks as FedBN, FedOTP and pFedMoAP read them. Classes are in
 sorted order, which is also FedBN's ``label_dict`` order (the FedOTP-derived code's class-name
@@ -201,9 +249,11 @@ def load_fedbn(kind: str, location: str) -> tuple[DatasetDict, str]:
     root = where if (where / spec.folder).is_dir() else where.parent
     folder = root / spec.folder
     if not (folder / f"{spec.domains[0]}_train.pkl").is_file():
-        raise FedmoapError(f"data.source: {kind}: no FedBN split files under {str(where)!r} "
-                           f"(expected {spec.folder}/{spec.domains[0]}_train.pkl ... "
-                           f"{spec.domains[-1]}_test.pkl there)")
+        raise FedmoapError(
+            f"data.source: {kind}: no FedBN split files under {str(where)!r} "
+            f"(expected {spec.folder}/{spec.domains[0]}_train.pkl ... "
+            f"{spec.domains[-1]}_test.pkl there)"
+        )
     index = {c: k for k, c in enumerate(spec.classes)}
     columns = {s: {"image": [], "label": [], "domain": []} for s in ("train", "test")}
     files = []
@@ -213,8 +263,10 @@ def load_fedbn(kind: str, location: str) -> tuple[DatasetDict, str]:
             paths, labels = _read_fedbn_pickle(kind, pkl)
             unknown = sorted(set(labels) - set(index))
             if unknown:
-                raise FedmoapError(f"data.source: {kind}: {pkl} has labels {unknown[:3]} that are not "
-                                   f"among the {len(spec.classes)} classes ({', '.join(spec.classes)})")
+                raise FedmoapError(
+                    f"data.source: {kind}: {pkl} has labels {unknown[:3]} that are not "
+                    f"among the {len(spec.classes)} classes ({', '.join(spec.classes)})"
+                )
             _check_present(root, paths, pkl.name)
             cols["image"] += [os.path.join(root, p) for p in paths]
             cols["label"] += [index[y] for y in labels]
@@ -222,10 +274,11 @@ def load_fedbn(kind: str, location: str) -> tuple[DatasetDict, str]:
             files.append(pkl)
     sizes = (len(columns["train"]["image"]), len(columns["test"]["image"]))
     if sizes != spec.sizes:
-        _warn(f"{kind}: {folder} has {sizes[0]}/{sizes[1]} train/test images; the paper's "
-              f"(Table 5) are {spec.sizes[0]:,}/{spec.sizes[1]:,}")
-    features = Features({"image": Image(), "label": ClassLabel(names=list(spec.classes)),
-                         "domain": Value("string")})
+        _warn(
+            f"{kind}: {folder} has {sizes[0]}/{sizes[1]} train/test images; the paper's "
+            f"(Table 5) are {spec.sizes[0]:,}/{spec.sizes[1]:,}"
+        )
+    features = Features({"image": Image(), "label": ClassLabel(names=list(spec.classes)), "domain": Value("string")})
     splits = DatasetDict({s: Dataset.from_dict(c, features=features) for s, c in columns.items()})
     images = [p for c in columns.values() for p in c["image"]]
     return splits, _data_id(kind, files, spec.folder, images)
@@ -238,12 +291,15 @@ def _read_fedbn_pickle(kind: str, pkl: Path) -> tuple[list[str], list[str]]:
         with open(pkl, "rb") as f:
             obj = pickle.load(f)
     except Exception as exc:  # unpickling raises many kinds
-        raise FedmoapError(f"data.source: {kind}: cannot unpickle {pkl} "
-                           f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+        raise FedmoapError(
+            f"data.source: {kind}: cannot unpickle {pkl} ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        ) from None
     pair = _pair(obj)
     if pair is None:
-        raise FedmoapError(f"data.source: {kind}: {pkl} does not hold FedBN's pair (image paths, "
-                           f"class names) of equal length (it holds {_short(obj)})")
+        raise FedmoapError(
+            f"data.source: {kind}: {pkl} does not hold FedBN's pair (image paths, "
+            f"class names) of equal length (it holds {_short(obj)})"
+        )
     return pair
 
 
@@ -287,8 +343,10 @@ def _check_present(root: Path, rel_paths: list[str], listed_in: str) -> None:
         if listings[folder] is None or name not in listings[folder]:
             missing.append(rel)
     if missing:
-        raise FedmoapError(f"data.source: {len(missing)} of the {len(rel_paths)} images listed in "
-                           f"{listed_in} are missing under {root} (first: {missing[0]!r})")
+        raise FedmoapError(
+            f"data.source: {len(missing)} of the {len(rel_paths)} images listed in "
+            f"{listed_in} are missing under {root} (first: {missing[0]!r})"
+        )
 
 
 def _data_id(kind: str, split_files: list[Path], image_folder: str, images: list[str]) -> str:

@@ -64,10 +64,7 @@ def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[
 
 
 def pathological(
-    labels: np.ndarray,
-    num_clients: int,
-    rng: np.random.Generator,
-    classes_per_client: int | None = None,
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, classes_per_client: int | None = None
 ) -> list[np.ndarray]:
     """Give each client a disjoint set of whole classes.
 
@@ -91,10 +88,9 @@ def pathological(
         cpc = _check_int(classes_per_client, "classes_per_client", 1)
         if num_clients * cpc > classes.size:
             raise ValueError(
-                f"classes_per_client={cpc} x num_clients={num_clients} exceeds the "
-                f"{classes.size} classes in labels"
+                f"classes_per_client={cpc} x num_clients={num_clients} exceeds the {classes.size} classes in labels"
             )
-        chunks = [classes[k * cpc:(k + 1) * cpc] for k in range(num_clients)]
+        chunks = [classes[k * cpc : (k + 1) * cpc] for k in range(num_clients)]
     return [_sorted(np.flatnonzero(np.isin(labels, chunk))) for chunk in chunks]
 
 
@@ -125,8 +121,7 @@ def dirichlet(
     _check_rng(rng)
     if num_clients * min_size > labels.size:
         raise ValueError(
-            f"cannot give {num_clients} clients min_size={min_size} samples each "
-            f"from only {labels.size} samples"
+            f"cannot give {num_clients} clients min_size={min_size} samples each from only {labels.size} samples"
         )
     by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for _ in range(max_tries):
@@ -174,8 +169,10 @@ def label_uniform(
     _check_rng(rng)
     classes = np.unique(labels)
     if k > classes.size or (num_clients * k) % classes.size:
-        raise ValueError(f"label_uniform needs classes_per_client={k} <= {classes.size} classes and "
-                         f"num_clients x classes_per_client ({num_clients * k}) divisible by them")
+        raise ValueError(
+            f"label_uniform needs classes_per_client={k} <= {classes.size} classes and "
+            f"num_clients x classes_per_client ({num_clients * k}) divisible by them"
+        )
     per_class = num_clients * k // classes.size
     for _ in range(max_tries):
         free = dict.fromkeys(classes.tolist(), per_class)
@@ -194,8 +191,9 @@ def label_uniform(
         if all(len(m) == k for m in held):
             break
     else:
-        raise ValueError(f"label_uniform could not give {num_clients} clients {k} distinct classes "
-                         f"in {max_tries} tries")
+        raise ValueError(
+            f"label_uniform could not give {num_clients} clients {k} distinct classes in {max_tries} tries"
+        )
     parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
     for c in classes.tolist():
         holders = [i for i, m in enumerate(held) if c in m]
@@ -213,11 +211,7 @@ def block_count(num_classes: int, classes_per_client: int) -> int:
     return max(1, round(num_classes / classes_per_client))
 
 
-def class_blocks(
-    labels: np.ndarray,
-    classes_per_client: int,
-    groups: np.ndarray | None = None,
-) -> list[np.ndarray]:
+def class_blocks(labels: np.ndarray, classes_per_client: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
     """FedTPG's class-block partition: per group (e.g. domain; one group if ``groups`` is None),
     the m classes present in label order are cut into :func:`block_count` contiguous blocks of
     ``classes_per_client``, the last block taking the remainder; a client holds every sample of
@@ -227,25 +221,20 @@ def class_blocks(
     k = _check_int(classes_per_client, "classes_per_client", 1)
     groups = np.zeros(labels.size, np.int64) if groups is None else np.asarray(groups)
     if groups.ndim != 1 or groups.shape != labels.shape:
-        raise ValueError(f"groups must be 1-D with the same length as labels ({labels.size}), "
-                         f"got shape {groups.shape}")
+        raise ValueError(f"groups must be 1-D with the same length as labels ({labels.size}), got shape {groups.shape}")
     clients = []
     for g in np.unique(groups):
         members = np.flatnonzero(groups == g)
         classes = np.unique(labels[members])
         n = block_count(classes.size, k)
         for i in range(n):
-            block = classes[i * k:(i + 1) * k] if i < n - 1 else classes[i * k:]
+            block = classes[i * k : (i + 1) * k] if i < n - 1 else classes[i * k :]
             clients.append(_sorted(members[np.isin(labels[members], block)]))
     return clients
 
 
 def by_group(
-    groups: np.ndarray,
-    labels: np.ndarray,
-    clients_per_group: int,
-    partition_fn: PartitionFn,
-    rng: np.random.Generator,
+    groups: np.ndarray, labels: np.ndarray, clients_per_group: int, partition_fn: PartitionFn, rng: np.random.Generator
 ) -> list[np.ndarray]:
     """Partition each group (e.g. domain) separately into ``clients_per_group``
     clients with ``partition_fn(group_labels, clients_per_group, rng=rng)``.
@@ -257,10 +246,7 @@ def by_group(
     labels = _check_labels(labels)
     groups = np.asarray(groups)
     if groups.ndim != 1 or groups.shape != labels.shape:
-        raise ValueError(
-            f"groups must be 1-D with the same length as labels ({labels.size}), "
-            f"got shape {groups.shape}"
-        )
+        raise ValueError(f"groups must be 1-D with the same length as labels ({labels.size}), got shape {groups.shape}")
     clients_per_group = _check_int(clients_per_group, "clients_per_group", 1)
     if not callable(partition_fn):
         raise ValueError("partition_fn must be callable")
@@ -273,12 +259,7 @@ def by_group(
     return clients
 
 
-def k_shot(
-    labels: np.ndarray,
-    client_indices: list[np.ndarray],
-    k: int,
-    rng: np.random.Generator,
-) -> list[np.ndarray]:
+def k_shot(labels: np.ndarray, client_indices: list[np.ndarray], k: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Keep, per client and per class, ``min(k, available)`` samples drawn at
     random without replacement."""
     labels = _check_labels(labels)
@@ -324,8 +305,7 @@ def test_like_train_by_group(
     train_labels = _check_labels(train_labels, "train_labels")
     test_labels = _check_labels(test_labels, "test_labels")
     train_groups, test_groups = np.asarray(train_groups), np.asarray(test_groups)
-    for name, g, lab in (("train_groups", train_groups, train_labels),
-                         ("test_groups", test_groups, test_labels)):
+    for name, g, lab in (("train_groups", train_groups, train_labels), ("test_groups", test_groups, test_labels)):
         if g.shape != lab.shape:
             raise ValueError(f"{name} must have shape ({lab.size},) like its labels, got {g.shape}")
     train_indices = _check_indices(train_indices, train_labels.size, "train_indices")
@@ -337,7 +317,7 @@ def test_like_train_by_group(
     pairs = np.stack([g_code, np.concatenate([train_labels, test_labels])], axis=1)
     keys, key_id = np.unique(pairs, axis=0, return_inverse=True)
     key_id = key_id.reshape(-1)
-    train_key, test_key = key_id[: train_labels.size], key_id[train_labels.size:]
+    train_key, test_key = key_id[: train_labels.size], key_id[train_labels.size :]
     counts = np.stack([np.bincount(train_key[idx], minlength=len(keys)) for idx in train_indices])
     parts: list[list[np.ndarray]] = [[] for _ in train_indices]
     for key in range(len(keys)):
@@ -368,12 +348,11 @@ def test_drawn_like_train_by_group(
     size = _check_int(size, "size", 1)
     train_indices = _check_indices(train_indices, train_labels.size, "train_indices")
     _check_rng(rng)
-    _, g_code = np.unique(np.concatenate([np.asarray(train_groups), np.asarray(test_groups)]),
-                          return_inverse=True)
+    _, g_code = np.unique(np.concatenate([np.asarray(train_groups), np.asarray(test_groups)]), return_inverse=True)
     pairs = np.stack([g_code.reshape(-1), np.concatenate([train_labels, test_labels])], axis=1)
     keys, key_id = np.unique(pairs, axis=0, return_inverse=True)
     key_id = key_id.reshape(-1)
-    train_key, test_key = key_id[: train_labels.size], key_id[train_labels.size:]
+    train_key, test_key = key_id[: train_labels.size], key_id[train_labels.size :]
     members = [np.flatnonzero(test_key == k) for k in range(len(keys))]
     out = []
     for idx in train_indices:
@@ -401,6 +380,10 @@ def test_like_train(
             if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
                 raise ValueError(f"{name} must lie in [0, num_classes={num_classes})")
     return test_like_train_by_group(
-        np.zeros(train_labels.size, np.int64), train_labels, train_indices,
-        np.zeros(test_labels.size, np.int64), test_labels, rng,
+        np.zeros(train_labels.size, np.int64),
+        train_labels,
+        train_indices,
+        np.zeros(test_labels.size, np.int64),
+        test_labels,
+        rng,
     )

@@ -8,6 +8,7 @@ dataset whose schema differs from what the config says (a split or column missin
 column that is not ``datasets.Image``, a label column that is not a class label, splits that
 disagree on a column's type) stops the run with one line naming the culprit.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,20 +46,21 @@ def load_source(args: DataArgs) -> SourceData:
     splits, data_id = _open(args)
     for split in (args.train_split, args.test_split):
         if split not in splits:
-            raise FedmoapError(f"data: dataset {args.source!r} has no split {split!r} "
-                               f"(it has {sorted(splits)})")
+            raise FedmoapError(f"data: dataset {args.source!r} has no split {split!r} (it has {sorted(splits)})")
     train, test = splits[args.train_split], splits[args.test_split]
     for column in (args.image_column, args.label_column, args.domain_column):
         if column is not None and (column not in train.column_names or column not in test.column_names):
-            raise FedmoapError(f"data: column {column!r} is missing from dataset {args.source!r} "
-                               f"(columns: {train.column_names})")
+            raise FedmoapError(
+                f"data: column {column!r} is missing from dataset {args.source!r} (columns: {train.column_names})"
+            )
     _check_features(args, train, test)
     classnames = _classnames(args, train)
     train_labels, test_labels, classnames = _labels(args, train, test, classnames)
     top = int(max(train_labels.max(initial=-1), test_labels.max(initial=-1)))
     if top >= len(classnames) or min(train_labels.min(initial=0), test_labels.min(initial=0)) < 0:
-        raise FedmoapError(f"data: class-count mismatch: labels go up to {top} but there are "
-                           f"{len(classnames)} class names")
+        raise FedmoapError(
+            f"data: class-count mismatch: labels go up to {top} but there are {len(classnames)} class names"
+        )
     domains, domain_names = [None, None], None
     if args.domain_column:
         # codes over the union of both splits, so a domain has the same code in train and test
@@ -68,15 +70,27 @@ def load_source(args: DataArgs) -> SourceData:
         domain_names = [str(d) for d in names]
         missing = sorted(str(d) for d in set(names[np.unique(domains[0])]) - set(names[np.unique(domains[1])]))
         if missing:
-            raise FedmoapError(f"data.domain_column: domains {missing} have training samples but no "
-                               f"test samples in split {args.test_split!r}")
-    return SourceData(train, test, classnames, train_labels, test_labels, domains[0], domains[1],
-                      f"{data_id or train._fingerprint}/{args.train_split}",
-                      f"{data_id or test._fingerprint}/{args.test_split}", domain_names)
+            raise FedmoapError(
+                f"data.domain_column: domains {missing} have training samples but no "
+                f"test samples in split {args.test_split!r}"
+            )
+    return SourceData(
+        train,
+        test,
+        classnames,
+        train_labels,
+        test_labels,
+        domains[0],
+        domains[1],
+        f"{data_id or train._fingerprint}/{args.train_split}",
+        f"{data_id or test._fingerprint}/{args.test_split}",
+        domain_names,
+    )
 
 
-def _labels(args: DataArgs, train: Dataset, test: Dataset,
-            classnames: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _labels(
+    args: DataArgs, train: Dataset, test: Dataset, classnames: list[str] | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Integer label arrays of both splits. String labels are mapped through the class names
     (given, or the sorted distinct strings); float labels must be whole numbers."""
     raw = [_column(s, args.label_column) for s in (train, test)]
@@ -92,13 +106,15 @@ def _labels(args: DataArgs, train: Dataset, test: Dataset,
         return (*[np.array([index[v] for v in r], dtype=np.int64) for r in strings], classnames)
     for r in raw:
         if r.dtype.kind == "f" and not np.all(np.mod(r, 1) == 0):
-            raise FedmoapError(f"{column} holds non-integer labels (e.g. {r[np.mod(r, 1) != 0][0]}); "
-                               "labels must be class indices")
+            raise FedmoapError(
+                f"{column} holds non-integer labels (e.g. {r[np.mod(r, 1) != 0][0]}); labels must be class indices"
+            )
         if r.dtype.kind not in "iuf" and r.size:
             raise FedmoapError(f"{column} holds {r.dtype} values, not class indices")
     if classnames is None:
-        raise FedmoapError(f"data.classnames: column {args.label_column!r} has no class names; "
-                           "list them in data.classnames")
+        raise FedmoapError(
+            f"data.classnames: column {args.label_column!r} has no class names; list them in data.classnames"
+        )
     return (*[r.astype(np.int64) for r in raw], classnames)
 
 
@@ -111,16 +127,17 @@ def _column(ds: Dataset, name: str) -> np.ndarray:
 
 
 _LABEL_VALUES = re.compile(r"u?int\d+|float\d+|string|large_string")
-_WANT = {"image": "an image column (datasets.Image)",
-         "label": "a class label (ClassLabel, integer or string)",
-         "domain": "one value per sample (ClassLabel, integer or string)"}
+_WANT = {
+    "image": "an image column (datasets.Image)",
+    "label": "a class label (ClassLabel, integer or string)",
+    "domain": "one value per sample (ClassLabel, integer or string)",
+}
 
 
 def _check_features(args: DataArgs, train: Dataset, test: Dataset) -> None:
     """The feature types of the configured columns: an image column, a class-label column, a
     scalar domain column, each of the same type in both splits."""
-    for column, role in ((args.image_column, "image"), (args.label_column, "label"),
-                         (args.domain_column, "domain")):
+    for column, role in ((args.image_column, "image"), (args.label_column, "label"), (args.domain_column, "domain")):
         if column is None:
             continue
         key = f"data.{role}_column {column!r}"
@@ -128,16 +145,19 @@ def _check_features(args: DataArgs, train: Dataset, test: Dataset) -> None:
         for feature in (f for f in types if f is not None):
             value = isinstance(feature, Value)
             label = value and _LABEL_VALUES.fullmatch(feature.dtype) is not None
-            ok = {"image": isinstance(feature, Image),
-                  "label": isinstance(feature, ClassLabel) or label,
-                  "domain": isinstance(feature, ClassLabel) or value}[role]
+            ok = {
+                "image": isinstance(feature, Image),
+                "label": isinstance(feature, ClassLabel) or label,
+                "domain": isinstance(feature, ClassLabel) or value,
+            }[role]
             if not ok:
-                raise FedmoapError(f"{key} of dataset {args.source!r} is {_describe(feature)}, "
-                                   f"not {_WANT[role]}")
+                raise FedmoapError(f"{key} of dataset {args.source!r} is {_describe(feature)}, not {_WANT[role]}")
         if None not in types and types[0] != types[1]:
-            raise FedmoapError(f"{key}: splits {args.train_split!r} and {args.test_split!r} of dataset "
-                               f"{args.source!r} disagree on its type ({_describe(types[0])} vs "
-                               f"{_describe(types[1])})")
+            raise FedmoapError(
+                f"{key}: splits {args.train_split!r} and {args.test_split!r} of dataset "
+                f"{args.source!r} disagree on its type ({_describe(types[0])} vs "
+                f"{_describe(types[1])})"
+            )
 
 
 def _describe(feature: object) -> str:
@@ -155,16 +175,20 @@ def _open(args: DataArgs) -> tuple[DatasetDict, str | None]:
     if colon and scheme in LAYOUTS:
         return LAYOUTS[scheme](rest)
     if colon and re.fullmatch(r"[a-z][a-z0-9-]+", scheme) and not Path(src).expanduser().exists():
-        raise FedmoapError(f"data.source: unknown layout {scheme + ':'!r} in {src!r} (known: "
-                           f"{', '.join(k + ':' for k in LAYOUTS)})")
+        raise FedmoapError(
+            f"data.source: unknown layout {scheme + ':'!r} in {src!r} (known: {', '.join(k + ':' for k in LAYOUTS)})"
+        )
     if src == "synthetic":
         from fedmoap.data.synthetic import make_synthetic, synthetic_id
+
         return make_synthetic(), synthetic_id()
     if src == "fashion-mnist":
         from fedmoap.data.fashion_mnist import load_fashion_mnist_with_id
+
         return load_fashion_mnist_with_id(args.path)
     if src == "fashion-mnist-styles":  # five rendering styles as a domain column
         from fedmoap.data.fashion_mnist_styles import load_fashion_mnist_styles
+
         return load_fashion_mnist_styles(args.path)
     path = Path(src).expanduser()
     try:
@@ -196,7 +220,9 @@ def _classnames(args: DataArgs, train: Dataset) -> list[str] | None:
     names = feature.names if isinstance(feature, ClassLabel) else None
     if args.classnames is not None:
         if names is not None and len(names) != len(args.classnames):
-            raise FedmoapError(f"data.classnames: class-count mismatch: {len(args.classnames)} names "
-                               f"given but the dataset has {len(names)} classes")
+            raise FedmoapError(
+                f"data.classnames: class-count mismatch: {len(args.classnames)} names "
+                f"given but the dataset has {len(names)} classes"
+            )
         return [n.replace("_", " ") for n in args.classnames]
     return None if names is None else [n.replace("_", " ") for n in names]

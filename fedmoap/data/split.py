@@ -4,6 +4,7 @@ Built from the run seed by the partitioners in :mod:`fedmoap.data.partition`, wr
 ``split.json`` in the run directory, and loadable by another run (``data.split_file``) so that
 methods are compared on identical splits.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,19 +48,30 @@ class ClientSplit:
         return {k: np.asarray(v, dtype=np.int64) for k, v in self.extra.get("eval_sets", {}).items()}
 
     def to_json(self) -> dict:
-        return {"format": SPLIT_FORMAT, "train_id": self.train_id, "test_id": self.test_id,
-                "clients": [{"id": i, "train": tr.tolist(), "test": te.tolist()}
-                            for i, (tr, te) in enumerate(zip(self.train, self.test))],
-                **{k: self.extra[k] for k in EXTRA_KEYS if k in self.extra}}
+        return {
+            "format": SPLIT_FORMAT,
+            "train_id": self.train_id,
+            "test_id": self.test_id,
+            "clients": [
+                {"id": i, "train": tr.tolist(), "test": te.tolist()}
+                for i, (tr, te) in enumerate(zip(self.train, self.test))
+            ],
+            **{k: self.extra[k] for k in EXTRA_KEYS if k in self.extra},
+        }
 
     def save(self, path: Path) -> None:
         from fedmoap.io import atomic_write_text
+
         atomic_write_text(path, json.dumps(self.to_json()))
 
 
-def make_split(args: DataArgs, data: SourceData, seed: int,
-               train_classes: list[int] | None = None,
-               train_domains: list[int] | None = None) -> ClientSplit:
+def make_split(
+    args: DataArgs,
+    data: SourceData,
+    seed: int,
+    train_classes: list[int] | None = None,
+    train_domains: list[int] | None = None,
+) -> ClientSplit:
     """The split a config asks for: from ``args.split_file`` if given, else drawn from ``seed``.
     ``train_classes`` (base-to-novel) and ``train_domains`` (domain codes; the generalisation
     protocols' source domains): only samples of these classes and domains are partitioned, so no
@@ -86,15 +98,21 @@ def make_split(args: DataArgs, data: SourceData, seed: int,
             train = P.k_shot(data.train_labels, train, args.shots, rng)
         mix = train if args.test_follows == "train" else full_train
         by_domain = data.train_domains is not None and (
-            args.partition in ("domain_dirichlet", "class_blocks") or train_domains is not None)
-        groups = ((data.train_domains, data.test_domains) if by_domain else
-                  (np.zeros(data.train_labels.size, np.int64), np.zeros(data.test_labels.size, np.int64)))
+            args.partition in ("domain_dirichlet", "class_blocks") or train_domains is not None
+        )
+        groups = (
+            (data.train_domains, data.test_domains)
+            if by_domain
+            else (np.zeros(data.train_labels.size, np.int64), np.zeros(data.test_labels.size, np.int64))
+        )
         if args.test_from == "whole":
-            test = P.test_drawn_like_train_by_group(groups[0], data.train_labels, mix, groups[1],
-                                                    data.test_labels, args.max_test_per_client, rng)
+            test = P.test_drawn_like_train_by_group(
+                groups[0], data.train_labels, mix, groups[1], data.test_labels, args.max_test_per_client, rng
+            )
         elif by_domain:
-            test = P.test_like_train_by_group(data.train_domains, data.train_labels, mix,
-                                              data.test_domains, data.test_labels, rng)
+            test = P.test_like_train_by_group(
+                data.train_domains, data.train_labels, mix, data.test_domains, data.test_labels, rng
+            )
         else:
             test = P.test_like_train(data.train_labels, mix, data.test_labels, rng)
     except ValueError as exc:
@@ -106,8 +124,10 @@ def make_split(args: DataArgs, data: SourceData, seed: int,
         raise FedmoapError(f"data: clients {empty} get no training samples; use fewer clients")
     empty = [i for i, t in enumerate(test) if len(t) == 0]
     if empty:
-        raise FedmoapError(f"data: clients {empty} get no test samples (the test split has none of "
-                           "their classes); use fewer clients or another partition")
+        raise FedmoapError(
+            f"data: clients {empty} get no test samples (the test split has none of "
+            "their classes); use fewer clients or another partition"
+        )
     return ClientSplit(train, test, data.train_id, data.test_id)
 
 
@@ -126,18 +146,24 @@ def _partition(args: DataArgs, data: SourceData, rng: np.random.Generator) -> li
     if args.partition == "class_blocks":
         parts = P.class_blocks(labels, args.classes_per_client, data.train_domains)
         if len(parts) != n:
-            raise FedmoapError(f"data.num_clients: class_blocks of {args.classes_per_client} classes "
-                               f"(data.classes_per_client) make {len(parts)} clients here, not {n}; "
-                               f"set data.num_clients {len(parts)}")
+            raise FedmoapError(
+                f"data.num_clients: class_blocks of {args.classes_per_client} classes "
+                f"(data.classes_per_client) make {len(parts)} clients here, not {n}; "
+                f"set data.num_clients {len(parts)}"
+            )
         return parts
     if data.train_domains is None:
         raise FedmoapError("data.partition: domain_dirichlet needs data.domain_column")
     num_domains = len(np.unique(data.train_domains))
     if n % num_domains:
-        raise FedmoapError(f"data.num_clients: {n} clients cannot be spread evenly over "
-                           f"{num_domains} domains")
-    return P.by_group(data.train_domains, labels, n // num_domains,
-                      partial(P.dirichlet, alpha=args.alpha, balance_cap=args.balance_cap), rng)
+        raise FedmoapError(f"data.num_clients: {n} clients cannot be spread evenly over {num_domains} domains")
+    return P.by_group(
+        data.train_domains,
+        labels,
+        n // num_domains,
+        partial(P.dirichlet, alpha=args.alpha, balance_cap=args.balance_cap),
+        rng,
+    )
 
 
 def load_split(path: Path, data: SourceData, num_clients: int, key: str = "data.split_file") -> ClientSplit:
@@ -162,29 +188,28 @@ def load_split(path: Path, data: SourceData, num_clients: int, key: str = "data.
     test = [np.asarray(c["test"], dtype=np.int64).reshape(-1) for c in clients]
     extra = {k: raw[k] for k in EXTRA_KEYS if k in raw}
     if len(train) != num_clients:
-        raise FedmoapError(f"{key}: {path} has {len(train)} clients, "
-                           f"data.num_clients is {num_clients}")
+        raise FedmoapError(f"{key}: {path} has {len(train)} clients, data.num_clients is {num_clients}")
     empty = [i for i, t in enumerate(train) if len(t) == 0]
     if empty:
         raise FedmoapError(f"{key}: {path} gives clients {empty} no training samples")
     for name, idx, n in (("train", train, len(data.train_labels)), ("test", test, len(data.test_labels))):
         if any(len(i) and (i.min() < 0 or i.max() >= n) for i in idx):
-            raise FedmoapError(f"{key}: {path} indexes {name} samples beyond the "
-                               f"{n} of this dataset")
+            raise FedmoapError(f"{key}: {path} indexes {name} samples beyond the {n} of this dataset")
     pooled = [r for rows in extra.get("eval_sets", {}).values() for r in rows]
     if pooled and (min(pooled) < 0 or max(pooled) >= len(data.test_labels)):
-        raise FedmoapError(f"{key}: {path} indexes test samples beyond the {len(data.test_labels)} "
-                           "of this dataset in 'eval_sets'")
+        raise FedmoapError(
+            f"{key}: {path} indexes test samples beyond the {len(data.test_labels)} of this dataset in 'eval_sets'"
+        )
     if (raw.get("train_id"), raw.get("test_id")) != (data.train_id, data.test_id):
-        raise FedmoapError(f"{key}: {path} was made for another dataset "
-                           f"({raw.get('train_id')}, not {data.train_id})")
+        raise FedmoapError(f"{key}: {path} was made for another dataset ({raw.get('train_id')}, not {data.train_id})")
     return ClientSplit(train, test, data.train_id, data.test_id, extra)
 
 
 def _ints(value: object) -> bool:
     """A list of integers that fit int64."""
-    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
-                                           and -2 ** 63 <= v < 2 ** 63 for v in value)
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in value
+    )
 
 
 def _shape_problem(raw: object) -> str | None:

@@ -11,6 +11,7 @@ tests' worlds use them, so a federation is the same wherever it is built::
     federation = build_federation(cfg, run_dir=Path("runs/x"), fabric=fabric)
     record = federation.run_round(1)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,8 +82,15 @@ def backbone_problems(cfg: RunConfig, backbone: Backbone) -> list[str]:
     return problems
 
 
-def resolve(cfg: RunConfig, *, fabric: Fabric, run_dir: Path | None = None, resuming: bool = False,
-            backbone: Backbone | None = None, stop: Callable[[], bool] = lambda: False) -> Resolved:
+def resolve(
+    cfg: RunConfig,
+    *,
+    fabric: Fabric,
+    run_dir: Path | None = None,
+    resuming: bool = False,
+    backbone: Backbone | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> Resolved:
     """The backbone (``backbone``, or built from ``cfg.model``), the dataset, the split (the run
     directory's own when ``resuming``, else ``data.split_file`` or a new draw from the seed) and
     the method's inputs, encoded once into the caches (rank 0 first, the other ranks then read)."""
@@ -95,9 +103,13 @@ def resolve(cfg: RunConfig, *, fabric: Fabric, run_dir: Path | None = None, resu
     source = load_source(cfg.data)
     classes = evaluation.train_classes(cfg.eval, source)  # base2novel: partition base classes only
     domains = protocols.domain_plan(cfg.eval, source)  # xdomain, lodo, xdataset: source domains only
-    split = (load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir") if resuming
-             else make_split(cfg.data, source, cfg.seed, classes.base if classes else None,
-                             domains.source_codes if domains else None))
+    split = (
+        load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir")
+        if resuming
+        else make_split(
+            cfg.data, source, cfg.seed, classes.base if classes else None, domains.source_codes if domains else None
+        )
+    )
     evaluation.complete_split(split, cfg, source, classes)
     batch, inputs = cfg.data.feature_batch_size, cfg.method.required_inputs()
     caches: dict[str, Any] = {}
@@ -108,8 +120,16 @@ def resolve(cfg: RunConfig, *, fabric: Fabric, run_dir: Path | None = None, resu
     if "pixels" in inputs:
         caches["pixels"] = PixelCache(root, backbone)
     with fabric.rank_zero_first():
-        data = gather_inputs(inputs, cfg.data, source, split, caches.get("features"), caches.get("tokens"),
-                             caches.get("pixels"), cfg.seed)
+        data = gather_inputs(
+            inputs,
+            cfg.data,
+            source,
+            split,
+            caches.get("features"),
+            caches.get("tokens"),
+            caches.get("pixels"),
+            cfg.seed,
+        )
     data.device, data.backbone = fabric.device, backbone
     if classes is not None:  # labels in base-then-novel order; clients know the base classes
         evaluation.apply_class_order(data, classes)
@@ -119,15 +139,33 @@ def resolve(cfg: RunConfig, *, fabric: Fabric, run_dir: Path | None = None, resu
 def schedule_of(cfg: RunConfig, held_out: list[int] | frozenset[int] = ()) -> Schedule:
     """The run's schedule: who trains when, batch sizes, when everyone is evaluated."""
     t = cfg.train
-    return Schedule(cfg.seed, cfg.data.num_clients, cfg.fed.participation, t.local_epochs,
-                    t.batch_size, t.eval_batch_size, cfg.fed.eval_every, cfg.fed.rounds,
-                    count=cfg.fed.participants, own_label_space=cfg.eval.local_label_space == "own",
-                    held_out=frozenset(held_out))
+    return Schedule(
+        cfg.seed,
+        cfg.data.num_clients,
+        cfg.fed.participation,
+        t.local_epochs,
+        t.batch_size,
+        t.eval_batch_size,
+        cfg.fed.eval_every,
+        cfg.fed.rounds,
+        count=cfg.fed.participants,
+        own_label_space=cfg.eval.local_label_space == "own",
+        held_out=frozenset(held_out),
+    )
 
 
-def assemble(cfg: RunConfig, data: FederatedData, backbone: Backbone, *, store: ClientStore | Path,
-             fabric: Fabric, comm: Comm | None = None, classes: ClassSplit | None = None,
-             held_out: list[int] | tuple[int, ...] = (), privacy_state: dict | None = None) -> Federation:
+def assemble(
+    cfg: RunConfig,
+    data: FederatedData,
+    backbone: Backbone,
+    *,
+    store: ClientStore | Path,
+    fabric: Fabric,
+    comm: Comm | None = None,
+    classes: ClassSplit | None = None,
+    held_out: list[int] | tuple[int, ...] = (),
+    privacy_state: dict | None = None,
+) -> Federation:
     """A federation of ``cfg``'s method over ``data`` on ``backbone``: the client module (its label
     space: the base classes under base-to-novel, else ``data.classnames``), the server from the
     module's initial shared tensors, the client ``store`` (a directory or a store), the schedule,
@@ -141,23 +179,49 @@ def assemble(cfg: RunConfig, data: FederatedData, backbone: Backbone, *, store: 
     server = method.build_server(module.global_init(), run)
     store = store if isinstance(store, ClientStore) else ClientStore(Path(store))
     schedule = schedule_of(cfg, held_out)
-    modes = (evaluation.ModeEvaluator(cfg.eval, classes, list(held_out), t.local_epochs)
-             if set(cfg.eval.modes) - {"local"} else None)
+    modes = (
+        evaluation.ModeEvaluator(cfg.eval, classes, list(held_out), t.local_epochs)
+        if set(cfg.eval.modes) - {"local"}
+        else None
+    )
     federation = Federation(method, module, server, store, data, schedule, fabric, comm, modes=modes)
     if cfg.dp.mode != "off":  # may refuse a budget (fedmoap/federation/privacy.py)
         federation.privacy = federation.training = Privacy(
-            cfg.dp, seed=cfg.seed, method=method, module=module, data=data, schedule=schedule,
-            state=privacy_state, inner=federation.training, trainers=federation.trainers)
+            cfg.dp,
+            seed=cfg.seed,
+            method=method,
+            module=module,
+            data=data,
+            schedule=schedule,
+            state=privacy_state,
+            inner=federation.training,
+            trainers=federation.trainers,
+        )
     return federation
 
 
-def build_federation(cfg: RunConfig, *, run_dir: Path, fabric: Fabric, comm: Comm | None = None,
-                     backbone: Backbone | None = None, resuming: bool = False,
-                     stop: Callable[[], bool] = lambda: False,
-                     privacy_state: dict | None = None) -> tuple[Federation, Resolved]:
+def build_federation(
+    cfg: RunConfig,
+    *,
+    run_dir: Path,
+    fabric: Fabric,
+    comm: Comm | None = None,
+    backbone: Backbone | None = None,
+    resuming: bool = False,
+    stop: Callable[[], bool] = lambda: False,
+    privacy_state: dict | None = None,
+) -> tuple[Federation, Resolved]:
     """:func:`resolve` then :func:`assemble`, the client store in ``run_dir/clients``."""
     resolved = resolve(cfg, fabric=fabric, run_dir=run_dir, resuming=resuming, backbone=backbone, stop=stop)
-    federation = assemble(cfg, resolved.data, resolved.backbone, store=run_dir / "clients", fabric=fabric,
-                          comm=comm, classes=resolved.classes, held_out=resolved.held_out,
-                          privacy_state=privacy_state)
+    federation = assemble(
+        cfg,
+        resolved.data,
+        resolved.backbone,
+        store=run_dir / "clients",
+        fabric=fabric,
+        comm=comm,
+        classes=resolved.classes,
+        held_out=resolved.held_out,
+        privacy_state=privacy_state,
+    )
     return federation, resolved

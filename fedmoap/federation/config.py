@@ -14,6 +14,7 @@ paper configs in ``configs/paper/`` set the paper's values.
 Fields marked ``neutral`` (``field(metadata=NEUTRAL)``) do not change a run's numbers: a run may
 be resumed or extended with other values, and they are left out of the config digest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,15 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from fedmoap.args import (  # noqa: F401  (re-exported: the sections' public path is fedmoap.federation.config)
-    DataArgs, DPArgs, EvalArgs, EvalMode, FabricArgs, FedArgs, ModelArgs, TrainArgs)
+    DataArgs,
+    DPArgs,
+    EvalArgs,
+    EvalMode,
+    FabricArgs,
+    FedArgs,
+    ModelArgs,
+    TrainArgs,
+)
 from fedmoap.field_flags import ADDED, NEUTRAL  # noqa: F401  (re-exported)
 from fedmoap.methods import Method
 from fedmoap.methods.pfedmoap import PFedMoAP
@@ -77,16 +86,19 @@ still resume and extend."""
 
 def added_section_defaults() -> dict[str, dict[str, Any]]:
     """Section name -> its default values as plain data, for every :data:`ADDED_SECTIONS` entry."""
-    return {name: {f.name: getattr(cls(), f.name) for f in fields(cls)}
-            for name, cls in ADDED_SECTIONS.items()}
+    return {name: {f.name: getattr(cls(), f.name) for f in fields(cls)} for name, cls in ADDED_SECTIONS.items()}
 
 
 def added_keys() -> dict[tuple[str, str], Any]:
     """(section, key) -> default of every field added later (:data:`ADDED`)."""
     cfg = RunConfig()
-    return {(f.name, g.name): getattr(section, g.name) for f in fields(cfg)
-            if is_dataclass(section := getattr(cfg, f.name)) and not isinstance(section, Method)
-            for g in fields(section) if g.metadata.get("added")}
+    return {
+        (f.name, g.name): getattr(section, g.name)
+        for f in fields(cfg)
+        if is_dataclass(section := getattr(cfg, f.name)) and not isinstance(section, Method)
+        for g in fields(section)
+        if g.metadata.get("added")
+    }
 
 
 def added_knobs(spec: Any) -> dict[str, Any]:
@@ -117,9 +129,13 @@ def with_added_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
 def neutral_keys() -> set[tuple[str, str]]:
     """(section, key) of every neutral field."""
     cfg = RunConfig()
-    return {(f.name, g.name) for f in fields(cfg)
-            if is_dataclass(section := getattr(cfg, f.name)) and not isinstance(section, Method)
-            for g in fields(section) if g.metadata.get("neutral")}
+    return {
+        (f.name, g.name)
+        for f in fields(cfg)
+        if is_dataclass(section := getattr(cfg, f.name)) and not isinstance(section, Method)
+        for g in fields(section)
+        if g.metadata.get("neutral")
+    }
 
 
 def config_digest(cfg: dict[str, Any]) -> str:
@@ -129,11 +145,15 @@ def config_digest(cfg: dict[str, Any]) -> str:
     cfg = with_added_defaults(cfg)
     knobs = added_knobs(cfg.get("method"))
     if knobs:  # a method knob added later, at its default: as if absent
-        args = {k: v for k, v in (cfg["method"].get("init_args") or {}).items()
-                if not (k in knobs and v == knobs[k])}
+        args = {k: v for k, v in (cfg["method"].get("init_args") or {}).items() if not (k in knobs and v == knobs[k])}
         cfg = {**cfg, "method": {**cfg["method"], "init_args": args}}
-    kept = {s: ({k: v for k, v in sec.items()
-                 if (s, k) not in neutral and not ((s, k) in later and v == later[s, k])}
-                if isinstance(sec, dict) and s != "method" else sec)
-            for s, sec in cfg.items() if not (s in added and sec == added[s])}
+    kept = {
+        s: (
+            {k: v for k, v in sec.items() if (s, k) not in neutral and not ((s, k) in later and v == later[s, k])}
+            if isinstance(sec, dict) and s != "method"
+            else sec
+        )
+        for s, sec in cfg.items()
+        if not (s in added and sec == added[s])
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]

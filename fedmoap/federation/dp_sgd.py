@@ -2,6 +2,7 @@
 :mod:`fedmoap.federation.privacy`): per-example gradients of the method's own ``training_step``, clipped over
 all trained parameters together, summed, noised and divided by the expected batch size, with
 Poisson sampling of each step's batch. Every draw is seeded by (seed, purpose, round, client)."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ PER_EXAMPLE_CHUNK = 16
 """Examples whose gradients are computed in one ``vmap`` call (bounds the memory of record_sgd)."""
 
 
-def per_example_grads(module: ClientModule, params: dict[str, nn.Parameter],
-                      batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def per_example_grads(
+    module: ClientModule, params: dict[str, nn.Parameter], batch: dict[str, Tensor]
+) -> dict[str, Tensor]:
     """Each example's gradient of the method's ``training_step`` loss (on a batch of one) with
     respect to ``params``: name -> (B, *shape), by ``torch.func.vmap(grad(functional_call))``;
     for a method whose step ``vmap`` cannot transform (data-dependent control flow such as
@@ -42,20 +44,20 @@ _NOT_VMAPPABLE: set[type] = set()
 """Client module classes whose ``training_step`` ``torch.func`` could not transform."""
 
 
-def _looped_grads(module: ClientModule, params: dict[str, nn.Parameter],
-                  batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def _looped_grads(module: ClientModule, params: dict[str, nn.Parameter], batch: dict[str, Tensor]) -> dict[str, Tensor]:
     names, tensors = list(params), list(params.values())
     out: dict[str, list[Tensor]] = {n: [] for n in names}
     for i in range(len(next(iter(batch.values())))):
-        loss = module.training_step({k: v[i:i + 1] for k, v in batch.items()}, 0)
+        loss = module.training_step({k: v[i : i + 1] for k, v in batch.items()}, 0)
         grads = torch.autograd.grad(loss, tensors, allow_unused=True)
         for name, p, g in zip(names, tensors, grads):
             out[name].append(torch.zeros_like(p) if g is None else g)
     return {name: torch.stack(v) for name, v in out.items()}
 
 
-def _vmapped_grads(module: ClientModule, params: dict[str, nn.Parameter],
-                   batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def _vmapped_grads(
+    module: ClientModule, params: dict[str, nn.Parameter], batch: dict[str, Tensor]
+) -> dict[str, Tensor]:
     from torch.func import functional_call, grad, vmap
 
     step = _TrainingStep(module)
@@ -69,7 +71,7 @@ def _vmapped_grads(module: ClientModule, params: dict[str, nn.Parameter],
     with warnings.catch_warnings():  # ops without a batching rule fall back to a loop: slower, exact
         warnings.filterwarnings("ignore", message=".*performance drop.*")
         for start in range(0, n, PER_EXAMPLE_CHUNK):
-            chunk = {k: v[start:start + PER_EXAMPLE_CHUNK] for k, v in batch.items()}
+            chunk = {k: v[start : start + PER_EXAMPLE_CHUNK] for k, v in batch.items()}
             g = vmap(grad(loss), in_dims=(None, 0), randomness="different")(detached, chunk)
             for name in params:
                 out[name].append(g[f"m.{name}"])
@@ -87,8 +89,9 @@ class _TrainingStep(nn.Module):
         return self.m.training_step(batch, 0)
 
 
-def clipped_sum(module: ClientModule, params: dict[str, nn.Parameter], batch: dict[str, Tensor],
-                clip: float) -> tuple[dict[str, Tensor], list[float]]:
+def clipped_sum(
+    module: ClientModule, params: dict[str, nn.Parameter], batch: dict[str, Tensor], clip: float
+) -> tuple[dict[str, Tensor], list[float]]:
     """The sum over the batch of each example's gradient (all of ``params`` together) clipped to
     L2 norm ``clip``; and the norms before clipping."""
     summed = {name: torch.zeros_like(p) for name, p in params.items()}
@@ -102,8 +105,9 @@ def clipped_sum(module: ClientModule, params: dict[str, nn.Parameter], batch: di
     return summed, norm.tolist()
 
 
-def noisy_mean(summed: Tensor, clip: float, noise_multiplier: float, expected_batch: float,
-               gen: torch.Generator) -> Tensor:
+def noisy_mean(
+    summed: Tensor, clip: float, noise_multiplier: float, expected_batch: float, gen: torch.Generator
+) -> Tensor:
     """DP-SGD's gradient: (sum of clipped gradients + N(0, (z·clip)²)) / expected batch size;
     the noise is drawn on the CPU from ``gen`` (deterministic on any device)."""
     z = torch.randn(summed.shape, generator=gen) * (noise_multiplier * clip)
@@ -122,8 +126,18 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
 
 
-def dp_sgd(module: ClientModule, data: FederatedData, cid: int, t: int, epochs: int, fabric: Fabric,
-           clip: float, noise_multiplier: float, seed: int, batch_size: int) -> list[float]:
+def dp_sgd(
+    module: ClientModule,
+    data: FederatedData,
+    cid: int,
+    t: int,
+    epochs: int,
+    fabric: Fabric,
+    clip: float,
+    noise_multiplier: float,
+    seed: int,
+    batch_size: int,
+) -> list[float]:
     """record_sgd's local training (in place of :func:`~fedmoap.federation.local.train_locally`): ``epochs``
     epochs of ceil(n / B) Poisson-sampled steps. Returns the per-example gradient norms before
     clipping (a diagnostic; not private)."""

@@ -30,6 +30,7 @@ What a mode needs of the split is stored in ``split.json`` (``classes``, ``unsee
 ``eval_sets``, ``domains``) so every method of a comparison uses the same classes, clients and
 test images.
 """
+
 from __future__ import annotations
 
 import functools
@@ -81,20 +82,26 @@ def problems(cfg: RunConfig) -> list[str]:
     if not 0 < e.unseen_fraction < 1:
         out.append("eval.unseen_fraction must be in (0, 1)")
     elif "unseen_clients" in modes and num_held_out(cfg.data.num_clients, e.unseen_fraction) >= cfg.data.num_clients:
-        out.append(f"eval.unseen_fraction {e.unseen_fraction} holds out all {cfg.data.num_clients} "
-                   "clients (data.num_clients); at least one must train")
+        out.append(
+            f"eval.unseen_fraction {e.unseen_fraction} holds out all {cfg.data.num_clients} "
+            "clients (data.num_clients); at least one must train"
+        )
     if e.adaptation_epochs is not None and e.adaptation_epochs < 0:
         out.append("eval.adaptation_epochs must be >= 0 or null")
     if e.max_test_images is not None and e.max_test_images < 1:
         out.append("eval.max_test_images must be >= 1 or null")
     if e.local_label_space == "own" and not can_rename(cfg.method):
         name = cfg.method.name or type(cfg.method).__name__
-        out.append(f"eval.local_label_space own: method {name} cannot change its label space (its "
-                   "client does not implement set_classnames)")
+        out.append(
+            f"eval.local_label_space own: method {name} cannot change its label space (its "
+            "client does not implement set_classnames)"
+        )
     if "base2novel" in modes and not can_rename(cfg.method):
         name = cfg.method.name or type(cfg.method).__name__
-        out.append(f"eval.modes base2novel: method {name} cannot evaluate on class names it did not "
-                   "train on (its client does not implement set_classnames)")
+        out.append(
+            f"eval.modes base2novel: method {name} cannot evaluate on class names it did not "
+            "train on (its client does not implement set_classnames)"
+        )
     return out + protocols.problems(cfg, can_rename(cfg.method))
 
 
@@ -116,8 +123,12 @@ class ClassSplit:
         return [self.names[c] for c in labels]
 
     def to_json(self) -> dict:
-        return {"rule": "label order; first ceil(base_fraction x C) are base", "names": self.names,
-                "base": self.base, "novel": self.novel}
+        return {
+            "rule": "label order; first ceil(base_fraction x C) are base",
+            "names": self.names,
+            "base": self.base,
+            "novel": self.novel,
+        }
 
 
 def class_split(classnames: list[str], fraction: float) -> ClassSplit:
@@ -125,8 +136,10 @@ def class_split(classnames: list[str], fraction: float) -> ClassSplit:
     c = len(classnames)
     b = math.ceil(fraction * c - 1e-9)
     if not 1 <= b < c:
-        raise FedmoapError(f"eval.base_fraction {fraction} gives {b} base classes of {c}; base and "
-                           "novel classes must both be non-empty")
+        raise FedmoapError(
+            f"eval.base_fraction {fraction} gives {b} base classes of {c}; base and "
+            "novel classes must both be non-empty"
+        )
     return ClassSplit(list(classnames), list(range(b)), list(range(b, c)))
 
 
@@ -136,8 +149,7 @@ def train_classes(e: EvalArgs, source: SourceData) -> ClassSplit | None:
     return class_split(source.classnames, e.base_fraction) if {"base2novel", "xdataset"} & set(e.modes) else None
 
 
-def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData,
-                   classes: ClassSplit | None) -> ClientSplit:
+def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData, classes: ClassSplit | None) -> ClientSplit:
     """Check a split (new, loaded from ``data.split_file`` or resumed) against the modes and add
     what they need to ``split.extra``: the class split, the held-out clients (drawn from the run
     seed where the file has none), the pooled test sets (kept from the file where present)."""
@@ -146,26 +158,35 @@ def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData,
     if classes is not None:
         stored = extra.get("classes")
         if stored is not None and (stored.get("base"), stored.get("novel")) != (classes.base, classes.novel):
-            raise FedmoapError(f"data.split_file: {where} has base classes {stored.get('base')}, "
-                               f"eval.base_fraction {e.base_fraction} gives {classes.base}")
+            raise FedmoapError(
+                f"data.split_file: {where} has base classes {stored.get('base')}, "
+                f"eval.base_fraction {e.base_fraction} gives {classes.base}"
+            )
         novel = np.asarray(classes.novel)
         leaking = [i for i, rows in enumerate(split.train) if np.isin(source.train_labels[rows], novel).any()]
         if leaking:
-            raise FedmoapError(f"data.split_file: in {where} clients {leaking} train on novel classes; "
-                               "eval.modes base2novel needs a split made with base2novel")
+            raise FedmoapError(
+                f"data.split_file: in {where} clients {leaking} train on novel classes; "
+                "eval.modes base2novel needs a split made with base2novel"
+            )
         extra["classes"] = classes.to_json()
     elif "classes" in extra:
-        raise FedmoapError(f"data.split_file: {where} was made for eval.modes base2novel (clients "
-                           "train on base classes only); add base2novel to eval.modes or use another split")
+        raise FedmoapError(
+            f"data.split_file: {where} was made for eval.modes base2novel (clients "
+            "train on base classes only); add base2novel to eval.modes or use another split"
+        )
     if "unseen_clients" in e.modes:
         k = num_held_out(split.num_clients, e.unseen_fraction)
         held = extra.get("unseen_clients")
         if held is None:
-            held = sorted(int(c) for c in numpy_rng(cfg.seed, "unseen_clients").choice(
-                split.num_clients, k, replace=False))
+            held = sorted(
+                int(c) for c in numpy_rng(cfg.seed, "unseen_clients").choice(split.num_clients, k, replace=False)
+            )
         elif len(held) != k or not all(0 <= int(c) < split.num_clients for c in held):
-            raise FedmoapError(f"data.split_file: {where} holds out clients {held}, eval.unseen_fraction "
-                               f"{e.unseen_fraction} asks for {k} of {split.num_clients}")
+            raise FedmoapError(
+                f"data.split_file: {where} holds out clients {held}, eval.unseen_fraction "
+                f"{e.unseen_fraction} asks for {k} of {split.num_clients}"
+            )
         extra["unseen_clients"] = sorted(int(c) for c in held)
     else:
         extra.pop("unseen_clients", None)
@@ -182,14 +203,16 @@ def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData,
             else:
                 rows = np.flatnonzero(np.isin(labels, getattr(classes, name)))
             if e.max_test_images is not None and len(rows) > e.max_test_images:
-                rows = np.sort(numpy_rng(cfg.seed, "eval_sets", name).permutation(rows)[:e.max_test_images])
+                rows = np.sort(numpy_rng(cfg.seed, "eval_sets", name).permutation(rows)[: e.max_test_images])
             sets[name] = rows.tolist()
     sets.update(protocols.complete_split(split, cfg, source, classes, stored_sets))
     n_test = len(source.test_labels)
     for name, rows in sets.items():
         if not rows or min(rows) < 0 or max(rows) >= n_test:
-            raise FedmoapError(f"data.split_file: {where}'s eval_sets.{name} is empty or indexes test "
-                               f"samples beyond the {n_test} of this dataset")
+            raise FedmoapError(
+                f"data.split_file: {where}'s eval_sets.{name} is empty or indexes test "
+                f"samples beyond the {n_test} of this dataset"
+            )
     if sets:
         extra["eval_sets"] = sets
     else:
@@ -212,15 +235,15 @@ class ModeEvaluator:
     docstring); :class:`~fedmoap.federation.rounds.Federation` calls it with the round's local counts and
     adds its entries to the round record (:mod:`fedmoap.federation.results`)."""
 
-    def __init__(self, e: EvalArgs, classes: ClassSplit | None, held_out: list[int],
-                 local_epochs: int) -> None:
+    def __init__(self, e: EvalArgs, classes: ClassSplit | None, held_out: list[int], local_epochs: int) -> None:
         self.modes = set(e.modes)
         self.classes = classes
         self.held_out = sorted(held_out)
         self.adaptation_epochs = local_epochs if e.adaptation_epochs is None else e.adaptation_epochs
 
-    def __call__(self, fed: Federation, t: int, local: dict[int, tuple[int, int]],
-                 progress: bool = False) -> dict[str, Any]:
+    def __call__(
+        self, fed: Federation, t: int, local: dict[int, tuple[int, int]], progress: bool = False
+    ) -> dict[str, Any]:
         comm, out = fed.comm, {}
         if self.modes & {"global", "neighbor", "base2novel"}:
             mine = comm.shard(fed.schedule.clients)
@@ -230,19 +253,21 @@ class ModeEvaluator:
                     out[mode] = accuracy_entry({c: counts[c][mode] for c in sorted(counts)})
             if "base2novel" in self.modes:
                 out["base2novel"] = base2novel_entry(
-                    local, {c: counts[c]["base"] for c in counts}, {c: counts[c]["novel"] for c in counts})
+                    local, {c: counts[c]["base"] for c in counts}, {c: counts[c]["novel"] for c in counts}
+                )
         if "unseen_clients" in self.modes:
             counts = comm.gather_dicts(self.unseen(fed, comm.shard(self.held_out), t, progress))
             plain = {c: counts[c]["plain"] for c in sorted(counts)}
-            adapted = ({c: counts[c]["adapted"] for c in sorted(counts)} if self.adaptation_epochs else None)
+            adapted = {c: counts[c]["adapted"] for c in sorted(counts)} if self.adaptation_epochs else None
             out["unseen_clients"] = unseen_entry(self.held_out, self.adaptation_epochs, plain, adapted)
         if self.modes & set(protocols.PROTOCOLS):
             out.update(protocols.evaluate(fed, self.modes, self.classes, t, progress, peer_mean(fed)))
         return out
 
     # ---------------------------------------------------------------------------------------
-    def trained(self, fed: Federation, clients: list[int], t: int,
-                progress: bool) -> dict[int, dict[str, tuple[int, int]]]:
+    def trained(
+        self, fed: Federation, clients: list[int], t: int, progress: bool
+    ) -> dict[int, dict[str, tuple[int, int]]]:
         """global / neighbor / base / novel (correct, n) of each training client in ``clients``,
         each with the model it is evaluated with (the one :meth:`Federation.evaluate` uses)."""
         module, data, bs = fed.module, fed.data, fed.schedule.eval_batch_size
@@ -271,8 +296,7 @@ class ModeEvaluator:
                     b = len(self.classes.base)
                     relabel = torch.arange(len(self.classes.names)) - b  # novel b.. -> 0..
                     self._begin(fed, self.classes.names_of(self.classes.novel))
-                    own["novel"] = evaluate(module, data.rows_batches(data.eval_pos["novel"], bs, relabel),
-                                            fed.fabric)
+                    own["novel"] = evaluate(module, data.rows_batches(data.eval_pos["novel"], bs, relabel), fed.fabric)
                 if "global" in self.modes:
                     if self.classes is not None:  # all classes, in the run's base-then-novel order
                         self._begin(fed, self.classes.names_of(self.classes.order))
@@ -287,17 +311,22 @@ class ModeEvaluator:
                 module.set_classnames(train_names)
         return out
 
-    def unseen(self, fed: Federation, clients: list[int], t: int,
-               progress: bool) -> dict[int, dict[str, tuple[int, int]]]:
+    def unseen(
+        self, fed: Federation, clients: list[int], t: int, progress: bool
+    ) -> dict[int, dict[str, tuple[int, int]]]:
         """Each held-out client on its own test set, as a never-trained client and after
         few-shot adaptation (nothing stored, uploaded or aggregated)."""
         module, bs, out = fed.module, fed.schedule.eval_batch_size, {}
         peers = peer_mean(fed)
         for cid in tqdm(clients, desc=f"round {t} unseen clients", leave=False, disable=not progress):
-            held = HeldOut(cid, self.adaptation_epochs,
-                           download=lambda up, cid=cid: fed.server.unseen_payload(cid, up),
-                           train=lambda n, stream, cid=cid: fed.adapt_epochs(cid, t, n, stream),
-                           train_labels=fed.data.train_labels(cid), peer_mean=peers)
+            held = HeldOut(
+                cid,
+                self.adaptation_epochs,
+                download=lambda up, cid=cid: fed.server.unseen_payload(cid, up),
+                train=lambda n, stream, cid=cid: fed.adapt_epochs(cid, t, n, stream),
+                train_labels=fed.data.train_labels(cid),
+                peer_mean=peers,
+            )
             res = {}
             for part in ("plain", "adapted") if self.adaptation_epochs else ("plain",):
                 module.load_client(cid, None)

@@ -3,6 +3,7 @@
 Backward passes and optimizer steps go through Lightning Fabric, so mixed precision gets what it
 needs (``16-mixed``: loss scaling, with a scaler state kept per client).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable
@@ -17,8 +18,14 @@ Batches = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 """epoch -> the batches of that epoch (dicts of the method's inputs and ``label``)."""
 
 
-def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: Fabric,
-                  scaler_state: dict | None = None, t: int | None = None) -> dict | None:
+def train_locally(
+    module: ClientModule,
+    batches: Batches,
+    epochs: int,
+    fabric: Fabric,
+    scaler_state: dict | None = None,
+    t: int | None = None,
+) -> dict | None:
     """``epochs`` epochs of the module's optimizer on one client in round ``t``; the schedule
     steps per epoch.
 
@@ -37,7 +44,7 @@ def train_locally(module: ClientModule, batches: Batches, epochs: int, fabric: F
     for epoch in range(epochs):
         for step, batch in enumerate(batches(epoch)):
             module.on_train_batch_start(batch, step)  # Lightning's hooks (no-ops unless a method
-            with fabric.autocast():                    # defines them, e.g. DP-FPL's factorisation)
+            with fabric.autocast():  # defines them, e.g. DP-FPL's factorisation)
                 loss = module.training_step(batch, step)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)

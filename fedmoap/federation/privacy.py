@@ -46,6 +46,7 @@ solves z (``opacus.accountants.utils.get_noise_multiplier``) for the steps the p
 step. The solved z is kept in the checkpoint, so extending a finished run keeps it (and its ε then
 grows past the target).
 """
+
 from __future__ import annotations
 
 import functools
@@ -95,13 +96,15 @@ def problems(cfg: RunConfig) -> list[str]:
         return out
     if dp.clip is None:
         norm = "S of an upload" if dp.mode == "client_upload" else "C of an example gradient"
-        out.append(f"dp.mode {dp.mode} needs dp.clip (the clip norm {norm}; "
-                   "fedmoap derives no default from the private data)")
+        out.append(
+            f"dp.mode {dp.mode} needs dp.clip (the clip norm {norm}; fedmoap derives no default from the private data)"
+        )
     elif not dp.clip > 0:
         out.append("dp.clip must be > 0")
     if dp.epsilon is not None and dp.noise_multiplier is not None:
-        out.append("dp.epsilon and dp.noise_multiplier are both set (set one: a target epsilon solves "
-                   "the noise multiplier)")
+        out.append(
+            "dp.epsilon and dp.noise_multiplier are both set (set one: a target epsilon solves the noise multiplier)"
+        )
     elif dp.epsilon is None and dp.noise_multiplier is None and dp.preset is None:
         out.append(f"dp.mode {dp.mode} needs dp.epsilon (a target) or dp.noise_multiplier")
     if dp.epsilon is not None and not dp.epsilon > 0:
@@ -115,12 +118,16 @@ def problems(cfg: RunConfig) -> list[str]:
         if dp.delta not in (1e-5, preset["delta"]):
             out.append(f"dp.preset {dp.preset} sets dp.delta = {preset['delta']}; do not set another")
         if dp.epsilon is not None and dp.epsilon not in preset["epsilons"]:
-            out.append(f"dp.preset {dp.preset} is epsilon in {{{', '.join(f'{e:g}' for e in preset['epsilons'])}}}, "
-                       f"not dp.epsilon {dp.epsilon:g} (drop the preset for other budgets)")
+            out.append(
+                f"dp.preset {dp.preset} is epsilon in {{{', '.join(f'{e:g}' for e in preset['epsilons'])}}}, "
+                f"not dp.epsilon {dp.epsilon:g} (drop the preset for other budgets)"
+            )
     if cfg.method.shares_statistics and any(cfg.method.collects_statistics(t) for t in range(cfg.fed.rounds + 1)):
-        out.append(f"dp.mode {dp.mode}: method {cfg.method.name or type(cfg.method).__name__} sends client "
-                   "statistics (e.g. per-class feature sums and counts) that no DP mechanism covers; "
-                   "run it with dp.mode off")
+        out.append(
+            f"dp.mode {dp.mode}: method {cfg.method.name or type(cfg.method).__name__} sends client "
+            "statistics (e.g. per-class feature sums and counts) that no DP mechanism covers; "
+            "run it with dp.mode off"
+        )
     if dp.mode == "record_sgd" and cfg.fabric.precision != "32-true":
         out.append(f"dp.mode record_sgd runs in fabric.precision 32-true, not {cfg.fabric.precision}")
     return out
@@ -134,18 +141,26 @@ def preset_note(args: DPArgs, num_clients: int, min_train: int) -> str | None:
     adjacency = ADJACENCY[args.mode]
     n, unit = (num_clients, "clients") if adjacency == "client" else (min_train, "records (smallest client)")
     eps = eff.epsilon if eff.epsilon is not None else float("nan")
-    return (f"dp.preset {args.preset}: pFedMoAP App. C.2's budget, epsilon {eps:g}, delta {eff.delta:g}. "
-            f"epsilon {eps:g} lets an observer's likelihood ratio between two neighbouring datasets reach "
-            f"e^{eps:g} = {math.exp(eps):.1e}: no meaningful protection; and delta {eff.delta:g} is the "
-            f"chance that even that fails, against 1/n = {1 / n:.2g} for n = {n} {unit} (a mechanism that "
-            f"publishes each {'client' if adjacency == 'client' else 'record'} outright with probability delta "
-            f"is (0, delta)-DP; the usual rule is delta << 1/n). Use it to reproduce the paper's setting only.")
+    return (
+        f"dp.preset {args.preset}: pFedMoAP App. C.2's budget, epsilon {eps:g}, delta {eff.delta:g}. "
+        f"epsilon {eps:g} lets an observer's likelihood ratio between two neighbouring datasets reach "
+        f"e^{eps:g} = {math.exp(eps):.1e}: no meaningful protection; and delta {eff.delta:g} is the "
+        f"chance that even that fails, against 1/n = {1 / n:.2g} for n = {n} {unit} (a mechanism that "
+        f"publishes each {'client' if adjacency == 'client' else 'record'} outright with probability delta "
+        f"is (0, delta)-DP; the usual rule is delta << 1/n). Use it to reproduce the paper's setting only."
+    )
 
 
 # ------------------------------------------------------------------------------ accounting
 @functools.lru_cache(maxsize=4096)
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-            accountant: str = "rdp", alphas: tuple[float, ...] | None = None) -> float | None:
+def epsilon(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    accountant: str = "rdp",
+    alphas: tuple[float, ...] | None = None,
+) -> float | None:
     """ε of ``steps`` compositions of the (Poisson-subsampled, rate ``sample_rate``) Gaussian
     mechanism with noise multiplier z, at ``delta``: Opacus's ``RDPAccountant`` (its default RDP
     orders, or ``alphas``) or ``PRVAccountant`` (eps_error 0.01). 0 for no step; None where the
@@ -165,8 +180,9 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
     return eps if math.isfinite(eps) else None
 
 
-def solve_noise_multiplier(target_epsilon: float, delta: float, plans: Iterable[tuple[float, int]],
-                           accountant: str = "rdp") -> float:
+def solve_noise_multiplier(
+    target_epsilon: float, delta: float, plans: Iterable[tuple[float, int]], accountant: str = "rdp"
+) -> float:
     """The smallest z (Opacus ``get_noise_multiplier``, tolerance 0.01 in ε) such that every
     (sample rate, steps) of ``plans`` spends at most ``target_epsilon``: the max over the
     distinct plans."""
@@ -179,17 +195,25 @@ def solve_noise_multiplier(target_epsilon: float, delta: float, plans: Iterable[
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                z = max(z, get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                                sample_rate=q, steps=steps, accountant=accountant))
+                z = max(
+                    z,
+                    get_noise_multiplier(
+                        target_epsilon=target_epsilon,
+                        target_delta=delta,
+                        sample_rate=q,
+                        steps=steps,
+                        accountant=accountant,
+                    ),
+                )
             except ValueError as exc:
-                raise FedmoapError(f"dp.epsilon {target_epsilon:g}: {exc} (sample rate {q:g}, "
-                                   f"{steps} steps)") from None
+                raise FedmoapError(f"dp.epsilon {target_epsilon:g}: {exc} (sample rate {q:g}, {steps} steps)") from None
     return z
 
 
 # ------------------------------------------------------------------------------ mechanisms
-def clip_and_noise(delta: dict[str, Tensor], clip: float, noise_multiplier: float,
-                   gen: torch.Generator) -> tuple[dict[str, Tensor], float]:
+def clip_and_noise(
+    delta: dict[str, Tensor], clip: float, noise_multiplier: float, gen: torch.Generator
+) -> tuple[dict[str, Tensor], float]:
     """``delta`` (tensors of any shapes) clipped to L2 norm ``clip`` over all of them together,
     plus N(0, (z·clip)²) per coordinate from ``gen``; computed in float64, returned in each
     tensor's dtype. Also returns the norm before clipping."""
@@ -217,9 +241,19 @@ class Privacy(LocalTraining):
     federation's one answer); by default the method's choice from the schedule's draw.
     """
 
-    def __init__(self, args: DPArgs, *, seed: int, method: Method, module: ClientModule,
-                 data: FederatedData, schedule: Schedule, state: dict | None = None,
-                 inner: LocalTraining | None = None, trainers: Callable[[int], list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        args: DPArgs,
+        *,
+        seed: int,
+        method: Method,
+        module: ClientModule,
+        data: FederatedData,
+        schedule: Schedule,
+        state: dict | None = None,
+        inner: LocalTraining | None = None,
+        trainers: Callable[[int], list[int]] | None = None,
+    ) -> None:
         self.inner = inner
         """The plain local training this wraps (``client_upload`` trains with it)."""
         self.trainers = trainers or self.participants
@@ -245,20 +279,31 @@ class Privacy(LocalTraining):
             self.noise_multiplier = float(self.args.noise_multiplier)
         else:
             plans = [(self.sample_rate(c), s) for c, s in planned.items() if s > 0]
-            self.noise_multiplier = self.sensitivity * (solve_noise_multiplier(
-                self.args.epsilon, self.delta, plans, self.args.accountant) if plans else 0.0)
+            self.noise_multiplier = self.sensitivity * (
+                solve_noise_multiplier(self.args.epsilon, self.delta, plans, self.args.accountant) if plans else 0.0
+            )
         if self.args.epsilon is not None and self.noise_multiplier > 0:
-            worst = max((epsilon(self.accounted_z, self.sample_rate(c), s, self.delta, self.args.accountant) or math.inf
-                         for c, s in planned.items() if s > 0), default=0.0)
+            worst = max(
+                (
+                    epsilon(self.accounted_z, self.sample_rate(c), s, self.delta, self.args.accountant) or math.inf
+                    for c, s in planned.items()
+                    if s > 0
+                ),
+                default=0.0,
+            )
             if worst > self.args.epsilon + 0.02:
-                self.notes.append(f"z = {self.noise_multiplier:.4g} was solved for fewer rounds than "
-                                  f"fed.rounds {schedule.rounds} (an extended run): epsilon will reach "
-                                  f"{worst:.3g}, above dp.epsilon {self.args.epsilon:g}")
+                self.notes.append(
+                    f"z = {self.noise_multiplier:.4g} was solved for fewer rounds than "
+                    f"fed.rounds {schedule.rounds} (an extended run): epsilon will reach "
+                    f"{worst:.3g}, above dp.epsilon {self.args.epsilon:g}"
+                )
         if not self.active:
-            self.notes.append("the method uploads nothing: the server receives nothing to protect "
-                              "(epsilon 0 for the uploads; the clients' models are not protected)"
-                              if self.mode == "client_upload" else
-                              "the method trains nothing: no private data is used (epsilon 0)")
+            self.notes.append(
+                "the method uploads nothing: the server receives nothing to protect "
+                "(epsilon 0 for the uploads; the clients' models are not protected)"
+                if self.mode == "client_upload"
+                else "the method trains nothing: no private data is used (epsilon 0)"
+            )
         self._norms: dict[int, list[float]] = {}
         self.summary: dict[str, Any] = {}
         self._update_summary()
@@ -313,11 +358,12 @@ class Privacy(LocalTraining):
         """client_upload: what the server receives instead of ``upload``."""
         if self.mode != "client_upload" or not upload:
             return upload
-        ref = {k: (payload[k] if k in payload else self.init.get(k, torch.zeros_like(v))).detach().cpu()
-               for k, v in upload.items()}
+        ref = {
+            k: (payload[k] if k in payload else self.init.get(k, torch.zeros_like(v))).detach().cpu()
+            for k, v in upload.items()
+        }
         change = {k: v.detach().cpu() - ref[k].to(v.dtype) for k, v in upload.items()}
-        noisy, norm = clip_and_noise(change, self.clip, self.noise_multiplier,
-                                     torch_generator(self.seed, "dp", t, cid))
+        noisy, norm = clip_and_noise(change, self.clip, self.noise_multiplier, torch_generator(self.seed, "dp", t, cid))
         self._norms[cid] = [norm]
         return {k: (ref[k].to(noisy[k].dtype) + noisy[k]).to(upload[k].dtype) for k in upload}
 
@@ -326,8 +372,18 @@ class Privacy(LocalTraining):
         if self.mode != "record_sgd":
             self.inner.train(module, cid, t, epochs)
             return
-        self._norms[cid] = dp_sgd(module, self.data, cid, t, epochs, self.inner.fabric, self.clip,
-                                  self.noise_multiplier, self.seed, self.schedule.batch_size)
+        self._norms[cid] = dp_sgd(
+            module,
+            self.data,
+            cid,
+            t,
+            epochs,
+            self.inner.fabric,
+            self.clip,
+            self.noise_multiplier,
+            self.seed,
+            self.schedule.batch_size,
+        )
 
     def norms_of(self, cid: int) -> list[float]:
         """The norms before clipping of client ``cid``'s latest release or DP-SGD steps (taken:
@@ -348,9 +404,12 @@ class Privacy(LocalTraining):
         self._norms = {}
         self._update_summary()
         flat = [x for c in sorted(norms) for x in norms[c]]
-        return {"eps_rdp": self.summary["eps_rdp"], "eps_prv": self.summary["eps_prv"],
-                "dp_clipped_fraction": (sum(x > self.clip for x in flat) / len(flat)) if flat else None,
-                "dp_median_norm": statistics.median(flat) if flat else None}
+        return {
+            "eps_rdp": self.summary["eps_rdp"],
+            "eps_prv": self.summary["eps_prv"],
+            "dp_clipped_fraction": (sum(x > self.clip for x in flat) / len(flat)) if flat else None,
+            "dp_median_norm": statistics.median(flat) if flat else None,
+        }
 
     def epsilons(self, cid: int) -> tuple[float | None, float | None]:
         s = self.steps.get(cid, 0)
@@ -372,15 +431,26 @@ class Privacy(LocalTraining):
             if worst is None or _larger(rdp, eps_rdp):
                 worst, eps_rdp = c, rdp
             eps_prv = prv if _larger(prv, eps_prv) else eps_prv
-        self.summary.update({
-            "mode": self.mode, "adjacency": self.adjacency, "neighbours": self.relation,
-            "sensitivity": self.sensitivity * self.clip, "clip": self.clip,
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate(worst) if worst is not None else None,
-            "steps": self.steps.get(worst, 0) if worst is not None else 0,
-            "delta": self.delta, "eps_rdp": eps_rdp, "eps_prv": eps_prv, "worst_client": worst,
-            "target_epsilon": self.args.epsilon, "accountant": self.args.accountant,
-            "preset": self.args.preset, "notes": list(self.notes)})
+        self.summary.update(
+            {
+                "mode": self.mode,
+                "adjacency": self.adjacency,
+                "neighbours": self.relation,
+                "sensitivity": self.sensitivity * self.clip,
+                "clip": self.clip,
+                "noise_multiplier": self.noise_multiplier,
+                "sample_rate": self.sample_rate(worst) if worst is not None else None,
+                "steps": self.steps.get(worst, 0) if worst is not None else 0,
+                "delta": self.delta,
+                "eps_rdp": eps_rdp,
+                "eps_prv": eps_prv,
+                "worst_client": worst,
+                "target_epsilon": self.args.epsilon,
+                "accountant": self.args.accountant,
+                "preset": self.args.preset,
+                "notes": list(self.notes),
+            }
+        )
 
 
 def _larger(a: float | None, b: float | None) -> bool:

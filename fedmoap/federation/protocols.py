@@ -23,6 +23,7 @@ FedAMP's mean prompt, ...) and (b) ``personal``: with each training client's own
 alone has one model, so (a) = (b). Results: per target and the mean over targets
 (:func:`fedmoap.federation.results.protocol_entry`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,8 +54,11 @@ def problems(cfg: RunConfig, renames: bool) -> list[str]:
     chosen = [m for m in PROTOCOLS if m in e.modes]
     src, tgt = e.source_domains, e.target_domains
     if not chosen:
-        return [f"eval.{key} is set but eval.modes has no domain protocol ({', '.join(PROTOCOLS)})"
-                for key, value in (("source_domains", src), ("target_domains", tgt)) if value is not None]
+        return [
+            f"eval.{key} is set but eval.modes has no domain protocol ({', '.join(PROTOCOLS)})"
+            for key, value in (("source_domains", src), ("target_domains", tgt))
+            if value is not None
+        ]
     if len(chosen) > 1:
         out.append(f"eval.modes: {' and '.join(chosen)} each fix what the clients train on; choose one per run")
     if not cfg.data.domain_column:
@@ -76,8 +80,10 @@ def problems(cfg: RunConfig, renames: bool) -> list[str]:
         if src is None and tgt is None:
             out.append("eval.modes xdataset needs eval.source_domains or eval.target_domains")
         if not renames:
-            out.append(f"eval.modes xdataset: method {cfg.method.name or type(cfg.method).__name__} cannot "
-                       "evaluate on class names it did not train on (its client does not implement set_classnames)")
+            out.append(
+                f"eval.modes xdataset: method {cfg.method.name or type(cfg.method).__name__} cannot "
+                "evaluate on class names it did not train on (its client does not implement set_classnames)"
+            )
     return out
 
 
@@ -113,18 +119,22 @@ def domain_plan(e: EvalArgs, source: SourceData) -> DomainPlan | None:
     for key, value in (("source_domains", e.source_domains), ("target_domains", e.target_domains)):
         unknown = [d for d in value or () if d not in names]
         if unknown:
-            raise FedmoapError(f"eval.{key}: no domain {unknown[0]!r} in data.domain_column (its domains: "
-                               f"{', '.join(names)})")
+            raise FedmoapError(
+                f"eval.{key}: no domain {unknown[0]!r} in data.domain_column (its domains: {', '.join(names)})"
+            )
     src = e.source_domains or [d for d in names if d not in (e.target_domains or ())]
     tgt = e.target_domains or [d for d in names if d not in src]
     if not src or not tgt:
-        raise FedmoapError(f"eval.{'source' if not src else 'target'}_domains: eval.modes {mode} leaves no "
-                           f"{'source' if not src else 'target'} domain (the dataset's: {', '.join(names)})")
+        raise FedmoapError(
+            f"eval.{'source' if not src else 'target'}_domains: eval.modes {mode} leaves no "
+            f"{'source' if not src else 'target'} domain (the dataset's: {', '.join(names)})"
+        )
     return DomainPlan(mode, names, list(src), list(tgt))
 
 
-def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData, classes: Any,
-                   stored_sets: dict[str, list[int]]) -> dict[str, list[int]]:
+def complete_split(
+    split: ClientSplit, cfg: RunConfig, source: SourceData, classes: Any, stored_sets: dict[str, list[int]]
+) -> dict[str, list[int]]:
     """Check a split against the protocol (a stored one must have been made for it), record the
     protocol in ``split.extra`` and return the targets' pooled test sets (kept from
     ``stored_sets`` where present)."""
@@ -132,17 +142,23 @@ def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData, class
     stored = split.extra.get("domains")
     if plan is None:
         if stored is not None:
-            raise FedmoapError(f"data.split_file: {where} was made for eval.modes {stored.get('mode')} (clients "
-                               f"train on domains {stored.get('source')}); add it to eval.modes or use another split")
+            raise FedmoapError(
+                f"data.split_file: {where} was made for eval.modes {stored.get('mode')} (clients "
+                f"train on domains {stored.get('source')}); add it to eval.modes or use another split"
+            )
         return {}
     if stored is not None and stored != plan.to_json():
-        raise FedmoapError(f"data.split_file: {where} was made for {stored}, this run asks for {plan.to_json()} "
-                           "(eval.modes, eval.source_domains, eval.target_domains)")
+        raise FedmoapError(
+            f"data.split_file: {where} was made for {stored}, this run asks for {plan.to_json()} "
+            "(eval.modes, eval.source_domains, eval.target_domains)"
+        )
     allowed = plan.source_codes
     outside = [i for i, rows in enumerate(split.train) if not np.isin(source.train_domains[rows], allowed).all()]
     if outside:
-        raise FedmoapError(f"data.split_file: in {where} clients {outside} train on domains outside "
-                           f"{plan.source} (eval.source_domains)")
+        raise FedmoapError(
+            f"data.split_file: in {where} clients {outside} train on domains outside "
+            f"{plan.source} (eval.source_domains)"
+        )
     split.extra["domains"] = plan.to_json()
     sets = {}
     for domain in plan.target:
@@ -155,8 +171,10 @@ def complete_split(split: ClientSplit, cfg: RunConfig, source: SourceData, class
             keep &= np.isin(source.test_labels, classes.novel)
         rows = np.flatnonzero(keep)
         if not len(rows):
-            raise FedmoapError(f"eval.target_domains: domain {domain!r} has no test images"
-                               + (" of the novel classes" if plan.mode == "xdataset" else ""))
+            raise FedmoapError(
+                f"eval.target_domains: domain {domain!r} has no test images"
+                + (" of the novel classes" if plan.mode == "xdataset" else "")
+            )
         cap = cfg.eval.max_test_images
         if cap is not None and len(rows) > cap:
             rows = np.sort(numpy_rng(cfg.seed, "eval_sets", name).permutation(rows)[:cap])
@@ -168,15 +186,16 @@ def _no_training(epochs: int, stream: str) -> None:
     raise RuntimeError("a target domain's client has no training data")
 
 
-def evaluate(fed: Federation, modes: set[str], classes: Any, t: int, progress: bool,
-             peer_mean: Callable[[], dict | None]) -> dict[str, Any]:
+def evaluate(
+    fed: Federation, modes: set[str], classes: Any, t: int, progress: bool, peer_mean: Callable[[], dict | None]
+) -> dict[str, Any]:
     """The protocol's entry of round ``t``: every target's pooled test set scored with the global
     component and with each training client's model (module docstring). ``classes``: the class
     split (base2novel, xdataset) or None; ``peer_mean``: the training clients' mean parameters
     (:class:`~fedmoap.methods.base.HeldOut`)."""
     mode = next((m for m in PROTOCOLS if m in modes), None)
     prefix = "novel:" if mode == "xdataset" else "domain:"
-    pools = {k[len(prefix):]: pos for k, pos in fed.data.eval_pos.items() if k.startswith(prefix)}
+    pools = {k[len(prefix) :]: pos for k, pos in fed.data.eval_pos.items() if k.startswith(prefix)}
     if mode is None or not pools:
         return {}
     module, comm, bs = fed.module, fed.comm, fed.schedule.eval_batch_size
@@ -197,8 +216,16 @@ def evaluate(fed: Federation, modes: set[str], classes: Any, t: int, progress: b
                 module.set_classnames(train_names)
             if unit == "global":
                 module.load_client(outsider, None)
-                module.prepare_unseen(HeldOut(outsider, 0, lambda up: fed.server.unseen_payload(outsider, up),
-                                              _no_training, torch.zeros(0, dtype=torch.long), peer_mean))
+                module.prepare_unseen(
+                    HeldOut(
+                        outsider,
+                        0,
+                        lambda up: fed.server.unseen_payload(outsider, up),
+                        _no_training,
+                        torch.zeros(0, dtype=torch.long),
+                        peer_mean,
+                    )
+                )
             else:
                 module.load_client(unit, fed.store.get(unit))
                 module.prepare_eval(fed.server.eval_payload(unit))
@@ -207,8 +234,10 @@ def evaluate(fed: Federation, modes: set[str], classes: Any, t: int, progress: b
                 module.set_classnames(names)
             with fed.fabric.autocast():
                 module.begin_eval()
-            counts[unit] = {d: count_correct(module, fed.data.rows_batches(pos, bs, relabel), fed.fabric)
-                            for d, pos in pools.items()}
+            counts[unit] = {
+                d: count_correct(module, fed.data.rows_batches(pos, bs, relabel), fed.fabric)
+                for d, pos in pools.items()
+            }
     finally:
         if list(module.classnames) != train_names:
             module.set_classnames(train_names)

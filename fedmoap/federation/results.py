@@ -1,4 +1,5 @@
 """Per-round results: the ``results.json`` contract and the TensorBoard scalars."""
+
 from __future__ import annotations
 
 import json
@@ -9,26 +10,40 @@ from typing import Any
 from fedmoap.io import atomic_write_text, temporary_path
 
 
-def round_record(t: int, counts: dict[int, tuple[int, int]] | None, participants: list[int],
-                 bytes_up: int, bytes_down: int) -> dict[str, Any]:
+def round_record(
+    t: int, counts: dict[int, tuple[int, int]] | None, participants: list[int], bytes_up: int, bytes_down: int
+) -> dict[str, Any]:
     """One entry of ``results.json``'s ``rounds``: per client (correct, n) and accuracy (float64),
     mean and std unweighted across clients. A round that was not evaluated (``fed.eval_every``)
     has no accuracies and ``evaluated: false``."""
     if counts is None:
-        return {"round": t, "evaluated": False, "bytes_up": int(bytes_up),
-                "bytes_down": int(bytes_down), "participants": list(participants)}
+        return {
+            "round": t,
+            "evaluated": False,
+            "bytes_up": int(bytes_up),
+            "bytes_down": int(bytes_down),
+            "participants": list(participants),
+        }
     accs = {c: (k / n if n else float("nan")) for c, (k, n) in counts.items()}
     values = [a for a in accs.values() if not math.isnan(a)]
     mean = sum(values) / len(values) if values else float("nan")
     std = math.sqrt(sum((a - mean) ** 2 for a in values) / len(values)) if values else float("nan")
-    return {"round": t,
-            "clients": {str(c): {"acc": accs[c], "correct": counts[c][0], "n": counts[c][1]}
-                        for c in sorted(counts)},
-            "mean_acc": mean, "std_acc": std, "evaluated_clients": len(values),
-            "worst_acc": min(values) if values else float("nan"),
-            "pooled_acc": (sum(k for k, _ in counts.values()) / total
-                           if (total := sum(n for _, n in counts.values())) else float("nan")),
-            "bytes_up": int(bytes_up), "bytes_down": int(bytes_down), "participants": list(participants)}
+    return {
+        "round": t,
+        "clients": {str(c): {"acc": accs[c], "correct": counts[c][0], "n": counts[c][1]} for c in sorted(counts)},
+        "mean_acc": mean,
+        "std_acc": std,
+        "evaluated_clients": len(values),
+        "worst_acc": min(values) if values else float("nan"),
+        "pooled_acc": (
+            sum(k for k, _ in counts.values()) / total
+            if (total := sum(n for _, n in counts.values()))
+            else float("nan")
+        ),
+        "bytes_up": int(bytes_up),
+        "bytes_down": int(bytes_down),
+        "participants": list(participants),
+    }
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -39,10 +54,15 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return {"best_round": 0, "best_mean_acc": float("nan"), "last5_mean_acc": float("nan")}
     best = max(rounds, key=lambda r: (r["mean_acc"], -r["round"]))
     last = [r["mean_acc"] for r in rounds[-5:]]
-    return {"best_round": best["round"], "best_mean_acc": best["mean_acc"],
-            "last5_mean_acc": sum(last) / len(last),
-            "final_mean_acc": rounds[-1]["mean_acc"], "final_std_acc": rounds[-1]["std_acc"],
-            "final_worst_acc": rounds[-1].get("worst_acc"), "final_pooled_acc": rounds[-1].get("pooled_acc")}
+    return {
+        "best_round": best["round"],
+        "best_mean_acc": best["mean_acc"],
+        "last5_mean_acc": sum(last) / len(last),
+        "final_mean_acc": rounds[-1]["mean_acc"],
+        "final_std_acc": rounds[-1]["std_acc"],
+        "final_worst_acc": rounds[-1].get("worst_acc"),
+        "final_pooled_acc": rounds[-1].get("pooled_acc"),
+    }
 
 
 def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any]) -> None:
@@ -64,14 +84,28 @@ def _nan_to_none(obj: Any) -> Any:
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """TensorBoard scalars of a round: ``client/<id>/acc``, ``mean/acc``, ``std/acc``, traffic,
     and with differential privacy ``privacy/eps_rdp``, ``privacy/eps_prv`` (spent so far)."""
-    out = {f"client/{cid}/acc": v["acc"] for cid, v in record.get("clients", {}).items()
-           if v["acc"] is not None and not math.isnan(v["acc"])}
+    out = {
+        f"client/{cid}/acc": v["acc"]
+        for cid, v in record.get("clients", {}).items()
+        if v["acc"] is not None and not math.isnan(v["acc"])
+    }
     if "mean_acc" in record:
-        out.update({"mean/acc": record["mean_acc"], "std/acc": record["std_acc"],
-                    "worst/acc": record["worst_acc"], "pooled/acc": record["pooled_acc"]})
+        out.update(
+            {
+                "mean/acc": record["mean_acc"],
+                "std/acc": record["std_acc"],
+                "worst/acc": record["worst_acc"],
+                "pooled/acc": record["pooled_acc"],
+            }
+        )
     out.update({"comm/bytes_up": float(record["bytes_up"]), "comm/bytes_down": float(record["bytes_down"])})
-    out.update({f"privacy/{k}": float(record[k]) for k in ("eps_rdp", "eps_prv")  # dp.mode on
-                if record.get(k) is not None})
+    out.update(
+        {
+            f"privacy/{k}": float(record[k])
+            for k in ("eps_rdp", "eps_prv")  # dp.mode on
+            if record.get(k) is not None
+        }
+    )
     return out
 
 
@@ -100,29 +134,45 @@ def hmean(*values: float) -> float:
     return len(values) / sum(1.0 / v for v in values)
 
 
-def base2novel_entry(local: dict[int, tuple[int, int]], base: dict[int, tuple[int, int]],
-                     novel: dict[int, tuple[int, int]]) -> dict[str, Any]:
+def base2novel_entry(
+    local: dict[int, tuple[int, int]], base: dict[int, tuple[int, int]], novel: dict[int, tuple[int, int]]
+) -> dict[str, Any]:
     """Per client: local (own test set), base, novel accuracy, ``hm`` = HM(base, novel), ``hm3``
     = HM(local, base, novel), and the counts; ``mean``: the unweighted mean over clients of each
     (so ``mean.hm`` is the mean of the clients' HMs); ``hm_of_means``: the HMs of the mean
     accuracies (the other convention found in papers' tables)."""
+
     def acc(k: int, n: int) -> float:
         return k / n if n else float("nan")
 
     clients = {}
     for c in sorted(base):
         lo, b, nv = acc(*local[c]), acc(*base[c]), acc(*novel[c])
-        clients[str(c)] = {"local": lo, "base": b, "novel": nv, "hm": hmean(b, nv), "hm3": hmean(lo, b, nv),
-                           "base_correct": base[c][0], "base_n": base[c][1],
-                           "novel_correct": novel[c][0], "novel_n": novel[c][1]}
+        clients[str(c)] = {
+            "local": lo,
+            "base": b,
+            "novel": nv,
+            "hm": hmean(b, nv),
+            "hm3": hmean(lo, b, nv),
+            "base_correct": base[c][0],
+            "base_n": base[c][1],
+            "novel_correct": novel[c][0],
+            "novel_n": novel[c][1],
+        }
     mean = {k: _nanmean([v[k] for v in clients.values()]) for k in B2N_METRICS}
-    return {"clients": clients, "mean": mean,
-            "hm_of_means": {"hm": hmean(mean["base"], mean["novel"]),
-                            "hm3": hmean(mean["local"], mean["base"], mean["novel"])}}
+    return {
+        "clients": clients,
+        "mean": mean,
+        "hm_of_means": {
+            "hm": hmean(mean["base"], mean["novel"]),
+            "hm3": hmean(mean["local"], mean["base"], mean["novel"]),
+        },
+    }
 
 
-def unseen_entry(held_out: list[int], epochs: int, plain: dict[int, tuple[int, int]],
-                 adapted: dict[int, tuple[int, int]] | None) -> dict[str, Any]:
+def unseen_entry(
+    held_out: list[int], epochs: int, plain: dict[int, tuple[int, int]], adapted: dict[int, tuple[int, int]] | None
+) -> dict[str, Any]:
     """Held-out clients on their own test sets: ``no_adaptation`` (the method's global component,
     as a never-trained client) and ``adapted`` (after ``epochs`` epochs of local training, never
     kept); each with the shape of the local keys."""
@@ -136,24 +186,36 @@ PROTOCOLS = ("xdomain", "lodo", "xdataset")
 """The generalisation protocols (fedmoap/federation/protocols.py): entries of :func:`protocol_entry`'s shape."""
 
 
-def protocol_entry(shared: dict[str, tuple[int, int]],
-                   personal: dict[int, dict[str, tuple[int, int]]]) -> dict[str, Any]:
+def protocol_entry(
+    shared: dict[str, tuple[int, int]], personal: dict[int, dict[str, tuple[int, int]]]
+) -> dict[str, Any]:
     """A generalisation protocol's round entry: per target domain ``global``
     (the method's global component: correct, n, acc) and ``personal`` (each training client's own
     model, with the local keys' shape); ``mean``: the unweighted mean over targets of the global
     accuracy and of the clients' mean accuracy."""
-    targets = {d: {"global": {"correct": k, "n": n, "acc": k / n if n else float("nan")},
-                   "personal": accuracy_entry({c: personal[c][d] for c in sorted(personal)})}
-               for d, (k, n) in shared.items()}
-    return {"targets": targets,
-            "mean": {"global": _nanmean([v["global"]["acc"] for v in targets.values()]),
-                     "personal": _nanmean([v["personal"]["mean_acc"] for v in targets.values()])}}
+    targets = {
+        d: {
+            "global": {"correct": k, "n": n, "acc": k / n if n else float("nan")},
+            "personal": accuracy_entry({c: personal[c][d] for c in sorted(personal)}),
+        }
+        for d, (k, n) in shared.items()
+    }
+    return {
+        "targets": targets,
+        "mean": {
+            "global": _nanmean([v["global"]["acc"] for v in targets.values()]),
+            "personal": _nanmean([v["personal"]["mean_acc"] for v in targets.values()]),
+        },
+    }
 
 
 def _protocol_numbers(entry: dict[str, Any]) -> dict[str, float]:
     """``<target>/global``, ``<target>/personal``, ``mean/global``, ``mean/personal``."""
-    out = {f"{d}/{part}": v[part]["acc" if part == "global" else "mean_acc"]
-           for d, v in entry["targets"].items() for part in ("global", "personal")}
+    out = {
+        f"{d}/{part}": v[part]["acc" if part == "global" else "mean_acc"]
+        for d, v in entry["targets"].items()
+        for part in ("global", "personal")
+    }
     return {**out, "mean/global": entry["mean"]["global"], "mean/personal": entry["mean"]["personal"]}
 
 
@@ -179,18 +241,23 @@ def mode_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         out["base2novel"] = {
             "final": dict(b2n[-1]["mean"]),
             "last5": {k: _nanmean([e["mean"][k] for e in b2n[-5:]]) for k in B2N_METRICS},
-            "final_hm_of_means": dict(b2n[-1]["hm_of_means"])}
+            "final_hm_of_means": dict(b2n[-1]["hm_of_means"]),
+        }
     unseen = [r["unseen_clients"] for r in rounds if "unseen_clients" in r]
     if unseen:
         out["unseen_clients"] = {
             part: {"final_mean_acc": fl["final"], "last5_mean_acc": fl["last5"]}
-            for part in ("no_adaptation", "adapted") if part in unseen[-1]
-            for fl in [_final_last5([e[part]["mean_acc"] for e in unseen if part in e])]}
+            for part in ("no_adaptation", "adapted")
+            if part in unseen[-1]
+            for fl in [_final_last5([e[part]["mean_acc"] for e in unseen if part in e])]
+        }
     for mode in PROTOCOLS:
         entries = [_protocol_numbers(r[mode]) for r in rounds if mode in r]
         if entries:
-            out[mode] = {"final": entries[-1],
-                         "last5": {k: _nanmean([e.get(k, float("nan")) for e in entries[-5:]]) for k in entries[-1]}}
+            out[mode] = {
+                "final": entries[-1],
+                "last5": {k: _nanmean([e.get(k, float("nan")) for e in entries[-5:]]) for k in entries[-1]},
+            }
     return out
 
 
@@ -244,8 +311,9 @@ HPARAM_SECTIONS = ("model", "data", "train", "fed", "eval", "dp")
 has a section); neutral keys (cache paths, batch sizes of encoding, ...) are left out."""
 
 
-def hparams(cfg: dict[str, Any], method: str, rounds: list[dict[str, Any]],
-            neutral: set[tuple[str, str]] = frozenset()) -> tuple[dict[str, Any], dict[str, float]]:
+def hparams(
+    cfg: dict[str, Any], method: str, rounds: list[dict[str, Any]], neutral: set[tuple[str, str]] = frozenset()
+) -> tuple[dict[str, Any], dict[str, float]]:
     """(settings, final metrics) of a run for TensorBoard's HParams tab: ``method``, ``seed``,
     ``method.<knob>``, ``<section>.<key>`` and ``fabric.precision``; metrics
     ``summary/final_mean_acc``, ``summary/last5_mean_acc`` and the same per evaluation mode
@@ -277,8 +345,11 @@ def hparams(cfg: dict[str, Any], method: str, rounds: list[dict[str, Any]],
     evaluated = [r for r in rounds if "privacy" in r]
     if evaluated:
         metrics.update({f"summary/final_{k}": v for k, v in evaluated[-1]["privacy"].items()})
-    metrics = {k: float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)}
+    metrics = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    }
     return params, metrics
 
 

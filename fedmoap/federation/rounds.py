@@ -1,4 +1,5 @@
 """The round loop: sample, download, train locally, upload, aggregate, evaluate."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -27,18 +28,21 @@ class Transport:
     down, upload up) and the clients' evaluation. The server's side of the round (sampling,
     aggregation, accounting, results) stays in :meth:`Federation.run_round`."""
 
-    def train(self, federation: "Federation", t: int, clients: list[int], progress: bool,
-              stop: Callable[[], bool]) -> Trained:
+    def train(
+        self, federation: "Federation", t: int, clients: list[int], progress: bool, stop: Callable[[], bool]
+    ) -> Trained:
         """Round ``t``'s local training of ``clients``, in this order; uploads in the same order."""
         raise NotImplementedError
 
-    def evaluate(self, federation: "Federation", clients: list[int], t: int,
-                 progress: bool) -> dict[int, tuple[int, int]]:
+    def evaluate(
+        self, federation: "Federation", clients: list[int], t: int, progress: bool
+    ) -> dict[int, tuple[int, int]]:
         """(correct, total) of each of ``clients`` after round ``t``."""
         raise NotImplementedError
 
-    def statistics(self, federation: "Federation", t: int,
-                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+    def statistics(
+        self, federation: "Federation", t: int, clients: list[int]
+    ) -> tuple[dict[int, dict], dict[int, int]]:
         """Seed-methods: each of ``clients``' statistics at step ``t``
         (:meth:`Federation.client_statistics`), and the store references of the states it kept."""
         raise NotImplementedError
@@ -47,8 +51,9 @@ class Transport:
 class InProcess(Transport):
     """Every client in this process, one after the other, its state in the federation's store."""
 
-    def train(self, federation: "Federation", t: int, clients: list[int], progress: bool,
-              stop: Callable[[], bool]) -> Trained:
+    def train(
+        self, federation: "Federation", t: int, clients: list[int], progress: bool, stop: Callable[[], bool]
+    ) -> Trained:
         uploads, refs, bytes_down = {}, {}, 0
         for cid in tqdm(clients, desc=f"round {t} train", leave=False, disable=not progress):
             if stop():
@@ -59,12 +64,14 @@ class InProcess(Transport):
             refs[cid] = federation.store.write(cid, state, t)
         return uploads, refs, bytes_down, False
 
-    def evaluate(self, federation: "Federation", clients: list[int], t: int,
-                 progress: bool) -> dict[int, tuple[int, int]]:
+    def evaluate(
+        self, federation: "Federation", clients: list[int], t: int, progress: bool
+    ) -> dict[int, tuple[int, int]]:
         return federation.evaluate(clients, t, progress)
 
-    def statistics(self, federation: "Federation", t: int,
-                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+    def statistics(
+        self, federation: "Federation", t: int, clients: list[int]
+    ) -> tuple[dict[int, dict], dict[int, int]]:
         stats, refs = {}, {}
         for cid in clients:
             stats[cid], state = federation.client_statistics(t, cid)
@@ -83,9 +90,19 @@ class Federation:
     server after each round.
     """
 
-    def __init__(self, method: Method, module: ClientModule, server: Server, store: ClientStore,
-                 data: FederatedData, schedule: Schedule, fabric: Fabric, comm: Comm | None = None,
-                 privacy: Privacy | None = None, modes: Callable[..., dict] | None = None) -> None:
+    def __init__(
+        self,
+        method: Method,
+        module: ClientModule,
+        server: Server,
+        store: ClientStore,
+        data: FederatedData,
+        schedule: Schedule,
+        fabric: Fabric,
+        comm: Comm | None = None,
+        privacy: Privacy | None = None,
+        modes: Callable[..., dict] | None = None,
+    ) -> None:
         self.method, self.module, self.server, self.store = method, module, server, store
         self.data, self.schedule, self.fabric = data, schedule, fabric
         self.comm = comm or Comm()
@@ -101,8 +118,7 @@ class Federation:
         """How payloads reach the participants and uploads and accuracies come back: in this
         process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.flower`)."""
 
-    def run_round(self, t: int, progress: bool = True,
-                  stop: Callable[[], bool] = lambda: False) -> dict | None:
+    def run_round(self, t: int, progress: bool = True, stop: Callable[[], bool] = lambda: False) -> dict | None:
         """Round ``t`` (1-based) from start to evaluation; returns its ``results.json`` record, or
         None if ``stop()`` became true on some rank (the round is then abandoned: nothing of it
         is kept, and re-running it later gives the same result)."""
@@ -128,9 +144,13 @@ class Federation:
             mine = comm.shard(self.schedule.clients)
             counts = comm.gather_dicts(self.transport.evaluate(self, mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
-        record = round_record(t, counts, participants,
-                              bytes_up=sum(payload_bytes(u) for u in uploads.values()) + stats_up,
-                              bytes_down=bytes_down)
+        record = round_record(
+            t,
+            counts,
+            participants,
+            bytes_up=sum(payload_bytes(u) for u in uploads.values()) + stats_up,
+            bytes_down=bytes_down,
+        )
         if counts is not None and self.modes is not None:
             record.update(self.modes(self, t, counts, progress and comm.is_main))
         record.update(self.training.after_round(t, participants, comm.gather_dicts))  # DP: epsilon so far
@@ -177,6 +197,7 @@ class Federation:
             stats = self.module.statistics(self.data.plain_train_batches(cid, self.schedule.eval_batch_size))
         keep = t == 0 and self.module.keeps_statistics
         return stats, self.module.client_state() if keep else None
+
     # --- end client statistics ---
 
     # ----- evaluation modes (fedmoap/federation/evaluation.py) ------------------------------------
@@ -209,8 +230,11 @@ class Federation:
                     with self.fabric.autocast():
                         self.module.begin_eval()
                     ready = True
-                batches = (self.data.rows_batches(self.data.test_pos[cid], bs, relabel) if own
-                           else self.data.test_batches(cid, bs))
+                batches = (
+                    self.data.rows_batches(self.data.test_pos[cid], bs, relabel)
+                    if own
+                    else self.data.test_batches(cid, bs)
+                )
                 accs[cid] = evaluate(self.module, batches, self.fabric)
         finally:
             if list(self.module.classnames) != names:
@@ -226,8 +250,9 @@ class Federation:
         if epochs <= 0:
             return
         if not self.module.personal_eval:
-            raise ValueError(f"{type(self.module).__name__} adapts at evaluation time, so it must "
-                             "set personal_eval = True")
+            raise ValueError(
+                f"{type(self.module).__name__} adapts at evaluation time, so it must set personal_eval = True"
+            )
         self.module.begin_adaptation()
         batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
         train_locally(self.module, batches, epochs, self.fabric, t=t)

@@ -6,6 +6,7 @@ names, behind its chance-level zero-shot rows) make every prompt-learning number
 while nothing crashes. Two cheap signs are checked: numeric class names, and zero-shot accuracy
 of the pretrained backbone at or below chance on (a sample of) the clients' test images.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,14 +25,17 @@ TEMPLATE = "a photo of a {}."
 def numeric_names(classnames: list[str]) -> str | None:
     """A warning if every class name is a number, else None."""
     if classnames and all(n.replace(".", "").replace(" ", "").isdigit() for n in classnames):
-        return (f"every class name is a number ({', '.join(classnames[:3])}, ...): prompts will not "
-                "name the classes; set data.classnames to the real names in label order")
+        return (
+            f"every class name is a number ({', '.join(classnames[:3])}, ...): prompts will not "
+            "name the classes; set data.classnames to the real names in label order"
+        )
     return None
 
 
 @torch.no_grad()
-def zero_shot_check(backbone: Backbone, source: SourceData, test_rows: np.ndarray,
-                    cache: FeatureCache, image_column: str, seed: int) -> dict:
+def zero_shot_check(
+    backbone: Backbone, source: SourceData, test_rows: np.ndarray, cache: FeatureCache, image_column: str, seed: int
+) -> dict:
     """Zero-shot top-1 accuracy of ``TEMPLATE`` on up to :data:`SAMPLE` of ``test_rows``, with
     the chance level, and a warning if it is at or below chance."""
     rng = np.random.default_rng(seed)
@@ -45,7 +49,9 @@ def zero_shot_check(backbone: Backbone, source: SourceData, test_rows: np.ndarra
     chance = float(np.bincount(labels).max() / len(labels)) if len(rows) else float("nan")
     out = {"acc": acc, "chance": chance, "images": int(len(rows)), "template": TEMPLATE}
     if len(rows) and acc <= chance:
-        out["warning"] = (f"zero-shot accuracy {acc:.1%} is at or below chance ({chance:.1%}, the "
-                          "most frequent class) on the clients' test images: the class names are "
-                          "likely not aligned with the labels (check data.classnames' order)")
+        out["warning"] = (
+            f"zero-shot accuracy {acc:.1%} is at or below chance ({chance:.1%}, the "
+            "most frequent class) on the clients' test images: the class names are "
+            "likely not aligned with the labels (check data.classnames' order)"
+        )
     return out

@@ -1,5 +1,6 @@
 """Who trains in round t, and when everyone is evaluated: the run's schedule, one answer for the
 round loop, the privacy accountant's plan and evaluation."""
+
 from __future__ import annotations
 
 import math

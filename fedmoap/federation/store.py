@@ -11,6 +11,7 @@ only the index. Used by :class:`~fedmoap.federation.rounds.Federation`:
 
 Old versions are deleted once no kept checkpoint needs them.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,12 +54,16 @@ class ClientStore:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise FedmoapError(f"client state {path} is missing, corrupt or unreadable "
-                               f"({type(exc).__name__}); resume from a copy of the run "
-                               "directory that has it") from None
+            raise FedmoapError(
+                f"client state {path} is missing, corrupt or unreadable "
+                f"({type(exc).__name__}); resume from a copy of the run "
+                "directory that has it"
+            ) from None
         if not isinstance(state, dict):
-            raise FedmoapError(f"client state {path} holds a {type(state).__name__}, not a client's "
-                               "state; resume from a copy of the run directory that has it")
+            raise FedmoapError(
+                f"client state {path} holds a {type(state).__name__}, not a client's "
+                "state; resume from a copy of the run directory that has it"
+            )
         return state
 
     def __contains__(self, cid: int) -> bool:

@@ -6,6 +6,7 @@ changes when any of these changes. A cache file holds the rows computed so far; 
 computes only those and rewrites the file atomically, so few-shot runs never encode a whole
 dataset. Methods whose image path is trained (vision prompts) do not use this module.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,9 +41,15 @@ class FeatureCache:
         device: where the image tower runs.
     """
 
-    def __init__(self, root: Path, backbone: Backbone, batch_size: int = 32,
-                 device: torch.device | str = "cpu", tokens: bool = False,
-                 stop: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        backbone: Backbone,
+        batch_size: int = 32,
+        device: torch.device | str = "cpu",
+        tokens: bool = False,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.root = Path(root).expanduser()
         self.backbone = backbone
         self.batch_size = batch_size
@@ -59,13 +66,16 @@ class FeatureCache:
         """Cache key: image tower, data split and image column, the transform's full description,
         view and seed, and the encode batch size (the last bits of a feature depend on it)."""
         transform = repr(self.backbone.image_transform(train=view > 0))
-        text = (f"{CACHE_FORMAT}|{self.tower}|{data_id}|{image_column}|{transform}|{view}|"
-                f"{view_seed if view else ''}|{self.batch_size}")
+        text = (
+            f"{CACHE_FORMAT}|{self.tower}|{data_id}|{image_column}|{transform}|{view}|"
+            f"{view_seed if view else ''}|{self.batch_size}"
+        )
         text += "|tokens" if self.tokens else ""
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def get(self, ds: Dataset, data_id: str, indices: np.ndarray, image_column: str,
-            view: int = 0, view_seed: int = 0) -> Tensor:
+    def get(
+        self, ds: Dataset, data_id: str, indices: np.ndarray, image_column: str, view: int = 0, view_seed: int = 0
+    ) -> Tensor:
         """Features of rows ``indices`` of ``ds`` (float32, L2-normalised, CPU), in that order.
 
         ``view`` 0 is the plain (test) transform; view v >= 1 is the v-th augmented view, whose
@@ -80,10 +90,12 @@ class FeatureCache:
             rows, feats = self._load(path)
             missing = np.setdiff1d(np.unique(indices), rows.numpy())
             for start in range(0, len(missing), FLUSH_ROWS):  # saved as it goes: a preempted
-                if self.stop():                                  # set-up keeps what it encoded
-                    raise Preempted("stopped by a signal while filling the feature cache; "
-                                    "re-run to continue (rows encoded so far are cached)")
-                chunk = missing[start:start + FLUSH_ROWS]
+                if self.stop():  # set-up keeps what it encoded
+                    raise Preempted(
+                        "stopped by a signal while filling the feature cache; "
+                        "re-run to continue (rows encoded so far are cached)"
+                    )
+                chunk = missing[start : start + FLUSH_ROWS]
                 new = self._encode(ds, data_id, chunk, image_column, view, view_seed)
                 rows = torch.cat([rows, torch.from_numpy(chunk)])
                 feats = torch.cat([feats, new]) if len(feats) else new
@@ -99,22 +111,28 @@ class FeatureCache:
         try:
             blob = torch.load(path, weights_only=True)
             rows, feats = blob["rows"], blob["features"]
-            if blob["format"] != CACHE_FORMAT or not isinstance(rows, Tensor) or not isinstance(feats, Tensor) \
-                    or rows.ndim != 1 or feats.ndim < 2 or len(rows) != len(feats) \
-                    or not bool((rows[1:] > rows[:-1]).all()):  # sorted: rows are looked up by bisection
+            if (
+                blob["format"] != CACHE_FORMAT
+                or not isinstance(rows, Tensor)
+                or not isinstance(feats, Tensor)
+                or rows.ndim != 1
+                or feats.ndim < 2
+                or len(rows) != len(feats)
+                or not bool((rows[1:] > rows[:-1]).all())
+            ):  # sorted: rows are looked up by bisection
                 raise ValueError("not a feature table of this format")
             return rows, feats
         except Exception as exc:
-            raise FedmoapError(f"feature cache file {path} is corrupt ({exc!r}); delete it to "
-                               "recompute") from None
+            raise FedmoapError(f"feature cache file {path} is corrupt ({exc!r}); delete it to recompute") from None
 
     @torch.no_grad()
-    def _encode(self, ds: Dataset, data_id: str, rows: np.ndarray, image_column: str, view: int,
-                view_seed: int) -> Tensor:
+    def _encode(
+        self, ds: Dataset, data_id: str, rows: np.ndarray, image_column: str, view: int, view_seed: int
+    ) -> Tensor:
         transform = self.backbone.image_transform(train=view > 0)
         out = []
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
+            chunk = rows[start : start + self.batch_size]
             images = load_images(ds, chunk, image_column, data_id)
             batch = []
             for row, img in zip(chunk, images):
@@ -129,6 +147,6 @@ class FeatureCache:
                 x = torch.cat([x, x[:1].expand(self.batch_size - len(batch), *x.shape[1:])])
             x = x.to(self.device).contiguous(memory_format=torch.channels_last)
             encode = self.backbone.encode_image_tokens if self.tokens else self.backbone.encode_image
-            out.append(F.normalize(encode(x)[:len(batch)].float(), dim=-1).cpu())
+            out.append(F.normalize(encode(x)[: len(batch)].float(), dim=-1).cpu())
         self.computed += len(rows)
         return torch.cat(out)

@@ -12,6 +12,7 @@ declares it (:attr:`~fedmoap.methods.base.Method.inputs`):
 A batch is a dict of the method's inputs plus ``label``; every random draw comes from the
 generators the caller passes, derived from (seed, round, client[, epoch]).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -98,8 +99,9 @@ class FederatedData:
             view = torch.randint(views, (n,), generator=gen)
             aug = torch_generator(self.seed, augment_tag, t, cid, e) if self.train.pixels is not None else None
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 yield self._batch(self.train, pos[idx], view[idx], aug)
+
         return epoch
 
     def plain_train_batches(self, cid: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
@@ -107,13 +109,13 @@ class FederatedData:
         included: what :meth:`~fedmoap.methods.base.ClientModule.statistics` reads."""
         pos = self.train_pos[cid]
         for start in range(0, len(pos), batch_size):
-            rows = pos[start:start + batch_size]
+            rows = pos[start : start + batch_size]
             yield self._batch(self.train, rows, torch.zeros(len(rows), dtype=torch.long), None)
 
     def test_batches(self, cid: int, batch_size: int) -> Iterator[dict[str, Tensor]]:
         pos = self.test_pos[cid]
         for start in range(0, len(pos), batch_size):
-            rows = pos[start:start + batch_size]
+            rows = pos[start : start + batch_size]
             yield self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
 
     def own_classes(self, cid: int) -> tuple[list[str], Tensor]:
@@ -124,13 +126,12 @@ class FederatedData:
         relabel[own] = torch.arange(len(own))
         return [self.classnames[int(k)] for k in own], relabel
 
-    def rows_batches(self, pos: Tensor, batch_size: int,
-                     relabel: Tensor | None = None) -> Iterator[dict[str, Tensor]]:
+    def rows_batches(self, pos: Tensor, batch_size: int, relabel: Tensor | None = None) -> Iterator[dict[str, Tensor]]:
         """Test batches of the positions ``pos`` into ``test`` (an evaluation mode's test set);
         ``relabel`` maps each label to the label space of that evaluation (e.g. novel classes
         numbered from 0)."""
         for start in range(0, len(pos), batch_size):
-            rows = pos[start:start + batch_size]
+            rows = pos[start : start + batch_size]
             batch = self._batch(self.test, rows, torch.zeros(len(rows), dtype=torch.long), None)
             if relabel is not None:
                 batch["label"] = relabel.to(batch["label"].device)[batch["label"]]
@@ -150,9 +151,16 @@ class FederatedData:
         return batch
 
 
-def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, split: ClientSplit,
-                  features: FeatureCache | None, tokens: FeatureCache | None,
-                  pixels: PixelCache | None, seed: int) -> FederatedData:
+def gather_inputs(
+    inputs: frozenset[str],
+    args: DataArgs,
+    source: SourceData,
+    split: ClientSplit,
+    features: FeatureCache | None,
+    tokens: FeatureCache | None,
+    pixels: PixelCache | None,
+    seed: int,
+) -> FederatedData:
     """The inputs a method reads, for every row any client uses (encoded once, then cached). An
     image that cannot be decoded stops it with one line naming the image and ``data.source``."""
     try:
@@ -161,31 +169,44 @@ def gather_inputs(inputs: frozenset[str], args: DataArgs, source: SourceData, sp
         raise BadImage(f"data.source {args.source!r}: {exc}") from None
 
 
-def _gather(inputs: frozenset[str], args: DataArgs, source: SourceData, split: ClientSplit,
-            features: FeatureCache | None, tokens: FeatureCache | None,
-            pixels: PixelCache | None, seed: int) -> FederatedData:
+def _gather(
+    inputs: frozenset[str],
+    args: DataArgs,
+    source: SourceData,
+    split: ClientSplit,
+    features: FeatureCache | None,
+    tokens: FeatureCache | None,
+    pixels: PixelCache | None,
+    seed: int,
+) -> FederatedData:
     train_used, train_pos = _union(split.train)
     pools = split.eval_sets  # the evaluation modes' pooled test sets (usually none)
     test_used, test_pos = _union(split.test + list(pools.values()))
-    test_pos, pool_pos = test_pos[:split.num_clients], dict(zip(pools, test_pos[split.num_clients:]))
+    test_pos, pool_pos = test_pos[: split.num_clients], dict(zip(pools, test_pos[split.num_clients :]))
     train = Inputs(torch.from_numpy(source.train_labels[train_used]))
     test = Inputs(torch.from_numpy(source.test_labels[test_used]))
     column = args.image_column
     for name, cache in (("features", features), ("tokens", tokens)):
         if name in inputs:
-            setattr(train, name, _views(cache, source.train, source.train_id, train_used, column,
-                                        args.num_views, args.view_seed))
+            setattr(
+                train,
+                name,
+                _views(cache, source.train, source.train_id, train_used, column, args.num_views, args.view_seed),
+            )
             setattr(test, name, cache.get(source.test, source.test_id, test_used, column, 0)[None])
     if "pixels" in inputs:
-        for part, ds, data_id, used in ((train, source.train, source.train_id, train_used),
-                                        (test, source.test, source.test_id, test_used)):
+        for part, ds, data_id, used in (
+            (train, source.train, source.train_id, train_used),
+            (test, source.test, source.test_id, test_used),
+        ):
             rows, part.pixels = pixels.get(ds, data_id, used, column)
             part.pixel_pos = np.searchsorted(rows, used)
     return FederatedData(source.classnames, train, test, train_pos, test_pos, seed, eval_pos=pool_pos)
 
 
-def _views(cache: FeatureCache, ds: Dataset, data_id: str, used: np.ndarray, column: str,
-           num_views: int, view_seed: int) -> Tensor:
+def _views(
+    cache: FeatureCache, ds: Dataset, data_id: str, used: np.ndarray, column: str, num_views: int, view_seed: int
+) -> Tensor:
     """(num_views + 1, N, ...) cached features of rows ``used``, view 0 plain; filled view by
     view so that peak memory is the result plus one view (token features are large)."""
     first = cache.get(ds, data_id, used, column, 0, view_seed)

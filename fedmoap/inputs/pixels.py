@@ -7,6 +7,7 @@ horizontal flip, as the backbones' PIL training transform) with a caller-given g
 batch is a pure function of (seed, round, client, epoch); evaluation batches are the cached
 images themselves. Only the normalisation remains, done by the backbone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,9 @@ class PixelCache:
         text = f"{PIXEL_FORMAT}|{data_id}|{image_column}|{self.transform!r}"
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def get(self, ds: Dataset, data_id: str, rows: np.ndarray, image_column: str,
-            chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    def get(
+        self, ds: Dataset, data_id: str, rows: np.ndarray, image_column: str, chunk: int = 512
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(cached row ids, sorted; memory-mapped uint8 images of those rows), covering ``rows``."""
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         base = self.root / self.key(data_id, image_column)
@@ -68,15 +70,15 @@ class PixelCache:
                 where[order] = np.arange(len(order))  # position of each merged entry when sorted
                 probe = self.transform(load_images(ds, missing[:1], image_column, data_id)[0]).numpy()
                 tmp = base.with_suffix(".tmp.npy")
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                                shape=(len(merged), *probe.shape))
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(merged), *probe.shape))
                 for start in range(0, len(have), chunk):
                     stop = min(start + chunk, len(have))
                     out[where[start:stop]] = images[start:stop]
                 for start in range(0, len(missing), chunk):
-                    part = missing[start:start + chunk]
-                    out[where[len(have) + start:len(have) + start + len(part)]] = np.stack(
-                        [self.transform(img).numpy() for img in load_images(ds, part, image_column, data_id)])
+                    part = missing[start : start + chunk]
+                    out[where[len(have) + start : len(have) + start + len(part)]] = np.stack(
+                        [self.transform(img).numpy() for img in load_images(ds, part, image_column, data_id)]
+                    )
                 out.flush()
                 del out
                 self.computed += len(missing)
@@ -92,13 +94,17 @@ class PixelCache:
         try:
             have = np.load(rows)
             images = np.load(data, mmap_mode="r")
-            if images.dtype != np.uint8 or images.ndim != 4 or have.ndim != 1 or len(images) != len(have) \
-                    or not (have[1:] > have[:-1]).all():  # sorted: rows are looked up by bisection
+            if (
+                images.dtype != np.uint8
+                or images.ndim != 4
+                or have.ndim != 1
+                or len(images) != len(have)
+                or not (have[1:] > have[:-1]).all()
+            ):  # sorted: rows are looked up by bisection
                 raise ValueError("not an image table of this format")
             return have, images
         except Exception as exc:
-            raise FedmoapError(f"pixel cache file {data} is corrupt ({exc!r}); delete it to "
-                               "recompute") from None
+            raise FedmoapError(f"pixel cache file {data} is corrupt ({exc!r}); delete it to recompute") from None
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -4,6 +4,7 @@ Every module of this package is imported, and every :class:`Method` subclass wit
 becomes a ``--method`` choice: adding a method is adding one file. A method kept in another
 package is chosen by its class path (``--method mypkg.MyMethod``) without registering anything.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,8 +13,7 @@ import pkgutil
 from fedmoap.aggregate import weighted_mean
 from fedmoap.methods.base import ClientModule, FedAvgServer, Method, RunContext, Server
 
-__all__ = ["ClientModule", "FedAvgServer", "Method", "RunContext", "Server", "weighted_mean",
-           "registry", "resolve"]
+__all__ = ["ClientModule", "FedAvgServer", "Method", "RunContext", "Server", "weighted_mean", "registry", "resolve"]
 
 for _info in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_info.name}")

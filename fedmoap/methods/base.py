@@ -6,6 +6,7 @@ in ``docs/method-api.md``; a walk-through in ``docs/adding-a-method.md``. The me
 the API lives apart: aggregation maths in :mod:`fedmoap.aggregate`, the local optimizer in
 :mod:`fedmoap.methods.optim`, backbone checks several methods share in :mod:`fedmoap.methods.checks`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -99,8 +100,10 @@ class Method:
     def spec(self) -> dict[str, Any]:
         """``{class_path, init_args}``: how config files name this method and its knobs."""
         cls = type(self)
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}",
-                "init_args": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        return {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+        }
 
     def required_inputs(self) -> frozenset[str]:
         """What this configuration of the method reads (default: the class's ``inputs``)."""
@@ -132,6 +135,7 @@ class Method:
         not repeat it); ``t >= 1`` is after round ``t``'s aggregation, over its participants.
         Default: never."""
         return False
+
     # --- end client statistics ---
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
@@ -177,8 +181,7 @@ class ClientModule(L.LightningModule):
     left to the method) and the default :meth:`upload` sends them; :meth:`shared_parameters`
     resolves the names, and a method whose shared set depends on its knobs overrides it instead."""
 
-    def __init__(self, method: Method, backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: Method, backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__()
         object.__setattr__(self, "backbone", backbone)  # shared, frozen: not a submodule
         self.method, self.run = method, run
@@ -220,8 +223,10 @@ class ClientModule(L.LightningModule):
         if self.keeps_parameters:
             params = dict(self.named_parameters())
             if set(params) != set(state["params"]):
-                raise ValueError(f"client {cid}: stored parameters {sorted(state['params'])} do not "
-                                 f"match this method's {sorted(params)}")
+                raise ValueError(
+                    f"client {cid}: stored parameters {sorted(state['params'])} do not "
+                    f"match this method's {sorted(params)}"
+                )
             with torch.no_grad():
                 for name, p in params.items():
                     p.copy_(state["params"][name])
@@ -431,8 +436,7 @@ class FedAvgServer(Server):
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         if uploads:
-            self.global_state = {**self.global_state,
-                                 **weighted_mean(uploads, weights, self.global_state)}
+            self.global_state = {**self.global_state, **weighted_mean(uploads, weights, self.global_state)}
 
     def state_dict(self) -> dict:
         return {"global": dict(self.global_state)}

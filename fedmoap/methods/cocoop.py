@@ -11,6 +11,7 @@ own tokens attending to it (``benchmarks/cocoop_step.py`` measures the differenc
 cannot cache text features (they depend on the image): it encodes ``eval_chunk`` images at a
 time. P and the meta-network are uploaded and averaged (size-weighted); nothing is personal.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,7 @@ class CoCoOpClient(PromptClient):
     personal_eval = False
     shared_params = {"prompt": "ctx", "meta_net": "meta_net"}  # meta_net.0.weight, ...
 
-    def __init__(self, method: "CoCoOp", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "CoCoOp", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         d, w = backbone.embed_dim, backbone.ctx_width
         hidden = max(1, d // method.reduction)
@@ -97,8 +97,12 @@ class CoCoOp(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (self.reduction >= 1, "method.reduction must be >= 1"),
-            (self.eval_chunk >= 1, "method.eval_chunk must be >= 1"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (self.reduction >= 1, "method.reduction must be >= 1"),
+                (self.eval_chunk >= 1, "method.eval_chunk must be >= 1"),
+            ]
+            if not ok
+        ]
         return out

@@ -1,4 +1,5 @@
 """CoOp (Zhou et al., 2022): every client learns its own prompt alone; nothing is sent."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -17,6 +17,7 @@ the factorisation keeps v = u^T P_L (a rank-r approximation; the released code a
 v, dropping the singular values) from a fixed seeded start; P_L's gradient omits the released
 code's extra u u^T term and its division by 10.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,7 @@ from fedmoap.seeding import torch_generator
 class DPFPLClient(GlobalPromptClient):
     method: "DPFPL"
 
-    def __init__(self, method: "DPFPL", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "DPFPL", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         n_ctx, width = self.ctx.shape
         rank = max(1, min(method.rank, n_ctx, width))

@@ -23,6 +23,7 @@ The reference implementations (PFLlib ``clientamp.py``, PromptFolio ``promptflFe
 the proximal term on ``.data`` / ``state_dict()`` (no gradient) with an unsquared norm, and
 PromptFolio's weight ``1 - exp(d / sigma)`` is <= 0 (a sign error); neither is reproduced.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class FedAMPServer(Server):
             return others, (1 - m.xi) * torch.softmax(m.sigma_h * cos, dim=0), m.alpha
         d = (w - own).square().sum(1)
         sigma = self.auto_sigma(own, w) if m.sigma == "auto" else float(m.sigma)
-        grad = torch.exp(-d / sigma) / sigma                      # A'(d_ij)
+        grad = torch.exp(-d / sigma) / sigma  # A'(d_ij)
         alpha = min(m.alpha, 1.0 / float(grad.sum())) if float(grad.sum()) > 0 else m.alpha
         return others, alpha * grad, alpha
 
@@ -125,8 +126,11 @@ class FedAMPServer(Server):
         (the initial prompt before any upload) as its model and its cloud model, the proximal
         weight at the unclamped alpha."""
         init = self.init["prompt"]
-        mean = (torch.stack([self.prompts[j].double() for j in sorted(self.prompts)]).mean(0).to(init.dtype)
-                if self.prompts else init.clone())
+        mean = (
+            torch.stack([self.prompts[j].double() for j in sorted(self.prompts)]).mean(0).to(init.dtype)
+            if self.prompts
+            else init.clone()
+        )
         return {"prompt": mean, "prox_weight": torch.tensor(self.method.lam / (2 * self.method.alpha))}
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
@@ -171,11 +175,15 @@ class FedAMP(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (self.lam >= 0, "method.lam must be >= 0"),
-            (self.alpha > 0, "method.alpha must be > 0"),
-            (self.sigma == "auto" or float(self.sigma) > 0, "method.sigma must be > 0 or auto"),
-            (0 <= self.xi <= 1, "method.xi must be in [0, 1]"),
-            (self.sigma_h >= 0, "method.sigma_h must be >= 0"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (self.lam >= 0, "method.lam must be >= 0"),
+                (self.alpha > 0, "method.alpha must be > 0"),
+                (self.sigma == "auto" or float(self.sigma) > 0, "method.sigma must be > 0 or auto"),
+                (0 <= self.xi <= 1, "method.xi must be in [0, 1]"),
+                (self.sigma_h >= 0, "method.sigma_h must be >= 0"),
+            ]
+            if not ok
+        ]
         return out

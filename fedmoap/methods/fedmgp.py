@@ -26,6 +26,7 @@ the other G - s groups stay personal. A never-trained client is evaluated with i
 by the s globals in turn (group g <- global g mod s). Not reproduced: the visual prompts' seed from
 the clock.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,7 @@ class FedMGPClient(PromptClient):
 
     method: "FedMGP"
 
-    def __init__(self, method: "FedMGP", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedMGP", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         del self.ctx
         self.text = nn.Parameter(torch.zeros(method.groups, method.n_ctx, backbone.ctx_width))
@@ -144,8 +144,11 @@ class FedMGPClient(PromptClient):
     def upload(self) -> Payload:
         self._due = self._due or self.sent is None
         self._settle()
-        return {f"{kind}_{r}": getattr(self, kind)[g].detach().cpu().clone()
-                for kind in KINDS for r, g in enumerate(self.sent[kind].tolist())}
+        return {
+            f"{kind}_{r}": getattr(self, kind)[g].detach().cpu().clone()
+            for kind in KINDS
+            for r, g in enumerate(self.sent[kind].tolist())
+        }
 
     # ----- model ------------------------------------------------------------------------------
     def text_features(self, ctx: Tensor | None = None) -> Tensor:
@@ -227,14 +230,18 @@ class FedMGP(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [msg for ok, msg in [
-            (not self.ctx_init, "method.ctx_init: FedMGP initialises from method.init_words (cut to n_ctx)"),
-            (self.groups >= 1, "method.groups must be >= 1"),
-            (self.vision_tokens >= 1, "method.vision_tokens must be >= 1"),
-            (self.topk >= 1, "method.topk must be >= 1"),
-            (self.temperature >= 0, "method.temperature must be >= 0"),
-            (self.diversity_weight >= 0, "method.diversity_weight must be >= 0"),
-        ] if not ok]
+        out += [
+            msg
+            for ok, msg in [
+                (not self.ctx_init, "method.ctx_init: FedMGP initialises from method.init_words (cut to n_ctx)"),
+                (self.groups >= 1, "method.groups must be >= 1"),
+                (self.vision_tokens >= 1, "method.vision_tokens must be >= 1"),
+                (self.topk >= 1, "method.topk must be >= 1"),
+                (self.temperature >= 0, "method.temperature must be >= 0"),
+                (self.diversity_weight >= 0, "method.diversity_weight must be >= 0"),
+            ]
+            if not ok
+        ]
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:

@@ -23,6 +23,7 @@ round (after its batch loop, with the last batch's loss), its LoRA stage (a per-
 a client's loss is below 0.5), sentences ordered by the file rather than the labels, and its
 77-character truncation of sentences.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,7 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
-from fedmoap.methods.base import (ClientModule, HeldOut, Method, ParamGroup, Payload, RunContext,
-                                  vision_prompt_problems)
+from fedmoap.methods.base import ClientModule, HeldOut, Method, ParamGroup, Payload, RunContext, vision_prompt_problems
 from fedmoap.methods.fedtpg import GEGLUFeedForward, UniformMeanServer
 from fedmoap.seeding import derive_seed, torch_generator
 
@@ -49,7 +49,8 @@ def load_attributes(path: str) -> dict[str, list[str]]:
     except (OSError, ValueError) as exc:
         raise FedmoapError(f"method.attributes: cannot read {path}: {exc}") from None
     if not isinstance(data, dict) or not all(
-            isinstance(v, list) and all(isinstance(a, str) for a in v) for v in data.values()):
+        isinstance(v, list) and all(isinstance(a, str) for a in v) for v in data.values()
+    ):
         raise FedmoapError(f"method.attributes: {path} must be a JSON object of class name -> list of strings")
     return {k.replace("_", " "): v for k, v in data.items()}
 
@@ -63,8 +64,9 @@ def which_clause(attribute: str) -> str:
     return f"which has {attribute}"
 
 
-def sentences(classnames: list[str], attributes: dict[str, list[str]], prefix: str,
-              suffix: str) -> tuple[list[str], list[int]]:
+def sentences(
+    classnames: list[str], attributes: dict[str, list[str]], prefix: str, suffix: str
+) -> tuple[list[str], list[int]]:
     """Every class's sentences, in label order, and the class of each."""
     texts, owner = [], []
     for c, name in enumerate(classnames):
@@ -100,8 +102,7 @@ class FedMVPClient(ClientModule):
     personal_eval = False
     keeps_statistics = True  # the set-up pass records the client's own classes
 
-    def __init__(self, method: "FedMVP", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedMVP", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         self.former = self._new_former()
         self.attributes = load_attributes(method.attributes) if method.attributes else {}
@@ -259,12 +260,16 @@ class FedMVP(Method):
     shares_statistics = False
 
     def problems(self) -> list[str]:
-        out = [msg for ok, msg in [
-            (self.prompt_tokens >= 1, "method.prompt_tokens must be >= 1"),
-            (self.heads >= 1, "method.heads must be >= 1"),
-            (self.alpha >= 0, "method.alpha must be >= 0"),
-            (0 <= self.flip_prob <= 1, "method.flip_prob must be in [0, 1]"),
-        ] if not ok]
+        out = [
+            msg
+            for ok, msg in [
+                (self.prompt_tokens >= 1, "method.prompt_tokens must be >= 1"),
+                (self.heads >= 1, "method.heads must be >= 1"),
+                (self.alpha >= 0, "method.alpha must be >= 0"),
+                (0 <= self.flip_prob <= 1, "method.flip_prob must be in [0, 1]"),
+            ]
+            if not ok
+        ]
         if self.attributes and not Path(self.attributes).is_file():
             out.append(f"method.attributes: no such file {self.attributes}")
         return out

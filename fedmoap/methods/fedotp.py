@@ -23,6 +23,7 @@ where ``exp(-C / eps)`` underflows (the reference runs it in fp16, which underfl
 any cost above ~0.17 at its few-shot script's eps = 0.01). The log-domain iterations are the same
 updates on log u and log v, so they agree with the plain ones wherever both are representable.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,15 @@ LOG_DOMAIN_BELOW = 0.05
 
 
 @torch.no_grad()
-def transport_plan(sim: Tensor, eps: float, gamma: float = 1.0, unbalanced: bool = True,
-                   max_iter: int = 100, thresh: float = 1e-3,
-                   log_domain: bool | None = None) -> Tensor:
+def transport_plan(
+    sim: Tensor,
+    eps: float,
+    gamma: float = 1.0,
+    unbalanced: bool = True,
+    max_iter: int = 100,
+    thresh: float = 1e-3,
+    log_domain: bool | None = None,
+) -> Tensor:
     """The entropic (unbalanced) transport plan for similarities ``sim`` (..., M, N), fp32.
 
     Marginals: a = 1/M per row (an upper bound ``T 1 <= a`` if ``unbalanced``, else equality),
@@ -90,8 +97,16 @@ def transport_plan(sim: Tensor, eps: float, gamma: float = 1.0, unbalanced: bool
         return u.unsqueeze(-1) * k * v.unsqueeze(-2)
 
 
-def transport_logits(tokens: Tensor, text: Tensor, scale: Tensor | float, eps: float, gamma: float,
-                     unbalanced: bool, max_iter: int, thresh: float) -> Tensor:
+def transport_logits(
+    tokens: Tensor,
+    text: Tensor,
+    scale: Tensor | float,
+    eps: float,
+    gamma: float,
+    unbalanced: bool,
+    max_iter: int,
+    thresh: float,
+) -> Tensor:
     """(B, C) ``scale * sum_mn T*_mn <f_m, g_cn>`` for patch features ``tokens`` (B, M, D) and the
     text features ``text`` (N, C, D) of N prompts; T* (:func:`transport_plan`) is a constant."""
     sim = torch.einsum("bmd,ncd->bcmn", tokens, text.to(tokens.dtype))
@@ -103,8 +118,7 @@ class FedOTPClient(PromptClient):
     method: "FedOTP"
     shared_params = {"prompt": "ctx"}  # P_G; P_L (``local``) stays
 
-    def __init__(self, method: "FedOTP", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedOTP", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         self.local = nn.Parameter(torch.zeros_like(self.ctx))
         """P_L, the private local prompt (``ctx`` is the global prompt P_G)."""
@@ -134,8 +148,9 @@ class FedOTPClient(PromptClient):
     def ot_logits(self, tokens: Tensor, text: Tensor) -> Tensor:
         """(B, C) ``s * sum_mn T*_mn <f_m, g_cn>`` for patch features (B, M, D)."""
         m = self.method
-        return transport_logits(tokens, text, self.backbone.logit_scale, m.eps, m.gamma, m.ot == "cot",
-                                m.max_iter, m.thresh)
+        return transport_logits(
+            tokens, text, self.backbone.logit_scale, m.eps, m.gamma, m.ot == "cot", m.max_iter, m.thresh
+        )
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.ot_logits(batch["tokens"], self.prompt_features())
@@ -174,10 +189,14 @@ class FedOTP(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (0 < self.gamma <= 1, "method.gamma must be in (0, 1]"),
-            (self.eps > 0, "method.eps must be > 0"),
-            (self.max_iter >= 1, "method.max_iter must be >= 1"),
-            (self.thresh >= 0, "method.thresh must be >= 0"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (0 < self.gamma <= 1, "method.gamma must be in (0, 1]"),
+                (self.eps > 0, "method.eps must be > 0"),
+                (self.max_iter >= 1, "method.max_iter must be >= 1"),
+                (self.thresh >= 0, "method.thresh must be >= 0"),
+            ]
+            if not ok
+        ]
         return out

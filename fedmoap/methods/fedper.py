@@ -9,6 +9,7 @@ the global shared tokens, trains both parts, and uploads the shared ones; it is 
 ``[shared^t, personal_i]``; a never-trained (held-out) client with the shared tokens and the mean
 of the clients' personal ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,7 @@ from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 class FedPerClient(PromptClient):
     method: "FedPer"
 
-    def __init__(self, method: "FedPer", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedPer", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         n = len(self.ctx)
         personal = method.personal_count(n)

@@ -16,6 +16,7 @@ reference code's anchor is the token embeddings of the learner's own "X X ... X 
 (``anchor: placeholder``). Logits are over the C classes once: the reference script's
 ``NUM_PROMPT=2`` doubles every class (2C logits, the second block always wrong).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,7 @@ class FedPGPClient(PromptClient):
     method: "FedPGP"
     shared_params = {"prompt": "ctx"}  # sigma_G; U, V stay
 
-    def __init__(self, method: "FedPGP", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedPGP", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         n, b = len(self.ctx), method.bottleneck
         self.u = nn.Parameter(torch.zeros(n, b))
@@ -74,8 +74,10 @@ class FedPGPClient(PromptClient):
                 else:
                     words = bb.embed_tokens(" ".join(["X"] * len(self.ctx)))
                     if len(words) != len(self.ctx):
-                        raise FedmoapError(f"method.anchor placeholder: 'X' x {len(self.ctx)} is "
-                                           f"{len(words)} tokens for this text tower")
+                        raise FedmoapError(
+                            f"method.anchor placeholder: 'X' x {len(self.ctx)} is "
+                            f"{len(words)} tokens for this text tower"
+                        )
                     feats = bb.encode_prompts(self.slots, words.to(self.ctx.device))
             self._anchor = F.normalize(feats.float(), dim=-1)
         return self._anchor
@@ -126,10 +128,14 @@ class FedPGP(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (self.bottleneck >= 1, "method.bottleneck must be >= 1"),
-            (self.mu >= 0, "method.mu must be >= 0"),
-            (self.tau > 0, "method.tau must be > 0"),
-            ("{}" in self.anchor_template, "method.anchor_template must contain {} for the class name"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (self.bottleneck >= 1, "method.bottleneck must be >= 1"),
+                (self.mu >= 0, "method.mu must be >= 0"),
+                (self.tau > 0, "method.tau must be > 0"),
+                ("{}" in self.anchor_template, "method.anchor_template must contain {} for the class name"),
+            ]
+            if not ok
+        ]
         return out

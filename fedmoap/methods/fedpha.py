@@ -16,6 +16,7 @@ local prompt alone; one that never trained with P_G (``unseen_eval: global``). C
 lengths get prompt slots of their own length (the reference reuses the longest prompt's end-token
 position for shorter ones and so reads the wrong token; not copied). P_G is uploaded and averaged.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,7 @@ class FedPHAClient(GlobalPromptClient):
 
     method: "FedPHA"
 
-    def __init__(self, method: "FedPHA", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedPHA", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         lengths = method.local_lengths
         if lengths is not None and len(lengths) < run.num_clients:
@@ -110,8 +110,9 @@ class FedPHAClient(GlobalPromptClient):
         m = self.method
         t_l, t_proj = self.local_features(projected=True)
         t_g = self.text_features()
-        loss = (F.cross_entropy(self.logits(batch, t_l), batch["label"])
-                + F.cross_entropy(self.logits(batch, t_g), batch["label"]))
+        loss = F.cross_entropy(self.logits(batch, t_l), batch["label"]) + F.cross_entropy(
+            self.logits(batch, t_g), batch["label"]
+        )
         pull = (t_l - t_proj).pow(2).mean()
         push = F.relu(m.alpha - (t_l - t_g).norm(dim=-1)).mean()
         return loss + m.lambda_pull * pull + m.lambda_push * push
@@ -152,11 +153,17 @@ class FedPHA(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (0 < self.ratio <= 1, "method.ratio must be in (0, 1]"),
-            (self.alpha >= 0, "method.alpha must be >= 0"),
-            (self.lambda_pull >= 0 and self.lambda_push >= 0, "method.lambda_pull and lambda_push must be >= 0"),
-            (self.local_lengths is None or min(self.local_lengths, default=0) >= 1,
-             "method.local_lengths must be a non-empty list of lengths >= 1"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (0 < self.ratio <= 1, "method.ratio must be in (0, 1]"),
+                (self.alpha >= 0, "method.alpha must be >= 0"),
+                (self.lambda_pull >= 0 and self.lambda_push >= 0, "method.lambda_pull and lambda_push must be >= 0"),
+                (
+                    self.local_lengths is None or min(self.local_lengths, default=0) >= 1,
+                    "method.local_lengths must be a non-empty list of lengths >= 1",
+                ),
+            ]
+            if not ok
+        ]
         return out

@@ -5,6 +5,7 @@ The term is computed on the live parameter, so it has a gradient ``mu * (P - P_g
 reference codes (pFedMoAP, FedOTP, PromptFolio) build it from ``state_dict()`` tensors, which are
 detached, so their FedProx adds a constant and trains exactly as FedAvg.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

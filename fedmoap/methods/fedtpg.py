@@ -17,6 +17,7 @@ own``, learnt in the set-up pass, which sends the server nothing) and uploads al
 server takes the **unweighted** mean (``weighting: uniform``). Evaluation generates the context
 from whatever label space is evaluated; a never-trained client needs nothing but the generator.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,8 +78,7 @@ class FedTPGClient(PromptClient):
     personal_eval = False
     keeps_statistics = True  # the set-up pass records the client's own classes
 
-    def __init__(self, method: "FedTPG", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedTPG", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         del self.ctx
         self.generator = self._new_generator()
@@ -194,15 +194,18 @@ class FedTPG(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (self.heads >= 1, "method.heads must be >= 1"),
-            (self.depth >= 0, "method.depth must be >= 0"),
-            (not self.ctx_init, "method.ctx_init: FedTPG generates its context (leave it null)"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (self.heads >= 1, "method.heads must be >= 1"),
+                (self.depth >= 0, "method.depth must be >= 0"),
+                (not self.ctx_init, "method.ctx_init: FedTPG generates its context (leave it null)"),
+            ]
+            if not ok
+        ]
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
         if backbone.ctx_width % self.heads:
             return [f"method.heads {self.heads} must divide the text width {backbone.ctx_width}"]
         return []
-

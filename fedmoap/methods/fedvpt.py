@@ -12,6 +12,7 @@ global prompts. This is the reference vision-prompt method of the method API: a 
 prompts in the image tower declares ``inputs = {"pixels"}`` and calls
 :meth:`~fedmoap.backbones.base.Backbone.encode_image_prompted`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,12 +33,10 @@ class FedVPTClient(GlobalPromptClient):
     method: "FedVPT"
     personal_eval = False
 
-    def __init__(self, method: "FedVPT", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "FedVPT", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         if method.vision_depth:  # 0 only in subclasses: text prompts alone (PromptSRC as FLiP runs it)
-            self.vision = nn.Parameter(torch.zeros(method.vision_depth, method.vision_tokens,
-                                                   backbone.vision_width))
+            self.vision = nn.Parameter(torch.zeros(method.vision_depth, method.vision_tokens, backbone.vision_width))
         if method.text_depth > 1:
             self.deep_text = nn.Parameter(torch.zeros(method.text_depth - 1, *self.ctx.shape))
             """IVLP's deep text prompts P_1..P_{J-1}, each replacing the context before its block."""
@@ -47,8 +46,10 @@ class FedVPTClient(GlobalPromptClient):
         out = super().global_init()
         if m.vision_depth:
             gen = torch_generator(self.run.seed, "initial_vision_prompt")
-            out["vision"] = torch.randn(m.vision_depth, m.vision_tokens, self.backbone.vision_width,
-                                        generator=gen) * m.vision_init_std
+            out["vision"] = (
+                torch.randn(m.vision_depth, m.vision_tokens, self.backbone.vision_width, generator=gen)
+                * m.vision_init_std
+            )
         if m.text_depth > 1:
             gen = torch_generator(self.run.seed, "initial_deep_text_prompt")
             out["deep_text"] = torch.randn(m.text_depth - 1, *out["prompt"].shape, generator=gen) * 0.02
@@ -123,5 +124,6 @@ class FedVPT(PromptMethod):
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
-        return (vision_prompt_problems(self.name, backbone, "vision_depth", self.vision_depth)
-                + text_depth_problems(backbone, self.text_depth))
+        return vision_prompt_problems(self.name, backbone, "vision_depth", self.vision_depth) + text_depth_problems(
+            backbone, self.text_depth
+        )

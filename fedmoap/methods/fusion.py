@@ -6,6 +6,7 @@ context prompt ``C`` (m', W) token by token, with a residual on ``Q`` (reconstru
 this is ``torch.nn.MultiheadAttention(W, heads)`` (same maths, same initialisation); ``dim`` < W
 projects to a narrower attention (a lighter private module, as pFedMoAP's 128-d gating).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,7 @@ class CrossFusion(nn.Module):
         q = self.q(query).view(-1, h, d).transpose(0, 1)
         k = self.k(context).view(-1, h, d).transpose(0, 1)
         v = self.v(context).view(-1, h, d).transpose(0, 1)
-        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1) @ v   # h m d
+        att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1) @ v  # h m d
         out = self.o(att.transpose(0, 1).reshape(-1, self.dim))
         if self.gain is not None:
             out = self.gain * F.layer_norm(out, out.shape[-1:])

@@ -5,6 +5,7 @@ that class from the local expert and the K non-local experts are keys and values
 enhanced text feature per (image, class). Softmax attention over experts makes the output
 independent of the order of the experts, and K may be any number (including 0).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,14 @@ class AttentionGating(nn.Module):
             (the reference code uses 10.0).
     """
 
-    def __init__(self, d_feature: int, d_gating: int = 128, heads: int = 8,
-                 reduction: Reduction = "avg_pool", attn_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        d_feature: int,
+        d_gating: int = 128,
+        heads: int = 8,
+        reduction: Reduction = "avg_pool",
+        attn_scale: float | None = None,
+    ) -> None:
         super().__init__()
         if d_gating % heads:
             raise ValueError(f"d_gating ({d_gating}) must be divisible by heads ({heads})")
@@ -89,11 +96,11 @@ class AttentionGating(nn.Module):
             (B, C, d_gating) one enhanced text feature per image and class.
         """
         h, dh = self.heads, self.d_gating // self.heads
-        q = self.q_proj(self.reduce(image)).unflatten(-1, (h, dh))            # B h dh
-        kv = self.reduce(experts)                                              # E C d
-        k = self.k_proj(kv).unflatten(-1, (h, dh))                             # E C h dh
+        q = self.q_proj(self.reduce(image)).unflatten(-1, (h, dh))  # B h dh
+        kv = self.reduce(experts)  # E C d
+        k = self.k_proj(kv).unflatten(-1, (h, dh))  # E C h dh
         v = self.v_proj(kv).unflatten(-1, (h, dh))
-        scores = torch.einsum("bhd,echd->bche", q, k) * self.scale             # B C h E
+        scores = torch.einsum("bhd,echd->bche", q, k) * self.scale  # B C h E
         attn = scores.softmax(dim=-1)
-        out = torch.einsum("bche,echd->bchd", attn, v).flatten(-2)             # B C d
+        out = torch.einsum("bche,echd->bchd", attn, v).flatten(-2)  # B C d
         return self.out_proj(out)

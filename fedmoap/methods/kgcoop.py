@@ -11,6 +11,7 @@ FLiP's port hard-codes weight 1 and uploads two tensors its prompt learner never
 scripts use weight 8 and fedmoap uploads the prompt only. Every participant trains the global prompt
 from the download; the server averages it (size-weighted); nothing is personal.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,8 +79,12 @@ class KgCoOp(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (self.weight >= 0, "method.weight must be >= 0"),
-            ("{}" in self.anchor_template, "method.anchor_template must contain {} for the class name"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (self.weight >= 0, "method.weight must be >= 0"),
+                ("{}" in self.anchor_template, "method.anchor_template must contain {} for the class name"),
+            ]
+            if not ok
+        ]
         return out

@@ -9,6 +9,7 @@ U_0 is appended to the image tokens at the input and U_j replaces them before bl
 the cosine logits. Every trained tensor (prompts and maps) is uploaded and averaged (size-weighted);
 nothing is personal. IVLP, the same without the coupling, is ``fedvpt`` with ``text_depth``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,7 @@ class MaPLeClient(GlobalPromptClient):
     personal_eval = False
     shared_params = {"prompt": "ctx", "deep_text": "deep_text", "proj": "proj"}  # proj.0.weight, ...
 
-    def __init__(self, method: "MaPLe", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "MaPLe", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         j = method.depth
         self.deep_text = nn.Parameter(torch.zeros(j - 1, *self.ctx.shape))
@@ -112,5 +112,6 @@ class MaPLe(PromptMethod):
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
-        return (vision_prompt_problems("maple", backbone, "depth", self.depth)
-                + text_depth_problems(backbone, self.depth, "depth"))
+        return vision_prompt_problems("maple", backbone, "depth", self.depth) + text_depth_problems(
+            backbone, self.depth, "depth"
+        )

@@ -8,6 +8,7 @@ each group that anneals follows ``0.5 (1 + cos(pi e / E))`` over the E epochs of
 under ``train.lr_schedule: rounds``, the constant factor of the training's round), the others keep
 their learning rate.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,12 @@ if TYPE_CHECKING:
 def local_sgd(groups: Sequence[ParamGroup], train: TrainArgs, state: dict | None) -> torch.optim.SGD:
     """SGD over ``groups``, loaded from ``state`` (a kept optimizer state) where given; the
     groups' learning rates are then set afresh, as the schedule restarts with every training."""
-    optimizer = torch.optim.SGD([{"params": g.params, "lr": g.lr} for g in groups], lr=train.lr,
-                                momentum=train.momentum, weight_decay=train.weight_decay)
+    optimizer = torch.optim.SGD(
+        [{"params": g.params, "lr": g.lr} for g in groups],
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+    )
     if state is not None:
         optimizer.load_state_dict(state)
         for group, g in zip(optimizer.param_groups, groups):
@@ -50,8 +55,9 @@ def round_cosine(train: TrainArgs, t: int | None) -> float | None:
     return 0.5 * (1 + math.cos(math.pi * (min(t, r) - 1) / r))
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, groups: Sequence[ParamGroup], epochs: int,
-                by_round: float | None) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, groups: Sequence[ParamGroup], epochs: int, by_round: float | None
+) -> torch.optim.lr_scheduler.LambdaLR:
     """One factor per group, stepped once per local epoch: :func:`cosine` where the group anneals,
     1 where it does not."""
 

@@ -14,6 +14,7 @@ head on the pooled feature. Everything trainable is FedAvg'd; the test path neve
 - ``fedavg_vpt``: FedAvg of a shallow VPT prompt + linear head (SGPT's FedVPT baseline), and
 - ``local_vpt``: the same classifier trained by each client alone (every client, every round).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,7 @@ class VPTHeadClient(ClientModule):
 
     method: "VPTHead"
 
-    def __init__(self, method: "VPTHead", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "VPTHead", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         m, width, dim = method, backbone.vision_width, backbone.embed_dim
         self.ccmp = m.uses_ccmp()
@@ -63,8 +63,9 @@ class VPTHeadClient(ClientModule):
             m, seed = self.method, self.run.seed
             out = {"shared": self._prompt_init(self.shared.shape, torch_generator(seed, "vpt_shared_prompt"))}
             if self.ccmp:
-                out["class_prompts"] = self._prompt_init(self.class_prompts.shape,
-                                                         torch_generator(seed, "pep_class_prompts"))
+                out["class_prompts"] = self._prompt_init(
+                    self.class_prompts.shape, torch_generator(seed, "pep_class_prompts")
+                )
             d = self.backbone.embed_dim
             if m.head_init == "text":  # zero-shot classifier: head(sqrt(D) x) = s * cos(x, t_c)
                 slots = self.backbone.prepare_prompts([m.head_template.format(c) for c in self.classnames], 0)
@@ -187,8 +188,11 @@ class VPTHeadClient(ClientModule):
         m = self.method
         groups = [{j: self.shared[j] for j in range(m.shared_depth)}]
         if self.ccmp:
-            w = (F.one_hot(label, self.num_classes).float() if label is not None
-                 else self.mixing_weights(self.weight_feature(batch))).detach()
+            w = (
+                F.one_hot(label, self.num_classes).float()
+                if label is not None
+                else self.mixing_weights(self.weight_feature(batch))
+            ).detach()
             if self.training:
                 self._usage += w.sum(0).double().cpu()
             mixed = torch.einsum("bc,lcnw->lbnw", w.to(self.class_prompts.dtype), self.class_prompts)
@@ -228,7 +232,7 @@ class PEPFedPTServer(FedAvgServer):
         new = weighted_mean(params, weights, self.global_state)
         if usage:  # class_prompt_agg: usage, class by class
             ids = sorted(usage)
-            u = torch.stack([usage[i].double() for i in ids])                   # K C
+            u = torch.stack([usage[i].double() for i in ids])  # K C
             total = u.sum(0)
             stacked = torch.stack([uploads[i]["class_prompts"].double() for i in ids])  # K L C n W
             mixed = torch.einsum("kc,klcnw->lcnw", u, stacked) / total.clamp_min(1e-12).view(1, -1, 1, 1)
@@ -289,12 +293,16 @@ class VPTHead(Method):
         return list(range(num_clients)) if self.local else sampled
 
     def problems(self) -> list[str]:
-        return [msg for ok, msg in [
-            (self.shared_tokens >= 1, "method.shared_tokens must be >= 1"),
-            (self.shared_depth >= 1, "method.shared_depth must be >= 1"),
-            ("{}" in self.head_template, "method.head_template must contain {} for the class name"),
-            (self.head_lr is None or self.head_lr > 0, "method.head_lr must be > 0 or null"),
-        ] if not ok]
+        return [
+            msg
+            for ok, msg in [
+                (self.shared_tokens >= 1, "method.shared_tokens must be >= 1"),
+                (self.shared_depth >= 1, "method.shared_depth must be >= 1"),
+                ("{}" in self.head_template, "method.head_template must contain {} for the class name"),
+                (self.head_lr is None or self.head_lr > 0, "method.head_lr must be > 0 or null"),
+            ]
+            if not ok
+        ]
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
         return vision_prompt_problems(self.name, backbone, "shared_depth", self.shared_depth)
@@ -384,12 +392,16 @@ class PEPFedPT(VPTHead):
         return self.ccmp and (t == 0 or self.proto_feature == "prompted")
 
     def problems(self) -> list[str]:
-        return super().problems() + [msg for ok, msg in [
-            (self.class_tokens >= 1, "method.class_tokens must be >= 1"),
-            (0 <= self.ccmp_layer < 1, "method.ccmp_layer must be in [0, 1)"),
-            (self.tau > 0, "method.tau must be > 0"),
-            (self.eps >= 0, "method.eps must be >= 0"),
-            (self.prior_smoothing >= 0, "method.prior_smoothing must be >= 0"),
-            (self.topk >= 1, "method.topk must be >= 1"),
-            (0 <= self.proto_momentum < 1, "method.proto_momentum must be in [0, 1)"),
-        ] if not ok]
+        return super().problems() + [
+            msg
+            for ok, msg in [
+                (self.class_tokens >= 1, "method.class_tokens must be >= 1"),
+                (0 <= self.ccmp_layer < 1, "method.ccmp_layer must be in [0, 1)"),
+                (self.tau > 0, "method.tau must be > 0"),
+                (self.eps >= 0, "method.eps must be >= 0"),
+                (self.prior_smoothing >= 0, "method.prior_smoothing must be >= 0"),
+                (self.topk >= 1, "method.topk must be >= 1"),
+                (0 <= self.proto_momentum < 1, "method.proto_momentum must be in [0, 1)"),
+            ]
+            if not ok
+        ]

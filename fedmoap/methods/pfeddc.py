@@ -14,6 +14,7 @@ uploads; local prompts, fusion modules and their optimizer state never leave it.
 With ``vision: false`` and ``fusion: none`` (F = G, no local prompt) the client is PromptFL's,
 reading cached image features: the same initial prompt, parameter group and results.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,15 +40,13 @@ class PFedDCClient(GlobalPromptClient):
 
     method: "PFedDC"
 
-    def __init__(self, method: "PFedDC", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "PFedDC", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         m, n_t = method, self.ctx.shape[0]
         self.local = m.fusion != "none"
         self.personal_eval = self.local  # no private part: evaluation is the server's alone
-        if m.fusion_width(n_t) != n_t:   # [G; L] or both directions: a 2m-token text prompt
-            self.slots = backbone.prepare_prompts([m.template.format(c) for c in classnames],
-                                                  m.fusion_width(n_t))
+        if m.fusion_width(n_t) != n_t:  # [G; L] or both directions: a 2m-token text prompt
+            self.slots = backbone.prepare_prompts([m.template.format(c) for c in classnames], m.fusion_width(n_t))
         zeros = torch.zeros
         if m.text_depth > 1:
             self.global_text_deep = nn.Parameter(zeros(m.text_depth - 1, n_t, backbone.ctx_width))
@@ -62,11 +61,13 @@ class PFedDCClient(GlobalPromptClient):
             per_layer = 2 if m.fusion_query == "both" else 1
             self.fusion_text = nn.ModuleList(
                 CrossFusion(backbone.ctx_width, m.fusion_heads, m.fusion_dim, m.fusion_norm)
-                for _ in range(m.text_depth * per_layer))
+                for _ in range(m.text_depth * per_layer)
+            )
             if m.vision:
                 self.fusion_vision = nn.ModuleList(
                     CrossFusion(backbone.vision_width, m.fusion_heads, m.fusion_dim, m.fusion_norm)
-                    for _ in range(m.vision_depth * per_layer))
+                    for _ in range(m.vision_depth * per_layer)
+                )
 
     # ----- state ------------------------------------------------------------------------------
     def global_init(self) -> Payload:
@@ -144,8 +145,10 @@ class PFedDCClient(GlobalPromptClient):
         if ctx is not None:
             return super().text_features(ctx)
         g = [self.ctx, *(self.global_text_deep if m.text_depth > 1 else [])]
-        layers = [self.fuse(g[j], self.local_text[j] if self.local else None,
-                            getattr(self, "fusion_text", None), j) for j in range(m.text_depth)]
+        layers = [
+            self.fuse(g[j], self.local_text[j] if self.local else None, getattr(self, "fusion_text", None), j)
+            for j in range(m.text_depth)
+        ]
         if m.text_depth == 1:
             return F.normalize(self.backbone.encode_prompts(self.slots, layers[0]), dim=-1)
         return F.normalize(self.backbone.encode_prompts_deep(self.slots, layers), dim=-1)
@@ -153,8 +156,10 @@ class PFedDCClient(GlobalPromptClient):
     def vision_prompts(self) -> dict[int, Tensor]:
         """The fused vision prompt as one group: block -> tokens."""
         modules = getattr(self, "fusion_vision", None)
-        return {j: self.fuse(self.global_vision[j], self.local_vision[j] if self.local else None,
-                             modules, j) for j in range(self.method.vision_depth)}
+        return {
+            j: self.fuse(self.global_vision[j], self.local_vision[j] if self.local else None, modules, j)
+            for j in range(self.method.vision_depth)
+        }
 
     def image_logits(self, batch: dict[str, Tensor], text: Tensor, vision: dict[int, Tensor] | None) -> Tensor:
         if vision is None:  # vision prompts off: the cached features, PromptFL's logits
@@ -163,8 +168,7 @@ class PFedDCClient(GlobalPromptClient):
         return self.backbone.logit_scale * image @ text.t()
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.image_logits(batch, self.text_features(),
-                                 self.vision_prompts() if self.method.vision else None)
+        return self.image_logits(batch, self.text_features(), self.vision_prompts() if self.method.vision else None)
 
     def eval_state(self) -> tuple[Tensor, dict[int, Tensor] | None]:
         """The fusion is input-independent: fused prompts and text features once per client."""
@@ -179,11 +183,14 @@ class PFedDCClient(GlobalPromptClient):
         two-stage schedule: the global prompts, then the private parts."""
         m, lr = self.method, self.run.train.lr
         glob = list(self.shared_parameters().values())
-        prompts = [*glob, *([self.local_text] if self.local else []),
-                   *([self.local_vision] if self.local and m.vision else [])]
+        prompts = [
+            *glob,
+            *([self.local_text] if self.local else []),
+            *([self.local_vision] if self.local and m.vision else []),
+        ]
         fusion = [p for module in self.fusion_modules() for p in module.parameters()]
         if m.schedule == "two_stage":
-            return [ParamGroup(glob, lr), ParamGroup(prompts[len(glob):] + fusion, m.fusion_lr or lr)]
+            return [ParamGroup(glob, lr), ParamGroup(prompts[len(glob) :] + fusion, m.fusion_lr or lr)]
         if m.fusion_lr is not None and fusion:
             return [ParamGroup(prompts, lr), ParamGroup(fusion, m.fusion_lr)]
         return [ParamGroup(prompts + fusion, lr)]
@@ -200,6 +207,7 @@ class PFedDCClient(GlobalPromptClient):
             def factor(epoch: int) -> float:
                 on = (epoch < first) == (group == 0)
                 return cosine(epoch, epochs, by_round) if on else 0.0
+
             return factor
 
         optimizer = built["optimizer"]
@@ -275,29 +283,41 @@ class PFedDC(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [msg for ok, msg in [
-            (self.vision_tokens >= 1, "method.vision_tokens must be >= 1"),
-            (self.vision_depth >= 1, "method.vision_depth must be >= 1"),
-            (self.text_depth >= 1, "method.text_depth must be >= 1"),
-            (self.fusion_heads >= 1, "method.fusion_heads must be >= 1"),
-            (self.fusion_dim is None or (self.fusion_dim >= 1 and self.fusion_dim % max(self.fusion_heads, 1) == 0),
-             "method.fusion_dim must be a positive multiple of method.fusion_heads, or null"),
-            (self.fusion_lr is None or self.fusion_lr > 0, "method.fusion_lr must be > 0 or null"),
-            (self.schedule == "joint" or self.fusion != "none",
-             "method.schedule two_stage needs local prompts (method.fusion other than none)"),
-        ] if not ok]
+        out += [
+            msg
+            for ok, msg in [
+                (self.vision_tokens >= 1, "method.vision_tokens must be >= 1"),
+                (self.vision_depth >= 1, "method.vision_depth must be >= 1"),
+                (self.text_depth >= 1, "method.text_depth must be >= 1"),
+                (self.fusion_heads >= 1, "method.fusion_heads must be >= 1"),
+                (
+                    self.fusion_dim is None
+                    or (self.fusion_dim >= 1 and self.fusion_dim % max(self.fusion_heads, 1) == 0),
+                    "method.fusion_dim must be a positive multiple of method.fusion_heads, or null",
+                ),
+                (self.fusion_lr is None or self.fusion_lr > 0, "method.fusion_lr must be > 0 or null"),
+                (
+                    self.schedule == "joint" or self.fusion != "none",
+                    "method.schedule two_stage needs local prompts (method.fusion other than none)",
+                ),
+            ]
+            if not ok
+        ]
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
         out = []
         if self.vision:
-            out += vision_prompt_problems("pfeddc", backbone, "vision_depth", self.vision_depth,
-                                          "; or --method.vision false")
+            out += vision_prompt_problems(
+                "pfeddc", backbone, "vision_depth", self.vision_depth, "; or --method.vision false"
+            )
         out += text_depth_problems(backbone, self.text_depth)
         if self.fusion == "cross" and self.fusion_dim is None:
             widths = {backbone.ctx_width} | ({backbone.vision_width} if self.vision else set())
             bad = sorted(w for w in widths if w and w % self.fusion_heads)
             if bad:
-                out.append(f"method.fusion_heads {self.fusion_heads} does not divide the prompt "
-                           f"width(s) {bad}; set method.fusion_dim")
+                out.append(
+                    f"method.fusion_heads {self.fusion_heads} does not divide the prompt "
+                    f"width(s) {bad}; set method.fusion_dim"
+                )
         return out

@@ -23,6 +23,7 @@ never trained has its initial personal adapters and the global ``h_l``: at s = 1
 zero-shot "a photo of a {}.". Not reproduced: an adapter on the embeddings (the reference's block
 index 0, off by default).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -86,8 +87,7 @@ class PFedMMAClient(ClientModule):
     method: "PFedMMA"
     shared_params = {"shared": "shared"}  # shared.0.0.weight, ...; down/up stay
 
-    def __init__(self, method: "PFedMMA", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "PFedMMA", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         n, r = method.num_blocks, method.adapter_dim
         self.slots = backbone.prepare_prompts([method.prompt.format(c) for c in classnames], 0)
@@ -130,6 +130,7 @@ class PFedMMAClient(ClientModule):
                 x = grad_scale(x, m.scale) if scaled else x
                 y = own.up(shared(own.down(x))) * m.scale
                 return grad_scale(y, 1 / m.scale) if scaled else y
+
             return delta
 
         return {first + i: branch(own, h) for i, (own, h) in enumerate(zip(personal, self.shared))}
@@ -190,17 +191,25 @@ class PFedMMA(Method):
         return self.text_blocks[1] - self.text_blocks[0] + 1
 
     def problems(self) -> list[str]:
-        out = [f"method.{knob} must be [first, last] with 1 <= first <= last"
-               for knob in ("text_blocks", "vision_blocks")
-               if len(getattr(self, knob)) != 2 or not 1 <= getattr(self, knob)[0] <= getattr(self, knob)[1]]
+        out = [
+            f"method.{knob} must be [first, last] with 1 <= first <= last"
+            for knob in ("text_blocks", "vision_blocks")
+            if len(getattr(self, knob)) != 2 or not 1 <= getattr(self, knob)[0] <= getattr(self, knob)[1]
+        ]
         if not out and self.vision_blocks[1] - self.vision_blocks[0] != self.text_blocks[1] - self.text_blocks[0]:
-            out.append(f"method.text_blocks {self.text_blocks} and method.vision_blocks "
-                       f"{self.vision_blocks} must span as many blocks (they share projections)")
-        out += [m for ok, m in [
-            (self.adapter_dim >= 1, "method.adapter_dim must be >= 1"),
-            (self.scale >= 0, "method.scale must be >= 0"),
-            ("{}" in self.prompt, "method.prompt must contain {} for the class name"),
-        ] if not ok]
+            out.append(
+                f"method.text_blocks {self.text_blocks} and method.vision_blocks "
+                f"{self.vision_blocks} must span as many blocks (they share projections)"
+            )
+        out += [
+            m
+            for ok, m in [
+                (self.adapter_dim >= 1, "method.adapter_dim must be >= 1"),
+                (self.scale >= 0, "method.scale must be >= 0"),
+                ("{}" in self.prompt, "method.prompt must contain {} for the class name"),
+            ]
+            if not ok
+        ]
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
@@ -208,9 +217,12 @@ class PFedMMA(Method):
         for tower, knob in (("text", "text_blocks"), ("image", "vision_blocks")):
             have = len(backbone.adapter_blocks(tower))
             if not have:
-                return [f"method pfedmma needs transformer blocks in both towers: {backbone.describe()} "
-                        f"has none in its {tower} tower (use an open_clip ViT such as ViT-B-16, or packaged-vit)"]
+                return [
+                    f"method pfedmma needs transformer blocks in both towers: {backbone.describe()} "
+                    f"has none in its {tower} tower (use an open_clip ViT such as ViT-B-16, or packaged-vit)"
+                ]
             if getattr(self, knob)[1] > have:
-                out.append(f"method.{knob} {getattr(self, knob)}: the {tower} tower of "
-                           f"{backbone.describe()} has {have} blocks")
+                out.append(
+                    f"method.{knob} {getattr(self, knob)}: the {tower} tower of {backbone.describe()} has {have} blocks"
+                )
         return out

@@ -15,6 +15,7 @@ epochs each: first as a first-time participant (the global prompt, plain CE), th
 returning one whose pool entry is that prompt (the K experts nearest to it, local prompt and
 gating trained as in any round with experts); its prompt never enters the pool.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,11 +35,11 @@ from fedmoap.seeding import derive_seed
 class PFedMoAPClient(GlobalPromptClient):
     method: "PFedMoAP"
 
-    def __init__(self, method: "PFedMoAP", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "PFedMoAP", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
-        self.gating = AttentionGating(backbone.embed_dim, method.d_gating, method.heads,
-                                      method.reduction, method.attn_scale)
+        self.gating = AttentionGating(
+            backbone.embed_dim, method.d_gating, method.heads, method.reduction, method.attn_scale
+        )
         self.experts: Tensor | None = None
         self._expert_text: Tensor | None = None
 
@@ -97,8 +98,8 @@ class PFedMoAPClient(GlobalPromptClient):
         experts = local_text.unsqueeze(0)
         if self.expert_text is not None:
             experts = torch.cat([experts, self.expert_text.to(local_text.dtype)])
-        moe = self.gating(image, experts)                                    # B C d
-        query = self.gating.reduce(image)                                    # B d
+        moe = self.gating(image, experts)  # B C d
+        query = self.gating.reduce(image)  # B d
         if self.method.moe_similarity == "cosine":
             moe, query = F.normalize(moe, dim=-1), F.normalize(query, dim=-1)
         mixed = self.backbone.logit_scale * torch.einsum("bd,bcd->bc", query, moe)
@@ -203,15 +204,21 @@ class PFedMoAP(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (self.num_experts >= 0, "method.num_experts must be >= 0"),
-            (self.heads >= 1, "method.heads must be >= 1"),
-            (self.d_gating >= 1, "method.d_gating must be >= 1"),
-            (self.heads < 1 or self.d_gating % self.heads == 0,
-             "method.d_gating must be divisible by method.heads"),
-            (self.gating_lr > 0, "method.gating_lr must be > 0"),
-            (self.attn_scale is None or self.attn_scale > 0, "method.attn_scale must be > 0 or null"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (self.num_experts >= 0, "method.num_experts must be >= 0"),
+                (self.heads >= 1, "method.heads must be >= 1"),
+                (self.d_gating >= 1, "method.d_gating must be >= 1"),
+                (
+                    self.heads < 1 or self.d_gating % self.heads == 0,
+                    "method.d_gating must be divisible by method.heads",
+                ),
+                (self.gating_lr > 0, "method.gating_lr must be > 0"),
+                (self.attn_scale is None or self.attn_scale > 0, "method.attn_scale must be > 0 or null"),
+            ]
+            if not ok
+        ]
         bad = [c for c, k in (self.experts_per_client or {}).items() if k < 0]
         if bad:
             out.append(f"method.experts_per_client: negative K for clients {bad}")
@@ -219,6 +226,8 @@ class PFedMoAP(PromptMethod):
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:
         if self.reduction == "strided" and backbone.embed_dim % self.d_gating:
-            return [f"method.reduction strided needs the feature size ({backbone.embed_dim}) to "
-                    f"be divisible by method.d_gating ({self.d_gating})"]
+            return [
+                f"method.reduction strided needs the feature size ({backbone.embed_dim}) to "
+                f"be divisible by method.d_gating ({self.d_gating})"
+            ]
         return []

@@ -18,6 +18,7 @@ Each feature seen during a round's local training enters the cache once per dist
 1 / local epochs, so each training image's total weight is 1 (with plain features only this is
 exactly Tip-Adapter's cache).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,7 @@ class PFedPromptClient(GlobalPromptClient):
     method: "PFedPrompt"
     personal_eval = True  # the cache is the client's own
 
-    def __init__(self, method: "PFedPrompt", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "PFedPrompt", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         self.cache_keys: Tensor | None = None
         """(M, D) L2-normalised training features of the latest round."""
@@ -96,8 +96,11 @@ class PFedPromptClient(GlobalPromptClient):
         keys = self.cache_keys.to(features.device, features.dtype)
         affinity = features @ keys.t()
         m = self.method
-        return m.cache_alpha * torch.exp(-m.cache_beta * (1 - affinity)) @ \
-            self.cache_values.to(features.device, features.dtype)
+        return (
+            m.cache_alpha
+            * torch.exp(-m.cache_beta * (1 - affinity))
+            @ self.cache_values.to(features.device, features.dtype)
+        )
 
     def predict(self, batch: dict[str, Tensor]) -> Tensor:
         return super().predict(batch) + self.cache_logits(batch["features"])

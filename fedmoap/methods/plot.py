@@ -9,6 +9,7 @@ balanced) is a constant, ``logit_c = s * sum_mn T*_mn sim_mn``. All N prompts ar
 averaged; nothing is personal. With N = 1 (FLiP's run script) the plan is uniform and PLOT is
 CoOp's prompt on the mean of the patch features: ``num_prompts`` defaults to PLOT's 4.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,7 @@ class PLOTClient(GlobalPromptClient):
     method: "PLOT"
     personal_eval = False
 
-    def __init__(self, method: "PLOT", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "PLOT", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         self.ctx = nn.Parameter(torch.zeros(method.num_prompts, *self.ctx.shape))
 
@@ -75,10 +75,14 @@ class PLOT(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (self.num_prompts >= 1, "method.num_prompts must be >= 1"),
-            (self.eps > 0, "method.eps must be > 0"),
-            (self.max_iter >= 1, "method.max_iter must be >= 1"),
-            (self.thresh >= 0, "method.thresh must be >= 0"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (self.num_prompts >= 1, "method.num_prompts must be >= 1"),
+                (self.eps > 0, "method.eps must be > 0"),
+                (self.max_iter >= 1, "method.max_iter must be >= 1"),
+                (self.thresh >= 0, "method.thresh must be >= 0"),
+            ]
+            if not ok
+        ]
         return out

@@ -11,6 +11,7 @@ The projected gradient is applied through a surrogate loss ``(g.detach() * ctx).
 gradient is g exactly; DP-SGD (``pure_training_step = False``) then takes one such step per
 example. Every participant trains the global prompt; the server averages it (size-weighted).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ class ProGradClient(GlobalPromptClient):
         words = self.backbone.embed_tokens(m.tail_init).detach()
         ctx = torch.zeros(m.n_ctx, self.backbone.ctx_width)
         k = min(len(words), m.n_ctx)
-        ctx[m.n_ctx - k:] = words[len(words) - k:]
+        ctx[m.n_ctx - k :] = words[len(words) - k :]
         return {"prompt": ctx}
 
     def set_classnames(self, classnames: list[str]) -> None:
@@ -74,7 +75,7 @@ class ProGradClient(GlobalPromptClient):
         temp = self.method.temperature
         with torch.no_grad():
             p_zs = F.softmax(self.logits(batch, self.teacher.to(logits.dtype)) / temp, dim=-1)
-        kl = -(p_zs * F.log_softmax(logits / temp, dim=-1)).sum(-1).mean() * temp ** 2
+        kl = -(p_zs * F.log_softmax(logits / temp, dim=-1)).sum(-1).mean() * temp**2
         return F.cross_entropy(logits, batch["label"]), kl
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int = 0) -> Tensor:
@@ -82,8 +83,8 @@ class ProGradClient(GlobalPromptClient):
         m = self.method
         if m.mode == "distill":
             return ce + m.weight * kl
-        g_ce, = torch.autograd.grad(ce, self.ctx, retain_graph=True)
-        g_kl, = torch.autograd.grad(kl, self.ctx)
+        (g_ce,) = torch.autograd.grad(ce, self.ctx, retain_graph=True)
+        (g_kl,) = torch.autograd.grad(kl, self.ctx)
         g = project(g_ce.float(), g_kl.float(), m.lam).to(self.ctx.dtype)
         return (g.detach() * self.ctx).sum()
 
@@ -115,11 +116,15 @@ class ProGrad(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (0 <= self.lam <= 1, "method.lam must be in [0, 1]"),
-            (self.temperature > 0, "method.temperature must be > 0"),
-            (self.weight >= 0, "method.weight must be >= 0"),
-            ("{}" in self.teacher_template, "method.teacher_template must contain {} for the class name"),
-            (not (self.tail_init and self.ctx_init), "method.tail_init and method.ctx_init are both set (set one)"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (0 <= self.lam <= 1, "method.lam must be in [0, 1]"),
+                (self.temperature > 0, "method.temperature must be > 0"),
+                (self.weight >= 0, "method.weight must be >= 0"),
+                ("{}" in self.teacher_template, "method.teacher_template must contain {} for the class name"),
+                (not (self.tail_init and self.ctx_init), "method.tail_init and method.ctx_init are both set (set one)"),
+            ]
+            if not ok
+        ]
         return out

@@ -1,4 +1,5 @@
 """PromptFL (Guo et al., 2023): FedAvg of one CoOp prompt shared by all clients."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

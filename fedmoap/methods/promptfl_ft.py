@@ -8,6 +8,7 @@ through the generic evaluation-time adaptation of the round loop
 run's learning rate and cosine schedule, ``ft_epochs`` epochs; the fine-tuned prompt is never
 stored nor uploaded, so the next round starts from the global prompt again.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

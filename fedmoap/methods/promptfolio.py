@@ -10,6 +10,7 @@ theta = 0 is PromptFL; theta = 1 trains P_L alone (CoOp-like). Both contexts tra
 round; P_G is uploaded and averaged (size-weighted), P_L never leaves the client. A client that
 never trained is evaluated with ``unseen_theta`` (its local context is still its random init).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,8 +29,7 @@ class PromptFolioClient(GlobalPromptClient):
 
     method: "PromptFolio"
 
-    def __init__(self, method: "PromptFolio", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "PromptFolio", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         self.local = nn.Parameter(torch.zeros_like(self.ctx))
         """P_L (n_ctx x W), private."""
@@ -92,8 +92,12 @@ class PromptFolio(PromptMethod):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += [m for ok, m in [
-            (0 <= self.theta <= 1, "method.theta must be in [0, 1]"),
-            (0 <= self.unseen_theta <= 1, "method.unseen_theta must be in [0, 1]"),
-        ] if not ok]
+        out += [
+            m
+            for ok, m in [
+                (0 <= self.theta <= 1, "method.theta must be in [0, 1]"),
+                (0 <= self.unseen_theta <= 1, "method.unseen_theta must be in [0, 1]"),
+            ]
+            if not ok
+        ]
         return out

@@ -1,5 +1,6 @@
 """The learnable text prompt most methods share: a class-agnostic context in CoOp's layout
 ``[SOS][ctx x n_ctx][class name][.][EOT]``, encoded by the frozen text tower."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +43,10 @@ class PromptMethod(Method):
         if n + 3 <= limit:
             return []
         knob = f"method.ctx_init ({n} tokens)" if self.ctx_init else f"method.n_ctx {n}"
-        return [f"{knob} does not fit {backbone.describe()}'s {limit}-token text context "
-                f"(at most {limit - 3} context tokens, next to the start, end and class-name tokens)"]
+        return [
+            f"{knob} does not fit {backbone.describe()}'s {limit}-token text context "
+            f"(at most {limit - 3} context tokens, next to the start, end and class-name tokens)"
+        ]
 
 
 def initial_prompt(backbone: Backbone, method: PromptMethod, seed: int) -> Tensor:
@@ -59,8 +62,7 @@ class PromptClient(ClientModule):
 
     method: PromptMethod
 
-    def __init__(self, method: PromptMethod, backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: PromptMethod, backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         init = initial_prompt(backbone, method, run.seed)
         self.slots = backbone.prepare_prompts([method.template.format(c) for c in classnames], len(init))
@@ -71,7 +73,8 @@ class PromptClient(ClientModule):
         cached evaluation text features are dropped."""
         self.classnames, self.num_classes = list(classnames), len(classnames)
         self.slots = self.backbone.prepare_prompts(
-            [self.method.template.format(c) for c in classnames], self.slots.n_ctx)
+            [self.method.template.format(c) for c in classnames], self.slots.n_ctx
+        )
         self._eval_cache = None
 
     def global_init(self) -> Payload:

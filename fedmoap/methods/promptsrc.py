@@ -21,6 +21,7 @@ over the epochs of one training; FLiP's port loads its running partial sum as th
 every round (the model shrinks towards 0 until round ~gpa_mean and clients restart from it): not
 reproduced.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,23 +38,66 @@ from fedmoap.methods.fedvpt import FedVPT, FedVPTClient
 from fedmoap.methods.prompts import PromptMethod
 
 IMAGENET_TEMPLATES = (
-    "a photo of a {}.", "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.",
-    "a photo of the hard to see {}.", "a low resolution photo of the {}.", "a rendering of a {}.",
-    "graffiti of a {}.", "a bad photo of the {}.", "a cropped photo of the {}.", "a tattoo of a {}.",
-    "the embroidered {}.", "a photo of a hard to see {}.", "a bright photo of a {}.",
-    "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.", "a drawing of a {}.",
-    "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.", "a close-up photo of a {}.",
-    "a black and white photo of the {}.", "a painting of the {}.", "a painting of a {}.",
-    "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.",
-    "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.",
-    "a good photo of the {}.", "a rendering of the {}.", "a {} in a video game.", "a photo of one {}.",
-    "a doodle of a {}.", "a close-up photo of the {}.", "the origami {}.", "the {} in a video game.",
-    "a sketch of a {}.", "a doodle of the {}.", "a origami {}.", "a low resolution photo of a {}.",
-    "the toy {}.", "a rendition of the {}.", "a photo of the clean {}.", "a photo of a large {}.",
-    "a rendition of a {}.", "a photo of a nice {}.", "a photo of a weird {}.", "a blurry photo of a {}.",
-    "a cartoon {}.", "art of a {}.", "a sketch of the {}.", "a embroidered {}.",
-    "a pixelated photo of a {}.", "itap of the {}.",
+    "a photo of a {}.",
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
 )
 """CLIP's 60 ImageNet prompt templates (openai/CLIP's prompt-engineering notebook), the teacher's."""
 
@@ -196,17 +240,25 @@ class PromptSRC(FedVPT):
 
     def problems(self) -> list[str]:
         out = PromptMethod.problems(self)
-        out += [msg for ok, msg in [
-            (self.vision_depth >= 0, "method.vision_depth must be >= 0"),
-            (self.vision_tokens >= 1, "method.vision_tokens must be >= 1"),
-            (self.text_depth >= 1, "method.text_depth must be >= 1"),
-            (min(self.text_weight, self.image_weight, self.logit_weight) >= 0,
-             "method.text_weight, image_weight and logit_weight must be >= 0"),
-            (self.gpa_std > 0, "method.gpa_std must be > 0"),
-            (self.teacher_templates is None
-             or (self.teacher_templates and all("{}" in t for t in self.teacher_templates)),
-             "method.teacher_templates must be null or a non-empty list of templates with {} for the class name"),
-        ] if not ok]
+        out += [
+            msg
+            for ok, msg in [
+                (self.vision_depth >= 0, "method.vision_depth must be >= 0"),
+                (self.vision_tokens >= 1, "method.vision_tokens must be >= 1"),
+                (self.text_depth >= 1, "method.text_depth must be >= 1"),
+                (
+                    min(self.text_weight, self.image_weight, self.logit_weight) >= 0,
+                    "method.text_weight, image_weight and logit_weight must be >= 0",
+                ),
+                (self.gpa_std > 0, "method.gpa_std must be > 0"),
+                (
+                    self.teacher_templates is None
+                    or (self.teacher_templates and all("{}" in t for t in self.teacher_templates)),
+                    "method.teacher_templates must be null or a non-empty list of templates with {} for the class name",
+                ),
+            ]
+            if not ok
+        ]
         return out
 
     def backbone_problems(self, backbone: Backbone) -> list[str]:

@@ -1,4 +1,5 @@
 """Zero-shot CLIP: hand-written prompts ("a photo of a {}."), nothing trained or sent."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,7 @@ class ZeroShotClient(ClientModule):
 
     personal_eval = False
 
-    def __init__(self, method: "ZeroShot", backbone: Backbone, classnames: list[str],
-                 run: RunContext) -> None:
+    def __init__(self, method: "ZeroShot", backbone: Backbone, classnames: list[str], run: RunContext) -> None:
         super().__init__(method, backbone, classnames, run)
         self.slots = backbone.prepare_prompts([method.prompt.format(c) for c in classnames], 0)
 

@@ -4,6 +4,7 @@ A checkpoint holds the server state, the client store's index (the client states
 versioned files beside it, see :mod:`fedmoap.federation.store`), the finished round and the results so far.
 No RNG state is needed: every random draw derives from (seed, round, client id).
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,10 +36,15 @@ def code_version() -> dict[str, str | None]:
     root = Path(__file__).resolve().parents[2]
     if (root / ".git").exists():
         try:
-            head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                  text=True, timeout=5)
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5)
+            head = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            )
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             if head.returncode == 0:
                 commit = head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
         except (OSError, subprocess.SubprocessError):
@@ -54,7 +60,7 @@ def save_checkpoint(run_dir: Path, t: int, state: dict[str, Any], keep: int) -> 
     """Write round ``t``'s checkpoint, then delete all but the newest ``keep``."""
     path = checkpoint_path(run_dir, t)
     atomic_torch_save(path, {"format": CKPT_FORMAT, "round": t, "code": code_version(), **state})
-    for old in _rounds(run_dir)[:-max(keep, 1)]:
+    for old in _rounds(run_dir)[: -max(keep, 1)]:
         checkpoint_path(run_dir, old).unlink(missing_ok=True)
     return path
 
@@ -69,16 +75,20 @@ def load_latest(run_dir: Path, config_digest: str) -> dict[str, Any] | None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FedmoapError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
-                           "move it away to resume from an earlier one") from None
+        raise FedmoapError(
+            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
+            "move it away to resume from an earlier one"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise FedmoapError(f"checkpoint {path} is not a fedmoap checkpoint of format {CKPT_FORMAT}")
     if ckpt.get("config_digest") != config_digest:
         raise FedmoapError(f"checkpoint {path} was written by a run with another config")
     problem = _structure_problem(ckpt, rounds[-1])
     if problem:
-        raise FedmoapError(f"checkpoint {path} is not a fedmoap checkpoint of format {CKPT_FORMAT} "
-                           f"({problem}); move it away to resume from an earlier one")
+        raise FedmoapError(
+            f"checkpoint {path} is not a fedmoap checkpoint of format {CKPT_FORMAT} "
+            f"({problem}); move it away to resume from an earlier one"
+        )
     return ckpt
 
 
@@ -94,8 +104,9 @@ def _structure_problem(ckpt: dict[str, Any], t: int) -> str | None:
     except (TypeError, ValueError):
         return "'store.index' does not map client ids to rounds"
     if not isinstance(history, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("round"), int) and isinstance(r.get("participants"), list)
-            for r in history):
+        isinstance(r, dict) and isinstance(r.get("round"), int) and isinstance(r.get("participants"), list)
+        for r in history
+    ):
         return "'history' is not a list of round records"
     if ckpt.get("round") != t or [r["round"] for r in history] != list(range(1, t + 1)):
         return f"it does not hold rounds 1 to {t}"

@@ -7,6 +7,7 @@
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
 3 preempted by SIGUSR1/SIGTERM; 130 interrupted by Ctrl-C (SIGINT). After 2 (once fixed), 3 and
 130, rerunning the same command resumes from the last checkpoint."""
+
 from __future__ import annotations
 
 import sys
@@ -14,11 +15,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jsonargparse import (ArgumentError)
+from jsonargparse import ArgumentError
 
 from fedmoap.errors import FedmoapError
 from fedmoap.run.parse import (  # noqa: F401  (public here: fedmoap.run.cli.parse_fit and friends)
-    build_parser, method_class_problem, parse_fit, parser_message, short_method_names)
+    build_parser,
+    method_class_problem,
+    parse_fit,
+    parser_message,
+    short_method_names,
+)
 from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, stop_flag
 
 if TYPE_CHECKING:
@@ -46,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         name = cfg.method.name or type(cfg.method).__name__
         run_dir = run_dir or str(Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
         from fedmoap.run.fit import fit  # heavy imports only once the arguments are known to be valid
+
         out = fit(cfg, run_dir, progress)
     except Preempted as exc:
         print(f"fedmoap: preempted: {exc}", file=sys.stderr)
@@ -62,18 +69,22 @@ def main(argv: list[str] | None = None) -> int:
     rounds = out["rounds"]
     if rounds and out["rank"] == 0:
         last = rounds[-1]
-        print(f"{name}: round {last['round']}: mean acc {last['mean_acc']:.4f} "
-              f"(std {last['std_acc']:.4f}) -> {run_dir}/results.json  [set-up {out['setup_seconds']:.0f} s, "
-              f"{out['features_computed']} images encoded; rounds {out['round_seconds']:.1f} s]")
+        print(
+            f"{name}: round {last['round']}: mean acc {last['mean_acc']:.4f} "
+            f"(std {last['std_acc']:.4f}) -> {run_dir}/results.json  [set-up {out['setup_seconds']:.0f} s, "
+            f"{out['features_computed']} images encoded; rounds {out['round_seconds']:.1f} s]"
+        )
     return 0
 
 
 def _eval(argv: list[str]) -> int:
     """``fedmoap eval RUN_DIR [overrides] [--out FILE]``."""
     if not argv or argv[0].startswith("-"):
-        print("usage: fedmoap eval RUN_DIR [--eval.modes [local,global] --method.KNOB V ...] [--out FILE]\n"
-              "  evaluates a finished run again (fedmoap/run/reevaluate.py); writes RUN_DIR/eval/<digest>.json",
-              file=sys.stderr)
+        print(
+            "usage: fedmoap eval RUN_DIR [--eval.modes [local,global] --method.KNOB V ...] [--out FILE]\n"
+            "  evaluates a finished run again (fedmoap/run/reevaluate.py); writes RUN_DIR/eval/<digest>.json",
+            file=sys.stderr,
+        )
         return 2
     run_dir, rest, out = argv[0], list(argv[1:]), None
     if "--out" in rest:
@@ -82,25 +93,30 @@ def _eval(argv: list[str]) -> int:
             print("fedmoap: error: --out needs a file name", file=sys.stderr)
             return 2
         out = rest[i + 1]
-        del rest[i:i + 2]
+        del rest[i : i + 2]
     try:
         from fedmoap.run.reevaluate import reevaluate
+
         result, path = reevaluate(run_dir, rest, out)
     except (ArgumentError, FedmoapError) as exc:
         print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     last = result["rounds"][-1]
-    print(f"{result['method']}: round {last['round']} re-evaluated: mean acc {last['mean_acc']:.4f} "
-          f"(std {last['std_acc']:.4f}) -> {path}")
+    print(
+        f"{result['method']}: round {last['round']} re-evaluated: mean acc {last['mean_acc']:.4f} "
+        f"(std {last['std_acc']:.4f}) -> {path}"
+    )
     return 0
 
 
 def _mia(argv: list[str]) -> int:
     """``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] [--out DIR] ...``."""
     from fedmoap.run.mia.args import parse_mia
+
     try:
         run_dir, args = parse_mia(argv)
         from fedmoap.run.mia.run import run_mia, table
+
         result, path = run_mia(run_dir, args)
     except Preempted as exc:  # before FedmoapError, its base: exit 3, rerun to resume the shadows
         print(f"fedmoap: preempted: {exc}; rerun the same command to resume", file=sys.stderr)
@@ -112,8 +128,10 @@ def _mia(argv: list[str]) -> int:
         print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     target = result["target"]
-    print(f"{result['method']}: membership inference on clients {target['clients']} "
-          f"({target['samples']} samples, half members), {len(result['shadows'])} shadow federations")
+    print(
+        f"{result['method']}: membership inference on clients {target['clients']} "
+        f"({target['samples']} samples, half members), {len(result['shadows'])} shadow federations"
+    )
     print(table(result))
     print(f"-> {path}")
     return 0
@@ -123,23 +141,32 @@ def _flower(argv: list[str]) -> int:
     """``fedmoap flower --config FILE [overrides] --run_dir DIR [--app DIR] [--write_only] ...``
     (:mod:`fedmoap.flower.run`)."""
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fedmoap flower --config FILE [--section.key value ...] --run_dir DIR [--app APP_DIR] "
-              "[--write_only] [--num_cpus N] [--client_cpus C] [--client_gpus G]\n"
-              "  runs the config in Flower's Simulation Engine, one SuperNode per client (fedmoap/flower/run.py)",
-              file=sys.stderr)
+        print(
+            "usage: fedmoap flower --config FILE [--section.key value ...] --run_dir DIR [--app APP_DIR] "
+            "[--write_only] [--num_cpus N] [--client_cpus C] [--client_gpus G]\n"
+            "  runs the config in Flower's Simulation Engine, one SuperNode per client (fedmoap/flower/run.py)",
+            file=sys.stderr,
+        )
         return 2
     try:
         try:
             from fedmoap.flower.run import simulate, split_args, write_app
         except ImportError as exc:
-            raise FedmoapError(f"fedmoap flower needs Flower ({exc.name} is missing): "
-                               'pip install "fedmoap[flower]"') from None
+            raise FedmoapError(
+                f'fedmoap flower needs Flower ({exc.name} is missing): pip install "fedmoap[flower]"'
+            ) from None
         from fedmoap.flower.checks import checked_config
+
         fit_args, opts = split_args(argv)
         cfg, run_dir = checked_config(fit_args)
         if opts.get("app"):
-            path = write_app(Path(opts["app"]), fit_args, cfg.data.num_clients, opts.get("client_cpus", 1.0),
-                             opts.get("client_gpus", 0.0))
+            path = write_app(
+                Path(opts["app"]),
+                fit_args,
+                cfg.data.num_clients,
+                opts.get("client_cpus", 1.0),
+                opts.get("client_gpus", 0.0),
+            )
             print(f"Flower App -> {path}; run it with: FLWR_HOME={path.parent / 'flwr-home'} flwr run {path.parent}")
         elif opts.get("write_only"):
             raise FedmoapError("--write_only needs --app APP_DIR")
@@ -150,14 +177,18 @@ def _flower(argv: list[str]) -> int:
         print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     from fedmoap.run.report import read_results
+
     last = read_results(run_dir)["rounds"][-1]
-    print(f"{cfg.method.name or type(cfg.method).__name__} on Flower: round {last['round']}: mean acc "
-          f"{last['mean_acc']:.4f} (std {last['std_acc']:.4f}) -> {run_dir}/results.json")
+    print(
+        f"{cfg.method.name or type(cfg.method).__name__} on Flower: round {last['round']}: mean acc "
+        f"{last['mean_acc']:.4f} (std {last['std_acc']:.4f}) -> {run_dir}/results.json"
+    )
     return 0
 
 
 def _sweep(argv: list[str]) -> int:
     from fedmoap.run import sweep
+
     try:
         ns = build_parser().parse_args(argv).sweep
         if ns.study:
@@ -180,11 +211,13 @@ def _sweep(argv: list[str]) -> int:
 
 def _report(argv: list[str]) -> int:
     from fedmoap.run import report
+
     try:
         ns = build_parser().parse_args(argv).report
         if ns.study:
             from fedmoap.run.study import load_study
             from fedmoap.run.sweep import study_report
+
             print(study_report(load_study(ns.study), ns.out))
             return 0
         if not ns.runs:

@@ -11,6 +11,7 @@ an earlier run. The first write comes after taking the run directory's lock
 (full disk, read-only file system) or Ctrl-C ends with one line saying where the run stopped;
 rerunning the same command resumes.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -41,8 +42,15 @@ from fedmoap.inputs.features import FeatureCache
 from fedmoap.io import atomic_write_text, write_error
 from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
 from fedmoap.federation.privacy import preset_note
-from fedmoap.federation.results import (hparams, mode_scalars, mode_summary, scalars, summary, write_hparams,
-                                        write_results)
+from fedmoap.federation.results import (
+    hparams,
+    mode_scalars,
+    mode_summary,
+    scalars,
+    summary,
+    write_hparams,
+    write_results,
+)
 from fedmoap.federation.rounds import Federation, Transport
 from fedmoap.run.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
 from fedmoap.run.validate import MAX_THREADS, PRECISIONS, validate  # noqa: F401  (public here)
@@ -58,13 +66,21 @@ def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
         how = requeue()
     else:
         how = "not requeued (SIGTERM: a cancel, or SLURM requeues a preempted job itself)"
-    where = (f"during round {r}; the checkpoint of round {r - 1} is the resume point" if r else
-             "during set-up; what was encoded is cached")
+    where = (
+        f"during round {r}; the checkpoint of round {r - 1} is the resume point"
+        if r
+        else "during set-up; what was encoded is cached"
+    )
     return f"stopped by signal {sig} {where}; {how}"
 
 
-def fit(cfg: RunConfig, run_dir: str | Path, progress: bool = True, backbone: Backbone | None = None,
-        transport: Transport | None = None) -> dict[str, Any]:
+def fit(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    progress: bool = True,
+    backbone: Backbone | None = None,
+    transport: Transport | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the federated training ``cfg`` describes, writing into ``run_dir``.
 
     ``backbone``: an already built frozen backbone for ``cfg.model`` (studies run many fits in one
@@ -124,8 +140,13 @@ def setup(cfg: RunConfig, run_dir: Path) -> Setup:
     if problem:
         raise FedmoapError(problem)
     try:
-        fabric = L.Fabric(accelerator=f.accelerator, devices=f.devices, num_nodes=f.num_nodes,
-                          strategy=f.strategy, precision=f.precision)
+        fabric = L.Fabric(
+            accelerator=f.accelerator,
+            devices=f.devices,
+            num_nodes=f.num_nodes,
+            strategy=f.strategy,
+            precision=f.precision,
+        )
     except ImportError as exc:  # an accelerator whose library is not installed (tpu: torch_xla)
         raise FedmoapError(f"fabric.accelerator {f.accelerator!r}: {' '.join(str(exc).split())}") from None
     except (ValueError, RuntimeError, TypeError) as exc:
@@ -149,20 +170,29 @@ def build(s: Setup, backbone: Backbone | None) -> tuple[Federation, Resolved, li
     backbone = backbone or build_backbone(cfg.model, cfg.seed)
     fingerprints = {"image": backbone.image_fingerprint(), "text": backbone.text_fingerprint()}
     if ckpt is not None and ckpt.get("backbone", fingerprints) != fingerprints:
-        raise FedmoapError(f"run_dir {s.run_dir}: the checkpoint was made with other backbone weights "
-                           f"(model.pretrained {cfg.model.pretrained!r} has changed since); resume with "
-                           "the original weights or start a new --run_dir")
+        raise FedmoapError(
+            f"run_dir {s.run_dir}: the checkpoint was made with other backbone weights "
+            f"(model.pretrained {cfg.model.pretrained!r} has changed since); resume with "
+            "the original weights or start a new --run_dir"
+        )
     try:
-        resolved = resolve(cfg, fabric=s.fabric, run_dir=s.run_dir, resuming=s.resuming, backbone=backbone,
-                           stop=s.stop)
+        resolved = resolve(cfg, fabric=s.fabric, run_dir=s.run_dir, resuming=s.resuming, backbone=backbone, stop=s.stop)
     except Preempted:
         raise Preempted(preempted(None, s.stop.signal, 0)) from None
     checks = zero_shot_checks(cfg, resolved, s)
     history: list[dict] = []
     try:
-        federation = assemble(cfg, resolved.data, resolved.backbone, store=s.run_dir / "clients",
-                              fabric=s.fabric, comm=s.comm, classes=resolved.classes,
-                              held_out=resolved.held_out, privacy_state=(ckpt or {}).get("privacy"))
+        federation = assemble(
+            cfg,
+            resolved.data,
+            resolved.backbone,
+            store=s.run_dir / "clients",
+            fabric=s.fabric,
+            comm=s.comm,
+            classes=resolved.classes,
+            held_out=resolved.held_out,
+            privacy_state=(ckpt or {}).get("privacy"),
+        )
         if ckpt is not None:
             federation.server.load_state_dict(ckpt["server"])
             federation.store.load_state_dict(ckpt["store"])
@@ -174,13 +204,18 @@ def build(s: Setup, backbone: Backbone | None) -> tuple[Federation, Resolved, li
     except (KeyError, IndexError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         if ckpt is None:
             raise
-        raise FedmoapError(f"checkpoint {checkpoint_path(s.run_dir, ckpt['round'])} does not fit this run "
-                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); move it away to "
-                           "resume from an earlier one") from None
+        raise FedmoapError(
+            f"checkpoint {checkpoint_path(s.run_dir, ckpt['round'])} does not fit this run "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); move it away to "
+            "resume from an earlier one"
+        ) from None
     made_by, now = (ckpt or {}).get("code"), code_version()
     if made_by is not None and made_by != now and s.comm.is_main:
-        print(f"fedmoap: note: resuming a checkpoint written by fedmoap {made_by.get('version')} "
-              f"(commit {made_by.get('commit')}) with {now['version']} (commit {now['commit']})", file=sys.stderr)
+        print(
+            f"fedmoap: note: resuming a checkpoint written by fedmoap {made_by.get('version')} "
+            f"(commit {made_by.get('commit')}) with {now['version']} (commit {now['commit']})",
+            file=sys.stderr,
+        )
     if federation.privacy is not None and s.comm.is_main:
         data = resolved.data
         note = preset_note(cfg.dp, cfg.data.num_clients, min(map(data.train_size, range(data.num_clients))))
@@ -200,17 +235,26 @@ def zero_shot_checks(cfg: RunConfig, resolved: Resolved, s: Setup) -> dict:
     warn = [sanity.numeric_names(source.classnames)]
     if cfg.model.pretrained or cfg.model.arch.startswith("packaged"):  # random towers: no gate
         zs_cache = resolved.caches.get("features") or FeatureCache(
-            resolved.cache_root, resolved.backbone, cfg.data.feature_batch_size, s.fabric.device, stop=s.stop)
+            resolved.cache_root, resolved.backbone, cfg.data.feature_batch_size, s.fabric.device, stop=s.stop
+        )
         checks["zero_shot"] = sanity.zero_shot_check(
-            resolved.backbone, source, np.concatenate(resolved.split.test), zs_cache, cfg.data.image_column, cfg.seed)
+            resolved.backbone, source, np.concatenate(resolved.split.test), zs_cache, cfg.data.image_column, cfg.seed
+        )
         warn.append(checks["zero_shot"].get("warning"))
     for message in filter(None, warn):
         print(f"fedmoap: warning: {message}", file=sys.stderr)
     return checks
 
 
-def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: dict[str, Any],
-         backbone: Backbone | None, transport: Transport | None = None) -> dict[str, Any]:
+def _fit(
+    cfg: RunConfig,
+    run_dir: Path,
+    progress: bool,
+    lock: RunLock,
+    where: dict[str, Any],
+    backbone: Backbone | None,
+    transport: Transport | None = None,
+) -> dict[str, Any]:
     s = setup(cfg, run_dir)
     t0 = time.perf_counter()
     federation, resolved, history, checks = build(s, backbone)
@@ -228,12 +272,19 @@ def _fit(cfg: RunConfig, run_dir: Path, progress: bool, lock: RunLock, where: di
         if not s.resuming or cfg.fed.rounds > done:  # config.yaml says how far the run goes
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(s.cfg_dict, sort_keys=False))
     rounds_s = loop(s, federation, history, checks, progress, where)
-    return {"rounds": history, "setup_seconds": setup_s, "round_seconds": rounds_s,
-            "features_computed": resolved.computed, "rank": s.comm.rank, "world_size": s.comm.world_size}
+    return {
+        "rounds": history,
+        "setup_seconds": setup_s,
+        "round_seconds": rounds_s,
+        "features_computed": resolved.computed,
+        "rank": s.comm.rank,
+        "world_size": s.comm.world_size,
+    }
 
 
-def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, progress: bool,
-         where: dict[str, Any]) -> float:
+def loop(
+    s: Setup, federation: Federation, history: list[dict], checks: dict, progress: bool, where: dict[str, Any]
+) -> float:
     """Rounds from the newest checkpoint to ``fed.rounds``: each checkpointed, then its client
     states collected, results.json rewritten and its scalars logged; returns the rounds' seconds."""
     cfg, run_dir, comm = s.cfg, s.run_dir, s.comm
@@ -241,21 +292,34 @@ def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, pr
     fingerprints = s.fingerprints
     done = where["done"]
     # a resumed run purges what a killed run logged after its last checkpoint
-    logger = (TensorBoardLogger(run_dir, name="tensorboard", version=0,
-                                **({"purge_step": done + 1} if done else {}))
-              if comm.is_main else None)
-    extra = {"method": method.name or method.spec()["class_path"], "seed": cfg.seed,
-             "num_clients": cfg.data.num_clients, "config_digest": s.digest,
-             "world_size": comm.world_size, "code": code_version(),
-             "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"], **checks}
+    logger = (
+        TensorBoardLogger(run_dir, name="tensorboard", version=0, **({"purge_step": done + 1} if done else {}))
+        if comm.is_main
+        else None
+    )
+    extra = {
+        "method": method.name or method.spec()["class_path"],
+        "seed": cfg.seed,
+        "num_clients": cfg.data.num_clients,
+        "config_digest": s.digest,
+        "world_size": comm.world_size,
+        "code": code_version(),
+        "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"],
+        **checks,
+    }
     if privacy is not None:
         extra["privacy"] = privacy.summary  # the accountant updates it in place every round
     rounds_s = 0.0
     hparams_dir = run_dir / "tensorboard" / "hparams"
     stop = s.stop
     try:
-        for r in tqdm(range(done + 1, cfg.fed.rounds + 1), desc="rounds", initial=done,
-                      total=cfg.fed.rounds, disable=not (progress and comm.is_main)):
+        for r in tqdm(
+            range(done + 1, cfg.fed.rounds + 1),
+            desc="rounds",
+            initial=done,
+            total=cfg.fed.rounds,
+            disable=not (progress and comm.is_main),
+        ):
             where.update(stage="round", round=r)
             t1 = time.perf_counter()
             record = None if comm.any(stop()) else federation.run_round(r, progress, stop)
@@ -264,13 +328,21 @@ def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, pr
             rounds_s += time.perf_counter() - t1
             history.append(record)
             if comm.is_main:
-                save_checkpoint(run_dir, r, {"config_digest": s.digest, "server": server.state_dict(),
-                                             "store": store.state_dict(), "history": history,
-                                             "backbone": fingerprints,
-                                             **({"privacy": privacy.state_dict()} if privacy else {})},
-                                cfg.fed.keep_checkpoints)
+                save_checkpoint(
+                    run_dir,
+                    r,
+                    {
+                        "config_digest": s.digest,
+                        "server": server.state_dict(),
+                        "store": store.state_dict(),
+                        "history": history,
+                        "backbone": fingerprints,
+                        **({"privacy": privacy.state_dict()} if privacy else {}),
+                    },
+                    cfg.fed.keep_checkpoints,
+                )
                 where["done"] = r
-                recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1:] for c in rec["participants"]}
+                recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1 :] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
                 # after the checkpoint: never logged twice
@@ -279,8 +351,9 @@ def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, pr
         where["stage"] = "finish"
         # HParams tab: settings -> final numbers; also written by the rerun of a run killed before it
         if comm.is_main and history and (done < cfg.fed.rounds or not any(hparams_dir.glob("events.*"))):
-            write_hparams(hparams_dir, *hparams(s.cfg_dict, extra["method"], history, neutral_keys()),
-                          step=history[-1]["round"])
+            write_hparams(
+                hparams_dir, *hparams(s.cfg_dict, extra["method"], history, neutral_keys()), step=history[-1]["round"]
+            )
     finally:
         stop.close()
         if logger is not None:

@@ -1,6 +1,7 @@
 """Parsing the command line into a :class:`~fedmoap.federation.config.RunConfig` (``fedmoap fit``) and the
 other commands' arguments: the parser generated from the config dataclasses by jsonargparse,
 short method names, a method's own defaults, and one-line messages for bad input."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import yaml
-from jsonargparse import (ActionConfigFile, ArgumentError, ArgumentParser, get_loader, set_loader,
-                          set_parsing_settings)
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, get_loader, set_loader, set_parsing_settings
 
 from fedmoap import yamlfile
 from fedmoap.errors import FedmoapError
@@ -28,38 +28,62 @@ def build_parser() -> ArgumentParser:
     from fedmoap.methods import registry
 
     methods = ", ".join(f"{name} ({cls.__doc__.split(':')[0].strip()})" for name, cls in registry().items())
-    parser = ArgumentParser(prog="fedmoap", description="Personalized federated prompt learning "
-                            "for CLIP-like models (pFedMoAP and baselines).")
+    parser = ArgumentParser(
+        prog="fedmoap",
+        description="Personalized federated prompt learning for CLIP-like models (pFedMoAP and baselines).",
+    )
     commands = parser.add_subcommands(dest="command")
-    fit = ArgumentParser(description="Train (or resume) a federated run. With no --config: the "
-                         "offline default (packaged towers, Fashion-MNIST, pFedMoAP).",
-                         epilog=f"Methods (--method NAME or a class path; --method.help NAME lists "
-                         f"a method's knobs): {methods}.")
+    fit = ArgumentParser(
+        description="Train (or resume) a federated run. With no --config: the "
+        "offline default (packaged towers, Fashion-MNIST, pFedMoAP).",
+        epilog=f"Methods (--method NAME or a class path; --method.help NAME lists a method's knobs): {methods}.",
+    )
     fit.add_argument("--config", action=ActionConfigFile, help="YAML file of settings")
     fit.add_class_arguments(RunConfig)
-    fit.add_argument("--run_dir", type=str | None, default=None,
-                     help="Output directory; re-running on it resumes. Default: runs/<method>-<time>")
+    fit.add_argument(
+        "--run_dir",
+        type=str | None,
+        default=None,
+        help="Output directory; re-running on it resumes. Default: runs/<method>-<time>",
+    )
     fit.add_argument("--progress", type=bool, default=True, help="Show progress bars")
     commands.add_subcommand("fit", fit, help="train or resume a run")
-    sweep = ArgumentParser(description="Run a study (--study FILE --run), list its runs (--list) or "
-                           "write them as a SLURM array (--slurm); or write a sweep file of a grid "
-                           "(--config, --grid: one `fedmoap fit` argument line per grid point and seed) "
-                           "for slurm/array.sbatch.")
+    sweep = ArgumentParser(
+        description="Run a study (--study FILE --run), list its runs (--list) or "
+        "write them as a SLURM array (--slurm); or write a sweep file of a grid "
+        "(--config, --grid: one `fedmoap fit` argument line per grid point and seed) "
+        "for slurm/array.sbatch."
+    )
     sweep.add_argument("--study", type=str | None, default=None, help="a study file (configs/studies/NAME.yaml)")
     sweep.add_argument("--run", action="store_true", help="run the study's cells here, in order")
     sweep.add_argument("--slurm", action="store_true", help="write OUT/NAME.sweep.txt for slurm/array.sbatch")
-    sweep.add_argument("--list", action="store_true", help="print every cell: run dir, state, "
-                       "config digest, fit arguments")
+    sweep.add_argument(
+        "--list", action="store_true", help="print every cell: run dir, state, config digest, fit arguments"
+    )
     sweep.add_argument("--only", type=str, nargs="+", default=None, help="only these variants (labels or keys)")
-    sweep.add_argument("--set", type=str, nargs="+", default=[],
-                       help="KEY=VALUE overrides of every run that do not change results (fabric.threads=1)")
+    sweep.add_argument(
+        "--set",
+        type=str,
+        nargs="+",
+        default=[],
+        help="KEY=VALUE overrides of every run that do not change results (fabric.threads=1)",
+    )
     sweep.add_argument("--config", type=str | None, default=None, help="grid: base config of every run")
-    sweep.add_argument("--grid", type=str, nargs="+", default=[],
-                       help="grid: overrides to cross, e.g. method=promptfl,pfedmoap pfedmoap.lam=0,0.5")
+    sweep.add_argument(
+        "--grid",
+        type=str,
+        nargs="+",
+        default=[],
+        help="grid: overrides to cross, e.g. method=promptfl,pfedmoap pfedmoap.lam=0,0.5",
+    )
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="grid: seeds")
     sweep.add_argument("--runs_root", type=str, default="runs/sweep", help="grid: run directories go here")
-    sweep.add_argument("--out", type=str | None, default=None, help="--study: its output directory (default "
-                       "runs/studies/NAME); grid: the sweep file (default sweep.txt)")
+    sweep.add_argument(
+        "--out",
+        type=str | None,
+        default=None,
+        help="--study: its output directory (default runs/studies/NAME); grid: the sweep file (default sweep.txt)",
+    )
     commands.add_subcommand("sweep", sweep, help="run a study, or write a SLURM array of runs")
     report = _report_parser()
     commands.add_subcommand("report", report, help="table of runs: mean ± std over seeds")
@@ -94,8 +118,11 @@ def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
 def parser_message(exc: Exception) -> str:
     """The parser's error on one line, a method knob named as ``method.KNOB (class path)``."""
     message = " ".join(str(exc).split())
-    message = re.sub(r'Parser key "method": Problem with given class_path \'([\w.]+)\': Parser key "(\w+)":',
-                     r"method.\2 (\1):", message)
+    message = re.sub(
+        r'Parser key "method": Problem with given class_path \'([\w.]+)\': Parser key "(\w+)":',
+        r"method.\2 (\1):",
+        message,
+    )
     return re.sub(r"<class '(\w+)'>", r"\1", message)
 
 
@@ -104,8 +131,10 @@ def method_class_problem(cls: type) -> str | None:
     :class:`~fedmoap.methods.base.Method` with its client and server classes."""
     path = f"{cls.__module__}.{cls.__qualname__}"
     if not (dataclasses.is_dataclass(cls) and hasattr(cls, "client_class") and hasattr(cls, "server_class")):
-        return (f"method: {path} is not a complete method (a @dataclass subclass of "
-                "fedmoap.methods.base.Method that sets client_class and server_class)")
+        return (
+            f"method: {path} is not a complete method (a @dataclass subclass of "
+            "fedmoap.methods.base.Method that sets client_class and server_class)"
+        )
     return None
 
 
@@ -123,7 +152,7 @@ def _explicit_method_knobs(argv: list[str]) -> set[str]:
     for i, arg in enumerate(argv):
         key = arg.partition("=")[0]
         if key.startswith("--method.") and key != "--method.help":
-            knobs.add(key[len("--method."):].split(".")[0])
+            knobs.add(key[len("--method.") :].split(".")[0])
         value = arg.partition("=")[2] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
         if key == "--method" and value.lstrip().startswith("{"):
             try:
@@ -176,8 +205,11 @@ def _config_with_class_path(path: str) -> str:
     method = cfg.get("method")
     if isinstance(method, str) and resolve(method) != method:
         cfg["method"] = resolve(method)
-    elif isinstance(method, dict) and isinstance(method.get("class_path"), str) \
-            and resolve(method["class_path"]) != method["class_path"]:
+    elif (
+        isinstance(method, dict)
+        and isinstance(method.get("class_path"), str)
+        and resolve(method["class_path"]) != method["class_path"]
+    ):
         cfg["method"] = {**method, "class_path": resolve(method["class_path"])}
     else:
         return path
@@ -188,25 +220,43 @@ def _config_with_class_path(path: str) -> str:
 def _report_parser() -> ArgumentParser:
     from fedmoap.run.report import METRICS
 
-    report = ArgumentParser(description="Print the table of a set of runs (run directories, or "
-                            "directories holding them, e.g. a sweep's runs_root): per dataset, method "
-                            "and the settings that differ between runs of the same method, the mean ± "
-                            "sample std over seeds of the final and last-5 accuracy and of each "
-                            "evaluation mode's final numbers (%).")
+    report = ArgumentParser(
+        description="Print the table of a set of runs (run directories, or "
+        "directories holding them, e.g. a sweep's runs_root): per dataset, method "
+        "and the settings that differ between runs of the same method, the mean ± "
+        "sample std over seeds of the final and last-5 accuracy and of each "
+        "evaluation mode's final numbers (%)."
+    )
     report.add_argument("runs", type=str, nargs="*", help="run directories or roots containing them")
-    report.add_argument("--study", type=str | None, default=None, help="a study file: print its table "
-                        "(and write OUT/NAME.md, OUT/NAME.json)")
-    report.add_argument("--out", type=str | None, default=None, help="--study: its output directory "
-                        "(default runs/studies/NAME)")
-    report.add_argument("--format", type=Literal["markdown", "csv"], default="markdown",
-                        help="markdown or csv")
-    report.add_argument("--group-by", type=str, nargs="+", default=None,
-                        help="settings that separate groups besides dataset and method (flat keys, e.g. "
-                             "method.lam data.alpha); default: those that differ between runs of the same "
-                             "dataset and method")
-    report.add_argument("--layout", type=Literal["long", "paper"], default="long",
-                        help="long: one row per group, one column per metric; paper: methods x datasets")
-    report.add_argument("--metric", type=Literal[tuple(METRICS)], default="final",
-                        help="the metric of the paper layout's cells: " +
-                             "; ".join(f"{k}: {v}" for k, v in METRICS.items()))
+    report.add_argument(
+        "--study",
+        type=str | None,
+        default=None,
+        help="a study file: print its table (and write OUT/NAME.md, OUT/NAME.json)",
+    )
+    report.add_argument(
+        "--out", type=str | None, default=None, help="--study: its output directory (default runs/studies/NAME)"
+    )
+    report.add_argument("--format", type=Literal["markdown", "csv"], default="markdown", help="markdown or csv")
+    report.add_argument(
+        "--group-by",
+        type=str,
+        nargs="+",
+        default=None,
+        help="settings that separate groups besides dataset and method (flat keys, e.g. "
+        "method.lam data.alpha); default: those that differ between runs of the same "
+        "dataset and method",
+    )
+    report.add_argument(
+        "--layout",
+        type=Literal["long", "paper"],
+        default="long",
+        help="long: one row per group, one column per metric; paper: methods x datasets",
+    )
+    report.add_argument(
+        "--metric",
+        type=Literal[tuple(METRICS)],
+        default="final",
+        help="the metric of the paper layout's cells: " + "; ".join(f"{k}: {v}" for k, v in METRICS.items()),
+    )
     return report

@@ -12,6 +12,7 @@ is refused with one line. The result is written, in ``results.json``'s schema wi
 ``--out`` (default ``RUN_DIR/eval/<digest>.json``, the digest of the evaluation config), the
 only file it writes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,8 +52,9 @@ def override_problems(trained: RunConfig, wanted: RunConfig) -> list[str]:
     a, b = _flat(config_dict(trained)), _flat(config_dict(wanted))
     problems = []
     if type(trained.method) is not type(wanted.method):
-        return [f"method: the run trained {type(trained.method).__name__}; eval keeps the method "
-                "(override its knobs only)"]
+        return [
+            f"method: the run trained {type(trained.method).__name__}; eval keeps the method (override its knobs only)"
+        ]
     for key in sorted(set(a) | set(b)):
         if a.get(key) == b.get(key):
             continue
@@ -60,19 +62,24 @@ def override_problems(trained: RunConfig, wanted: RunConfig) -> list[str]:
             added = sorted(set(b[key]) - set(a[key]))
             training = [m for m in added if m in TRAINING_MODES]
             if training:
-                problems.append(f"eval.modes: {', '.join(training)} changes what the clients trained on; "
-                                "rerun fedmoap fit with it instead")
+                problems.append(
+                    f"eval.modes: {', '.join(training)} changes what the clients trained on; "
+                    "rerun fedmoap fit with it instead"
+                )
             continue
         if key in ("eval.base_fraction", "eval.unseen_fraction") and set(a["eval.modes"]) & set(TRAINING_MODES):
             problems.append(f"{key}: the run's clients were trained with {a.get(key)}")
         elif not key.startswith(("eval.", "method.", "fabric.", "train.eval_batch_size")):
-            problems.append(f"{key}: changes what the run trained (eval overrides eval.*, the method's "
-                            "knobs, train.eval_batch_size and fabric.*)")
+            problems.append(
+                f"{key}: changes what the run trained (eval overrides eval.*, the method's "
+                "knobs, train.eval_batch_size and fabric.*)"
+            )
     return problems
 
 
-def restore_run(run_dir: str | Path, overrides: list[str] = (), backbone: Backbone | None = None
-                ) -> tuple[Federation, RunConfig, dict]:
+def restore_run(
+    run_dir: str | Path, overrides: list[str] = (), backbone: Backbone | None = None
+) -> tuple[Federation, RunConfig, dict]:
     """The finished run in ``run_dir`` rebuilt (:func:`~fedmoap.federation.build.build_federation`) with
     ``overrides`` and restored from its newest checkpoint, in one CPU or GPU process as its
     ``fabric`` section says: (federation, the config with the overrides, the checkpoint). For
@@ -99,13 +106,20 @@ def restore_run(run_dir: str | Path, overrides: list[str] = (), backbone: Backbo
         federation.server.load_state_dict(ckpt["server"])
         federation.store.load_state_dict(ckpt["store"])
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise FedmoapError(f"the overrides do not fit run_dir {run_dir}'s checkpoint ({type(exc).__name__}: "
-                           f"{' '.join(str(exc).split())[:200]})") from None
+        raise FedmoapError(
+            f"the overrides do not fit run_dir {run_dir}'s checkpoint ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]})"
+        ) from None
     return federation, wanted, ckpt
 
 
-def reevaluate(run_dir: str | Path, overrides: list[str], out: str | Path | None = None,
-               backbone: Backbone | None = None, progress: bool = False) -> tuple[dict, Path]:
+def reevaluate(
+    run_dir: str | Path,
+    overrides: list[str],
+    out: str | Path | None = None,
+    backbone: Backbone | None = None,
+    progress: bool = False,
+) -> tuple[dict, Path]:
     """Evaluate the finished run in ``run_dir`` with ``overrides`` (``fedmoap fit`` arguments);
     returns (the written record set, its path)."""
     run_dir = Path(run_dir)
@@ -117,11 +131,19 @@ def reevaluate(run_dir: str | Path, overrides: list[str], out: str | Path | None
     record = round_record(t, dict(sorted(counts.items())), [], bytes_up=0, bytes_down=0)
     if federation.modes is not None:
         record.update(federation.modes(federation, t, counts, progress))
-    extra = {"method": wanted.method.name or wanted.method.spec()["class_path"], "seed": wanted.seed,
-             "num_clients": wanted.data.num_clients, "config_digest": digest,
-             "evaluation_of": {"run_dir": str(run_dir), "round": t, "overrides": list(overrides),
-                               "config_digest": ckpt["config_digest"]},
-             "eval_modes": [m for m in evaluation.MODES if m in wanted.eval.modes or m == "local"]}
+    extra = {
+        "method": wanted.method.name or wanted.method.spec()["class_path"],
+        "seed": wanted.seed,
+        "num_clients": wanted.data.num_clients,
+        "config_digest": digest,
+        "evaluation_of": {
+            "run_dir": str(run_dir),
+            "round": t,
+            "overrides": list(overrides),
+            "config_digest": ckpt["config_digest"],
+        },
+        "eval_modes": [m for m in evaluation.MODES if m in wanted.eval.modes or m == "local"],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_results(path, [record], extra)
     return {"rounds": [record], **extra}, path

@@ -16,6 +16,7 @@ notebooks (``notebooks/tables_and_curves.ipynb``)::
 A study's table (``fedmoap report --study FILE``) is :func:`study_table`. Reading a run is
 :mod:`fedmoap.run.runs` (re-exported here: ``report.read_run``, ``report.read_results``, ...).
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,13 @@ from typing import Any
 
 from fedmoap.errors import FedmoapError
 from fedmoap.run.runs import (  # noqa: F401  (public here: report.read_run and friends)
-    Run, flatten, load_runs, read_results, read_run, rounds_done)
+    Run,
+    flatten,
+    load_runs,
+    read_results,
+    read_run,
+    rounds_done,
+)
 
 METRICS: dict[str, str] = {
     "final": "final round, mean per-client accuracy",
@@ -45,16 +52,31 @@ METRICS: dict[str, str] = {
     "b2n.hm3": "base-to-novel: HM(local, base, novel), mean over clients, final round",
     "unseen": "held-out clients without adaptation, final round",
     "unseen.adapted": "held-out clients after few-shot adaptation, final round",
-    **{f"{mode}.{part}": f"{mode}: {what}, mean over target domains, final round"
-       for mode in ("xdomain", "lodo", "xdataset")
-       for part, what in (("global", "global component"), ("personal", "clients' own models"))},
+    **{
+        f"{mode}.{part}": f"{mode}: {what}, mean over target domains, final round"
+        for mode in ("xdomain", "lodo", "xdataset")
+        for part, what in (("global", "global component"), ("personal", "clients' own models"))
+    },
     "mia.mlp": "membership inference (fedmoap mia): DP-FPL's attack MLP, mean per-class accuracy",
     "mia.loss": "membership inference (fedmoap mia): loss-threshold attack, mean per-class accuracy",
 }
 """Column name -> what it is (all accuracies, shown in %)."""
-IGNORED = {"seed", "data.split_file", "data.path", "model.cache_dir", "data.feature_cache",
-           "data.feature_batch_size", "train.eval_batch_size", "fed.keep_checkpoints", "fed.eval_every",
-           "fabric.accelerator", "fabric.devices", "fabric.num_nodes", "fabric.strategy", "fabric.threads"}
+IGNORED = {
+    "seed",
+    "data.split_file",
+    "data.path",
+    "model.cache_dir",
+    "data.feature_cache",
+    "data.feature_batch_size",
+    "train.eval_batch_size",
+    "fed.keep_checkpoints",
+    "fed.eval_every",
+    "fabric.accelerator",
+    "fabric.devices",
+    "fabric.num_nodes",
+    "fabric.strategy",
+    "fabric.threads",
+}
 """Settings that never separate groups (seeds, paths, and what does not change results)."""
 
 
@@ -102,8 +124,10 @@ def mia_metrics(run: Run) -> dict[str, float]:
         attacks = data["attacks"]
         return {"mia.mlp": _num(attacks["mlp"]["accuracy"]), "mia.loss": _num(attacks["loss_threshold"]["accuracy"])}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FedmoapError(f"report: {path} is not a readable fedmoap mia result "
-                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+        raise FedmoapError(
+            f"report: {path} is not a readable fedmoap mia result "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        ) from None
 
 
 def run_metrics(run: Run) -> dict[str, float]:
@@ -137,8 +161,10 @@ def summarize(runs: list[Run], group_by: list[str] | None = None) -> list[Group]
     known = {k for r in runs for k in r.settings}
     unknown = [k for k in keys if k not in known]
     if unknown:
-        raise FedmoapError(f"report: --group-by {', '.join(unknown)}: no run has such a setting "
-                           f"(e.g. {', '.join(sorted(known - {'method'})[:4])})")
+        raise FedmoapError(
+            f"report: --group-by {', '.join(unknown)}: no run has such a setting "
+            f"(e.g. {', '.join(sorted(known - {'method'})[:4])})"
+        )
     groups: dict[tuple, Group] = {}
     for run in runs:
         settings = {k: run.settings[k] for k in keys if k in run.settings}
@@ -174,8 +200,10 @@ def long_rows(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "method", "runs", "seeds"] + metrics
     rows = []
     for g in groups:
-        rows.append([g.dataset, g.label, str(len(g.runs)), ",".join(map(str, g.seeds))]
-                    + [cell(*g.stats(m)[:2]) for m in metrics])
+        rows.append(
+            [g.dataset, g.label, str(len(g.runs)), ",".join(map(str, g.seeds))]
+            + [cell(*g.stats(m)[:2]) for m in metrics]
+        )
     return header, rows
 
 
@@ -228,14 +256,28 @@ def render(groups: list[Group], fmt: str = "markdown", layout: str = "long", met
 
 
 # ----- a study's table (fedmoap report --study) ------------------------------------------------
-TITLES = {"final": "final round", "last5": "last 5 rounds", "worst": "worst client", "pooled": "pooled",
-          "b2n.local": "local", "b2n.base": "base", "b2n.novel": "novel", "b2n.hm": "HM(base, novel)",
-          "b2n.hm3": "HM(local, base, novel)", "unseen": "held-out clients", "unseen.adapted": "held-out, adapted"}
+TITLES = {
+    "final": "final round",
+    "last5": "last 5 rounds",
+    "worst": "worst client",
+    "pooled": "pooled",
+    "b2n.local": "local",
+    "b2n.base": "base",
+    "b2n.novel": "novel",
+    "b2n.hm": "HM(base, novel)",
+    "b2n.hm3": "HM(local, base, novel)",
+    "unseen": "held-out clients",
+    "unseen.adapted": "held-out, adapted",
+}
 """Short column titles of the study table."""
 
 
-def study_table(planned: dict[str, dict[str, list[tuple[int, Path]]]], splits: list[str], metrics: list[str],
-                seconds: dict[str, float] | None = None) -> tuple[str, dict[str, Any]]:
+def study_table(
+    planned: dict[str, dict[str, list[tuple[int, Path]]]],
+    splits: list[str],
+    metrics: list[str],
+    seconds: dict[str, float] | None = None,
+) -> tuple[str, dict[str, Any]]:
     """The table of a study's runs: ``planned`` is row label -> split -> [(seed, run directory)];
     rows = labels, columns = ``splits`` x ``metrics``, each cell the mean ± sample std over the
     finished runs' values in %, the best mean of a column in bold, ``(n of m seeds)`` where runs
@@ -256,12 +298,27 @@ def study_table(planned: dict[str, dict[str, list[tuple[int, Path]]]], splits: l
                 values = {m: v for m, v in run.metrics().items() if m in metrics}
                 took = (seconds or {}).get(str(path), run.results.get("seconds"))
                 rows.setdefault(label, {}).setdefault(split, []).append(
-                    {"seed": seed, **values, "rounds": run.evaluated[-1]["round"] if run.evaluated else 0,
-                     "seconds": took, "config_digest": run.results.get("config_digest"), "run_dir": str(path)})
-    stats = {label: {split: {m: _stats([r.get(m, math.nan) for r in rows.get(label, {}).get(split, [])])
-                             for m in metrics} for split in splits} for label in planned}
-    best = {(s, m): max((stats[label][s][m]["mean"] for label in planned
-                         if stats[label][s][m]["n"]), default=math.nan) for s in splits for m in metrics}
+                    {
+                        "seed": seed,
+                        **values,
+                        "rounds": run.evaluated[-1]["round"] if run.evaluated else 0,
+                        "seconds": took,
+                        "config_digest": run.results.get("config_digest"),
+                        "run_dir": str(path),
+                    }
+                )
+    stats = {
+        label: {
+            split: {m: _stats([r.get(m, math.nan) for r in rows.get(label, {}).get(split, [])]) for m in metrics}
+            for split in splits
+        }
+        for label in planned
+    }
+    best = {
+        (s, m): max((stats[label][s][m]["mean"] for label in planned if stats[label][s][m]["n"]), default=math.nan)
+        for s in splits
+        for m in metrics
+    }
     titles = [TITLES.get(m, m) + " (%)" for m in metrics]
     head = titles if len(splits) == 1 else [f"{s}: {t}" for s in splits for t in titles]
     lines = ["| variant | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
@@ -274,8 +331,14 @@ def study_table(planned: dict[str, dict[str, list[tuple[int, Path]]]], splits: l
                 text = f"**{text}**" if st["n"] and st["mean"] == best[(s, m)] else text
                 row.append(text + (f" ({st['n']} of {want} seeds)" if st["n"] and st["n"] < want else ""))
         lines.append(f"| {label} | " + " | ".join(row) + " |")
-    record = {"splits": splits, "metrics": metrics, "rows": rows, "table": stats,
-              "missing": missing, "unfinished": unfinished}
+    record = {
+        "splits": splits,
+        "metrics": metrics,
+        "rows": rows,
+        "table": stats,
+        "missing": missing,
+        "unfinished": unfinished,
+    }
     return "\n".join(lines), record
 
 
@@ -283,8 +346,7 @@ def _stats(values: list[float]) -> dict[str, Any]:
     kept = [v for v in values if not math.isnan(v)]
     if not kept:
         return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {"mean": statistics.mean(kept), "std": statistics.stdev(kept) if len(kept) > 1 else math.nan,
-            "n": len(kept)}
+    return {"mean": statistics.mean(kept), "std": statistics.stdev(kept) if len(kept) > 1 else math.nan, "n": len(kept)}
 
 
 def _show(value: Any) -> str:

@@ -7,6 +7,7 @@ untouched. One ``fit`` at a time writes into a directory: its rank-0 process hol
 exclusive ``flock`` on :data:`LOCK_NAME` (freed by the kernel however the process ends) and
 writes its pid and host into it, so that a second ``fit`` is refused naming the holder.
 """
+
 from __future__ import annotations
 
 import errno
@@ -40,10 +41,12 @@ _STATE = re.compile(r"round_\d+\.pt")
 def check_layout(run_dir: Path) -> None:
     """Refuse a run directory whose entries are not of the kind fedmoap writes, or where it
     cannot write (read-only file system, no permission)."""
+
     def refuse(path: Path, want: str) -> None:
         kind = "folder" if path.is_dir() else "file" if path.exists() else "broken link"
-        raise FedmoapError(f"run_dir {run_dir}: {path} is a {kind}, not the {want} fedmoap writes; "
-                           "move it away or use a new --run_dir")
+        raise FedmoapError(
+            f"run_dir {run_dir}: {path} is a {kind}, not the {want} fedmoap writes; move it away or use a new --run_dir"
+        )
 
     for name in FILES:
         p = run_dir / name
@@ -70,8 +73,10 @@ def check_layout(run_dir: Path) -> None:
                     refuse(e, "state file")
     for folder in folders:
         if not writable(folder):
-            raise FedmoapError(f"run_dir {run_dir}: cannot write into {folder} (a read-only file "
-                               "system or no permission); make it writable or use another --run_dir")
+            raise FedmoapError(
+                f"run_dir {run_dir}: cannot write into {folder} (a read-only file "
+                "system or no permission); make it writable or use another --run_dir"
+            )
 
 
 def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any], digest: Any = None) -> bool:
@@ -82,8 +87,10 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any], digest: Any = None) -
     run_dir = Path(run_dir)
     check_directory(run_dir, "run_dir")
     if not writable(run_dir):
-        raise FedmoapError(f"run_dir {run_dir}: cannot write into it (a read-only file system or no "
-                           "permission); make it writable or use another --run_dir")
+        raise FedmoapError(
+            f"run_dir {run_dir}: cannot write into it (a read-only file system or no "
+            "permission); make it writable or use another --run_dir"
+        )
     names = {p.name for p in run_dir.iterdir()} if run_dir.exists() else set()
     names = {n for n in names if not is_temporary(n)}
     if run_dir.exists():
@@ -91,8 +98,10 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any], digest: Any = None) -
     stored_path = run_dir / "config.yaml"
     if not {"config.yaml", "split.json"} <= names:
         if names - OWN_FILES:
-            raise FedmoapError(f"run_dir {run_dir} is not empty and holds no fedmoap run (config.yaml, "
-                               "split.json); choose an empty or new directory")
+            raise FedmoapError(
+                f"run_dir {run_dir} is not empty and holds no fedmoap run (config.yaml, "
+                "split.json); choose an empty or new directory"
+            )
         return False
     if digest is None:
         digest = config_digest
@@ -102,20 +111,34 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any], digest: Any = None) -
         raise FedmoapError(f"{stored_path} is not readable YAML ({' '.join(str(exc).split())})") from None
     if isinstance(stored, dict):  # runs made before a section existed have its defaults
         stored = with_added_defaults(stored)
-    if not isinstance(stored, dict) or not isinstance(stored.get("method"), dict) or \
-            any(not isinstance(stored.get(k), dict) for k, v in cfg_dict.items() if isinstance(v, dict)):
-        raise FedmoapError(f"{stored_path} is not a fedmoap config of this version (a mapping with "
-                           f"sections {', '.join(k for k, v in cfg_dict.items() if isinstance(v, dict))}); "
-                           "start the run in a new --run_dir")
+    if (
+        not isinstance(stored, dict)
+        or not isinstance(stored.get("method"), dict)
+        or any(not isinstance(stored.get(k), dict) for k, v in cfg_dict.items() if isinstance(v, dict))
+    ):
+        raise FedmoapError(
+            f"{stored_path} is not a fedmoap config of this version (a mapping with "
+            f"sections {', '.join(k for k, v in cfg_dict.items() if isinstance(v, dict))}); "
+            "start the run in a new --run_dir"
+        )
     if digest(stored) != digest(cfg_dict):
         neutral = neutral_keys()
-        diffs = [f"{s}.{k}: {stored[s].get(k)!r} -> {v!r}" for s, sec in cfg_dict.items()
-                 if isinstance(sec, dict) and s != "method" for k, v in sec.items()
-                 if (s, k) not in neutral and stored[s].get(k) != v]
-        diffs += [f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in cfg_dict.items()
-                  if (not isinstance(v, dict) or k == "method") and stored.get(k) != v]
-        raise FedmoapError(f"run_dir {run_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
-                           "use a new --run_dir to start a different run")
+        diffs = [
+            f"{s}.{k}: {stored[s].get(k)!r} -> {v!r}"
+            for s, sec in cfg_dict.items()
+            if isinstance(sec, dict) and s != "method"
+            for k, v in sec.items()
+            if (s, k) not in neutral and stored[s].get(k) != v
+        ]
+        diffs += [
+            f"{k}: {stored.get(k)!r} -> {v!r}"
+            for k, v in cfg_dict.items()
+            if (not isinstance(v, dict) or k == "method") and stored.get(k) != v
+        ]
+        raise FedmoapError(
+            f"run_dir {run_dir} holds a run with another config ({'; '.join(diffs[:5])}); "
+            "use a new --run_dir to start a different run"
+        )
     return True
 
 
@@ -137,15 +160,20 @@ class RunLock:
             handle.close()
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            print(f"fedmoap: warning: cannot lock {self.path} ({exc.strerror}); make sure no other "
-                  "fedmoap fit writes into this run directory", file=sys.stderr)
+            print(
+                f"fedmoap: warning: cannot lock {self.path} ({exc.strerror}); make sure no other "
+                "fedmoap fit writes into this run directory",
+                file=sys.stderr,
+            )
             return
         if not free:
             handle.seek(0)
             holder = " ".join(handle.read().split()) or "another process"
             handle.close()
-            raise FedmoapError(f"run_dir {self.path.parent} is in use by another fedmoap fit ({holder}; "
-                               f"lock {self.path}); wait for it to end or stop it, then rerun")
+            raise FedmoapError(
+                f"run_dir {self.path.parent} is in use by another fedmoap fit ({holder}; "
+                f"lock {self.path}); wait for it to end or stop it, then rerun"
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
@@ -181,8 +209,10 @@ def claim(run_dir: Path, cfg_dict: dict[str, Any], comm: Comm, lock: RunLock, se
         try:
             lock.acquire()
             if (check_run_dir(run_dir, cfg_dict), latest_round(run_dir)) != seen:
-                raise FedmoapError(f"run_dir {run_dir} changed while this run was setting up (another "
-                                   "fedmoap fit wrote into it); rerun the same command")
+                raise FedmoapError(
+                    f"run_dir {run_dir} changed while this run was setting up (another "
+                    "fedmoap fit wrote into it); rerun the same command"
+                )
             remove_temporaries(run_dir)
         except FedmoapError as exc:
             error = str(exc)

@@ -9,6 +9,7 @@ run has finished)::
     run = report.read_run("runs/x")
     run.finished, run.metrics()["final"]
 """
+
 from __future__ import annotations
 
 import json
@@ -105,7 +106,6 @@ class Run:
         return {c: _num(v["acc"]) for c, v in entry.get("clients", {}).items()}
 
 
-
 # ----- reading ---------------------------------------------------------------------------------
 def load_runs(paths: Iterable[str | Path], warn: Any = None) -> list[Run]:
     """The runs under ``paths``: each a run directory (holding ``results.json``) or a directory
@@ -116,8 +116,13 @@ def load_runs(paths: Iterable[str | Path], warn: Any = None) -> list[Run]:
     for p in map(Path, paths):
         if not p.exists():
             raise FedmoapError(f"report: {p} does not exist")
-        found = [p] if (p / "results.json").is_file() else sorted(
-            {f.parent for f in p.rglob("results.json")}) if p.is_dir() else []
+        found = (
+            [p]
+            if (p / "results.json").is_file()
+            else sorted({f.parent for f in p.rglob("results.json")})
+            if p.is_dir()
+            else []
+        )
         if not found:
             raise FedmoapError(f"report: {p} holds no run (no results.json in it or below it)")
         found = [d for d in found if not any(o in d.parents for o in found)]  # e.g. fedmoap mia's shadow runs
@@ -144,16 +149,19 @@ def read_run(path: Path) -> Run:
     except FileNotFoundError as exc:
         raise FedmoapError(f"report: {path} is not a run directory ({Path(exc.filename).name} is missing)") from None
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise FedmoapError(f"report: {path} has an unreadable config.yaml or results.json "
-                           f"({' '.join(str(exc).split())[:200]})") from None
+        raise FedmoapError(
+            f"report: {path} has an unreadable config.yaml or results.json ({' '.join(str(exc).split())[:200]})"
+        ) from None
     if not isinstance(config, dict) or not isinstance(results, dict) or "summary" not in results:
         raise FedmoapError(f"report: {path} does not hold a fedmoap run's config.yaml and results.json")
     try:
         run = Run(path, config, results, flatten(config, results))
         _check_shape(run)
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
-        raise FedmoapError(f"report: {path}: results.json or config.yaml does not have the shape fedmoap "
-                           f"writes ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})") from None
+        raise FedmoapError(
+            f"report: {path}: results.json or config.yaml does not have the shape fedmoap "
+            f"writes ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        ) from None
     return run
 
 
@@ -186,7 +194,8 @@ def _check_shape(run: Run) -> None:
             raise TypeError("every entry of 'rounds' must be an object with an integer 'round'")
     run.finished, run.metrics(), run.client_curves()
     for mode in ("local", "global", "neighbor", "unseen", "unseen.adapted") + tuple(
-            f"b2n.{k}" for k in ("local", "base", "novel", "hm", "hm3")):
+        f"b2n.{k}" for k in ("local", "base", "novel", "hm", "hm3")
+    ):
         run.final_client_accs(mode)
     str(run.method), run.dataset, run.seed
 
@@ -209,8 +218,5 @@ def flatten(config: dict[str, Any], results: dict[str, Any] | None = None) -> di
     return out
 
 
-
 def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-
-

@@ -34,6 +34,7 @@ holds its planned rounds.
 A bad study (an unknown key, a value ``fedmoap fit`` refuses, a config file that is missing) is
 refused in one line naming the file and the key, before anything is written.
 """
+
 from __future__ import annotations
 
 import copy
@@ -112,8 +113,7 @@ class Study:
         for v in self.variants:
             if name in (v.label, v.key):
                 return v
-        raise FedmoapError(f"{self.path}: no variant {name!r} (variants: "
-                           f"{', '.join(v.key for v in self.variants)})")
+        raise FedmoapError(f"{self.path}: no variant {name!r} (variants: {', '.join(v.key for v in self.variants)})")
 
     def cells(self, out: str | Path | None = None, extra: dict[str, Any] | None = None) -> list[Cell]:
         """Every cell in run order (split, then seed, then variant), each parsed and validated as
@@ -137,9 +137,13 @@ class Study:
                         continue
                     run_dir = out / split / f"seed{seed}" / v.key
                     shares = not any("data.split_file" in m for m in (self.base, split_overrides, v.overrides))
-                    common = (to_args(self.base) + to_args(split_overrides)
-                              + (["--config", v.config] if v.config else [])
-                              + to_args(v.overrides) + extra_args)
+                    common = (
+                        to_args(self.base)
+                        + to_args(split_overrides)
+                        + (["--config", v.config] if v.config else [])
+                        + to_args(v.overrides)
+                        + extra_args
+                    )
                     split_file = str(writer / "split.json") if shares and writer is not None else None
                     args = common + ["--seed", str(seed)] + (["--data.split_file", split_file] if split_file else [])
                     where = f"variants.{v.label} (split {split}, seed {seed})"
@@ -153,8 +157,19 @@ class Study:
                         validate(cfg)
                     except FedmoapError as exc:
                         raise FedmoapError(f"{self.path}: {where}: {exc}") from None
-                    cells.append(Cell(split, seed, v, run_dir, args, cfg.fed.rounds,
-                                      config_digest(config_dict(cfg)), shares and writer is None, cfg))
+                    cells.append(
+                        Cell(
+                            split,
+                            seed,
+                            v,
+                            run_dir,
+                            args,
+                            cfg.fed.rounds,
+                            config_digest(config_dict(cfg)),
+                            shares and writer is None,
+                            cfg,
+                        )
+                    )
                     if shares and writer is None:
                         writer = run_dir
         return cells
@@ -244,9 +259,16 @@ def load_study(path: str | Path) -> Study:
         v_splits = spec.get("splits", list(splits))
         if not isinstance(v_splits, list) or not v_splits or any(s not in splits for s in v_splits):
             raise bad(f"{where}.splits", f"{v_splits!r} is not a list of the study's splits ({', '.join(splits)})")
-        variants.append(Variant(str(label), key, config, _overrides(spec.get("overrides") or {},
-                                                                    f"{where}.overrides", bad),
-                                _seeds(spec.get("seeds", seeds), f"{where}.seeds", bad, seeds), v_splits))
+        variants.append(
+            Variant(
+                str(label),
+                key,
+                config,
+                _overrides(spec.get("overrides") or {}, f"{where}.overrides", bad),
+                _seeds(spec.get("seeds", seeds), f"{where}.seeds", bad, seeds),
+                v_splits,
+            )
+        )
     if isinstance(base.get("config"), str) and not Path(base["config"]).is_file():
         raise bad("base.config", f"{base['config']!r} is not a file (paths are from the current directory)")
     metrics, table_splits = _table(raw.get("table") or {}, list(splits), bad)
@@ -271,8 +293,12 @@ def _dirname(value: Any, where: str, bad) -> str:
 
 
 def _seeds(value: Any, where: str, bad, allowed: list[int] | None) -> list[int]:
-    if (not isinstance(value, list) or not value or len(set(value)) < len(value)
-            or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 63 for s in value)):
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(set(value)) < len(value)
+        or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**63 for s in value)
+    ):
         raise bad(where, f"{value!r} is not a list of distinct seeds (integers >= 0)")
     if allowed is not None and any(s not in allowed for s in value):
         raise bad(where, f"{value!r} holds seeds the study does not run ({allowed})")
@@ -294,4 +320,3 @@ def _table(value: Any, splits: list[str], bad) -> tuple[list[str], list[str]]:
     if not isinstance(shown, list) or not shown or any(s not in splits for s in shown):
         raise bad("table.splits", f"{shown!r} is not a list of the study's splits ({', '.join(splits)})")
     return list(metrics), list(shown)
-

@@ -14,6 +14,7 @@ to method NAME only, e.g. ``pfedmoap.lam``). A knob that does not apply to a poi
 left out of that point, so ``method=promptfl,pfedmoap pfedmoap.lam=0,0.5`` gives three runs per
 seed, not four. Every line is parsed like ``fedmoap fit`` would before the file is written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,7 @@ def _base_method(config: str | None) -> str:
     return type(cfg.method).__module__ + "." + type(cfg.method).__qualname__
 
 
-def sweep_lines(config: str | None, grid: list[tuple[str, list[str]]], seeds: list[int],
-                runs_root: str) -> list[str]:
+def sweep_lines(config: str | None, grid: list[tuple[str, list[str]]], seeds: list[int], runs_root: str) -> list[str]:
     """One argument line per distinct point of the grid and seed, each with its own ``--run_dir``."""
     from fedmoap.methods import registry
 
@@ -83,7 +83,7 @@ def sweep_lines(config: str | None, grid: list[tuple[str, list[str]]], seeds: li
         for seed in seeds:
             name = "-".join(f"{k.split('.')[-1]}{v.split('.')[-1]}" for k, v in args)
             name = re.sub(r"[^\w.=-]+", "_", f"{name}-seed{seed}" if name else f"seed{seed}")
-            body = ([f"--config {shlex.quote(config)}"] if config else [])
+            body = [f"--config {shlex.quote(config)}"] if config else []
             body += [f"--{k} {shlex.quote(v)}" for k, v in args] + [f"--seed {seed}"]
             line = " ".join(body)
             if line in dirs:
@@ -129,8 +129,10 @@ def check_extra(extra: dict) -> dict:
     neutral = {f"{s}.{k}" for s, k in neutral_keys()} - {"fed.rounds", "fed.eval_every"}
     for key in extra:
         if key not in neutral:
-            raise FedmoapError(f"--set {key}: only settings that do not change results may be set beside "
-                               f"a study ({', '.join(sorted(neutral))}); write another study for the rest")
+            raise FedmoapError(
+                f"--set {key}: only settings that do not change results may be set beside "
+                f"a study ({', '.join(sorted(neutral))}); write another study for the rest"
+            )
     return extra
 
 
@@ -149,15 +151,22 @@ def select(study, cells: list, only: list[str] | None, check_splits: bool = True
     keys = {study.variant(name).key for name in only}
     chosen = [c for c in cells if c.variant.key in keys]
     for c in cells if check_splits else []:
-        if c.writes_split and c.variant.key not in keys and not (c.run_dir / "split.json").is_file() \
-                and any(o.split == c.split and o.seed == c.seed for o in chosen):
-            raise FedmoapError(f"--only: {c.split}/seed{c.seed}'s split is made by variant {c.variant.key!r}, "
-                               "which has not run yet; add it to --only")
+        if (
+            c.writes_split
+            and c.variant.key not in keys
+            and not (c.run_dir / "split.json").is_file()
+            and any(o.split == c.split and o.seed == c.seed for o in chosen)
+        ):
+            raise FedmoapError(
+                f"--only: {c.split}/seed{c.seed}'s split is made by variant {c.variant.key!r}, "
+                "which has not run yet; add it to --only"
+            )
     return chosen
 
 
-def run_study(study, out: str | Path | None = None, only: list[str] | None = None,
-              extra: dict | None = None, echo=print) -> str:
+def run_study(
+    study, out: str | Path | None = None, only: list[str] | None = None, extra: dict | None = None, echo=print
+) -> str:
     """Run (or resume) every cell of ``study`` in order in this process, one backbone per model
     built once and shared by all fits; finished cells are skipped. ``echo`` gets one line per
     cell. Returns the study's table (:func:`study_report`, which also writes it)."""
@@ -200,8 +209,9 @@ def cell_line(cell) -> str:
     return shlex.join([*cell.args, "--run_dir", str(cell.run_dir)])
 
 
-def write_study_array(study, out: str | Path | None = None, only: list[str] | None = None,
-                      extra: dict | None = None) -> tuple[Path, int, int]:
+def write_study_array(
+    study, out: str | Path | None = None, only: list[str] | None = None, extra: dict | None = None
+) -> tuple[Path, int, int]:
     """Write ``OUT/<name>.sweep.txt`` for ``slurm/array.sbatch``: one line per cell, the cells
     that write a split first. Returns (file, number of lines, number of split-writing lines):
     lines from the latter on read a split.json that an earlier line writes, so they are submitted
@@ -215,8 +225,9 @@ def write_study_array(study, out: str | Path | None = None, only: list[str] | No
     return path, len(lines), len(first)
 
 
-def list_cells(study, out: str | Path | None = None, only: list[str] | None = None,
-               extra: dict | None = None) -> list[str]:
+def list_cells(
+    study, out: str | Path | None = None, only: list[str] | None = None, extra: dict | None = None
+) -> list[str]:
     """One line per cell: its run directory, state (new, round r of n, finished, or holding
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
     from fedmoap import yamlfile
@@ -235,8 +246,16 @@ def list_cells(study, out: str | Path | None = None, only: list[str] | None = No
     return lines
 
 
-def study_command(path: str, run: bool, slurm: bool, listing: bool, out: str | None, only: list[str] | None,
-                  sets: list[str], echo=lambda line: print(line, flush=True)) -> None:
+def study_command(
+    path: str,
+    run: bool,
+    slurm: bool,
+    listing: bool,
+    out: str | None,
+    only: list[str] | None,
+    sets: list[str],
+    echo=lambda line: print(line, flush=True),
+) -> None:
     """``fedmoap sweep --study FILE --run | --slurm | --list [--out DIR] [--only V ...] [--set K=V ...]``."""
     from fedmoap.run.study import load_study
 
@@ -255,9 +274,11 @@ def study_command(path: str, run: bool, slurm: bool, listing: bool, out: str | N
         file, n, k = write_study_array(study, out, only, extra)
         array = f"slurm/array.sbatch {file}"
         if 0 < k < n:  # the later lines read the split.json that the first k lines write
-            echo(f"{n} runs -> {file}; submit (lines {k}+ wait for the {k} that write the splits):\n"
-                 f"  J=$(sbatch --parsable --array=0-{k - 1} {array})\n"
-                 f"  sbatch --dependency=afterok:${{J%%;*}} --array={k}-{n - 1} {array}")
+            echo(
+                f"{n} runs -> {file}; submit (lines {k}+ wait for the {k} that write the splits):\n"
+                f"  J=$(sbatch --parsable --array=0-{k - 1} {array})\n"
+                f"  sbatch --dependency=afterok:${{J%%;*}} --array={k}-{n - 1} {array}"
+            )
         else:
             echo(f"{n} runs -> {file}; submit: sbatch --array=0-{n - 1} {array}")
     else:
@@ -274,8 +295,10 @@ def study_report(study, out: str | Path | None = None) -> str:
     from fedmoap.run import report
 
     out = Path(out) if out is not None else study.default_out()
-    planned = {v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
-               for v in study.variants}
+    planned = {
+        v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
+        for v in study.variants
+    }
     book = out / "seconds.json"
     try:
         seconds = {str(out / rel): s for rel, s in json.loads(book.read_text()).items()} if book.is_file() else {}
@@ -290,8 +313,14 @@ def study_report(study, out: str | Path | None = None) -> str:
             return {k: strict(v) for k, v in obj.items()}
         return [strict(v) for v in obj] if isinstance(obj, list) else obj
 
-    record = {"study": study.name, "description": study.description, "file": str(study.path),
-              "out": str(out), "seeds": study.seeds, **record}
+    record = {
+        "study": study.name,
+        "description": study.description,
+        "file": str(study.path),
+        "out": str(out),
+        "seeds": study.seeds,
+        **record,
+    }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{study.name}.md", f"# {study.name}\n\n{study.description}\n\n{table}\n")
     atomic_write_text(out / f"{study.name}.json", json.dumps(strict(record), indent=1, allow_nan=False))

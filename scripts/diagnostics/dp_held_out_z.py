@@ -4,6 +4,7 @@ own plan (who trains) against the plan that also counted the held-out clients, s
 
     python scripts/diagnostics/dp_held_out_z.py
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -16,17 +17,50 @@ from fedmoap.federation.rounds import default_fabric
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 for seed in range(6):
     for method in ["coop", "local_vpt"]:
-        extra = (["--method.epochs", "2"] if method == "coop" else
-                 ["--method.shared_depth", "2", "--method.shared_tokens", "2"])
-        cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--method", method, *extra, "--seed", str(seed),
-                               "--eval.modes", "[local,unseen_clients]", "--dp.mode", "record_sgd", "--dp.clip", "1.0",
-                               "--dp.epsilon", "8", "--fabric.threads", "1"])
+        extra = (
+            ["--method.epochs", "2"]
+            if method == "coop"
+            else ["--method.shared_depth", "2", "--method.shared_tokens", "2"]
+        )
+        cfg, _, _ = parse_fit(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--method",
+                method,
+                *extra,
+                "--seed",
+                str(seed),
+                "--eval.modes",
+                "[local,unseen_clients]",
+                "--dp.mode",
+                "record_sgd",
+                "--dp.clip",
+                "1.0",
+                "--dp.epsilon",
+                "8",
+                "--fabric.threads",
+                "1",
+            ]
+        )
         try:
             fed, res = build_federation(cfg, run_dir=Path(tempfile.mkdtemp()), fabric=default_fabric())
         except Exception as e:
-            print(method, seed, "error", e); continue
+            print(method, seed, "error", e)
+            continue
         after = fed.privacy.noise_multiplier
-        before = Privacy(cfg.dp, seed=cfg.seed, method=cfg.method, module=fed.module, data=fed.data,
-                         schedule=fed.schedule, inner=fed.training.inner).noise_multiplier
-        print(f"seed {seed} {method:9s} held-out {res.held_out}: z before {before:.4f} after {after:.4f} "
-              f"({100 * (after - before) / before:+.2f} %)", flush=True)
+        before = Privacy(
+            cfg.dp,
+            seed=cfg.seed,
+            method=cfg.method,
+            module=fed.module,
+            data=fed.data,
+            schedule=fed.schedule,
+            inner=fed.training.inner,
+        ).noise_multiplier
+        print(
+            f"seed {seed} {method:9s} held-out {res.held_out}: z before {before:.4f} after {after:.4f} "
+            f"({100 * (after - before) / before:+.2f} %)",
+            flush=True,
+        )

@@ -3,6 +3,7 @@
 
     python scripts/diagnostics/packaged_vit_speed.py [--size 112] [--batch 32] [--runs 5] [--threads N]
 """
+
 import argparse
 import statistics
 import tempfile
@@ -38,7 +39,8 @@ def median_seconds(fn):
     for _ in range(args.runs):
         t, c = time.perf_counter(), time.process_time()
         fn()
-        wall.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     return statistics.median(wall), statistics.median(cpu), wall
 
 
@@ -51,6 +53,7 @@ def step_fn(groups):
         feats = F.normalize(bb.encode_image_prompted(images, groups), dim=-1)
         F.cross_entropy(bb.logit_scale * feats @ text.T, labels).backward()
         opt.step()
+
     return step
 
 
@@ -58,10 +61,14 @@ deep = [{i: (0.02 * torch.randn(10, 384, generator=g)).requires_grad_() for i in
 shallow = [{0: (0.02 * torch.randn(8, 384, generator=g)).requires_grad_()}]
 for name, groups in (("VPT-deep 10x12", deep), ("VPT-shallow 8", shallow)):
     med, cpu, times = median_seconds(step_fn(groups))
-    print(f"{name}: {med:.2f} s/step wall ({args.batch / med:.1f} img/s), {cpu:.2f} s CPU; "
-          f"wall runs {[round(t, 2) for t in times]}")
+    print(
+        f"{name}: {med:.2f} s/step wall ({args.batch / med:.1f} img/s), {cpu:.2f} s CPU; "
+        f"wall runs {[round(t, 2) for t in times]}"
+    )
 with torch.no_grad():
     med, cpu, times = median_seconds(lambda: bb.encode_image(images))
-print(f"inference: {args.batch / med:.1f} img/s wall ({med:.2f} s/batch), {args.batch / cpu:.1f} img/s "
-      f"per CPU second; wall runs {[round(t, 2) for t in times]}")
+print(
+    f"inference: {args.batch / med:.1f} img/s wall ({med:.2f} s/batch), {args.batch / cpu:.1f} img/s "
+    f"per CPU second; wall runs {[round(t, 2) for t in times]}"
+)
 print("load average", open("/proc/loadavg").read().split()[:3])

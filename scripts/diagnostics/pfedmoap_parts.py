@@ -4,6 +4,7 @@ the MoE term alone, the MoE without the non-local experts, and the global prompt
 
     python scripts/diagnostics/pfedmoap_parts.py RUN_DIR [RUN_DIR ...]
 """
+
 from __future__ import annotations
 
 import sys
@@ -39,9 +40,13 @@ def parts(run_dir: Path, backbones: dict) -> dict[str, list[float]]:
             alone = module.logits(batch, local) - lam * local_only
             module.set_experts(experts)
             glob = s * batch["features"] @ module.text_features(server.global_state["prompt"]).t()
-            for name, logits in [("full", full), ("local prompt term", local_only),
-                                 ("MoE term", full - lam * local_only),
-                                 ("MoE, local expert only", alone), ("global prompt", glob)]:
+            for name, logits in [
+                ("full", full),
+                ("local prompt term", local_only),
+                ("MoE term", full - lam * local_only),
+                ("MoE, local expert only", alone),
+                ("global prompt", glob),
+            ]:
                 out.setdefault(name, []).append((logits.argmax(1) == y).float().mean().item())
     return out
 
@@ -52,8 +57,10 @@ def main() -> None:
         res = parts(run_dir, cache)
         print(run_dir)
         for name, accs in res.items():
-            print(f"  {name:24s} mean {100 * sum(accs) / len(accs):6.2f}  per client "
-                  + " ".join(f"{100 * a:5.1f}" for a in accs))
+            print(
+                f"  {name:24s} mean {100 * sum(accs) / len(accs):6.2f}  per client "
+                + " ".join(f"{100 * a:5.1f}" for a in accs)
+            )
 
 
 if __name__ == "__main__":

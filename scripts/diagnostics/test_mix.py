@@ -3,6 +3,7 @@ total variation over the offline default's splits (Fashion-MNIST, 5 clients, 8 s
 
     python scripts/diagnostics/test_mix.py
 """
+
 import numpy as np
 
 from fedmoap.federation.config import DataArgs
@@ -10,8 +11,11 @@ from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
 
 for test_from in ("share", "whole"):
-    for partition, extra in (("dirichlet", {"alpha": 0.1}), ("dirichlet", {"alpha": 0.5}),
-                             ("pathological", {"classes_per_client": 2})):
+    for partition, extra in (
+        ("dirichlet", {"alpha": 0.1}),
+        ("dirichlet", {"alpha": 0.5}),
+        ("pathological", {"classes_per_client": 2}),
+    ):
         args = DataArgs(partition=partition, test_from=test_from, **extra)
         source = load_source(args)
         tvs = []

@@ -1,4 +1,5 @@
 """The open_clip backbone: the truncated text path is exact and experts batch correctly."""
+
 import pytest
 import torch
 
@@ -63,8 +64,9 @@ def test_local_checkpoint_loads(tmp_path, backbone):
     torch.save(backbone.model.state_dict(), path)
     other = OpenCLIPBackbone.build("fedmoap-tiny-vit", str(path), seed=123)
     assert other.image_fingerprint() == backbone.image_fingerprint()
-    assert OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=123).image_fingerprint() != \
-        backbone.image_fingerprint()
+    assert (
+        OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=123).image_fingerprint() != backbone.image_fingerprint()
+    )
 
 
 def test_zero_adapters_leave_the_text_tower_exact_and_others_match_a_plain_loop(backbone):
@@ -87,8 +89,8 @@ def test_zero_adapters_leave_the_text_tower_exact_and_others_match_a_plain_loop(
         with backbone.adapted(text={1: delta}):
             got = backbone.encode_prompts(slots)
         t = backbone.text
-        x = t.token_embedding(backbone.tokenizer(texts)[:, :slots.seq_len]) + t.positional_embedding[:slots.seq_len]
-        mask = t.attn_mask[:slots.seq_len, :slots.seq_len]
+        x = t.token_embedding(backbone.tokenizer(texts)[:, : slots.seq_len]) + t.positional_embedding[: slots.seq_len]
+        mask = t.attn_mask[: slots.seq_len, : slots.seq_len]
         first, second = t.transformer.resblocks
         x = first(x, attn_mask=mask)
         x = second(x, attn_mask=mask) + delta(second.ln_1(x))
@@ -122,7 +124,8 @@ def test_a_tokenizer_without_start_token_is_refused():
     clip_tokenizer = backbone.tokenizer
     # The CLIP tokenizer with its start token stripped: mT5's layout (no BOS, end-of-text pooling).
     backbone.tokenizer = lambda texts: torch.cat(
-        [clip_tokenizer(texts)[:, 1:], torch.zeros(len(texts), 1, dtype=torch.long)], 1)
+        [clip_tokenizer(texts)[:, 1:], torch.zeros(len(texts), 1, dtype=torch.long)], 1
+    )
     with pytest.raises(FedmoapError, match="start token"):
         backbone.prepare_prompts(["cat.", "dog."], 4)
     with pytest.raises(FedmoapError, match="start token"):

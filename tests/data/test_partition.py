@@ -223,9 +223,7 @@ def test_test_like_train_by_group_stays_in_group():
     te_groups = np.repeat([0, 1], 200)
     te_labels = np.tile(np.repeat(np.arange(5), 40), 2)
     train_idx = P.by_group(tr_groups, tr_labels, 3, partial(P.dirichlet, alpha=0.5), rng(1))
-    tests = P.test_like_train_by_group(
-        tr_groups, tr_labels, train_idx, te_groups, te_labels, rng(2)
-    )
+    tests = P.test_like_train_by_group(tr_groups, tr_labels, train_idx, te_groups, te_labels, rng(2))
     check_test_like_train(tr_groups * 5 + tr_labels, train_idx, te_groups * 5 + te_labels, tests)
     for k, te in enumerate(tests):
         assert set(te_groups[te].tolist()) == {k // 3}
@@ -247,10 +245,8 @@ def test_test_like_train_by_group_stays_in_group():
         (lambda: P.by_group(np.zeros(10), np.arange(10), 0, P.iid, rng()), "clients_per_group"),
         (lambda: P.k_shot(np.arange(10), [np.arange(5)], 0, rng()), "k"),
         (lambda: P.k_shot(np.arange(10), [np.array([3, 12])], 1, rng()), "client_indices"),
-        (lambda: P.test_like_train(np.arange(4), [np.arange(4)], np.arange(4.0), rng()),
-         "test_labels"),
-        (lambda: P.test_like_train(np.arange(4), [np.arange(4)], np.arange(4), rng(),
-                                   num_classes=3), "num_classes"),
+        (lambda: P.test_like_train(np.arange(4), [np.arange(4)], np.arange(4.0), rng()), "test_labels"),
+        (lambda: P.test_like_train(np.arange(4), [np.arange(4)], np.arange(4), rng(), num_classes=3), "num_classes"),
     ],
 )
 def test_validation_errors_name_the_argument(call, match):
@@ -279,12 +275,15 @@ def test_test_sets_drawn_from_the_whole_split_follow_the_training_mix():
     share images); the share rule's counts follow the class's split among clients instead."""
     rng = np.random.default_rng(0)
     train_labels = np.repeat(np.arange(4), 10)
-    clients = [np.array([0, 1, 2, 3, 10, 11]),  # class 0 x4, class 1 x2
-               np.array([4, 20, 21, 22, 23, 24, 25, 26])]  # class 0 x1, class 2 x7
+    clients = [
+        np.array([0, 1, 2, 3, 10, 11]),  # class 0 x4, class 1 x2
+        np.array([4, 20, 21, 22, 23, 24, 25, 26]),
+    ]  # class 0 x1, class 2 x7
     test_labels = np.repeat(np.arange(4), 50)
     zeros = np.zeros
-    drawn = P.test_drawn_like_train_by_group(zeros(40, np.int64), train_labels, clients,
-                                             zeros(200, np.int64), test_labels, 24, rng)
+    drawn = P.test_drawn_like_train_by_group(
+        zeros(40, np.int64), train_labels, clients, zeros(200, np.int64), test_labels, 24, rng
+    )
     assert np.bincount(test_labels[drawn[0]], minlength=4).tolist() == [16, 8, 0, 0]
     assert np.bincount(test_labels[drawn[1]], minlength=4).tolist() == [3, 0, 21, 0]
     assert all(np.unique(d).size == d.size for d in drawn)
@@ -297,8 +296,7 @@ def test_whole_test_rule_through_the_split():
     from fedmoap.data.sources import load_source
     from fedmoap.data.split import make_split
 
-    args = DataArgs(source="synthetic", num_clients=3, alpha=0.3, shots=4, max_test_per_client=20,
-                    test_from="whole")
+    args = DataArgs(source="synthetic", num_clients=3, alpha=0.3, shots=4, max_test_per_client=20, test_from="whole")
     source = load_source(args)
     split = make_split(args, source, seed=0)
     for train, test in zip(split.train, split.test):
@@ -333,8 +331,15 @@ def test_class_blocks_through_the_split_check_the_client_count_and_stay_in_their
     from fedmoap.data.split import make_split
     from fedmoap.errors import FedmoapError
 
-    args = DataArgs(source="synthetic", domain_column="domain", partition="class_blocks",
-                    classes_per_client=5, num_clients=4, shots=3, max_test_per_client=None)
+    args = DataArgs(
+        source="synthetic",
+        domain_column="domain",
+        partition="class_blocks",
+        classes_per_client=5,
+        num_clients=4,
+        shots=3,
+        max_test_per_client=None,
+    )
     source = load_source(args)
     split = make_split(args, source, seed=0)
     for train, test in zip(split.train, split.test):

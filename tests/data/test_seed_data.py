@@ -1,5 +1,6 @@
 """The evidence's domain dataset (``fashion-mnist-styles``) and PEP-FedPT's CIFAR-100 split
 (``label_uniform``, SGPT's "noniid-labeluni")."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,7 @@ def test_label_uniform_every_class_equally_shared():
     parts = P.label_uniform(labels, 10, 4, np.random.default_rng(0))
     held = [set(labels[p].tolist()) for p in parts]
     assert all(len(h) == 4 for h in held)
-    assert all(sum(c in h for h in held) == 2 for c in range(20))          # 10 * 4 / 20
+    assert all(sum(c in h for h in held) == 2 for c in range(20))  # 10 * 4 / 20
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))  # all used, once
     shares = [np.mean(labels[p] == c) for p, h in zip(parts, held) for c in h]
     assert min(shares) > 0.1
@@ -41,8 +42,15 @@ def test_styles_render_and_assignment():
 
 @pytest.mark.skipif(not (DEFAULT_DIR / "train-labels-idx1-ubyte.gz").exists(), reason="no Fashion-MNIST")
 def test_fashion_mnist_styles_source_and_domain_split():
-    args = DataArgs(source="fashion-mnist-styles", domain_column="domain", partition="domain_dirichlet",
-                    num_clients=5, alpha=0.5, shots=4, max_test_per_client=20)
+    args = DataArgs(
+        source="fashion-mnist-styles",
+        domain_column="domain",
+        partition="domain_dirichlet",
+        num_clients=5,
+        alpha=0.5,
+        shots=4,
+        max_test_per_client=20,
+    )
     source = load_source(args)
     assert source.classnames[0] == "T-shirt/top" and len(source.train_labels) == 60000
     assert sorted(set(source.train.select(range(50))["domain"])) == sorted(STYLES)

@@ -1,5 +1,6 @@
 """Data sources (fedmoap/data/sources.py) read from a saved dataset: domain codes and string
 labels."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,11 @@ from tests.worlds import PIXEL, saved_dataset
 def test_domain_codes_agree_between_train_and_test(tmp_path):
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"]), "domain": Value("string")})
     train = {"image": [PIXEL] * 8, "label": [0, 1] * 4, "domain": ["clipart"] * 4 + ["painting"] * 4}
-    test = {"image": [PIXEL] * 6, "label": [0, 1] * 3, "domain": ["clipart", "clipart", "infograph",
-                                                                    "infograph", "painting", "painting"]}
+    test = {
+        "image": [PIXEL] * 6,
+        "label": [0, 1] * 3,
+        "domain": ["clipart", "clipart", "infograph", "infograph", "painting", "painting"],
+    }
     source = load_source(DataArgs(source=saved_dataset(tmp_path / "d", train, test, features), domain_column="domain"))
     names_train = np.array(train["domain"])
     names_test = np.array(test["domain"])

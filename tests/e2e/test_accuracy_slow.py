@@ -5,6 +5,7 @@ Reduced setting: the offline default (5 clients, Dirichlet(0.1), 8 shots, 5 loca
 100 test images per client and 5 rounds instead of 150 and 10.
 Skipped on a machine without the offline packages or data, except under CI, where it fails.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,11 +22,9 @@ FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 missing = [m for m in REQUIREMENTS if importlib.util.find_spec(m) is None]
 missing += [] if FASHION.exists() else [str(FASHION)]
 if missing and not os.environ.get("CI"):
-    pytest.skip(f"offline default not installed ({', '.join(missing)}): bash scripts/setup.sh",
-                allow_module_level=True)
+    pytest.skip(f"offline default not installed ({', '.join(missing)}): bash scripts/setup.sh", allow_module_level=True)
 
-REDUCED = ["--data.max_test_per_client", "100", "--fed.rounds", "5",
-           "--progress", "false"]
+REDUCED = ["--data.max_test_per_client", "100", "--fed.rounds", "5", "--progress", "false"]
 PFEDMOAP_FLOOR = 0.63
 PROMPTFL_FLOOR = 0.56
 """Measured on this reduced setting (seed 0): pFedMoAP 0.706, PromptFL 0.636 final mean accuracy
@@ -39,8 +38,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     out = {}
     for method in ("promptfl", "pfedmoap"):
         run_dir = tmp_path_factory.mktemp(method)
-        assert main(["fit", "--method", method, "--run_dir", str(run_dir),
-                     "--data.feature_cache", str(cache), *REDUCED]) == 0
+        assert (
+            main(["fit", "--method", method, "--run_dir", str(run_dir), "--data.feature_cache", str(cache), *REDUCED])
+            == 0
+        )
         out[method] = json.loads((run_dir / "results.json").read_text())
     return out
 

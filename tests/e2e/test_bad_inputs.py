@@ -4,6 +4,7 @@ nothing in an existing run directory changed (every file's bytes compared before
 Cases run in-process through ``fedmoap.run.cli.main`` (one import for all); ``tests/run/test_fit.py``
 runs a few of them as real processes too (exit status, no traceback on stderr).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,50 +49,87 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "bad_precision": (["--fabric.precision", "8-bit"], "fresh", ["fabric.precision", "8-bit"]),
     # differential privacy (fedmoap/federation/privacy.py)
     "dp_without_clip": (["--dp.mode", "client_upload", "--dp.epsilon", "8"], "fresh", ["dp.clip"]),
-    "dp_epsilon_and_noise_multiplier": (["--dp.mode", "record_sgd", "--dp.clip", "1", "--dp.epsilon", "8",
-                                         "--dp.noise_multiplier", "1"], "existing",
-                                        ["dp.epsilon", "dp.noise_multiplier"]),
+    "dp_epsilon_and_noise_multiplier": (
+        ["--dp.mode", "record_sgd", "--dp.clip", "1", "--dp.epsilon", "8", "--dp.noise_multiplier", "1"],
+        "existing",
+        ["dp.epsilon", "dp.noise_multiplier"],
+    ),
     "dp_budget_without_mode": (["--dp.epsilon", "8"], "existing", ["dp.epsilon", "dp.mode"]),
-    "dp_preset_other_epsilon": (["--dp.mode", "client_upload", "--dp.clip", "1", "--dp.preset",
-                                 "pfedmoap-appendix", "--dp.epsilon", "8"], "fresh", ["dp.preset", "dp.epsilon"]),
+    "dp_preset_other_epsilon": (
+        ["--dp.mode", "client_upload", "--dp.clip", "1", "--dp.preset", "pfedmoap-appendix", "--dp.epsilon", "8"],
+        "fresh",
+        ["dp.preset", "dp.epsilon"],
+    ),
     "dp_unknown_mode": (["--dp.mode", "central"], "fresh", ["dp.mode", "central"]),
     "other_config_on_run_dir": (["--seed", "1"], "existing", ["seed"]),
     # models
     "unknown_arch": (["--model.arch", "no-such-arch"], "fresh", ["model.arch", "no-such-arch"]),
     "missing_weights_file": (["--model.pretrained", "/nonexistent/w.pt"], "fresh", ["model.pretrained"]),
-    "strided_indivisible": (["--method.reduction", "strided", "--method.d_gating", "48",
-                             "--method.heads", "4"], "fresh", ["method.reduction", "48"]),
-    "vision_method_on_a_cnn": (["--method", "fedvpt", "--model.arch", "fedmoap-tiny-rn"], "fresh",
-                               ["fedvpt", "ModifiedResNet"]),
+    "strided_indivisible": (
+        ["--method.reduction", "strided", "--method.d_gating", "48", "--method.heads", "4"],
+        "fresh",
+        ["method.reduction", "48"],
+    ),
+    "vision_method_on_a_cnn": (
+        ["--method", "fedvpt", "--model.arch", "fedmoap-tiny-rn"],
+        "fresh",
+        ["fedvpt", "ModifiedResNet"],
+    ),
     # datasets and splits
     "missing_dataset": (["--data.source", "/nonexistent/dir"], "fresh", ["data.source", "/nonexistent/dir"]),
     "class_count_mismatch": (["--data.classnames", "[a,b,c]"], "fresh", ["data.classnames", "3", "10"]),
     "missing_label_column": (["--data.label_column", "nolabel"], "fresh", ["nolabel"]),
-    "string_labels_not_in_classnames": (["--data.source", "{strings}", "--data.classnames", "[cat,dog]"],
-                                        "fresh", ["data.label_column", "bird"]),
-    "fractional_labels": (["--data.source", "{floats}", "--data.classnames", "[a,b,c]"], "fresh",
-                          ["data.label_column", "non-integer"]),
+    "string_labels_not_in_classnames": (
+        ["--data.source", "{strings}", "--data.classnames", "[cat,dog]"],
+        "fresh",
+        ["data.label_column", "bird"],
+    ),
+    "fractional_labels": (
+        ["--data.source", "{floats}", "--data.classnames", "[a,b,c]"],
+        "fresh",
+        ["data.label_column", "non-integer"],
+    ),
     "domain_dirichlet_without_column": (["--data.partition", "domain_dirichlet"], "fresh", ["data.domain_column"]),
-    "domains_not_divisible": (["--data.partition", "domain_dirichlet", "--data.domain_column", "domain",
-                               "--data.num_clients", "5"], "fresh", ["data.num_clients", "2 domains"]),
-    "too_many_classes_per_client": (["--data.partition", "pathological", "--data.classes_per_client", "5"],
-                                    "fresh", ["classes_per_client"]),
+    "domains_not_divisible": (
+        ["--data.partition", "domain_dirichlet", "--data.domain_column", "domain", "--data.num_clients", "5"],
+        "fresh",
+        ["data.num_clients", "2 domains"],
+    ),
+    "too_many_classes_per_client": (
+        ["--data.partition", "pathological", "--data.classes_per_client", "5"],
+        "fresh",
+        ["classes_per_client"],
+    ),
     "split_file_missing": (["--data.split_file", "/nonexistent/split.json"], "fresh", ["data.split_file"]),
-    "split_file_other_client_count": (["--data.split_file", "{split}", "--data.num_clients", "4"], "fresh",
-                                      ["data.split_file", "4"]),
+    "split_file_other_client_count": (
+        ["--data.split_file", "{split}", "--data.num_clients", "4"],
+        "fresh",
+        ["data.split_file", "4"],
+    ),
     "split_file_corrupt": (["--data.split_file", "{garbage}"], "fresh", ["data.split_file"]),
     "split_file_is_a_directory": (["--data.split_file", "{a_dir}"], "fresh", ["data.split_file", "is a directory"]),
-    "split_file_json_of_another_shape": (["--data.split_file", "{split_list}"], "fresh",
-                                         ["data.split_file", "not a valid split file"]),
-    "split_file_fractional_indices": (["--data.split_file", "{split_floats}"], "fresh",
-                                      ["data.split_file", "client 0"]),
+    "split_file_json_of_another_shape": (
+        ["--data.split_file", "{split_list}"],
+        "fresh",
+        ["data.split_file", "not a valid split file"],
+    ),
+    "split_file_fractional_indices": (
+        ["--data.split_file", "{split_floats}"],
+        "fresh",
+        ["data.split_file", "client 0"],
+    ),
     "resumed_split_of_another_shape": (["--fed.rounds", "3"], "split_shape", ["split.json", "clients"]),
-    "resumed_split_client_without_training": (["--fed.rounds", "3"], "split_no_train",
-                                              ["split.json", "clients [2]", "no training"]),
-    "feature_cache_is_a_file": (["--data.feature_cache", "{garbage}"], "existing",
-                                ["data.feature_cache", "is a file"]),
-    "feature_cache_under_a_file": (["--data.feature_cache", "{garbage}/sub"], "fresh",
-                                   ["data.feature_cache", "garbage.json", "is a file"]),
+    "resumed_split_client_without_training": (
+        ["--fed.rounds", "3"],
+        "split_no_train",
+        ["split.json", "clients [2]", "no training"],
+    ),
+    "feature_cache_is_a_file": (["--data.feature_cache", "{garbage}"], "existing", ["data.feature_cache", "is a file"]),
+    "feature_cache_under_a_file": (
+        ["--data.feature_cache", "{garbage}/sub"],
+        "fresh",
+        ["data.feature_cache", "garbage.json", "is a file"],
+    ),
     # run directories, checkpoints, client states
     "corrupt_checkpoint": (["--fed.rounds", "3"], "corrupt", ["{newest}"]),
     "corrupt_client_state": (["--fed.rounds", "3"], "corrupt_state", ["{newest}"]),
@@ -114,52 +152,79 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "config_yaml_is_a_folder_after_an_aborted_start": ([], "aborted_config_folder", ["config.yaml", "folder"]),
     # evaluation modes
     "unknown_eval_mode": (["--eval.modes", "[local,nosuchmode]"], "fresh", ["eval.modes", "nosuchmode"]),
-    "base2novel_with_a_linear_head": (["--method", "evalcase_linear.LinearHead", "--eval.modes",
-                                       "[local,base2novel]"], "fresh", ["eval.modes base2novel", "LinearHead"]),
-    "base_fraction_zero": (["--eval.modes", "[base2novel]", "--eval.base_fraction", "0"], "fresh",
-                           ["eval.base_fraction"]),
-    "every_client_held_out": (["--eval.modes", "[unseen_clients]", "--eval.unseen_fraction", "0.95"], "fresh",
-                              ["eval.unseen_fraction", "6"]),
+    "base2novel_with_a_linear_head": (
+        ["--method", "evalcase_linear.LinearHead", "--eval.modes", "[local,base2novel]"],
+        "fresh",
+        ["eval.modes base2novel", "LinearHead"],
+    ),
+    "base_fraction_zero": (
+        ["--eval.modes", "[base2novel]", "--eval.base_fraction", "0"],
+        "fresh",
+        ["eval.base_fraction"],
+    ),
+    "every_client_held_out": (
+        ["--eval.modes", "[unseen_clients]", "--eval.unseen_fraction", "0.95"],
+        "fresh",
+        ["eval.unseen_fraction", "6"],
+    ),
     "negative_adaptation_epochs": (["--eval.adaptation_epochs", "-1"], "fresh", ["eval.adaptation_epochs"]),
-    "base2novel_on_a_split_with_novel_training": (["--data.split_file", "{split}", "--eval.modes",
-                                                   "[local,base2novel]"], "fresh", ["data.split_file", "novel"]),
+    "base2novel_on_a_split_with_novel_training": (
+        ["--data.split_file", "{split}", "--eval.modes", "[local,base2novel]"],
+        "fresh",
+        ["data.split_file", "novel"],
+    ),
     "other_eval_modes_on_run_dir": (["--eval.modes", "[local,global]"], "existing", ["eval.modes"]),
     # method knobs are type-checked like every other setting, wherever they are written
     "knob_not_a_number": (["--method.lam", "abc"], "existing", ["method.lam", "abc"]),
     "int_knob_given_a_float": (["--method.heads", "4.0"], "existing", ["method.heads", "4.0"]),
     "int_knob_given_a_bool": (["--method.heads", "true"], "fresh", ["method.heads"]),
-    "pfeddc_int_knob_given_a_float": (["--method", "pfeddc", "--method.fusion_heads", "4.0"], "fresh",
-                                      ["method.fusion_heads", "4.0"]),
+    "pfeddc_int_knob_given_a_float": (
+        ["--method", "pfeddc", "--method.fusion_heads", "4.0"],
+        "fresh",
+        ["method.fusion_heads", "4.0"],
+    ),
     "n_ctx_fractional": (["--method.n_ctx", "2.5"], "fresh", ["method.n_ctx", "2.5"]),
-    "experts_per_client_a_list": (["--method.experts_per_client", "[1,2]"], "existing",
-                                  ["method.experts_per_client"]),
-    "literal_knob_unknown_value": (["--method.moe_similarity", "bogus"], "existing",
-                                   ["method.moe_similarity", "bogus"]),
+    "experts_per_client_a_list": (["--method.experts_per_client", "[1,2]"], "existing", ["method.experts_per_client"]),
+    "literal_knob_unknown_value": (
+        ["--method.moe_similarity", "bogus"],
+        "existing",
+        ["method.moe_similarity", "bogus"],
+    ),
     "knob_not_a_number_in_yaml": (["--config", "{lam_abc_yaml}"], "existing", ["method.lam", "abc"]),
-    "knob_not_a_number_in_inline_method": (["--method", "{{class_path: fedmoap.methods.pfedmoap.PFedMoAP, "
-                                                        "init_args: {{heads: 2.5}}}}"],
-                                           "fresh", ["method.heads", "2.5"]),
+    "knob_not_a_number_in_inline_method": (
+        ["--method", "{{class_path: fedmoap.methods.pfedmoap.PFedMoAP, init_args: {{heads: 2.5}}}}"],
+        "fresh",
+        ["method.heads", "2.5"],
+    ),
     # infinity and NaN are not numbers a run can use
     "lr_infinite": (["--train.lr", ".inf"], "fresh", ["train.lr", "finite"]),
     "lr_overflowing": (["--train.lr", "1e999"], "fresh", ["train.lr", "finite"]),
     "lr_nan": (["--train.lr", ".nan"], "fresh", ["train.lr"]),
     "gating_lr_infinite": (["--method.gating_lr", ".inf"], "fresh", ["method.gating_lr", "finite"]),
     "sigma_infinite": (["--method", "fedamp", "--method.sigma", ".inf"], "fresh", ["method.sigma", "finite"]),
-    "dp_noise_infinite": (["--dp.mode", "client_upload", "--dp.clip", "1", "--dp.noise_multiplier", ".inf"],
-                          "fresh", ["dp.noise_multiplier", "finite"]),
-    "dp_clip_nan": (["--dp.mode", "client_upload", "--dp.clip", ".nan", "--dp.epsilon", "8"], "fresh",
-                    ["dp.clip"]),
+    "dp_noise_infinite": (
+        ["--dp.mode", "client_upload", "--dp.clip", "1", "--dp.noise_multiplier", ".inf"],
+        "fresh",
+        ["dp.noise_multiplier", "finite"],
+    ),
+    "dp_clip_nan": (["--dp.mode", "client_upload", "--dp.clip", ".nan", "--dp.epsilon", "8"], "fresh", ["dp.clip"]),
     # config files that are not YAML settings
     "binary_config": (["--config", "{binary}"], "existing", ["{binary}", "not a text"]),
     "binary_config_after_equals": (["--config={binary}"], "existing", ["{binary}", "not a text"]),
     "empty_config_file": (["--config", "{empty}"], "existing", ["{empty}", "empty"]),
     "config_file_a_list": (["--config", "{list_yaml}"], "existing", ["{list_yaml}", "not a mapping"]),
     "duplicate_yaml_key": (["--config", "{dup_yaml}"], "existing", ["{dup_yaml}", "'seed' appears twice"]),
-    "duplicate_nested_yaml_key": (["--config", "{dup_nested_yaml}"], "existing",
-                                  ["{dup_nested_yaml}", "'rounds' appears twice"]),
+    "duplicate_nested_yaml_key": (
+        ["--config", "{dup_nested_yaml}"],
+        "existing",
+        ["{dup_nested_yaml}", "'rounds' appears twice"],
+    ),
     # settings that crashed or blamed the wrong thing
-    "base_class_as_method": (["--method", "fedmoap.methods.base.Method"], "fresh",
-                             ["method", "fedmoap.methods.base.Method"]),
+    "base_class_as_method": (
+        ["--method", "fedmoap.methods.base.Method"],
+        "fresh",
+        ["method", "fedmoap.methods.base.Method"],
+    ),
     "accelerator_not_installed": (["--fabric.accelerator", "tpu"], "existing", ["fabric.accelerator", "tpu"]),
     "threads_absurd": (["--fabric.threads", "100000"], "existing", ["fabric.threads", "1024"]),
     "seed_overflowing": (["--seed", str(2**70)], "fresh", ["seed", str(2**70)]),
@@ -203,11 +268,31 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     cache = root / "cache"
     base = root / "base"
-    assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "2", "--run_dir", str(base),
-                 "--data.feature_cache", str(cache), "--progress", "false"]) == 0
-    files = {"split": str(base / "split.json"), "garbage": str(root / "garbage.json"),
-             "a_dir": str(root / "a_dir"), "split_list": str(root / "split_list.json"),
-             "split_floats": str(root / "split_floats.json")}
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--fed.rounds",
+                "2",
+                "--run_dir",
+                str(base),
+                "--data.feature_cache",
+                str(cache),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
+    files = {
+        "split": str(base / "split.json"),
+        "garbage": str(root / "garbage.json"),
+        "a_dir": str(root / "a_dir"),
+        "split_list": str(root / "split_list.json"),
+        "split_floats": str(root / "split_floats.json"),
+    }
     Path(files["garbage"]).write_text("{not json")
     Path(files["a_dir"]).mkdir()
     Path(files["split_list"]).write_text(json.dumps([[0, 1], [2, 3]]))
@@ -218,17 +303,23 @@ def setup(tmp_path_factory):
     misspelt.write_text(SMOKE.read_text().replace("  rounds: 3", "  roundz: 3"))
     files["misspelt_yaml"] = str(misspelt)
     image = [[[0, 0, 0]] * 4] * 4
-    for name, labels, feature in (("strings", ["cat", "dog", "bird"], Value("string")),
-                                  ("floats", [0.0, 1.5, 2.0], Value("float64"))):
-        split = Dataset.from_dict({"image": [image] * 3, "label": labels},
-                                  features=Features({"image": Image(), "label": feature}))
+    for name, labels, feature in (
+        ("strings", ["cat", "dog", "bird"], Value("string")),
+        ("floats", [0.0, 1.5, 2.0], Value("float64")),
+    ):
+        split = Dataset.from_dict(
+            {"image": [image] * 3, "label": labels}, features=Features({"image": Image(), "label": feature})
+        )
         DatasetDict(train=split, test=split).save_to_disk(str(root / name))
         files[name] = str(root / name)
     smoke = SMOKE.read_text()
-    texts = {"lam_abc_yaml": smoke.replace("    heads: 4\n", "    heads: 4\n    lam: abc\n"),
-             "dup_yaml": smoke + "seed: 1\n",
-             "dup_nested_yaml": smoke.replace("  rounds: 3\n", "  rounds: 3\n  rounds: 4\n"),
-             "list_yaml": "- seed\n- 1\n", "empty": "\n"}
+    texts = {
+        "lam_abc_yaml": smoke.replace("    heads: 4\n", "    heads: 4\n    lam: abc\n"),
+        "dup_yaml": smoke + "seed: 1\n",
+        "dup_nested_yaml": smoke.replace("  rounds: 3\n", "  rounds: 3\n  rounds: 4\n"),
+        "list_yaml": "- seed\n- 1\n",
+        "empty": "\n",
+    }
     for name, text in texts.items():
         assert text != smoke
         files[name] = str(root / f"{name}.yaml")
@@ -318,8 +409,16 @@ def snapshot(path: Path) -> dict[str, bytes] | None:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-LAUNCHER_VARIABLES = ("SLURM_NTASKS", "SLURM_NNODES", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "NODE_RANK",
-                      "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+LAUNCHER_VARIABLES = (
+    "SLURM_NTASKS",
+    "SLURM_NNODES",
+    "TORCHELASTIC_RUN_ID",
+    "MASTER_ADDR",
+    "NODE_RANK",
+    "LSB_JOBID",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -332,12 +431,26 @@ def test_bad_input_fails_cleanly(setup, case, capsys, monkeypatch):
     extra = [a.format(**files) for a in extra]
     config = [] if "--config" in extra else ["--config", str(SMOKE)]
     cache_arg = [] if "--data.feature_cache" in extra else ["--data.feature_cache", str(cache)]
-    assert_fails_cleanly(capsys, ["fit", *config, *extra, "--run_dir", str(run_dir), *cache_arg,
-                                  "--progress", "false"], run_dir, words, case, newest, files)
+    assert_fails_cleanly(
+        capsys,
+        ["fit", *config, *extra, "--run_dir", str(run_dir), *cache_arg, "--progress", "false"],
+        run_dir,
+        words,
+        case,
+        newest,
+        files,
+    )
 
 
-def assert_fails_cleanly(capsys, argv: list[str], run_dir: Path, words: list[str], case: str,
-                         newest: Path | None = None, files: dict[str, str] | None = None) -> None:
+def assert_fails_cleanly(
+    capsys,
+    argv: list[str],
+    run_dir: Path,
+    words: list[str],
+    case: str,
+    newest: Path | None = None,
+    files: dict[str, str] | None = None,
+) -> None:
     """``fedmoap ARGV`` exits with 2 and one error line holding ``words``, ``run_dir`` unchanged."""
     before = snapshot(run_dir)
     capsys.readouterr()
@@ -346,7 +459,7 @@ def assert_fails_cleanly(capsys, argv: list[str], run_dir: Path, words: list[str
     assert rc == 2, f"{case}: exit code {rc}; stderr: {err}"
     errors = ERROR_LINE.findall(err)
     assert len(errors) == 1, f"{case}: expected one error line, got:\n{err}"
-    line = err[ERROR_LINE.search(err).start():].strip()
+    line = err[ERROR_LINE.search(err).start() :].strip()
     assert "\n" not in line, f"{case}: the error takes several lines:\n{line}"
     for word in words:
         for key, value in {"newest": newest, **(files or {})}.items():
@@ -367,8 +480,24 @@ def test_an_aborted_start_is_restarted_not_refused(setup):
         run_dir = root / f"aborted_{keep}"
         run_dir.mkdir()
         shutil.copy(base / keep, run_dir / keep)
-        assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "1", "--run_dir", str(run_dir),
-                     "--data.feature_cache", str(cache), "--progress", "false"]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    "--config",
+                    str(SMOKE),
+                    "--fed.rounds",
+                    "1",
+                    "--run_dir",
+                    str(run_dir),
+                    "--data.feature_cache",
+                    str(cache),
+                    "--progress",
+                    "false",
+                ]
+            )
+            == 0
+        )
         assert json.loads((run_dir / "results.json").read_text())["rounds"][0]["round"] == 1
 
 
@@ -409,16 +538,37 @@ def test_image_that_cannot_be_decoded_is_named(setup, case, capsys, tmp_path, mo
     test = [{"bytes": png(16, 20 * i + 7), "path": None} for i in range(4)]
     features = Features({"image": Image(), "label": ClassLabel(names=["ant", "bee"])})
     source = tmp_path / "images"
-    DatasetDict(train=Dataset.from_dict({"image": train, "label": [0, 1] * 4}, features=features),
-                test=Dataset.from_dict({"image": test, "label": [0, 1] * 2}, features=features)
-                ).save_to_disk(str(source))
+    DatasetDict(
+        train=Dataset.from_dict({"image": train, "label": [0, 1] * 4}, features=features),
+        test=Dataset.from_dict({"image": test, "label": [0, 1] * 2}, features=features),
+    ).save_to_disk(str(source))
     # the bomb is 64x64 (4096 pixels), the others 16x16: over twice this limit, Pillow refuses it
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
-    assert_fails_cleanly(capsys, ["fit", "--config", str(SMOKE), "--data.source", str(source),
-                                  "--data.num_clients", "2", "--data.partition", "iid", "--data.shots", "null",
-                                  "--run_dir", str(tmp_path / "run"), "--data.feature_cache", str(tmp_path / "c"),
-                                  "--progress", "false"],
-                         tmp_path / "run", ["data.source", str(source), f"image {BAD_ROW} of", "/train", *words], case)
+    assert_fails_cleanly(
+        capsys,
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            "--data.source",
+            str(source),
+            "--data.num_clients",
+            "2",
+            "--data.partition",
+            "iid",
+            "--data.shots",
+            "null",
+            "--run_dir",
+            str(tmp_path / "run"),
+            "--data.feature_cache",
+            str(tmp_path / "c"),
+            "--progress",
+            "false",
+        ],
+        tmp_path / "run",
+        ["data.source", str(source), f"image {BAD_ROW} of", "/train", *words],
+        case,
+    )
     assert not (tmp_path / "run").exists()
 
 

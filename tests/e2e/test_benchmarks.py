@@ -3,6 +3,7 @@
 Timings are not asserted (they belong to the benchmark's report, not to a unit test); what does
 not depend on the machine is: token counts, traffic bytes, and that every figure was measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,20 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_quick_benchmark_writes_its_contract(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--json", str(out),
-                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--quick",
+            "--json",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["cases"], "no local-step case"

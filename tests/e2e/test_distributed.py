@@ -1,5 +1,6 @@
 """Scale-out and preemption: 2 CPU processes (gloo) give the same numbers as 1, and a run stopped
 by SIGUSR1/SIGTERM checkpoints, exits non-zero and resumes to the uninterrupted result."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,23 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 
 
 def fit_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fedmoap", "fit", "--config", str(SMOKE), "--run_dir", str(run_dir),
-            "--data.feature_cache", str(cache), "--progress", "false", "--fabric.threads", "1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fedmoap",
+        "fit",
+        "--config",
+        str(SMOKE),
+        "--run_dir",
+        str(run_dir),
+        "--data.feature_cache",
+        str(cache),
+        "--progress",
+        "false",
+        "--fabric.threads",
+        "1",
+        *extra,
+    ]
 
 
 def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -40,8 +56,20 @@ def cache(tmp_path_factory) -> Path:
 def test_two_processes_equal_one(tmp_path, cache):
     one = run(fit_cmd(tmp_path / "one", cache, "--fed.rounds", "2"))
     assert one.returncode == 0, one.stderr[-2000:]
-    two = run(fit_cmd(tmp_path / "two", cache, "--fed.rounds", "2", "--fabric.accelerator", "cpu",
-                      "--fabric.devices", "2", "--fabric.strategy", "ddp"))
+    two = run(
+        fit_cmd(
+            tmp_path / "two",
+            cache,
+            "--fed.rounds",
+            "2",
+            "--fabric.accelerator",
+            "cpu",
+            "--fabric.devices",
+            "2",
+            "--fabric.strategy",
+            "ddp",
+        )
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     assert rounds(tmp_path / "two") == rounds(tmp_path / "one")
     world = [json.loads((tmp_path / d / "results.json").read_text())["world_size"] for d in ("one", "two")]
@@ -63,8 +91,14 @@ def test_signal_checkpoints_exits_nonzero_and_resumes_identically(tmp_path, cach
     total = TOTAL
     stopped = tmp_path / "stopped"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    proc = subprocess.Popen(fit_cmd(stopped, cache, "--fed.rounds", total), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        fit_cmd(stopped, cache, "--fed.rounds", total),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not list((stopped / "checkpoints").glob("round_*.pt")) and time.time() < deadline:
         time.sleep(0.05)

@@ -33,8 +33,14 @@ def relative_links(path: Path) -> list[str]:
 def test_docs_site_builds_strictly_with_the_api_reference(tmp_path):
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # mkdocstrings rendered the docstrings, not just the page titles
     api = (site / "api" / "methods" / "index.html").read_text()
@@ -74,8 +80,9 @@ def test_every_docs_page_is_in_the_mkdocs_nav():
         return [p for value in node.values() for p in pages(value)]
 
     in_nav = set(pages(config["nav"]))
-    excluded = tuple(line.strip().rstrip("/") + "/"
-                     for line in config.get("exclude_docs", "").splitlines() if line.strip())
+    excluded = tuple(
+        line.strip().rstrip("/") + "/" for line in config.get("exclude_docs", "").splitlines() if line.strip()
+    )
     on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     on_disk = {p for p in on_disk if not p.startswith(excluded)}
     assert on_disk == in_nav, (on_disk - in_nav, in_nav - on_disk)

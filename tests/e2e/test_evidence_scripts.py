@@ -1,6 +1,7 @@
 """The evidence steps that are not study runs (configs/studies/ holds those, tests/run/test_studies.py
 tests them): the DP study's clip calibration, the ordering study's meaningless class names, and
 the refactor gate scripts/same_numbers.py."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def test_dp_clip_is_the_median_upload_norm_of_the_proxy_run(tmp_path):
     import dp_clip
     from fedmoap.run import report
 
-    clip = dp_clip.main(["--out", str(tmp_path / "proxy"), "--", *TINY,
-                         "--data.feature_cache", str(tmp_path / "cache")])
+    clip = dp_clip.main(
+        ["--out", str(tmp_path / "proxy"), "--", *TINY, "--data.feature_cache", str(tmp_path / "cache")]
+    )
     rounds = report.read_run(tmp_path / "proxy").results["rounds"]
     assert len(rounds) == 3 and math.isfinite(clip) and clip > 0
     norms = sorted(r["dp_median_norm"] for r in rounds)
@@ -62,8 +64,7 @@ def test_same_numbers_records_and_catches_a_moved_number(tmp_path, capsys):
     name = sorted(state["params"])[0]
     state["params"][name] = state["params"][name] + 1e-7
     torch.save(state, state_file)
-    (b / "smoke-promptfl" / "numbers.json").write_text(
-        json.dumps(same_numbers.numbers(b / "smoke-promptfl" / "run")))
+    (b / "smoke-promptfl" / "numbers.json").write_text(json.dumps(same_numbers.numbers(b / "smoke-promptfl" / "run")))
     capsys.readouterr()
     assert same_numbers.main(["compare", str(a), str(b)]) == 1
     assert "smoke-promptfl: DIFFERS /clients/0" in capsys.readouterr().out

@@ -1,4 +1,6 @@
-"""The code passes ruff's lint rules as configured in pyproject.toml (CI runs this)."""
+"""The code passes ruff's lint rules and is ruff-formatted, as configured in pyproject.toml (CI runs
+this), and its imports keep the layers."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,8 +11,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ruff_check_passes():
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "fedmoap", "tests", "scripts", "benchmarks"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "fedmoap", "tests", "scripts", "benchmarks"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_code_is_ruff_formatted():
+    """``ruff format --check``: the whole tree (package, tests, scripts, benchmarks, notebooks)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "."], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 

@@ -2,6 +2,7 @@
 outputs. Each is executed by nbclient with its ``parameters`` cell overridden (papermill's
 convention): ``tables_and_curves`` on four smoke runs made here (PromptFL and zero-shot, two seeds,
 base-to-novel), ``first_run`` with ``SMALL = True`` (the smoke config, 2 rounds)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,9 @@ def execute(name: str, params: dict, cwd: Path) -> nbformat.NotebookNode:
     """Run notebook ``name`` with ``params`` appended to its parameters cell; returns it executed."""
     nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += ("\n# injected by tests/e2e/test_notebooks.py\n"
-                    + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    cell.source += "\n# injected by tests/e2e/test_notebooks.py\n" + "\n".join(
+        f"{k} = {v!r}" for k, v in params.items()
+    )
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
@@ -45,9 +47,31 @@ def runs(tmp_path_factory) -> Path:
     for method in (["--method", "promptfl", "--method.n_ctx", "4"], ["--method", "zeroshot"]):
         for seed in (0, 1):
             run_dir = root / "runs" / f"{method[1]}-seed{seed}"
-            assert main(["fit", "--config", str(SMOKE), *method, "--seed", str(seed), "--fed.rounds", "2",
-                         "--train.local_epochs", "1", "--eval.modes", "[local,base2novel]", "--run_dir",
-                         str(run_dir), "--data.feature_cache", str(root / "cache"), "--progress", "false"]) == 0
+            assert (
+                main(
+                    [
+                        "fit",
+                        "--config",
+                        str(SMOKE),
+                        *method,
+                        "--seed",
+                        str(seed),
+                        "--fed.rounds",
+                        "2",
+                        "--train.local_epochs",
+                        "1",
+                        "--eval.modes",
+                        "[local,base2novel]",
+                        "--run_dir",
+                        str(run_dir),
+                        "--data.feature_cache",
+                        str(root / "cache"),
+                        "--progress",
+                        "false",
+                    ]
+                )
+                == 0
+            )
     return root
 
 
@@ -62,8 +86,9 @@ def test_tables_and_curves(runs):
 
 def test_first_run(tmp_path):
     run_dir = tmp_path / "run"
-    nb = execute("first_run.ipynb", {"SMALL": True, "RUN_DIR": str(run_dir), "CACHE": str(tmp_path / "cache")},
-                 tmp_path)
+    nb = execute(
+        "first_run.ipynb", {"SMALL": True, "RUN_DIR": str(run_dir), "CACHE": str(tmp_path / "cache")}, tmp_path
+    )
     text, images = outputs(nb)
     assert (run_dir / "results.json").is_file() and (run_dir / "split.json").is_file()
     assert "final_mean_acc" in text and "fedmoap-tiny-vit" in text and images >= 1

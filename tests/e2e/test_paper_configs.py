@@ -10,6 +10,7 @@ as ``data.source`` in place of the hub. Each config then runs through ``fedmoap.
 the tiny random model and size overrides. Then, per loader family, schema mismatches that must
 stop with one line naming the culprit.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,28 @@ from fedmoap.errors import FedmoapError
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
-TINY = ["--model.arch", "fedmoap-tiny-vit", "--model.pretrained", "null", "--fed.rounds", "1",
-        "--data.shots", "1", "--data.max_test_per_client", "2", "--train.local_epochs", "1",
-        "--data.num_views", "0", "--fabric.accelerator", "cpu",
-        "--progress", "false", "--fabric.threads", "1"]
+TINY = [
+    "--model.arch",
+    "fedmoap-tiny-vit",
+    "--model.pretrained",
+    "null",
+    "--fed.rounds",
+    "1",
+    "--data.shots",
+    "1",
+    "--data.max_test_per_client",
+    "2",
+    "--train.local_epochs",
+    "1",
+    "--data.num_views",
+    "0",
+    "--fabric.accelerator",
+    "cpu",
+    "--progress",
+    "false",
+    "--fabric.threads",
+    "1",
+]
 """Size overrides for a one-round run (one torch thread: on a busy 2-core machine two threads ran
 the tiny text tower 25 times slower)."""
 ERROR_LINE = re.compile(r"(?<![A-Za-z])error:")
@@ -42,41 +61,141 @@ ERROR_LINE = re.compile(r"(?<![A-Za-z])error:")
 # CoOp dataset folder -> (split file name, image folder, [(path stem, class name)] in label order,
 # path of image i of a class). Twelve classes each, named and laid out as in CoOp's split files.
 COOP = {
-    "oxford_flowers": ("OxfordFlowers", "jpg", [(None, n) for n in (
-        "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
-        "english marigold", "tiger lily", "moon orchid", "bird of paradise", "monkshood",
-        "globe thistle", "snapdragon", "colt's foot")],
-        lambda stem, k, i: f"image_{100 * k + i + 1:05d}.jpg"),
-    "oxford_pets": ("OxfordPets", "images", [(s, s.lower()) for s in (
-        "Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle",
-        "Bengal", "Birman", "Bombay", "boxer", "British_Shorthair", "chihuahua", "Egyptian_Mau")],
-        lambda stem, k, i: f"{stem}_{i + 1}.jpg"),
-    "food-101": ("Food101", "images", [(n, n) for n in (
-        "apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad",
-        "beignets", "bibimbap", "bread_pudding", "breakfast_burrito", "bruschetta", "caesar_salad")],
-        lambda stem, k, i: f"{stem}/{1000 * k + i}.jpg"),
-    "caltech-101": ("Caltech101", "101_ObjectCategories", [
-        ("Faces", "face"), ("Leopards", "leopard"), ("Motorbikes", "motorbike"),
-        ("accordion", "accordion"), ("airplanes", "airplane"), ("anchor", "anchor"), ("ant", "ant"),
-        ("barrel", "barrel"), ("bass", "bass"), ("beaver", "beaver"), ("binocular", "binocular"),
-        ("bonsai", "bonsai")], lambda stem, k, i: f"{stem}/image_{i + 1:04d}.jpg"),
-    "dtd": ("DescribableTextures", "images", [(n, n) for n in (
-        "banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked",
-        "crosshatched", "crystalline", "dotted", "fibrous")],
-        lambda stem, k, i: f"{stem}/{stem}_{i + 1:04d}.jpg"),
+    "oxford_flowers": (
+        "OxfordFlowers",
+        "jpg",
+        [
+            (None, n)
+            for n in (
+                "pink primrose",
+                "hard-leaved pocket orchid",
+                "canterbury bells",
+                "sweet pea",
+                "english marigold",
+                "tiger lily",
+                "moon orchid",
+                "bird of paradise",
+                "monkshood",
+                "globe thistle",
+                "snapdragon",
+                "colt's foot",
+            )
+        ],
+        lambda stem, k, i: f"image_{100 * k + i + 1:05d}.jpg",
+    ),
+    "oxford_pets": (
+        "OxfordPets",
+        "images",
+        [
+            (s, s.lower())
+            for s in (
+                "Abyssinian",
+                "american_bulldog",
+                "american_pit_bull_terrier",
+                "basset_hound",
+                "beagle",
+                "Bengal",
+                "Birman",
+                "Bombay",
+                "boxer",
+                "British_Shorthair",
+                "chihuahua",
+                "Egyptian_Mau",
+            )
+        ],
+        lambda stem, k, i: f"{stem}_{i + 1}.jpg",
+    ),
+    "food-101": (
+        "Food101",
+        "images",
+        [
+            (n, n)
+            for n in (
+                "apple_pie",
+                "baby_back_ribs",
+                "baklava",
+                "beef_carpaccio",
+                "beef_tartare",
+                "beet_salad",
+                "beignets",
+                "bibimbap",
+                "bread_pudding",
+                "breakfast_burrito",
+                "bruschetta",
+                "caesar_salad",
+            )
+        ],
+        lambda stem, k, i: f"{stem}/{1000 * k + i}.jpg",
+    ),
+    "caltech-101": (
+        "Caltech101",
+        "101_ObjectCategories",
+        [
+            ("Faces", "face"),
+            ("Leopards", "leopard"),
+            ("Motorbikes", "motorbike"),
+            ("accordion", "accordion"),
+            ("airplanes", "airplane"),
+            ("anchor", "anchor"),
+            ("ant", "ant"),
+            ("barrel", "barrel"),
+            ("bass", "bass"),
+            ("beaver", "beaver"),
+            ("binocular", "binocular"),
+            ("bonsai", "bonsai"),
+        ],
+        lambda stem, k, i: f"{stem}/image_{i + 1:04d}.jpg",
+    ),
+    "dtd": (
+        "DescribableTextures",
+        "images",
+        [
+            (n, n)
+            for n in (
+                "banded",
+                "blotchy",
+                "braided",
+                "bubbly",
+                "bumpy",
+                "chequered",
+                "cobwebbed",
+                "cracked",
+                "crosshatched",
+                "crystalline",
+                "dotted",
+                "fibrous",
+            )
+        ],
+        lambda stem, k, i: f"{stem}/{stem}_{i + 1:04d}.jpg",
+    ),
 }
 COOP_PER_CLASS = {"train": 2, "val": 1, "test": 2}
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-CIFAR100_PAPER = yaml.safe_load((REPO / "configs/paper/table3_cifar100.yaml").read_text())["data"][
-    "classnames"]
+CIFAR100_PAPER = yaml.safe_load((REPO / "configs/paper/table3_cifar100.yaml").read_text())["data"]["classnames"]
 CIFAR100_HUB = [("cra" if n == "crab" else n) for n in CIFAR100_PAPER]  # the hub's ClassLabel names
 CIFAR100_COARSE = [
-    "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
-    "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
-    "large_man-made_outdoor_things", "large_natural_outdoor_scenes", "large_omnivores_and_herbivores",
-    "medium_mammals", "non-insect_invertebrates", "people", "reptiles", "small_mammals", "trees",
-    "vehicles_1", "vehicles_2"]
+    "aquatic_mammals",
+    "fish",
+    "flowers",
+    "food_containers",
+    "fruit_and_vegetables",
+    "household_electrical_devices",
+    "household_furniture",
+    "insects",
+    "large_carnivores",
+    "large_man-made_outdoor_things",
+    "large_natural_outdoor_scenes",
+    "large_omnivores_and_herbivores",
+    "medium_mammals",
+    "non-insect_invertebrates",
+    "people",
+    "reptiles",
+    "small_mammals",
+    "trees",
+    "vehicles_1",
+    "vehicles_2",
+]
 
 
 def _image(path: Path, seed: int) -> None:
@@ -109,8 +228,9 @@ def build_fedbn(root: Path, kind: str) -> Path:
     data, seed = root / kind, 0
     for domain in spec.domains:
         for split in ("train", "test"):
-            paths = [f"{spec.folder}/{domain}/{c}/{domain}_{k:03d}_{seed + k:06d}.jpg"
-                     for k, c in enumerate(spec.classes)]
+            paths = [
+                f"{spec.folder}/{domain}/{c}/{domain}_{k:03d}_{seed + k:06d}.jpg" for k, c in enumerate(spec.classes)
+            ]
             for k, p in enumerate(paths):
                 _image(data / p, seed + k)
             seed += len(paths)
@@ -127,8 +247,13 @@ def build_hub(root: Path, hub: str) -> Path:
         sizes, columns = {"train": 5, "test": 2}, lambda y: {"label": y}
         n = len(CIFAR10)
     else:
-        features = Features({"img": Image(), "fine_label": ClassLabel(names=CIFAR100_HUB),
-                             "coarse_label": ClassLabel(names=CIFAR100_COARSE)})
+        features = Features(
+            {
+                "img": Image(),
+                "fine_label": ClassLabel(names=CIFAR100_HUB),
+                "coarse_label": ClassLabel(names=CIFAR100_COARSE),
+            }
+        )
         sizes = {"train": 4, "test": 1}
         columns = lambda y: {"fine_label": y, "coarse_label": [v % 20 for v in y]}  # noqa: E731
         n = len(CIFAR100_HUB)
@@ -172,8 +297,21 @@ def test_paper_config_runs_one_round(shared, config, capsys):
         clients = 3  # a skewed Dirichlet over 10 clients cannot be drawn from the 24-image fixture
         extra += ["--data.num_clients", "3"]
     run_dir = root / config.stem / "run"
-    rc = main(["fit", "--config", str(config), *TINY, *extra, "--data.source", source,
-               "--data.feature_cache", str(cache), "--run_dir", str(run_dir)])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            *TINY,
+            *extra,
+            "--data.source",
+            source,
+            "--data.feature_cache",
+            str(cache),
+            "--run_dir",
+            str(run_dir),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     results = json.loads((run_dir / "results.json").read_text())
     n = clients or cfg["data"]["num_clients"]
@@ -181,6 +319,7 @@ def test_paper_config_runs_one_round(shared, config, capsys):
 
 
 # ------------------------------------------------------------------------ what the loaders read
+
 
 def test_coop_layout_reads_coops_names_and_splits(tmp_path):
     base = build_coop(tmp_path, "caltech-101")
@@ -212,13 +351,15 @@ def test_fedbn_layout_reads_sorted_names_and_domains(tmp_path, kind):
 def test_cifar100_config_names_crab_not_the_hubs_cra(tmp_path):
     path = build_hub(tmp_path, "uoft-cs/cifar100")
     args = yaml.safe_load((REPO / "configs/paper/table3_cifar100.yaml").read_text())["data"]
-    data = load_source(DataArgs(source=str(path), image_column="img", label_column="fine_label",
-                                classnames=args["classnames"]))
+    data = load_source(
+        DataArgs(source=str(path), image_column="img", label_column="fine_label", classnames=args["classnames"])
+    )
     assert len(data.classnames) == 100
     assert data.classnames[26] == "crab" and data.classnames[1] == "aquarium fish"
 
 
 # ------------------------------------------------------------------ schema mismatches, one line
+
 
 def _coop_case(base: Path, case: str) -> tuple[str, str]:
     split_file = base / "split_zhou_OxfordFlowers.json"
@@ -274,8 +415,7 @@ def _saved_case(root: Path, case: str) -> tuple[DataArgs, str]:
         args.image_column, culprit = "label", "data.image_column 'label'"
     elif case == "label_column_a_list":
         multi = Features({**ds["train"].features, "multi": Sequence(Value("int64"))})
-        ds = DatasetDict({s: d.map(lambda r: {"multi": [r["label"], 0]}, features=multi)
-                          for s, d in ds.items()})
+        ds = DatasetDict({s: d.map(lambda r: {"multi": [r["label"], 0]}, features=multi) for s, d in ds.items()})
         args.label_column, culprit = "multi", "data.label_column 'multi'"
     elif case == "splits_disagree_on_names":
         ds["test"] = ds["test"].cast_column("label", ClassLabel(names=[n.upper() for n in CIFAR10]))
@@ -296,22 +436,30 @@ def _assert_one_line(args: DataArgs, culprit: str) -> None:
     assert "\n" not in message and culprit in message, message
 
 
-@pytest.mark.parametrize("case", ["no_split_file", "missing_val", "entry_without_name",
-                                  "label_named_twice", "missing_image"])
+@pytest.mark.parametrize(
+    "case", ["no_split_file", "missing_val", "entry_without_name", "label_named_twice", "missing_image"]
+)
 def test_coop_schema_mismatch(tmp_path, case):
     source, culprit = _coop_case(build_coop(tmp_path, "oxford_flowers"), case)
     _assert_one_line(DataArgs(source=source), culprit)
 
 
-@pytest.mark.parametrize("case", ["missing_pickle", "pickle_of_something_else", "unknown_class",
-                                  "missing_image"])
+@pytest.mark.parametrize("case", ["missing_pickle", "pickle_of_something_else", "unknown_class", "missing_image"])
 def test_fedbn_schema_mismatch(tmp_path, case):
     source, culprit = _fedbn_case(build_fedbn(tmp_path, "fedbn-domainnet"), case)
     _assert_one_line(DataArgs(source=source, domain_column="domain"), culprit)
 
 
-@pytest.mark.parametrize("case", ["image_column_not_an_image", "label_column_a_list",
-                                  "splits_disagree_on_names", "missing_split", "missing_domain_column"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "image_column_not_an_image",
+        "label_column_a_list",
+        "splits_disagree_on_names",
+        "missing_split",
+        "missing_domain_column",
+    ],
+)
 def test_saved_dataset_schema_mismatch(tmp_path, case):
     _assert_one_line(*_saved_case(tmp_path, case))
 
@@ -322,8 +470,18 @@ def test_unknown_layout_prefix():
 
 def test_a_schema_mismatch_exits_2_with_one_error_line(tmp_path, capsys):
     source, culprit = _coop_case(build_coop(tmp_path, "oxford_flowers"), "missing_image")
-    rc = main(["fit", "--config", str(REPO / "configs/paper/table1_flowers102.yaml"), *TINY,
-               "--data.source", source, "--run_dir", str(tmp_path / "run")])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/paper/table1_flowers102.yaml"),
+            *TINY,
+            "--data.source",
+            source,
+            "--run_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and len(ERROR_LINE.findall(err)) == 1 and culprit in err, err
     assert not (tmp_path / "run").exists()

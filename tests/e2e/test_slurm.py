@@ -2,6 +2,7 @@
 slurm/testing/local-cluster.sh as root): a `fedmoap sweep` array runs to completion, and the
 element hit by its time-limit signal checkpoints, requeues itself, resumes and ends with the
 numbers of an uninterrupted run. Skipped, with the reason, where SLURM is not installed."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO / "slurm"
 
 
-@pytest.mark.parametrize("script", sorted(SLURM_DIR.rglob("*.sh")) + sorted(SLURM_DIR.glob("*.sbatch")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "script", sorted(SLURM_DIR.rglob("*.sh")) + sorted(SLURM_DIR.glob("*.sbatch")), ids=lambda p: p.name
+)
 def test_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
@@ -32,8 +34,9 @@ def cluster():
         pytest.skip("SLURM is not installed (apt-get install slurm-wlm munge; .ci/run does it)")
     if os.geteuid() != 0 and subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
         pytest.skip("no running SLURM cluster and not root to start one")
-    start = subprocess.run(["bash", str(SLURM_DIR / "testing" / "local-cluster.sh")],
-                           capture_output=True, text=True, timeout=120)
+    start = subprocess.run(
+        ["bash", str(SLURM_DIR / "testing" / "local-cluster.sh")], capture_output=True, text=True, timeout=120
+    )
     assert start.returncode == 0, start.stderr
 
 
@@ -46,19 +49,46 @@ def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
     sweep = tmp_path / "sweep.txt"
     runs = tmp_path / "runs"
     cache = tmp_path / "cache"
-    assert main(["sweep", "--config", str(REPO / "configs" / "smoke.yaml"), "--grid",
-                 "fed.rounds=2,3,300", "--seeds", "0", "--runs_root", str(runs),
-                 "--out", str(sweep)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--config",
+                str(REPO / "configs" / "smoke.yaml"),
+                "--grid",
+                "fed.rounds=2,3,300",
+                "--seeds",
+                "0",
+                "--runs_root",
+                str(runs),
+                "--out",
+                str(sweep),
+            ]
+        )
+        == 0
+    )
     lines = sweep.read_text().splitlines()
     assert len(lines) == 3
     # every element shares the feature cache of this test; one thread each on the 2-core node
     sweep.write_text("".join(f"{line} --data.feature_cache {cache} --fabric.threads 1\n" for line in lines))
     (tmp_path / "slurm-logs").mkdir()
     submit = subprocess.run(
-        ["sbatch", "--parsable", "--array=0-2", "--cpus-per-task=1", "--time=00:02:00",
-         "--signal=B:USR1@60", f"--export=ALL,FEDMOAP={sys.executable} -m fedmoap",
-         str(SLURM_DIR / "array.sbatch"), str(sweep)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-2",
+            "--cpus-per-task=1",
+            "--time=00:02:00",
+            "--signal=B:USR1@60",
+            f"--export=ALL,FEDMOAP={sys.executable} -m fedmoap",
+            str(SLURM_DIR / "array.sbatch"),
+            str(sweep),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert submit.returncode == 0, submit.stderr
     job = submit.stdout.strip().split(";")[0]
     # meanwhile: the uninterrupted runs of the long lines, in this process
@@ -68,8 +98,10 @@ def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
             args = line.split()
             ref_dir = tmp_path / f"reference{k}"
             args[args.index("--run_dir") + 1] = str(ref_dir)
-            assert main(["fit", *args, "--data.feature_cache", str(cache), "--fabric.threads", "1",
-                         "--progress", "false"]) == 0
+            assert (
+                main(["fit", *args, "--data.feature_cache", str(cache), "--fabric.threads", "1", "--progress", "false"])
+                == 0
+            )
             reference[k] = json.loads((ref_dir / "results.json").read_text())["rounds"]
     deadline = time.time() + 600
     while not squeue_empty(job) and time.time() < deadline:

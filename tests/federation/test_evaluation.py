@@ -5,6 +5,7 @@ harmonic means, TensorBoard scalars and hparams, and ``fedmoap report`` over see
 
 One smoke run with every mode (module fixture) plus small in-process federations; the report is
 checked on hand-written run directories with known numbers."""
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,30 @@ def run(tmp_path_factory):
     rounds, every mode; returns (run_dir, results, split, source)."""
     root = tmp_path_factory.mktemp("modes")
     run_dir = root / "run"
-    assert main(["fit", "--config", str(SMOKE), "--eval.modes", ALL, "--fed.rounds", "2",
-                 "--train.local_epochs", "1", "--eval.adaptation_epochs", "2", "--run_dir", str(run_dir),
-                 "--data.feature_cache", str(root / "cache"), "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--eval.modes",
+                ALL,
+                "--fed.rounds",
+                "2",
+                "--train.local_epochs",
+                "1",
+                "--eval.adaptation_epochs",
+                "2",
+                "--run_dir",
+                str(run_dir),
+                "--data.feature_cache",
+                str(root / "cache"),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     results = json.loads((run_dir / "results.json").read_text())
     split = json.loads((run_dir / "split.json").read_text())
     source = load_source(DataArgs(source="synthetic"))
@@ -121,10 +143,20 @@ def test_tensorboard_scalars_and_hparams(run):
     scalars = EventAccumulator(str(run_dir / "tensorboard" / "version_0")).Reload().Tags()["scalars"]
     cid = next(iter(results["rounds"][-1]["clients"]))
     held = split["unseen_clients"][0]
-    for tag in ["mean/acc", f"client/{cid}/acc", "comm/bytes_up", "global/mean/acc", f"global/client/{cid}/acc",
-                f"neighbor/client/{cid}/acc", f"base2novel/client/{cid}/novel", "base2novel/mean/hm",
-                "base2novel/mean/hm3", f"unseen_clients/client/{held}/acc",
-                f"unseen_clients/client/{held}/adapted_acc", "unseen_clients/mean/adapted_acc"]:
+    for tag in [
+        "mean/acc",
+        f"client/{cid}/acc",
+        "comm/bytes_up",
+        "global/mean/acc",
+        f"global/client/{cid}/acc",
+        f"neighbor/client/{cid}/acc",
+        f"base2novel/client/{cid}/novel",
+        "base2novel/mean/hm",
+        "base2novel/mean/hm3",
+        f"unseen_clients/client/{held}/acc",
+        f"unseen_clients/client/{held}/adapted_acc",
+        "unseen_clients/mean/adapted_acc",
+    ]:
         assert tag in scalars, tag
     hp = EventAccumulator(str(run_dir / "tensorboard" / "hparams")).Reload()
     content = hp.PluginTagToContent("hparams")
@@ -152,12 +184,21 @@ def world(tmp_path_factory):
     backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
     args = DataArgs(source="synthetic", num_clients=5, alpha=0.5, shots=4, max_test_per_client=12)
     source = load_source(args)
-    cfg = RunConfig(data=args, eval=EvalArgs(modes=["local", "global", "base2novel", "unseen_clients"],
-                                             max_test_images=40))
+    cfg = RunConfig(
+        data=args, eval=EvalArgs(modes=["local", "global", "base2novel", "unseen_clients"], max_test_images=40)
+    )
     classes = class_split(source.classnames, 0.5)
     split = complete_split(make_split(args, source, 0, classes.base), cfg, source, classes)
-    data = gather_inputs(frozenset({"features"}), args, source, split,
-                         FeatureCache(tmp_path_factory.mktemp("cache"), backbone), None, None, seed=0)
+    data = gather_inputs(
+        frozenset({"features"}),
+        args,
+        source,
+        split,
+        FeatureCache(tmp_path_factory.mktemp("cache"), backbone),
+        None,
+        None,
+        seed=0,
+    )
     apply_class_order(data, classes)
     return backbone, classes, split, data
 
@@ -166,8 +207,15 @@ def federation(world, name: str, store_root: Path, **knobs) -> tuple[Federation,
     backbone, classes, split, data = world
     method = METHODS[name](**knobs)
     held = split.extra["unseen_clients"]
-    fed = tiny_federation(world, method, store_root, keep=True, classes=classes, held_out=held,
-                          eval_args=EvalArgs(modes=["global", "base2novel", "unseen_clients"], adaptation_epochs=2))
+    fed = tiny_federation(
+        world,
+        method,
+        store_root,
+        keep=True,
+        classes=classes,
+        held_out=held,
+        eval_args=EvalArgs(modes=["global", "base2novel", "unseen_clients"], adaptation_epochs=2),
+    )
     return fed, fed.modes
 
 
@@ -204,8 +252,9 @@ def test_participants_skip_held_out_clients():
         p = s.participants(t)
         assert len(p) == 4 and not {2, 7} & set(p)  # 0.5 x 8 training clients
     plain = Schedule(3, 10, 0.5)
-    assert [plain.participants(t) for t in range(1, 6)] == [Schedule(3, 10, 0.5, held_out=frozenset()).participants(t)
-                                                            for t in range(1, 6)]
+    assert [plain.participants(t) for t in range(1, 6)] == [
+        Schedule(3, 10, 0.5, held_out=frozenset()).participants(t) for t in range(1, 6)
+    ]
     assert s.clients == [0, 1, 3, 4, 5, 6, 8, 9]
 
 
@@ -220,19 +269,28 @@ def test_novel_classes_use_the_novel_names_as_label_space():
     method = METHODS["zeroshot"]()
     run = RunContext(0, 2, TrainArgs(), True)
     full = method.build_client(backbone, names, run)
-    text = full.text_features().detach()                       # (C, D) in label order
-    labels = torch.arange(len(names)).repeat_interleave(2)     # two images per class
+    text = full.text_features().detach()  # (C, D) in label order
+    labels = torch.arange(len(names)).repeat_interleave(2)  # two images per class
     test = Inputs(labels, features=text[labels][None])
     train = Inputs(labels[:0])
     base_rows = torch.nonzero(labels < 4).flatten()
-    data = FederatedData(names, train, test, [torch.zeros(0, dtype=torch.long)] * 2,
-                         [base_rows[:4], base_rows[4:]],
-                         eval_pos={"base": base_rows, "novel": torch.nonzero(labels >= 4).flatten(),
-                                   "global": torch.arange(len(labels))})
+    data = FederatedData(
+        names,
+        train,
+        test,
+        [torch.zeros(0, dtype=torch.long)] * 2,
+        [base_rows[:4], base_rows[4:]],
+        eval_pos={
+            "base": base_rows,
+            "novel": torch.nonzero(labels >= 4).flatten(),
+            "global": torch.arange(len(labels)),
+        },
+    )
     module = method.build_client(backbone, classes.names_of(classes.base), run)
     server = method.build_server(module.global_init(), run)
-    fed = Federation(method, module, server, ClientStore(Path("/nonexistent")), data,
-                     Schedule(0, 2, rounds=1), default_fabric())
+    fed = Federation(
+        method, module, server, ClientStore(Path("/nonexistent")), data, Schedule(0, 2, rounds=1), default_fabric()
+    )
     modes = ModeEvaluator(EvalArgs(modes=["global", "neighbor", "base2novel"]), classes, [], 1)
     out = modes(fed, 1, {0: (4, 4), 1: (4, 4)})
     for cid in ("0", "1"):
@@ -287,8 +345,17 @@ def test_runs_made_before_the_eval_section_still_resume(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the report
-def fake_run(root: Path, name: str, method: str, seed: int, final: float, last5: float, knobs=None,
-             source: str = "synthetic", b2n: dict | None = None) -> Path:
+def fake_run(
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    final: float,
+    last5: float,
+    knobs=None,
+    source: str = "synthetic",
+    b2n: dict | None = None,
+) -> Path:
     """A run directory with a config.yaml and a results.json holding the given summary."""
     d = root / name
     d.mkdir(parents=True)
@@ -331,8 +398,12 @@ def test_report_two_seeds_mean_and_sample_std(tmp_path, capsys):
 
 @pytest.mark.parametrize("case", ["missing", "empty", "corrupt", "group_by"])
 def test_report_bad_inputs_one_line_exit_2(tmp_path, capsys, case):
-    args = {"missing": [str(tmp_path / "nope")], "empty": [str(tmp_path)],
-            "corrupt": [str(tmp_path / "bad")], "group_by": [str(tmp_path / "ok"), "--group-by", "nosuch.key"]}[case]
+    args = {
+        "missing": [str(tmp_path / "nope")],
+        "empty": [str(tmp_path)],
+        "corrupt": [str(tmp_path / "bad")],
+        "group_by": [str(tmp_path / "ok"), "--group-by", "nosuch.key"],
+    }[case]
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text("{not json")
     (tmp_path / "bad" / "config.yaml").write_text("seed: 0\n")
@@ -354,8 +425,11 @@ def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name
     from tests.worlds import tiny_world
 
     backbone, names, data = tiny_world(tmp_path / "cache", 3, alpha=0.02)
-    knobs = {"promptfl": {"n_ctx": 4}, "promptfl_ft": {"n_ctx": 4, "ft_epochs": 1},  # +FT adapts before it renames
-             "pfedmoap": {"n_ctx": 4, "num_experts": 1, "d_gating": 16, "heads": 2}}[name]
+    knobs = {
+        "promptfl": {"n_ctx": 4},
+        "promptfl_ft": {"n_ctx": 4, "ft_epochs": 1},  # +FT adapts before it renames
+        "pfedmoap": {"n_ctx": 4, "num_experts": 1, "d_gating": 16, "heads": 2},
+    }[name]
     fed = tiny_federation((backbone, names, data), METHODS[name](**knobs), tmp_path / "store", rounds=1, keep=True)
     fed.run_round(1, progress=False)
     all_space = fed.evaluate([0, 1, 2], 1)
@@ -370,6 +444,17 @@ def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name
 
 @pytest.mark.parametrize("name", ["fedavg_vpt", "pfedprompt"])
 def test_own_label_space_refuses_methods_with_a_fixed_label_space(tmp_path, capsys, name):
-    rc = main(["fit", "--config", str(SMOKE), "--method", name, "--eval.local_label_space", "own",
-               "--run_dir", str(tmp_path / "r")])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            "--method",
+            name,
+            "--eval.local_label_space",
+            "own",
+            "--run_dir",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 2 and f"eval.local_label_space own: method {name}" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Local training (fedmoap/federation/local.py, the methods' optimizer and schedule)."""
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,7 @@ def test_round_schedule_is_a_cosine_over_rounds_constant_within_a_round(tmp_path
     epoch; rounds past R keep the last value."""
     backbone, names, data = tiny_world(tmp_path, 2)
     lr, period = 0.01, 4
-    run = RunContext(0, 2, TrainArgs(local_epochs=3, batch_size=8, lr=lr, lr_schedule="rounds",
-                                     lr_rounds=period), True)
+    run = RunContext(0, 2, TrainArgs(local_epochs=3, batch_size=8, lr=lr, lr_schedule="rounds", lr_rounds=period), True)
     module = registry()["promptfl"]().build_client(backbone, names, run)
     for t in (1, 2, 4, 6):
         module.load_client(0, None)

@@ -2,6 +2,7 @@
 the solved noise multiplier, clipping bounds one example's / one client's influence, the noise
 has the stated scale, every method's upload is privatised, DP-SGD runs for every method, and the
 command line end to end (results.json, TensorBoard, resume, preset)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,19 @@ REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
 TRAINED = [name for name, cls in METHODS.items() if cls.trains]
-SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2, "rank": 2, "depth": 2,
-         "text_blocks": [1, 2], "vision_blocks": [1, 2], "text_depth": 2, "vision_depth": 2}
+SMALL = {
+    "n_ctx": 4,
+    "d_gating": 32,
+    "heads": 4,
+    "num_experts": 2,
+    "vision_tokens": 2,
+    "rank": 2,
+    "depth": 2,
+    "text_blocks": [1, 2],
+    "vision_blocks": [1, 2],
+    "text_depth": 2,
+    "vision_depth": 2,
+}
 NUM_CLIENTS = 4
 
 
@@ -78,8 +90,10 @@ def test_accountant_reproduces_the_spec_table():
     assert epsilon(1.0, 0.1, 0, 1e-5) == 0.0
 
 
-@pytest.mark.parametrize("accountant,plans,expect", [
-    ("rdp", [(1.0, 10), (1.0, 7)], 2.02), ("prv", [(1.0, 10)], 1.90), ("rdp", [(0.1, 500)], 1.64)])
+@pytest.mark.parametrize(
+    "accountant,plans,expect",
+    [("rdp", [(1.0, 10), (1.0, 7)], 2.02), ("prv", [(1.0, 10)], 1.90), ("rdp", [(0.1, 500)], 1.64)],
+)
 def test_epsilon_target_solves_the_noise_multiplier(accountant, plans, expect):
     z = solve_noise_multiplier(8.0, 1e-5, plans, accountant)
     assert z == pytest.approx(expect, abs=0.01)
@@ -134,8 +148,15 @@ def federation(world, name, tmp_path: Path, dp: DPArgs | None = None) -> Federat
     knobs = {f.name for f in dataclasses.fields(cls)}
     method = cls(**{k: v for k, v in SMALL.items() if k in knobs})
     train = TrainArgs(local_epochs=1, batch_size=8)
-    return tiny_federation(world, method, tmp_path / "clients", rounds=2, dp=dp,
-                           local_epochs=train.local_epochs, batch_size=train.batch_size)
+    return tiny_federation(
+        world,
+        method,
+        tmp_path / "clients",
+        rounds=2,
+        dp=dp,
+        local_epochs=train.local_epochs,
+        batch_size=train.batch_size,
+    )
 
 
 def received(fed: Federation) -> dict:
@@ -200,7 +221,8 @@ def test_dp_sgd_trains_every_method(world, tmp_path, name):
     fresh, trained = fed.module.client_state()["params"], fed.store.get(0)["params"]
     server, init = getattr(fed.server, "global_state", {}), fed.module.global_init()
     moved = any(not torch.equal(fresh[k], trained[k]) for k in fresh) or any(
-        not torch.equal(v, init[k]) for k, v in server.items() if k in init)
+        not torch.equal(v, init[k]) for k, v in server.items() if k in init
+    )
     assert moved, "DP-SGD trained nothing: neither the client's state nor the server's moved"
 
 
@@ -241,8 +263,22 @@ def cache(tmp_path_factory) -> Path:
 
 
 def run(tmp_path: Path, cache: Path, *extra: str) -> dict:
-    rc = main(["fit", "--config", str(SMOKE), "--fed.rounds", "2", "--run_dir", str(tmp_path / "run"),
-               "--data.feature_cache", str(cache), "--progress", "false", *extra])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            "--fed.rounds",
+            "2",
+            "--run_dir",
+            str(tmp_path / "run"),
+            "--data.feature_cache",
+            str(cache),
+            "--progress",
+            "false",
+            *extra,
+        ]
+    )
     assert rc == 0
     return json.loads((tmp_path / "run" / "results.json").read_text())
 
@@ -256,14 +292,16 @@ def test_command_line_client_upload_end_to_end(tmp_path, cache):
     assert p["steps"] == 2 and p["eps_rdp"] == pytest.approx(8.0, abs=0.02)
     assert [r["eps_rdp"] <= p["eps_rdp"] for r in res["rounds"]] == [True, True]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "version_0"))
     acc.Reload()
     assert {"privacy/eps_rdp", "privacy/eps_prv"} <= set(acc.Tags()["scalars"])
     assert [e.step for e in acc.Scalars("privacy/eps_rdp")] == [1, 2]
     # extended run (participants 1,3,4 then 1,4,5: client 1 uploads 3 times): same z, so
     # epsilon continues from the recorded rounds past the target, and the run says so
-    res4 = run(tmp_path, cache, "--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.epsilon", "8",
-               "--fed.rounds", "4")
+    res4 = run(
+        tmp_path, cache, "--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.epsilon", "8", "--fed.rounds", "4"
+    )
     assert res4["privacy"]["noise_multiplier"] == p["noise_multiplier"]
     assert res4["rounds"][:2] == res["rounds"] and res4["privacy"]["steps"] == 3
     assert res4["privacy"]["eps_rdp"] == pytest.approx(epsilon(p["noise_multiplier"], 1.0, 3, 1e-5))
@@ -271,8 +309,18 @@ def test_command_line_client_upload_end_to_end(tmp_path, cache):
 
 
 def test_preset_prints_what_the_budget_means(tmp_path, cache, capsys):
-    res = run(tmp_path, cache, "--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.preset", "pfedmoap-appendix",
-              "--fed.rounds", "1")
+    res = run(
+        tmp_path,
+        cache,
+        "--dp.mode",
+        "client_upload",
+        "--dp.clip",
+        "0.5",
+        "--dp.preset",
+        "pfedmoap-appendix",
+        "--fed.rounds",
+        "1",
+    )
     err = capsys.readouterr().err
     assert err.count("dp.preset pfedmoap-appendix") == 1
     assert "e^50" in err and "1/n" in err
@@ -328,8 +376,23 @@ def test_runs_made_before_a_key_existed_resume(tmp_path, cache):
 def test_methods_that_send_client_statistics_are_refused_under_dp(tmp_path, capsys):
     """PEP-FedPT's class prototypes (exact per-class sums and counts) would reach the server
     outside the DP mechanisms: such a method is refused before anything is written."""
-    rc = main(["fit", "--config", str(SMOKE), "--method", "pepfedpt", "--dp.mode", "client_upload",
-               "--dp.clip", "1", "--dp.noise_multiplier", "1", "--run_dir", str(tmp_path / "run")])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            "--method",
+            "pepfedpt",
+            "--dp.mode",
+            "client_upload",
+            "--dp.clip",
+            "1",
+            "--dp.noise_multiplier",
+            "1",
+            "--run_dir",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "pepfedpt" in err and "statistics" in err and not (tmp_path / "run").exists()
@@ -367,9 +430,29 @@ def test_dp_plans_no_steps_for_held_out_clients(tmp_path):
     from fedmoap.federation.build import build_federation
     from fedmoap.federation.rounds import default_fabric
 
-    cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--method", "coop", "--method.epochs", "2", "--seed", "4",
-                           "--eval.modes", "[local,unseen_clients]", "--dp.mode", "record_sgd", "--dp.clip", "1.0",
-                           "--dp.epsilon", "8", "--data.feature_cache", str(tmp_path / "cache")])
+    cfg, _, _ = parse_fit(
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            "--method",
+            "coop",
+            "--method.epochs",
+            "2",
+            "--seed",
+            "4",
+            "--eval.modes",
+            "[local,unseen_clients]",
+            "--dp.mode",
+            "record_sgd",
+            "--dp.clip",
+            "1.0",
+            "--dp.epsilon",
+            "8",
+            "--data.feature_cache",
+            str(tmp_path / "cache"),
+        ]
+    )
     fed, resolved = build_federation(cfg, run_dir=tmp_path / "run", fabric=default_fabric())
     privacy = fed.privacy
     planned = privacy.planned_steps(cfg.fed.rounds)

@@ -3,6 +3,7 @@ offline stand-in ``fashion-mnist-styles`` with the tiny ViT (who trains on what,
 test sets, per-target and mean numbers in results.json, TensorBoard scalars, the report), bad
 combinations refused with one line, and for every method the two models each target is scored
 with: a client's own model gives on a pool its local numbers, the global component is one model."""
+
 from __future__ import annotations
 
 import json
@@ -38,14 +39,48 @@ def styles(tmp_path_factory):
 
     def run(name: str, *args: str) -> tuple[dict, dict]:
         run_dir = root / name
-        assert main(["fit", "--config", str(SMOKE), "--data.source", "fashion-mnist-styles",
-                     "--data.domain_column", "domain", "--data.partition", "class_blocks", "--data.shots", "2",
-                     "--data.max_test_per_client", "20", "--data.num_views", "0", "--eval.max_test_images", "30",
-                     "--fed.rounds", "1", "--fed.participation", "1.0", "--train.local_epochs", "1",
-                     "--fabric.threads", "1", "--run_dir", str(run_dir), "--data.feature_cache", str(root / "cache"),
-                     "--progress", "false", *args]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    "--config",
+                    str(SMOKE),
+                    "--data.source",
+                    "fashion-mnist-styles",
+                    "--data.domain_column",
+                    "domain",
+                    "--data.partition",
+                    "class_blocks",
+                    "--data.shots",
+                    "2",
+                    "--data.max_test_per_client",
+                    "20",
+                    "--data.num_views",
+                    "0",
+                    "--eval.max_test_images",
+                    "30",
+                    "--fed.rounds",
+                    "1",
+                    "--fed.participation",
+                    "1.0",
+                    "--train.local_epochs",
+                    "1",
+                    "--fabric.threads",
+                    "1",
+                    "--run_dir",
+                    str(run_dir),
+                    "--data.feature_cache",
+                    str(root / "cache"),
+                    "--progress",
+                    "false",
+                    *args,
+                ]
+            )
+            == 0
+        )
         results = json.loads((run_dir / "results.json").read_text())
         return {**results, "run_dir": run_dir}, json.loads((run_dir / "split.json").read_text())
+
     return run, source
 
 
@@ -67,8 +102,19 @@ def check_entry(entry: dict, targets: set[str], clients: int) -> None:
 
 def test_cross_domain_single_source_to_each_target(styles, capsys):
     run, source = styles
-    results, split = run("xdomain", "--method", "pfedmoap", "--data.classes_per_client", "5", "--data.num_clients", "2",
-                         "--eval.modes", "[local,xdomain]", "--eval.source_domains", "[original]")
+    results, split = run(
+        "xdomain",
+        "--method",
+        "pfedmoap",
+        "--data.classes_per_client",
+        "5",
+        "--data.num_clients",
+        "2",
+        "--eval.modes",
+        "[local,xdomain]",
+        "--eval.source_domains",
+        "[original]",
+    )
     targets = set(STYLES) - {"original"}
     assert split["domains"] == {"mode": "xdomain", "source": ["original"], "target": sorted(targets)}
     assert domains_of(source, split, "train") == domains_of(source, split, "test") == {"original"}
@@ -89,8 +135,19 @@ def test_cross_domain_single_source_to_each_target(styles, capsys):
 
 def test_leave_one_domain_out_holds_the_target_out_of_training(styles):
     run, source = styles
-    results, split = run("lodo", "--method", "promptfl", "--data.classes_per_client", "5", "--data.num_clients", "8",
-                         "--eval.modes", "[local,lodo]", "--eval.target_domains", "[edges]")
+    results, split = run(
+        "lodo",
+        "--method",
+        "promptfl",
+        "--data.classes_per_client",
+        "5",
+        "--data.num_clients",
+        "8",
+        "--eval.modes",
+        "[local,lodo]",
+        "--eval.target_domains",
+        "[edges]",
+    )
     assert split["domains"]["target"] == ["edges"] and len(split["clients"]) == 8
     assert domains_of(source, split, "train") == set(STYLES) - {"edges"}
     entry = results["rounds"][-1]["lodo"]
@@ -101,11 +158,21 @@ def test_leave_one_domain_out_holds_the_target_out_of_training(styles):
 
 def test_cross_dataset_scores_unseen_classes_in_unseen_domains(styles):
     run, source = styles
-    results, split = run("xdataset", "--method", "promptfl", "--data.classes_per_client", "2",
-                         "--data.num_clients", "6",
-                         "--eval.modes", "[local,xdataset]",
-                         "--eval.source_domains", "[original,inverted,rotated]",
-                         "--eval.target_domains", "[blurred,edges]")
+    results, split = run(
+        "xdataset",
+        "--method",
+        "promptfl",
+        "--data.classes_per_client",
+        "2",
+        "--data.num_clients",
+        "6",
+        "--eval.modes",
+        "[local,xdataset]",
+        "--eval.source_domains",
+        "[original,inverted,rotated]",
+        "--eval.target_domains",
+        "[blurred,edges]",
+    )
     train = np.concatenate([c["train"] for c in split["clients"]])
     assert set(source.train_labels[train]) == {0, 1, 2, 3, 4} and split["classes"]["novel"] == [5, 6, 7, 8, 9]
     assert domains_of(source, split, "train") == {"original", "inverted", "rotated"}
@@ -116,27 +183,83 @@ def test_cross_dataset_scores_unseen_classes_in_unseen_domains(styles):
     check_entry(results["rounds"][-1]["xdataset"], {"blurred", "edges"}, 6)
 
 
-@pytest.mark.parametrize("args,key", [
-    (["--eval.modes", "[local,xdomain]"], "eval.modes xdomain needs data.domain_column"),
-    (["--data.domain_column", "domain", "--eval.modes", "[local,xdomain]"],
-     "eval.modes xdomain needs eval.source_domains"),
-    (["--data.domain_column", "domain", "--eval.modes", "[local,lodo]", "--eval.target_domains", '["0","1"]'],
-     "eval.modes lodo needs eval.target_domains"),
-    (["--data.domain_column", "domain", "--eval.modes", "[local,lodo]", "--eval.target_domains", '["1"]',
-      "--eval.source_domains", '["0"]'], "eval.source_domains: lodo trains on every domain"),
-    (["--data.domain_column", "domain", "--eval.modes", "[xdomain,lodo]", "--eval.source_domains", '["0"]'],
-     "eval.modes: xdomain and lodo"),
-    (["--eval.source_domains", '["0"]'], "eval.source_domains is set but eval.modes has no domain protocol"),
-    (["--data.domain_column", "domain", "--eval.modes", "[xdomain]", "--eval.source_domains", '["0"]',
-      "--eval.target_domains", '["0"]'], "eval.target_domains ['0'] are also in eval.source_domains"),
-    (["--data.domain_column", "domain", "--eval.modes", "[xdataset]", "--eval.source_domains", '["0"]',
-      "--method", "fedavg_vpt"], "eval.modes xdataset: method fedavg_vpt"),
-    (["--data.domain_column", "domain", "--eval.modes", "[xdomain]", "--eval.source_domains", "[dark]"],
-     "eval.source_domains: no domain 'dark' in data.domain_column"),
-])
+@pytest.mark.parametrize(
+    "args,key",
+    [
+        (["--eval.modes", "[local,xdomain]"], "eval.modes xdomain needs data.domain_column"),
+        (
+            ["--data.domain_column", "domain", "--eval.modes", "[local,xdomain]"],
+            "eval.modes xdomain needs eval.source_domains",
+        ),
+        (
+            ["--data.domain_column", "domain", "--eval.modes", "[local,lodo]", "--eval.target_domains", '["0","1"]'],
+            "eval.modes lodo needs eval.target_domains",
+        ),
+        (
+            [
+                "--data.domain_column",
+                "domain",
+                "--eval.modes",
+                "[local,lodo]",
+                "--eval.target_domains",
+                '["1"]',
+                "--eval.source_domains",
+                '["0"]',
+            ],
+            "eval.source_domains: lodo trains on every domain",
+        ),
+        (
+            ["--data.domain_column", "domain", "--eval.modes", "[xdomain,lodo]", "--eval.source_domains", '["0"]'],
+            "eval.modes: xdomain and lodo",
+        ),
+        (["--eval.source_domains", '["0"]'], "eval.source_domains is set but eval.modes has no domain protocol"),
+        (
+            [
+                "--data.domain_column",
+                "domain",
+                "--eval.modes",
+                "[xdomain]",
+                "--eval.source_domains",
+                '["0"]',
+                "--eval.target_domains",
+                '["0"]',
+            ],
+            "eval.target_domains ['0'] are also in eval.source_domains",
+        ),
+        (
+            [
+                "--data.domain_column",
+                "domain",
+                "--eval.modes",
+                "[xdataset]",
+                "--eval.source_domains",
+                '["0"]',
+                "--method",
+                "fedavg_vpt",
+            ],
+            "eval.modes xdataset: method fedavg_vpt",
+        ),
+        (
+            ["--data.domain_column", "domain", "--eval.modes", "[xdomain]", "--eval.source_domains", "[dark]"],
+            "eval.source_domains: no domain 'dark' in data.domain_column",
+        ),
+    ],
+)
 def test_bad_combinations_are_refused_with_one_line(tmp_path, capsys, args, key):
-    rc = main(["fit", "--config", str(SMOKE), "--run_dir", str(tmp_path / "r"),
-               "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false", *args])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            "--run_dir",
+            str(tmp_path / "r"),
+            "--data.feature_cache",
+            str(tmp_path / "cache"),
+            "--progress",
+            "false",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and key in err and "\n" not in err
     assert not (tmp_path / "r").exists()

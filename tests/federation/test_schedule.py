@@ -1,4 +1,5 @@
 """The schedule (fedmoap/federation/schedule.py): how many clients train in round t."""
+
 from __future__ import annotations
 
 from fedmoap.federation.schedule import Schedule
@@ -17,8 +18,7 @@ def test_exact_participant_count_draws_that_many_every_round(tmp_path, capsys):
     for t in range(1, 6):
         drawn = schedule.participants(t)
         assert len(drawn) == 7 and not {0, 1} & set(drawn)
-    assert main(["fit", "--fed.participants", "3", "--fed.participation", "0.5",
-                 "--run_dir", str(tmp_path / "r")]) == 2
+    assert main(["fit", "--fed.participants", "3", "--fed.participation", "0.5", "--run_dir", str(tmp_path / "r")]) == 2
     assert "fed.participants and fed.participation" in capsys.readouterr().err
     assert main(["fit", "--fed.participants", "6", "--run_dir", str(tmp_path / "r")]) == 2
     assert "fed.participants must be in [1, data.num_clients = 5]" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The on-disk client store: versioned state files, garbage collection that keeps exactly what the
 kept checkpoints need, and resuming from the older of two kept checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,26 @@ def test_versions_index_and_garbage_collection(tmp_path):
 
 
 def fit(run_dir: Path, cache: Path, rounds: int) -> dict:
-    assert main(["fit", "--config", str(SMOKE), "--run_dir", str(run_dir), "--fed.rounds", str(rounds),
-                 "--fed.keep_checkpoints", "2", "--data.feature_cache", str(cache),
-                 "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--run_dir",
+                str(run_dir),
+                "--fed.rounds",
+                str(rounds),
+                "--fed.keep_checkpoints",
+                "2",
+                "--data.feature_cache",
+                str(cache),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     return json.loads((run_dir / "results.json").read_text())
 
 

@@ -1,6 +1,7 @@
 """Never-trained (held-out) clients of ``eval.modes`` unseen_clients: each method's global
 component without adaptation, its first-time-participant procedure with adaptation, and nothing
 of either reaching the store or the server."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,10 @@ from fedmoap.federation.rounds import Federation
 
 N, HELD = 5, 4
 METHODS = registry()
-KNOBS = {"pepfedpt": dict(shared_tokens=2, class_tokens=1),
-         "pfedmoap": dict(n_ctx=4, d_gating=32, heads=4, num_experts=2)}
+KNOBS = {
+    "pepfedpt": dict(shared_tokens=2, class_tokens=1),
+    "pfedmoap": dict(n_ctx=4, d_gating=32, heads=4, num_experts=2),
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +29,13 @@ def world(tmp_path_factory):
     return tiny_world(tmp_path_factory.mktemp("cache"), N, alpha=0.3)
 
 
-def trained(world, tmp_path: Path, name: str, adaptation_epochs: int, rounds: int = 2,
-            **knobs) -> tuple[Federation, ModeEvaluator]:
+def trained(
+    world, tmp_path: Path, name: str, adaptation_epochs: int, rounds: int = 2, **knobs
+) -> tuple[Federation, ModeEvaluator]:
     """``rounds`` rounds of ``name`` over clients 0-3 (client 4 held out), full participation."""
     backbone, classnames, data = world
     method = METHODS[name](**{**KNOBS.get(name, dict(n_ctx=4)), **knobs})
-    modes = ModeEvaluator(EvalArgs(modes=["unseen_clients"], adaptation_epochs=adaptation_epochs),
-                          None, [HELD], 1)
+    modes = ModeEvaluator(EvalArgs(modes=["unseen_clients"], adaptation_epochs=adaptation_epochs), None, [HELD], 1)
     fed = tiny_federation(world, method, tmp_path / "clients", rounds=rounds, held_out=[HELD])
     for t in range(1, rounds + 1):
         fed.run_round(t, progress=False)
@@ -46,8 +49,7 @@ def files(root: Path) -> dict[str, bytes]:
 def flat(state) -> dict[str, torch.Tensor]:
     if isinstance(state, torch.Tensor):
         return {"": state.clone()}
-    return {f"{k}/{j}": v for k, sub in sorted(state.items(), key=lambda kv: str(kv[0]))
-            for j, v in flat(sub).items()}
+    return {f"{k}/{j}": v for k, sub in sorted(state.items(), key=lambda kv: str(kv[0])) for j, v in flat(sub).items()}
 
 
 def test_pfedmoap_adapts_with_its_nearest_pool_experts_and_trains_its_gating(world, tmp_path):
@@ -98,8 +100,7 @@ def test_pepfedpt_adapted_held_out_client_uses_its_own_label_histogram(world, tm
     fed, modes = trained(world, tmp_path, "pepfedpt", adaptation_epochs=1, rounds=1)
     labels = fed.data.train_labels(HELD)
     own = torch.bincount(labels, minlength=fed.module.num_classes).float()
-    others = [torch.bincount(fed.data.train_labels(c), minlength=len(own)).float()
-              for c in range(N) if c != HELD]
+    others = [torch.bincount(fed.data.train_labels(c), minlength=len(own)).float() for c in range(N) if c != HELD]
     assert all(not torch.equal(own, o) for o in others)  # the check can tell them apart
     modes(fed, 1, {})
     assert torch.equal(fed.module.prior_counts, own)

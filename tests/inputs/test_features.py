@@ -1,4 +1,5 @@
 """The image-feature cache: keys, partial computation, reuse, corrupt files."""
+
 import numpy as np
 import pytest
 import torch
@@ -34,10 +35,17 @@ def test_keys_change_with_view_tower_and_data(tmp_path, setup):
     backbone, _ = setup
     cache = FeatureCache(tmp_path, backbone)
     other = FeatureCache(tmp_path, OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=1))
-    keys = {cache.key("d", "image", 0, 0), cache.key("d", "image", 1, 0), cache.key("d", "image", 2, 0),
-            cache.key("d", "image", 1, 1), cache.key("e", "image", 0, 0), other.key("d", "image", 0, 0),
-            cache.key("d", "image2", 0, 0), FeatureCache(tmp_path, backbone, tokens=True).key("d", "image", 0, 0),
-            FeatureCache(tmp_path, backbone, batch_size=8).key("d", "image", 0, 0)}
+    keys = {
+        cache.key("d", "image", 0, 0),
+        cache.key("d", "image", 1, 0),
+        cache.key("d", "image", 2, 0),
+        cache.key("d", "image", 1, 1),
+        cache.key("e", "image", 0, 0),
+        other.key("d", "image", 0, 0),
+        cache.key("d", "image2", 0, 0),
+        FeatureCache(tmp_path, backbone, tokens=True).key("d", "image", 0, 0),
+        FeatureCache(tmp_path, backbone, batch_size=8).key("d", "image", 0, 0),
+    }
     assert len(keys) == 9
     assert cache.key("d", "image", 0, 0) == cache.key("d", "image", 0, 5)  # the plain view ignores the view seed
 
@@ -110,9 +118,14 @@ def test_cache_file_of_another_structure_is_reported(tmp_path, setup, blob):
     feats = cache.get(data["test"], "d", np.arange(3), "image")
     path = next(tmp_path.glob("*.pt"))
     rows = torch.arange(3)
-    torch.save({"list": [rows, feats],
-                "unsorted_rows": {"format": 2, "rows": rows.flip(0), "features": feats},
-                "rows_features_mismatch": {"format": 2, "rows": rows, "features": feats[:2]}}[blob], path)
+    torch.save(
+        {
+            "list": [rows, feats],
+            "unsorted_rows": {"format": 2, "rows": rows.flip(0), "features": feats},
+            "rows_features_mismatch": {"format": 2, "rows": rows, "features": feats[:2]},
+        }[blob],
+        path,
+    )
     with pytest.raises(FedmoapError, match="corrupt"):
         FeatureCache(tmp_path, backbone).get(data["test"], "d", np.arange(3), "image")
 
@@ -125,8 +138,9 @@ def test_a_preempted_encode_keeps_what_it_encoded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(features, "FLUSH_ROWS", 4)
     calls = []
-    cache = features.FeatureCache(tmp_path, OpenCLIPBackbone.build("fedmoap-tiny-vit", None),
-                                  stop=lambda: bool(calls.append(1)) or len(calls) > 1)
+    cache = features.FeatureCache(
+        tmp_path, OpenCLIPBackbone.build("fedmoap-tiny-vit", None), stop=lambda: bool(calls.append(1)) or len(calls) > 1
+    )
     ds = make_synthetic(num_classes=2, train_per_class=5, test_per_class=1)["train"]
     with pytest.raises(Preempted):
         cache.get(ds, "d", np.arange(10), "image")

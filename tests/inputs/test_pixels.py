@@ -1,5 +1,6 @@
 """The pixel provider: decoded images cached once as uint8, the plain view equal to the feature
 cache's input, and seeded tensor augmentation."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,6 +1,7 @@
 """Per-patch token features (FedOTP's input) get ``data.num_views`` augmented views like pooled
 features: FedOTP trains on augmented tokens, of the same augmented image and the same view drawn
 per image and epoch as the pooled features every other cached-feature method trains on."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,17 +27,18 @@ def world(tmp_path_factory):
     """The tiny ViT on the synthetic data over 3 clients: FedOTP's inputs and PromptFL's (pooled
     features), gathered from one split and one cache directory."""
     backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
-    args = DataArgs(source="synthetic", num_clients=3, shots=4, max_test_per_client=12,
-                    num_views=NUM_VIEWS)
+    args = DataArgs(source="synthetic", num_clients=3, shots=4, max_test_per_client=12, num_views=NUM_VIEWS)
     source = load_source(args)
     split = make_split(args, source, seed=0)
     root = tmp_path_factory.mktemp("cache")
     methods = registry()
     assert methods["fedotp"].inputs == {"tokens"} and methods["promptfl"].inputs == {"features"}
-    tokens = gather_inputs(methods["fedotp"].inputs, args, source, split, None,
-                           FeatureCache(root, backbone, tokens=True), None, seed=0)
-    pooled = gather_inputs(methods["promptfl"].inputs, args, source, split,
-                           FeatureCache(root, backbone), None, None, seed=0)
+    tokens = gather_inputs(
+        methods["fedotp"].inputs, args, source, split, None, FeatureCache(root, backbone, tokens=True), None, seed=0
+    )
+    pooled = gather_inputs(
+        methods["promptfl"].inputs, args, source, split, FeatureCache(root, backbone), None, None, seed=0
+    )
     used = np.unique(np.concatenate(split.train))
     return backbone, args, source, used, tokens, pooled
 
@@ -49,8 +51,10 @@ def encode_view(backbone, args: DataArgs, image, row: int, view: int) -> tuple[t
         torch.manual_seed(derive_seed(args.view_seed, "view", row, view))
         x = backbone.image_transform(train=True)(image)[None]
     with torch.no_grad():
-        return (F.normalize(backbone.encode_image_tokens(x).float(), dim=-1)[0],
-                F.normalize(backbone.encode_image(x).float(), dim=-1)[0])
+        return (
+            F.normalize(backbone.encode_image_tokens(x).float(), dim=-1)[0],
+            F.normalize(backbone.encode_image(x).float(), dim=-1)[0],
+        )
 
 
 def locate(cached: torch.Tensor, feature: torch.Tensor) -> tuple[int, int]:
@@ -81,7 +85,8 @@ def test_fedotp_trains_on_augmented_tokens_of_the_view_the_pooled_path_draws(wor
                     if direct < 6:  # a few through the backbone: the same augmented image
                         row = int(used[pos])
                         want_tokens, want_pooled = encode_view(
-                            backbone, args, source.train[row][args.image_column], row, view)
+                            backbone, args, source.train[row][args.image_column], row, view
+                        )
                         torch.testing.assert_close(tb["tokens"][i], want_tokens, atol=1e-5, rtol=1e-4)
                         torch.testing.assert_close(pb["features"][i], want_pooled, atol=1e-5, rtol=1e-4)
                         direct += 1

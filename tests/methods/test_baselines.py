@@ -11,6 +11,7 @@ FedPGP): the reference codes' bugs cannot happen here.
 - FedOTP's transport plan is exact in fp32 and finite in the log domain where exp(-C/eps)
   underflows; FedAMP's self weight is never negative.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,9 +38,20 @@ from tests.worlds import tiny_federation
 
 METHODS = registry()
 NEW = ["promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp"]
-SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2,
-         "bottleneck": 2, "ft_epochs": 1, "depth": 2, "text_blocks": [1, 2], "vision_blocks": [1, 2],
-         "text_depth": 2, "vision_depth": 2}
+SMALL = {
+    "n_ctx": 4,
+    "d_gating": 32,
+    "heads": 4,
+    "num_experts": 2,
+    "vision_tokens": 2,
+    "bottleneck": 2,
+    "ft_epochs": 1,
+    "depth": 2,
+    "text_blocks": [1, 2],
+    "vision_blocks": [1, 2],
+    "text_depth": 2,
+    "vision_depth": 2,
+}
 NUM_CLIENTS = 4
 
 
@@ -47,13 +59,27 @@ NUM_CLIENTS = 4
 def world(tmp_path_factory):
     """The tiny ViT, synthetic data over 4 clients (plain features only), features, tokens and pixels."""
     backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
-    args = DataArgs(source="synthetic", num_clients=NUM_CLIENTS, partition="pathological",
-                    shots=4, max_test_per_client=12, num_views=0)
+    args = DataArgs(
+        source="synthetic",
+        num_clients=NUM_CLIENTS,
+        partition="pathological",
+        shots=4,
+        max_test_per_client=12,
+        num_views=0,
+    )
     source = load_source(args)
     split = make_split(args, source, seed=0)
     root = tmp_path_factory.mktemp("cache")
-    data = gather_inputs(INPUTS, args, source, split, FeatureCache(root, backbone),
-                         FeatureCache(root, backbone, tokens=True), PixelCache(root, backbone), seed=0)
+    data = gather_inputs(
+        INPUTS,
+        args,
+        source,
+        split,
+        FeatureCache(root, backbone),
+        FeatureCache(root, backbone, tokens=True),
+        PixelCache(root, backbone),
+        seed=0,
+    )
     data.backbone = backbone
     return backbone, source.classnames, data
 
@@ -150,15 +176,16 @@ def test_private_parts_survive_rounds_and_differ_between_clients(world, tmp_path
     for cid in range(NUM_CLIENTS):
         fed.module.load_client(cid, fed.store.get(cid))
         private[cid] = PRIVATE[name](fed.module)
-        fed.module.prepare_eval(fed.server.eval_payload(cid))      # evaluated with its own part
+        fed.module.prepare_eval(fed.server.eval_payload(cid))  # evaluated with its own part
         _same(PRIVATE[name](fed.module), private[cid], f"{name} client {cid} after prepare_eval")
         if name != "fedamp":  # FedAMP's client restarts from u_i by design (amp_init: u)
             fed.module.load_client(cid, fed.store.get(cid))
-            fed.module.receive(fed.server.payload(cid, 3))          # next round starts from it
+            fed.module.receive(fed.server.payload(cid, 3))  # next round starts from it
             _same(PRIVATE[name](fed.module), private[cid], f"{name} client {cid} after receive")
         for part in private[cid].values() if name != "fedamp" else ():  # FedAMP uploads w_i
-            assert not any(s.shape == part.shape and torch.equal(s, part) for s in server_tensors), \
+            assert not any(s.shape == part.shape and torch.equal(s, part) for s in server_tensors), (
                 f"{name}: the server holds client {cid}'s private part"
+            )
     for key in private[0]:
         assert not torch.equal(private[0][key], private[1][key]), f"{name}: {key} equal for clients 0, 1"
 
@@ -173,8 +200,15 @@ def test_fedamp_previous_keeps_the_personal_prompt_at_receive(world, tmp_path):
     assert torch.equal(fed.module.ctx, before) and not torch.equal(payload["prompt"], before)
 
 
-UPLOADS = {"promptfl_ft": "prompt", "fedprox": "prompt", "fedamp": "prompt", "pfedprompt": "prompt",
-           "fedotp": "prompt", "fedpgp": "prompt", "fedper": "shared"}
+UPLOADS = {
+    "promptfl_ft": "prompt",
+    "fedprox": "prompt",
+    "fedamp": "prompt",
+    "pfedprompt": "prompt",
+    "fedotp": "prompt",
+    "fedpgp": "prompt",
+    "fedper": "shared",
+}
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -190,8 +224,11 @@ def test_uploads_are_exactly_the_shared_parts(world, tmp_path, name):
         assert m.shared.tolist() == [True, True, False, False]  # personal = next to the class name
     uploaded = upload[UPLOADS[name]].numel()
     private = sum(p.numel() for p in m.parameters()) - uploaded
-    expected = {"fedotp": lambda: m.local.numel(), "fedpgp": lambda: m.u.numel() + m.v.numel(),
-                "fedper": lambda: len(m.ctx) // 2 * m.ctx.shape[1]}.get(name, lambda: 0)()
+    expected = {
+        "fedotp": lambda: m.local.numel(),
+        "fedpgp": lambda: m.u.numel() + m.v.numel(),
+        "fedper": lambda: len(m.ctx) // 2 * m.ctx.shape[1],
+    }.get(name, lambda: 0)()
     assert private == expected
 
 
@@ -219,7 +256,7 @@ def test_promptfl_ft_fine_tunes_a_copy_that_is_never_kept(world, tmp_path):
     for c in range(NUM_CLIENTS):
         _same(fed.store.get(c), stored[c], f"client {c}")
     _same(fed.server.state_dict()["global"], server, "server")
-    assert fed.evaluate(list(range(NUM_CLIENTS)), 1) == accs       # seeded by (seed, adapt, t, cid)
+    assert fed.evaluate(list(range(NUM_CLIENTS)), 1) == accs  # seeded by (seed, adapt, t, cid)
     plain = federation(world, "promptfl_ft", tmp_path / "plain", ft_epochs=0)
     plain.server.load_state_dict(fed.server.state_dict())
     ref = federation(world, "promptfl", tmp_path / "ref")
@@ -242,14 +279,14 @@ def test_transport_plan_marginals_and_domains_agree():
     plain = transport_plan(sim, 0.1, 0.8, log_domain=False)
     log = transport_plan(sim, 0.1, 0.8, log_domain=True)
     torch.testing.assert_close(plain, log, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(log.sum(-2), torch.full((3, 4, 2), 0.4))       # columns: gamma / N
-    assert (log.sum(-1) <= 1 / 49 * (1 + 1e-3)).all()                         # rows: <= 1/M
+    torch.testing.assert_close(log.sum(-2), torch.full((3, 4, 2), 0.4))  # columns: gamma / N
+    assert (log.sum(-1) <= 1 / 49 * (1 + 1e-3)).all()  # rows: <= 1/M
     balanced = transport_plan(sim, 0.1, unbalanced=False)
     torch.testing.assert_close(balanced.sum(-1), torch.full((3, 4, 49), 1 / 49), atol=1e-5, rtol=1e-3)
 
 
 def test_transport_plan_is_finite_in_the_log_domain_where_exp_underflows():
-    sim = _sim() - 0.5                   # costs 1.1 - 1.4: exp(-C / 0.01) = 0 in fp32
+    sim = _sim() - 0.5  # costs 1.1 - 1.4: exp(-C / 0.01) = 0 in fp32
     assert not torch.isfinite(transport_plan(sim, 0.01, 0.8, log_domain=False)).all()
     plan = transport_plan(sim, 0.01, 0.8)  # eps < 0.05: log domain by default
     assert torch.isfinite(plan).all()
@@ -296,14 +333,14 @@ def test_fedamp_weights_follow_the_formulas():
     att = FedAMPServer(FedAMP(variant="attentive", sigma=100.0, alpha=1.0), {"prompt": torch.zeros(2, 3)}, RUN)
     att.aggregate(1, {c: {"prompt": p} for c, p in prompts.items()}, dict.fromkeys(prompts, 1))
     d = torch.stack([(prompts[j] - prompts[0]).square().sum() for j in (1, 2, 3)]).double()
-    xi = torch.exp(-d / 100) / 100                                     # small: no clamping
+    xi = torch.exp(-d / 100) / 100  # small: no clamping
     u = (1 - xi.sum()) * prompts[0].double() + sum(xi[i] * prompts[j].double() for i, j in enumerate((1, 2, 3)))
     torch.testing.assert_close(att.cloud(0)[0], u.float())
     auto = FedAMPServer(FedAMP(variant="attentive", sigma="auto"), {"prompt": torch.zeros(2, 3)}, RUN)
     every = torch.stack([p.flatten() for p in prompts.values()]).double()
     pair = torch.pdist(every).square()
     assert FedAMPServer.auto_sigma(every[0], every[1:]) == pytest.approx(float(pair.median()))
-    assert auto.cloud(7)[0].shape == (2, 3)                            # never uploaded: w = init
+    assert auto.cloud(7)[0].shape == (2, 3)  # never uploaded: w = init
 
 
 def test_fedamp_sigma_takes_auto_or_a_number():
@@ -339,7 +376,7 @@ def test_modified_resnet_tokens_are_the_attention_pool_at_every_position():
         every = _attnpool_all(backbone.model.visual, x)
         pooled = backbone.encode_image(x)
         tokens = backbone.encode_image_tokens(x)
-    assert torch.equal(every[:, 0], pooled)                             # position 0 = encode_image
+    assert torch.equal(every[:, 0], pooled)  # position 0 = encode_image
     grid = backbone.model.visual.attnpool.positional_embedding.shape[0] - 1
     assert tokens.shape == (3, grid, backbone.embed_dim) and torch.equal(tokens, every[:, 1:])
 

@@ -1,12 +1,12 @@
 """CoCoOp (spec-new-methods B1): image-conditioned contexts, batched through the shared-prefix
 encoder and exact against the reference's per-image full-length encoding."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from tests.worlds import first_batch, tiny_client
-
 
 
 def test_zero_meta_net_is_promptfl(world):

@@ -1,5 +1,6 @@
 """FedMGP (spec-new-methods A4): one group is FedVPT, what is uploaded, the selection rule, what a
 download overwrites, and the two diversity terms, on the tiny model."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ def test_one_group_without_diversity_is_fedvpt(world):
     server = mgp.method.build_server(mgp.global_init(), mgp.run)
     server.aggregate(1, ups, {0: 1, 1: 9})
     vpt_server = vpt.method.build_server(vpt.global_init(), vpt.run)
-    vpt_server.aggregate(1, {c: {"prompt": u["text_0"], "vision": u["vision_0"][None]} for c, u in ups.items()},
-                         {0: 1, 1: 9})
+    vpt_server.aggregate(
+        1, {c: {"prompt": u["text_0"], "vision": u["vision_0"][None]} for c, u in ups.items()}, {0: 1, 1: 9}
+    )
     assert torch.equal(server.global_state["text_0"], vpt_server.global_state["prompt"])
     assert torch.equal(server.global_state["vision_0"], vpt_server.global_state["vision"][0])
 

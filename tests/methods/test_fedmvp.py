@@ -1,6 +1,7 @@
 """FedMVP (spec-new-methods A5): the PromptFormer's reduction to zero prompts, image-conditioning,
 sentence scoring in label order, the consistency term, what is uploaded and trained, the own label
 space, and the attribute files, on the tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,7 @@ def test_sentences_score_their_class_in_label_order(world, tmp_path):
         torch.testing.assert_close(forward.predict(b), shuffled.predict(b), atol=1e-5, rtol=1e-5)
         feats, _, _ = forward.texts
         image = forward.image_features(b["pixels"])
-        want = forward.backbone.logit_scale * (image @ feats[2 * 3:2 * 4].t()).mean(1)
+        want = forward.backbone.logit_scale * (image @ feats[2 * 3 : 2 * 4].t()).mean(1)
         torch.testing.assert_close(forward.predict(b)[:, 3], want, atol=1e-4, rtol=1e-5)
 
 
@@ -98,7 +99,8 @@ def test_attribute_files(tmp_path):
     with pytest.raises(FedmoapError, match="method.attributes: .* must be a JSON object"):
         load_attributes(str(bad))
     assert FedMVP(attributes=str(tmp_path / "none.json")).problems() == [
-        f"method.attributes: no such file {tmp_path / 'none.json'}"]
+        f"method.attributes: no such file {tmp_path / 'none.json'}"
+    ]
     assert which_clause("short sleeves") == "which has short sleeves"
     assert which_clause("often has a hood") == "which often has a hood"
     assert which_clause("used for sport") == "which is used for sport"

@@ -1,5 +1,6 @@
 """FedPHA (spec-new-methods A3): the weak-direction projector, its reductions, the push margin
 and heterogeneous local prompt lengths, on the tiny model."""
+
 from __future__ import annotations
 
 import torch
@@ -37,8 +38,9 @@ def test_push_term_vanishes_beyond_the_margin(world):
     pha = tiny_client(world, "fedpha", n_ctx=4, lambda_pull=0.0, alpha=0.0)
     b = first_batch(world)
     full = pha.training_step(b)
-    ce = (F.cross_entropy(pha.logits(b, pha.local_features(projected=False)), b["label"])
-          + F.cross_entropy(pha.logits(b, pha.text_features()), b["label"]))
+    ce = F.cross_entropy(pha.logits(b, pha.local_features(projected=False)), b["label"]) + F.cross_entropy(
+        pha.logits(b, pha.text_features()), b["label"]
+    )
     assert torch.allclose(full, ce, atol=1e-6)
 
 

@@ -1,12 +1,12 @@
 """FedTPG (spec-new-methods A1): the generator's invariances and reductions, its own-class
 training and its unweighted server, on the tiny model."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from tests.worlds import first_batch, tiny_client
-
 
 
 def test_class_order_permutes_logits_and_leaves_the_context(world):
@@ -85,9 +85,14 @@ def test_a_newcomer_adapts_on_its_own_classes(world):
     tpg = tiny_client(world, "fedtpg")
     tpg.load_client(1, None)
     seen = []
-    held = HeldOut(cid=1, epochs=1, download=lambda upload: tpg.global_init(),
-                   train=lambda n, stream: seen.append(tpg.own.tolist()),
-                   train_labels=torch.tensor([2, 0, 2]), peer_mean=lambda: None)
+    held = HeldOut(
+        cid=1,
+        epochs=1,
+        download=lambda upload: tpg.global_init(),
+        train=lambda n, stream: seen.append(tpg.own.tolist()),
+        train_labels=torch.tensor([2, 0, 2]),
+        peer_mean=lambda: None,
+    )
     tpg.adapt_unseen(held)
     assert seen == [[0, 2]]
 

@@ -1,4 +1,5 @@
 """The attention gating network: shapes, parameter count, order invariance, reductions."""
+
 import pytest
 import torch
 

@@ -1,13 +1,12 @@
 """KgCoOp and PromptFolio: their reductions to PromptFL / CoOp and their own terms, on the tiny
 model (spec-new-methods A2 and B2)."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from tests.worlds import first_batch, tiny_client
-
-
 
 
 def grads(module, loss):
@@ -108,10 +107,10 @@ def test_prograd_step_applies_the_projected_gradient_exactly(world):
     pg = tiny_client(world, "prograd", n_ctx=4, tail_init="a photo of a")
     b = first_batch(world)
     words = pg.backbone.embed_tokens("a photo of a")
-    assert torch.equal(pg.ctx[-len(words):], words[-4:]) if len(words) <= 4 else True
+    assert torch.equal(pg.ctx[-len(words) :], words[-4:]) if len(words) <= 4 else True
     ce, kl = pg.losses(b)
-    g_ce, = torch.autograd.grad(ce, pg.ctx, retain_graph=True)
-    g_kl, = torch.autograd.grad(kl, pg.ctx)
+    (g_ce,) = torch.autograd.grad(ce, pg.ctx, retain_graph=True)
+    (g_kl,) = torch.autograd.grad(kl, pg.ctx)
     applied = grads(pg, pg.training_step(b))["ctx"]
     assert torch.equal(applied, project(g_ce, g_kl, 1.0))
     if float((g_ce * g_kl).sum()) < 0:

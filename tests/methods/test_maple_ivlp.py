@@ -1,5 +1,6 @@
 """MaPLe and IVLP (spec-new-methods B3) on the tiny ViT: MaPLe's coupling of vision to text
 prompts, IVLP's independence, shallow reductions and where gradients go."""
+
 from __future__ import annotations
 
 import torch
@@ -12,7 +13,7 @@ from fedmoap.methods import registry
 
 def test_shallow_maple_vision_prompt_is_the_projected_text_prompt(world):
     maple = tiny_client(world, "maple", batch_size=4, n_ctx=2, depth=1)
-    (block, tokens), = maple.vision_prompts().items()
+    ((block, tokens),) = maple.vision_prompts().items()
     assert block == 0 and torch.equal(tokens, maple.proj[0](maple.ctx))
     words = maple.backbone.embed_tokens("a photo of a")[:2]
     assert torch.equal(maple.ctx.data, words)

@@ -2,6 +2,7 @@
 fresh client is a function of (seed, client id), the server reads only what is uploaded, a
 non-participant's state is untouched by a round), and the CLI side (short names, class paths, a
 method's knobs belong to it alone, help for every field)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +28,21 @@ from fedmoap.federation.rounds import Federation
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
 METHODS = registry()
-SMALL = {"n_ctx": 4, "d_gating": 32, "heads": 4, "num_experts": 2, "vision_tokens": 2,
-         "fusion_heads": 4, "shared_tokens": 2, "class_tokens": 1,
-         "bottleneck": 2, "ft_epochs": 1, "depth": 2, "text_blocks": [1, 2], "vision_blocks": [1, 2]}
+SMALL = {
+    "n_ctx": 4,
+    "d_gating": 32,
+    "heads": 4,
+    "num_experts": 2,
+    "vision_tokens": 2,
+    "fusion_heads": 4,
+    "shared_tokens": 2,
+    "class_tokens": 1,
+    "bottleneck": 2,
+    "ft_epochs": 1,
+    "depth": 2,
+    "text_blocks": [1, 2],
+    "vision_blocks": [1, 2],
+}
 """Knob values that keep every method small on the tiny model (applied where a method has them)."""
 PER_METHOD = {"promptsrc": {"vision_tokens": 2, "vision_depth": 2, "text_depth": 2}}
 """Per-method overrides of :data:`SMALL` (PromptSRC's deep prompts must fit the tiny towers)."""
@@ -239,7 +252,7 @@ def test_short_name_and_knobs_on_the_command_line():
     cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--method", "promptfl"])
     assert type(cfg.method).__name__ == "PromptFL" and cfg.method.n_ctx == 4  # set: carried over
     cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--method", "zeroshot"])
-    assert cfg.method.prompt == "a photo of a {}."                               # not set: own default
+    assert cfg.method.prompt == "a photo of a {}."  # not set: own default
 
 
 def test_another_methods_knob_is_rejected_with_its_name():
@@ -255,14 +268,45 @@ def test_print_config_and_config_yaml_hold_only_the_chosen_method(tmp_path, caps
     assert printed["method"]["class_path"].endswith("PromptFL")
     assert "lam" not in printed["method"]["init_args"] and "pfedmoap" not in printed
     run_dir = tmp_path / "run"
-    assert main(["fit", "--config", str(SMOKE), "--method", "promptfl", "--fed.rounds", "1",
-                 "--run_dir", str(run_dir), "--data.feature_cache", str(tmp_path / "cache"),
-                 "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--method",
+                "promptfl",
+                "--fed.rounds",
+                "1",
+                "--run_dir",
+                str(run_dir),
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert set(stored["method"]["init_args"]) == {"n_ctx", "ctx_init", "template"}
     cfg, _, _ = parse_fit(["fit", "--config", str(run_dir / "config.yaml")])  # config.yaml reads back
-    assert cfg == parse_fit(["fit", "--config", str(SMOKE), "--method", "promptfl", "--fed.rounds", "1",
-                             "--data.feature_cache", str(tmp_path / "cache")])[0]
+    assert (
+        cfg
+        == parse_fit(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--method",
+                "promptfl",
+                "--fed.rounds",
+                "1",
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+            ]
+        )[0]
+    )
 
 
 def test_the_readme_walkthrough_method_runs_from_another_package(tmp_path, monkeypatch):
@@ -275,14 +319,34 @@ def test_the_readme_walkthrough_method_runs_from_another_package(tmp_path, monke
     (pkg / "methods.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
     run_dir = tmp_path / "run"
-    assert main(["fit", "--config", str(SMOKE), "--method", "mylab.methods.MyProx",
-                 "--method.mu", "0.25", "--fed.rounds", "2", "--run_dir", str(run_dir),
-                 "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--method",
+                "mylab.methods.MyProx",
+                "--method.mu",
+                "0.25",
+                "--fed.rounds",
+                "2",
+                "--run_dir",
+                str(run_dir),
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     results = json.loads((run_dir / "results.json").read_text())
     assert results["method"] == "myprox" and len(results["rounds"]) == 2
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["init_args"]["mu"] == 0.25
     with pytest.raises(FedmoapError, match="method.mu"):
         from fedmoap.run.fit import validate
+
         validate(parse_fit(["fit", "--method", "mylab.methods.MyProx", "--method.mu", "-1"])[0])
 
 
@@ -318,8 +382,9 @@ def test_method_help_documents_every_knob(name):
 
     text = leaf_help(short_method_names(["fit", "--method.help", name]))
     for f in dataclasses.fields(METHODS[name]):
-        assert documented(text, f"--method.{f.name}") or documented(text, f"--method.init_args.{f.name}"), \
+        assert documented(text, f"--method.{f.name}") or documented(text, f"--method.init_args.{f.name}"), (
             f"{name}: --method.{f.name} has no help text"
+        )
 
 
 @pytest.mark.parametrize("keep", [True, False], ids=["keep", "reset"])

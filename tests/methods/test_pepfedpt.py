@@ -2,6 +2,7 @@
 mixing weights are a distribution with the right limits, the test path never reads a label,
 prototypes are the pooled class means, nothing trainable is kept per client, gradients reach
 every prompt and the head, the set-up statistics survive a resume."""
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,29 @@ def federation(world, tmp_path, cls=PEPFedPT, participation=0.5, keep=None, **kn
 
 def fit(tmp_path: Path, name: str, *args: str, rounds: int = 2) -> dict:
     run_dir = tmp_path / name
-    assert main(["fit", "--config", str(SMOKE), "--fed.rounds", str(rounds), "--run_dir", str(run_dir),
-                 "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false",
-                 "--fabric.threads", "1", *args, "--method.shared_tokens", "2"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--fed.rounds",
+                str(rounds),
+                "--run_dir",
+                str(run_dir),
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+                "--progress",
+                "false",
+                "--fabric.threads",
+                "1",
+                *args,
+                "--method.shared_tokens",
+                "2",
+            ]
+        )
+        == 0
+    )
     return json.loads((run_dir / "results.json").read_text())
 
 
@@ -82,9 +103,9 @@ def test_mixing_weights(world):
     module.prior_counts = torch.rand(c) + 0.1
     w = module.mixing_weights(z)
     assert w.shape == (5, c) and torch.allclose(w.sum(-1), torch.ones(5))
-    module.prior_counts = torch.nn.functional.one_hot(torch.tensor(3), c).float()   # one-hot prior
+    module.prior_counts = torch.nn.functional.one_hot(torch.tensor(3), c).float()  # one-hot prior
     assert torch.equal(module.mixing_weights(z), torch.nn.functional.one_hot(torch.full((5,), 3), c).float())
-    module.prototypes.copy_(torch.randn(1, backbone.embed_dim).expand(c, -1))      # identical prototypes
+    module.prototypes.copy_(torch.randn(1, backbone.embed_dim).expand(c, -1))  # identical prototypes
     module.prior_counts = torch.ones(c)
     torch.testing.assert_close(module.mixing_weights(z), torch.full((5, c), 1 / c))
     fed.method.weights = "topk"
@@ -158,7 +179,7 @@ def test_gradients_reach_every_prompt_and_the_head(world, tmp_path):
     w = module.mixing_weights(torch.nn.functional.normalize(batch["features"], dim=-1))
     for name in ("shared", "head.weight", "head.bias"):
         assert dict(module.named_parameters())[name].grad.abs().sum() > 0, name
-    grad = module.class_prompts.grad                                          # L C n W
+    grad = module.class_prompts.grad  # L C n W
     used = w.sum(0) > 1e-4
     assert (grad.abs().sum((0, 2, 3))[used] > 0).all()
     assert module.class_prompts.shape[0] == module.backbone.vision_layers - module.ccmp_block
@@ -169,8 +190,7 @@ def test_usage_aggregation_takes_a_class_prompt_from_its_only_user(world, tmp_pa
     c = len(world[1])
     uploads = {}
     for cid in range(2):
-        up = {k: torch.full_like(v, float(cid + 1)) for k, v in fed.server.payload(cid, 1).items()
-              if k != "prototypes"}
+        up = {k: torch.full_like(v, float(cid + 1)) for k, v in fed.server.payload(cid, 1).items() if k != "prototypes"}
         up["usage"] = torch.zeros(c)
         up["usage"][cid] = 5.0
         uploads[cid] = up
@@ -207,9 +227,11 @@ def test_ccmp_layer_and_head_init(world):
     module = FedAvgVPT(head_init="text", **SMALL).build_client(backbone, classnames, run)
     module.load_client(0, None)
     image = torch.nn.functional.normalize(torch.randn(3, backbone.embed_dim), dim=-1)
-    text = torch.nn.functional.normalize(backbone.encode_prompts(
-        backbone.prepare_prompts([f"a photo of a {c}." for c in classnames], 0)), dim=-1)
+    text = torch.nn.functional.normalize(
+        backbone.encode_prompts(backbone.prepare_prompts([f"a photo of a {c}." for c in classnames], 0)), dim=-1
+    )
     with torch.no_grad():
-        torch.testing.assert_close(module.head(image * backbone.embed_dim ** 0.5),
-                                   backbone.logit_scale * image @ text.t(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            module.head(image * backbone.embed_dim**0.5), backbone.logit_scale * image @ text.t(), atol=1e-4, rtol=1e-4
+        )
     assert any("ccmp_layer" in p for p in PEPFedPT(ccmp_layer=1.5).problems())

@@ -1,6 +1,7 @@
 """pFedDC (reconstruction, spec §1.8): the PromptFL reduction is exact, the upload is exactly the
 global prompts, private parts stay private and untouched for non-participants, gradients reach
 every trainable part, the fusion module is MultiheadAttention, deep text prompts are exact."""
+
 from __future__ import annotations
 
 import json
@@ -48,16 +49,33 @@ def federation(world, tmp_path, participation=0.5, **knobs) -> Federation:
 
 def fit(tmp_path: Path, name: str, *args: str) -> dict:
     run_dir = tmp_path / name
-    assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "2", "--run_dir", str(run_dir),
-                 "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false",
-                 "--fabric.threads", "1", *args]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--fed.rounds",
+                "2",
+                "--run_dir",
+                str(run_dir),
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+                "--progress",
+                "false",
+                "--fabric.threads",
+                "1",
+                *args,
+            ]
+        )
+        == 0
+    )
     return json.loads((run_dir / "results.json").read_text())
 
 
 def test_vision_off_and_no_fusion_is_promptfl_exactly(tmp_path):
     """Same seed and split: the same per-client accuracies in every round, the same prompt."""
-    ours = fit(tmp_path, "pfeddc", "--method", "pfeddc", "--method.vision", "false",
-               "--method.fusion", "none")
+    ours = fit(tmp_path, "pfeddc", "--method", "pfeddc", "--method.vision", "false", "--method.fusion", "none")
     ref = fit(tmp_path, "promptfl", "--method", "promptfl")
     assert [r["clients"] for r in ours["rounds"]] == [r["clients"] for r in ref["rounds"]]
     assert [r["bytes_up"] for r in ours["rounds"]] == [r["bytes_up"] for r in ref["rounds"]]
@@ -75,8 +93,10 @@ def test_vision_off_sum_fusion_is_a_two_prompt_coop(world):
         assert torch.equal(module.text_features(), expected)
 
 
-@pytest.mark.parametrize("knobs,shape", [({}, (4, 2)), ({"fusion_query": "both"}, (8, 4)),
-                                         ({"fusion": "concat"}, (8, 4)), ({"fusion": "sum"}, (4, 2))])
+@pytest.mark.parametrize(
+    "knobs,shape",
+    [({}, (4, 2)), ({"fusion_query": "both"}, (8, 4)), ({"fusion": "concat"}, (8, 4)), ({"fusion": "sum"}, (4, 2))],
+)
 def test_fused_shapes_and_text_path_equals_coop_on_the_same_tensor(world, knobs, shape):
     _, module = client(world, **knobs)
     backbone = module.backbone
@@ -102,8 +122,9 @@ def test_upload_is_exactly_the_global_prompts(world):
 
 def test_private_parts_are_per_client_and_untouched_for_non_participants(world, tmp_path):
     fed = federation(world, tmp_path)
-    private = ["local_text", "local_vision"] + [k for k in dict(fed.module.named_parameters())
-                                                if k.startswith("fusion_")]
+    private = ["local_text", "local_vision"] + [
+        k for k in dict(fed.module.named_parameters()) if k.startswith("fusion_")
+    ]
     schedule = fed.schedule
     t = next(t for t in range(2, 50) if set(schedule.participants(t - 1)) - set(schedule.participants(t)))
     for r in range(1, t):
@@ -117,7 +138,7 @@ def test_private_parts_are_per_client_and_untouched_for_non_participants(world, 
             assert torch.equal(before[c][key], after[key]), (c, key)
     trained = [c for c in range(N) if c in fed.store]
     a, b = (fed.store.get(c)["params"] for c in trained[:2])
-    assert not torch.equal(a["local_text"], b["local_text"])     # client-seeded, trained apart
+    assert not torch.equal(a["local_text"], b["local_text"])  # client-seeded, trained apart
     assert all(not k.startswith(("local", "fusion")) for k in fed.server.state_dict()["global"])
 
 
@@ -155,16 +176,20 @@ def test_deep_text_prompts(world):
     slots = backbone.prepare_prompts(["red.", "a blue square."], 3)
     ctx = torch.randn(2, 3, backbone.ctx_width)
     with torch.no_grad():
-        assert torch.allclose(backbone.encode_prompts_deep(slots, [ctx[0]]),
-                              backbone.encode_prompts(slots, ctx[0]), atol=1e-6)
+        assert torch.allclose(
+            backbone.encode_prompts_deep(slots, [ctx[0]]), backbone.encode_prompts(slots, ctx[0]), atol=1e-6
+        )
         t = backbone.text
         x = torch.cat([slots.prefix, ctx[0].expand(2, -1, -1), slots.suffix], 1)
-        x = x + t.positional_embedding[:x.shape[1]]
-        mask = t.attn_mask[:x.shape[1], :x.shape[1]]
+        x = x + t.positional_embedding[: x.shape[1]]
+        mask = t.attn_mask[: x.shape[1], : x.shape[1]]
         blocks = t.transformer.resblocks
         first = t.transformer.batch_first
-        run = (lambda b, h: b(h, attn_mask=mask)) if first else \
-            (lambda b, h: b(h.transpose(0, 1), attn_mask=mask).transpose(0, 1))
+        run = (
+            (lambda b, h: b(h, attn_mask=mask))
+            if first
+            else (lambda b, h: b(h.transpose(0, 1), attn_mask=mask).transpose(0, 1))
+        )
         x = run(blocks[0], x)
         x = torch.cat([x[:, :1], ctx[1].expand(2, -1, -1), x[:, 4:]], 1)
         x = t.ln_final(run(blocks[1], x))

@@ -1,5 +1,6 @@
 """pFedMMA (spec-new-methods A6): adapters at zero are zero-shot, the gradient scaling, the shared
 projection in both towers and the only upload, and the refusals, on the tiny model."""
+
 from __future__ import annotations
 
 import pytest
@@ -89,7 +90,8 @@ def test_paper_sizes_at_vit_b16():
     """8 blocks of r = 32: 8,448 shared parameters, 666,112 personal (the spec's counts)."""
     method = PFedMMA()
     text = sum(p.numel() for p in torch.nn.Linear(512, 32).parameters()) + sum(
-        p.numel() for p in torch.nn.Linear(32, 512).parameters())
+        p.numel() for p in torch.nn.Linear(32, 512).parameters()
+    )
     vision = 768 * 32 + 32 + 32 * 768 + 768
     assert method.num_blocks * (32 * 32 + 32) == 8448
     assert method.num_blocks * (text + vision) == 666112
@@ -104,7 +106,8 @@ def test_refusals_name_the_culprit(world):
     assert image.startswith("method.vision_blocks [5, 12]: the image tower of")
     assert PFedMMA(**BLOCKS).backbone_problems(world[0]) == []
     assert PFedMMA(text_blocks=[1, 2], vision_blocks=[2, 2]).problems() == [
-        "method.text_blocks [1, 2] and method.vision_blocks [2, 2] must span as many blocks (they share projections)"]
+        "method.text_blocks [1, 2] and method.vision_blocks [2, 2] must span as many blocks (they share projections)"
+    ]
     assert PFedMMA(text_blocks=[0, 2]).problems()[0].startswith("method.text_blocks must be [first, last]")
 
 

@@ -33,8 +33,13 @@ def client_for(backbone, method: PFedMoAP) -> PFedMoAPClient:
 
 
 def test_knn_picks_nearest_client_ids_not_positions():
-    pool = {7: torch.zeros(2, 3), 3: torch.full((2, 3), 5.0), 11: torch.full((2, 3), 1.0),
-            20: torch.full((2, 3), 2.0), 4: torch.full((2, 3), -1.5)}
+    pool = {
+        7: torch.zeros(2, 3),
+        3: torch.full((2, 3), 5.0),
+        11: torch.full((2, 3), 1.0),
+        20: torch.full((2, 3), 2.0),
+        4: torch.full((2, 3), -1.5),
+    }
     assert nearest_experts(pool, 7, 3) == [11, 4, 20]
     assert nearest_experts(pool, 7, 10) == [11, 4, 20, 3]
     assert nearest_experts(pool, 7, 0) == []
@@ -49,14 +54,14 @@ def test_knn_ties_go_to_smaller_id():
 def test_server_pool_first_timers_and_fedavg():
     cfg = make_cfg(num_experts=2)
     server = server_for(cfg, torch.zeros(4, 8))
-    assert "experts" not in server.payload(0, 1)              # first time: no pool entry
+    assert "experts" not in server.payload(0, 1)  # first time: no pool entry
     prompts = {c: torch.full((4, 8), float(c)) for c in range(4)}
     server.aggregate(1, {c: {"prompt": prompts[c]} for c in (0, 1, 3)}, {0: 10, 1: 30, 3: 60})
     torch.testing.assert_close(server.global_state["prompt"], torch.full((4, 8), (0 * 10 + 1 * 30 + 3 * 60) / 100))
     assert set(server.pool) == {0, 1, 3}
     payload = server.payload(1, 1)
     torch.testing.assert_close(payload["experts"], torch.stack([prompts[0], prompts[3]]))
-    assert "experts" not in server.payload(2, 1)              # never participated
+    assert "experts" not in server.payload(2, 1)  # never participated
     server.aggregate(1, {2: {"prompt": prompts[2]}}, {2: 5})  # overwrites, then nearest changes
     torch.testing.assert_close(server.payload(1, 1)["experts"], torch.stack([prompts[0], prompts[2]]))
     assert payload_bytes(payload) == 3 * 4 * 8 * 4
@@ -86,13 +91,13 @@ def test_first_time_client_is_plain_coop_and_returning_client_mixes(backbone):
     client.receive({"prompt": g})
     image = torch.nn.functional.normalize(torch.randn(3, backbone.embed_dim), dim=-1)
     local = backbone.logit_scale * image @ client.text_features().t()
-    torch.testing.assert_close(client({"features": image}), local)       # no experts: CoOp logits
+    torch.testing.assert_close(client({"features": image}), local)  # no experts: CoOp logits
     experts = torch.randn(2, 4, backbone.ctx_width) * 0.02
     client.receive({"prompt": g, "experts": experts})
     assert client.expert_text.shape == (2, len(CLASSES), backbone.embed_dim)
     mixed = client({"features": image})
     assert mixed.shape == (3, len(CLASSES)) and not torch.allclose(mixed, local)
-    assert set(client.upload()) == {"prompt"}              # the gating never leaves the client
+    assert set(client.upload()) == {"prompt"}  # the gating never leaves the client
 
 
 def test_gating_gets_gradient_only_with_experts(backbone):
@@ -123,7 +128,7 @@ def test_client_state_is_restored_exactly_and_gating_init_depends_on_client(back
     client.prepare_eval({"prompt": torch.zeros(4, backbone.ctx_width)})
     client.begin_eval()
     torch.testing.assert_close(client({"features": image}), before)
-    client.load_client(0, None)                            # fresh state is a pure function of (seed, id)
+    client.load_client(0, None)  # fresh state is a pure function of (seed, id)
     torch.testing.assert_close(client.gating.q_proj.weight, saved["params"]["gating.q_proj.weight"])
 
 
@@ -149,11 +154,11 @@ def test_local_init_where_a_returning_client_starts(backbone, local_init):
     client = client_for(backbone, cfg)
     client.load_client(0, None)
     g = torch.randn(4, backbone.ctx_width)
-    client.receive({"prompt": g})                                   # first time: no experts
+    client.receive({"prompt": g})  # first time: no experts
     assert torch.equal(client.ctx.detach(), g)
     own = torch.randn(4, backbone.ctx_width)
     client.ctx.data.copy_(own)
     experts = torch.randn(1, 4, backbone.ctx_width)
-    client.receive({"prompt": g, "experts": experts})               # returning
+    client.receive({"prompt": g, "experts": experts})  # returning
     assert torch.equal(client.ctx.detach(), g if local_init == "global" else own)
     assert torch.equal(client.experts, experts)

@@ -1,4 +1,5 @@
 """PLOT (spec-new-methods B5): its reductions and its transport, on the tiny model's patch tokens."""
+
 from __future__ import annotations
 
 import torch

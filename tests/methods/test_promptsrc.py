@@ -1,6 +1,7 @@
 """PromptSRC (spec-new-methods B4) on the tiny ViT: its reduction to IVLP, the frozen teacher, the
 self-regulating terms, and the server's Gaussian prompt aggregation (evaluation state only, never
 a client's download), including the regression against FLiP's shrinking partial sum."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,8 +51,9 @@ def test_each_term_is_zero_at_the_frozen_model_and_positive_away_from_it(world):
         only = {**OFF, term: 1.0}
         assert tiny_client(world, "promptsrc", batch_size=4, **SMALL, **only).training_step(b) > ce
     # the logits term: 0 when the student's logits are the teacher's (text-only, text = teacher)
-    text_only = tiny_client(world, "promptsrc", batch_size=4, **{**SMALL, "vision_depth": 0},
-                            **{**OFF, "logit_weight": 1.0})
+    text_only = tiny_client(
+        world, "promptsrc", batch_size=4, **{**SMALL, "vision_depth": 0}, **{**OFF, "logit_weight": 1.0}
+    )
     text_only.text_features = lambda: text_only.teacher
     at_teacher = F.cross_entropy(text_only.logits(b, text_only.teacher), b["label"])
     assert torch.allclose(text_only.training_step(b), at_teacher, atol=1e-6)
@@ -134,8 +136,15 @@ def test_runs_a_round_in_a_federation(world, tmp_path, depth):
     run = RunContext(0, data.num_clients, TrainArgs(local_epochs=1, batch_size=8), False)
     module = method.build_client(backbone, names, run)
     srv = method.build_server(module.global_init(), run)
-    fed = Federation(method, module, srv, ClientStore(tmp_path), data,
-                     Schedule(0, data.num_clients, 1.0, 1, 8, rounds=1), default_fabric())
+    fed = Federation(
+        method,
+        module,
+        srv,
+        ClientStore(tmp_path),
+        data,
+        Schedule(0, data.num_clients, 1.0, 1, 8, rounds=1),
+        default_fabric(),
+    )
     record = fed.run_round(1, progress=False)
     assert record["mean_acc"] >= 0 and srv.gpa_total > 0
     assert all(torch.equal(srv.eval_payload(0)[k], v) for k, v in srv.global_state.items())  # one round

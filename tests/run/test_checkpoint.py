@@ -1,5 +1,6 @@
 """Every checkpoint and results.json name the code that wrote them; a resume across a code change
 says so and still resumes."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,23 @@ SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 
 def fit(run_dir: Path, rounds: int) -> int:
-    return main(["fit", "--config", str(SMOKE), "--fed.rounds", str(rounds), "--run_dir", str(run_dir),
-                 "--data.feature_cache", str(run_dir.parent / "cache"), "--progress", "false",
-                 "--fabric.threads", "1"])
+    return main(
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            "--fed.rounds",
+            str(rounds),
+            "--run_dir",
+            str(run_dir),
+            "--data.feature_cache",
+            str(run_dir.parent / "cache"),
+            "--progress",
+            "false",
+            "--fabric.threads",
+            "1",
+        ]
+    )
 
 
 def test_checkpoints_and_results_record_the_code_version(tmp_path, capsys):

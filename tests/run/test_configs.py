@@ -1,5 +1,6 @@
 """Every shipped config parses and passes validation (paper configs need real weights and data
 to run, so CI checks only this); bad keys and types are rejected by the parser."""
+
 import functools
 from pathlib import Path
 
@@ -10,16 +11,25 @@ from fedmoap.run.cli import parse_fit
 from fedmoap.errors import FedmoapError
 from fedmoap.run.fit import validate
 
-CONFIGS = sorted(p for p in Path(__file__).parents[2].joinpath("configs").rglob("*.yaml")
-                 if "studies" not in p.parts)  # studies are not fit configs (tests/run/test_studies.py)
+CONFIGS = sorted(
+    p for p in Path(__file__).parents[2].joinpath("configs").rglob("*.yaml") if "studies" not in p.parts
+)  # studies are not fit configs (tests/run/test_studies.py)
 
 
 def test_configs_exist():
     names = {p.stem for p in CONFIGS}
     assert "smoke" in names
-    assert {"table1_flowers102", "table1_oxford_pets", "table1_food101", "table1_caltech101",
-            "table1_dtd", "table3_cifar10", "table3_cifar100", "table2_domainnet",
-            "table4_office_caltech10"} <= names
+    assert {
+        "table1_flowers102",
+        "table1_oxford_pets",
+        "table1_food101",
+        "table1_caltech101",
+        "table1_dtd",
+        "table3_cifar10",
+        "table3_cifar100",
+        "table2_domainnet",
+        "table4_office_caltech10",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -37,13 +47,11 @@ def test_paper_settings():
 
 
 def test_dotted_override_wins_over_config():
-    cfg, run_dir, _ = parse_fit(["fit", "--config", "configs/smoke.yaml", "--fed.rounds", "7",
-                                 "--run_dir", "x"])
+    cfg, run_dir, _ = parse_fit(["fit", "--config", "configs/smoke.yaml", "--fed.rounds", "7", "--run_dir", "x"])
     assert cfg.fed.rounds == 7 and run_dir == "x"
 
 
-@pytest.mark.parametrize("args", [["--fed.roundz", "3"], ["--fed.rounds", "abc"],
-                                  ["--method", "fedsomething"]])
+@pytest.mark.parametrize("args", [["--fed.roundz", "3"], ["--fed.rounds", "abc"], ["--method", "fedsomething"]])
 def test_bad_arguments_raise_one_clear_error(args):
     with pytest.raises(FedmoapError) as exc:
         parse_fit(["fit", "--config", "configs/smoke.yaml", *args])
@@ -59,8 +67,17 @@ NINE = sorted(PAPER_DIR.glob("table*.yaml"))
 
 @pytest.mark.parametrize("table", NINE, ids=lambda p: p.stem)
 def test_pfeddc_on_every_table_with_vit_b16(table):
-    cfg, _, _ = parse_fit(["fit", "--config", str(table), "--config", str(PAPER_DIR / "methods" / "pfeddc.yaml"),
-                           "--config", str(PAPER_DIR / "models" / "vit_b16.yaml")])
+    cfg, _, _ = parse_fit(
+        [
+            "fit",
+            "--config",
+            str(table),
+            "--config",
+            str(PAPER_DIR / "methods" / "pfeddc.yaml"),
+            "--config",
+            str(PAPER_DIR / "models" / "vit_b16.yaml"),
+        ]
+    )
     validate(cfg)
     alone, _, _ = parse_fit(["fit", "--config", str(table)])
     assert cfg.method.name == "pfeddc" and (cfg.method.n_ctx, cfg.method.vision_tokens) == (16, 8)
@@ -71,14 +88,29 @@ def test_pfeddc_on_every_table_with_vit_b16(table):
 
 @pytest.mark.parametrize("method", ["pepfedpt", "fedavg_vpt", "local_vpt"])
 def test_pepfedpt_settings(method):
-    for name, expected in (("cifar100", (100, 0.05, 60, "label_uniform", 10, 40)),
-                           ("domainnet", (6, 1.0, 40, "domain_dirichlet", None, 50))):
-        cfg, _, _ = parse_fit(["fit", "--config", str(PAPER_DIR / "pepfedpt" / f"{name}.yaml"),
-                               "--config", str(PAPER_DIR / "methods" / f"{method}.yaml")])
+    for name, expected in (
+        ("cifar100", (100, 0.05, 60, "label_uniform", 10, 40)),
+        ("domainnet", (6, 1.0, 40, "domain_dirichlet", None, 50)),
+    ):
+        cfg, _, _ = parse_fit(
+            [
+                "fit",
+                "--config",
+                str(PAPER_DIR / "pepfedpt" / f"{name}.yaml"),
+                "--config",
+                str(PAPER_DIR / "methods" / f"{method}.yaml"),
+            ]
+        )
         validate(cfg)
         d = cfg.data
-        assert (d.num_clients, cfg.fed.participation, cfg.fed.rounds, d.partition, d.classes_per_client,
-                cfg.train.batch_size) == expected
+        assert (
+            d.num_clients,
+            cfg.fed.participation,
+            cfg.fed.rounds,
+            d.partition,
+            d.classes_per_client,
+            cfg.train.batch_size,
+        ) == expected
         assert cfg.method.name == method and cfg.method.shared_tokens == 10
         assert (cfg.train.lr, cfg.train.weight_decay, cfg.model.arch) == (0.01, 1e-5, "ViT-B-16")
 
@@ -91,8 +123,19 @@ def test_every_table_method_has_a_paper_config():
     from fedmoap.methods import registry
 
     named = {yaml.safe_load(p.read_text())["method"]["class_path"] for p in METHOD_CONFIGS}
-    table_methods = {"zeroshot", "coop", "promptfl", "promptfl_ft", "fedprox", "fedper", "fedamp",
-                     "pfedprompt", "fedotp", "fedpgp", "pfedmoap"}
+    table_methods = {
+        "zeroshot",
+        "coop",
+        "promptfl",
+        "promptfl_ft",
+        "fedprox",
+        "fedper",
+        "fedamp",
+        "pfedprompt",
+        "fedotp",
+        "fedpgp",
+        "pfedmoap",
+    }
     assert table_methods <= named <= set(registry())
 
 

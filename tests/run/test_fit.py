@@ -6,6 +6,7 @@ Runs are shared through module-scoped fixtures and made in-process with ``fedmoa
 where possible (one Python import instead of one per run); a subprocess is used where a real
 process matters (exit code, stderr, being killed). Every run uses a temporary feature cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,20 @@ def runs_root(tmp_path_factory) -> Path:
 def fit_args(run_dir: Path, cache: Path, *extra: str, config: Path = SMOKE) -> list[str]:
     # One torch thread everywhere: runs compared bit for bit must reduce in the same order, and an
     # earlier in-process test may have changed this process's thread count.
-    return ["fit", "--config", str(config), "--fabric.threads", "1", *extra, "--run_dir", str(run_dir),
-            "--data.feature_cache", str(cache), "--progress", "false"]
+    return [
+        "fit",
+        "--config",
+        str(config),
+        "--fabric.threads",
+        "1",
+        *extra,
+        "--run_dir",
+        str(run_dir),
+        "--data.feature_cache",
+        str(cache),
+        "--progress",
+        "false",
+    ]
 
 
 def fit_in_process(run_dir: Path, cache: Path, *extra: str) -> dict:
@@ -136,8 +149,12 @@ def assert_same_final_checkpoint(run_dir: Path, reference: Path) -> None:
 def layout(run_dir: Path) -> list[str]:
     """Every path under ``run_dir``, TensorBoard event files by kind (their names hold a time
     and a pid, and a resumed run writes one more)."""
-    return sorted({re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*", str(p.relative_to(run_dir)))
-                   for p in run_dir.rglob("*")})
+    return sorted(
+        {
+            re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents.*", str(p.relative_to(run_dir)))
+            for p in run_dir.rglob("*")
+        }
+    )
 
 
 def copy_run(src: Path, dst: Path) -> Path:
@@ -295,8 +312,9 @@ def test_resume_after_sigkill(run3, runs_root, cache_dir, tmp_path, trained_roun
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    assert first.exists() or proc.returncode == -signal.SIGKILL, \
+    assert first.exists() or proc.returncode == -signal.SIGKILL, (
         f"the run failed before round 1: {(tmp_path / 'err.txt').read_text()}"
+    )
     assert proc.returncode in (0, -signal.SIGKILL), (tmp_path / "err.txt").read_text()
     # If the kill came late (round 3 done, or the run finished), roll back to round 2 as a kill
     # one round earlier would have left it, so that the resume below always trains.
@@ -390,7 +408,7 @@ def test_bad_input_fails_cleanly(bad_runs, case):
     assert "Traceback" not in err, err
     errors = ERROR_LINE.findall(err)
     assert len(errors) == 1, f"expected one error message, got {len(errors)}:\n{err}"
-    message = err[ERROR_LINE.search(err).start():]
+    message = err[ERROR_LINE.search(err).start() :]
     for word in words:
         assert word in message, f"the error does not name {word!r}: {message}"
     if before is None:
@@ -406,12 +424,12 @@ def test_bad_input_fails_cleanly(bad_runs, case):
 def method_runs(runs_root, cache_dir) -> dict[str, dict]:
     out = {}
     for method in ("zeroshot", "coop"):
-        out[method] = fit_in_process(runs_root / f"m_{method}", cache_dir, "--method", method,
-                                     "--fed.rounds", "1")
+        out[method] = fit_in_process(runs_root / f"m_{method}", cache_dir, "--method", method, "--fed.rounds", "1")
     # the federated methods: 2 rounds, everyone participates (so round 2 has returning clients)
     for method in ("promptfl", "pfedmoap"):
-        out[method] = fit_in_process(runs_root / f"m_{method}", cache_dir, "--method", method,
-                                     "--fed.rounds", "2", "--fed.participation", "1.0")
+        out[method] = fit_in_process(
+            runs_root / f"m_{method}", cache_dir, "--method", method, "--fed.rounds", "2", "--fed.participation", "1.0"
+        )
     return out
 
 
@@ -454,11 +472,20 @@ def test_split_file_reused_by_another_method(run3, runs_root, cache_dir):
     d = runs_root / "split_reuse"
     # another method and another partition (iid, not dirichlet): only the split file can make
     # the splits equal. (Same seed, so the same random towers and cached features.)
-    fit_in_process(d, cache_dir, "--method", "promptfl", "--data.partition", "iid",
-                   "--fed.rounds", "1", "--data.split_file", str(run3 / "split.json"))
+    fit_in_process(
+        d,
+        cache_dir,
+        "--method",
+        "promptfl",
+        "--data.partition",
+        "iid",
+        "--fed.rounds",
+        "1",
+        "--data.split_file",
+        str(run3 / "split.json"),
+    )
     mine, theirs = json.loads((d / "split.json").read_text()), json.loads((run3 / "split.json").read_text())
-    assert [(c["train"], c["test"]) for c in mine["clients"]] == \
-           [(c["train"], c["test"]) for c in theirs["clients"]]
+    assert [(c["train"], c["test"]) for c in mine["clients"]] == [(c["train"], c["test"]) for c in theirs["clients"]]
     assert (d / "split.json").read_bytes() == (run3 / "split.json").read_bytes()
     # the test-set sizes reported follow the reused split
     sizes = {str(c["id"]): len(c["test"]) for c in theirs["clients"]}
@@ -467,10 +494,19 @@ def test_split_file_reused_by_another_method(run3, runs_root, cache_dir):
 
 def test_eval_every_skips_rounds_but_not_the_last(method_runs, runs_root, cache_dir):
     d = runs_root / "eval_every"
-    res = fit_in_process(d, cache_dir, "--method", "promptfl", "--fed.rounds", "3",
-                         "--fed.participation", "1.0", "--fed.eval_every", "2")
-    full = fit_in_process(runs_root / "eval_every_full", cache_dir, "--method", "promptfl",
-                          "--fed.rounds", "3", "--fed.participation", "1.0")
+    res = fit_in_process(
+        d, cache_dir, "--method", "promptfl", "--fed.rounds", "3", "--fed.participation", "1.0", "--fed.eval_every", "2"
+    )
+    full = fit_in_process(
+        runs_root / "eval_every_full",
+        cache_dir,
+        "--method",
+        "promptfl",
+        "--fed.rounds",
+        "3",
+        "--fed.participation",
+        "1.0",
+    )
     assert [r.get("evaluated", True) for r in res["rounds"]] == [False, True, True]
     assert "clients" not in res["rounds"][0]
     for r in (1, 2):  # evaluation does not change training: the same numbers as evaluating always
@@ -566,8 +602,9 @@ def test_rerun_after_a_kill_before_the_hparams_writes_them(run3, runs_root, cach
     assert acc.Scalars("summary/final_mean_acc")[0].value == pytest.approx(final, rel=1e-6)
 
 
-def test_full_disk_at_a_checkpoint_says_where_and_resumes_identically(run3, runs_root, cache_dir, monkeypatch,
-                                                                      capsys, trained_rounds):
+def test_full_disk_at_a_checkpoint_says_where_and_resumes_identically(
+    run3, runs_root, cache_dir, monkeypatch, capsys, trained_rounds
+):
     """ENOSPC while writing round 2's checkpoint (injected at the one OS-level write of the
     atomic writer): one line naming the file and the resume point; after that, the same command
     resumes to the uninterrupted result."""
@@ -589,8 +626,11 @@ def test_full_disk_at_a_checkpoint_says_where_and_resumes_identically(run3, runs
     assert main(fit_args(d, cache_dir)) == 2
     lines = fedmoap_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith("fedmoap: error: no space left"), lines
-    for words in (str(d / "checkpoints" / "round_0002.pt"), "round 1's checkpoint is the resume point",
-                  "rerun the same command"):
+    for words in (
+        str(d / "checkpoints" / "round_0002.pt"),
+        "round 1's checkpoint is the resume point",
+        "rerun the same command",
+    ):
         assert words in lines[0], lines[0]
     assert [p.name for p in checkpoints(d)] == ["round_0001.pt"] and not temporaries(d)
     monkeypatch.setattr(fio, "_write_fd", real)
@@ -601,8 +641,9 @@ def test_full_disk_at_a_checkpoint_says_where_and_resumes_identically(run3, runs
     assert_same_final_checkpoint(d, run3)
 
 
-def test_second_fit_on_a_locked_run_dir_is_refused_naming_the_holder(run3, base2, runs_root, cache_dir,
-                                                                      capsys, monkeypatch):
+def test_second_fit_on_a_locked_run_dir_is_refused_naming_the_holder(
+    run3, base2, runs_root, cache_dir, capsys, monkeypatch
+):
     """While another process holds the run directory's lock, fit refuses in one line naming it
     and changes nothing; a kill -9 of the holder frees the lock; fit holds it while it trains."""
     import fcntl
@@ -613,9 +654,16 @@ def test_second_fit_on_a_locked_run_dir_is_refused_naming_the_holder(run3, base2
 
     d = copy_run(base2, runs_root / "locked")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from fedmoap.run.rundir import RunLock; "
-         "lock = RunLock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); time.sleep(600)", str(d)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from fedmoap.run.rundir import RunLock; "
+            "lock = RunLock(Path(sys.argv[1])); lock.acquire(); print('held', flush=True); time.sleep(600)",
+            str(d),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = snapshot(d)
@@ -649,8 +697,13 @@ def test_ctrl_c_says_where_exits_130_and_resumes_identically(run3, runs_root, ca
     from fedmoap.preemption import EXIT_INTERRUPTED
 
     d = runs_root / "ctrl_c"
-    proc = subprocess.Popen(fit_subprocess_cmd(d, cache_dir, "--fed.rounds", "25"), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        fit_subprocess_cmd(d, cache_dir, "--fed.rounds", "25"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not (d / "checkpoints" / "round_0001.pt").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "no round_0001.pt after 300 s"
@@ -683,8 +736,12 @@ def test_read_only_file_systems(base2, runs_root, cache_dir, tmp_path):
     probe = tmp_path / "probe"
     probe.mkdir()
     try:
-        ok = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {probe} {probe}"],
-                            capture_output=True).returncode == 0
+        ok = (
+            subprocess.run(
+                ["unshare", "-m", "sh", "-c", f"mount --bind -o ro {probe} {probe}"], capture_output=True
+            ).returncode
+            == 0
+        )
     except OSError:
         ok = False
     if not ok:
@@ -692,13 +749,17 @@ def test_read_only_file_systems(base2, runs_root, cache_dir, tmp_path):
     d = copy_run(base2, runs_root / "read_only")
     before = snapshot(d)
     fresh = runs_root / "on_a_read_only_cache"
-    code = ("import sys; from fedmoap.run.cli import main; "
-            f"print('RC', main({fit_args(d, cache_dir, '--fed.rounds', '3')!r}), "
-            f"main({fit_args(fresh, cache_dir, '--fed.rounds', '1')!r}))")
-    script = (f"mount --bind -o ro {d} {d} && mount --bind -o ro {cache_dir} {cache_dir} && "
-              f"exec {sys.executable} -c \"{code}\"")
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=300)
+    code = (
+        "import sys; from fedmoap.run.cli import main; "
+        f"print('RC', main({fit_args(d, cache_dir, '--fed.rounds', '3')!r}), "
+        f"main({fit_args(fresh, cache_dir, '--fed.rounds', '1')!r}))"
+    )
+    script = (
+        f'mount --bind -o ro {d} {d} && mount --bind -o ro {cache_dir} {cache_dir} && exec {sys.executable} -c "{code}"'
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert "RC 2 0" in proc.stdout, proc.stdout + proc.stderr
     lines = fedmoap_lines(proc.stderr)
     assert len(lines) == 1 and str(d) in lines[0] and "read-only" in lines[0], proc.stderr
@@ -715,8 +776,9 @@ def test_results_are_strict_json_and_a_client_without_test_data_is_refused(tmp_p
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b", "c", "d"])})
     train = {"image": [PIXEL] * 8, "label": [0, 1, 2, 3] * 2}
     test = {"image": [PIXEL] * 4, "label": [0, 0, 1, 1]}  # classes 2 and 3 have no test images
-    args = DataArgs(source=saved_dataset(tmp_path / "d", train, test, features), num_clients=2,
-                    partition="pathological", shots=None)
+    args = DataArgs(
+        source=saved_dataset(tmp_path / "d", train, test, features), num_clients=2, partition="pathological", shots=None
+    )
     source = load_source(args)
     with pytest.raises(FedmoapError, match="no test samples"):
         for seed in range(20):  # some seed gives one client classes {2, 3}
@@ -757,14 +819,26 @@ def test_resuming_with_other_weights_is_refused(tmp_path, capsys):
     args = ["--model.pretrained", str(weights), "--fed.rounds"]
     smoke_fit(tmp_path, *args, "1")
     torch.save(OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=5).model.state_dict(), weights)
-    rc = main(["fit", "--config", str(SMOKE), *args, "2", "--run_dir", str(tmp_path / "run"),
-               "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false"])
+    rc = main(
+        [
+            "fit",
+            "--config",
+            str(SMOKE),
+            *args,
+            "2",
+            "--run_dir",
+            str(tmp_path / "run"),
+            "--data.feature_cache",
+            str(tmp_path / "cache"),
+            "--progress",
+            "false",
+        ]
+    )
     assert rc == 2 and "other backbone weights" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("method", ["pfedmoap", "fedvpt"])
 def test_smoke_config_runs_on_cuda(tmp_path, method):
-    results = smoke_fit(tmp_path, "--method", method, "--fed.rounds", "2", "--fabric.accelerator", "gpu",
-                  run=method)
+    results = smoke_fit(tmp_path, "--method", method, "--fed.rounds", "2", "--fabric.accelerator", "gpu", run=method)
     assert all(math.isfinite(r["mean_acc"]) for r in results["rounds"])

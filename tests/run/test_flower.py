@@ -3,6 +3,7 @@ numbers ``fedmoap fit`` gives on the same config and seed, bit for bit; no messa
 client's private state; bad input is one line and exit 2.
 
 flwr is in the ``test`` extra: without it these tests fail (they do not skip)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ from fedmoap.run.flower.messages import from_record
 from fedmoap.run.flower.run import simulate
 
 REPO = Path(__file__).resolve().parents[2]
-SMOKE = ["--config", str(REPO / "configs" / "smoke.yaml"), "--fed.rounds", "2", "--fabric.threads", "1",
-         "--progress", "false"]
+SMOKE = [
+    "--config",
+    str(REPO / "configs" / "smoke.yaml"),
+    "--fed.rounds",
+    "2",
+    "--fabric.threads",
+    "1",
+    "--progress",
+    "false",
+]
 DP = ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.noise_multiplier", "1.0"]
 TIMING = ("seconds", "setup_s", "round_s")
 NUMBERS = {"round", "client", "noise-multiplier", "num-examples", "dp-norms", "correct", "total", "partition-id"}
@@ -42,8 +51,10 @@ def last_checkpoint(run_dir: Path) -> dict:
 
 def fit_clients(run_dir: Path) -> dict[int, dict]:
     index = last_checkpoint(run_dir)["store"]["index"]
-    return {int(c): torch.load(run_dir / "clients" / str(c) / f"round_{int(t):04d}.pt", weights_only=True)
-            for c, t in index.items()}
+    return {
+        int(c): torch.load(run_dir / "clients" / str(c) / f"round_{int(t):04d}.pt", weights_only=True)
+        for c, t in index.items()
+    }
 
 
 def node_clients(run_dir: Path) -> dict[int, dict]:
@@ -101,9 +112,11 @@ def assert_same_run(fit_dir: Path, flower_dir: Path) -> None:
 RECORD_SGD = ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"]
 
 
-@pytest.mark.parametrize("method, extra", [("promptfl", []), ("coop", []), ("fedotp", []),
-                                           ("promptfl", RECORD_SGD), ("pepfedpt", [])],
-                         ids=["promptfl", "coop", "fedotp", "dp-sgd", "statistics"])
+@pytest.mark.parametrize(
+    "method, extra",
+    [("promptfl", []), ("coop", []), ("fedotp", []), ("promptfl", RECORD_SGD), ("pepfedpt", [])],
+    ids=["promptfl", "coop", "fedotp", "dp-sgd", "statistics"],
+)
 def test_flower_simulation_gives_fits_numbers(method, extra, tmp_path, cache):
     """(pFedMoAP with client-level DP: the message-inspection test below. PEP-FedPT: a
     seed-method, whose clients send statistics in a set-up pass and after every round.)"""
@@ -119,8 +132,9 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
     seen: list[tuple[str, str, dict]] = []
 
     def watch(direction, message):
-        seen.append((direction, message.metadata.message_type,
-                     {name: record for name, record in message.content.items()}))
+        seen.append(
+            (direction, message.metadata.message_type, {name: record for name, record in message.content.items()})
+        )
 
     fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", "pfedmoap", *DP], watch)
     assert_same_run(fit_dir, flower_dir)
@@ -130,8 +144,12 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
     assert any("gating" in n for s in clients.values() for n in s["params"])
     assert len(private) > 10
     kinds = {(d, k) for d, k, _ in seen}
-    assert {("out", MessageType.TRAIN), ("in", MessageType.TRAIN), ("out", MessageType.EVALUATE),
-            ("in", MessageType.EVALUATE)} <= kinds
+    assert {
+        ("out", MessageType.TRAIN),
+        ("in", MessageType.TRAIN),
+        ("out", MessageType.EVALUATE),
+        ("in", MessageType.EVALUATE),
+    } <= kinds
     keys = set()
     for direction, kind, records in seen:
         for name, record in records.items():
@@ -147,14 +165,17 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
     assert ups and all(set(from_record(u)) == {"prompt"} for u in ups)
 
 
-@pytest.mark.parametrize("args, culprit", [
-    (["--eval.modes", "[local,unseen_clients]"], "eval.modes unseen_clients"),
-    (["--eval.modes", "[local,global]"], "eval.modes global"),
-    (["--fabric.devices", "2"], "fabric.devices 2"),
-    (["--num_cpus", "0"], "--num_cpus"),
-    (["--write_only"], "--write_only needs --app"),
-    (["--dp.mode", "client_upload"], "dp.clip"),
-])
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--eval.modes", "[local,unseen_clients]"], "eval.modes unseen_clients"),
+        (["--eval.modes", "[local,global]"], "eval.modes global"),
+        (["--fabric.devices", "2"], "fabric.devices 2"),
+        (["--num_cpus", "0"], "--num_cpus"),
+        (["--write_only"], "--write_only needs --app"),
+        (["--dp.mode", "client_upload"], "dp.clip"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, culprit, tmp_path, capsys):
     assert main(["flower", *SMOKE, *args, "--run_dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
@@ -175,11 +196,29 @@ def test_the_written_flower_app_names_the_apps_and_the_run(tmp_path):
     import tomllib
 
     app = tmp_path / "app"
-    assert main(["flower", *SMOKE, "--method", "coop", "--run_dir", str(tmp_path / "run"), "--app", str(app),
-                 "--write_only", "--client_cpus", "2"]) == 0
+    assert (
+        main(
+            [
+                "flower",
+                *SMOKE,
+                "--method",
+                "coop",
+                "--run_dir",
+                str(tmp_path / "run"),
+                "--app",
+                str(app),
+                "--write_only",
+                "--client_cpus",
+                "2",
+            ]
+        )
+        == 0
+    )
     conf = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]
-    assert conf["app"]["components"] == {"serverapp": "fedmoap.run.flower.app:SERVER_APP",
-                                         "clientapp": "fedmoap.run.flower.app:CLIENT_APP"}
+    assert conf["app"]["components"] == {
+        "serverapp": "fedmoap.run.flower.app:SERVER_APP",
+        "clientapp": "fedmoap.run.flower.app:CLIENT_APP",
+    }
     args = json.loads(conf["app"]["config"]["fedmoap-args"])
     assert args[args.index("--run_dir") + 1] == str((tmp_path / "run").resolve())
     links = tomllib.loads((app / "flwr-home" / "config.toml").read_text())["superlink"]
@@ -192,10 +231,17 @@ def test_tensors_cross_bit_for_bit_in_every_dtype_and_order():
     from fedmoap.run.flower.messages import to_record
 
     gen = torch.Generator().manual_seed(0)
-    sent = {"z.last": torch.randn(3, 4, generator=gen), "a": torch.randn(5, generator=gen).bfloat16(),
-            "h": torch.randn(2, 2, generator=gen).half(), "d": torch.randn(7, generator=gen, dtype=torch.float64),
-            "i": torch.arange(6).reshape(2, 3), "b": torch.tensor([True, False]), "empty": torch.zeros(0, 4),
-            "scalar": torch.tensor(2.5), "view": torch.randn(4, 6, generator=gen)[:, ::2]}
+    sent = {
+        "z.last": torch.randn(3, 4, generator=gen),
+        "a": torch.randn(5, generator=gen).bfloat16(),
+        "h": torch.randn(2, 2, generator=gen).half(),
+        "d": torch.randn(7, generator=gen, dtype=torch.float64),
+        "i": torch.arange(6).reshape(2, 3),
+        "b": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
+        "view": torch.randn(4, 6, generator=gen)[:, ::2],
+    }
     got = from_record(to_record(sent))
     assert list(got) == list(sent)
     for k, t in sent.items():

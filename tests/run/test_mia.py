@@ -4,6 +4,7 @@ The memorising target is a linear-head classifier trained alone by each client (
 1 shot, many epochs): on the tiny random towers CoOp cannot fit even its own training images
 (its loss stays near ln 10), so there would be nothing to infer.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,15 +21,35 @@ from fedmoap.run.cli import main
 from fedmoap.data.sources import load_source
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
-TARGET = ["--method", "local_vpt", "--data.shots", "1", "--data.num_clients", "4", "--data.partition", "iid",
-          "--data.max_test_per_client", "20", "--data.num_views", "0", "--fed.rounds", "1",
-          "--train.local_epochs", "100", "--train.lr", "0.1"]
+TARGET = [
+    "--method",
+    "local_vpt",
+    "--data.shots",
+    "1",
+    "--data.num_clients",
+    "4",
+    "--data.partition",
+    "iid",
+    "--data.max_test_per_client",
+    "20",
+    "--data.num_views",
+    "0",
+    "--fed.rounds",
+    "1",
+    "--train.local_epochs",
+    "100",
+    "--train.lr",
+    "0.1",
+]
 MIA = ["--shadows", "2", "--progress", "false"]
 
 
 def tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +60,25 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cache) -> Path:
     run_dir = tmp_path_factory.mktemp("target") / "run"
-    assert main(["fit", "--config", str(SMOKE), *TARGET, "--run_dir", str(run_dir), "--data.feature_cache",
-                 str(cache), "--progress", "false", "--fabric.threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                *TARGET,
+                "--run_dir",
+                str(run_dir),
+                "--data.feature_cache",
+                str(cache),
+                "--progress",
+                "false",
+                "--fabric.threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     return run_dir
 
 
@@ -144,13 +182,16 @@ def no_free_test_images(run: Path, tmp_path: Path) -> list[str]:
     return [str(fake)]
 
 
-@pytest.mark.parametrize("make, culprit", [
-    (lambda run, tmp: [str(tmp)], "config.yaml"),
-    (lambda run, tmp: [str(run), "--shadows", "0"], "--shadows"),
-    (lambda run, tmp: [str(run), "--target", "smallest"], "target"),
-    (unfinished, "unfinished (round 1 of 2)"),
-    (no_free_test_images, "data.max_test_per_client"),
-])
+@pytest.mark.parametrize(
+    "make, culprit",
+    [
+        (lambda run, tmp: [str(tmp)], "config.yaml"),
+        (lambda run, tmp: [str(run), "--shadows", "0"], "--shadows"),
+        (lambda run, tmp: [str(run), "--target", "smallest"], "target"),
+        (unfinished, "unfinished (round 1 of 2)"),
+        (no_free_test_images, "data.max_test_per_client"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path, capsys, make, culprit):
     argv = make(run, tmp_path)
     before = {p: tree(Path(p)) for p in [str(run), *argv[:1]]}

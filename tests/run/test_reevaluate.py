@@ -1,4 +1,5 @@
 """``fedmoap eval RUN_DIR``: a finished run evaluated again, rebuilt by the one builder."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,15 +15,36 @@ SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 def fit(tmp_path: Path, *args: str) -> Path:
     run_dir = tmp_path / "run"
-    assert main(["fit", "--config", str(SMOKE), "--fed.rounds", "2", "--run_dir", str(run_dir),
-                 "--data.feature_cache", str(tmp_path / "cache"), "--progress", "false",
-                 "--fabric.threads", "1", *args]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(SMOKE),
+                "--fed.rounds",
+                "2",
+                "--run_dir",
+                str(run_dir),
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+                "--progress",
+                "false",
+                "--fabric.threads",
+                "1",
+                *args,
+            ]
+        )
+        == 0
+    )
     return run_dir
 
 
 def tree(run_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +73,15 @@ def test_eval_adds_an_evaluation_mode_and_writes_only_its_file(run):
     assert 0 <= record["global"]["mean_acc"] <= 1 and 0 <= record["neighbor"]["mean_acc"] <= 1
 
 
-@pytest.mark.parametrize("override, culprit", [
-    (["--train.lr", "0.5"], "train.lr"),
-    (["--data.shots", "2"], "data.shots"),
-    (["--eval.modes", "[local,unseen_clients]"], "unseen_clients"),
-    (["--method", "promptfl"], "method"),
-])
+@pytest.mark.parametrize(
+    "override, culprit",
+    [
+        (["--train.lr", "0.5"], "train.lr"),
+        (["--data.shots", "2"], "data.shots"),
+        (["--eval.modes", "[local,unseen_clients]"], "unseen_clients"),
+        (["--method", "promptfl"], "method"),
+    ],
+)
 def test_eval_refuses_what_would_change_training(run, capsys, override, culprit):
     before = tree(run)
     assert main(["eval", str(run), *override]) == 2

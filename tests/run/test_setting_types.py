@@ -1,5 +1,6 @@
 """Every setting's value is checked against its declared type, for every config section and every
 knob of every registered method (so a knob added later is covered without a new check)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,15 +56,13 @@ def test_defaults_pass():
         assert type_problems(RunConfig(method=cls())) == [], cls
 
 
-@pytest.mark.parametrize("key,owner,name,hint", SETTINGS,
-                         ids=[f"{o.__name__}.{n}" for _, o, n, _ in SETTINGS])
+@pytest.mark.parametrize("key,owner,name,hint", SETTINGS, ids=[f"{o.__name__}.{n}" for _, o, n, _ in SETTINGS])
 def test_a_wrong_value_is_refused_naming_its_key(key, owner, name, hint):
     values = wrong_values(hint)
     assert values, f"{key}: no wrong value known for {hint} (extend WRONG)"
     for value in values:
         cfg = RunConfig(method=owner()) if key.startswith("method.") else RunConfig()
-        target = cfg.method if key.startswith("method.") else (
-            getattr(cfg, key.split(".")[0]) if "." in key else cfg)
+        target = cfg.method if key.startswith("method.") else (getattr(cfg, key.split(".")[0]) if "." in key else cfg)
         setattr(target, name, value)
         problems = type_problems(cfg)
         assert len(problems) == 1 and problems[0].startswith(f"{key} must be"), (value, problems)
@@ -71,8 +70,7 @@ def test_a_wrong_value_is_refused_naming_its_key(key, owner, name, hint):
 
 def test_every_float_setting_is_checked_for_finiteness():
     """No float setting declares that infinity is meaningful (``typecheck.NONFINITE``) today."""
-    floats = [(key, owner, name) for key, owner, name, hint in SETTINGS
-              if float in (hint, *typing.get_args(hint))]
+    floats = [(key, owner, name) for key, owner, name, hint in SETTINGS if float in (hint, *typing.get_args(hint))]
     assert len(floats) > 20
     for key, owner, name in floats:
         field = {f.name: f for f in dataclasses.fields(owner)}[name]

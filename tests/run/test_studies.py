@@ -3,6 +3,7 @@ a tiny study runs in this process, shares each (split, seed)'s split between its
 no number against a plain ``fedmoap fit``, resumes without work, and its table is the mean ±
 sample std of the runs' results.json; bad study files are refused in one line before anything is
 written; the SLURM array's lines are ``fedmoap fit`` argument lines."""
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,17 @@ SMOKE = str(REPO / "configs" / "smoke.yaml")
 
 def tiny_study(tmp_path: Path, **changes) -> Path:
     """2 variants x 1 split x 2 seeds of the smoke config, 2 rounds each."""
-    study = {"name": "tiny", "description": "two methods on the smoke config",
-             "base": {"config": SMOKE, "fed.rounds": 2, "fabric.threads": 1,
-                      "data.feature_cache": str(tmp_path / "cache")},
-             "splits": {"dir": {"data.alpha": 0.5}}, "seeds": [0, 1],
-             "variants": {"PromptFL": {"key": "promptfl", "overrides": {"method": "promptfl"}},
-                          "pFedMoAP (smoke knobs)": {"key": "pfedmoap"}}}
+    study = {
+        "name": "tiny",
+        "description": "two methods on the smoke config",
+        "base": {"config": SMOKE, "fed.rounds": 2, "fabric.threads": 1, "data.feature_cache": str(tmp_path / "cache")},
+        "splits": {"dir": {"data.alpha": 0.5}},
+        "seeds": [0, 1],
+        "variants": {
+            "PromptFL": {"key": "promptfl", "overrides": {"method": "promptfl"}},
+            "pFedMoAP (smoke knobs)": {"key": "pfedmoap"},
+        },
+    }
     study.update(changes)
     path = tmp_path / "tiny.yaml"
     path.write_text(json.dumps(study))  # JSON is YAML
@@ -56,9 +62,30 @@ def test_a_study_runs_shares_splits_resumes_and_reports(tmp_path, capsys):
         assert splits[0] == splits[1]
     # one backbone for every fit and a split read from file: the numbers of a plain fit
     alone = tmp_path / "alone"
-    assert main(["fit", "--config", SMOKE, "--fed.rounds", "2", "--fabric.threads", "1", "--data.alpha", "0.5",
-                 "--data.feature_cache", str(tmp_path / "cache"), "--seed", "1", "--run_dir", str(alone),
-                 "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                SMOKE,
+                "--fed.rounds",
+                "2",
+                "--fabric.threads",
+                "1",
+                "--data.alpha",
+                "0.5",
+                "--data.feature_cache",
+                str(tmp_path / "cache"),
+                "--seed",
+                "1",
+                "--run_dir",
+                str(alone),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     assert accs(alone) == accs(out / "dir" / "seed1" / "pfedmoap")
     # a second run does no work
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out}
@@ -94,8 +121,9 @@ def test_the_slurm_array_is_fit_argument_lines(tmp_path, capsys):
         cell = cells.pop(run_dir)
         assert cell.writes_split == (i < 3) and cfg.seed == cell.seed
         # slurm/array.sbatch reads the line with `eval "set -- $LINE"`
-        argv = subprocess.run(["bash", "-c", f'eval "set -- {line}"; printf "%s\\n" "$@"'],
-                              capture_output=True, text=True, check=True).stdout.splitlines()
+        argv = subprocess.run(
+            ["bash", "-c", f'eval "set -- {line}"; printf "%s\\n" "$@"'], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
         assert argv == shlex.split(line)
     assert not cells
 
@@ -103,12 +131,18 @@ def test_the_slurm_array_is_fit_argument_lines(tmp_path, capsys):
 BAD = {  # file changes -> words the one-line error must hold
     "unknown_key": ({"tabel": {}}, ["tiny.yaml", "tabel"]),
     "bad_config_key": ({"splits": {"dir": {"fed.roundz": 3}}}, ["tiny.yaml", "splits.dir", "roundz"]),
-    "bad_value": ({"variants": {"A": {"key": "a", "overrides": {"method": "promptfl", "fed.rounds": "x"}}}},
-                  ["tiny.yaml", "variants.A", "fed.rounds"]),
-    "refused_by_fit": ({"variants": {"A": {"key": "a", "overrides": {"train.lr": -1}}}},
-                       ["tiny.yaml", "variants.A", "lr"]),
-    "unknown_method_knob": ({"variants": {"A": {"key": "a", "overrides": {"method": "promptfl", "method.lam": 0}}}},
-                            ["tiny.yaml", "variants.A", "lam"]),
+    "bad_value": (
+        {"variants": {"A": {"key": "a", "overrides": {"method": "promptfl", "fed.rounds": "x"}}}},
+        ["tiny.yaml", "variants.A", "fed.rounds"],
+    ),
+    "refused_by_fit": (
+        {"variants": {"A": {"key": "a", "overrides": {"train.lr": -1}}}},
+        ["tiny.yaml", "variants.A", "lr"],
+    ),
+    "unknown_method_knob": (
+        {"variants": {"A": {"key": "a", "overrides": {"method": "promptfl", "method.lam": 0}}}},
+        ["tiny.yaml", "variants.A", "lam"],
+    ),
     "variant_without_key": ({"variants": {"A": {"overrides": {}}}}, ["tiny.yaml", "variants.A.key"]),
     "seeds_outside": ({"variants": {"A": {"key": "a", "seeds": [7]}}}, ["tiny.yaml", "variants.A.seeds"]),
     "seed_override": ({"base": {"seed": 3}}, ["tiny.yaml", "base.seed"]),
@@ -138,8 +172,23 @@ def test_set_only_takes_settings_that_keep_the_numbers(tmp_path, capsys):
     path, out = tiny_study(tmp_path), tmp_path / "out"
     assert main(["sweep", "--study", str(path), "--list", "--out", str(out), "--set", "train.lr=0.1"]) == 2
     assert "--set train.lr" in capsys.readouterr().err
-    assert main(["sweep", "--study", str(path), "--list", "--out", str(out), "--set", "fabric.threads=2",
-                 "--only", "pfedmoap"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--study",
+                str(path),
+                "--list",
+                "--out",
+                str(out),
+                "--set",
+                "fabric.threads=2",
+                "--only",
+                "pfedmoap",
+            ]
+        )
+        == 0
+    )
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == 2 and all("--fabric.threads 2" in line and "[new]" in line for line in listed)
     # its split is made by the variant left out, which has not run

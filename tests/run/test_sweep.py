@@ -1,5 +1,6 @@
 """``fedmoap sweep``: knobs go only to the methods that have them (no duplicate runs), every line
 parses, run directories are distinct, bad grid keys are refused."""
+
 import shlex
 from pathlib import Path
 
@@ -22,8 +23,9 @@ def test_knobs_of_one_method_do_not_multiply_the_others(knob):
     assert len(lines) == 2 * 3  # promptfl once, pfedmoap with lam 0 and 0.5, per seed
     parsed = configs(lines)
     methods = sorted((type(c.method).__name__, getattr(c.method, "lam", None), c.seed) for c, _, _ in parsed)
-    assert methods == sorted([("PromptFL", None, s) for s in (0, 1)]
-                             + [("PFedMoAP", lam, s) for lam in (0.0, 0.5) for s in (0, 1)])
+    assert methods == sorted(
+        [("PromptFL", None, s) for s in (0, 1)] + [("PFedMoAP", lam, s) for lam in (0.0, 0.5) for s in (0, 1)]
+    )
     dirs = [run_dir for _, run_dir, _ in parsed]
     assert len(set(dirs)) == len(dirs)
 

@@ -16,6 +16,7 @@ optimizer state) is written to a node-local client store (``node_config["fedmoap
 goes into a message: a train reply carries the (released) upload, the training-set size and,
 under DP, the norms before clipping; an evaluate reply carries (correct, total).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,7 @@ class FlowerTransport(Transport):
     ``watch(direction, message)`` (tests) sees every message sent (``"out"``) and received
     (``"in"``) by the server."""
 
-    def __init__(self, grid: Grid, wait_s: float = 600.0,
-                 watch: Callable[[str, Message], None] | None = None) -> None:
+    def __init__(self, grid: Grid, wait_s: float = 600.0, watch: Callable[[str, Message], None] | None = None) -> None:
         self.grid, self.wait_s, self.watch = grid, wait_s, watch or (lambda d, m: None)
         self.nodes: dict[int, int] = {}
         """client id -> node id, from each node's answer to a query."""
@@ -85,11 +85,12 @@ class FlowerTransport(Transport):
         deadline = time.monotonic() + self.wait_s
         while len(ids := list(self.grid.get_node_ids())) < num_clients:
             if time.monotonic() > deadline:
-                raise FedmoapError(f"{len(ids)} SuperNodes connected, the config has data.num_clients "
-                                   f"{num_clients}: start one SuperNode per client")
+                raise FedmoapError(
+                    f"{len(ids)} SuperNodes connected, the config has data.num_clients "
+                    f"{num_clients}: start one SuperNode per client"
+                )
             time.sleep(1.0)
-        queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY, group_id="0")
-                   for n in ids]
+        queries = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY, group_id="0") for n in ids]
         replies = self._exchange(queries)
         nodes = {int(r.content["client"]["partition-id"]): n for n, r in replies.items()}
         if sorted(nodes) != list(range(num_clients)):
@@ -97,8 +98,9 @@ class FlowerTransport(Transport):
         self.nodes = nodes
         return nodes
 
-    def train(self, federation: Federation, t: int, clients: list[int], progress: bool,
-              stop: Callable[[], bool]) -> Trained:
+    def train(
+        self, federation: Federation, t: int, clients: list[int], progress: bool, stop: Callable[[], bool]
+    ) -> Trained:
         nodes = self.connect(federation.data.num_clients)
         if stop():
             return {}, {}, 0, True
@@ -110,8 +112,7 @@ class FlowerTransport(Transport):
             if privacy is not None:  # the server's noise: the accountant's z
                 config["noise-multiplier"] = float(privacy.noise_multiplier)
             content = RecordDict({"payload": to_record(payload), "config": ConfigRecord(config)})
-            messages.append(Message(content, dst_node_id=nodes[cid], message_type=MessageType.TRAIN,
-                                    group_id=str(t)))
+            messages.append(Message(content, dst_node_id=nodes[cid], message_type=MessageType.TRAIN, group_id=str(t)))
         replies = self._exchange(messages) if messages else {}
         uploads = {}
         for cid in clients:  # the participants' order: the aggregation sums in it
@@ -121,31 +122,58 @@ class FlowerTransport(Transport):
                 privacy.add_norms(cid, [float(x) for x in content["metrics"].get("dp-norms", [])])
         return uploads, {}, bytes_down, False
 
-    def evaluate(self, federation: Federation, clients: list[int], t: int,
-                 progress: bool) -> dict[int, tuple[int, int]]:
+    def evaluate(
+        self, federation: Federation, clients: list[int], t: int, progress: bool
+    ) -> dict[int, tuple[int, int]]:
         nodes = self.connect(federation.data.num_clients)
-        messages = [Message(RecordDict({"payload": to_record(federation.server.eval_payload(cid)),
-                                        "config": ConfigRecord({"round": t, "client": cid})}),
-                            dst_node_id=nodes[cid], message_type=MessageType.EVALUATE, group_id=str(t))
-                    for cid in clients]
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        "payload": to_record(federation.server.eval_payload(cid)),
+                        "config": ConfigRecord({"round": t, "client": cid}),
+                    }
+                ),
+                dst_node_id=nodes[cid],
+                message_type=MessageType.EVALUATE,
+                group_id=str(t),
+            )
+            for cid in clients
+        ]
         replies = self._exchange(messages)
-        return {cid: (int(replies[nodes[cid]].content["metrics"]["correct"]),
-                      int(replies[nodes[cid]].content["metrics"]["total"])) for cid in clients}
+        return {
+            cid: (
+                int(replies[nodes[cid]].content["metrics"]["correct"]),
+                int(replies[nodes[cid]].content["metrics"]["total"]),
+            )
+            for cid in clients
+        }
 
-
-    def statistics(self, federation: Federation, t: int,
-                   clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
+    def statistics(self, federation: Federation, t: int, clients: list[int]) -> tuple[dict[int, dict], dict[int, int]]:
         nodes = self.connect(federation.data.num_clients)
-        messages = [Message(RecordDict({"payload": to_record(federation.server.eval_payload(cid)),
-                                        "config": ConfigRecord({"round": t, "client": cid})}),
-                            dst_node_id=nodes[cid], message_type=STATISTICS, group_id=str(t))
-                    for cid in clients]
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        "payload": to_record(federation.server.eval_payload(cid)),
+                        "config": ConfigRecord({"round": t, "client": cid}),
+                    }
+                ),
+                dst_node_id=nodes[cid],
+                message_type=STATISTICS,
+                group_id=str(t),
+            )
+            for cid in clients
+        ]
         replies = self._exchange(messages) if messages else {}
         return {cid: from_record(replies[nodes[cid]].content["statistics"]) for cid in clients}, {}
 
 
-def server_app(args: list[str] | None = None, watch: Callable[[str, Message], None] | None = None,
-               done: Callable[[dict], None] | None = None) -> ServerApp:
+def server_app(
+    args: list[str] | None = None,
+    watch: Callable[[str, Message], None] | None = None,
+    done: Callable[[dict], None] | None = None,
+) -> ServerApp:
     """The ServerApp of a run: ``args`` are ``fedmoap fit``'s (None: the run config's
     :data:`SETTINGS`); ``watch`` sees every message (tests); ``done`` gets what
     :func:`~fedmoap.run.fit.fit` returns (timings, for benchmarks)."""

@@ -1,5 +1,6 @@
 """What a run on Flower accepts: ``fedmoap fit``'s config, less what needs every client's state
 in one process. Each refusal is one line naming the key or the method."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +14,16 @@ def flower_problems(cfg: RunConfig) -> list[str]:
     out = []
     extra = [m for m in cfg.eval.modes if m != "local"]
     if extra:
-        out.append(f"eval.modes {','.join(extra)}: these evaluations need every client's state in one "
-                   "process; on Flower use eval.modes [local]")
+        out.append(
+            f"eval.modes {','.join(extra)}: these evaluations need every client's state in one "
+            "process; on Flower use eval.modes [local]"
+        )
     f = cfg.fabric
     if str(f.devices) != "1" or f.num_nodes != 1:
-        out.append(f"fabric.devices {f.devices} / fabric.num_nodes {f.num_nodes}: on Flower each SuperNode "
-                   "is one process (set both to 1; give the simulation's clients GPUs instead)")
+        out.append(
+            f"fabric.devices {f.devices} / fabric.num_nodes {f.num_nodes}: on Flower each SuperNode "
+            "is one process (set both to 1; give the simulation's clients GPUs instead)"
+        )
     return out
 
 
@@ -39,6 +44,8 @@ def checked_config(args: list[str], fresh: bool = True) -> tuple[RunConfig, Path
     if problems:
         raise FedmoapError("; ".join(problems))
     if fresh and check_run_dir(Path(run_dir), config_dict(cfg)):
-        raise FedmoapError(f"run_dir {run_dir} holds a run already: a Flower run does not resume (its "
-                           "clients' state lives on the nodes); use a new --run_dir")
+        raise FedmoapError(
+            f"run_dir {run_dir} holds a run already: a Flower run does not resume (its "
+            "clients' state lives on the nodes); use a new --run_dir"
+        )
     return cfg, Path(run_dir)

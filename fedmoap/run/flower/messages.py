@@ -6,6 +6,7 @@ NumPy lacks) comes back identical, in the same key order. Nothing but these tens
 round's numbers (:class:`~flwr.app.ConfigRecord`, :class:`~flwr.app.MetricRecord`) is ever put in
 a message.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,7 @@ def to_record(tensors: dict[str, Tensor]) -> ArrayRecord:
     for key, t in tensors.items():
         t = t.detach().cpu().contiguous()
         data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        record[key] = Array(dtype=str(t.dtype).removeprefix("torch."), shape=tuple(t.shape),
-                            stype=STYPE, data=data)
+        record[key] = Array(dtype=str(t.dtype).removeprefix("torch."), shape=tuple(t.shape), stype=STYPE, data=data)
     return record
 
 
@@ -34,7 +34,10 @@ def from_record(record: ArrayRecord) -> dict[str, Tensor]:
         if array.stype != STYPE:
             raise ValueError(f"array {key!r}: serialisation {array.stype!r}, not fedmoap's")
         dtype = getattr(torch, array.dtype)
-        flat = (torch.frombuffer(bytearray(array.data), dtype=torch.uint8).view(dtype) if array.data
-                else torch.empty(0, dtype=dtype))
+        flat = (
+            torch.frombuffer(bytearray(array.data), dtype=torch.uint8).view(dtype)
+            if array.data
+            else torch.empty(0, dtype=dtype)
+        )
         out[key] = flat.reshape(tuple(array.shape)).clone()
     return out

@@ -12,6 +12,7 @@ through ``flwr.simulation.run_simulation`` on the Ray backend, one SuperNode per
 ``--client_gpus`` per running ClientApp (default 1 / 0); results.json, checkpoints and
 TensorBoard land in ``--run_dir`` as with ``fedmoap fit``.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,9 @@ def absolute(fit_args: list[str]) -> list[str]:
     return out
 
 
-def write_app(app_dir: Path, fit_args: list[str], num_clients: int, client_cpus: float = 1.0,
-              client_gpus: float = 0.0) -> Path:
+def write_app(
+    app_dir: Path, fit_args: list[str], num_clients: int, client_cpus: float = 1.0, client_gpus: float = 0.0
+) -> Path:
     """A Flower App in ``app_dir`` for this run (``pyproject.toml``) and a Flower configuration
     beside it (``flwr-home/config.toml``) with two SuperLink connections: ``fedmoap-simulation``
     (a local Simulation Engine, one SuperNode per client) and ``deployment`` (a SuperLink's
@@ -120,8 +122,14 @@ insecure = true
     return path
 
 
-def simulate(fit_args: list[str], num_cpus: int | None = None, client_cpus: float = 1.0,
-             client_gpus: float = 0.0, watch: Callable | None = None, done: Callable | None = None) -> Path:
+def simulate(
+    fit_args: list[str],
+    num_cpus: int | None = None,
+    client_cpus: float = 1.0,
+    client_gpus: float = 0.0,
+    watch: Callable | None = None,
+    done: Callable | None = None,
+) -> Path:
     """Run ``fedmoap fit``'s arguments in Flower's Simulation Engine (Ray backend), one SuperNode
     per client; returns the run directory. Bad input raises before anything starts. ``watch`` and
     ``done``: :func:`~fedmoap.run.flower.app.server_app`'s."""
@@ -139,8 +147,13 @@ def simulate(fit_args: list[str], num_cpus: int | None = None, client_cpus: floa
     backend = {"client_resources": {"num_cpus": client_cpus, "num_gpus": client_gpus}, "init_args": init}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(server_app(fit_args, watch, done), client_app(fit_args), num_supernodes=cfg.data.num_clients,
-                       backend_name="ray", backend_config=backend)
+        run_simulation(
+            server_app(fit_args, watch, done),
+            client_app(fit_args),
+            num_supernodes=cfg.data.num_clients,
+            backend_name="ray",
+            backend_config=backend,
+        )
     if not (run_dir / "results.json").exists():
         raise FedmoapError(f"the Flower simulation ended without results in {run_dir} (see its log above)")
     return run_dir

@@ -1,5 +1,6 @@
 """The settings of ``fedmoap mia`` and its command-line parser (``--help`` is made from the
 attribute docstrings below)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -8,6 +9,7 @@ from typing import Literal, Optional
 from jsonargparse import ArgumentError, ArgumentParser, set_parsing_settings
 
 from fedmoap.errors import FedmoapError
+
 
 @dataclass
 class MiaArgs:
@@ -50,8 +52,11 @@ def mia_parser() -> ArgumentParser:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     from fedmoap.run import mia
 
-    parser = ArgumentParser(prog="fedmoap mia", description=mia.__doc__.split("\n\n")[0]
-                            .replace("``", "").replace("\n", " "), exit_on_error=False)
+    parser = ArgumentParser(
+        prog="fedmoap mia",
+        description=mia.__doc__.split("\n\n")[0].replace("``", "").replace("\n", " "),
+        exit_on_error=False,
+    )
     parser.add_argument("run_dir", type=str, help="a finished run directory (fedmoap fit's --run_dir)")
     parser.add_class_arguments(MiaArgs)
     return parser

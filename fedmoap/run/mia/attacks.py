@@ -12,6 +12,7 @@ Each attack gives per target sample a hard in/out prediction and a score (higher
 the AUC and the TPR at 1 % FPR. A class without both shadow members and non-members has no attack;
 its target samples are left out of every metric (counted in ``unattacked``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,9 @@ def attack_mlp(num_classes: int, seed: int, k: int) -> nn.Module:
         return nn.Sequential(nn.Linear(num_classes, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 2))
 
 
-def train_mlp(x: Tensor, y: Tensor, seed: int, k: int, epochs: int, lr: float,
-              batch_size: int) -> tuple[nn.Module, int, float]:
+def train_mlp(
+    x: Tensor, y: Tensor, seed: int, k: int, epochs: int, lr: float, batch_size: int
+) -> tuple[nn.Module, int, float]:
     """(the model at its best epoch, that epoch (0-based), its summed training loss): Adam on
     cross-entropy of the sigmoid outputs, batches shuffled by (seed, "mia/mlp-order", k)."""
     model = attack_mlp(x.shape[1], seed, k)
@@ -60,7 +62,7 @@ def train_mlp(x: Tensor, y: Tensor, seed: int, k: int, epochs: int, lr: float,
         order = torch.randperm(len(y), generator=order_gen)
         total = 0.0
         for start in range(0, len(y), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             loss = F.cross_entropy(torch.sigmoid(model(x[idx])), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -73,8 +75,9 @@ def train_mlp(x: Tensor, y: Tensor, seed: int, k: int, epochs: int, lr: float,
     return model, best_epoch, best_loss
 
 
-def mlp_attack(shadow: Records, target: Records, num_classes: int, seed: int, epochs: int, lr: float,
-               batch_size: int) -> Verdict:
+def mlp_attack(
+    shadow: Records, target: Records, num_classes: int, seed: int, epochs: int, lr: float, batch_size: int
+) -> Verdict:
     """One attack MLP per class trained on ``shadow``, applied to ``target``."""
     pred = torch.full((len(target),), -1, dtype=torch.long)
     score = torch.full((len(target),), math.nan, dtype=torch.float64)
@@ -97,8 +100,9 @@ def fit_threshold(loss: Tensor, member: Tensor) -> tuple[float, float]:
     observed losses (or below all of them) that maximises accuracy; the first such on ties."""
     order = torch.argsort(loss, stable=True)
     sorted_loss, m = loss[order], member[order].double()
-    correct = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(m, 0)]) + \
-        torch.cat([(1 - m).sum()[None], (1 - m).sum() - torch.cumsum(1 - m, 0)])
+    correct = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(m, 0)]) + torch.cat(
+        [(1 - m).sum()[None], (1 - m).sum() - torch.cumsum(1 - m, 0)]
+    )
     last_of_run = torch.cat([sorted_loss[1:] != sorted_loss[:-1], torch.ones(1, dtype=torch.bool)])
     valid = torch.cat([torch.ones(1, dtype=torch.bool), last_of_run])  # cut after a run of equal losses
     correct = torch.where(valid, correct, torch.full_like(correct, -1.0))
@@ -131,17 +135,25 @@ def metrics(verdict: Verdict, target: Records, classnames: list[str]) -> dict:
     per_class: dict[str, float | None] = {}
     for k, name in enumerate(classnames):
         sel = ok & (target.label == k)
-        per_class[name] = (float(binary_accuracy(verdict.pred[sel].float(), target.member[sel]))
-                           if sel.any() else None)
+        per_class[name] = float(binary_accuracy(verdict.pred[sel].float(), target.member[sel])) if sel.any() else None
     values = [v for v in per_class.values() if v is not None]
-    out = {"accuracy": sum(values) / len(values) if values else None, "per_class": per_class,
-           "pooled_accuracy": None, "auc": None, "tpr_at_1pct_fpr": None,
-           "attacked": int(ok.sum()), "unattacked": int((~ok).sum())}
+    out = {
+        "accuracy": sum(values) / len(values) if values else None,
+        "per_class": per_class,
+        "pooled_accuracy": None,
+        "auc": None,
+        "tpr_at_1pct_fpr": None,
+        "attacked": int(ok.sum()),
+        "unattacked": int((~ok).sum()),
+    }
     if _both(target.member[ok]):
         score, member = verdict.score[ok], target.member[ok]
         fpr, tpr, _ = binary_roc(score, member)
-        out.update(pooled_accuracy=float(binary_accuracy(verdict.pred[ok].float(), member)),
-                   auc=float(binary_auroc(score, member)), tpr_at_1pct_fpr=float(tpr[fpr <= 0.01].max()))
+        out.update(
+            pooled_accuracy=float(binary_accuracy(verdict.pred[ok].float(), member)),
+            auc=float(binary_auroc(score, member)),
+            tpr_at_1pct_fpr=float(tpr[fpr <= 0.01].max()),
+        )
     return out
 
 

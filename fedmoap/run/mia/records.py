@@ -9,6 +9,7 @@ its label, its row in its split and the client. Members and non-members are bala
 and class by seeded subsampling, so an attack that always answers the same scores 50 %. The
 softmax is over all the run's classes (also under ``eval.local_label_space: own``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,9 @@ class Records:
 
     @staticmethod
     def cat(parts: list["Records"]) -> "Records":
-        return Records(*(torch.cat([getattr(p, k) for p in parts])
-                         for k in ("probs", "member", "label", "row", "client")))
+        return Records(
+            *(torch.cat([getattr(p, k) for p in parts]) for k in ("probs", "member", "label", "row", "client"))
+        )
 
     def losses(self) -> Tensor:
         """(N,) float64 cross-entropy of the true label, from the softmax outputs."""
@@ -88,8 +90,7 @@ def balance(labels_in: Tensor, labels_out: Tensor, rng: np.random.Generator) -> 
     return np.concatenate(keep_in).astype(np.int64), np.concatenate(keep_out).astype(np.int64)
 
 
-def client_records(federation: Federation, split: ClientSplit, cid: int, t: int, seed: int,
-                   tag: str) -> Records:
+def client_records(federation: Federation, split: ClientSplit, cid: int, t: int, seed: int, tag: str) -> Records:
     """Client ``cid``'s balanced records after round ``t``: members from its training rows in
     ``split``, non-members from its test rows; the subsample drawn from (seed, ``tag``, cid)."""
     prepare_client(federation, cid, t)
@@ -98,15 +99,19 @@ def client_records(federation: Federation, split: ClientSplit, cid: int, t: int,
     p_out, y_out = softmax_outputs(federation, federation.data.test_batches(cid, bs))
     rows_in, rows_out = np.asarray(split.train[cid]), np.asarray(split.test[cid])
     if (len(rows_in), len(rows_out)) != (len(y_in), len(y_out)):
-        raise FedmoapError(f"client {cid}: the restored data do not match its split ({len(y_in)} training "
-                           f"and {len(y_out)} test samples; the split lists {len(rows_in)} and {len(rows_out)})")
+        raise FedmoapError(
+            f"client {cid}: the restored data do not match its split ({len(y_in)} training "
+            f"and {len(y_out)} test samples; the split lists {len(rows_in)} and {len(rows_out)})"
+        )
     k_in, k_out = balance(y_in, y_out, numpy_rng(seed, "mia/balance", tag, cid))
     n_in, n_out = len(k_in), len(k_out)
-    return Records(probs=torch.cat([p_in[k_in], p_out[k_out]]),
-                   member=torch.cat([torch.ones(n_in, dtype=torch.long), torch.zeros(n_out, dtype=torch.long)]),
-                   label=torch.cat([y_in[k_in], y_out[k_out]]).long(),
-                   row=torch.from_numpy(np.concatenate([rows_in[k_in], rows_out[k_out]])),
-                   client=torch.full((n_in + n_out,), cid, dtype=torch.long))
+    return Records(
+        probs=torch.cat([p_in[k_in], p_out[k_out]]),
+        member=torch.cat([torch.ones(n_in, dtype=torch.long), torch.zeros(n_out, dtype=torch.long)]),
+        label=torch.cat([y_in[k_in], y_out[k_out]]).long(),
+        row=torch.from_numpy(np.concatenate([rows_in[k_in], rows_out[k_out]])),
+        client=torch.full((n_in + n_out,), cid, dtype=torch.long),
+    )
 
 
 # ----- shadow splits --------------------------------------------------------------------------
@@ -126,12 +131,18 @@ def shadow_pools(split: ClientSplit, groups: tuple[np.ndarray, np.ndarray]) -> t
     federations may use."""
     used_train = np.unique(np.concatenate(split.train))
     used_test = np.unique(np.concatenate(split.test))
-    return (np.setdiff1d(np.arange(len(groups[0])), used_train),
-            np.setdiff1d(np.arange(len(groups[1])), used_test))
+    return (np.setdiff1d(np.arange(len(groups[0])), used_train), np.setdiff1d(np.arange(len(groups[1])), used_test))
 
 
-def shadow_split(split: ClientSplit, train_groups: np.ndarray, test_groups: np.ndarray, seed: int,
-                 index: int, classnames: list[str], domain_names: list[str] | None = None) -> ClientSplit:
+def shadow_split(
+    split: ClientSplit,
+    train_groups: np.ndarray,
+    test_groups: np.ndarray,
+    seed: int,
+    index: int,
+    classnames: list[str],
+    domain_names: list[str] | None = None,
+) -> ClientSplit:
     """Shadow federation ``index``'s split: every client gets as many training and test images of
     each class (and domain) as the target's client of the same id, drawn without replacement
     from :func:`shadow_pools` with the generator (seed, "mia/shadow-split", index). A pool too
@@ -139,25 +150,33 @@ def shadow_split(split: ClientSplit, train_groups: np.ndarray, test_groups: np.n
     pools = shadow_pools(split, (train_groups, test_groups))
     rng = numpy_rng(seed, "mia/shadow-split", index)
     parts: dict[str, list[list[np.ndarray]]] = {}
-    for side, per_client, groups, pool in (("train", split.train, train_groups, pools[0]),
-                                           ("test", split.test, test_groups, pools[1])):
+    for side, per_client, groups, pool in (
+        ("train", split.train, train_groups, pools[0]),
+        ("test", split.test, test_groups, pools[1]),
+    ):
         out: list[list[np.ndarray]] = [[] for _ in per_client]
         for g in np.unique(np.concatenate([groups[np.asarray(r)] for r in per_client])):
             need = [int(np.sum(groups[np.asarray(r)] == g)) for r in per_client]
             have = pool[groups[pool] == g]
             if sum(need) > len(have):
-                what = (f"training images of class {_group_name(g, classnames, domain_names)} that no "
-                        "client trained on" if side == "train" else
-                        f"test images of class {_group_name(g, classnames, domain_names)} outside the "
-                        "clients' test sets")
-                fix = ("fewer data.shots or data.num_clients leave more" if side == "train" else
-                       "a smaller data.max_test_per_client leaves more")
-                raise FedmoapError(f"mia: a shadow federation needs {sum(need)} {what}, the dataset has "
-                                   f"{len(have)} ({fix})")
+                what = (
+                    f"training images of class {_group_name(g, classnames, domain_names)} that no client trained on"
+                    if side == "train"
+                    else f"test images of class {_group_name(g, classnames, domain_names)} outside the "
+                    "clients' test sets"
+                )
+                fix = (
+                    "fewer data.shots or data.num_clients leave more"
+                    if side == "train"
+                    else "a smaller data.max_test_per_client leaves more"
+                )
+                raise FedmoapError(
+                    f"mia: a shadow federation needs {sum(need)} {what}, the dataset has {len(have)} ({fix})"
+                )
             drawn = rng.permutation(have)
             start = 0
             for c, n in enumerate(need):
-                out[c].append(drawn[start:start + n])
+                out[c].append(drawn[start : start + n])
                 start += n
         parts[side] = [np.sort(np.concatenate(o)).astype(np.int64) for o in out]
     return ClientSplit(parts["train"], parts["test"], split.train_id, split.test_id)

@@ -10,6 +10,7 @@ its last round, in one process; it runs on the target's backbone object (for ran
 towers, which the seed would otherwise redraw, so ``fedmoap mia`` is what resumes it), and
 rerunning the command resumes or reuses it.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ shadows drawn from the whole pool would not mirror them."""
 
 def shadow_seed(seed: int, i: int) -> int:
     """Shadow federation ``i``'s run seed."""
-    return derive_seed(seed, "mia/shadow", i) % 2 ** 31
+    return derive_seed(seed, "mia/shadow", i) % 2**31
 
 
 def targets_of(split: ClientSplit, which: str) -> list[int]:
@@ -59,20 +60,25 @@ def run_mia(run_dir: str | Path, args: MiaArgs | None = None, backbone: Backbone
     federation, cfg, ckpt = restore_run(run_dir, backbone=backbone)
     t = int(ckpt["round"])
     if t < cfg.fed.rounds:
-        raise FedmoapError(f"run_dir {run_dir} is unfinished (round {t} of {cfg.fed.rounds}); finish it "
-                           "with fedmoap fit first")
+        raise FedmoapError(
+            f"run_dir {run_dir} is unfinished (round {t} of {cfg.fed.rounds}); finish it with fedmoap fit first"
+        )
     refused = [m for m in cfg.eval.modes if m in REFUSED_MODES]
     if refused:
-        raise FedmoapError(f"eval.modes: fedmoap mia attacks runs whose clients train on the plain split; "
-                           f"run_dir {run_dir} has {', '.join(refused)}")
+        raise FedmoapError(
+            f"eval.modes: fedmoap mia attacks runs whose clients train on the plain split; "
+            f"run_dir {run_dir} has {', '.join(refused)}"
+        )
     out = Path(args.out) if args.out is not None else run_dir / "mia"
     check_directory(out, "--out")
     out = out.resolve()
     source = load_source(cfg.data)
     split = load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir")
     names, c = list(source.classnames), len(source.classnames)
-    groups = (group_labels(source.train_labels, source.train_domains, c),
-              group_labels(source.test_labels, source.test_domains, c))
+    groups = (
+        group_labels(source.train_labels, source.train_domains, c),
+        group_labels(source.test_labels, source.test_domains, c),
+    )
     splits = [shadow_split(split, *groups, cfg.seed, i, names, source.domain_names) for i in range(args.shadows)]
     for i, s in enumerate(splits):
         _check_shadow_dir(out / f"shadow-{i}", s, out)
@@ -89,17 +95,32 @@ def run_mia(run_dir: str | Path, args: MiaArgs | None = None, backbone: Backbone
     shadow = Records.cat(shadows)
 
     attacks = {}
-    for name, verdict in (("mlp", mlp_attack(shadow, target, c, cfg.seed, args.epochs, args.lr, args.batch_size)),
-                          ("loss_threshold", threshold_attack(shadow, target, c))):
-        attacks[name] = {**metrics(verdict, target, names),
-                         "fitted": {names[k]: v for k, v in sorted(verdict.fitted.items())}}
+    for name, verdict in (
+        ("mlp", mlp_attack(shadow, target, c, cfg.seed, args.epochs, args.lr, args.batch_size)),
+        ("loss_threshold", threshold_attack(shadow, target, c)),
+    ):
+        attacks[name] = {
+            **metrics(verdict, target, names),
+            "fitted": {names[k]: v for k, v in sorted(verdict.fitted.items())},
+        }
     settings = {k: v for k, v in asdict(args).items() if k not in ("out", "progress")}
-    result = {"run_dir": str(run_dir), "round": t, "method": cfg.method.name or type(cfg.method).__name__,
-              "seed": cfg.seed, "config_digest": ckpt["config_digest"], "settings": settings,
-              "classes": names,
-              "target": {"clients": targets, "samples": len(target), "members": int(target.member.sum()),
-                         "rows": {str(cid): _rows(target, cid) for cid in targets}},
-              "shadows": shadow_info, "attacks": attacks}
+    result = {
+        "run_dir": str(run_dir),
+        "round": t,
+        "method": cfg.method.name or type(cfg.method).__name__,
+        "seed": cfg.seed,
+        "config_digest": ckpt["config_digest"],
+        "settings": settings,
+        "classes": names,
+        "target": {
+            "clients": targets,
+            "samples": len(target),
+            "members": int(target.member.sum()),
+            "rows": {str(cid): _rows(target, cid) for cid in targets},
+        },
+        "shadows": shadow_info,
+        "attacks": attacks,
+    }
     path = out / "mia.json"
     atomic_write_text(path, json.dumps(result, indent=1))
     return result, path
@@ -107,8 +128,10 @@ def run_mia(run_dir: str | Path, args: MiaArgs | None = None, backbone: Backbone
 
 def _rows(records: Records, cid: int) -> dict[str, list[int]]:
     mine = records.client == cid
-    return {"members": records.row[mine & (records.member == 1)].tolist(),
-            "non_members": records.row[mine & (records.member == 0)].tolist()}
+    return {
+        "members": records.row[mine & (records.member == 1)].tolist(),
+        "non_members": records.row[mine & (records.member == 0)].tolist(),
+    }
 
 
 def _check_shadow_dir(shadow_dir: Path, split: ClientSplit, out: Path) -> None:
@@ -121,25 +144,46 @@ def _check_shadow_dir(shadow_dir: Path, split: ClientSplit, out: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         clients = None
     if clients != split.to_json()["clients"]:
-        raise FedmoapError(f"--out {out}: {shadow_dir.name} holds a shadow run of another split (another "
-                           "run's shadows?); remove it or choose another --out")
+        raise FedmoapError(
+            f"--out {out}: {shadow_dir.name} holds a shadow run of another split (another "
+            "run's shadows?); remove it or choose another --out"
+        )
 
 
-def _shadow(run_dir: Path, out: Path, i: int, split: ClientSplit, seed: int, rounds: int,
-            backbone: Backbone, progress: bool) -> Records:
+def _shadow(
+    run_dir: Path, out: Path, i: int, split: ClientSplit, seed: int, rounds: int, backbone: Backbone, progress: bool
+) -> Records:
     """Train (or resume, or reuse) shadow federation ``i`` and return its clients' records."""
     shadow_dir, split_path = out / f"shadow-{i}", out / f"shadow-{i}.split.json"
-    cfg, _, _ = parse_fit(["fit", "--config", str((run_dir / "config.yaml").resolve()),
-                           "--data.split_file", str(split_path), "--seed", str(shadow_seed(seed, i)),
-                           "--eval.modes", "[local]", "--fed.eval_every", str(rounds),
-                           "--fabric.devices", "1", "--fabric.num_nodes", "1", "--fabric.strategy", "auto"])
+    cfg, _, _ = parse_fit(
+        [
+            "fit",
+            "--config",
+            str((run_dir / "config.yaml").resolve()),
+            "--data.split_file",
+            str(split_path),
+            "--seed",
+            str(shadow_seed(seed, i)),
+            "--eval.modes",
+            "[local]",
+            "--fed.eval_every",
+            str(rounds),
+            "--fabric.devices",
+            "1",
+            "--fabric.num_nodes",
+            "1",
+            "--fabric.strategy",
+            "auto",
+        ]
+    )
     if rounds_done(shadow_dir) < cfg.fed.rounds:
         split.save(split_path)
         fit(cfg, shadow_dir, progress, backbone=backbone)
     federation, _, ckpt = restore_run(shadow_dir, backbone=backbone)
     t = int(ckpt["round"])
-    return Records.cat([client_records(federation, split, cid, t, seed, f"shadow-{i}")
-                        for cid in range(split.num_clients)])
+    return Records.cat(
+        [client_records(federation, split, cid, t, seed, f"shadow-{i}") for cid in range(split.num_clients)]
+    )
 
 
 def table(result: dict) -> str:
