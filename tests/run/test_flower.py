@@ -246,3 +246,33 @@ def test_tensors_cross_bit_for_bit_in_every_dtype_and_order():
     assert list(got) == list(sent)
     for k, t in sent.items():
         assert got[k].dtype == t.dtype and got[k].shape == t.shape and torch.equal(got[k], t), k
+
+
+def test_dp_norms_stay_on_the_node_unless_the_run_lets_them_out(tmp_path, cache):
+    """With ``dp_norms`` off (a written Flower App's default) no train reply carries a norm: the
+    accuracies and the accountant's numbers are fit's; only the two norm diagnostics are empty."""
+    seen: list[dict] = []
+    args = [*SMOKE, *cache, "--method", "promptfl", *RECORD_SGD]
+    assert main(["fit", *args, "--run_dir", str(tmp_path / "fit")]) == 0
+    simulate(
+        [*args, "--run_dir", str(tmp_path / "flower")],
+        num_cpus=1,
+        client_cpus=1,
+        watch=lambda d, m: seen.append({n: r for n, r in m.content.items()}) if d == "in" else None,
+        dp_norms=False,
+    )
+
+    def without_norms(run_dir: Path) -> list[dict]:
+        out = rounds(run_dir)
+        for r in out:
+            r["privacy"] = {k: v for k, v in r.get("privacy", {}).items() if k not in NORM_FIELDS}
+        return out
+
+    assert without_norms(tmp_path / "flower") == without_norms(tmp_path / "fit")
+    metrics = [r["metrics"] for r in seen if "metrics" in r]
+    assert metrics and not any("dp-norms" in m for m in metrics)
+    fit_last, fl_last = (rounds(tmp_path / d)[-1]["privacy"] for d in ("fit", "flower"))
+    assert fit_last["dp_median_norm"] is not None and fl_last["dp_median_norm"] is None
+
+
+NORM_FIELDS = ("dp_median_norm", "dp_clipped_fraction")

@@ -42,6 +42,11 @@ STATISTICS = f"{MessageType.QUERY}.statistics"
 (:meth:`~fedmoap.federation.rounds.Federation.client_statistics`)."""
 NODE_DIR = "fedmoap-dir"
 """The node config key of a SuperNode's own directory for its client store."""
+DP_NORMS = "fedmoap-dp-norms"
+"""The run config key (bool, default false) that lets a DP node also send its norms before clipping.
+No DP mechanism covers them; only results.json's ``dp_median_norm`` and ``dp_clipped_fraction``
+need them. ``fedmoap flower`` turns it on in simulation (same results.json as ``fit``); a written
+Flower App has it off (those two fields are then empty)."""
 
 
 def settings_of(context: Context, fixed: list[str] | None) -> list[str]:
@@ -226,7 +231,7 @@ class Node:
             store.adopt({cid: int(context.state["fedmoap"]["round"])})
         return cid
 
-    def train(self, context: Context, content: RecordDict) -> RecordDict:
+    def train(self, context: Context, content: RecordDict, send_norms: bool = False) -> RecordDict:
         fed, cid = self.federation, self.client(context, content)
         t = int(content["config"]["round"])
         if fed.privacy is not None:
@@ -234,8 +239,9 @@ class Node:
         upload, state = fed.train_client(t, cid, from_record(content["payload"]))
         self.keep(context, cid, state, t)
         metrics: dict[str, Any] = {"num-examples": fed.data.train_size(cid)}
-        if fed.privacy is not None:
-            metrics["dp-norms"] = [float(x) for x in fed.privacy.norms_of(cid)]
+        norms = fed.privacy.norms_of(cid) if fed.privacy is not None else []
+        if send_norms and fed.privacy is not None:
+            metrics["dp-norms"] = [float(x) for x in norms]
         return RecordDict({"upload": to_record(upload), "metrics": MetricRecord(metrics)})
 
     def statistics(self, context: Context, content: RecordDict) -> RecordDict:
@@ -291,12 +297,16 @@ def node_of(context: Context, args: list[str]) -> Node:
     return _NODES[key]
 
 
-def client_app(args: list[str] | None = None) -> ClientApp:
-    """The ClientApp of a run: ``args`` are ``fedmoap fit``'s (None: the run config's :data:`SETTINGS`)."""
+def client_app(args: list[str] | None = None, dp_norms: bool | None = None) -> ClientApp:
+    """The ClientApp of a run: ``args`` are ``fedmoap fit``'s (None: the run config's :data:`SETTINGS`);
+    ``dp_norms``: whether DP nodes send their norms (None: the run config's :data:`DP_NORMS`)."""
     app = ClientApp()
 
     def handle(message: Message, context: Context, step: str) -> Message:
         node = node_of(context, settings_of(context, args))
+        if step == "train":
+            send = dp_norms if dp_norms is not None else bool(context.run_config.get(DP_NORMS, False))
+            return Message(node.train(context, message.content, send), reply_to=message)
         return Message(getattr(node, step)(context, message.content), reply_to=message)
 
     @app.query()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fedmoap.errors import FedmoapError
-from fedmoap.run.flower.app import SETTINGS
+from fedmoap.run.flower.app import DP_NORMS, SETTINGS
 from fedmoap.run.flower.checks import checked_config
 
 OPTIONS = {"--app": str, "--num_cpus": int, "--client_cpus": float, "--client_gpus": float}
@@ -100,6 +100,7 @@ clientapp = "fedmoap.run.flower.app:CLIENT_APP"
 
 [tool.flwr.app.config]
 {SETTINGS} = {json.dumps(args)}
+{DP_NORMS} = false
 """
     connections = f"""# Flower configuration (FLWR_HOME) for the app beside it: `flwr run APP_DIR [CONNECTION]`.
 [superlink]
@@ -129,10 +130,12 @@ def simulate(
     client_gpus: float = 0.0,
     watch: Callable | None = None,
     done: Callable | None = None,
+    dp_norms: bool = True,
 ) -> Path:
     """Run ``fedmoap fit``'s arguments in Flower's Simulation Engine (Ray backend), one SuperNode
     per client; returns the run directory. Bad input raises before anything starts. ``watch`` and
-    ``done``: :func:`~fedmoap.run.flower.app.server_app`'s."""
+    ``done``: :func:`~fedmoap.run.flower.app.server_app`'s. ``dp_norms``: DP nodes send their norms
+    before clipping (:data:`~fedmoap.run.flower.app.DP_NORMS`), so results.json equals fit's."""
     import warnings
 
     cfg, run_dir = checked_config(fit_args)
@@ -149,7 +152,7 @@ def simulate(
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(
             server_app(fit_args, watch, done),
-            client_app(fit_args),
+            client_app(fit_args, dp_norms),
             num_supernodes=cfg.data.num_clients,
             backend_name="ray",
             backend_config=backend,
