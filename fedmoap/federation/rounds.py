@@ -116,7 +116,7 @@ class Federation:
         are added to the round's record."""
         self.transport: Transport = InProcess()
         """How payloads reach the participants and uploads and accuracies come back: in this
-        process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.flower`)."""
+        process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.run.flower`)."""
 
     def run_round(self, t: int, progress: bool = True, stop: Callable[[], bool] = lambda: False) -> dict | None:
         """Round ``t`` (1-based) from start to evaluation; returns its ``results.json`` record, or

@@ -1,7 +1,7 @@
 """Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``;
 ``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.run.reevaluate`);
 ``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] ...`` (:mod:`fedmoap.run.mia`);
-``fedmoap flower --config run.yaml ... --run_dir DIR`` (:mod:`fedmoap.flower`, Flower's simulation);
+``fedmoap flower --config run.yaml ... --run_dir DIR`` (:mod:`fedmoap.run.flower`, Flower's simulation);
 ``fedmoap sweep ...``; ``fedmoap report ...``.
 
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
@@ -139,7 +139,7 @@ def _mia(argv: list[str]) -> int:
 
 def _flower(argv: list[str]) -> int:
     """``fedmoap flower --config FILE [overrides] --run_dir DIR [--app DIR] [--write_only] ...``
-    (:mod:`fedmoap.flower.run`)."""
+    (:mod:`fedmoap.run.flower.run`)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: fedmoap flower --config FILE [--section.key value ...] --run_dir DIR [--app APP_DIR] "
@@ -150,12 +150,12 @@ def _flower(argv: list[str]) -> int:
         return 2
     try:
         try:
-            from fedmoap.flower.run import simulate, split_args, write_app
+            from fedmoap.run.flower.run import simulate, split_args, write_app
         except ImportError as exc:
             raise FedmoapError(
                 f'fedmoap flower needs Flower ({exc.name} is missing): pip install "fedmoap[flower]"'
             ) from None
-        from fedmoap.flower.checks import checked_config
+        from fedmoap.run.flower.checks import checked_config
 
         fit_args, opts = split_args(argv)
         cfg, run_dir = checked_config(fit_args)

@@ -85,7 +85,7 @@ def fit(
 
     ``backbone``: an already built frozen backbone for ``cfg.model`` (studies run many fits in one
     process on one backbone); None builds it. ``transport``: how the rounds reach the clients
-    (:class:`~fedmoap.rounds.Transport`; None: in this process; :mod:`fedmoap.flower`: Flower).
+    (:class:`~fedmoap.federation.rounds.Transport`; None: in this process; :mod:`fedmoap.run.flower`: Flower).
 
     Launches Fabric's processes (``cfg.fabric``); every rank runs this function. Raises
     :class:`~fedmoap.preemption.Preempted` after a SIGUSR1/SIGTERM (requeueing under SLURM),
