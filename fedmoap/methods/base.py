@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.optim import cpu_copy, local_sgd, lr_schedule, round_cosine
+from fedmoap.methods.optim import ParamGroup, cpu_copy, local_sgd, lr_schedule, round_cosine  # noqa: F401  (ParamGroup: public here)
 
 # re-exported (``x as x``): method files import them from here
 from fedmoap.aggregate import payload_bytes as payload_bytes
@@ -66,17 +66,6 @@ class HeldOut:
     peer_mean: Callable[[], dict[str, Tensor] | None]
     """The unweighted mean of the training clients' kept parameters (by parameter name; None
     while no client keeps any)."""
-
-
-@dataclass
-class ParamGroup:
-    """Trainable parameters with their learning rate and schedule."""
-
-    params: list[nn.Parameter]
-    lr: float
-    anneal: bool = True
-    """Cosine-anneal the lr over the epochs of each local training (restarted every time a client
-    trains; the period is the length of that training); False keeps it constant."""
 
 
 class Method:

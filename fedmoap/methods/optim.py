@@ -12,14 +12,25 @@ their learning rate.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from fedmoap.args import TrainArgs
-    from fedmoap.methods.base import ParamGroup
+
+
+@dataclass
+class ParamGroup:
+    """Trainable parameters with their learning rate and schedule."""
+
+    params: list[nn.Parameter]
+    lr: float
+    anneal: bool = True
+    """Cosine-anneal the lr over the epochs of each local training (restarted every time a client
+    trains; the period is the length of that training); False keeps it constant."""
 
 
 def local_sgd(groups: Sequence[ParamGroup], train: TrainArgs, state: dict | None) -> torch.optim.SGD:
