@@ -68,3 +68,23 @@ def test_same_numbers_records_and_catches_a_moved_number(tmp_path, capsys):
     capsys.readouterr()
     assert same_numbers.main(["compare", str(a), str(b)]) == 1
     assert "smoke-promptfl: DIFFERS /clients/0" in capsys.readouterr().out
+
+
+def test_gpu_smoke_records_each_method_and_precision_and_goes_on_past_a_failure(tmp_path, capsys):
+    """The device script, run on the CPU: a passing case records its accuracy, a failing one its
+    one-line error without stopping the rest; the rerun keeps what passed and exits 1 while any
+    case fails."""
+    import gpu_smoke
+
+    out = tmp_path / "smoke.json"
+    args = ["--out", str(out), "--accelerator", "cpu", "--methods", "promptfl", "--work", str(tmp_path / "w")]
+    assert gpu_smoke.main([*args, "--precisions", "no-such-precision", "32-true"]) == 1
+    runs = json.loads(out.read_text())["runs"]
+    assert runs["promptfl|32-true"]["ok"] and 0.0 <= runs["promptfl|32-true"]["final_mean_acc"] <= 1.0
+    assert not runs["promptfl|no-such-precision"]["ok"]
+    assert "fabric.precision 'no-such-precision'" in runs["promptfl|no-such-precision"]["error"]
+    first = runs["promptfl|32-true"]
+    capsys.readouterr()
+    assert gpu_smoke.main([*args, "--precisions", "32-true"]) == 1  # the recorded failure still counts
+    assert json.loads(out.read_text())["runs"]["promptfl|32-true"] == first  # passed: not rerun
+    assert "1 of 2 cases passed" in capsys.readouterr().out
