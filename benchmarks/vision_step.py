@@ -4,7 +4,11 @@ Methods (``run(..., methods=...)``): FedVPT (8 shallow prompt tokens in the imag
 CoOp text prompt), pFedDC (global + local text and vision prompts, two cross-attention fusions,
 8 fused vision tokens and a 16-token text prompt) and PEP-FedPT (10 shared tokens at the input, 4
 class-mixed tokens at block round(L/2), a linear head, mixing weights from cached features, no
-text path), all timed in turn against one floor in the same run.
+text path); the 2025-26 and FLiP vision methods at their paper configs: FedMGP (5 groups of text
+and vision prompts), FedMVP (a PromptFormer over the patch embeddings, the frozen feature of the
+flipped image), pFedMMA (adapters on blocks 5-12 of both towers), MaPLe and IVLP (deep prompts
+over 9 blocks of both towers) and PromptSRC (IVLP plus a frozen pass for its consistency terms);
+all timed in turn against one floor in the same run.
 
 - ``ours``: :func:`fedmoap.federation.local.train_locally` over one epoch of batches from the real pixel
   provider (:class:`~fedmoap.inputs.federated_data.FederatedData`: uint8 images, random resized crop +
@@ -30,15 +34,33 @@ from fedmoap.federation.config import ModelArgs, TrainArgs
 from fedmoap.inputs.federated_data import FederatedData, Inputs
 from fedmoap.federation.local import train_locally
 from fedmoap.methods.base import RunContext
+from fedmoap.methods.fedmgp import FedMGP
+from fedmoap.methods.fedmvp import FedMVP
 from fedmoap.methods.fedvpt import FedVPT
+from fedmoap.methods.maple import MaPLe
 from fedmoap.methods.pepfedpt import PEPFedPT
 from fedmoap.methods.pfeddc import PFedDC
+from fedmoap.methods.pfedmma import PFedMMA
+from fedmoap.methods.promptsrc import PromptSRC
 from fedmoap.federation.rounds import default_fabric
 
 BATCH = 32
 TOKENS = 8
-METHODS = {"fedvpt": lambda: FedVPT(vision_tokens=TOKENS), "pfeddc": lambda: PFedDC(), "pepfedpt": lambda: PEPFedPT()}
-"""Each method at its defaults (pFedDC: 16 text tokens, 8 vision tokens; PEP-FedPT: 10 + 4 tokens)."""
+METHODS = {
+    "fedvpt": lambda: FedVPT(vision_tokens=TOKENS),
+    "pfeddc": lambda: PFedDC(),
+    "pepfedpt": lambda: PEPFedPT(),
+    "fedmgp": lambda: FedMGP(),
+    "fedmvp": lambda: FedMVP(),
+    "pfedmma": lambda: PFedMMA(),
+    "maple": lambda: MaPLe(),
+    "ivlp": lambda: FedVPT(
+        n_ctx=4, ctx_init="a photo of a", template="{}.", vision_tokens=4, vision_depth=9, text_depth=9
+    ),
+    "promptsrc": lambda: PromptSRC(),
+}
+"""Each method at its defaults, which are its paper config (pFedDC: 16 text tokens, 8 vision
+tokens; PEP-FedPT: 10 + 4 tokens); IVLP is FedVPT at configs/paper/methods/ivlp.yaml."""
 
 
 def provider(backbone, images: int, classes: int) -> FederatedData:

@@ -69,3 +69,16 @@ def test_cocoop_step_benchmark_runs_and_is_exact(tmp_path):
     assert row["max_abs_diff"] <= 1e-5
     assert row["full_tokens"] == 77 and row["prompt_tokens"] < 20
     assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("ms", "floor_ms", "ratio_to_floor"))
+
+
+def test_vision_step_benchmark_times_the_new_vision_methods_against_the_floor():
+    """The vision-prompt step benchmark on the tiny ViT with two of the 2025-26 methods (the deep
+    ones need more blocks than its 2): every figure measured, one ratio per method."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import vision_step
+
+    row = vision_step.run("fedmoap-tiny-vit", 3, steps=1, repeats=1, methods=("fedmgp", "fedmvp"))
+    assert set(row["methods"]) == {"fedmgp", "fedmvp"}
+    for m in row["methods"].values():
+        assert math.isfinite(m["ratio_to_floor"]) and m["ratio_to_floor"] > 0 and m["ms"] > 0
+    assert row["floor_ms"] > 0 and 0 < row["provider_share"] < 1
