@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                 atomic_write_text(a.out, json.dumps(record, indent=1, sort_keys=True))
                 print(f"{key}: {'ok' if runs[key]['ok'] else 'FAILED ' + runs[key]['error']}", flush=True)
     failed = [k for k, v in runs.items() if not v["ok"]]
-    print(f"{len(runs) - len(failed)} of {len(runs)} cases passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    tail = f"; failed: {', '.join(failed)}" if failed else ""
+    print(f"{len(runs) - len(failed)} of {len(runs)} cases passed{tail}")
     return 1 if failed else 0
 
 
