@@ -115,26 +115,24 @@ def saved_dataset(root: Path, train: dict, test: dict, features: Features) -> st
     return str(root)
 
 
-def smoke_fit(tmp_path: Path, *extra: str, run: str = "run") -> dict:
-    """``fedmoap fit`` of ``configs/smoke.yaml`` with ``extra`` arguments into ``tmp_path / run``
-    (feature cache ``tmp_path / "cache"``), in this process; its results.json."""
+def fit_smoke(run_dir: Path, *args: str, cache: Path | None = None, threads: int | None = 1) -> Path:
+    """``fedmoap fit --config configs/smoke.yaml ARGS`` into ``run_dir``, in this process, with the
+    feature cache ``cache`` (default: ``cache`` beside ``run_dir``), no progress bar and ``threads``
+    torch threads (None: torch's default); asserts exit 0 and returns ``run_dir``."""
     from fedmoap.run.cli import main
 
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                *extra,
-                "--run_dir",
-                str(tmp_path / run),
-                "--data.feature_cache",
-                str(tmp_path / "cache"),
-                "--progress",
-                "false",
-            ]
-        )
-        == 0
-    )
-    return json.loads((tmp_path / run / "results.json").read_text())
+    cache = run_dir.parent / "cache" if cache is None else cache
+    tail = ["--run_dir", str(run_dir), "--data.feature_cache", str(cache), "--progress", "false"]
+    tail += [] if threads is None else ["--fabric.threads", str(threads)]
+    assert main(["fit", "--config", str(SMOKE), *args, *tail]) == 0
+    return run_dir
+
+
+def results(run_dir: Path) -> dict:
+    """A finished run's ``results.json``."""
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def smoke_fit(tmp_path: Path, *extra: str, run: str = "run") -> dict:
+    """:func:`fit_smoke` into ``tmp_path / run`` with torch's default threads; its results.json."""
+    return results(fit_smoke(tmp_path / run, *extra, threads=None))

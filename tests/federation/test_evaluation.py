@@ -31,7 +31,7 @@ from fedmoap.methods.base import RunContext
 from fedmoap.federation.results import base2novel_entry, hmean
 from fedmoap.federation.rounds import Federation, Schedule, default_fabric
 from fedmoap.federation.store import ClientStore
-from tests.worlds import tiny_federation
+from tests.worlds import fit_smoke, tiny_federation
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -44,31 +44,10 @@ METHODS = registry()
 def run(tmp_path_factory):
     """pFedMoAP on the smoke config (6 clients, half of the 5 training clients per round), 2
     rounds, every mode; returns (run_dir, results, split, source)."""
-    root = tmp_path_factory.mktemp("modes")
-    run_dir = root / "run"
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                "--eval.modes",
-                ALL,
-                "--fed.rounds",
-                "2",
-                "--train.local_epochs",
-                "1",
-                "--eval.adaptation_epochs",
-                "2",
-                "--run_dir",
-                str(run_dir),
-                "--data.feature_cache",
-                str(root / "cache"),
-                "--progress",
-                "false",
-            ]
-        )
-        == 0
+    run_dir = fit_smoke(
+        tmp_path_factory.mktemp("modes") / "run",
+        *("--eval.modes", ALL, "--fed.rounds", "2", "--train.local_epochs", "1", "--eval.adaptation_epochs", "2"),
+        threads=None,
     )
     results = json.loads((run_dir / "results.json").read_text())
     split = json.loads((run_dir / "split.json").read_text())

@@ -3,18 +3,16 @@ kept checkpoints need, and resuming from the older of two kept checkpoints."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from fedmoap.run.cli import main
+from tests.worlds import fit_smoke, results
+
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.store import ClientStore
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
 
 def state(value: float) -> dict:
@@ -47,27 +45,9 @@ def test_versions_index_and_garbage_collection(tmp_path):
 
 
 def fit(run_dir: Path, cache: Path, rounds: int) -> dict:
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                "--run_dir",
-                str(run_dir),
-                "--fed.rounds",
-                str(rounds),
-                "--fed.keep_checkpoints",
-                "2",
-                "--data.feature_cache",
-                str(cache),
-                "--progress",
-                "false",
-            ]
-        )
-        == 0
+    return results(
+        fit_smoke(run_dir, "--fed.rounds", str(rounds), "--fed.keep_checkpoints", "2", cache=cache, threads=None)
     )
-    return json.loads((run_dir / "results.json").read_text())
 
 
 def test_run_keeps_exactly_the_files_kept_checkpoints_need_and_resumes_from_the_older(tmp_path):

@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from tests.worlds import tiny_federation, tiny_world
+from tests.worlds import fit_smoke, tiny_federation, tiny_world
 
-from fedmoap.run.cli import build_parser, main, parse_fit
+from fedmoap.run.cli import build_parser, parse_fit
 from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.methods import registry
@@ -267,27 +267,7 @@ def test_print_config_and_config_yaml_hold_only_the_chosen_method(tmp_path, caps
     printed = yaml.safe_load(out.getvalue())
     assert printed["method"]["class_path"].endswith("PromptFL")
     assert "lam" not in printed["method"]["init_args"] and "pfedmoap" not in printed
-    run_dir = tmp_path / "run"
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                "--method",
-                "promptfl",
-                "--fed.rounds",
-                "1",
-                "--run_dir",
-                str(run_dir),
-                "--data.feature_cache",
-                str(tmp_path / "cache"),
-                "--progress",
-                "false",
-            ]
-        )
-        == 0
-    )
+    run_dir = fit_smoke(tmp_path / "run", "--method", "promptfl", "--fed.rounds", "1", threads=None)
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert set(stored["method"]["init_args"]) == {"n_ctx", "ctx_init", "template"}
     cfg, _, _ = parse_fit(["fit", "--config", str(run_dir / "config.yaml")])  # config.yaml reads back
@@ -318,28 +298,8 @@ def test_the_readme_walkthrough_method_runs_from_another_package(tmp_path, monke
     (pkg / "__init__.py").write_text("")
     (pkg / "methods.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
-    run_dir = tmp_path / "run"
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                "--method",
-                "mylab.methods.MyProx",
-                "--method.mu",
-                "0.25",
-                "--fed.rounds",
-                "2",
-                "--run_dir",
-                str(run_dir),
-                "--data.feature_cache",
-                str(tmp_path / "cache"),
-                "--progress",
-                "false",
-            ]
-        )
-        == 0
+    run_dir = fit_smoke(
+        tmp_path / "run", "--method", "mylab.methods.MyProx", "--method.mu", "0.25", "--fed.rounds", "2", threads=None
     )
     results = json.loads((run_dir / "results.json").read_text())
     assert results["method"] == "myprox" and len(results["rounds"]) == 2

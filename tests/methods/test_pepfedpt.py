@@ -5,22 +5,18 @@ every prompt and the head, the set-up statistics survive a resume."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.worlds import tiny_federation, tiny_world
+from tests.worlds import fit_smoke, results, tiny_federation, tiny_world
 
-from fedmoap.run.cli import main
 from fedmoap.federation.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.pepfedpt import FedAvgVPT, LocalVPT, PEPFedPT
 from fedmoap.federation.rounds import Federation
 
-REPO = Path(__file__).resolve().parents[2]
-SMOKE = REPO / "configs" / "smoke.yaml"
 SMALL = dict(shared_tokens=2)
 PEP = dict(shared_tokens=2, class_tokens=1)
 N = 4
@@ -38,31 +34,7 @@ def federation(world, tmp_path, cls=PEPFedPT, participation=0.5, keep=None, **kn
 
 
 def fit(tmp_path: Path, name: str, *args: str, rounds: int = 2) -> dict:
-    run_dir = tmp_path / name
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                "--fed.rounds",
-                str(rounds),
-                "--run_dir",
-                str(run_dir),
-                "--data.feature_cache",
-                str(tmp_path / "cache"),
-                "--progress",
-                "false",
-                "--fabric.threads",
-                "1",
-                *args,
-                "--method.shared_tokens",
-                "2",
-            ]
-        )
-        == 0
-    )
-    return json.loads((run_dir / "results.json").read_text())
+    return results(fit_smoke(tmp_path / name, "--fed.rounds", str(rounds), *args, "--method.shared_tokens", "2"))
 
 
 class NoLabel(dict):

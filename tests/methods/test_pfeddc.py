@@ -4,25 +4,21 @@ every trainable part, the fusion module is MultiheadAttention, deep text prompts
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import tiny_federation, tiny_world
+from tests.worlds import fit_smoke, results, tiny_federation, tiny_world
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.run.cli import main
 from fedmoap.federation.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
 from fedmoap.federation.rounds import Federation
 
-REPO = Path(__file__).resolve().parents[2]
-SMOKE = REPO / "configs" / "smoke.yaml"
 SMALL = dict(n_ctx=4, vision_tokens=2, fusion_heads=4)
 N = 4
 
@@ -48,29 +44,7 @@ def federation(world, tmp_path, participation=0.5, **knobs) -> Federation:
 
 
 def fit(tmp_path: Path, name: str, *args: str) -> dict:
-    run_dir = tmp_path / name
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                "--fed.rounds",
-                "2",
-                "--run_dir",
-                str(run_dir),
-                "--data.feature_cache",
-                str(tmp_path / "cache"),
-                "--progress",
-                "false",
-                "--fabric.threads",
-                "1",
-                *args,
-            ]
-        )
-        == 0
-    )
-    return json.loads((run_dir / "results.json").read_text())
+    return results(fit_smoke(tmp_path / name, "--fed.rounds", "2", *args))
 
 
 def test_vision_off_and_no_fusion_is_promptfl_exactly(tmp_path):

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.worlds import fit_smoke
+
 from fedmoap.args import DataArgs
 from fedmoap.run.cli import main
 from fedmoap.data.sources import load_source
 
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 TARGET = [
     "--method",
     "local_vpt",
@@ -59,27 +60,7 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, cache) -> Path:
-    run_dir = tmp_path_factory.mktemp("target") / "run"
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                *TARGET,
-                "--run_dir",
-                str(run_dir),
-                "--data.feature_cache",
-                str(cache),
-                "--progress",
-                "false",
-                "--fabric.threads",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return run_dir
+    return fit_smoke(tmp_path_factory.mktemp("target") / "run", *TARGET, cache=cache)
 
 
 @pytest.fixture(scope="module")

@@ -9,34 +9,11 @@ from pathlib import Path
 import pytest
 
 from fedmoap.run.cli import main
-
-SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+from tests.worlds import fit_smoke
 
 
 def fit(tmp_path: Path, *args: str) -> Path:
-    run_dir = tmp_path / "run"
-    assert (
-        main(
-            [
-                "fit",
-                "--config",
-                str(SMOKE),
-                "--fed.rounds",
-                "2",
-                "--run_dir",
-                str(run_dir),
-                "--data.feature_cache",
-                str(tmp_path / "cache"),
-                "--progress",
-                "false",
-                "--fabric.threads",
-                "1",
-                *args,
-            ]
-        )
-        == 0
-    )
-    return run_dir
+    return fit_smoke(tmp_path / "run", "--fed.rounds", "2", *args)
 
 
 def tree(run_dir: Path) -> dict[str, str]:
