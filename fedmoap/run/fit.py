@@ -41,7 +41,7 @@ from fedmoap.errors import FedmoapError
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.io import atomic_write_text, write_error
 from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
-from fedmoap.federation.privacy import preset_note
+from fedmoap.federation.dp_budget import preset_note
 from fedmoap.federation.results import (
     hparams,
     mode_scalars,

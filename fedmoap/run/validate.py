@@ -7,7 +7,7 @@ from fedmoap.federation import evaluation
 from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import INPUTS
-from fedmoap.federation.privacy import problems as privacy_problems
+from fedmoap.federation.dp_budget import problems as privacy_problems
 from fedmoap.typecheck import type_problems
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")

@@ -23,7 +23,8 @@ from fedmoap.run.fit import config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.federation.dp_sgd import clipped_sum, noisy_mean, private_parameters
-from fedmoap.federation.privacy import clip_and_noise, epsilon, solve_noise_multiplier
+from fedmoap.federation.dp_budget import epsilon, solve_noise_multiplier
+from fedmoap.federation.privacy import clip_and_noise
 from fedmoap.federation.rounds import Federation
 from fedmoap.seeding import torch_generator
 
