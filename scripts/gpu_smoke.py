@@ -33,7 +33,8 @@ def smoke_cases(methods: list[str] | None) -> dict[str, list[str]]:
     cases = {k.removeprefix("smoke-"): v for k, v in same_numbers.cases().items() if k.startswith("smoke-")}
     unknown = sorted(set(methods or ()) - set(cases))
     if unknown:
-        raise SystemExit(f"gpu_smoke: unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(cases))}")
+        print(f"gpu_smoke: unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(cases))}", file=sys.stderr)
+        raise SystemExit(2)
     return {m: a for m, a in cases.items() if not methods or m in methods}
 
 
