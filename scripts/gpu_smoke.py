@@ -15,6 +15,8 @@ evidence study (docs/speed.md, "On a GPU").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -40,9 +42,6 @@ def smoke_cases(methods: list[str] | None) -> dict[str, list[str]]:
 
 def run_case(args: list[str], run_dir: Path) -> dict:
     """One smoke run; ``{"ok", "final_mean_acc", "seconds"}`` or ``{"ok": False, "error"}``."""
-    import contextlib
-    import io
-
     from fedmoap.run.cli import main as cli
     from fedmoap.run.report import read_results
 

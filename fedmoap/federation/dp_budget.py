@@ -20,7 +20,6 @@ PRESETS = {"pfedmoap-appendix": {"delta": 0.05, "epsilons": (50.0, 25.0)}}
 """Named settings from papers: pFedMoAP App. C.2 (Table 6) reports epsilon 50 and 25 at delta 0.05."""
 
 
-# ---------------------------------------------------------------------------------- config
 def effective(args: DPArgs) -> DPArgs:
     """The settings a preset implies (``pfedmoap-appendix``: delta 0.05, epsilon 50 unless set)."""
     if args.preset is None:
@@ -96,7 +95,6 @@ def preset_note(args: DPArgs, num_clients: int, min_train: int) -> str | None:
     )
 
 
-# ------------------------------------------------------------------------------ accounting
 @functools.lru_cache(maxsize=4096)
 def epsilon(
     noise_multiplier: float,

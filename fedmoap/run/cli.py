@@ -218,7 +218,7 @@ def _report(argv: list[str]) -> int:
             from fedmoap.run.study import load_study
             from fedmoap.run.sweep import study_report
 
-            print(study_report(load_study(ns.study), ns.out))
+            print(study_report(load_study(ns.study), ns.out, ns.recorded))
             return 0
         if not ns.runs:
             raise FedmoapError("report: give run directories or --study FILE")

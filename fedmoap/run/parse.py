@@ -237,6 +237,14 @@ def _report_parser() -> ArgumentParser:
     report.add_argument(
         "--out", type=str | None, default=None, help="--study: its output directory (default runs/studies/NAME)"
     )
+    report.add_argument(
+        "--recorded",
+        type=str,
+        nargs="+",
+        default=[],
+        help="--study: earlier records of it (OUT/NAME.json) to take a cell from when its run directory "
+        "is gone, only where the recorded config digest equals the cell's; the table says how many",
+    )
     report.add_argument("--format", type=Literal["markdown", "csv"], default="markdown", help="markdown or csv")
     report.add_argument(
         "--group-by",

@@ -277,19 +277,25 @@ def study_table(
     splits: list[str],
     metrics: list[str],
     seconds: dict[str, float] | None = None,
+    recorded: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The table of a study's runs: ``planned`` is row label -> split -> [(seed, run directory)];
     rows = labels, columns = ``splits`` x ``metrics``, each cell the mean ± sample std over the
     finished runs' values in %, the best mean of a column in bold, ``(n of m seeds)`` where runs
     are missing. Returns the Markdown and a record (per-seed values as fractions, seconds: the
-    ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds)."""
+    ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds).
+    ``recorded``: run directory -> an earlier record's entry, used where that directory holds no
+    results.json."""
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     missing, unfinished = [], []
     for label, cells in planned.items():
         for split in splits:
             for seed, path in cells.get(split, []):
                 if not (Path(path) / "results.json").is_file():
-                    missing.append(str(path))
+                    if str(path) in (recorded or {}):
+                        rows.setdefault(label, {}).setdefault(split, []).append(recorded[str(path)])
+                    else:
+                        missing.append(str(path))
                     continue
                 run = read_run(Path(path))
                 if not run.finished:

@@ -106,6 +106,32 @@ def test_a_study_runs_shares_splits_resumes_and_reports(tmp_path, capsys):
     assert [r["seed"] for r in record["rows"]["PromptFL"]["dir"]] == [0, 1]
     assert all(r["seconds"] > 0 for r in record["rows"]["PromptFL"]["dir"])
     assert (out / "tiny.md").read_text().count("| PromptFL |") == 1
+    # a run directory that is gone: the cell is missing, unless an earlier record of the same
+    # configuration stands in for it; a record of another configuration does not
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text((out / "tiny.json").read_text())
+    rows = [line for line in table.splitlines() if line.startswith("| pFedMoAP")]
+    (out / "dir" / "seed1" / "pfedmoap" / "results.json").unlink()
+    assert main(["report", "--study", str(path), "--out", str(out)]) == 0
+    assert "(1 of 2 seeds)" in capsys.readouterr().out
+    assert main(["report", "--study", str(path), "--out", str(out), "--recorded", str(earlier)]) == 0
+    again = capsys.readouterr().out
+    assert [line for line in again.splitlines() if line.startswith("| pFedMoAP")] == rows
+    assert "1 of the cells above are taken from" in again
+    assert json.loads((out / "tiny.json").read_text())["rows"]["pFedMoAP (smoke knobs)"]["dir"][1]["recorded"] == str(
+        earlier
+    )
+    other = json.loads(earlier.read_text())
+    other["rows"]["pFedMoAP (smoke knobs)"]["dir"][1]["config_digest"] = "0" * 16
+    earlier.write_text(json.dumps(other))
+    assert main(["report", "--study", str(path), "--out", str(out), "--recorded", str(earlier)]) == 0
+    assert "(1 of 2 seeds)" in capsys.readouterr().out
+    earlier.write_text("[]")
+    assert main(["report", "--study", str(path), "--out", str(out), "--recorded", str(earlier)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"fedmoap: error: report: --recorded {earlier} is not a study record "
+        "(list indices must be integers or slices, not str)"
+    )
 
 
 def test_the_slurm_array_is_fit_argument_lines(tmp_path, capsys):
