@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
         for arch in dict.fromkeys(c.arch for c in cases):  # this table keeps the full-sequence path
             local_step.MODELS[arch] = OpenCLIPBackbone.build(arch, None)
             local_step.MODELS[arch].share_prefix = False
-        steps = local_step.run(cases, repeats=5, reference_repeats=1 if quick else 2, bf16=not quick)
+        steps = local_step.run(cases, repeats=2 if quick else 5, reference_repeats=1 if quick else 2, bf16=not quick)
         print("shared prefix", flush=True)
-        shared = prefix.run(cases, local_step.MODELS, repeats=5)
+        shared = prefix.run(cases, local_step.MODELS, repeats=2 if quick else 5)
         print("vision-prompt step", flush=True)
         vision = (
             [vision_step.run("ViT-B-32", 10, steps=1, repeats=1)]

@@ -216,7 +216,7 @@ def _report(argv: list[str]) -> int:
         ns = build_parser().parse_args(argv).report
         if ns.study:
             from fedmoap.run.study import load_study
-            from fedmoap.run.sweep import study_report
+            from fedmoap.run.study_table import study_report
 
             print(study_report(load_study(ns.study), ns.out, ns.recorded))
             return 0

@@ -13,7 +13,7 @@ notebooks (``notebooks/tables_and_curves.ipynb``)::
     runs = report.load_runs(["runs/sweep"])
     print(report.render(report.summarize(runs), "markdown", layout="paper"))
 
-A study's table (``fedmoap report --study FILE``) is :func:`study_table`. Reading a run is
+A study's table (``fedmoap report --study FILE``) is :mod:`fedmoap.run.study_table`. Reading a run is
 :mod:`fedmoap.run.runs` (re-exported here: ``report.read_run``, ``report.read_results``, ...).
 """
 
@@ -25,7 +25,6 @@ import json
 import math
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fedmoap.errors import FedmoapError
@@ -253,106 +252,6 @@ def render(groups: list[Group], fmt: str = "markdown", layout: str = "long", met
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell_ or " " for cell_ in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-# ----- a study's table (fedmoap report --study) ------------------------------------------------
-TITLES = {
-    "final": "final round",
-    "last5": "last 5 rounds",
-    "worst": "worst client",
-    "pooled": "pooled",
-    "b2n.local": "local",
-    "b2n.base": "base",
-    "b2n.novel": "novel",
-    "b2n.hm": "HM(base, novel)",
-    "b2n.hm3": "HM(local, base, novel)",
-    "unseen": "held-out clients",
-    "unseen.adapted": "held-out, adapted",
-}
-"""Short column titles of the study table."""
-
-
-def study_table(
-    planned: dict[str, dict[str, list[tuple[int, Path]]]],
-    splits: list[str],
-    metrics: list[str],
-    seconds: dict[str, float] | None = None,
-    recorded: dict[str, dict[str, Any]] | None = None,
-) -> tuple[str, dict[str, Any]]:
-    """The table of a study's runs: ``planned`` is row label -> split -> [(seed, run directory)];
-    rows = labels, columns = ``splits`` x ``metrics``, each cell the mean ± sample std over the
-    finished runs' values in %, the best mean of a column in bold, ``(n of m seeds)`` where runs
-    are missing. Returns the Markdown and a record (per-seed values as fractions, seconds: the
-    ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds).
-    ``recorded``: run directory -> an earlier record's entry, used where that directory holds no
-    results.json."""
-    rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    missing, unfinished = [], []
-    for label, cells in planned.items():
-        for split in splits:
-            for seed, path in cells.get(split, []):
-                if not (Path(path) / "results.json").is_file():
-                    if str(path) in (recorded or {}):
-                        rows.setdefault(label, {}).setdefault(split, []).append(recorded[str(path)])
-                    else:
-                        missing.append(str(path))
-                    continue
-                run = read_run(Path(path))
-                if not run.finished:
-                    unfinished.append(str(path))
-                    continue
-                values = {m: v for m, v in run.metrics().items() if m in metrics}
-                took = (seconds or {}).get(str(path), run.results.get("seconds"))
-                rows.setdefault(label, {}).setdefault(split, []).append(
-                    {
-                        "seed": seed,
-                        **values,
-                        "rounds": run.evaluated[-1]["round"] if run.evaluated else 0,
-                        "seconds": took,
-                        "config_digest": run.results.get("config_digest"),
-                        "run_dir": str(path),
-                    }
-                )
-    stats = {
-        label: {
-            split: {m: _stats([r.get(m, math.nan) for r in rows.get(label, {}).get(split, [])]) for m in metrics}
-            for split in splits
-        }
-        for label in planned
-    }
-    best = {
-        (s, m): max((stats[label][s][m]["mean"] for label in planned if stats[label][s][m]["n"]), default=math.nan)
-        for s in splits
-        for m in metrics
-    }
-    titles = [TITLES.get(m, m) + " (%)" for m in metrics]
-    head = titles if len(splits) == 1 else [f"{s}: {t}" for s in splits for t in titles]
-    lines = ["| variant | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for label, cells in planned.items():
-        row = []
-        for s in splits:
-            for m in metrics:
-                st, want = stats[label][s][m], len(cells.get(s, []))
-                text = cell(st["mean"], st["std"]) if st["n"] else "–"
-                text = f"**{text}**" if st["n"] and st["mean"] == best[(s, m)] else text
-                row.append(text + (f" ({st['n']} of {want} seeds)" if st["n"] and st["n"] < want else ""))
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
-    record = {
-        "splits": splits,
-        "metrics": metrics,
-        "rows": rows,
-        "table": stats,
-        "missing": missing,
-        "unfinished": unfinished,
-    }
-    return "\n".join(lines), record
-
-
-def _stats(values: list[float]) -> dict[str, Any]:
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {"mean": statistics.mean(kept), "std": statistics.stdev(kept) if len(kept) > 1 else math.nan, "n": len(kept)}
 
 
 def _show(value: Any) -> str:

@@ -201,6 +201,8 @@ def run_study(
         atomic_write_text(book, json.dumps(seconds, indent=1))
         m = report.read_run(c.run_dir).metrics()
         echo(f"{c.name}: final {100 * m['final']:.2f} last5 {100 * m['last5']:.2f} ({seconds[rel]:.0f} s)")
+    from fedmoap.run.study_table import study_report
+
     return study_report(study, out)
 
 
@@ -283,81 +285,3 @@ def study_command(
             echo(f"{n} runs -> {file}; submit: sbatch --array=0-{n - 1} {array}")
     else:
         echo(run_study(study, out, only, extra, echo))
-
-
-def recorded_cells(study, out: Path, files: list[str]) -> tuple[dict[str, dict], list[str]]:
-    """Cells of earlier records of this study (``OUT/<name>.json`` files that ``study_report``
-    wrote), by the run directory each would have under ``out``: ``{run_dir: entry}`` of those
-    whose config digest equals the planned cell's, and the run directories of those that differ
-    (another configuration: not taken)."""
-    digests = {str(c.run_dir): c.digest for c in study.cells(out)}
-    taken: dict[str, dict] = {}
-    stale: list[str] = []
-    for file in files:
-        try:
-            record = json.loads(Path(file).read_text())
-            entries = [e for splits in record["rows"].values() for cells in splits.values() for e in cells]
-            where = {str(out / Path(e["run_dir"]).relative_to(record["out"])): e for e in entries}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise FedmoapError(
-                f"report: --recorded {file} is not a study record ({' '.join(str(exc).split())[:200]})"
-            ) from None
-        for run_dir, entry in where.items():
-            if run_dir not in digests or run_dir in taken:
-                continue
-            if entry.get("config_digest") == digests[run_dir]:
-                taken[run_dir] = {**entry, "run_dir": run_dir, "recorded": str(file)}
-            else:
-                stale.append(run_dir)
-    return taken, stale
-
-
-def study_report(study, out: str | Path | None = None, recorded: list[str] | None = None) -> str:
-    """The study's table from its run directories under ``out`` (finished runs only; nothing is
-    run): returns the Markdown and writes it to ``OUT/<name>.md`` and, with every run's values
-    per seed (fractions), its seconds (``OUT/seconds.json``, written by ``sweep --run``) and
-    config digest, to ``OUT/<name>.json``. ``recorded``: earlier ``<name>.json`` records whose
-    cells stand in for run directories that are gone (:func:`recorded_cells`)."""
-    import math
-
-    from fedmoap.run import report
-
-    out = Path(out) if out is not None else study.default_out()
-    planned = {
-        v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
-        for v in study.variants
-    }
-    book = out / "seconds.json"
-    try:
-        seconds = {str(out / rel): s for rel, s in json.loads(book.read_text()).items()} if book.is_file() else {}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise FedmoapError(f"report: {book} is unreadable ({' '.join(str(exc).split())[:200]})") from None
-    taken, stale = recorded_cells(study, out, recorded) if recorded else ({}, [])
-    table, record = report.study_table(planned, study.table_splits, study.metrics, seconds, taken)
-    used = sum(1 for splits in record["rows"].values() for cells in splits.values() for e in cells if "recorded" in e)
-    if used or stale:
-        table += (
-            f"\n\n{used} of the cells above are taken from {', '.join(recorded or [])} (their run directories"
-            f" are gone; same config digest); {len(stale)} recorded cells with another digest were left out."
-        )
-        record["recorded_stale"] = stale
-
-    def strict(obj: object) -> object:  # JSON without NaN
-        if isinstance(obj, float) and math.isnan(obj):
-            return None
-        if isinstance(obj, dict):
-            return {k: strict(v) for k, v in obj.items()}
-        return [strict(v) for v in obj] if isinstance(obj, list) else obj
-
-    record = {
-        "study": study.name,
-        "description": study.description,
-        "file": str(study.path),
-        "out": str(out),
-        "seeds": study.seeds,
-        **record,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{study.name}.md", f"# {study.name}\n\n{study.description}\n\n{table}\n")
-    atomic_write_text(out / f"{study.name}.json", json.dumps(strict(record), indent=1, allow_nan=False))
-    return table

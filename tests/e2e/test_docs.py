@@ -53,9 +53,9 @@ def test_readme_is_at_most_250_lines_and_keeps_the_two_commands():
     text = README.read_text()
     assert len(text.splitlines()) <= README_MAX_LINES, len(text.splitlines())
     assert "bash scripts/setup.sh && fedmoap fit\n" in text
-    assert "bash scripts/setup.sh && python -m pytest -q\n" in text
+    assert "bash scripts/setup.sh && python -m pytest -q -n auto\n" in text
     ci = (REPO / ".ci" / "run").read_text()
-    assert "bash scripts/setup.sh && python -m pytest -q" in ci
+    assert "bash scripts/setup.sh && python -m pytest -q -n auto" in ci
 
 
 def test_every_relative_link_in_readme_and_docs_points_to_a_file():

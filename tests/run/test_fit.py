@@ -703,6 +703,8 @@ def test_ctrl_c_says_where_exits_130_and_resumes_identically(run3, runs_root, ca
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as in a terminal's foreground: a pytest-xdist worker ignores SIGINT, and its children inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while not (d / "checkpoints" / "round_0001.pt").exists() and proc.poll() is None:

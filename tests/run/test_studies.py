@@ -123,9 +123,12 @@ def test_a_study_runs_shares_splits_resumes_and_reports(tmp_path, capsys):
     )
     other = json.loads(earlier.read_text())
     other["rows"]["pFedMoAP (smoke knobs)"]["dir"][1]["config_digest"] = "0" * 16
+    other["rows"]["PromptFL"]["dir"][0]["config_digest"] = "0" * 16  # its run directory is there
     earlier.write_text(json.dumps(other))
     assert main(["report", "--study", str(path), "--out", str(out), "--recorded", str(earlier)]) == 0
-    assert "(1 of 2 seeds)" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "(1 of 2 seeds)" in again
+    assert "0 of the cells above are taken from" in again and "; 1 recorded cells with another digest" in again
     earlier.write_text("[]")
     assert main(["report", "--study", str(path), "--out", str(out), "--recorded", str(earlier)]) == 2
     assert capsys.readouterr().err.strip() == (
