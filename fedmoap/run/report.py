@@ -58,8 +58,10 @@ METRICS: dict[str, str] = {
     },
     "mia.mlp": "membership inference (fedmoap mia): DP-FPL's attack MLP, mean per-class accuracy",
     "mia.loss": "membership inference (fedmoap mia): loss-threshold attack, mean per-class accuracy",
+    "mia.mlp.auc": "membership inference: DP-FPL's attack MLP, AUC over all attacked samples (x 100)",
+    "mia.loss.auc": "membership inference: loss-threshold attack, AUC over all attacked samples (x 100)",
 }
-"""Column name -> what it is (all accuracies, shown in %)."""
+"""Column name -> what it is (accuracies, and AUCs x 100, shown in %)."""
 IGNORED = {
     "seed",
     "data.split_file",
@@ -111,8 +113,8 @@ class Group:
 
 
 def mia_metrics(run: Run) -> dict[str, float]:
-    """``mia.mlp`` and ``mia.loss`` from the run's ``mia/mia.json`` (``fedmoap mia`` with its
-    default output directory), if it attacked the run's last round; else nothing."""
+    """``mia.mlp``, ``mia.loss`` and their ``.auc`` from the run's ``mia/mia.json`` (``fedmoap mia``
+    with its default output directory), if it attacked the run's last round; else nothing."""
     path = run.path / "mia" / "mia.json"
     if not path.is_file():
         return {}
@@ -121,7 +123,11 @@ def mia_metrics(run: Run) -> dict[str, float]:
         if data["round"] != rounds_done(run.path):
             return {}
         attacks = data["attacks"]
-        return {"mia.mlp": _num(attacks["mlp"]["accuracy"]), "mia.loss": _num(attacks["loss_threshold"]["accuracy"])}
+        return {
+            f"mia.{name}{suffix}": _num(attacks[key][field])
+            for name, key in (("mlp", "mlp"), ("loss", "loss_threshold"))
+            for suffix, field in (("", "accuracy"), (".auc", "auc"))
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FedmoapError(
             f"report: {path} is not a readable fedmoap mia result "

@@ -13,7 +13,7 @@ from typing import Any
 
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_write_text
-from fedmoap.run.report import cell
+from fedmoap.run.report import cell, run_metrics
 from fedmoap.run.runs import read_run
 
 TITLES = {
@@ -28,6 +28,10 @@ TITLES = {
     "b2n.hm3": "HM(local, base, novel)",
     "unseen": "held-out clients",
     "unseen.adapted": "held-out, adapted",
+    "mia.mlp": "attack MLP",
+    "mia.loss": "loss attack",
+    "mia.mlp.auc": "MLP AUC",
+    "mia.loss.auc": "loss AUC",
 }
 """Short column titles of the study table."""
 
@@ -61,7 +65,7 @@ def study_table(
                 if not run.finished:
                     unfinished.append(str(path))
                     continue
-                values = {m: v for m, v in run.metrics().items() if m in metrics}
+                values = {m: v for m, v in run_metrics(run).items() if m in metrics}
                 took = (seconds or {}).get(str(path), run.results.get("seconds"))
                 rows.setdefault(label, {}).setdefault(split, []).append(
                     {
@@ -84,6 +88,7 @@ def study_table(
         (s, m): max((stats[label][s][m]["mean"] for label in planned if stats[label][s][m]["n"]), default=math.nan)
         for s in splits
         for m in metrics
+        if not m.startswith("mia.")  # an attack's success is no method's merit: nothing in bold
     }
     titles = [TITLES.get(m, m) + " (%)" for m in metrics]
     head = titles if len(splits) == 1 else [f"{s}: {t}" for s in splits for t in titles]
@@ -94,7 +99,7 @@ def study_table(
             for m in metrics:
                 st, want = stats[label][s][m], len(cells.get(s, []))
                 text = cell(st["mean"], st["std"]) if st["n"] else "–"
-                text = f"**{text}**" if st["n"] and st["mean"] == best[(s, m)] else text
+                text = f"**{text}**" if st["n"] and st["mean"] == best.get((s, m)) else text
                 row.append(text + (f" ({st['n']} of {want} seeds)" if st["n"] and st["n"] < want else ""))
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     record = {

@@ -20,6 +20,7 @@ from tests.worlds import fit_smoke
 
 from fedmoap.args import DataArgs
 from fedmoap.run.cli import main
+from fedmoap.run.study_table import study_table
 from fedmoap.data.sources import load_source
 
 TARGET = [
@@ -138,6 +139,12 @@ def test_report_shows_the_attack_and_not_the_shadow_runs(run, attacked, capsys, 
     assert main(["report", str(run.parent)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert "mia.mlp" in table[0] and len(table) == 3  # header, rule, the target alone
+    columns = ["final", "mia.mlp", "mia.loss", "mia.mlp.auc", "mia.loss.auc"]
+    markdown, record = study_table({"target": {"s": [(0, run)]}}, ["s"], columns)
+    want = [attacked["attacks"][k][v] for v in ("accuracy", "auc") for k in ("mlp", "loss_threshold")]
+    assert [record["rows"]["target"]["s"][0][m] for m in columns[1:]] == want
+    assert all(f"{100 * v:.2f}" in markdown for v in want)
+    assert markdown.count("**") == 2  # the final accuracy in bold, no attack's success
     broken = copy_run(run, tmp_path / "broken")
     (broken / "mia").mkdir()
     (broken / "mia" / "mia.json").write_text('{"round": 1}')
