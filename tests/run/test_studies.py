@@ -235,3 +235,32 @@ def test_committed_studies_load_and_name_distinct_run_directories(path, monkeypa
     assert study.name == path.stem
     cells = study.cells("runs/x")
     assert len({c.run_dir for c in cells}) == len(cells) == sum(len(v.seeds) * len(v.splits) for v in study.variants)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_committed_studies_put_promptsrcs_gpa_peak_inside_their_rounds(path, monkeypatch):
+    """PromptSRC's Gaussian prompt aggregation weights round t by N(gpa_mean, gpa_std²): with its
+    peak past the last round every weight is ~0 and evaluation silently falls back to the latest
+    global model, so a study that runs PromptSRC must move the peak with its rounds."""
+    from fedmoap.methods.promptsrc import PromptSRC
+
+    monkeypatch.chdir(REPO)
+    for cell in load_study(path.relative_to(REPO)).cells("runs/x"):
+        m = cell.cfg.method
+        if isinstance(m, PromptSRC) and m.gpa:
+            assert 1 <= m.gpa_mean <= cell.rounds, f"{cell.name}: GPA peak {m.gpa_mean} of {cell.rounds} rounds"
+
+
+def test_the_cpu_vision_study_is_the_gpu_one_with_fewer_rounds(monkeypatch):
+    """vision_methods_cpu.yaml is vision_methods.yaml with 4 rounds instead of 10 (and PromptSRC's
+    GPA peak at 0.75 x the rounds): same splits, seeds, variants and every other setting."""
+    monkeypatch.chdir(REPO)
+    gpu = load_study("configs/studies/vision_methods.yaml")
+    cpu = load_study("configs/studies/vision_methods_cpu.yaml")
+    assert (gpu.base.pop("fed.rounds"), cpu.base.pop("fed.rounds")) == (10, 4)
+    assert cpu.base == gpu.base and cpu.splits == gpu.splits and cpu.seeds == gpu.seeds
+    assert cpu.metrics == gpu.metrics
+    src = {s.name: s.variant("promptsrc").overrides.pop("method.gpa_mean") for s in (gpu, cpu)}
+    assert src == {"vision_methods": 7.5, "vision_methods_cpu": 3}
+    for g, c in zip(gpu.variants, cpu.variants, strict=True):
+        assert (g.key, g.config, g.overrides, g.seeds, g.splits) == (c.key, c.config, c.overrides, c.seeds, c.splits)
