@@ -112,11 +112,14 @@ def trained_method(cls) -> bool:
 # ---------------------------------------------------------------------------- conformance
 @pytest.mark.parametrize("name", list(METHODS))
 def test_state_round_trips_exactly(world, tmp_path, name):
+    """A client's stored state reloads to the same predictions, and ``personal_eval`` says truly
+    whether that state (not only the server's eval payload) decides them."""
     fed = federation(world, METHODS[name], tmp_path, participation=1.0)
     fed.run_round(1, progress=False)
     if not METHODS[name].trains:
         assert len(fed.store) == 0
         return
+    reads_client = []
     for cid in range(NUM_CLIENTS):
         stored = fed.store.get(cid)
         fed.module.load_client(cid, stored)
@@ -131,6 +134,18 @@ def test_state_round_trips_exactly(world, tmp_path, name):
         fed.module.prepare_eval(fed.server.eval_payload(cid))
         fed.module.begin_eval()
         assert torch.equal(fed.module.predict(batch), first)
+        fed.module.load_client(cid, None)
+        fed.module.prepare_eval(fed.server.eval_payload(cid))
+        fed.module.begin_eval()
+        reads_client.append(not torch.equal(fed.module.predict(batch), first))
+    # personal_eval = False lets evaluation set up one model for all clients: it must hold exactly
+    # when the eval payload alone decides a client's predictions (no evaluation-time adaptation)
+    if fed.module.personal_eval:
+        assert any(reads_client) or fed.module.eval_adaptation_epochs(1, True) > 0, (
+            f"{name}: evaluation ignores the client's state; declare personal_eval = False"
+        )
+    else:
+        assert not any(reads_client), f"{name} declares personal_eval = False but evaluation reads the client's state"
     server_state = fed.server.state_dict()
     other = federation(world, METHODS[name], tmp_path / "other")
     other.server.load_state_dict(server_state)
