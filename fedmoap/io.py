@@ -78,6 +78,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+ROUND_FILE = re.compile(r"round_(\d+)\.pt")
+"""A state kept per round (a client's in the store, a run's checkpoint): ``round_<t>.pt``."""
+
+
+def round_file(t: int) -> str:
+    """The file name of round ``t``'s state."""
+    return f"round_{t:04d}.pt"
+
+
+def round_versions(folder: Path) -> list[int]:
+    """The rounds whose state files ``folder`` holds, in order."""
+    return sorted(int(m.group(1)) for p in Path(folder).iterdir() if (m := ROUND_FILE.fullmatch(p.name)))
+
+
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` made atomic."""
     buf = io.BytesIO()
@@ -96,6 +110,24 @@ def check_directory(path: Path, key: str) -> None:
         if parent.exists():
             if not parent.is_dir():
                 raise FedmoapError(f"{key} {path} lies under {parent}, which is a file, not a directory")
+            return
+
+
+def check_output_file(path: Path, key: str) -> None:
+    """Refuse, before any work, a file-to-be that an atomic write could not create: a directory
+    or another non-regular file in its place, a file among its parents, or a directory in which
+    files cannot be created (``key`` names the option, e.g. ``--out``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise FedmoapError(f"{key} {path} is a directory, not a file")
+    if path.exists() and not path.is_file():
+        raise FedmoapError(f"{key} {path} is not a regular file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FedmoapError(f"{key} {path} lies under {parent}, which is a file, not a directory")
+            if not writable(parent):
+                raise FedmoapError(f"{key} {path}: files cannot be created in {parent} (read-only or no permission)")
             return
 
 

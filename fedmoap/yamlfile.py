@@ -3,6 +3,7 @@ one wins", and a config file that is empty, binary or not a mapping is named in 
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ import yaml
 from yaml.constructor import ConstructorError
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_FILE_BYTES = 1 << 20
+"""The largest config or study file read (1 MiB; the paper configs are under 2 KiB)."""
 
 
 class DuplicateKeyError(ConstructorError):
@@ -68,16 +71,37 @@ def strict(loader: Callable[[str], Any]) -> Callable[[str], Any]:
     return strict_loader
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The mapping a ``--config`` file holds; a :class:`~fedmoap.errors.FedmoapError` naming the
-    file if it is missing, not text, empty, not YAML, repeats a key or is not a mapping."""
+def read_limited(path: str | Path, key: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``; a :class:`~fedmoap.errors.FedmoapError` naming it
+    (as ``key`` ``path``) if it cannot be read, is not a regular file (a directory, a device such as
+    ``/dev/zero``, a pipe) or holds more than ``limit`` bytes. At most ``limit + 1`` bytes are read."""
     from fedmoap.errors import FedmoapError
 
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        mode = path.stat().st_mode  # before opening: opening a pipe waits for its writer
+        if stat.S_ISDIR(mode):
+            raise FedmoapError(f"{key} {path} is a directory, not a file")
+        if not stat.S_ISREG(mode):  # a pipe (<(...)) would also be drained by the first of two reads
+            raise FedmoapError(f"{key} {path} is not a regular file (a device or a pipe); save the settings to a file")
+        with path.open("rb") as f:
+            raw = f.read(limit + 1)
     except OSError as exc:
-        raise FedmoapError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+        raise FedmoapError(f"{key} {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > limit:
+        size = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit} bytes"
+        raise FedmoapError(f"{key} {path} is larger than {size}, too large for a settings file")
+    return raw
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The mapping a ``--config`` file holds; a :class:`~fedmoap.errors.FedmoapError` naming the
+    file if it is missing, not a regular file, over 1 MiB, not text, empty, not YAML, repeats a key
+    or is not a mapping."""
+    from fedmoap.errors import FedmoapError
+
+    path = Path(path)
+    raw = read_limited(path, "--config")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

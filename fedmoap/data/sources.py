@@ -11,7 +11,10 @@ disagree on a column's type) stops the run with one line naming the culprit.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +60,15 @@ def load_source(args: DataArgs) -> SourceData:
     classnames = _classnames(args, train)
     train_labels, test_labels, classnames = _labels(args, train, test, classnames)
     top = int(max(train_labels.max(initial=-1), test_labels.max(initial=-1)))
-    if top >= len(classnames) or min(train_labels.min(initial=0), test_labels.min(initial=0)) < 0:
+    for name, labels in ((args.train_split, train_labels), (args.test_split, test_labels)):
+        negative = labels < 0
+        if negative.any():  # datasets' ClassLabel writes -1 for a missing label
+            raise FedmoapError(
+                f"data.label_column {args.label_column!r} holds negative labels in split {name!r} "
+                f"({int(negative.sum())} rows, e.g. row {int(np.flatnonzero(negative)[0])}: "
+                f"{int(labels[negative][0])}); labels must be class indices 0..{len(classnames) - 1}"
+            )
+    if top >= len(classnames):
         raise FedmoapError(
             f"data: class-count mismatch: labels go up to {top} but there are {len(classnames)} class names"
         )
@@ -192,22 +203,42 @@ def _open(args: DataArgs) -> tuple[DatasetDict, str | None]:
         return load_fashion_mnist_styles(args.path)
     path = Path(src).expanduser()
     try:
-        if path.is_dir():
-            if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-                loaded = load_from_disk(str(path))
-                return (loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)), None
-            parquet = sorted(path.rglob("*.parquet"))
-            if parquet:
-                files = {s: [str(p) for p in parquet if s in p.stem] for s in (args.train_split, args.test_split)}
-                return load_dataset("parquet", data_files={k: v for k, v in files.items() if v}), None
-            return load_dataset("imagefolder", data_dir=str(path)), None
-        if src.startswith((".", "/", "~")) or (Path(src).parent != Path(".") and not _looks_like_hub(src)):
-            raise FedmoapError(f"data.source: no dataset directory at {src!r}")
-        return load_dataset(src, cache_dir=None), None
+        with _held_logs("datasets"):
+            if path.is_dir():
+                if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+                    loaded = load_from_disk(str(path))
+                    return (loaded if isinstance(loaded, DatasetDict) else DatasetDict(train=loaded)), None
+                parquet = sorted(path.rglob("*.parquet"))
+                if parquet:
+                    files = {s: [str(p) for p in parquet if s in p.stem] for s in (args.train_split, args.test_split)}
+                    return load_dataset("parquet", data_files={k: v for k, v in files.items() if v}), None
+                return load_dataset("imagefolder", data_dir=str(path)), None
+            if src.startswith((".", "/", "~")) or (Path(src).parent != Path(".") and not _looks_like_hub(src)):
+                raise FedmoapError(f"data.source: no dataset directory at {src!r}")
+            return load_dataset(src, cache_dir=None), None
     except FedmoapError:
         raise
     except Exception as exc:  # datasets raises many kinds for a missing or unreachable dataset
         raise FedmoapError(f"data.source: cannot load dataset {src!r}: {exc}") from exc
+
+
+@contextmanager
+def _held_logs(name: str) -> Iterator[None]:
+    """Hold back what the ``name`` library logs inside the block; pass it on only if the block
+    succeeds. (``datasets`` logs a failed read at ERROR before raising, and that exception is
+    reported in one line of its own.)"""
+    logger = logging.getLogger(name)
+    held: list[logging.LogRecord] = []
+    hold = logging.Handler()
+    hold.emit = held.append  # type: ignore[method-assign]
+    handlers, propagate = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [hold], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+    for record in held:
+        logger.handle(record)
 
 
 def _looks_like_hub(src: str) -> bool:

@@ -192,6 +192,9 @@ def load_split(path: Path, data: SourceData, num_clients: int, key: str = "data.
     empty = [i for i, t in enumerate(train) if len(t) == 0]
     if empty:
         raise FedmoapError(f"{key}: {path} gives clients {empty} no training samples")
+    empty = [i for i, t in enumerate(test) if len(t) == 0]
+    if empty:  # as a drawn split is refused: their accuracy would be NaN
+        raise FedmoapError(f"{key}: {path} gives clients {empty} no test samples")
     for name, idx, n in (("train", train, len(data.train_labels)), ("test", test, len(data.test_labels))):
         if any(len(i) and (i.min() < 0 or i.max() >= n) for i in idx):
             raise FedmoapError(f"{key}: {path} indexes {name} samples beyond the {n} of this dataset")
@@ -222,6 +225,8 @@ def _shape_problem(raw: object) -> str | None:
     for i, c in enumerate(clients):
         if not isinstance(c, dict) or not _ints(c.get("train")) or not _ints(c.get("test")):
             return f"client {i} is not an object with integer lists 'train' and 'test'"
+        if c.get("id", i) != i or isinstance(c.get("id"), bool):
+            return f"client {i} has id {c['id']!r} (clients are listed in id order 0, 1, ...)"
     classes = raw.get("classes", {})
     if not isinstance(classes, dict) or not all(_ints(classes.get(k, [])) for k in ("base", "novel")):
         return "'classes' is not an object with integer lists 'base' and 'novel'"

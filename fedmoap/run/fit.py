@@ -15,7 +15,6 @@ rerunning the same command resumes.
 from __future__ import annotations
 
 import shutil
-import signal
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.io import atomic_write_text, write_error
-from fedmoap.preemption import Interrupted, Preempted, requeue, stop_flag
+from fedmoap.preemption import Interrupted, Preempted, StoppedAtStartup, requeue_note, stop_flag
 from fedmoap.federation.dp_budget import preset_note
 from fedmoap.federation.results import (
     hparams,
@@ -62,10 +61,8 @@ def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
     sig = received[0] if received else None
     if comm and not comm.is_main:
         how = "rank 0 requeues the job if needed"
-    elif sig == signal.SIGUSR1:
-        how = requeue()
     else:
-        how = "not requeued (SIGTERM: a cancel, or SLURM requeues a preempted job itself)"
+        how = requeue_note(sig)
     where = (
         f"during round {r}; the checkpoint of round {r - 1} is the resume point"
         if r
@@ -99,6 +96,8 @@ def fit(
     lock = RunLock(run_dir)
     try:
         return _fit(cfg, run_dir, progress, lock, where, backbone, transport)
+    except StoppedAtStartup as exc:
+        raise Preempted(str(exc)) from None
     except KeyboardInterrupt:
         raise Interrupted(stopped_at(where, "interrupted (SIGINT)")) from None
     except OSError as exc:
@@ -139,14 +138,16 @@ def setup(cfg: RunConfig, run_dir: Path) -> Setup:
     problem = peers_problem(f.num_nodes)
     if problem:
         raise FedmoapError(problem)
+    stop = stop_flag()
     try:
-        fabric = L.Fabric(
-            accelerator=f.accelerator,
-            devices=f.devices,
-            num_nodes=f.num_nodes,
-            strategy=f.strategy,
-            precision=f.precision,
-        )
+        with stop.at_once():  # one process, nothing written: a signal stops it here and now
+            fabric = L.Fabric(
+                accelerator=f.accelerator,
+                devices=f.devices,
+                num_nodes=f.num_nodes,
+                strategy=f.strategy,
+                precision=f.precision,
+            )
     except ImportError as exc:  # an accelerator whose library is not installed (tpu: torch_xla)
         raise FedmoapError(f"fabric.accelerator {f.accelerator!r}: {' '.join(str(exc).split())}") from None
     except (ValueError, RuntimeError, TypeError) as exc:
@@ -160,7 +161,15 @@ def setup(cfg: RunConfig, run_dir: Path) -> Setup:
     digest = config_digest(cfg_dict)
     ckpt = load_latest(run_dir, digest) if resuming else None
     seen = (resuming, latest_round(run_dir) if resuming else 0)
-    return Setup(cfg, run_dir, cfg_dict, digest, fabric, comm, resuming, ckpt, seen, stop_flag())
+    stop_during_setup(comm, stop)
+    return Setup(cfg, run_dir, cfg_dict, digest, fabric, comm, resuming, ckpt, seen, stop)
+
+
+def stop_during_setup(comm: Comm, stop: Any) -> None:
+    """Raise :class:`Preempted` if any rank has received SIGUSR1/SIGTERM (a collective: every rank
+    calls it at the same points of the set-up, between its phases, before the first write)."""
+    if comm.any(stop()):
+        raise Preempted(preempted(comm, stop.signal, 0))
 
 
 def build(s: Setup, backbone: Backbone | None) -> tuple[Federation, Resolved, list[dict], dict]:
@@ -168,6 +177,7 @@ def build(s: Setup, backbone: Backbone | None) -> tuple[Federation, Resolved, li
     the rounds recorded so far, set-up checks for results.json)."""
     cfg, ckpt = s.cfg, s.ckpt
     backbone = backbone or build_backbone(cfg.model, cfg.seed)
+    stop_during_setup(s.comm, s.stop)
     fingerprints = {"image": backbone.image_fingerprint(), "text": backbone.text_fingerprint()}
     if ckpt is not None and ckpt.get("backbone", fingerprints) != fingerprints:
         raise FedmoapError(
@@ -261,6 +271,7 @@ def _fit(
     if transport is not None:
         federation.transport = transport
     setup_s = time.perf_counter() - t0
+    stop_during_setup(s.comm, s.stop)  # the last point at which nothing has been written
     claim(run_dir, s.cfg_dict, s.comm, lock, s.seen)  # every rank has checked the run directory
     done = history[-1]["round"] if history else 0
     where.update(stage="start", done=done)

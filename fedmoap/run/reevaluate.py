@@ -27,6 +27,7 @@ from fedmoap.federation.build import build_federation
 from fedmoap.run.checkpoint import load_latest
 from fedmoap.federation.config import RunConfig, config_dict, config_digest
 from fedmoap.errors import FedmoapError
+from fedmoap.io import check_output_file
 from fedmoap.run.parse import parse_fit
 from fedmoap.federation.results import round_record, write_results
 from fedmoap.federation.rounds import Federation
@@ -123,9 +124,12 @@ def reevaluate(
     """Evaluate the finished run in ``run_dir`` with ``overrides`` (``fedmoap fit`` arguments);
     returns (the written record set, its path)."""
     run_dir = Path(run_dir)
+    if out is not None:  # before the run is restored: a path that cannot be written wastes no work
+        check_output_file(Path(out), "--out")
     federation, wanted, ckpt = restore_run(run_dir, overrides, backbone)
     digest = config_digest(config_dict(wanted))
     path = Path(out) if out is not None else run_dir / "eval" / f"{digest[:16]}.json"
+    check_output_file(path, "--out" if out is not None else "run_dir")
     t = int(ckpt["round"])
     counts = federation.evaluate(federation.schedule.clients, t, progress)
     record = round_record(t, dict(sorted(counts.items())), [], bytes_up=0, bytes_down=0)

@@ -206,10 +206,9 @@ def load_study(path: str | Path) -> Study:
     def bad(key: str, problem: str) -> FedmoapError:
         return FedmoapError(f"{path}: {key}: {problem}")
 
+    data = yamlfile.read_limited(path, "study")
     try:
-        raw = yamlfile.load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FedmoapError(f"study {path}: cannot read it ({exc.strerror or exc})") from None
+        raw = yamlfile.load(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise FedmoapError(f"study {path} is not a text (YAML) file") from None
     except yamlfile.DuplicateKeyError as exc:

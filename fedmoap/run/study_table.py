@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmoap.errors import FedmoapError
-from fedmoap.io import atomic_write_text
+from fedmoap.io import atomic_write_text, check_output_file
 from fedmoap.run.report import cell, run_metrics
 from fedmoap.run.runs import read_run
 
@@ -148,6 +148,11 @@ def recorded_cells(study, out: Path, files: list[str]) -> tuple[dict[str, dict],
     return taken, stale
 
 
+def report_files(study, out: Path) -> tuple[Path, Path]:
+    """The files :func:`study_report` writes under ``out``: ``<name>.md`` and ``<name>.json``."""
+    return out / f"{study.name}.md", out / f"{study.name}.json"
+
+
 def study_report(study, out: str | Path | None = None, recorded: list[str] | None = None) -> str:
     """The study's table from its run directories under ``out`` (finished runs only; nothing is
     run): returns the Markdown and writes it to ``OUT/<name>.md`` and, with every run's values
@@ -155,6 +160,9 @@ def study_report(study, out: str | Path | None = None, recorded: list[str] | Non
     config digest, to ``OUT/<name>.json``. ``recorded``: earlier ``<name>.json`` records whose
     cells stand in for run directories that are gone (:func:`recorded_cells`)."""
     out = Path(out) if out is not None else study.default_out()
+    markdown, json_file = report_files(study, out)
+    for file in (markdown, json_file):
+        check_output_file(file, "--out")
     planned = {
         v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
         for v in study.variants
@@ -190,6 +198,6 @@ def study_report(study, out: str | Path | None = None, recorded: list[str] | Non
         **record,
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{study.name}.md", f"# {study.name}\n\n{study.description}\n\n{table}\n")
-    atomic_write_text(out / f"{study.name}.json", json.dumps(strict(record), indent=1, allow_nan=False))
+    atomic_write_text(markdown, f"# {study.name}\n\n{study.description}\n\n{table}\n")
+    atomic_write_text(json_file, json.dumps(strict(record), indent=1, allow_nan=False))
     return table

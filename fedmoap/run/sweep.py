@@ -27,7 +27,7 @@ import shlex
 from pathlib import Path
 
 from fedmoap.errors import FedmoapError
-from fedmoap.io import atomic_write_text
+from fedmoap.io import atomic_write_text, check_output_file
 
 
 def parse_grid(specs: list[str]) -> list[tuple[str, list[str]]]:
@@ -110,6 +110,7 @@ def check_lines(lines: list[str]) -> None:
 
 def write_sweep(out: str, config: str | None, grid: list[str], seeds: list[int], runs_root: str) -> int:
     """Write the sweep file; returns its number of lines (the array is ``0-(n-1)``)."""
+    check_output_file(Path(out), "--out")
     if config and not Path(config).exists():
         raise FedmoapError(f"sweep: config {config} does not exist")
     lines = sweep_lines(config, parse_grid(grid), seeds, runs_root)
@@ -178,7 +179,11 @@ def run_study(
     from fedmoap.backbones import build_backbone
     from fedmoap.run.fit import fit
 
+    from fedmoap.run.study_table import report_files
+
     out = Path(out) if out is not None else study.default_out()
+    for file in (out / "seconds.json", *report_files(study, out)):  # written after hours of runs
+        check_output_file(file, "--out")
     cells = cells_of(study, out, only, extra)
     book = out / "seconds.json"
     seconds = json.loads(book.read_text()) if book.is_file() else {}
@@ -219,10 +224,11 @@ def write_study_array(
     lines from the latter on read a split.json that an earlier line writes, so they are submitted
     as a second array that waits for the first."""
     out = Path(out) if out is not None else study.default_out()
+    path = out / f"{study.name}.sweep.txt"
+    check_output_file(path, "--out")
     cells = cells_of(study, out, only, extra)
     first = [c for c in cells if c.writes_split]
     lines = [cell_line(c) for c in first + [c for c in cells if not c.writes_split]]
-    path = out / f"{study.name}.sweep.txt"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path, len(lines), len(first)
 

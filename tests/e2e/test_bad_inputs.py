@@ -118,6 +118,16 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
         "fresh",
         ["data.split_file", "client 0"],
     ),
+    "split_file_client_without_test_samples": (
+        ["--data.split_file", "{split_no_test}"],
+        "fresh",
+        ["data.split_file", "clients [1]", "no test samples"],
+    ),
+    "split_file_ids_out_of_order": (
+        ["--data.split_file", "{split_ids}"],
+        "fresh",
+        ["data.split_file", "client 0", "id 5"],
+    ),
     "resumed_split_of_another_shape": (["--fed.rounds", "3"], "split_shape", ["split.json", "clients"]),
     "resumed_split_client_without_training": (
         ["--fed.rounds", "3"],
@@ -234,6 +244,19 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
     "empty_source": (["--data.source", ""], "fresh", ["data.source"]),
     "blank_source": (["--data.source", "  "], "existing", ["data.source"]),
     "num_nodes_without_peers": (["--fabric.num_nodes", "2"], "existing", ["fabric.num_nodes"]),
+    # a config file is read only if it is a regular file of at most 1 MiB
+    "config_a_device": (["--config", "/dev/zero"], "existing", ["/dev/zero", "not a regular file"]),
+    "config_too_large": (["--config", "{big_yaml}"], "existing", ["{big_yaml}", "1 MiB"]),
+    "config_a_directory": (["--config", "{a_dir}"], "existing", ["{a_dir}", "is a directory"]),
+    # settings that ran as something else
+    "pretrained_empty": (["--model.pretrained", ""], "fresh", ["model.pretrained", "empty"]),
+    "pretrained_blank": (["--model.pretrained", " "], "existing", ["model.pretrained", "empty"]),
+    "bf16_true_is_float32": (["--fabric.precision", "bf16-true"], "fresh", ["fabric.precision", "bf16-true"]),
+    "negative_labels": (
+        ["--data.source", "{negative}", "--data.classnames", "[a,b,c]"],
+        "fresh",
+        ["data.label_column", "negative labels", "'train'"],
+    ),
 }
 LINEAR_HEAD = '''
 from dataclasses import dataclass
@@ -299,6 +322,11 @@ def setup(tmp_path_factory):
     floats = json.loads((base / "split.json").read_text())
     floats["clients"][0]["train"] = [i + 0.5 for i in floats["clients"][0]["train"]]
     Path(files["split_floats"]).write_text(json.dumps(floats))
+    for name, change in (("split_no_test", (1, "test", [])), ("split_ids", (0, "id", 5))):
+        split = json.loads((base / "split.json").read_text())
+        split["clients"][change[0]][change[1]] = change[2]
+        files[name] = str(root / f"{name}.json")
+        Path(files[name]).write_text(json.dumps(split))
     misspelt = root / "misspelt.yaml"
     misspelt.write_text(SMOKE.read_text().replace("  rounds: 3", "  roundz: 3"))
     files["misspelt_yaml"] = str(misspelt)
@@ -306,6 +334,7 @@ def setup(tmp_path_factory):
     for name, labels, feature in (
         ("strings", ["cat", "dog", "bird"], Value("string")),
         ("floats", [0.0, 1.5, 2.0], Value("float64")),
+        ("negative", [-1, 1, 2], Value("int64")),
     ):
         split = Dataset.from_dict(
             {"image": [image] * 3, "label": labels}, features=Features({"image": Image(), "label": feature})
@@ -324,6 +353,8 @@ def setup(tmp_path_factory):
         assert text != smoke
         files[name] = str(root / f"{name}.yaml")
         Path(files[name]).write_text(text)
+    files["big_yaml"] = str(root / "big.yaml")
+    Path(files["big_yaml"]).write_text(smoke + "# padding\n" * 120_000)
     files["binary"] = str(root / "binary.yaml")
     Path(files["binary"]).write_bytes(bytes(range(256)) * 4)
     (root / "evalcase_linear.py").write_text(LINEAR_HEAD)
@@ -647,3 +678,162 @@ def test_num_nodes_needs_a_launcher_that_supplies_the_nodes(monkeypatch):
     assert "1 node" in peers_problem(2)  # srun, but the job has fewer nodes than asked for
     monkeypatch.setenv("SLURM_NNODES", "2")
     assert peers_problem(2) is None
+
+
+# ----- output files of eval, sweep, report and mia: checked before any work ----------------------
+def assert_one_error_line(capsys, argv: list[str], words: list[str]) -> None:
+    """``fedmoap ARGV`` exits with 2 and one ``fedmoap: error:`` line holding ``words``."""
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, f"exit code {rc}; stderr: {err}"
+    assert err.startswith("fedmoap: error:") and err.strip().count("\n") == 0, err
+    for word in words:
+        assert word in err, f"the error does not name {word!r}: {err}"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_directory"])
+def test_eval_out_that_cannot_be_a_file_is_refused_first(setup, where, capsys, tmp_path):
+    _, base, cache, _ = setup
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    out = tmp_path / ("afile/x.json" if where == "under_a_file" else "adir")
+    before = snapshot(base)
+    assert_one_error_line(
+        capsys, ["eval", str(base), "--data.feature_cache", str(cache), "--out", str(out)], ["--out", str(out)]
+    )
+    assert snapshot(base) == before
+    assert (tmp_path / "afile").read_text() == "x" and not any((tmp_path / "adir").iterdir())
+
+
+def test_sweep_out_a_directory_is_refused(setup, capsys, tmp_path):
+    (tmp_path / "adir").mkdir()
+    assert_one_error_line(
+        capsys,
+        ["sweep", "--config", str(SMOKE), "--grid", "fed.rounds=1,2", "--seeds", "0", "--out", str(tmp_path / "adir")],
+        ["--out", str(tmp_path / "adir"), "directory"],
+    )
+    assert not any((tmp_path / "adir").iterdir())
+
+
+STUDY = REPO / "configs" / "studies" / "offline_default.yaml"
+
+
+@pytest.mark.parametrize(
+    "command", [["report", "--study", str(STUDY)], ["sweep", "--study", str(STUDY), "--slurm"]], ids=["report", "slurm"]
+)
+def test_study_out_under_a_file_is_refused(command, capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_one_error_line(capsys, [*command, "--out", str(tmp_path / "afile")], ["--out", str(tmp_path / "afile")])
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("lr", [".inf", ".nan", "1e999"])
+def test_mia_float_options_must_be_finite(setup, lr, capsys, tmp_path):
+    _, base, _, _ = setup
+    out = tmp_path / "mia"
+    assert_one_error_line(
+        capsys, ["mia", str(base), "--shadows", "1", "--epochs", "1", "--lr", lr, "--out", str(out)], ["--lr", "finite"]
+    )
+    assert not out.exists()
+
+
+def test_mia_json_that_cannot_be_written_is_refused_before_the_shadows(setup, capsys, tmp_path):
+    _, base, _, _ = setup
+    out = tmp_path / "mia"
+    (out / "mia.json").mkdir(parents=True)
+    assert_one_error_line(
+        capsys, ["mia", str(base), "--shadows", "1", "--epochs", "1", "--out", str(out)], ["--out", "mia.json"]
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["mia.json"]
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--client_gpus", "nan"), ("--client_cpus", "inf"), ("--client_gpus", "inf")]
+)
+def test_flower_resources_must_be_finite(option, value, capsys, tmp_path):
+    pytest.importorskip("flwr")
+    app = tmp_path / "app"
+    argv = ["flower", "--config", str(SMOKE), "--run_dir", str(tmp_path / "run"), "--app", str(app), "--write_only"]
+    assert_one_error_line(capsys, [*argv, option, value], [option, value])
+    assert not app.exists() and not (tmp_path / "run").exists()
+
+
+# ----- the library's own log lines of a dataset it cannot read ------------------------------------
+def test_an_unreadable_dataset_is_one_line_without_the_librarys_log(setup, tmp_path):
+    """``datasets`` logs a parquet file it cannot read at ERROR (to its own handler and the root
+    logger's) before raising; only fedmoap's line about it reaches stderr. (A real process: in
+    this one the loggers' streams are pytest's.)"""
+    import subprocess
+
+    _, _, cache, _ = setup
+    source = tmp_path / "broken"
+    source.mkdir()
+    for split in ("train", "test"):
+        (source / f"{split}.parquet").write_bytes(b"not a parquet file")
+    cmd = [sys.executable, "-m", "fedmoap", "fit", "--config", str(SMOKE), "--data.source", str(source)]
+    cmd += ["--run_dir", str(tmp_path / "run"), "--data.feature_cache", str(cache), "--progress", "false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 2, err
+    about = [line for line in err.splitlines() if "error" in line.lower() or "parquet" in line.lower()]
+    assert len(about) == 1 and about[0].startswith("fedmoap: error: data.source"), err
+    assert str(source) in about[0] and not (tmp_path / "run").exists()
+
+
+# ----- a preemption signal during start-up ------------------------------------------------------
+def handles(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (Linux: /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return bool(caught & (1 << (sig - 1)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+def test_sigterm_during_start_up_stops_at_once_writing_nothing(setup, tmp_path):
+    """SIGTERM while the arguments are parsed and the libraries load (seconds before set-up ends)
+    stops the process there, as Ctrl-C does: exit 3 with one line, no run directory."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from fedmoap.preemption import EXIT_PREEMPTED
+
+    _, _, cache, _ = setup
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fedmoap", "fit", "--config", str(SMOKE), "--run_dir", str(run_dir)]
+    cmd += ["--data.feature_cache", str(cache), "--progress", "false"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env={**os.environ})
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and not handles(proc.pid, signal.SIGTERM):  # fedmoap's handler, then signal
+        assert time.monotonic() < deadline, "no SIGTERM handler after 60 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    lines = [line for line in err.splitlines() if line.startswith("fedmoap:")]
+    assert "Traceback" not in err and len(lines) == 1 and "start-up" in lines[0], err
+    assert not run_dir.exists()
+
+
+def test_a_signal_before_set_up_ends_stops_before_any_write(setup, tmp_path):
+    """A signal already received when fit() starts stops it before the run directory is written
+    (not at round 1, after split.json and config.yaml)."""
+    import os
+    import signal
+
+    from fedmoap.preemption import Preempted, stop_flag
+    from fedmoap.run.fit import fit
+    from fedmoap.run.parse import parse_fit
+
+    _, _, cache, _ = setup
+    cfg, _, _ = parse_fit(["fit", "--config", str(SMOKE), "--data.feature_cache", str(cache), "--fed.rounds", "1"])
+    flag = stop_flag()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        with pytest.raises(Preempted, match="signal 15"):
+            fit(cfg, tmp_path / "run", progress=False)
+    finally:
+        flag.close()
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ TensorBoard land in ``--run_dir`` as with ``fedmoap fit``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +46,8 @@ def split_args(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
             except ValueError:
                 kind = "an integer" if OPTIONS[key] is int else "a number"
                 raise FedmoapError(f"{key} {value!r} is not {kind}") from None
+            if isinstance(opts[key[2:]], float) and not math.isfinite(opts[key[2:]]):
+                raise FedmoapError(f"{key} {value!r} is not a finite number")
         else:
             fit_args.append(a)
         i += 1

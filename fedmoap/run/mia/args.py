@@ -3,6 +3,7 @@ attribute docstrings below)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Literal, Optional
 
@@ -39,10 +40,14 @@ class MiaArgs:
 def problems(args: MiaArgs) -> list[str]:
     """What is wrong with ``args`` (each naming its option)."""
     out = []
+    for f in fields(args):  # every float option: inf and nan are not settings (json writes them as Infinity, NaN)
+        value = getattr(args, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(f"--{f.name}: {value} is not a finite number")
     for name in ("shadows", "epochs", "batch_size"):
         if getattr(args, name) < 1:
             out.append(f"--{name}: {getattr(args, name)} is below 1")
-    if not args.lr > 0:
+    if math.isfinite(args.lr) and not args.lr > 0:
         out.append(f"--lr: {args.lr} is not positive")
     return out
 

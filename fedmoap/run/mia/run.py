@@ -24,7 +24,7 @@ from fedmoap.data.sources import load_source
 from fedmoap.data.split import ClientSplit, load_split
 from fedmoap.errors import FedmoapError
 from fedmoap.run.fit import fit
-from fedmoap.io import atomic_write_text, check_directory
+from fedmoap.io import atomic_write_text, check_directory, check_output_file
 from fedmoap.run.mia.args import MiaArgs, problems
 from fedmoap.run.mia.attacks import metrics, mlp_attack, threshold_attack
 from fedmoap.run.mia.records import Records, client_records, group_labels, shadow_split
@@ -57,6 +57,9 @@ def run_mia(run_dir: str | Path, args: MiaArgs | None = None, backbone: Backbone
     bad = problems(args)
     if bad:
         raise FedmoapError("; ".join(bad))
+    out = Path(args.out) if args.out is not None else run_dir / "mia"
+    check_directory(out, "--out")  # before any work: mia.json is written after the shadows train
+    check_output_file(out / "mia.json", "--out")
     federation, cfg, ckpt = restore_run(run_dir, backbone=backbone)
     t = int(ckpt["round"])
     if t < cfg.fed.rounds:
@@ -69,8 +72,6 @@ def run_mia(run_dir: str | Path, args: MiaArgs | None = None, backbone: Backbone
             f"eval.modes: fedmoap mia attacks runs whose clients train on the plain split; "
             f"run_dir {run_dir} has {', '.join(refused)}"
         )
-    out = Path(args.out) if args.out is not None else run_dir / "mia"
-    check_directory(out, "--out")
     out = out.resolve()
     source = load_source(cfg.data)
     split = load_split(run_dir / "split.json", source, cfg.data.num_clients, key="run_dir")
