@@ -12,7 +12,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -348,3 +348,14 @@ def _digest_params(tensors: list[Tensor]) -> str:
         # reshape(-1) gives row-major order whatever the memory format (channels-last, 0-d)
         h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+class ToRGB:
+    """PIL image (grayscale, palette, RGBA...) -> 3-channel RGB PIL image; its repr is part of the
+    image transforms' text that feature-cache keys hash."""
+
+    def __call__(self, img: Any) -> Any:
+        return img.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ToRGB()"

@@ -24,7 +24,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import Tensor, nn
 from torchvision import transforms as T
 
-from fedmoap.backbones.base import Backbone, PromptSlots, _digest_params
+from fedmoap.backbones.base import Backbone, PromptSlots, ToRGB, _digest_params
 from fedmoap.errors import FedmoapError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -123,7 +123,7 @@ class OpenCLIPBackbone(Backbone):
             ]
         else:
             head = [T.Resize(s, interpolation=mode), T.CenterCrop(s)]
-        return T.Compose([_ToRGB(), *head, T.ToTensor(), T.Normalize(self.mean, self.std)])
+        return T.Compose([ToRGB(), *head, T.ToTensor(), T.Normalize(self.mean, self.std)])
 
     def encode_image(self, images: Tensor) -> Tensor:
         return self.model.encode_image(images)
@@ -409,14 +409,6 @@ def _attnpool_all(visual: nn.Module, images: Tensor) -> Tensor:
         need_weights=False,
     )
     return x.permute(1, 0, 2)
-
-
-class _ToRGB:
-    def __call__(self, img):
-        return img.convert("RGB")
-
-    def __repr__(self) -> str:
-        return "ToRGB()"
 
 
 def _proj_dim(text: nn.Module) -> int:

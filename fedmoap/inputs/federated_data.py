@@ -79,9 +79,6 @@ class FederatedData:
     def train_size(self, cid: int) -> int:
         return len(self.train_pos[cid])
 
-    def test_size(self, cid: int) -> int:
-        return len(self.test_pos[cid])
-
     def train_labels(self, cid: int) -> Tensor:
         return self.train.labels[self.train_pos[cid]]
 

@@ -8,7 +8,6 @@ No RNG state is needed: every random draw derives from (seed, round, client id).
 from __future__ import annotations
 
 import functools
-import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -17,10 +16,9 @@ from typing import Any
 import torch
 
 from fedmoap.errors import FedmoapError
-from fedmoap.io import atomic_torch_save
+from fedmoap.io import atomic_torch_save, round_file, round_versions
 
 CKPT_FORMAT = 3
-_NAME = re.compile(r"round_(\d+)\.pt$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,7 +51,7 @@ def code_version() -> dict[str, str | None]:
 
 
 def checkpoint_path(run_dir: Path, t: int) -> Path:
-    return run_dir / "checkpoints" / f"round_{t:04d}.pt"
+    return run_dir / "checkpoints" / round_file(t)
 
 
 def save_checkpoint(run_dir: Path, t: int, state: dict[str, Any], keep: int) -> Path:
@@ -126,4 +124,4 @@ def _rounds(run_dir: Path) -> list[int]:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    return round_versions(folder)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import socket
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from fedmoap import yamlfile
 from fedmoap.federation.config import config_digest, neutral_keys, with_added_defaults
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.io import check_directory, is_temporary, remove_temporaries, try_lock, write_error, writable
+from fedmoap.io import ROUND_FILE, check_directory, is_temporary, remove_temporaries, try_lock, write_error, writable
 
 LOCK_NAME = ".fedmoap.lock"
 FILES = ("config.yaml", "split.json", "results.json", LOCK_NAME)
@@ -35,7 +34,6 @@ DIRS = ("checkpoints", "clients", "tensorboard", "tensorboard/version_0", "tenso
 OWN_FILES = {"config.yaml", "split.json", "tensorboard", LOCK_NAME}
 """What a start that was killed before its first round can leave in a run directory (besides
 the temporaries of killed writes)."""
-_STATE = re.compile(r"round_\d+\.pt")
 
 
 def check_layout(run_dir: Path) -> None:
@@ -69,7 +67,7 @@ def check_layout(run_dir: Path) -> None:
             else:
                 entries = [p]
             for e in entries:
-                if _STATE.fullmatch(e.name) and not e.is_file():
+                if ROUND_FILE.fullmatch(e.name) and not e.is_file():
                     refuse(e, "state file")
     for folder in folders:
         if not writable(folder):

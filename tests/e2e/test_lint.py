@@ -38,3 +38,21 @@ def test_layers_have_no_upward_import():
     assert exe, "import-linter is in the test extra"
     proc = subprocess.run([exe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "0 broken" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def test_a_cycle_between_two_sibling_modules_breaks_the_contracts(tmp_path):
+    """The contracts can fail: a copy of the package where ``methods.gating`` imports
+    ``methods.pfedmoap`` (which imports it), a cycle between siblings that no layer lists."""
+    import shutil
+
+    copy = tmp_path / "src"
+    shutil.copytree(REPO / "fedmoap", copy / "fedmoap", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    gating = copy / "fedmoap" / "methods" / "gating.py"
+    gating.write_text(gating.read_text() + "\nfrom fedmoap.methods import pfedmoap  # noqa: E402,F401\n")
+    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(copy), "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [shutil.which("lint-imports"), "--no-cache"], cwd=copy, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode != 0 and "No cycle between sibling modules" in proc.stdout, proc.stdout[-3000:]
+    assert "BROKEN" in proc.stdout and ".pfedmoap -> .gating" in proc.stdout
