@@ -193,7 +193,7 @@ class FabricArgs:
     """Fabric strategy: ``auto``, ``ddp`` (several processes)."""
     precision: str = "32-true"
     """``32-true`` (default, bit-reproducible), ``bf16-mixed``, ``16-mixed`` (GPU; loss scaling per
-    client), ``bf16-true``."""
+    client). ``bf16-true`` is refused: the clients' modules are not cast, so it would run in float32."""
     threads: Optional[int] = field(default=None, metadata=NEUTRAL)
     """torch threads per process (1 to 1024); null keeps torch's default. Runs compared bit for
     bit (e.g. 1 vs 2 processes) need the same value."""
@@ -268,7 +268,9 @@ class DPArgs:
     spends at most this over the steps the planned ``fed.rounds`` take. Or set
     ``noise_multiplier``."""
     noise_multiplier: Optional[float] = None
-    """z, noise std / sensitivity (the alternative to ``epsilon``)."""
+    """z, the noise std in units of ``clip`` (std = z * clip; the alternative to ``epsilon``). It
+    is the noise std over the sensitivity under ``adjacency: add_remove``; under ``replace`` the
+    sensitivity is 2 * clip and the accountant sees z / 2."""
     delta: float = 1e-5
     """delta of the reported (epsilon, delta); keep it well below 1 / (records or clients)."""
     clip: Optional[float] = None

@@ -84,10 +84,12 @@ def tiny_federation(
     held_out=(),
     local_epochs: int = 1,
     batch_size: int = 8,
+    train: dict | None = None,
 ):
     """A federation of ``method`` (a Method instance) over ``world``'s data, assembled by
     :func:`fedmoap.federation.build.assemble` as ``fedmoap fit`` assembles one, with its client store in
-    ``store``; ``keep`` overrides the method's optimizer-state policy."""
+    ``store``; ``keep`` overrides the method's optimizer-state policy; ``train``: other
+    ``train.*`` settings."""
     from fedmoap.federation.build import assemble
     from fedmoap.federation.config import DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
     from fedmoap.federation.rounds import default_fabric
@@ -98,7 +100,7 @@ def tiny_federation(
         method=method,
         seed=seed,
         data=DataArgs(num_clients=data.num_clients),
-        train=TrainArgs(local_epochs=local_epochs, batch_size=batch_size, optimizer_state=policy),
+        train=TrainArgs(local_epochs=local_epochs, batch_size=batch_size, optimizer_state=policy, **(train or {})),
         fed=FedArgs(rounds=rounds, participation=participation),
         eval=eval_args or EvalArgs(),
         dp=dp or DPArgs(),

@@ -173,7 +173,7 @@ def assemble(
     solved noise multiplier) and the evaluation modes beyond ``local``."""
     method, t = cfg.method, cfg.train
     keep = {"keep": True, "reset": False}.get(t.optimizer_state, method.keep_optimizer_state)
-    run = RunContext(cfg.seed, cfg.data.num_clients, t, keep)
+    run = RunContext(cfg.seed, cfg.data.num_clients, t, keep, cfg.fed.rounds)
     names = classes.names_of(classes.base) if classes is not None else list(data.classnames)
     module = method.build_client(backbone, names, run).to(fabric.device)
     server = method.build_server(module.global_init(), run)

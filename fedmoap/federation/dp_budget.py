@@ -30,7 +30,8 @@ def effective(args: DPArgs) -> DPArgs:
 
 
 def problems(cfg: RunConfig) -> list[str]:
-    """Range and combination checks of ``dp:`` (each message names its key)."""
+    """Range and combination checks of ``dp:`` (each message names its key); what the method
+    cannot combine with is :mod:`fedmoap.federation.combinations`'."""
     dp = cfg.dp
     out = []
     if dp.mode == "off":
@@ -66,12 +67,6 @@ def problems(cfg: RunConfig) -> list[str]:
                 f"dp.preset {dp.preset} is epsilon in {{{', '.join(f'{e:g}' for e in preset['epsilons'])}}}, "
                 f"not dp.epsilon {dp.epsilon:g} (drop the preset for other budgets)"
             )
-    if cfg.method.shares_statistics and any(cfg.method.collects_statistics(t) for t in range(cfg.fed.rounds + 1)):
-        out.append(
-            f"dp.mode {dp.mode}: method {cfg.method.name or type(cfg.method).__name__} sends client "
-            "statistics (e.g. per-class feature sums and counts) that no DP mechanism covers; "
-            "run it with dp.mode off"
-        )
     if dp.mode == "record_sgd" and cfg.fabric.precision != "32-true":
         out.append(f"dp.mode record_sgd runs in fabric.precision 32-true, not {cfg.fabric.precision}")
     return out

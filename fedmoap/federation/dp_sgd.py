@@ -141,7 +141,7 @@ def dp_sgd(
     """record_sgd's local training (in place of :func:`~fedmoap.federation.local.train_locally`): ``epochs``
     epochs of ceil(n / B) Poisson-sampled steps. Returns the per-example gradient norms before
     clipping (a diagnostic; not private)."""
-    module.planned_epochs, module.planned_round = epochs, t
+    module.planned_epochs, module.planned_round, module.planned_by_round = epochs, t, True
     built = module.configure_optimizers()
     if built is None:
         return []

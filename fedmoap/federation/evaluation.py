@@ -48,7 +48,7 @@ from fedmoap.data.split import ClientSplit
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.local import evaluate
-from fedmoap.methods.base import ClientModule, HeldOut
+from fedmoap.methods.base import HeldOut
 from fedmoap.federation.results import accuracy_entry, base2novel_entry, unseen_entry
 from fedmoap.seeding import numpy_rng
 
@@ -59,13 +59,6 @@ if TYPE_CHECKING:
 MODES: tuple[str, ...] = get_args(EvalMode)
 POOLED = {"global": ("global",), "base2novel": ("base", "novel")}
 """Mode -> the pooled test sets it needs (stored in split.json's ``eval_sets``)."""
-
-
-def can_rename(method_or_module: Any) -> bool:
-    """Whether a method's client implements :meth:`ClientModule.set_classnames`."""
-    cls = method_or_module if isinstance(method_or_module, type) else type(method_or_module)
-    client = getattr(cls, "client_class", cls)
-    return client.set_classnames is not ClientModule.set_classnames
 
 
 def num_held_out(num_clients: int, fraction: float) -> int:
@@ -90,19 +83,7 @@ def problems(cfg: RunConfig) -> list[str]:
         out.append("eval.adaptation_epochs must be >= 0 or null")
     if e.max_test_images is not None and e.max_test_images < 1:
         out.append("eval.max_test_images must be >= 1 or null")
-    if e.local_label_space == "own" and not can_rename(cfg.method):
-        name = cfg.method.name or type(cfg.method).__name__
-        out.append(
-            f"eval.local_label_space own: method {name} cannot change its label space (its "
-            "client does not implement set_classnames)"
-        )
-    if "base2novel" in modes and not can_rename(cfg.method):
-        name = cfg.method.name or type(cfg.method).__name__
-        out.append(
-            f"eval.modes base2novel: method {name} cannot evaluate on class names it did not "
-            "train on (its client does not implement set_classnames)"
-        )
-    return out + protocols.problems(cfg, can_rename(cfg.method))
+    return out + protocols.problems(cfg)
 
 
 @dataclass

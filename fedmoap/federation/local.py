@@ -25,13 +25,16 @@ def train_locally(
     fabric: Fabric,
     scaler_state: dict | None = None,
     t: int | None = None,
+    federated: bool = True,
 ) -> dict | None:
     """``epochs`` epochs of the module's optimizer on one client in round ``t``; the schedule
-    steps per epoch.
+    steps per epoch. ``federated``: a round's local training, whose lr follows
+    ``train.lr_schedule``; False: evaluation-time training (fine-tuning, a newcomer's adaptation),
+    a training of its own whose lr anneals over its own epochs from ``train.lr`` whatever the round.
 
     Returns the loss scaler's state under ``16-mixed`` (the client keeps it), else None.
     """
-    module.planned_epochs, module.planned_round = epochs, t
+    module.planned_epochs, module.planned_round, module.planned_by_round = epochs, t, federated
     built = module.configure_optimizers()
     if built is None:
         return None

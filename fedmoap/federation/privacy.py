@@ -35,6 +35,14 @@ accounted at half the noise multiplier (and a target ε solves twice the noise).
   ``GradSampleModule`` cannot be used: prompts enter the frozen text tower as a bare parameter
   concatenated into its input, which it cannot hook; Opacus is used for accounting only.)
 
+What is public, under either mode: each client's training-set size n, un-noised. It reaches the
+server as the client's FedAvg weight (the round loop hands ``train_size`` to
+:meth:`~fedmoap.methods.base.Server.aggregate`), in Flower's train reply (``num-examples``), and
+DP-SGD uses it in its sampling rate q = 1 / ceil(n / B) and in dividing the noisy sum by q·n;
+neither mechanism nor the accountant covers it. Public too: who takes part in which round, the
+run seed and what derives from it (initial values, seeded draws), ``dp.clip`` and the noise
+multiplier, and an upload's keys (FedMGP's name the groups a client shares).
+
 Methods whose server folds client statistics (PEP-FedPT's class prototypes:
 :meth:`~fedmoap.methods.base.Method.collects_statistics`) are refused: exact per-class sums and
 counts would reach the server outside both mechanisms and their accountant.

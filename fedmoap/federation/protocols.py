@@ -47,9 +47,8 @@ if TYPE_CHECKING:
     from fedmoap.federation.rounds import Federation
 
 
-def problems(cfg: RunConfig, renames: bool) -> list[str]:
-    """Combination checks of the protocols' settings (before any data is read); ``renames``:
-    whether the method can change its label space (xdataset scores novel class names)."""
+def problems(cfg: RunConfig) -> list[str]:
+    """Combination checks of the protocols' settings (before any data is read)."""
     e, out = cfg.eval, []
     chosen = [m for m in PROTOCOLS if m in e.modes]
     src, tgt = e.source_domains, e.target_domains
@@ -79,11 +78,6 @@ def problems(cfg: RunConfig, renames: bool) -> list[str]:
     if "xdataset" in chosen:
         if src is None and tgt is None:
             out.append("eval.modes xdataset needs eval.source_domains or eval.target_domains")
-        if not renames:
-            out.append(
-                f"eval.modes xdataset: method {cfg.method.name or type(cfg.method).__name__} cannot "
-                "evaluate on class names it did not train on (its client does not implement set_classnames)"
-            )
     return out
 
 

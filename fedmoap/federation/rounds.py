@@ -15,7 +15,7 @@ from fedmoap.federation.local import LocalTraining, evaluate, train_locally
 from fedmoap.methods.base import ClientModule, Method, Server
 from fedmoap.federation.privacy import Privacy
 from fedmoap.federation.results import round_record
-from fedmoap.federation.schedule import Schedule  # noqa: F401  (public here: fedmoap.federation.rounds.Schedule)
+from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
 
 
@@ -202,12 +202,14 @@ class Federation:
 
     # ----- evaluation modes (fedmoap/federation/evaluation.py) ------------------------------------
     def adapt_epochs(self, cid: int, t: int, epochs: int, stream: str = "adapt") -> None:
-        """Few-shot adaptation of a never-trained (held-out) client: :meth:`adapt`'s mechanism
-        (fresh optimizer, the client's training batches from the random stream (seed, ``stream``,
-        t, cid), nothing stored or uploaded) for a given number of epochs."""
+        """Evaluation-time training of client ``cid`` (fine-tuning, or a never-trained client's
+        few-shot adaptation): a fresh optimizer, ``epochs`` epochs of its training batches from
+        the random stream (seed, ``stream``, t, cid), the lr annealed over these epochs alone
+        whatever ``train.lr_schedule`` (a training of its own, not round ``t``'s); nothing stored
+        or uploaded."""
         self.module.begin_adaptation()
         batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose=stream)
-        train_locally(self.module, batches, epochs, self.fabric, t=t)
+        train_locally(self.module, batches, epochs, self.fabric, t=t, federated=False)
 
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would
@@ -242,10 +244,9 @@ class Federation:
         return accs
 
     def adapt(self, cid: int, t: int) -> None:
-        """Evaluation-time training (:meth:`ClientModule.eval_adaptation_epochs`): the module,
-        already holding client ``cid``'s evaluation model, trains on the client's training batches
-        (random stream (seed, "adapt", t, cid)) with a fresh optimizer. Nothing of it is stored or
-        uploaded: the store is not written here and the next client's state is loaded over it."""
+        """Evaluation-time training (:meth:`ClientModule.eval_adaptation_epochs`) of the module,
+        already holding client ``cid``'s evaluation model: :meth:`adapt_epochs` on the stream
+        "adapt". The store is not written here and the next client's state is loaded over it."""
         epochs = self.module.eval_adaptation_epochs(t, t >= self.schedule.rounds)
         if epochs <= 0:
             return
@@ -253,9 +254,7 @@ class Federation:
             raise ValueError(
                 f"{type(self.module).__name__} adapts at evaluation time, so it must set personal_eval = True"
             )
-        self.module.begin_adaptation()
-        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose="adapt")
-        train_locally(self.module, batches, epochs, self.fabric, t=t)
+        self.adapt_epochs(cid, t, epochs)
 
 
 def default_fabric() -> Fabric:

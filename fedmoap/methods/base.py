@@ -21,15 +21,31 @@ from torch import Tensor, nn
 
 from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.optim import ParamGroup, cpu_copy, local_sgd, lr_schedule, round_cosine  # noqa: F401  (ParamGroup: public here)
+from fedmoap.methods.optim import ParamGroup, cpu_copy, local_sgd, lr_schedule, round_cosine
 
 # re-exported (``x as x``): method files import them from here
 from fedmoap.aggregate import payload_bytes as payload_bytes
 from fedmoap.methods.checks import text_depth_problems as text_depth_problems
 from fedmoap.methods.checks import vision_prompt_problems as vision_prompt_problems
+from fedmoap.methods.declarations import UNDECLARED, Declares
 
 if TYPE_CHECKING:
     from fedmoap.args import TrainArgs
+
+__all__ = [
+    "INPUTS",
+    "ClientModule",
+    "FedAvgServer",
+    "HeldOut",
+    "Method",
+    "ParamGroup",
+    "Payload",
+    "RunContext",
+    "Server",
+    "payload_bytes",
+    "text_depth_problems",
+    "vision_prompt_problems",
+]
 
 Payload = dict[str, Tensor]
 INPUTS = frozenset({"features", "tokens", "pixels"})
@@ -46,6 +62,8 @@ class RunContext:
     train: TrainArgs
     keep_optimizer_state: bool
     """The resolved policy: ``train.optimizer_state``, or the method's default."""
+    rounds: int | None = None
+    """``fed.rounds``: the run's planned length (knobs placed relative to it read it)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,10 @@ class Method:
     """False for methods with nothing to train (zero-shot): no round trains anyone."""
     keep_optimizer_state: ClassVar[bool] = True
     """Default optimizer-state policy (``train.optimizer_state`` overrides it)."""
+    declares: ClassVar[Declares] = UNDECLARED
+    """What the method does, as far as combining it with other features goes (what a record's
+    loss reads, what the server reads, knobs indexed by round or client): stated in the method's
+    own class body, never inherited (:mod:`fedmoap.methods.declarations`)."""
     client_class: ClassVar[type[ClientModule]]
     server_class: ClassVar[type[Server]]
 
@@ -93,6 +115,12 @@ class Method:
             "class_path": f"{cls.__module__}.{cls.__qualname__}",
             "init_args": {f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
         }
+
+    def declared(self) -> Declares:
+        """This configuration's declarations: the class's own ``declares`` (a subclass that states
+        none gets the safe :data:`~fedmoap.methods.declarations.UNDECLARED`); a method whose facts
+        depend on its knobs overrides this."""
+        return type(self).__dict__.get("declares", UNDECLARED)
 
     def required_inputs(self) -> frozenset[str]:
         """What this configuration of the method reads (default: the class's ``inputs``)."""
@@ -185,7 +213,10 @@ class ClientModule(L.LightningModule):
         self.scaler_state: dict | None = None
         """The loss scaler's state (``16-mixed``) of the current client: part of what it keeps."""
         self.planned_round: int | None = None
-        """The round this training belongs to (for ``train.lr_schedule: rounds``)."""
+        """The round this training belongs to."""
+        self.planned_by_round = True
+        """Whether this training's lr follows ``train.lr_schedule: rounds`` (a round's federated
+        training) or anneals over its own epochs (evaluation-time training)."""
         self.planned_epochs: int | None = None
         """Epochs of the local training about to run (federated training, fine-tuning, adaptation
         or DP-SGD), set by the trainer before :meth:`configure_optimizers`: the cosine's period."""
@@ -358,8 +389,9 @@ class ClientModule(L.LightningModule):
     def round_factor(self) -> float | None:
         """``train.lr_schedule: rounds``: the lr factor of this training's round t, a cosine over
         ``train.lr_rounds`` rounds, ``0.5 (1 + cos(pi (t - 1) / R))``, constant within the round
-        (rounds past R keep the last value); None for the per-training cosine (``local``)."""
-        return round_cosine(self.run.train, self.planned_round)
+        (rounds past R keep the last value); None for the per-training cosine (``local``) and
+        for evaluation-time training, which is a training of its own."""
+        return round_cosine(self.run.train, self.planned_round if self.planned_by_round else None)
 
     def configure_optimizers(self) -> dict | None:
         """SGD over :meth:`param_groups` (with the client's kept state, if any) and a LambdaLR

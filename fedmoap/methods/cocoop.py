@@ -24,6 +24,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class CoCoOpClient(PromptClient):
@@ -84,6 +85,7 @@ class CoCoOp(PromptMethod):
     name = "cocoop"
     client_class = CoCoOpClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
     keep_optimizer_state = False  # FLiP: a fresh optimizer every round
 
     n_ctx: int = 4

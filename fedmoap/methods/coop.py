@@ -7,6 +7,7 @@ from typing import Literal
 
 from fedmoap.methods.base import Server
 from fedmoap.methods.prompts import PromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 @dataclass
@@ -18,6 +19,7 @@ class CoOp(PromptMethod):
     name = "coop"
     client_class = PromptClient
     server_class = Server
+    declares = PROMPT_LEARNER
 
     schedule: Literal["every_round", "once"] = "every_round"
     """``every_round``: every client trains ``train.local_epochs`` every round (the same budget

@@ -7,7 +7,7 @@ moves by the first-order change of u v, g_u v + u g_v, so under ``dp.mode record
 prompt is updated only through the clipped and noised factor gradients (noise of rank-r
 dimension, the paper's point), and the residual is post-processing.
 
-Privacy, unlike the released code (notes/spec §3.3): run it with ``--dp.mode record_sgd``. Every
+Privacy, unlike the released code: run it with ``--dp.mode record_sgd``. Every
 example's gradient over (P_G, u, v) together is clipped to ``dp.clip`` before the noise, so the
 sensitivity is what the accountant assumes; the released code clips the batch-mean gradient and
 calibrates sigma = sqrt(T ln(1/delta)) / epsilon as if the sensitivity were C/B. Simplifications:
@@ -29,6 +29,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class DPFPLClient(GlobalPromptClient):
@@ -110,6 +111,7 @@ class DPFPL(PromptMethod):
     name = "dpfpl"
     client_class = DPFPLClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     rank: int = 8
     """Rank r of the local prompt's factorisation u v (the paper's default 8; capped at n_ctx)."""

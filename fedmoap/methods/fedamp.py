@@ -26,7 +26,7 @@ PromptFolio's weight ``1 - exp(d / sigma)`` is <= 0 (a sign error); neither is r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Union
 
 import torch
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from fedmoap.methods.base import Payload, RunContext, Server
 from fedmoap.methods.prompts import PromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class FedAMPClient(PromptClient):
@@ -152,6 +153,7 @@ class FedAMP(PromptMethod):
     name = "fedamp"
     client_class = FedAMPClient
     server_class = FedAMPServer
+    declares = replace(PROMPT_LEARNER, server_reads="individual")
 
     variant: Literal["heuristic", "attentive"] = "heuristic"
     """``heuristic`` (HeurFedAMP: cosine softmax, self weight xi; scale-free, the spec's choice for

@@ -25,12 +25,21 @@ evaluation) the client overwrites the groups it uploaded with the latest globals
 the other G - s groups stay personal. A never-trained client is evaluated with its G groups filled
 by the s globals in turn (group g <- global g mod s). Not reproduced: the visual prompts' seed from
 the clock.
+
+Keys name the group: an upload is ``{kind}.{g}`` for the drawn groups, in rank order, and a client
+that has uploaded downloads the globals under the keys of the groups they overwrite (a client that
+has not, and a never-trained one, gets them by rank, ``{kind}_{r}``); :meth:`FedMGPClient.global_init`
+holds every group's public initial value under its key. So ``dp.mode client_upload`` clips each
+uploaded group's change from what the server knows of that group: the global it last wrote into
+it, else its initial value. The server thereby learns which groups a client shares; that choice is
+not noised (in round 1 it is a uniform draw from the seed, later a softmax over the client's
+similarities).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 import torch
@@ -42,6 +51,7 @@ from fedmoap.methods.base import HeldOut, ParamGroup, Payload, RunContext, visio
 from fedmoap.methods.fedtpg import UniformMeanServer
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 
 KINDS = ("text", "vision")
 
@@ -74,7 +84,10 @@ class FedMGPClient(PromptClient):
         return {"text": text, "vision": vision}
 
     def global_init(self) -> Payload:
-        return {}  # no global prompts before the first aggregation
+        """Every group's public initial value under its upload key (``text.0``, ...): the reference
+        of an upload under ``dp.mode client_upload``; the server sends no global before the
+        first aggregation."""
+        return {f"{kind}.{g}": v for kind, value in self.initial_groups().items() for g, v in enumerate(value)}
 
     def reset(self, cid: int) -> None:
         with torch.no_grad():
@@ -94,13 +107,13 @@ class FedMGPClient(PromptClient):
     # What is shared changes from round to round (s of the G groups, chosen after training), so
     # FedMGP writes its own download and upload instead of declaring shared parameters.
     def _write(self, payload: Payload) -> None:
-        """The latest globals into the groups the client last uploaded, rank by rank."""
-        if not payload or self.sent is None:
-            return
+        """The latest globals into the groups the client last uploaded: the payload's keys
+        ``{kind}.{g}`` (rank keys are not written)."""
         with torch.no_grad():
-            for kind in KINDS:
-                for r, g in enumerate(self.sent[kind].tolist()):
-                    getattr(self, kind)[g] = payload[f"{kind}_{r}"].to(self.text.device)
+            for key, value in payload.items():
+                if "." in key:
+                    kind, g = key.split(".")
+                    getattr(self, kind)[int(g)] = value.to(self.text.device)
 
     def receive(self, payload: Payload) -> None:
         self._write(payload)
@@ -127,7 +140,7 @@ class FedMGPClient(PromptClient):
         if s == m.groups:
             return torch.arange(s)
         gen = torch_generator(self.run.seed, "fedmgp/select", kind, self.planned_round or 0, self.client_id)
-        shared = [v for k, v in sorted(self._globals.items()) if k.startswith(f"{kind}_")]
+        shared = [v for k, v in sorted(self._globals.items()) if k.startswith((f"{kind}_", f"{kind}."))]
         if not shared:
             return torch.multinomial(torch.ones(m.groups, dtype=torch.float64), s, generator=gen)
         ref = torch.stack([v.double().flatten().to(groups.device) for v in shared])
@@ -144,10 +157,10 @@ class FedMGPClient(PromptClient):
     def upload(self) -> Payload:
         self._due = self._due or self.sent is None
         self._settle()
-        return {
-            f"{kind}_{r}": getattr(self, kind)[g].detach().cpu().clone()
+        return {  # in rank order: the server reads the ranks from it
+            f"{kind}.{g}": getattr(self, kind)[g].detach().cpu().clone()
             for kind in KINDS
-            for r, g in enumerate(self.sent[kind].tolist())
+            for g in self.sent[kind].tolist()
         }
 
     # ----- model ------------------------------------------------------------------------------
@@ -196,16 +209,63 @@ class FedMGPClient(PromptClient):
         return [ParamGroup([self.text, self.vision], self.run.train.lr)]
 
 
+class FedMGPServer(UniformMeanServer):
+    """The globals by rank, ``{kind}_{r}`` (none before the first aggregation), and which groups
+    each client last uploaded, from its keys: its download names them."""
+
+    def __init__(self, method: "FedMGP", init: Payload, run: RunContext) -> None:
+        super().__init__(method, init, run)
+        self.global_state: Payload = {}  # init is the groups' initial values, never sent
+        self.sent: dict[int, list[str]] = {}
+        """Client -> the keys of its last upload, in rank order per kind."""
+
+    def by_rank(self, keys: list[str]) -> dict[str, str]:
+        """Group key -> rank key, the r-th key of a kind being rank r."""
+        ranks = {kind: 0 for kind in KINDS}
+        out = {}
+        for key in keys:
+            kind = key.split(".")[0]
+            out[key], ranks[kind] = f"{kind}_{ranks[kind]}", ranks[kind] + 1
+        return out
+
+    def payload(self, cid: int, t: int) -> Payload:
+        if cid not in self.sent or not self.global_state:
+            return dict(self.global_state)
+        return {key: self.global_state[rank] for key, rank in self.by_rank(self.sent[cid]).items()}
+
+    def eval_payload(self, cid: int) -> Payload:
+        return self.payload(cid, 0)
+
+    def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
+        return dict(self.global_state)
+
+    def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
+        ranked = {}
+        for cid, up in uploads.items():
+            self.sent[cid] = list(up)
+            ranked[cid] = {rank: up[key] for key, rank in self.by_rank(list(up)).items()}
+        super().aggregate(t, ranked, weights)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "sent": {cid: list(keys) for cid, keys in self.sent.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.sent = {int(cid): list(keys) for cid, keys in state.get("sent", {}).items()}
+
+
 @dataclass
 class FedMGP(PromptMethod):
-    """FedMGP (Bo et al., NeurIPS 2025), from its code: G paired text + visual prompt groups per
-    client with a diversity term; each round a client shares s of them, chosen by similarity to
-    the last global prompts; needs a ViT."""
+    """FedMGP (Bo et al., NeurIPS 2025), from its code but for the diversity term's sign (the
+    default ``diversity: push`` spreads the groups, the code's term pulls them together): G paired
+    text + visual prompt groups per client; each round a client shares s of them, chosen by
+    similarity to the last global prompts; needs a ViT."""
 
     name = "fedmgp"
     inputs = frozenset({"pixels"})
     client_class = FedMGPClient
-    server_class = UniformMeanServer
+    server_class = FedMGPServer
+    declares = replace(PROMPT_LEARNER, server_reads="individual")
 
     n_ctx: int = 2
     """n_t, text context tokens per group (the reference's 2)."""
@@ -221,12 +281,20 @@ class FedMGP(PromptMethod):
     temperature: float = 1.0
     """tau of the selection's softmax over similarities; 0 takes the s most similar."""
     diversity: Literal["push", "code"] = "push"
-    """``push``: a hinge pushing groups apart (the paper's stated aim); ``code``: the reference
-    code's term, which pulls them together."""
+    """``push`` (default, so not the reference code's sign): a hinge pushing groups apart (the
+    paper's stated aim); ``code``: the reference code's term, which pulls them together."""
     diversity_weight: float = 1.0
     """lambda of the diversity term."""
     weighting: Literal["uniform", "size"] = "uniform"
     """Server mean of each rank: ``uniform`` (the reference) or weighted by training-set size."""
+
+    def declared(self) -> Declares:
+        """With s < G the upload's keys name the groups a client shares, chosen after round 1 by
+        its trained groups' similarity to the globals."""
+        d = super().declared()
+        if self.topk < self.groups:
+            d = replace(d, reveals="which of its prompt groups it shares (chosen by their similarity to the globals)")
+        return d
 
     def problems(self) -> list[str]:
         out = super().problems()

@@ -27,7 +27,7 @@ a client's loss is below 0.5), sentences ordered by the file rather than the lab
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Literal, Optional
 
@@ -40,6 +40,7 @@ from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import ClientModule, HeldOut, Method, ParamGroup, Payload, RunContext, vision_prompt_problems
 from fedmoap.methods.fedtpg import GEGLUFeedForward, UniformMeanServer
 from fedmoap.seeding import derive_seed, torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 
 
 def load_attributes(path: str) -> dict[str, list[str]]:
@@ -232,6 +233,7 @@ class FedMVP(Method):
     inputs = frozenset({"pixels"})
     client_class = FedMVPClient
     server_class = UniformMeanServer
+    declares = PROMPT_LEARNER
 
     attributes: Optional[str] = None
     """JSON file of class name -> attribute phrases (e.g. fedmoap/data/attributes/fashion-mnist.json);
@@ -258,6 +260,19 @@ class FedMVP(Method):
         return t == 0 and self.label_space == "own"
 
     shares_statistics = False
+
+    def declared(self) -> Declares:
+        """With ``label_space: own`` each record's loss reads the client's class set, found from
+        all its records: removing a client's only record of a class changes every other record's
+        loss, which record-level DP-SGD does not allow."""
+        d = super().declared()
+        if self.label_space == "own":
+            own = "the client's class set, found from all its records"
+            d = replace(
+                d,
+                record_loss=f"{own} (its classes' sentences key the attention, other logits masked; label_space own)",
+            )
+        return d
 
     def problems(self) -> list[str]:
         out = [

@@ -37,6 +37,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 LOG_DOMAIN_BELOW = 0.05
 """eps below which the transport plan is computed in the log domain."""
@@ -174,6 +175,7 @@ class FedOTP(PromptMethod):
     inputs = frozenset({"tokens"})
     client_class = FedOTPClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     ot: Literal["cot", "sinkhorn"] = "cot"
     """``cot``: unbalanced OT (rows <= 1/M, columns = gamma/N; the reference's default);

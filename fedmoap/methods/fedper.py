@@ -20,6 +20,7 @@ import torch
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, Payload, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class FedPerClient(PromptClient):
@@ -72,6 +73,7 @@ class FedPer(PromptMethod):
     name = "fedper"
     client_class = FedPerClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     personal_tokens: Optional[int] = None
     """Personal (never uploaded) context tokens; null = half of the context (n_ctx // 2)."""

@@ -31,6 +31,7 @@ from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class FedPGPClient(PromptClient):
@@ -113,6 +114,7 @@ class FedPGP(PromptMethod):
     name = "fedpgp"
     client_class = FedPGPClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     bottleneck: int = 8
     """Rank b of the private term U V (reference script 8; argparse 4)."""

@@ -32,6 +32,7 @@ from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 def weak_projector(prompt: Tensor, ratio: float) -> Tensor:
@@ -135,6 +136,7 @@ class FedPHA(PromptMethod):
     name = "fedpha"
     client_class = FedPHAClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     local_lengths: Optional[list[int]] = None
     """Local prompt length per client id (the HE variant, e.g. [16, 16, 32, 32]); null: n_ctx."""

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from fedmoap.methods.base import FedAvgServer, Payload
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class FedProxClient(GlobalPromptClient):
@@ -50,6 +51,7 @@ class FedProx(PromptMethod):
     name = "fedprox"
     client_class = FedProxClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     mu: float = 0.5
     """Weight of the proximal term (reference scripts' --mu 0.5; the paper does not state it)."""

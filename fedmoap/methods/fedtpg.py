@@ -20,7 +20,7 @@ from whatever label space is evaluated; a never-trained client needs nothing but
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Literal
 
 import torch
@@ -31,6 +31,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 
 
 class GEGLUFeedForward(nn.Module):
@@ -174,6 +175,7 @@ class FedTPG(PromptMethod):
     name = "fedtpg"
     client_class = FedTPGClient
     server_class = UniformMeanServer
+    declares = PROMPT_LEARNER
 
     n_ctx: int = 4
     """Generated context vectors (the reference's 4)."""
@@ -191,6 +193,18 @@ class FedTPG(PromptMethod):
         return t == 0 and self.label_space == "own"
 
     shares_statistics = False
+
+    def declared(self) -> Declares:
+        """With ``label_space: own`` each record's loss reads the client's class set, found from
+        all its records: removing a client's only record of a class changes every other record's
+        loss, which record-level DP-SGD does not allow."""
+        d = super().declared()
+        if self.label_space == "own":
+            own = "the client's class set, found from all its records"
+            d = replace(
+                d, record_loss=f"{own} (its class names key the generator and mask the other logits; label_space own)"
+            )
+        return d
 
     def problems(self) -> list[str]:
         out = super().problems()

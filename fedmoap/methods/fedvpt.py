@@ -5,7 +5,9 @@ Client: learnable tokens in the ViT image tower (VPT, Jia et al. 2022; shallow: 
 blocks) and a CoOp context in the text tower, trained jointly on cross-entropy over the cosine
 logits (the independent vision-language prompting, IVLP, of MaPLe's ablations; ``text_depth``
 J > 1 adds IVLP's deep text prompts, fresh context vectors before each of the first J text
-blocks, open_clip text towers only). Uploads both.
+blocks, open_clip text towers only). Uploads both. Each client keeps its optimizer momentum between
+rounds (the default policy), IVLP included, unlike FLiP's learners (MaPLe, PromptSRC), which reset
+it: ``train.optimizer_state: reset`` gives FLiP's.
 
 Server: FedAvg of both prompts, weighted by training-set size. Every client is evaluated with the
 global prompts. This is the reference vision-prompt method of the method API: a method that puts
@@ -27,6 +29,7 @@ from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
 from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class FedVPTClient(GlobalPromptClient):
@@ -99,6 +102,7 @@ class FedVPT(PromptMethod):
     inputs = frozenset({"pixels"})
     client_class = FedVPTClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     vision_tokens: int = 8
     """Visual prompt tokens per layer."""
@@ -108,7 +112,8 @@ class FedVPT(PromptMethod):
     """Standard deviation of the visual prompt's normal initialisation (same for all clients)."""
     text_depth: int = field(default=1, metadata=ADDED)
     """1: the CoOp context at the input only; J > 1: IVLP's deep text prompts over the first J text
-    blocks (open_clip text towers)."""
+    blocks (open_clip text towers). The optimizer state is kept between rounds, where FLiP's
+    learners reset it (``train.optimizer_state: reset``)."""
     train_text: bool = True
     """Also train (and upload) the CoOp text context; False keeps it at its initialisation
     (e.g. ``ctx_init: a photo of a``) and uploads the visual prompt only."""

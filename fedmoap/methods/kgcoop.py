@@ -23,6 +23,7 @@ from torch import Tensor
 
 from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class KgCoOpClient(GlobalPromptClient):
@@ -65,6 +66,7 @@ class KgCoOp(PromptMethod):
     name = "kgcoop"
     client_class = KgCoOpClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
     keep_optimizer_state = False  # FLiP: a fresh optimizer every round
 
     n_ctx: int = 4

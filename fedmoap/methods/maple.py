@@ -4,10 +4,11 @@ vision prompts are projections of the text prompts.
 Client (reference: muzairkhattak/multimodal-prompt-learning ``trainers/maple.py``): text context
 P_0 (n x W, from ``init_words``) and deep text prompts P_1..P_{J-1} (N(0, 0.02^2)); the vision
 prompts are ``U_j = F_j(P_j)`` with linear maps F_j: W -> Wv (F_1..F_{J-1} start as copies of one
-freshly initialised layer, F_0 is its own). P_j replaces the text context before text block j;
-U_0 is appended to the image tokens at the input and U_j replaces them before block j. Loss CE on
-the cosine logits. Every trained tensor (prompts and maps) is uploaded and averaged (size-weighted);
-nothing is personal. IVLP, the same without the coupling, is ``fedvpt`` with ``text_depth``.
+freshly initialised layer, F_0 is its own); the class prompt is "P_0 of a {name}." (``template``).
+P_j replaces the text context before text block j; U_0 is appended to the image tokens at the
+input and U_j replaces them before block j. Loss CE on the cosine logits. Every trained tensor
+(prompts and maps) is uploaded and averaged (size-weighted); nothing is personal. IVLP, the same
+without the coupling, is ``fedvpt`` with ``text_depth``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
 from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class MaPLeClient(GlobalPromptClient):
@@ -94,6 +96,7 @@ class MaPLe(PromptMethod):
     inputs = frozenset({"pixels"})
     client_class = MaPLeClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
     keep_optimizer_state = False  # FLiP: a fresh optimizer every round
 
     n_ctx: int = 2
@@ -102,6 +105,11 @@ class MaPLe(PromptMethod):
     """J, layers prompted in both towers (MaPLe's 9; FLiP's default 1, shallow)."""
     init_words: Optional[str] = "a photo of a"
     """P_0 starts as the first ``n_ctx`` tokens of these words (MaPLe); null: N(0, 0.02^2)."""
+    template: str = "of a {}."
+    """Text after the context; ``{}`` is the class name. MaPLe's code tokenises
+    "a photo of a {name}." and learns its first n_ctx = 2 tokens, so "of a" stays as text: the
+    prompt is "X X of a {name}.". With other ``init_words`` or ``n_ctx``, the words past the
+    first ``n_ctx`` tokens ("{}." for random init, as FLiP's ``maple_flip.yaml``)."""
 
     def problems(self) -> list[str]:
         out = super().problems()

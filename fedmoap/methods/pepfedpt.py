@@ -1,6 +1,6 @@
 """PEP-FedPT (Yashwanth et al., TMLR 2026, arXiv 2510.25372), **as reconstructed** (the paper's
-body and code are not public: ``shared/notes/spec-seed-methods.md`` §2.4-2.8; every [R] choice is
-a knob), and its two VPT baselines.
+body and code are not public: every reconstructed choice, marked [R], is a knob), and its two VPT
+baselines.
 
 A ViT classifier: a shared prompt P_S (n_s tokens) enters the frozen image tower at the input; a
 class-contextualised mixed prompt CCMP(x) = sum_c w_c(x) P_c (n_c tokens) enters at block l_c,
@@ -18,7 +18,7 @@ head on the pooled feature. Everything trainable is FedAvg'd; the test path neve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal, Optional
 
 import torch
@@ -30,6 +30,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Method, ParamGroup, Payload, RunContext, Server
 from fedmoap.methods.checks import vision_prompt_problems
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 
 
 class VPTHeadClient(ClientModule):
@@ -289,6 +290,14 @@ class VPTHead(Method):
     def uses_ccmp(self) -> bool:
         return False
 
+    def declared(self) -> Declares:
+        """With CCMP, each record's loss reads class prototypes pooled from the clients' records
+        (and, with ``prior: client``, the client's label histogram)."""
+        d = super().declared()
+        if self.uses_ccmp():
+            d = replace(d, record_loss="class prototypes pooled from every client's records (CCMP)")
+        return d
+
     def participants(self, sampled: list[int], num_clients: int, t: int) -> list[int]:
         return list(range(num_clients)) if self.local else sampled
 
@@ -314,6 +323,7 @@ class FedAvgVPT(VPTHead):
     FedVPT baseline; PEP-FedPT with CCMP off)."""
 
     name = "fedavg_vpt"
+    declares = PROMPT_LEARNER
 
 
 @dataclass
@@ -322,6 +332,7 @@ class LocalVPT(VPTHead):
     round, nothing sent (PEP-FedPT's CCMP-off classifier without federation)."""
 
     name = "local_vpt"
+    declares = PROMPT_LEARNER
     local = True
     keep_optimizer_state = True
     server_class = Server
@@ -333,6 +344,7 @@ class PEPFedPT(VPTHead):
     sample by global prototypes and the client's class prior, a linear head, all FedAvg'd."""
 
     name = "pepfedpt"
+    declares = replace(PROMPT_LEARNER, server_reads="individual")  # its class prompts' usage weights
 
     ccmp: bool = True
     """The class-contextualised mixed prompt; false leaves P_S + head: exactly ``fedavg_vpt``."""
@@ -340,7 +352,7 @@ class PEPFedPT(VPTHead):
     """n_c: tokens of each class prompt P_c [R]."""
     ccmp_layer: float = 0.5
     """Where CCMP enters, as a fraction f of the tower's depth L: before the 0-based block
-    round(f * L), i.e. the spec's block 7 of 12 (1-based) at 0.5; block 1 of the tiny 2-block
+    round(f * L), i.e. block 7 of 12 (1-based) at 0.5; block 1 of the tiny 2-block
     model [R] P7."""
     ccmp_deep: bool = False
     """A separate P_c for every block from l_c on (VPT-deep; C * n_c * (L - l_c) * D

@@ -1,5 +1,5 @@
 """pFedDC (Zhang et al., 2025, arXiv 2506.21144), **as reconstructed** (the paper's body and code
-are not public: ``shared/notes/spec-seed-methods.md`` §1.4-1.8; every [R] choice is a knob).
+are not public: every reconstructed choice, marked [R], is a knob).
 
 Client: a global and a local prompt for the text tower (CoOp layout) and for the image tower (VPT
 tokens), fused per modality by a private cross-attention module (default: the local prompt
@@ -10,6 +10,11 @@ cross-entropy, all parts trained jointly by SGD. Shallow prompts by default; ``v
 
 Server: FedAvg (weighted by training-set size) of the global prompts, which are all a client
 uploads; local prompts, fusion modules and their optimizer state never leave it.
+
+A never-trained (held-out) client is evaluated with the global prompts alone (F = G; [G; G] where
+a fused prompt is two prompts wide), what a newcomer downloads: its local prompts and fusion
+modules would be its random initialisation. Adapting, it starts from that initialisation and
+trains everything, as a first-time participant.
 
 With ``vision: false`` and ``fusion: none`` (F = G, no local prompt) the client is PromptFL's,
 reading cached image features: the same initial prompt, parameter group and results.
@@ -27,12 +32,13 @@ from torch import Tensor, nn
 
 from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
-from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.optim import cosine
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PFedDCClient(GlobalPromptClient):
@@ -109,6 +115,25 @@ class PFedDCClient(GlobalPromptClient):
                 torch.manual_seed(derive_seed(seed, "pfeddc_fusion", cid))
                 for module in self.fusion_modules():
                     module.reset_parameters()
+
+    def prepare_unseen(self, held: HeldOut) -> None:
+        """The global prompts alone (what a newcomer downloads), not random private parts: each
+        local prompt is set so that fusion gives back the global one (zero for ``sum``, G
+        otherwise) and the fusion modules' output projections to zero, so F = G, or [G; G] where
+        the fused prompt is two prompts wide (``concat``, ``fusion_query: both``)."""
+        self.prepare_eval(held.download(None))
+        if not self.local:
+            return
+        m = self.method
+        keep = 0.0 if m.fusion == "sum" else 1.0
+        with torch.no_grad():
+            for j, g in enumerate([self.ctx, *(self.global_text_deep if m.text_depth > 1 else [])]):
+                self.local_text[j].copy_(keep * g)
+            if m.vision:
+                self.local_vision.copy_(keep * self.global_vision)
+            for module in self.fusion_modules():
+                module.o.weight.zero_()
+                module.o.bias.zero_()
 
     def fusion_modules(self) -> list[CrossFusion]:
         return [*getattr(self, "fusion_text", []), *getattr(self, "fusion_vision", [])]
@@ -236,6 +261,7 @@ class PFedDC(PromptMethod):
     inputs = frozenset({"pixels"})
     client_class = PFedDCClient
     server_class = PFedDCServer
+    declares = PROMPT_LEARNER
 
     vision: bool = True
     """Vision prompts (global + local) in the image tower; false: text prompts only, on cached

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from fedmoap.backbones.base import Adapter, Backbone
 from fedmoap.methods.base import ClientModule, FedAvgServer, Method, ParamGroup, Payload, RunContext
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class _GradScale(torch.autograd.Function):
@@ -170,6 +171,7 @@ class PFedMMA(Method):
     inputs = frozenset({"pixels"})
     client_class = PFedMMAClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     prompt: str = "a photo of a {}."
     """The fixed text prompt; ``{}`` is the class name."""

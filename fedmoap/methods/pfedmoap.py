@@ -18,7 +18,7 @@ gating trained as in any round with experts); its prompt never enters the pool.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 import torch
@@ -30,6 +30,7 @@ from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, Run
 from fedmoap.methods.gating import AttentionGating
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PFedMoAPClient(GlobalPromptClient):
@@ -172,13 +173,16 @@ class PFedMoAP(PromptMethod):
     name = "pfedmoap"
     client_class = PFedMoAPClient
     server_class = PFedMoAPServer
+    declares = replace(
+        PROMPT_LEARNER, server_reads="individual", newcomer_uploads=True, client_knobs=("experts_per_client",)
+    )
 
     num_experts: int = 9
     """K non-local experts per client (nearest pool entries by L2 distance)."""
     experts_per_client: Optional[dict[int, int]] = None
     """Per-client K overrides, e.g. {3: 4}."""
     lam: float = 0.5
-    """lambda of Eq. 10: weight of the local-prompt logits."""
+    """lambda of Eq. 10: weight of the local-prompt logits (>= 0; above 1, an ablation)."""
     d_gating: int = 128
     """Width the features are reduced to before the gating attention (the paper's 128)."""
     heads: int = 8
@@ -215,6 +219,7 @@ class PFedMoAP(PromptMethod):
                     "method.d_gating must be divisible by method.heads",
                 ),
                 (self.gating_lr > 0, "method.gating_lr must be > 0"),
+                (self.lam >= 0, "method.lam must be >= 0 (a weight of the local logits; above 1 is an ablation)"),
                 (self.attn_scale is None or self.attn_scale > 0, "method.attn_scale must be > 0 or null"),
             ]
             if not ok

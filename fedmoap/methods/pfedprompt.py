@@ -21,7 +21,7 @@ exactly Tip-Adapter's cache).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from torch import Tensor
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Payload, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PFedPromptClient(GlobalPromptClient):
@@ -114,6 +115,9 @@ class PFedPrompt(PromptMethod):
     name = "pfedprompt"
     client_class = PFedPromptClient
     server_class = FedAvgServer
+    declares = replace(
+        PROMPT_LEARNER, keeps_records="a Tip-Adapter cache of its training features, added to its logits at evaluation"
+    )
 
     cache_alpha: float = 1.0
     """alpha: weight of the cache logits (Tip-Adapter's default)."""

@@ -22,6 +22,7 @@ from fedmoap.methods.base import FedAvgServer, Payload, RunContext
 from fedmoap.methods.fedotp import transport_logits
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PLOTClient(GlobalPromptClient):
@@ -62,6 +63,7 @@ class PLOT(PromptMethod):
     inputs = frozenset({"tokens"})
     client_class = PLOTClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
     keep_optimizer_state = False  # FLiP: a fresh optimizer every round
 
     num_prompts: int = 4

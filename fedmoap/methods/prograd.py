@@ -23,6 +23,7 @@ from torch import Tensor
 
 from fedmoap.methods.base import FedAvgServer, Payload
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 def project(g_ce: Tensor, g_kl: Tensor, lam: float) -> Tensor:
@@ -98,6 +99,7 @@ class ProGrad(PromptMethod):
     name = "prograd"
     client_class = ProGradClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
     keep_optimizer_state = False  # FLiP: a fresh optimizer every round
 
     tail_init: Optional[str] = "a photo of a"

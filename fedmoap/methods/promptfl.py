@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PromptFLClient(GlobalPromptClient):
@@ -22,3 +23,4 @@ class PromptFL(PromptMethod):
     name = "promptfl"
     client_class = PromptFLClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER

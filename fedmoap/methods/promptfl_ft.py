@@ -16,6 +16,7 @@ from typing import Literal
 
 from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PromptFLFTClient(GlobalPromptClient):
@@ -35,6 +36,7 @@ class PromptFLFT(PromptMethod):
     name = "promptfl_ft"
     client_class = PromptFLFTClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     ft_epochs: int = 5
     """Epochs of fine-tuning at evaluation (fresh optimizer, train.lr, cosine schedule)."""

@@ -22,6 +22,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PromptFolioClient(GlobalPromptClient):
@@ -82,6 +83,7 @@ class PromptFolio(PromptMethod):
     name = "promptfolio"
     client_class = PromptFolioClient
     server_class = FedAvgServer
+    declares = PROMPT_LEARNER
 
     n_ctx: int = 8
     """Learnable context vectors per prompt (the reference code's 8; FLiP 4)."""

@@ -14,9 +14,10 @@ p_zs = softmax(s f0 t^T). ``vision_depth: 0`` is FLiP's text-only port: no visio
 cached image features (f = f0, so the image term is 0).
 
 Server: FedAvg of every prompt (size-weighted; nothing personal), and Gaussian prompt aggregation
-over rounds as evaluation state only: after round t the accumulator takes g_t * theta_t, g_t the
-N(gpa_mean, gpa_std^2) density at t; everyone is evaluated with the accumulator over sum_t g_t
-(the latest theta_t while that sum is below 1e-6) and trains on from theta_t. The paper runs GPA
+over rounds as evaluation state only: everyone is evaluated with sum_t g_t theta_t / sum_t g_t
+over the aggregated rounds, g_t the N(peak, gpa_std^2) density at t, the peak ``gpa_mean`` or
+0.75 x fed.rounds (the latest theta_t while the sum of g_t is below 1e-6), and trains on from
+theta_t. The paper runs GPA
 over the epochs of one training; FLiP's port loads its running partial sum as the global model
 every round (the model shrinks towards 0 until round ~gpa_mean and clients restart from it): not
 reproduced.
@@ -25,7 +26,7 @@ reproduced.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -36,6 +37,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, Payload, RunContext, text_depth_problems
 from fedmoap.methods.fedvpt import FedVPT, FedVPTClient
 from fedmoap.methods.prompts import PromptMethod
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 IMAGENET_TEMPLATES = (
     "a photo of a {}.",
@@ -171,30 +173,37 @@ class PromptSRCServer(FedAvgServer):
 
     def __init__(self, method: "PromptSRC", init: Payload, run: RunContext) -> None:
         super().__init__(method, init, run)
-        self.gpa_sum: dict[str, Tensor] = {}
-        """sum_t g_t theta_t over the aggregated rounds (float64)."""
-        self.gpa_total = 0.0
-        """sum_t g_t."""
+        self.models: dict[int, Payload] = {}
+        """Round t -> the global model after its aggregation (kept while ``gpa`` is on): the
+        weights depend on where the peak is, which moves with ``fed.rounds`` if it is relative."""
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         super().aggregate(t, uploads, weights)
-        m = self.method
-        if m.gpa:
-            g = gpa_weight(t, m.gpa_mean, m.gpa_std)
-            self.gpa_sum = {k: self.gpa_sum.get(k, 0) + g * v.double() for k, v in self.global_state.items()}
-            self.gpa_total += g
+        if self.method.gpa:
+            self.models[t] = dict(self.global_state)
+
+    def weights(self) -> dict[int, float]:
+        """Round -> g_t, the Gaussian density at round t of N(peak, ``gpa_std``²), over the
+        aggregated rounds."""
+        peak = self.method.peak(self.run.rounds)
+        return {t: gpa_weight(t, peak, self.method.gpa_std) for t in sorted(self.models)}
 
     def eval_payload(self, cid: int) -> Payload:
-        if not self.method.gpa or self.gpa_total < 1e-6:
+        g = self.weights() if self.method.gpa else {}
+        total = sum(g.values())
+        if total < 1e-6:  # all aggregated rounds far before the peak: the latest model
             return dict(self.global_state)
-        return {k: (v / self.gpa_total).to(self.global_state[k].dtype) for k, v in self.gpa_sum.items()}
+        mix: dict[str, Tensor] = {}
+        for t, w in g.items():
+            mix = {k: mix.get(k, 0) + w * v.double() for k, v in self.models[t].items()}
+        return {k: (v / total).to(self.global_state[k].dtype) for k, v in mix.items()}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "gpa_sum": dict(self.gpa_sum), "gpa_total": self.gpa_total}
+        return {**super().state_dict(), "gpa_models": dict(self.models)}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.gpa_sum, self.gpa_total = dict(state["gpa_sum"]), float(state["gpa_total"])
+        self.models = {int(t): dict(m) for t, m in state["gpa_models"].items()}
 
 
 @dataclass
@@ -206,6 +215,7 @@ class PromptSRC(FedVPT):
     name = "promptsrc"
     client_class = PromptSRCClient
     server_class = PromptSRCServer
+    declares = replace(PROMPT_LEARNER, round_knobs=("gpa_mean",))
     keep_optimizer_state = False  # FLiP: a fresh optimizer every round
 
     n_ctx: int = 4
@@ -227,13 +237,21 @@ class PromptSRC(FedVPT):
     """Weight of the KL term to the frozen model's logits (the paper's 1)."""
     gpa: bool = True
     """Evaluate with the Gaussian aggregate of the rounds' global models; false: the last one."""
-    gpa_mean: float = 15.0
-    """Round of the Gaussian's peak (the paper: epoch 15 of 20; FLiP: round 15 of 50); set it near
-    0.75 x fed.rounds."""
+    gpa_mean: Optional[float] = None
+    """Round of the Gaussian's peak; null: 0.75 x fed.rounds, where the paper puts it (epoch 15
+    of 20; FLiP: round 15 of 50). A number must be a round of the run."""
     gpa_std: float = 1.0
     """Its standard deviation in rounds (the paper's 1)."""
     teacher_templates: Optional[list[str]] = field(default=None)
     """Templates averaged into the frozen class features t; null: CLIP's 60 ImageNet templates."""
+
+    def peak(self, rounds: int | None) -> float:
+        """The round of the Gaussian's peak in a run of ``rounds`` rounds."""
+        if self.gpa_mean is not None:
+            return self.gpa_mean
+        if rounds is None:
+            raise ValueError("method.gpa_mean null places the peak at 0.75 x fed.rounds: the run's rounds are unknown")
+        return 0.75 * rounds
 
     def required_inputs(self) -> frozenset[str]:
         return frozenset({"pixels" if self.vision_depth else "features"})

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import ClientModule, Method, RunContext, Server
+from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class ZeroShotClient(ClientModule):
@@ -46,6 +47,7 @@ class ZeroShot(Method):
     trains = False
     client_class = ZeroShotClient
     server_class = Server
+    declares = PROMPT_LEARNER
 
     prompt: str = "a photo of a {}."
     """The hand-written prompt; ``{}`` is the class name."""

@@ -2,7 +2,8 @@
 ``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.run.reevaluate`);
 ``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] ...`` (:mod:`fedmoap.run.mia`);
 ``fedmoap flower --config run.yaml ... --run_dir DIR`` (:mod:`fedmoap.run.flower`, Flower's simulation);
-``fedmoap sweep ...``; ``fedmoap report ...``.
+``fedmoap sweep ...``; ``fedmoap report ...``; ``fedmoap methods [NAME ...] [--cells]``
+(:mod:`fedmoap.run.matrix`: what each method combines with).
 
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
 3 preempted by SIGUSR1/SIGTERM; 130 interrupted by Ctrl-C (SIGINT). After 2 (once fixed), 3 and
@@ -25,7 +26,14 @@ from fedmoap.run.parse import (  # noqa: F401  (public here: fedmoap.run.cli.par
     parser_message,
     short_method_names,
 )
-from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, stop_flag
+from fedmoap.preemption import (
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    Interrupted,
+    Preempted,
+    StoppedAtStartup,
+    stop_flag,
+)
 
 if TYPE_CHECKING:
     pass
@@ -46,15 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         return _mia(argv[1:])
     if argv[0] == "flower":
         return _flower(argv[1:])
-    stop_flag()  # before the heavy imports: a preemption signal during start-up counts
+    if argv[0] == "methods":
+        from fedmoap.run.matrix import main as methods
+
+        return methods(argv[1:])
+    flag = stop_flag()  # before the heavy imports: a preemption signal during start-up counts
     try:
-        cfg, run_dir, progress = parse_fit(argv)
-        name = cfg.method.name or type(cfg.method).__name__
-        run_dir = run_dir or str(Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
-        from fedmoap.run.fit import fit  # heavy imports only once the arguments are known to be valid
+        with flag.at_once():  # parsing and importing write nothing: a signal stops them at once
+            cfg, run_dir, progress = parse_fit(argv)
+            name = cfg.method.name or type(cfg.method).__name__
+            run_dir = run_dir or str(Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
+            from fedmoap.run.fit import fit  # heavy imports only once the arguments are known to be valid
 
         out = fit(cfg, run_dir, progress)
-    except Preempted as exc:
+    except (Preempted, StoppedAtStartup) as exc:
         print(f"fedmoap: preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
     except Interrupted as exc:

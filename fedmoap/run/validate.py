@@ -3,22 +3,23 @@ method's knobs, the evaluation modes and differential privacy, each message nami
 
 from __future__ import annotations
 
-from fedmoap.federation import evaluation
+from fedmoap.federation import combinations, evaluation
 from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import INPUTS
 from fedmoap.federation.dp_budget import problems as privacy_problems
 from fedmoap.typecheck import type_problems
 
-PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 MAX_THREADS = 1024
 """Cap on fabric.threads: a fixed number, not this machine's CPU count, so that a sweep written on
 a small login node is not refused for its compute nodes."""
 
 
-def validate(cfg: RunConfig) -> None:
-    """Checks beyond types, all of them, before anything is built: ranges and combinations, each
-    message naming its key; raises one :class:`FedmoapError` listing every problem."""
+def validate(cfg: RunConfig, engine: str = "fit") -> None:
+    """Checks beyond types, all of them, before anything is built: ranges and combinations (with
+    what the method cannot combine with on ``engine``, fit or flower), each message naming its
+    key; raises one :class:`FedmoapError` listing every problem."""
     problems = type_problems(cfg)
     if problems:  # the range checks below assume the declared types
         raise FedmoapError("; ".join(problems))
@@ -75,6 +76,16 @@ def validate(cfg: RunConfig) -> None:
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (cfg.model.image_size is None or cfg.model.image_size >= 1, "model.image_size must be >= 1 or null"),
         (
+            cfg.model.pretrained is None or cfg.model.pretrained.strip() != "",
+            "model.pretrained is empty: give a tag, an hf-hub: id or a checkpoint path, or null for random weights",
+        ),
+        (
+            # Fabric casts only modules and inputs passed through fabric.setup, which the clients'
+            # modules are not: bf16-true would silently train in float32
+            cfg.fabric.precision != "bf16-true",
+            "fabric.precision bf16-true is not supported (the prompt modules would stay float32); use bf16-mixed",
+        ),
+        (
             cfg.fabric.threads is None or 1 <= cfg.fabric.threads <= MAX_THREADS,
             f"fabric.threads must be in 1..{MAX_THREADS} or null",
         ),
@@ -91,5 +102,6 @@ def validate(cfg: RunConfig) -> None:
     problems += method.problems()
     problems += evaluation.problems(cfg)
     problems += privacy_problems(cfg)
+    problems += combinations.problems(cfg, engine)
     if problems:
         raise FedmoapError("; ".join(problems))

@@ -29,7 +29,8 @@ from fedmoap.run.fit import check_run_dir, config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.federation.results import base2novel_entry, hmean
-from fedmoap.federation.rounds import Federation, Schedule, default_fabric
+from fedmoap.federation.rounds import Federation, default_fabric
+from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
 from tests.worlds import fit_smoke, tiny_federation
 

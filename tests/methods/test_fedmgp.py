@@ -8,8 +8,11 @@ import torch
 from tests.worlds import first_batch, tiny_client
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.federation.config import DPArgs
 from fedmoap.methods.base import HeldOut
-from fedmoap.methods.fedmgp import FedMGP
+from fedmoap.methods.fedmgp import KINDS, FedMGP
+from fedmoap.seeding import torch_generator
+from tests.worlds import tiny_federation
 
 
 def test_one_group_without_diversity_is_fedvpt(world):
@@ -22,12 +25,12 @@ def test_one_group_without_diversity_is_fedvpt(world):
     mgp.training_step(b).backward(), vpt.training_step(b).backward()
     torch.testing.assert_close(mgp.text.grad[0], vpt.ctx.grad, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(mgp.vision.grad[0], vpt.vision.grad[0], atol=1e-6, rtol=1e-4)
-    ups = {cid: {"text_0": torch.randn(2, 64), "vision_0": torch.randn(2, 64)} for cid in (0, 1)}
+    ups = {cid: {"text.0": torch.randn(2, 64), "vision.0": torch.randn(2, 64)} for cid in (0, 1)}
     server = mgp.method.build_server(mgp.global_init(), mgp.run)
     server.aggregate(1, ups, {0: 1, 1: 9})
     vpt_server = vpt.method.build_server(vpt.global_init(), vpt.run)
     vpt_server.aggregate(
-        1, {c: {"prompt": u["text_0"], "vision": u["vision_0"][None]} for c, u in ups.items()}, {0: 1, 1: 9}
+        1, {c: {"prompt": u["text.0"], "vision": u["vision.0"][None]} for c, u in ups.items()}, {0: 1, 1: 9}
     )
     assert torch.equal(server.global_state["text_0"], vpt_server.global_state["prompt"])
     assert torch.equal(server.global_state["vision_0"], vpt_server.global_state["vision"][0])
@@ -39,13 +42,13 @@ def test_upload_is_s_groups_of_each_kind_and_nothing_else(world):
         mgp.text.copy_(torch.arange(5.0).view(5, 1, 1).expand_as(mgp.text))
         mgp.vision.copy_(-torch.arange(5.0).view(5, 1, 1).expand_as(mgp.vision))
     upload = mgp.upload()
-    assert set(upload) == {"text_0", "text_1", "vision_0", "vision_1"}
+    assert list(upload) == [f"{k}.{g}" for k in ("text", "vision") for g in mgp.sent[k].tolist()]  # rank order
     assert sum(v.numel() for v in upload.values()) == 2 * (2 * 64 + 2 * 64)
     for kind, sign in (("text", 1), ("vision", -1)):
         sent = mgp.sent[kind].tolist()
         assert len(set(sent)) == 2
-        for r, g in enumerate(sent):
-            assert torch.all(upload[f"{kind}_{r}"] == sign * g)
+        for g in sent:
+            assert torch.all(upload[f"{kind}.{g}"] == sign * g)
     m = FedMGP()
     assert m.topk * (m.n_ctx * 512 + m.vision_tokens * 768) == 5120  # the paper's "5.1k" at ViT-B/16
 
@@ -69,16 +72,22 @@ def test_selection_follows_similarity_and_is_reproducible(world):
 
 def test_download_overwrites_exactly_the_uploaded_groups(world):
     mgp = tiny_client(world, "fedmgp")
-    mgp.upload()
+    upload = mgp.upload()
     sent = {k: v.tolist() for k, v in mgp.sent.items()}
+    server = mgp.method.build_server(mgp.global_init(), mgp.run)
+    other = {key: torch.full_like(v, 7.0 + r % 2) for r, (key, v) in enumerate(upload.items())}
+    server.aggregate(1, {0: upload, 1: other}, {0: 1, 1: 1})
+    assert server.payload(1, 2).keys() == upload.keys() and server.payload(0, 2).keys() == upload.keys()
+    assert sorted(server.payload(5, 2)) == ["text_0", "text_1", "vision_0", "vision_1"]  # never uploaded
     before = {k: getattr(mgp, k).detach().clone() for k in ("text", "vision")}
-    payload = {f"{k}_{r}": torch.full_like(before[k][0], 7.0 + r) for k in before for r in range(2)}
-    mgp.receive(payload)
+    mgp.receive(server.payload(0, 2))
     for kind, old in before.items():
         now = getattr(mgp, kind).detach()
         for g in range(5):
             if g in sent[kind]:
-                assert torch.equal(now[g], payload[f"{kind}_{sent[kind].index(g)}"])
+                r = sent[kind].index(g)
+                assert torch.equal(now[g], server.global_state[f"{kind}_{r}"])
+                torch.testing.assert_close(now[g], (old[g] + 7.0 + r) / 2)
             else:
                 assert torch.equal(now[g], old[g])
 
@@ -117,3 +126,61 @@ def test_push_spreads_the_groups_and_the_code_term_pulls_them_together(world):
 def test_refuses_a_cnn_image_tower():
     (problem,) = FedMGP().backbone_problems(OpenCLIPBackbone.build("fedmoap-tiny-rn", None, seed=0))
     assert "method fedmgp needs a ViT image tower" in problem
+
+
+def released_rounds(world, tmp_path, clip, z, rounds=2):
+    """FedMGP under client_upload on the tiny world, every client in every round: per round and
+    client, per uploaded group in rank order (what it uploaded plus the mechanism's noise, what the server received,
+    the public value of each uploaded group: the global last written into it, else its initial
+    value)."""
+    fed = tiny_federation(
+        world, FedMGP(), tmp_path, rounds=rounds, dp=DPArgs(mode="client_upload", clip=clip, noise_multiplier=z)
+    )
+    module, release, receive = fed.module, fed.training.release, fed.module.receive
+    initial = module.initial_groups()
+    public, out = {}, {}
+
+    def spy_receive(payload):
+        prev = None if module.sent is None else {k: v.tolist() for k, v in module.sent.items()}
+        receive(payload)
+        public[module.client_id] = {
+            k: [
+                getattr(module, k)[g].detach().clone() if prev is None or g in prev[k] else initial[k][g]
+                for g in range(module.method.groups)
+            ]
+            for k in KINDS
+        }
+
+    def spy_release(t, cid, upload, payload):
+        got = release(t, cid, upload, payload)
+        groups = {k: module.sent[k].tolist() for k in KINDS}
+        by_kind = {k: [key for key in upload if key.startswith(k)] for k in KINDS}  # rank order
+        gen = torch_generator(0, "dp", t, cid)  # the mechanism's noise, drawn again
+        noise = {k: torch.randn(upload[k].shape, generator=gen, dtype=torch.float64) * z * clip for k in sorted(upload)}
+        out.setdefault(t, {})[cid] = [
+            (upload[key] + noise[key].float(), got[key], public[cid][k][g])
+            for k in KINDS
+            for key, g in zip(by_kind[k], groups[k])
+        ]
+        return got
+
+    module.receive, fed.training.release = spy_receive, spy_release
+    for t in range(1, rounds + 1):
+        fed.run_round(t, progress=False)
+    return out
+
+
+def test_dp_clips_each_uploaded_group_against_its_own_public_value(world, tmp_path):
+    """Round 1 (every group at its public initial value) and round 2 (the groups a client uploaded
+    hold the globals; a group may be drawn at another rank than before): a clip far above the
+    change passes the upload through, a clip near 0 leaves each group's own public value."""
+    # z 0.01: at z <= 0.001 the PRV accountant asks for gigabytes
+    open_ = released_rounds(world, tmp_path / "open", clip=10.0, z=0.01)
+    shut = released_rounds(world, tmp_path / "shut", clip=1e-9, z=0.01)
+    for t in (1, 2):
+        for cid in (0, 1):
+            for noisy_upload, got, _ in open_[t][cid]:
+                torch.testing.assert_close(got, noisy_upload, atol=1e-5, rtol=0)
+            for noisy_upload, got, public in shut[t][cid]:
+                assert not torch.allclose(noisy_upload, public, atol=1e-4)  # training moved it
+                torch.testing.assert_close(got, public, atol=1e-7, rtol=0)

@@ -3,12 +3,17 @@ prompts, IVLP's independence, shallow reductions and where gradients go."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+import yaml
 
 from tests.worlds import first_batch, tiny_client
 
 from fedmoap.methods import registry
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shallow_maple_vision_prompt_is_the_projected_text_prompt(world):
@@ -54,3 +59,17 @@ def test_deep_prompts_beyond_the_towers_are_refused(world):
     problems = registry()["maple"](depth=9).backbone_problems(backbone)
     assert any("method.depth 9" in p for p in problems)
     assert any("text_depth 5" in p for p in registry()["fedvpt"](text_depth=5).backbone_problems(backbone))
+
+
+def test_paper_config_prompt_is_maples_a_photo_of_a_with_its_first_two_tokens_learned(world):
+    """MaPLe's code tokenises "a photo of a {name}." and learns its first n_ctx = 2 tokens: the
+    paper config (and the default) keep "of a {name}." after them."""
+    knobs = yaml.safe_load((REPO / "configs/paper/methods/maple.yaml").read_text())["method"]["init_args"]
+    for maple in (tiny_client(world, "maple", **{**knobs, "depth": 1}), tiny_client(world, "maple", depth=1)):
+        bb, slots = maple.backbone, maple.slots
+        tokens = bb.tokenizer([f"a photo of a {c}." for c in maple.classnames])[:, : slots.seq_len]
+        with torch.no_grad():
+            words = bb.text.token_embedding(tokens)
+        assert slots.n_ctx == 2 and torch.equal(maple.ctx.data, words[0, 1:3])  # "a photo", learned
+        assert torch.equal(slots.suffix, words[:, 3:]) and torch.equal(slots.prefix, words[:, :1])
+        assert slots.extra["eot"].tolist() == tokens.argmax(-1).tolist()

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import fit_smoke, results, tiny_federation, tiny_world
+from tests.worlds import first_batch, fit_smoke, results, tiny_federation, tiny_world
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import TrainArgs
-from fedmoap.methods.base import RunContext
+from fedmoap.methods.base import HeldOut, RunContext
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
 from fedmoap.federation.rounds import Federation
@@ -189,3 +189,35 @@ def test_knob_checks():
     resnet = OpenCLIPBackbone.build("fedmoap-tiny-rn", None, seed=0)
     assert any("ViT" in p for p in PFedDC().backbone_problems(resnet))
     assert PFedDC(vision=False, fusion_heads=4).backbone_problems(resnet) == []
+
+
+@pytest.mark.parametrize(
+    "knobs, alone",
+    [
+        ({}, True),
+        ({"text_depth": 2, "vision_depth": 2}, True),
+        ({"fusion_query": "global"}, True),
+        ({"fusion": "sum"}, True),
+        ({"fusion": "concat"}, False),
+    ],
+)
+def test_never_trained_client_is_the_global_prompts_alone(world, knobs, alone):
+    """Whatever its cid (the seed of its random local prompts and fusion modules), a never-trained
+    client predicts with the global prompts alone: as F = G exactly where the fused prompt has the
+    global prompt's width, as [G; G] where it is two prompts wide."""
+    _, init = client(world, **knobs)
+    gen = torch.Generator().manual_seed(1)
+    download = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in init.global_init().items()}
+    batch = {k: v for k, v in first_batch(world).items() if k != "label"}
+
+    def unseen(cid, **extra):
+        _, module = client(world, **{**knobs, **extra})
+        module.load_client(cid, None)
+        module.prepare_unseen(HeldOut(cid, 0, lambda up: download, None, torch.zeros(1), lambda: None))
+        module.begin_eval()
+        with torch.no_grad():
+            return module.predict(batch)
+
+    assert torch.equal(unseen(N), unseen(N + 1))
+    if alone:
+        torch.testing.assert_close(unseen(N), unseen(N, fusion="none"), atol=1e-5, rtol=1e-5)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tests.worlds import first_batch, tiny_client
 
 from fedmoap.federation.config import TrainArgs
+from fedmoap.errors import FedmoapError
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.promptsrc import IMAGENET_TEMPLATES, gpa_weight
@@ -71,10 +72,10 @@ def test_text_only_variant_reads_cached_features_and_uploads_no_vision_prompt(wo
     assert src.problems() == [] and registry()["fedvpt"](vision_depth=0).problems()
 
 
-def server(world, **knobs):
+def server(world, rounds: int | None = None, **knobs):
     backbone, names, data = world
     method = registry()["promptsrc"](**SMALL, **knobs)
-    run = RunContext(0, 2, TrainArgs(local_epochs=1, batch_size=4), False)
+    run = RunContext(0, 2, TrainArgs(local_epochs=1, batch_size=4), False, rounds)
     module = method.build_client(backbone, names, run)
     return method.build_server(module.global_init(), run)
 
@@ -114,9 +115,36 @@ def test_before_the_peak_the_evaluated_model_is_not_shrunk_towards_zero(world):
     for t in (1, 2, 3):
         srv.aggregate(t, {0: theta}, {0: 1})
     flip = sum(gpa_weight(t, 15.0, 5.0) for t in (1, 2, 3)) / sum(gpa_weight(t, 15.0, 5.0) for t in range(51))
-    assert flip < 0.05 and srv.gpa_total > 1e-6
+    assert flip < 0.05 and sum(srv.weights().values()) > 1e-6
     for k, v in theta.items():
         assert torch.allclose(srv.eval_payload(0)[k], v, atol=1e-6) and torch.equal(srv.payload(0, 4)[k], v)
+
+
+@pytest.mark.parametrize("rounds", [2, 30])
+def test_gpa_peaks_at_three_quarters_of_the_run_whatever_its_length(world, rounds):
+    """With gpa_mean null the Gaussian sits at 0.75 x fed.rounds: a 2-round run mixes both of its
+    rounds, a 30-round run weighs its rounds around 22.5 most (not the paper's absolute 15)."""
+    srv = server(world, rounds=rounds)
+    for t in range(1, rounds + 1):
+        srv.aggregate(t, {0: {k: v + t for k, v in srv.global_state.items()}}, {0: 1})
+    g = srv.weights()
+    assert sorted(g) == list(range(1, rounds + 1))
+    peak = 0.75 * rounds
+    assert all(g[t] == pytest.approx(gpa_weight(t, peak, 1.0)) for t in g)
+    assert max(g, key=g.get) in (int(peak), int(peak) + 1)
+    if rounds == 2:
+        assert g[1] == pytest.approx(g[2]) and g[1] > 0.3
+    else:
+        assert g[15] < 1e-10 < g[22] and g[23] / sum(g.values()) > 0.3
+
+
+def test_a_gpa_peak_outside_the_run_is_refused():
+    from fedmoap.federation.config import FedArgs, RunConfig
+    from fedmoap.run.validate import validate
+
+    with pytest.raises(FedmoapError, match=r"method.gpa_mean 15 is not a round of this run \(1..fed.rounds = 10\)"):
+        validate(RunConfig(method=registry()["promptsrc"](gpa_mean=15.0), fed=FedArgs(rounds=10)))
+    validate(RunConfig(method=registry()["promptsrc"](gpa_mean=15.0), fed=FedArgs(rounds=30)))
 
 
 def test_bad_knobs_are_named():
@@ -128,7 +156,8 @@ def test_bad_knobs_are_named():
 
 @pytest.mark.parametrize("depth", [0, 2])
 def test_runs_a_round_in_a_federation(world, tmp_path, depth):
-    from fedmoap.federation.rounds import Federation, Schedule, default_fabric
+    from fedmoap.federation.rounds import Federation, default_fabric
+    from fedmoap.federation.schedule import Schedule
     from fedmoap.federation.store import ClientStore
 
     backbone, names, data = world
@@ -146,5 +175,5 @@ def test_runs_a_round_in_a_federation(world, tmp_path, depth):
         default_fabric(),
     )
     record = fed.run_round(1, progress=False)
-    assert record["mean_acc"] >= 0 and srv.gpa_total > 0
+    assert record["mean_acc"] >= 0 and srv.weights()[1] > 0
     assert all(torch.equal(srv.eval_payload(0)[k], v) for k, v in srv.global_state.items())  # one round

@@ -110,12 +110,20 @@ def assert_same_run(fit_dir: Path, flower_dir: Path) -> None:
 
 
 RECORD_SGD = ["--dp.mode", "record_sgd", "--dp.clip", "1.0", "--dp.noise_multiplier", "1.0"]
+ROUNDS_LR = ["--train.lr_schedule", "rounds", "--train.lr_rounds", "2"]
 
 
 @pytest.mark.parametrize(
     "method, extra",
-    [("promptfl", []), ("coop", []), ("fedotp", []), ("promptfl", RECORD_SGD), ("pepfedpt", [])],
-    ids=["promptfl", "coop", "fedotp", "dp-sgd", "statistics"],
+    [
+        ("promptfl", []),
+        ("coop", []),
+        ("fedotp", []),
+        ("promptfl", RECORD_SGD),
+        ("pepfedpt", []),
+        ("pfedmoap", [*DP, *ROUNDS_LR]),
+    ],
+    ids=["promptfl", "coop", "fedotp", "dp-sgd", "statistics", "client-dp-rounds-lr"],
 )
 def test_flower_simulation_gives_fits_numbers(method, extra, tmp_path, cache):
     """(pFedMoAP with client-level DP: the message-inspection test below. PEP-FedPT: a

@@ -238,17 +238,14 @@ def test_committed_studies_load_and_name_distinct_run_directories(path, monkeypa
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
-def test_committed_studies_put_promptsrcs_gpa_peak_inside_their_rounds(path, monkeypatch):
-    """PromptSRC's Gaussian prompt aggregation weights round t by N(gpa_mean, gpa_std²): with its
-    peak past the last round every weight is ~0 and evaluation silently falls back to the latest
-    global model, so a study that runs PromptSRC must move the peak with its rounds."""
-    from fedmoap.methods.promptsrc import PromptSRC
+def test_every_cell_of_a_committed_study_validates(path, monkeypatch):
+    """Every cell passes the checks of ``fedmoap fit``, the combinations a method refuses included
+    (e.g. PromptSRC's GPA peak, a round number, must be a round of the cell)."""
+    from fedmoap.run.validate import validate
 
     monkeypatch.chdir(REPO)
     for cell in load_study(path.relative_to(REPO)).cells("runs/x"):
-        m = cell.cfg.method
-        if isinstance(m, PromptSRC) and m.gpa:
-            assert 1 <= m.gpa_mean <= cell.rounds, f"{cell.name}: GPA peak {m.gpa_mean} of {cell.rounds} rounds"
+        validate(cell.cfg)
 
 
 def test_the_cpu_vision_study_is_the_gpu_one_with_fewer_rounds(monkeypatch):

@@ -10,14 +10,9 @@ from fedmoap.errors import FedmoapError
 
 
 def flower_problems(cfg: RunConfig) -> list[str]:
-    """Why ``cfg`` cannot run on Flower (empty: it can)."""
+    """Why ``cfg``'s fabric cannot run on Flower (empty: it can); what the method and the
+    evaluation modes cannot do on Flower is :mod:`fedmoap.federation.combinations`'."""
     out = []
-    extra = [m for m in cfg.eval.modes if m != "local"]
-    if extra:
-        out.append(
-            f"eval.modes {','.join(extra)}: these evaluations need every client's state in one "
-            "process; on Flower use eval.modes [local]"
-        )
     f = cfg.fabric
     if str(f.devices) != "1" or f.num_nodes != 1:
         out.append(
@@ -39,7 +34,7 @@ def checked_config(args: list[str], fresh: bool = True) -> tuple[RunConfig, Path
     cfg, run_dir, _ = parse_fit(["fit", *args])
     if run_dir is None:
         raise FedmoapError("--run_dir is required for a Flower run")
-    validate(cfg)
+    validate(cfg, engine="flower")
     problems = flower_problems(cfg)
     if problems:
         raise FedmoapError("; ".join(problems))
