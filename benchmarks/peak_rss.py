@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedmoap.run.cli import parse_fit
+from fedmoap.run.parse import parse_fit
 from fedmoap.run.fit import fit
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from fedmoap.run import report
 from fedmoap.backbones import build_backbone
-from fedmoap.run.cli import parse_fit
+from fedmoap.run.parse import parse_fit
 from fedmoap.data.sources import load_source
 from fedmoap.data.synthetic import make_synthetic
 from fedmoap.inputs.features import FeatureCache

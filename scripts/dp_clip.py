@@ -15,8 +15,8 @@ import argparse
 import statistics
 from pathlib import Path
 
-from fedmoap.run import report
-from fedmoap.run.cli import parse_fit
+from fedmoap.run import runs as report
+from fedmoap.run.parse import parse_fit
 from fedmoap.run.fit import fit
 
 PROXY = ["--data.source", "synthetic"]

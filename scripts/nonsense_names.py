@@ -27,7 +27,7 @@ def nonsense_names(count: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> str:
-    from fedmoap.run.cli import parse_fit
+    from fedmoap.run.parse import parse_fit
     from fedmoap.data.sources import load_source
 
     cfg, _, _ = parse_fit(["fit", *(sys.argv[1:] if argv is None else argv)])

@@ -1,9 +1,6 @@
-"""Command line: ``fedmoap fit --config run.yaml [--section.key value ...] [--run_dir DIR]``;
-``fedmoap eval RUN_DIR [--section.key value ...] [--out FILE]`` (:mod:`fedmoap.run.reevaluate`);
-``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] ...`` (:mod:`fedmoap.run.mia`);
-``fedmoap flower --config run.yaml ... --run_dir DIR`` (:mod:`fedmoap.run.flower`, Flower's simulation);
-``fedmoap sweep ...``; ``fedmoap report ...``; ``fedmoap methods [NAME ...] [--cells]``
-(:mod:`fedmoap.run.matrix`: what each method combines with).
+"""The command line: every command declared once in :data:`COMMANDS`, its module imported only when
+it runs (``fedmoap --help`` and ``fedmoap report --help`` import no torch), and one error wrapper
+(:func:`guarded`) for all of them.
 
 Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the culprit);
 3 preempted by SIGUSR1/SIGTERM; 130 interrupted by Ctrl-C (SIGINT). After 2 (once fixed), 3 and
@@ -12,73 +9,40 @@ Exit codes: 0 done; 2 bad input or a failed write (one line on stderr naming the
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from jsonargparse import ArgumentError
 
 from fedmoap.errors import FedmoapError
-from fedmoap.run.parse import (  # noqa: F401  (public here: fedmoap.run.cli.parse_fit and friends)
-    build_parser,
-    method_class_problem,
-    parse_fit,
-    parser_message,
-    short_method_names,
-)
-from fedmoap.preemption import (
-    EXIT_INTERRUPTED,
-    EXIT_PREEMPTED,
-    Interrupted,
-    Preempted,
-    StoppedAtStartup,
-    stop_flag,
-)
-
-if TYPE_CHECKING:
-    pass
+from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, StoppedAtStartup, stop_flag
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        build_parser().print_help()
-        return 2
-    if argv[0] == "sweep":
-        return _sweep(argv)
-    if argv[0] == "report":
-        return _report(argv)
-    if argv[0] == "eval":
-        return _eval(argv[1:])
-    if argv[0] == "mia":
-        return _mia(argv[1:])
-    if argv[0] == "flower":
-        return _flower(argv[1:])
-    if argv[0] == "methods":
-        from fedmoap.run.matrix import main as methods
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, its arguments as the overview shows them, what it does, and the
+    function (``argv -> exit code``) that runs it."""
 
-        return methods(argv[1:])
+    name: str
+    arguments: str
+    summary: str
+    run: Callable[[list[str]], int]
+
+
+def fit(argv: list[str]) -> int:
+    """``fedmoap fit``: train, or resume, a run (:mod:`fedmoap.run.fit`)."""
     flag = stop_flag()  # before the heavy imports: a preemption signal during start-up counts
-    try:
-        with flag.at_once():  # parsing and importing write nothing: a signal stops them at once
-            cfg, run_dir, progress = parse_fit(argv)
-            name = cfg.method.name or type(cfg.method).__name__
-            run_dir = run_dir or str(Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
-            from fedmoap.run.fit import fit  # heavy imports only once the arguments are known to be valid
+    with flag.at_once():  # parsing and importing write nothing: a signal stops them at once
+        from fedmoap.run.parse import parse_fit
 
-        out = fit(cfg, run_dir, progress)
-    except (Preempted, StoppedAtStartup) as exc:
-        print(f"fedmoap: preempted: {exc}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except Interrupted as exc:
-        print(f"fedmoap: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except FedmoapError as exc:
-        print(f"fedmoap: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # outside fit()'s own report of where it stopped
-        print("fedmoap: interrupted (SIGINT); rerun the same command", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        cfg, run_dir, progress = parse_fit(["fit", *argv])
+        name = cfg.method.name or type(cfg.method).__name__
+        run_dir = run_dir or str(Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
+        from fedmoap.run.fit import fit as run_fit  # heavy imports only once the arguments are valid
+
+    out = run_fit(cfg, run_dir, progress)
     rounds = out["rounds"]
     if rounds and out["rank"] == 0:
         last = rounds[-1]
@@ -90,30 +54,67 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _eval(argv: list[str]) -> int:
-    """``fedmoap eval RUN_DIR [overrides] [--out FILE]``."""
+def sweep(argv: list[str]) -> int:
+    """``fedmoap sweep``: run or list a study, or write a SLURM array (:mod:`fedmoap.run.sweep`)."""
+    from fedmoap.run.parse import sweep_parser
+
+    ns = sweep_parser().parse_args(argv)
+    from fedmoap.run import sweep as sweeps
+
+    if ns.study:
+        sweeps.study_command(ns.study, ns.run, ns.slurm, ns.list, ns.out, ns.only, ns.set)
+        return 0
+    out = ns.out or "sweep.txt"
+    n = sweeps.write_sweep(out, ns.config, ns.grid, ns.seeds, ns.runs_root)
+    print(f"{n} runs -> {out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {out}")
+    return 0
+
+
+def report(argv: list[str]) -> int:
+    """``fedmoap report``: the table of runs or of a study (:mod:`fedmoap.run.report`)."""
+    from fedmoap.run.parse import report_parser
+
+    ns = report_parser().parse_args(argv)
+    if ns.study:
+        from fedmoap.run.study import load_study
+        from fedmoap.run.study_table import study_report
+
+        print(study_report(load_study(ns.study), ns.out, ns.recorded))
+        return 0
+    if not ns.runs:
+        raise FedmoapError("report: give run directories or --study FILE")
+    from fedmoap.run import report as reports
+    from fedmoap.run.runs import load_runs
+
+    warnings: list[str] = []
+    runs = load_runs(ns.runs, warn=warnings.append)
+    groups = reports.summarize(runs, ns.group_by)
+    warnings += [f"two runs with the same seed in {d}" for d in reports.duplicate_seeds(groups)]
+    table = reports.render(groups, ns.format, ns.layout, ns.metric)
+    for message in warnings:
+        print(f"fedmoap: warning: {message}", file=sys.stderr)
+    print(table)
+    return 0
+
+
+EVAL_USAGE = "RUN_DIR [--eval.modes [local,global] --method.KNOB V ...] [--out FILE]"
+
+
+def evaluate(argv: list[str]) -> int:
+    """``fedmoap eval``: evaluate a finished run again, with other modes or knobs
+    (:mod:`fedmoap.run.reevaluate`); writes RUN_DIR/eval/<digest>.json or --out."""
     if not argv or argv[0].startswith("-"):
-        print(
-            "usage: fedmoap eval RUN_DIR [--eval.modes [local,global] --method.KNOB V ...] [--out FILE]\n"
-            "  evaluates a finished run again (fedmoap/run/reevaluate.py); writes RUN_DIR/eval/<digest>.json",
-            file=sys.stderr,
-        )
-        return 2
+        raise FedmoapError(f"eval: usage: fedmoap eval {EVAL_USAGE}")
     run_dir, rest, out = argv[0], list(argv[1:]), None
     if "--out" in rest:
         i = rest.index("--out")
         if i + 1 >= len(rest):
-            print("fedmoap: error: --out needs a file name", file=sys.stderr)
-            return 2
+            raise FedmoapError("--out needs a file name")
         out = rest[i + 1]
         del rest[i : i + 2]
-    try:
-        from fedmoap.run.reevaluate import reevaluate
+    from fedmoap.run.reevaluate import reevaluate
 
-        result, path = reevaluate(run_dir, rest, out)
-    except (ArgumentError, FedmoapError) as exc:
-        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    result, path = reevaluate(run_dir, rest, out)
     last = result["rounds"][-1]
     print(
         f"{result['method']}: round {last['round']} re-evaluated: mean acc {last['mean_acc']:.4f} "
@@ -122,24 +123,14 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
-def _mia(argv: list[str]) -> int:
-    """``fedmoap mia RUN_DIR [--shadows S] [--target all|largest] [--out DIR] ...``."""
+def mia(argv: list[str]) -> int:
+    """``fedmoap mia``: membership inference against a finished run's clients (:mod:`fedmoap.run.mia`)."""
     from fedmoap.run.mia.args import parse_mia
 
-    try:
-        run_dir, args = parse_mia(argv)
-        from fedmoap.run.mia.run import run_mia, table
+    run_dir, args = parse_mia(argv)
+    from fedmoap.run.mia.run import run_mia, table
 
-        result, path = run_mia(run_dir, args)
-    except Preempted as exc:  # before FedmoapError, its base: exit 3, rerun to resume the shadows
-        print(f"fedmoap: preempted: {exc}; rerun the same command to resume", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except Interrupted as exc:
-        print(f"fedmoap: {exc}; rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ArgumentError, FedmoapError) as exc:
-        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    result, path = run_mia(run_dir, args)
     target = result["target"]
     print(
         f"{result['method']}: membership inference on clients {target['clients']} "
@@ -150,46 +141,40 @@ def _mia(argv: list[str]) -> int:
     return 0
 
 
-def _flower(argv: list[str]) -> int:
-    """``fedmoap flower --config FILE [overrides] --run_dir DIR [--app DIR] [--write_only] ...``
-    (:mod:`fedmoap.run.flower.run`)."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: fedmoap flower --config FILE [--section.key value ...] --run_dir DIR [--app APP_DIR] "
-            "[--write_only] [--num_cpus N] [--client_cpus C] [--client_gpus G]\n"
-            "  runs the config in Flower's Simulation Engine, one SuperNode per client (fedmoap/flower/run.py)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        try:
-            from fedmoap.run.flower.run import simulate, split_args, write_app
-        except ImportError as exc:
-            raise FedmoapError(
-                f'fedmoap flower needs Flower ({exc.name} is missing): pip install "fedmoap[flower]"'
-            ) from None
-        from fedmoap.run.flower.checks import checked_config
+FLOWER_USAGE = (
+    "--config FILE [--section.key value ...] --run_dir DIR [--app APP_DIR] [--write_only] "
+    "[--num_cpus N] [--client_cpus C] [--client_gpus G]"
+)
 
-        fit_args, opts = split_args(argv)
-        cfg, run_dir = checked_config(fit_args)
-        if opts.get("app"):
-            path = write_app(
-                Path(opts["app"]),
-                fit_args,
-                cfg.data.num_clients,
-                opts.get("client_cpus", 1.0),
-                opts.get("client_gpus", 0.0),
-            )
-            print(f"Flower App -> {path}; run it with: FLWR_HOME={path.parent / 'flwr-home'} flwr run {path.parent}")
-        elif opts.get("write_only"):
-            raise FedmoapError("--write_only needs --app APP_DIR")
-        if opts.get("write_only"):
-            return 0
-        simulate(fit_args, opts.get("num_cpus"), opts.get("client_cpus", 1.0), opts.get("client_gpus", 0.0))
-    except (ArgumentError, FedmoapError) as exc:
-        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    from fedmoap.run.report import read_results
+
+def flower(argv: list[str]) -> int:
+    """``fedmoap flower``: the run on Flower's Simulation Engine, one SuperNode per client, or a
+    Flower App written for a deployment (:mod:`fedmoap.run.flower`)."""
+    try:
+        from fedmoap.run.flower.run import simulate, split_args, write_app
+    except ImportError as exc:
+        raise FedmoapError(
+            f'fedmoap flower needs Flower ({exc.name} is missing): pip install "fedmoap[flower]"'
+        ) from None
+    from fedmoap.run.flower.checks import checked_config
+
+    fit_args, opts = split_args(argv)
+    cfg, run_dir = checked_config(fit_args)
+    if opts.get("app"):
+        path = write_app(
+            Path(opts["app"]),
+            fit_args,
+            cfg.data.num_clients,
+            opts.get("client_cpus", 1.0),
+            opts.get("client_gpus", 0.0),
+        )
+        print(f"Flower App -> {path}; run it with: FLWR_HOME={path.parent / 'flwr-home'} flwr run {path.parent}")
+    elif opts.get("write_only"):
+        raise FedmoapError("--write_only needs --app APP_DIR")
+    if opts.get("write_only"):
+        return 0
+    simulate(fit_args, opts.get("num_cpus"), opts.get("client_cpus", 1.0), opts.get("client_gpus", 0.0))
+    from fedmoap.run.runs import read_results
 
     last = read_results(run_dir)["rounds"][-1]
     print(
@@ -199,54 +184,82 @@ def _flower(argv: list[str]) -> int:
     return 0
 
 
-def _sweep(argv: list[str]) -> int:
-    from fedmoap.run import sweep
+def methods(argv: list[str]) -> int:
+    """``fedmoap methods``: what each method combines with (:mod:`fedmoap.run.matrix`)."""
+    from fedmoap.run.matrix import main as matrix
 
+    return matrix(argv)
+
+
+COMMANDS = (
+    Command("fit", "[--config FILE] [--section.key VALUE ...] [--run_dir DIR]", "train or resume a run", fit),
+    Command(
+        "sweep",
+        "--study FILE [--run|--list|--slurm] | --config FILE --grid KEY=A,B ...",
+        "run or list a study, or write a SLURM array of runs",
+        sweep,
+    ),
+    Command("report", "RUN_DIR ... | --study FILE", "table of runs: mean ± std over seeds", report),
+    Command("eval", EVAL_USAGE, "evaluate a finished run again (other modes or knobs)", evaluate),
+    Command("mia", "RUN_DIR [--shadows S] [--target all|largest] ...", "membership inference on a finished run", mia),
+    Command("flower", FLOWER_USAGE, "the run on Flower (simulation), or a Flower App to deploy", flower),
+    Command("methods", "[NAME ...] [--cells]", "what each method combines with (DP, evaluation, engine)", methods),
+)
+"""Every subcommand, in the order ``fedmoap --help`` lists them."""
+
+OWN_HELP = {"eval", "flower"}
+"""Commands whose ``--help`` is their line of :data:`COMMANDS` (the others have a parser)."""
+
+
+def overview() -> str:
+    """``fedmoap --help``: every command, its arguments and what it does."""
+    width = max(len(c.name) for c in COMMANDS)
+    lines = [
+        "usage: fedmoap COMMAND [ARGS ...]   (fedmoap COMMAND --help for its options)",
+        "",
+        "Personalized federated prompt learning for CLIP-like models (pFedMoAP and baselines).",
+        "",
+        "commands:",
+    ]
+    for c in COMMANDS:
+        lines += [f"  {c.name:<{width}}  {c.summary}", f"  {'':<{width}}    fedmoap {c.name} {c.arguments}"]
+    lines += ["", "exit codes: 0 done, 2 bad input (one line naming it), 3 preempted, 130 interrupted; rerun to resume"]
+    return "\n".join(lines)
+
+
+def guarded(command: Command, argv: list[str]) -> int:
+    """Run ``command``, mapping what it raises to one line on stderr and the exit code."""
     try:
-        ns = build_parser().parse_args(argv).sweep
-        if ns.study:
-            sweep.study_command(ns.study, ns.run, ns.slurm, ns.list, ns.out, ns.only, ns.set)
-            return 0
-        out = ns.out or "sweep.txt"
-        n = sweep.write_sweep(out, ns.config, ns.grid, ns.seeds, ns.runs_root)
-    except Preempted as exc:  # before FedmoapError, its base: exit 3, rerun to resume
-        print(f"fedmoap: preempted: {exc}; rerun the same command to resume", file=sys.stderr)
+        return command.run(argv)
+    except (Preempted, StoppedAtStartup) as exc:  # Preempted before FedmoapError, its base
+        print(f"fedmoap: preempted: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
     except Interrupted as exc:
-        print(f"fedmoap: {exc}; rerun the same command to resume", file=sys.stderr)
+        print(f"fedmoap: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (ArgumentError, FedmoapError) as exc:
         print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    print(f"{n} runs -> {out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {out}")
-    return 0
+    except KeyboardInterrupt:  # outside a command's own report of where it stopped
+        print(f"fedmoap {command.name}: interrupted (SIGINT); rerun the same command", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
-def _report(argv: list[str]) -> int:
-    from fedmoap.run import report
-
-    try:
-        ns = build_parser().parse_args(argv).report
-        if ns.study:
-            from fedmoap.run.study import load_study
-            from fedmoap.run.study_table import study_report
-
-            print(study_report(load_study(ns.study), ns.out, ns.recorded))
-            return 0
-        if not ns.runs:
-            raise FedmoapError("report: give run directories or --study FILE")
-        warnings: list[str] = []
-        runs = report.load_runs(ns.runs, warn=warnings.append)
-        groups = report.summarize(runs, ns.group_by)
-        warnings += [f"two runs with the same seed in {d}" for d in report.duplicate_seeds(groups)]
-        table = report.render(groups, ns.format, ns.layout, ns.metric)
-    except (ArgumentError, FedmoapError) as exc:
-        print(f"fedmoap: error: {' '.join(str(exc).split())}", file=sys.stderr)
+def main(argv: list[str] | None = None) -> int:
+    """``fedmoap COMMAND ARGS``: the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+        return 0 if argv else 2
+    command = next((c for c in COMMANDS if c.name == argv[0]), None)
+    if command is None:
+        names = ", ".join(c.name for c in COMMANDS)
+        print(f"fedmoap: error: no command {argv[0]!r} (commands: {names}; fedmoap --help)", file=sys.stderr)
         return 2
-    for message in warnings:
-        print(f"fedmoap: warning: {message}", file=sys.stderr)
-    print(table)
-    return 0
+    if command.name in OWN_HELP and argv[1:2] in (["-h"], ["--help"]):
+        print(f"usage: fedmoap {command.name} {command.arguments}\n  {command.run.__doc__.split(':', 1)[1].strip()}")
+        return 0
+    return guarded(command, argv[1:])
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 from fedmoap.federation import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
-from fedmoap.federation.build import DEFAULT_CACHE, Resolved, assemble, resolve  # noqa: F401  (DEFAULT_CACHE: public here)
+from fedmoap.federation.build import Resolved, assemble, resolve
 from fedmoap.run.checkpoint import checkpoint_path, code_version, latest_round, load_latest, save_checkpoint
-from fedmoap.federation.config import RunConfig, config_dict, config_digest, neutral_keys  # noqa: F401  (config_digest: public here)
+from fedmoap.federation.config import RunConfig, config_dict, config_digest, neutral_keys
 from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
 from fedmoap.inputs.features import FeatureCache
@@ -51,8 +51,8 @@ from fedmoap.federation.results import (
     write_results,
 )
 from fedmoap.federation.rounds import Federation, Transport
-from fedmoap.run.rundir import OWN_FILES, RunLock, check_run_dir, claim, stopped_at  # noqa: F401  (OWN_FILES: public here)
-from fedmoap.run.validate import MAX_THREADS, PRECISIONS, validate  # noqa: F401  (public here)
+from fedmoap.run.rundir import RunLock, check_run_dir, claim, stopped_at
+from fedmoap.run.validate import validate
 
 
 def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:

@@ -7,17 +7,25 @@ from __future__ import annotations
 import sys
 from itertools import product
 
+from typing import TYPE_CHECKING
+
 from fedmoap.errors import FedmoapError
-from fedmoap.federation.combinations import DP_MODES, ENGINES, EVAL_MODES, SCHEDULES, Cell, matrix
-from fedmoap.federation.combinations import cells as cells_of_matrix
-from fedmoap.methods import registry
+
+if TYPE_CHECKING:
+    from fedmoap.federation.combinations import Cell
 
 USAGE = (
     "usage: fedmoap methods [NAME ...] [--cells]\n"
     "  each method's declarations and the combinations it refuses (dp.mode x eval.modes x\n"
     "  train.lr_schedule x engine), with why; --cells: every cell, one tab-separated line each"
 )
-DIMS = (("dp", DP_MODES), ("eval", EVAL_MODES), ("schedule", SCHEDULES), ("engine", ENGINES))
+
+
+def dims() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The matrix's dimensions: (label, values)."""
+    from fedmoap.federation.combinations import DP_MODES, ENGINES, EVAL_MODES, SCHEDULES
+
+    return (("dp", DP_MODES), ("eval", EVAL_MODES), ("schedule", SCHEDULES), ("engine", ENGINES))
 
 
 def coordinates(cell: Cell) -> tuple[str, str, str, str]:
@@ -28,16 +36,21 @@ def coordinates(cell: Cell) -> tuple[str, str, str, str]:
 def where(cells: set[tuple[str, ...]]) -> str:
     """The cells as a product of values per dimension ("dp record_sgd x eval unseen_clients"),
     or listed where they are not a product."""
-    values = [sorted({c[i] for c in cells}, key=list(dim).index) for i, (_, dim) in enumerate(DIMS)]
+    dimensions = dims()
+    values = [sorted({c[i] for c in cells}, key=list(dim).index) for i, (_, dim) in enumerate(dimensions)]
     if set(product(*values)) != cells:
         return "; ".join(" ".join(c) for c in sorted(cells))
-    parts = [f"{label} {'|'.join(v)}" for (label, dim), v in zip(DIMS, values) if len(v) < len(dim)]
+    parts = [f"{label} {'|'.join(v)}" for (label, dim), v in zip(dimensions, values) if len(v) < len(dim)]
     return " x ".join(parts) or "every cell"
 
 
 def summary(names: list[str]) -> str:
     """The refusals every listed method shares, once; then per method its declarations and its
     own refusals with the cells each covers."""
+    from fedmoap.federation.combinations import cells as cells_of_matrix
+    from fedmoap.federation.combinations import matrix
+    from fedmoap.methods import registry
+
     methods = registry()
     refused: dict[str, dict[str, set[tuple[str, ...]]]] = {}
     supported: dict[str, int] = {}
@@ -50,7 +63,7 @@ def summary(names: list[str]) -> str:
                 by_reason.setdefault(reason, set()).add(coordinates(cell))
     common = {r: c for r, c in refused[names[0]].items() if all(refused[n].get(r) == c for n in names)}
     total = len(list(cells_of_matrix()))
-    lines = [f"{len(names)} methods x {total} cells ({' x '.join(f'{len(d)} {label}' for label, d in DIMS)})"]
+    lines = [f"{len(names)} methods x {total} cells ({' x '.join(f'{len(d)} {label}' for label, d in dims())})"]
     if common and len(names) > 1:
         lines.append("every method:")
         lines += [f"  refused where {where(c)}: {reason}" for reason, c in common.items()]
@@ -71,6 +84,9 @@ def summary(names: list[str]) -> str:
 
 def cells_table(names: list[str]) -> str:
     """Every cell: method, dp mode, evaluation mode, schedule, engine, supported|refused, why."""
+    from fedmoap.federation.combinations import matrix
+    from fedmoap.methods import registry
+
     methods = registry()
     rows = ["method\tdp\teval\tschedule\tengine\tstatus\twhy"]
     for name, cell, reasons in matrix({n: methods[n] for n in names}):
@@ -84,6 +100,8 @@ def main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(USAGE)
         return 0
+    from fedmoap.methods import registry
+
     names = [a for a in argv if a != "--cells"]
     try:
         unknown = [n for n in names if n.startswith("-") or n not in registry()]

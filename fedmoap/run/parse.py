@@ -20,20 +20,23 @@ if TYPE_CHECKING:
     from fedmoap.federation.config import RunConfig
 
 
-def build_parser() -> ArgumentParser:
+def _strict_yaml() -> None:
+    """Config files and values: no repeated keys, attribute docstrings as help."""
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    if not hasattr(get_loader("yaml"), "__wrapped__"):  # config files and values: no repeated keys
+    if not hasattr(get_loader("yaml"), "__wrapped__"):
         set_loader("yaml", yamlfile.strict(get_loader("yaml")), exceptions=(yaml.YAMLError,))
+
+
+def fit_parser() -> ArgumentParser:
+    """``fedmoap fit``'s parser, generated from the config dataclasses (imports every method)."""
+    _strict_yaml()
     from fedmoap.federation.config import RunConfig
     from fedmoap.methods import registry
 
     methods = ", ".join(f"{name} ({cls.__doc__.split(':')[0].strip()})" for name, cls in registry().items())
-    parser = ArgumentParser(
-        prog="fedmoap",
-        description="Personalized federated prompt learning for CLIP-like models (pFedMoAP and baselines).",
-    )
-    commands = parser.add_subcommands(dest="command")
     fit = ArgumentParser(
+        prog="fedmoap fit",
+        exit_on_error=False,
         description="Train (or resume) a federated run. With no --config: the "
         "offline default (packaged towers, Fashion-MNIST, pFedMoAP).",
         epilog=f"Methods (--method NAME or a class path; --method.help NAME lists a method's knobs): {methods}.",
@@ -47,12 +50,19 @@ def build_parser() -> ArgumentParser:
         help="Output directory; re-running on it resumes. Default: runs/<method>-<time>",
     )
     fit.add_argument("--progress", type=bool, default=True, help="Show progress bars")
-    commands.add_subcommand("fit", fit, help="train or resume a run")
+    return fit
+
+
+def sweep_parser() -> ArgumentParser:
+    """``fedmoap sweep``'s parser (imports no torch)."""
+    _strict_yaml()
     sweep = ArgumentParser(
+        prog="fedmoap sweep",
+        exit_on_error=False,
         description="Run a study (--study FILE --run), list its runs (--list) or "
         "write them as a SLURM array (--slurm); or write a sweep file of a grid "
         "(--config, --grid: one `fedmoap fit` argument line per grid point and seed) "
-        "for slurm/array.sbatch."
+        "for slurm/array.sbatch.",
     )
     sweep.add_argument("--study", type=str | None, default=None, help="a study file (configs/studies/NAME.yaml)")
     sweep.add_argument("--run", action="store_true", help="run the study's cells here, in order")
@@ -84,12 +94,7 @@ def build_parser() -> ArgumentParser:
         default=None,
         help="--study: its output directory (default runs/studies/NAME); grid: the sweep file (default sweep.txt)",
     )
-    commands.add_subcommand("sweep", sweep, help="run a study, or write a SLURM array of runs")
-    report = _report_parser()
-    commands.add_subcommand("report", report, help="table of runs: mean ± std over seeds")
-    for p in (parser, fit, sweep, report):
-        p.exit_on_error = False  # one-line errors from main() instead of the full usage text
-    return parser
+    return sweep
 
 
 def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
@@ -97,13 +102,13 @@ def parse_fit(argv: list[str]) -> tuple[RunConfig, str | None, bool]:
     file raises :class:`FedmoapError` with the parser's message."""
     from fedmoap.federation.config import RunConfig
 
-    parser = build_parser()
+    parser = fit_parser()
     try:
-        ns = parser.parse_args(short_method_names(argv))
+        ns = parser.parse_args(short_method_names(argv[1:] if argv[:1] == ["fit"] else argv))
     except ArgumentError as exc:
         raise FedmoapError(f"{parser_message(exc)} (see `fedmoap fit --help`)") from None
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    init = instantiate(ns).fit
+    init = instantiate(ns)
     cfg = RunConfig(**{f.name: init[f.name] for f in dataclasses.fields(RunConfig)})
     problem = method_class_problem(type(cfg.method))
     if problem:
@@ -217,15 +222,19 @@ def _config_with_class_path(path: str) -> str:
 
 
 # ----- fedmoap report (fedmoap/run/report.py) -----------------------------------------------------
-def _report_parser() -> ArgumentParser:
+def report_parser() -> ArgumentParser:
+    """``fedmoap report``'s parser (imports no torch)."""
     from fedmoap.run.report import METRICS
 
+    _strict_yaml()
     report = ArgumentParser(
+        prog="fedmoap report",
+        exit_on_error=False,
         description="Print the table of a set of runs (run directories, or "
         "directories holding them, e.g. a sweep's runs_root): per dataset, method "
         "and the settings that differ between runs of the same method, the mean ± "
         "sample std over seeds of the final and last-5 accuracy and of each "
-        "evaluation mode's final numbers (%)."
+        "evaluation mode's final numbers (%).",
     )
     report.add_argument("runs", type=str, nargs="*", help="run directories or roots containing them")
     report.add_argument(

@@ -9,12 +9,12 @@ over the last five evaluated rounds, and of each evaluation mode's final numbers
 Used by ``fedmoap report RUN_DIR... [--format markdown|csv] [--layout long|paper]`` and by the
 notebooks (``notebooks/tables_and_curves.ipynb``)::
 
-    from fedmoap.run import report
-    runs = report.load_runs(["runs/sweep"])
-    print(report.render(report.summarize(runs), "markdown", layout="paper"))
+    from fedmoap.run import report, runs
+    found = runs.load_runs(["runs/sweep"])
+    print(report.render(report.summarize(found), "markdown", layout="paper"))
 
 A study's table (``fedmoap report --study FILE``) is :mod:`fedmoap.run.study_table`. Reading a run is
-:mod:`fedmoap.run.runs` (re-exported here: ``report.read_run``, ``report.read_results``, ...).
+:mod:`fedmoap.run.runs`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmoap.errors import FedmoapError
-from fedmoap.run.runs import (  # noqa: F401  (public here: report.read_run and friends)
-    Run,
-    flatten,
-    load_runs,
-    read_results,
-    read_run,
-    rounds_done,
-)
+from fedmoap.run.runs import Run, rounds_done
 
 METRICS: dict[str, str] = {
     "final": "final round, mean per-client accuracy",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from fedmoap.run.cli import parse_fit
+from fedmoap.run.parse import parse_fit
 from fedmoap.federation.build import build_federation
 from fedmoap.federation.privacy import Privacy
 from fedmoap.federation.rounds import default_fabric

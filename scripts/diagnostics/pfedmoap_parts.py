@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fedmoap.run.cli import parse_fit
+from fedmoap.run.parse import parse_fit
 from fedmoap.run.reevaluate import restore_run
 
 

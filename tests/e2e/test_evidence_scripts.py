@@ -12,14 +12,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from fedmoap.run.cli import parse_fit  # noqa: E402
+from fedmoap.run.parse import parse_fit  # noqa: E402
 
 TINY = ["--config", str(REPO / "configs" / "smoke.yaml"), "--fabric.threads", "1"]
 
 
 def test_dp_clip_is_the_median_upload_norm_of_the_proxy_run(tmp_path):
     import dp_clip
-    from fedmoap.run import report
+    from fedmoap.run import runs as report
 
     clip = dp_clip.main(
         ["--out", str(tmp_path / "proxy"), "--", *TINY, "--data.feature_cache", str(tmp_path / "cache")]

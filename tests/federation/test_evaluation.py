@@ -25,7 +25,8 @@ from fedmoap.data.split import make_split
 from fedmoap.federation.evaluation import ModeEvaluator, apply_class_order, class_split, complete_split
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, Inputs, gather_inputs
-from fedmoap.run.fit import check_run_dir, config_digest
+from fedmoap.federation.config import config_digest
+from fedmoap.run.rundir import check_run_dir
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.federation.results import base2novel_entry, hmean

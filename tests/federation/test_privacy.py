@@ -16,10 +16,11 @@ import yaml
 
 from tests.worlds import tiny_federation, tiny_world
 
-from fedmoap.run.cli import main, parse_fit
+from fedmoap.run.cli import main
+from fedmoap.run.parse import parse_fit
 from fedmoap.federation.config import DPArgs, TrainArgs
 from fedmoap.federation.config import added_section_defaults
-from fedmoap.run.fit import config_digest
+from fedmoap.federation.config import config_digest
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.federation.dp_sgd import clipped_sum, noisy_mean, private_parameters

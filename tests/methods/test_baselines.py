@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone, _attnpool_all
-from fedmoap.run.cli import parse_fit
+from fedmoap.run.parse import parse_fit
 from fedmoap.federation.config import DataArgs, TrainArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split

@@ -18,7 +18,7 @@ import yaml
 
 from tests.worlds import fit_smoke, tiny_federation, tiny_world
 
-from fedmoap.run.cli import build_parser, parse_fit
+from fedmoap.run.parse import fit_parser, parse_fit
 from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
 from fedmoap.methods import registry
@@ -320,15 +320,16 @@ def test_the_readme_walkthrough_method_runs_from_another_package(tmp_path, monke
     assert results["method"] == "myprox" and len(results["rounds"]) == 2
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["init_args"]["mu"] == 0.25
     with pytest.raises(FedmoapError, match="method.mu"):
-        from fedmoap.run.fit import validate
+        from fedmoap.run.validate import validate
 
         validate(parse_fit(["fit", "--method", "mylab.methods.MyProx", "--method.mu", "-1"])[0])
 
 
 def leaf_help(argv: list[str]) -> str:
+    """What ``fedmoap fit ARGV`` prints for ``--help`` or ``--method.help``."""
     out = io.StringIO()
     with redirect_stdout(out), pytest.raises(SystemExit):
-        build_parser().parse_args(argv)
+        fit_parser().parse_args(argv)
     return out.getvalue()
 
 
@@ -339,7 +340,7 @@ def documented(text: str, option: str) -> bool:
 
 
 def test_help_documents_every_leaf_field():
-    text = leaf_help(["fit", "--help"])
+    text = leaf_help(["--help"])
     defaults = RunConfig()
     for section in dataclasses.fields(RunConfig):
         value = getattr(defaults, section.name)
@@ -353,9 +354,9 @@ def test_help_documents_every_leaf_field():
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_help_documents_every_knob(name):
-    from fedmoap.run.cli import short_method_names
+    from fedmoap.run.parse import short_method_names
 
-    text = leaf_help(short_method_names(["fit", "--method.help", name]))
+    text = leaf_help(short_method_names(["--method.help", name]))
     for f in dataclasses.fields(METHODS[name]):
         assert documented(text, f"--method.{f.name}") or documented(text, f"--method.init_args.{f.name}"), (
             f"{name}: --method.{f.name} has no help text"

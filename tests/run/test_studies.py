@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmoap.run.cli import main, parse_fit
+from fedmoap.run.cli import main
+from fedmoap.run.parse import parse_fit
 from fedmoap.run.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmoap.run.cli import main, parse_fit
+from fedmoap.run.cli import main
+from fedmoap.run.parse import parse_fit
 from fedmoap.errors import FedmoapError
 from fedmoap.run.sweep import parse_grid, sweep_lines, write_sweep
 
