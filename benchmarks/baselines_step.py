@@ -11,16 +11,15 @@ count depends on the values); its transport-plan solve is also timed alone.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
+from local_step import paired
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedotp import transport_plan
-from local_step import paired
 
 BATCH = 32
 METHODS = [

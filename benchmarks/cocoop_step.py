@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from local_step import paired
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.cocoop import CoCoOp
-from local_step import paired
 
 TARGETS = {10: 0.35, 100: 0.25}
 

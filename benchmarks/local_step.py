@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import TrainArgs
 from fedmoap.federation.local import train_locally
+from fedmoap.federation.rounds import default_fabric
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.pfedmoap import PFedMoAP, PFedMoAPClient
 from fedmoap.methods.prompts import initial_prompt
-from fedmoap.federation.rounds import default_fabric
 
 BATCH = 32
 

@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from fedmoap.run.parse import parse_fit
 from fedmoap.run.fit import fit
+from fedmoap.run.parse import parse_fit
 
 
 def peak_rss_kb() -> int:

@@ -22,9 +22,9 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+from local_step import BATCH, StepCase, make_client
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from local_step import BATCH, StepCase, make_client
 
 TARGETS = {"RN50/C=10": 0.5, "C=100": 0.4}
 """Step / full-sequence floor (issue 14): at most 0.5 at RN50, C = 10; 0.4 at C = 100."""

@@ -47,6 +47,7 @@ import local_step
 import prefix
 import scale
 import vision_step
+
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 
 TARGETS = {

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmoap.run import report
 from fedmoap.backbones import build_backbone
-from fedmoap.run.parse import parse_fit
 from fedmoap.data.sources import load_source
 from fedmoap.data.synthetic import make_synthetic
 from fedmoap.inputs.features import FeatureCache
+from fedmoap.run import report
+from fedmoap.run.parse import parse_fit
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"

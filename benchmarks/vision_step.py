@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from fedmoap.backbones import build_backbone
 from fedmoap.federation.config import ModelArgs, TrainArgs
-from fedmoap.inputs.federated_data import FederatedData, Inputs
 from fedmoap.federation.local import train_locally
+from fedmoap.federation.rounds import default_fabric
+from fedmoap.inputs.federated_data import FederatedData, Inputs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedmgp import FedMGP
 from fedmoap.methods.fedmvp import FedMVP
@@ -42,7 +43,6 @@ from fedmoap.methods.pepfedpt import PEPFedPT
 from fedmoap.methods.pfeddc import PFedDC
 from fedmoap.methods.pfedmma import PFedMMA
 from fedmoap.methods.promptsrc import PromptSRC
-from fedmoap.federation.rounds import default_fabric
 
 BATCH = 32
 TOKENS = 8

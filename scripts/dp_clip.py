@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 
 from fedmoap.run import runs as report
-from fedmoap.run.parse import parse_fit
 from fedmoap.run.fit import fit
+from fedmoap.run.parse import parse_fit
 
 PROXY = ["--data.source", "synthetic"]
 

@@ -27,8 +27,8 @@ def nonsense_names(count: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> str:
-    from fedmoap.run.parse import parse_fit
     from fedmoap.data.sources import load_source
+    from fedmoap.run.parse import parse_fit
 
     cfg, _, _ = parse_fit(["fit", *(sys.argv[1:] if argv is None else argv)])
     text = "[" + ", ".join(nonsense_names(len(load_source(cfg.data).classnames))) + "]"

@@ -11,13 +11,13 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Features
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.federation.config import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
+from fedmoap.federation.config import DataArgs
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, gather_inputs
-from fedmoap.methods.base import INPUTS
 from fedmoap.inputs.pixels import PixelCache
+from fedmoap.methods.base import INPUTS
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 PIXEL = [[[10, 20, 30]] * 4] * 4

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone, _digest_params
+from fedmoap.backbones.dinov2_onnx import load_converted, resample_pos_embed
 from fedmoap.backbones.packaged import (
     DEFAULT_CACHE_DIR,
     MiniLMText,
@@ -33,7 +34,6 @@ from fedmoap.backbones.packaged import (
     fit_ridge,
     packaged_image_transform,
 )
-from fedmoap.backbones.dinov2_onnx import load_converted, resample_pos_embed
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save
 

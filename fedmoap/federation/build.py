@@ -20,25 +20,25 @@ from typing import Any, Callable
 
 from lightning import Fabric
 
-from fedmoap.federation import evaluation, protocols
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
-from fedmoap.federation.config import RunConfig
 from fedmoap.data.sources import SourceData, load_source
 from fedmoap.data.split import ClientSplit, load_split, make_split
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
+from fedmoap.federation import evaluation, protocols
+from fedmoap.federation.config import RunConfig
 from fedmoap.federation.evaluation import ClassSplit
-from fedmoap.inputs.features import FeatureCache
-from fedmoap.inputs.federated_data import FederatedData, gather_inputs
-from fedmoap.io import check_directory
-from fedmoap.methods.base import RunContext
-from fedmoap.methods.prompts import PromptMethod
-from fedmoap.inputs.pixels import PixelCache
 from fedmoap.federation.privacy import Privacy
 from fedmoap.federation.rounds import Federation
 from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.inputs.federated_data import FederatedData, gather_inputs
+from fedmoap.inputs.pixels import PixelCache
+from fedmoap.io import check_directory
+from fedmoap.methods.base import RunContext
+from fedmoap.methods.prompts import PromptMethod
 
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
 

@@ -42,19 +42,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedmoap.data.sources import SourceData
+from fedmoap.data.split import ClientSplit
+from fedmoap.errors import FedmoapError
 from fedmoap.federation import protocols
 from fedmoap.federation.config import EvalArgs, EvalMode, RunConfig
-from fedmoap.data.split import ClientSplit
-from fedmoap.data.sources import SourceData
-from fedmoap.errors import FedmoapError
 from fedmoap.federation.local import evaluate
-from fedmoap.methods.base import HeldOut
 from fedmoap.federation.results import accuracy_entry, base2novel_entry, unseen_entry
+from fedmoap.methods.base import HeldOut
 from fedmoap.seeding import numpy_rng
 
 if TYPE_CHECKING:
-    from fedmoap.inputs.federated_data import FederatedData
     from fedmoap.federation.rounds import Federation
+    from fedmoap.inputs.federated_data import FederatedData
 
 MODES: tuple[str, ...] = get_args(EvalMode)
 POOLED = {"global": ("global",), "base2novel": ("base", "novel")}

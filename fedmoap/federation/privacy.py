@@ -71,9 +71,9 @@ from fedmoap.seeding import torch_generator
 
 if TYPE_CHECKING:
     from fedmoap.federation.config import DPArgs
+    from fedmoap.federation.schedule import Schedule
     from fedmoap.inputs.federated_data import FederatedData
     from fedmoap.methods.base import ClientModule, Method, Payload
-    from fedmoap.federation.schedule import Schedule
 
 
 # ------------------------------------------------------------------------------ mechanisms

@@ -37,13 +37,13 @@ from fedmoap.args import EvalArgs
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.local import evaluate as count_correct
-from fedmoap.methods.base import HeldOut
 from fedmoap.federation.results import PROTOCOLS, protocol_entry
+from fedmoap.methods.base import HeldOut
 from fedmoap.seeding import numpy_rng
 
 if TYPE_CHECKING:
-    from fedmoap.federation.config import RunConfig
     from fedmoap.data.split import ClientSplit
+    from fedmoap.federation.config import RunConfig
     from fedmoap.federation.rounds import Federation
 
 

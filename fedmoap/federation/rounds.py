@@ -10,14 +10,13 @@ from tqdm.auto import tqdm
 
 from fedmoap.aggregate import payload_bytes
 from fedmoap.distributed import Comm
-from fedmoap.inputs.federated_data import FederatedData
 from fedmoap.federation.local import LocalTraining, evaluate, train_locally
-from fedmoap.methods.base import ClientModule, Method, Server
 from fedmoap.federation.privacy import Privacy
 from fedmoap.federation.results import round_record
 from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
-
+from fedmoap.inputs.federated_data import FederatedData
+from fedmoap.methods.base import ClientModule, Method, Server
 
 Trained = tuple[dict[int, dict], dict[int, int], int, bool]
 """What a round's local training returns: (uploads, store references, bytes downloaded, stopped)."""

@@ -10,8 +10,8 @@ dataset. Methods whose image path is trained (vision prompts) do not use this mo
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from datasets import Dataset
 from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.errors import FedmoapError
 from fedmoap.data.images import load_images
+from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save, cache_lock
 from fedmoap.preemption import Preempted
 from fedmoap.seeding import derive_seed

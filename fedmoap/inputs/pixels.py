@@ -24,8 +24,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from fedmoap.backbones.base import Backbone
-from fedmoap.errors import FedmoapError
 from fedmoap.data.images import load_images
+from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_write_bytes, cache_lock
 
 PIXEL_FORMAT = 1

@@ -19,15 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fedmoap.aggregate import weighted_mean
-from fedmoap.backbones.base import Backbone
-from fedmoap.methods.optim import ParamGroup, cpu_copy, local_sgd, lr_schedule, round_cosine
-
 # re-exported (``x as x``): method files import them from here
 from fedmoap.aggregate import payload_bytes as payload_bytes
+from fedmoap.aggregate import weighted_mean
+from fedmoap.backbones.base import Backbone
 from fedmoap.methods.checks import text_depth_problems as text_depth_problems
 from fedmoap.methods.checks import vision_prompt_problems as vision_prompt_problems
 from fedmoap.methods.declarations import UNDECLARED, Declares
+from fedmoap.methods.optim import ParamGroup, cpu_copy, local_sgd, lr_schedule, round_cosine
 
 if TYPE_CHECKING:
     from fedmoap.args import TrainArgs

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedmoap.methods.base import Server
-from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.methods.prompts import PromptClient, PromptMethod
 
 
 @dataclass

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class DPFPLClient(GlobalPromptClient):

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedmoap.methods.base import Payload, RunContext, Server
-from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.methods.prompts import PromptClient, PromptMethod
 
 
 class FedAMPClient(PromptClient):

@@ -48,10 +48,10 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import HeldOut, ParamGroup, Payload, RunContext, vision_prompt_problems
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 from fedmoap.methods.fedtpg import UniformMeanServer
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 
 KINDS = ("text", "vision")
 

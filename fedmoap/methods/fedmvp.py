@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import ClientModule, HeldOut, Method, ParamGroup, Payload, RunContext, vision_prompt_problems
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 from fedmoap.methods.fedtpg import GEGLUFeedForward, UniformMeanServer
 from fedmoap.seeding import derive_seed, torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 
 
 def load_attributes(path: str) -> dict[str, list[str]]:

@@ -35,9 +35,9 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, RunContext
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 LOG_DOMAIN_BELOW = 0.05
 """eps below which the transport plan is computed in the log domain."""

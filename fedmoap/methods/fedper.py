@@ -19,8 +19,8 @@ import torch
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, Payload, RunContext
-from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 
 
 class FedPerClient(PromptClient):

@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from fedmoap.backbones.base import Backbone, PromptSlots
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 def weak_projector(prompt: Tensor, ratio: float) -> Tensor:

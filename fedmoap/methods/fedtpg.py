@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
-from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 
 
 class GEGLUFeedForward(nn.Module):

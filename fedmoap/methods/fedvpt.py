@@ -27,9 +27,9 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.field_flags import ADDED
 from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
 from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class FedVPTClient(GlobalPromptClient):

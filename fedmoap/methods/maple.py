@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, ParamGroup, Payload, RunContext
 from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class MaPLeClient(GlobalPromptClient):

@@ -29,8 +29,8 @@ from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Method, ParamGroup, Payload, RunContext, Server
 from fedmoap.methods.checks import vision_prompt_problems
-from fedmoap.seeding import torch_generator
 from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
+from fedmoap.seeding import torch_generator
 
 
 class VPTHeadClient(ClientModule):

@@ -34,11 +34,11 @@ from fedmoap.aggregate import weighted_mean
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
 from fedmoap.methods.checks import text_depth_problems, vision_prompt_problems
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.optim import cosine
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PFedDCClient(GlobalPromptClient):

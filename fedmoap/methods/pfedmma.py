@@ -34,8 +34,8 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Adapter, Backbone
 from fedmoap.methods.base import ClientModule, FedAvgServer, Method, ParamGroup, Payload, RunContext
-from fedmoap.seeding import torch_generator
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.seeding import torch_generator
 
 
 class _GradScale(torch.autograd.Function):

@@ -27,10 +27,10 @@ from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.gating import AttentionGating
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PFedMoAPClient(GlobalPromptClient):

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Payload, RunContext
-from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
 class PFedPromptClient(GlobalPromptClient):

@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, Payload, RunContext
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.fedotp import transport_logits
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 
 class PLOTClient(GlobalPromptClient):

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fedmoap.methods.base import FedAvgServer, Payload
-from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
 def project(g_ce: Tensor, g_kl: Tensor, lam: float) -> Tensor:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedmoap.methods.base import FedAvgServer
-from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
 class PromptFLClient(GlobalPromptClient):

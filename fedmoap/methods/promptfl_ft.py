@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from fedmoap.methods.base import FedAvgServer
-from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.methods.declarations import PROMPT_LEARNER
+from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
 
 class PromptFLFTClient(GlobalPromptClient):

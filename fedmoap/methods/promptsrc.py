@@ -35,9 +35,9 @@ from torch import Tensor
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, Payload, RunContext, text_depth_problems
+from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.fedvpt import FedVPT, FedVPTClient
 from fedmoap.methods.prompts import PromptMethod
-from fedmoap.methods.declarations import PROMPT_LEARNER
 
 IMAGENET_TEMPLATES = (
     "a photo of a {}.",

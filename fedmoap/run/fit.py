@@ -29,17 +29,13 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap.federation import evaluation, sanity
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
-from fedmoap.federation.build import Resolved, assemble, resolve
-from fedmoap.run.checkpoint import checkpoint_path, code_version, latest_round, load_latest, save_checkpoint
-from fedmoap.federation.config import RunConfig, config_dict, config_digest, neutral_keys
 from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
-from fedmoap.inputs.features import FeatureCache
-from fedmoap.io import atomic_write_text, write_error
-from fedmoap.preemption import Interrupted, Preempted, StoppedAtStartup, requeue_note, stop_flag
+from fedmoap.federation import evaluation, sanity
+from fedmoap.federation.build import Resolved, assemble, resolve
+from fedmoap.federation.config import RunConfig, config_dict, config_digest, neutral_keys
 from fedmoap.federation.dp_budget import preset_note
 from fedmoap.federation.results import (
     hparams,
@@ -51,6 +47,10 @@ from fedmoap.federation.results import (
     write_results,
 )
 from fedmoap.federation.rounds import Federation, Transport
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.io import atomic_write_text, write_error
+from fedmoap.preemption import Interrupted, Preempted, StoppedAtStartup, requeue_note, stop_flag
+from fedmoap.run.checkpoint import checkpoint_path, code_version, latest_round, load_latest, save_checkpoint
 from fedmoap.run.rundir import RunLock, check_run_dir, claim, stopped_at
 from fedmoap.run.validate import validate
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 from itertools import product
-
 from typing import TYPE_CHECKING
 
 from fedmoap.errors import FedmoapError

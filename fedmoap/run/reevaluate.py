@@ -21,16 +21,16 @@ from typing import Any
 import lightning as L
 import torch
 
-from fedmoap.federation import evaluation
 from fedmoap.backbones.base import Backbone
-from fedmoap.federation.build import build_federation
-from fedmoap.run.checkpoint import load_latest
-from fedmoap.federation.config import RunConfig, config_dict, config_digest
 from fedmoap.errors import FedmoapError
-from fedmoap.io import check_output_file
-from fedmoap.run.parse import parse_fit
+from fedmoap.federation import evaluation
+from fedmoap.federation.build import build_federation
+from fedmoap.federation.config import RunConfig, config_dict, config_digest
 from fedmoap.federation.results import round_record, write_results
 from fedmoap.federation.rounds import Federation
+from fedmoap.io import check_output_file
+from fedmoap.run.checkpoint import load_latest
+from fedmoap.run.parse import parse_fit
 from fedmoap.run.validate import validate
 
 TRAINING_MODES = ("base2novel", "unseen_clients")

@@ -19,12 +19,12 @@ from typing import Any
 
 import yaml
 
-from fedmoap.run.checkpoint import latest_round
 from fedmoap import yamlfile
-from fedmoap.federation.config import config_digest, neutral_keys, with_added_defaults
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.io import ROUND_FILE, check_directory, is_temporary, remove_temporaries, try_lock, write_error, writable
+from fedmoap.federation.config import config_digest, neutral_keys, with_added_defaults
+from fedmoap.io import ROUND_FILE, check_directory, is_temporary, remove_temporaries, try_lock, writable, write_error
+from fedmoap.run.checkpoint import latest_round
 
 LOCK_NAME = ".fedmoap.lock"
 FILES = ("config.yaml", "split.json", "results.json", LOCK_NAME)

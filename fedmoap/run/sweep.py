@@ -97,8 +97,8 @@ def sweep_lines(config: str | None, grid: list[tuple[str, list[str]]], seeds: li
 
 def check_lines(lines: list[str]) -> None:
     """Parse every line as ``fedmoap fit`` would; the first bad one is reported with its number."""
-    from fedmoap.run.parse import parse_fit
     from fedmoap.run.fit import validate
+    from fedmoap.run.parse import parse_fit
 
     for i, line in enumerate(lines):
         try:
@@ -175,10 +175,9 @@ def run_study(
 
     import torch
 
-    from fedmoap.run import report
     from fedmoap.backbones import build_backbone
+    from fedmoap.run import report
     from fedmoap.run.fit import fit
-
     from fedmoap.run.study_table import report_files
 
     out = Path(out) if out is not None else study.default_out()
@@ -239,8 +238,8 @@ def list_cells(
     """One line per cell: its run directory, state (new, round r of n, finished, or holding
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
     from fedmoap import yamlfile
-    from fedmoap.run import report
     from fedmoap.federation.config import config_digest
+    from fedmoap.run import report
 
     out = Path(out) if out is not None else study.default_out()
     lines = []

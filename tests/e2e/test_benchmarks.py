@@ -63,6 +63,7 @@ def test_cocoop_step_benchmark_runs_and_is_exact(tmp_path):
     is measured, the reference path really is full-length."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import cocoop_step
+
     from fedmoap.backbones.openclip import OpenCLIPBackbone
 
     row = cocoop_step.run(OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0), classes=3, batch=2, repeats=1)

@@ -19,6 +19,7 @@ TINY = ["--config", str(REPO / "configs" / "smoke.yaml"), "--fabric.threads", "1
 
 def test_dp_clip_is_the_median_upload_norm_of_the_proxy_run(tmp_path):
     import dp_clip
+
     from fedmoap.run import runs as report
 
     clip = dp_clip.main(
@@ -34,6 +35,7 @@ def test_nonsense_names_one_word_per_class_of_the_chosen_dataset(capsys):
     """The ordering study on a dataset of the user's (here the synthetic source): one meaningless
     word per class, the committed study's words first."""
     import nonsense_names
+
     from fedmoap.data.sources import load_source
 
     args = [*TINY, "--data.source", "synthetic"]
@@ -88,3 +90,28 @@ def test_gpu_smoke_records_each_method_and_precision_and_goes_on_past_a_failure(
     assert gpu_smoke.main([*args, "--precisions", "32-true"]) == 1  # the recorded failure still counts
     assert json.loads(out.read_text())["runs"]["promptfl|32-true"] == first  # passed: not rerun
     assert "1 of 2 cases passed" in capsys.readouterr().out
+
+
+def test_every_script_and_benchmark_imports_names_that_exist():
+    """The diagnostics, evidence scripts and benchmarks run by hand, not in the suite: each one's
+    imports from fedmoap name modules and objects that still exist (what rots first in a move)."""
+    import ast
+    import importlib
+
+    files = sorted([*(REPO / "scripts").rglob("*.py"), *(REPO / "benchmarks").glob("*.py")])
+    assert any("diagnostics" in f.parts for f in files)
+    checked = 0
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fedmoap"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        importlib.import_module(f"{node.module}.{alias.name}")  # a submodule
+                    checked += 1
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("fedmoap"):
+                        importlib.import_module(alias.name)
+                        checked += 1
+    assert checked > 50

@@ -21,9 +21,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.worlds import tiny_federation, tiny_world
-
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from fedmoap.errors import FedmoapError
@@ -36,6 +33,7 @@ from fedmoap.methods import registry
 from fedmoap.methods.optim import cosine, round_cosine
 from fedmoap.run.cli import main
 from fedmoap.run.validate import validate
+from tests.worlds import tiny_federation, tiny_world
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"

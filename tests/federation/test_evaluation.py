@@ -18,21 +18,20 @@ import torch
 import yaml
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.run.cli import main
-from fedmoap.federation.config import DataArgs, EvalArgs, RunConfig, TrainArgs, config_dict
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
+from fedmoap.federation.config import DataArgs, EvalArgs, RunConfig, TrainArgs, config_dict, config_digest
 from fedmoap.federation.evaluation import ModeEvaluator, apply_class_order, class_split, complete_split
-from fedmoap.inputs.features import FeatureCache
-from fedmoap.inputs.federated_data import FederatedData, Inputs, gather_inputs
-from fedmoap.federation.config import config_digest
-from fedmoap.run.rundir import check_run_dir
-from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
 from fedmoap.federation.results import base2novel_entry, hmean
 from fedmoap.federation.rounds import Federation, default_fabric
 from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
+from fedmoap.inputs.features import FeatureCache
+from fedmoap.inputs.federated_data import FederatedData, Inputs, gather_inputs
+from fedmoap.methods import registry
+from fedmoap.methods.base import RunContext
+from fedmoap.run.cli import main
+from fedmoap.run.rundir import check_run_dir
 from tests.worlds import fit_smoke, tiny_federation
 
 REPO = Path(__file__).resolve().parents[2]

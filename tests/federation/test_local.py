@@ -8,9 +8,9 @@ import pytest
 
 from fedmoap.federation.config import TrainArgs
 from fedmoap.federation.local import train_locally
+from fedmoap.federation.rounds import default_fabric
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
-from fedmoap.federation.rounds import default_fabric
 from tests.worlds import tiny_world
 
 

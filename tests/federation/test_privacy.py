@@ -14,20 +14,17 @@ import pytest
 import torch
 import yaml
 
-from tests.worlds import tiny_federation, tiny_world
-
-from fedmoap.run.cli import main
-from fedmoap.run.parse import parse_fit
-from fedmoap.federation.config import DPArgs, TrainArgs
-from fedmoap.federation.config import added_section_defaults
-from fedmoap.federation.config import config_digest
-from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
-from fedmoap.federation.dp_sgd import clipped_sum, noisy_mean, private_parameters
+from fedmoap.federation.config import DPArgs, TrainArgs, added_section_defaults, config_digest
 from fedmoap.federation.dp_budget import epsilon, solve_noise_multiplier
+from fedmoap.federation.dp_sgd import clipped_sum, noisy_mean, private_parameters
 from fedmoap.federation.privacy import clip_and_noise
 from fedmoap.federation.rounds import Federation
+from fedmoap.methods import registry
+from fedmoap.methods.base import RunContext
+from fedmoap.run.cli import main
+from fedmoap.run.parse import parse_fit
 from fedmoap.seeding import torch_generator
+from tests.worlds import tiny_federation, tiny_world
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"

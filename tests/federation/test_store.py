@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.worlds import fit_smoke, results
-
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.store import ClientStore
+from tests.worlds import fit_smoke, results
 
 
 def state(value: float) -> dict:

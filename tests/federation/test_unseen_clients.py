@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.worlds import tiny_federation, tiny_world
 
 from fedmoap.federation.config import EvalArgs
 from fedmoap.federation.evaluation import ModeEvaluator
+from fedmoap.federation.rounds import Federation
 from fedmoap.methods import registry
 from fedmoap.methods.pfedmoap import nearest_experts
-from fedmoap.federation.rounds import Federation
+from tests.worlds import tiny_federation, tiny_world
 
 N, HELD = 5, 4
 METHODS = registry()

@@ -22,18 +22,18 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone, _attnpool_all
-from fedmoap.run.parse import parse_fit
-from fedmoap.federation.config import DataArgs, TrainArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
+from fedmoap.federation.config import DataArgs, TrainArgs
+from fedmoap.federation.rounds import Federation
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import gather_inputs
+from fedmoap.inputs.pixels import PixelCache
 from fedmoap.methods import registry
 from fedmoap.methods.base import INPUTS, RunContext
-from fedmoap.inputs.pixels import PixelCache
 from fedmoap.methods.fedamp import FedAMP, FedAMPServer
 from fedmoap.methods.fedotp import transport_plan
-from fedmoap.federation.rounds import Federation
+from fedmoap.run.parse import parse_fit
 from tests.worlds import tiny_federation
 
 METHODS = registry()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from tests.worlds import first_batch, tiny_client
-
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import DPArgs
 from fedmoap.methods.base import HeldOut
 from fedmoap.methods.fedmgp import KINDS, FedMGP
 from fedmoap.seeding import torch_generator
-from tests.worlds import tiny_federation
+from tests.worlds import first_batch, tiny_client, tiny_federation
 
 
 def test_one_group_without_diversity_is_fedvpt(world):

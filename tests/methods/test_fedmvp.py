@@ -11,11 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import first_batch, tiny_client
-
 from fedmoap.data.fashion_mnist import CLASS_NAMES
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.fedmvp import FedMVP, load_attributes, sentences, which_clause
+from tests.worlds import first_batch, tiny_client
 
 FASHION = Path(__file__).resolve().parents[2] / "fedmoap" / "data" / "attributes" / "fashion-mnist.json"
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import first_batch, tiny_client
-
 from fedmoap.methods.fedpha import weak_projector
+from tests.worlds import first_batch, tiny_client
 
 
 def test_projector_keeps_the_weak_directions_of_the_global_prompt():

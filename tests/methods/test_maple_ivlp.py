@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.worlds import first_batch, tiny_client
-
 from fedmoap.methods import registry
+from tests.worlds import first_batch, tiny_client
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,14 +16,13 @@ import pytest
 import torch
 import yaml
 
-from tests.worlds import fit_smoke, tiny_federation, tiny_world
-
-from fedmoap.run.parse import fit_parser, parse_fit
-from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
+from fedmoap.federation.config import RunConfig
+from fedmoap.federation.rounds import Federation
 from fedmoap.methods import registry
 from fedmoap.methods.base import INPUTS
-from fedmoap.federation.rounds import Federation
+from fedmoap.run.parse import fit_parser, parse_fit
+from tests.worlds import fit_smoke, tiny_federation, tiny_world
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "configs" / "smoke.yaml"

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.worlds import fit_smoke, results, tiny_federation, tiny_world
-
 from fedmoap.federation.config import TrainArgs
+from fedmoap.federation.rounds import Federation
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.pepfedpt import FedAvgVPT, LocalVPT, PEPFedPT
-from fedmoap.federation.rounds import Federation
+from tests.worlds import fit_smoke, results, tiny_federation, tiny_world
 
 SMALL = dict(shared_tokens=2)
 PEP = dict(shared_tokens=2, class_tokens=1)

@@ -10,14 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import first_batch, fit_smoke, results, tiny_federation, tiny_world
-
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import TrainArgs
+from fedmoap.federation.rounds import Federation
 from fedmoap.methods.base import HeldOut, RunContext
 from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
-from fedmoap.federation.rounds import Federation
+from tests.worlds import first_batch, fit_smoke, results, tiny_federation, tiny_world
 
 SMALL = dict(n_ctx=4, vision_tokens=2, fusion_heads=4)
 N = 4

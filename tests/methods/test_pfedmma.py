@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import first_batch, tiny_client
-
 from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.methods.pfedmma import PFedMMA
+from tests.worlds import first_batch, tiny_client
 
 BLOCKS = {"text_blocks": [1, 2], "vision_blocks": [1, 2]}
 

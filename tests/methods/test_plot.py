@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import first_batch, tiny_client
-
 from fedmoap.methods.fedotp import transport_plan
+from tests.worlds import first_batch, tiny_client
 
 
 def test_one_prompt_is_coop_on_the_mean_patch_feature(world):

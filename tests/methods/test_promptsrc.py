@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.worlds import first_batch, tiny_client
-
-from fedmoap.federation.config import TrainArgs
 from fedmoap.errors import FedmoapError
+from fedmoap.federation.config import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.promptsrc import IMAGENET_TEMPLATES, gpa_weight
+from tests.worlds import first_batch, tiny_client
 
 SMALL = {"n_ctx": 2, "ctx_init": None, "vision_tokens": 2, "vision_depth": 2, "text_depth": 2}
 OFF = {"text_weight": 0.0, "image_weight": 0.0, "logit_weight": 0.0, "gpa": False}

@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.worlds import fit_smoke
-
 from fedmoap.args import DataArgs
+from fedmoap.data.sources import load_source
 from fedmoap.run.cli import main
 from fedmoap.run.study_table import study_table
-from fedmoap.data.sources import load_source
+from tests.worlds import fit_smoke
 
 TARGET = [
     "--method",

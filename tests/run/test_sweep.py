@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fedmoap.errors import FedmoapError
 from fedmoap.run.cli import main
 from fedmoap.run.parse import parse_fit
-from fedmoap.errors import FedmoapError
 from fedmoap.run.sweep import parse_grid, sweep_lines, write_sweep
 
 SMOKE = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")

@@ -30,9 +30,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmoap.aggregate import payload_bytes
 from fedmoap.errors import FedmoapError
-from fedmoap.run.flower.messages import from_record, to_record
 from fedmoap.federation.rounds import Federation, Trained, Transport
 from fedmoap.federation.store import ClientStore
+from fedmoap.run.flower.messages import from_record, to_record
 
 SETTINGS = "fedmoap-args"
 """The run config key (a Flower App's ``[tool.flwr.app.config]``) holding ``fedmoap fit``'s

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedmoap.federation.config import RunConfig
 from fedmoap.errors import FedmoapError
+from fedmoap.federation.config import RunConfig
 
 
 def flower_problems(cfg: RunConfig) -> list[str]:

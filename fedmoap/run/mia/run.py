@@ -23,8 +23,8 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import ClientSplit, load_split
 from fedmoap.errors import FedmoapError
-from fedmoap.run.fit import fit
 from fedmoap.io import atomic_write_text, check_directory, check_output_file
+from fedmoap.run.fit import fit
 from fedmoap.run.mia.args import MiaArgs, problems
 from fedmoap.run.mia.attacks import metrics, mlp_attack, threshold_attack
 from fedmoap.run.mia.records import Records, client_records, group_labels, shadow_split
