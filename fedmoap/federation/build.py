@@ -29,7 +29,7 @@ from fedmoap.errors import FedmoapError
 from fedmoap.federation import evaluation, protocols
 from fedmoap.federation.config import RunConfig
 from fedmoap.federation.evaluation import ClassSplit
-from fedmoap.federation.privacy import Privacy
+from fedmoap.federation.privacy import private_training
 from fedmoap.federation.rounds import Federation
 from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
@@ -186,16 +186,15 @@ def assemble(
     )
     federation = Federation(method, module, server, store, data, schedule, fabric, comm, modes=modes)
     if cfg.dp.mode != "off":  # may refuse a budget (fedmoap/federation/privacy.py)
-        federation.privacy = federation.training = Privacy(
+        federation.privacy = federation.training = private_training(
             cfg.dp,
             seed=cfg.seed,
             method=method,
             module=module,
-            data=data,
-            schedule=schedule,
-            state=privacy_state,
             inner=federation.training,
+            schedule=schedule,
             trainers=federation.trainers,
+            state=privacy_state,
         )
     return federation
 

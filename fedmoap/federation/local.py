@@ -61,7 +61,7 @@ def train_locally(
 class LocalTraining:
     """How a participant trains in a round and what of it leaves the client: plain local training
     on its augmented batches, the upload as it is. Differential privacy wraps it
-    (:class:`fedmoap.federation.privacy.Privacy`: DP-SGD in place of the training, or the upload clipped and
+    (:class:`fedmoap.federation.privacy.PrivateTraining`: DP-SGD in place of the training, or the upload clipped and
     noised), so the round loop never asks which one runs."""
 
     def __init__(self, data: FederatedData, fabric: Fabric, batch_size: int) -> None:

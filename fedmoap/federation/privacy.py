@@ -41,11 +41,19 @@ server as the client's FedAvg weight (the round loop hands ``train_size`` to
 DP-SGD uses it in its sampling rate q = 1 / ceil(n / B) and in dividing the noisy sum by q·n;
 neither mechanism nor the accountant covers it. Public too: who takes part in which round, the
 run seed and what derives from it (initial values, seeded draws), ``dp.clip`` and the noise
-multiplier, and an upload's keys (FedMGP's name the groups a client shares).
+multiplier, and an upload's keys (FedMGP's name the groups a client shares, which is why FedMGP
+with s < G is refused under ``client_upload``).
 
-Methods whose server folds client statistics (PEP-FedPT's class prototypes:
-:meth:`~fedmoap.methods.base.Method.collects_statistics`) are refused: exact per-class sums and
-counts would reach the server outside both mechanisms and their accountant.
+What a method cannot combine with is derived from its declarations
+(:mod:`fedmoap.federation.combinations`): e.g. client statistics (PEP-FedPT's class prototypes)
+under either mode, a loss that reads other records (FedTPG's own label space) under
+``record_sgd``.
+
+The mechanisms are wrappers around the plain local training, as Flower's ``DifferentialPrivacy*``
+wrappers are around a strategy: :class:`NoisyUploads` (``client_upload``) trains plainly and
+clips and noises what leaves; :class:`RecordDPSGD` (``record_sgd``) replaces the training by
+DP-SGD and releases the upload as it is. Both report to one :class:`Accountant`;
+:func:`private_training` composes them from the ``dp`` section.
 
 ε is computed by Opacus's RDP and PRV accountants for the steps actually taken; ``dp.epsilon``
 solves z (``opacus.accountants.utils.get_noise_multiplier``) for the steps the planned
@@ -72,7 +80,6 @@ from fedmoap.seeding import torch_generator
 if TYPE_CHECKING:
     from fedmoap.federation.config import DPArgs
     from fedmoap.federation.schedule import Schedule
-    from fedmoap.inputs.federated_data import FederatedData
     from fedmoap.methods.base import ClientModule, Method, Payload
 
 
@@ -94,64 +101,49 @@ def clip_and_noise(
     return out, norm
 
 
-# ------------------------------------------------------------------------------ the run's view
-class Privacy(LocalTraining):
-    """A run's DP mechanism and accountant around its plain local training (``dp.mode`` not
-    ``off``), as Flower's DP wrappers wrap a strategy.
-
-    The round loop calls :meth:`train` and :meth:`release` for each participant, as it would a
-    plain :class:`~fedmoap.federation.local.LocalTraining`: ``record_sgd`` replaces the training by DP-SGD,
-    ``client_upload`` trains plainly and clips and noises the upload. :meth:`after_round` accounts
-    each round; the accountant's state is a function of the rounds' participants, so
-    :meth:`replay` rebuilds it on resume. ``trainers(t)`` is who trains in round ``t`` (the
-    federation's one answer); by default the method's choice from the schedule's draw.
+# ------------------------------------------------------------------------------ the accountant
+class Accountant:
+    """The noise multiplier z of a run (given, solved from a target ε over the planned rounds, or
+    kept from a checkpoint) and ε of the steps each client has taken: Opacus's RDP and PRV
+    accountants, the worst client reported in :attr:`summary` (``results.json``'s ``privacy``).
+    Its state is a function of the rounds' participants, so :meth:`replay` rebuilds it on resume.
     """
 
     def __init__(
         self,
         args: DPArgs,
         *,
-        seed: int,
-        method: Method,
-        module: ClientModule,
-        data: FederatedData,
-        schedule: Schedule,
+        sample_rate: Callable[[int], float],
+        steps_of: Callable[[int, int], int],
+        planned: dict[int, int],
+        rounds: int,
+        active: bool,
         state: dict | None = None,
-        inner: LocalTraining | None = None,
-        trainers: Callable[[int], list[int]] | None = None,
     ) -> None:
-        self.inner = inner
-        """The plain local training this wraps (``client_upload`` trains with it)."""
-        self.trainers = trainers or self.participants
         self.args = effective(args)
-        self.mode, self.adjacency = args.mode, ADJACENCY[args.mode]
-        self.relation = args.adjacency
+        self.mode, self.adjacency, self.relation = args.mode, ADJACENCY[args.mode], args.adjacency
         self.sensitivity = 2.0 if args.adjacency == "replace" else 1.0
         """Sensitivity in units of the clip norm: replacing one client (record) moves the clipped
         sum by up to twice the clip norm, adding or removing one by up to the clip norm."""
         self.clip, self.delta = float(args.clip), self.args.delta
-        self.seed, self.method, self.data, self.schedule = seed, method, data, schedule
-        self.num_clients = data.num_clients
-        self.init = {k: v.detach().cpu() for k, v in module.global_init().items()}
-        module.load_client(0, None)
-        self.uploads_something = bool(module.upload()) and method.trains
-        self.trains_something = method.trains and bool(module.param_groups())
+        self.sample_rate, self.steps_of = sample_rate, steps_of
+        self.planned, self.active = planned, active
+        """Each client's steps over the planned rounds; whether the mechanism touches anything."""
         self.steps: dict[int, int] = {}
         self.notes: list[str] = []
-        planned = self.planned_steps(schedule.rounds)
         if state is not None and state.get("noise_multiplier") is not None:
             self.noise_multiplier = float(state["noise_multiplier"])
         elif self.args.noise_multiplier is not None:
             self.noise_multiplier = float(self.args.noise_multiplier)
         else:
-            plans = [(self.sample_rate(c), s) for c, s in planned.items() if s > 0]
+            plans = [(sample_rate(c), s) for c, s in planned.items() if s > 0]
             self.noise_multiplier = self.sensitivity * (
                 solve_noise_multiplier(self.args.epsilon, self.delta, plans, self.args.accountant) if plans else 0.0
             )
         if self.args.epsilon is not None and self.noise_multiplier > 0:
             worst = max(
                 (
-                    epsilon(self.accounted_z, self.sample_rate(c), s, self.delta, self.args.accountant) or math.inf
+                    epsilon(self.accounted_z, sample_rate(c), s, self.delta, self.args.accountant) or math.inf
                     for c, s in planned.items()
                     if s > 0
                 ),
@@ -160,17 +152,16 @@ class Privacy(LocalTraining):
             if worst > self.args.epsilon + 0.02:
                 self.notes.append(
                     f"z = {self.noise_multiplier:.4g} was solved for fewer rounds than "
-                    f"fed.rounds {schedule.rounds} (an extended run): epsilon will reach "
+                    f"fed.rounds {rounds} (an extended run): epsilon will reach "
                     f"{worst:.3g}, above dp.epsilon {self.args.epsilon:g}"
                 )
-        if not self.active:
+        if not active:
             self.notes.append(
                 "the method uploads nothing: the server receives nothing to protect "
                 "(epsilon 0 for the uploads; the clients' models are not protected)"
                 if self.mode == "client_upload"
                 else "the method trains nothing: no private data is used (epsilon 0)"
             )
-        self._norms: dict[int, list[float]] = {}
         self.summary: dict[str, Any] = {}
         self._update_summary()
 
@@ -178,36 +169,6 @@ class Privacy(LocalTraining):
     def accounted_z(self) -> float:
         """The noise multiplier the accountant sees: noise std over the sensitivity."""
         return self.noise_multiplier / self.sensitivity
-
-    @property
-    def active(self) -> bool:
-        """Whether the mechanism touches anything (an upload to release, parameters to train)."""
-        return self.uploads_something if self.mode == "client_upload" else self.trains_something
-
-    # ----- plan and state
-    def sample_rate(self, cid: int) -> float:
-        if self.mode == "client_upload":
-            return 1.0
-        return 1.0 / steps_per_epoch(self.data.train_size(cid), self.schedule.batch_size)
-
-    def steps_of(self, cid: int, t: int) -> int:
-        """Mechanism applications to client ``cid`` when it participates in round ``t``."""
-        if not self.active:
-            return 0
-        if self.mode == "client_upload":
-            return 1
-        epochs = self.method.local_epochs(t, self.schedule.local_epochs)
-        return epochs * steps_per_epoch(self.data.train_size(cid), self.schedule.batch_size)
-
-    def participants(self, t: int) -> list[int]:
-        return self.method.participants(self.schedule.participants(t), self.num_clients, t)
-
-    def planned_steps(self, rounds: int) -> dict[int, int]:
-        steps = {c: 0 for c in range(self.num_clients)}
-        for t in range(1, rounds + 1):
-            for c in self.trainers(t):
-                steps[c] += self.steps_of(c, t)
-        return steps
 
     def state_dict(self) -> dict:
         return {"noise_multiplier": self.noise_multiplier}
@@ -219,55 +180,12 @@ class Privacy(LocalTraining):
                 self.steps[c] = self.steps.get(c, 0) + self.steps_of(c, record["round"])
         self._update_summary()
 
-    # ----- mechanisms
-    def release(self, t: int, cid: int, upload: Payload, payload: Payload) -> Payload:
-        """client_upload: what the server receives instead of ``upload``."""
-        if self.mode != "client_upload" or not upload:
-            return upload
-        ref = {
-            k: (payload[k] if k in payload else self.init.get(k, torch.zeros_like(v))).detach().cpu()
-            for k, v in upload.items()
-        }
-        change = {k: v.detach().cpu() - ref[k].to(v.dtype) for k, v in upload.items()}
-        noisy, norm = clip_and_noise(change, self.clip, self.noise_multiplier, torch_generator(self.seed, "dp", t, cid))
-        self._norms[cid] = [norm]
-        return {k: (ref[k].to(noisy[k].dtype) + noisy[k]).to(upload[k].dtype) for k in upload}
-
-    def train(self, module: ClientModule, cid: int, t: int, epochs: int) -> None:
-        """The client's local training: DP-SGD (record_sgd), else the wrapped plain training."""
-        if self.mode != "record_sgd":
-            self.inner.train(module, cid, t, epochs)
-            return
-        self._norms[cid] = dp_sgd(
-            module,
-            self.data,
-            cid,
-            t,
-            epochs,
-            self.inner.fabric,
-            self.clip,
-            self.noise_multiplier,
-            self.seed,
-            self.schedule.batch_size,
-        )
-
-    def norms_of(self, cid: int) -> list[float]:
-        """The norms before clipping of client ``cid``'s latest release or DP-SGD steps (taken:
-        a node hands them to the server, which accounts the round)."""
-        return self._norms.pop(cid, [])
-
-    def add_norms(self, cid: int, norms: list[float]) -> None:
-        """Norms a client's node reported (Flower): :meth:`after_round` reports them."""
-        self._norms[cid] = list(norms)
-
-    # ----- accounting
-    def after_round(self, t: int, participants: list[int], gather=None) -> dict[str, Any]:
-        """Account round ``t``; the round's ``results.json`` entries (ε so far, the worst
-        client's; clipping diagnostics of this round, which are not private)."""
+    def account(self, t: int, participants: list[int], norms: dict[int, list[float]]) -> dict[str, Any]:
+        """Round ``t``: its participants' steps; the round's ``results.json`` entries (ε so far,
+        the worst client's; clipping diagnostics of ``norms``, the norms before clipping, which
+        are not private)."""
         for c in participants:
             self.steps[c] = self.steps.get(c, 0) + self.steps_of(c, t)
-        norms = gather(self._norms) if gather else self._norms
-        self._norms = {}
         self._update_summary()
         flat = [x for c in sorted(norms) for x in norms[c]]
         return {
@@ -317,6 +235,144 @@ class Privacy(LocalTraining):
                 "notes": list(self.notes),
             }
         )
+
+
+# ------------------------------------------------------------------------------ the wrappers
+class PrivateTraining(LocalTraining):
+    """A DP mechanism around a run's plain local training: the round loop calls :meth:`train`,
+    :meth:`release` and :meth:`after_round` as on a plain :class:`~fedmoap.federation.local.LocalTraining`,
+    so it never asks which mechanism runs. Holds the run's :class:`Accountant` and each client's
+    norms before clipping (a node hands them to the server, which accounts the round)."""
+
+    def __init__(self, inner: LocalTraining, accountant: Accountant, seed: int) -> None:
+        self.inner, self.accountant, self.seed = inner, accountant, seed
+        self.data, self.fabric, self.batch_size = inner.data, inner.fabric, inner.batch_size
+        self._norms: dict[int, list[float]] = {}
+
+    @property
+    def noise_multiplier(self) -> float:
+        return self.accountant.noise_multiplier
+
+    @noise_multiplier.setter
+    def noise_multiplier(self, value: float) -> None:  # a Flower node takes the server's z
+        self.accountant.noise_multiplier = value
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return self.accountant.summary
+
+    def state_dict(self) -> dict:
+        return self.accountant.state_dict()
+
+    def replay(self, history: list[dict]) -> None:
+        self.accountant.replay(history)
+
+    def norms_of(self, cid: int) -> list[float]:
+        """The norms before clipping of client ``cid``'s latest release or DP-SGD steps (taken)."""
+        return self._norms.pop(cid, [])
+
+    def add_norms(self, cid: int, norms: list[float]) -> None:
+        """Norms a client's node reported (Flower): :meth:`after_round` reports them."""
+        self._norms[cid] = list(norms)
+
+    def after_round(self, t: int, participants: list[int], gather: Callable | None = None) -> dict[str, Any]:
+        norms = gather(self._norms) if gather else self._norms
+        self._norms = {}
+        return self.accountant.account(t, participants, norms)
+
+
+class NoisyUploads(PrivateTraining):
+    """``client_upload``: plain local training; the change of what a client uploads, over all its
+    tensors together, clipped to S and noised with N(0, z²S²) (see the module docstring)."""
+
+    def __init__(self, inner: LocalTraining, accountant: Accountant, seed: int, init: Payload) -> None:
+        super().__init__(inner, accountant, seed)
+        self.init = {k: v.detach().cpu() for k, v in init.items()}
+        """The method's public initial values (:meth:`ClientModule.global_init`): a reference."""
+
+    def train(self, module: ClientModule, cid: int, t: int, epochs: int) -> None:
+        self.inner.train(module, cid, t, epochs)
+
+    def release(self, t: int, cid: int, upload: Payload, payload: Payload) -> Payload:
+        """What the server receives instead of ``upload``: reference + clip(change) + noise."""
+        if not upload:
+            return upload
+        ref = {
+            k: (payload[k] if k in payload else self.init.get(k, torch.zeros_like(v))).detach().cpu()
+            for k, v in upload.items()
+        }
+        change = {k: v.detach().cpu() - ref[k].to(v.dtype) for k, v in upload.items()}
+        a = self.accountant
+        noisy, norm = clip_and_noise(change, a.clip, a.noise_multiplier, torch_generator(self.seed, "dp", t, cid))
+        self._norms[cid] = [norm]
+        return {k: (ref[k].to(noisy[k].dtype) + noisy[k]).to(upload[k].dtype) for k in upload}
+
+
+class RecordDPSGD(PrivateTraining):
+    """``record_sgd``: DP-SGD in place of the local training (:func:`fedmoap.federation.dp_sgd.dp_sgd`);
+    the upload leaves as it is (post-processing of DP-trained parameters)."""
+
+    def train(self, module: ClientModule, cid: int, t: int, epochs: int) -> None:
+        a = self.accountant
+        self._norms[cid] = dp_sgd(
+            module, self.data, cid, t, epochs, self.fabric, a.clip, a.noise_multiplier, self.seed, self.batch_size
+        )
+
+
+def private_training(
+    args: DPArgs,
+    *,
+    seed: int,
+    method: Method,
+    module: ClientModule,
+    inner: LocalTraining,
+    schedule: Schedule,
+    trainers: Callable[[int], list[int]],
+    state: dict | None = None,
+) -> PrivateTraining:
+    """The ``dp`` section's mechanism around ``inner``, with its accountant: z given, solved for
+    the steps the planned ``fed.rounds`` take (``trainers(t)``: who trains in round t), or a
+    checkpoint's (``state``). Asks a fresh client whether the method uploads or trains anything
+    (a mechanism with nothing to touch spends no budget)."""
+    data, init = inner.data, module.global_init()
+    module.load_client(0, None)
+    if args.mode == "client_upload":
+        active = bool(module.upload()) and method.trains
+
+        def sample_rate(cid: int) -> float:
+            return 1.0
+
+        def steps_of(cid: int, t: int) -> int:
+            return 1 if active else 0
+
+    else:
+        active = method.trains and bool(module.param_groups())
+
+        def sample_rate(cid: int) -> float:
+            return 1.0 / steps_per_epoch(data.train_size(cid), schedule.batch_size)
+
+        def steps_of(cid: int, t: int) -> int:
+            if not active:
+                return 0
+            epochs = method.local_epochs(t, schedule.local_epochs)
+            return epochs * steps_per_epoch(data.train_size(cid), schedule.batch_size)
+
+    planned = {c: 0 for c in range(data.num_clients)}
+    for t in range(1, schedule.rounds + 1):
+        for c in trainers(t):
+            planned[c] += steps_of(c, t)
+    accountant = Accountant(
+        args,
+        sample_rate=sample_rate,
+        steps_of=steps_of,
+        planned=planned,
+        rounds=schedule.rounds,
+        active=active,
+        state=state,
+    )
+    if args.mode == "client_upload":
+        return NoisyUploads(inner, accountant, seed, init)
+    return RecordDPSGD(inner, accountant, seed)
 
 
 def _larger(a: float | None, b: float | None) -> bool:

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from fedmoap.aggregate import payload_bytes
 from fedmoap.distributed import Comm
 from fedmoap.federation.local import LocalTraining, evaluate, train_locally
-from fedmoap.federation.privacy import Privacy
+from fedmoap.federation.privacy import PrivateTraining
 from fedmoap.federation.results import round_record
 from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
@@ -99,7 +99,7 @@ class Federation:
         schedule: Schedule,
         fabric: Fabric,
         comm: Comm | None = None,
-        privacy: Privacy | None = None,
+        privacy: PrivateTraining | None = None,
         modes: Callable[..., dict] | None = None,
     ) -> None:
         self.method, self.module, self.server, self.store = method, module, server, store

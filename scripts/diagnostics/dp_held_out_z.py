@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from fedmoap.federation.build import build_federation
-from fedmoap.federation.privacy import Privacy
+from fedmoap.federation.privacy import private_training
 from fedmoap.federation.rounds import default_fabric
 from fedmoap.run.parse import parse_fit
 
@@ -51,14 +51,14 @@ for seed in range(6):
             print(method, seed, "error", e)
             continue
         after = fed.privacy.noise_multiplier
-        before = Privacy(
+        before = private_training(  # the plan that counted the held-out clients
             cfg.dp,
             seed=cfg.seed,
             method=cfg.method,
             module=fed.module,
-            data=fed.data,
-            schedule=fed.schedule,
             inner=fed.training.inner,
+            schedule=fed.schedule,
+            trainers=lambda t: cfg.method.participants(fed.schedule.participants(t), fed.data.num_clients, t),
         ).noise_multiplier
         print(
             f"seed {seed} {method:9s} held-out {res.held_out}: z before {before:.4f} after {after:.4f} "

@@ -210,7 +210,7 @@ def test_dp_sgd_trains_every_method(world, tmp_path, name):
     accountant counts every Poisson step, and the state still round-trips."""
     fed = federation(world, name, tmp_path, DPArgs(mode="record_sgd", clip=1.0, noise_multiplier=1.0))
     record = fed.run_round(1, progress=False)
-    if not fed.privacy.active:
+    if not fed.privacy.accountant.active:
         assert record["eps_rdp"] == 0.0
         return
     steps = [math.ceil(fed.data.train_size(c) / 8) for c in range(NUM_CLIENTS)]  # 1 epoch, B = 8
@@ -453,8 +453,8 @@ def test_dp_plans_no_steps_for_held_out_clients(tmp_path):
         ]
     )
     fed, resolved = build_federation(cfg, run_dir=tmp_path / "run", fabric=default_fabric())
-    privacy = fed.privacy
-    planned = privacy.planned_steps(cfg.fed.rounds)
+    privacy = fed.privacy.accountant
+    planned = privacy.planned
     assert resolved.held_out == [0] and planned[0] == 0
     assert all(planned[c] > 0 for c in fed.schedule.clients)
     plans = [(privacy.sample_rate(c), s) for c, s in planned.items() if s > 0]

@@ -9,7 +9,7 @@ in the same run directory.
 
 The ClientApp is one client per SuperNode (``node_config["partition-id"]`` = client id). It
 builds the same federation for its own process (the method's client module, local training or
-:class:`~fedmoap.federation.privacy.Privacy` around it) and trains, releases and evaluates only its
+:class:`~fedmoap.federation.privacy.PrivateTraining` around it) and trains, releases and evaluates only its
 partition. What the client keeps (personal prompts, gating network, downloaded experts,
 optimizer state) is written to a node-local client store (``node_config["fedmoap-dir"]``, else
 ``<run_dir>/nodes``); the node's Context state keeps which round's version is current. Neither
