@@ -14,6 +14,7 @@ tests' worlds use them, so a federation is the same wherever it is built::
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +30,9 @@ from fedmoap.errors import FedmoapError
 from fedmoap.federation import evaluation, protocols
 from fedmoap.federation.config import RunConfig
 from fedmoap.federation.evaluation import ClassSplit
+from fedmoap.federation.local import LocalTraining
 from fedmoap.federation.privacy import private_training
-from fedmoap.federation.rounds import Federation
+from fedmoap.federation.rounds import Federation, Transport, trainers
 from fedmoap.federation.schedule import Schedule
 from fedmoap.federation.store import ClientStore
 from fedmoap.inputs.features import FeatureCache
@@ -165,12 +167,14 @@ def assemble(
     classes: ClassSplit | None = None,
     held_out: list[int] | tuple[int, ...] = (),
     privacy_state: dict | None = None,
+    transport: Transport | None = None,
 ) -> Federation:
-    """A federation of ``cfg``'s method over ``data`` on ``backbone``: the client module (its label
-    space: the base classes under base-to-novel, else ``data.classnames``), the server from the
-    module's initial shared tensors, the client ``store`` (a directory or a store), the schedule,
-    plain or private local training (``dp``; ``privacy_state``: a checkpoint's, which keeps the
-    solved noise multiplier) and the evaluation modes beyond ``local``."""
+    """A federation of ``cfg``'s method over ``data`` on ``backbone``, built whole: the client
+    module (its label space: the base classes under base-to-novel, else ``data.classnames``), the
+    server from the module's initial shared tensors, the client ``store`` (a directory or a
+    store), the schedule, plain or private local training (``dp``; ``privacy_state``: a
+    checkpoint's, which keeps the solved noise multiplier), the evaluation modes beyond ``local``
+    and the ``transport`` (default: every client in this process)."""
     method, t = cfg.method, cfg.train
     keep = {"keep": True, "reset": False}.get(t.optimizer_state, method.keep_optimizer_state)
     run = RunContext(cfg.seed, cfg.data.num_clients, t, keep, cfg.fed.rounds)
@@ -184,18 +188,21 @@ def assemble(
         if set(cfg.eval.modes) - {"local"}
         else None
     )
-    federation = Federation(method, module, server, store, data, schedule, fabric, comm, modes=modes)
+    privacy = None
     if cfg.dp.mode != "off":  # may refuse a budget (fedmoap/federation/privacy.py)
-        federation.privacy = federation.training = private_training(
+        privacy = private_training(
             cfg.dp,
             seed=cfg.seed,
             method=method,
             module=module,
-            inner=federation.training,
+            inner=LocalTraining(data, fabric, schedule.batch_size),
             schedule=schedule,
-            trainers=federation.trainers,
+            trainers=functools.partial(trainers, method, schedule, data.num_clients),
             state=privacy_state,
         )
+    federation = Federation(
+        method, module, server, store, data, schedule, fabric, comm, privacy=privacy, modes=modes, transport=transport
+    )
     return federation
 
 

@@ -101,6 +101,7 @@ class Federation:
         comm: Comm | None = None,
         privacy: PrivateTraining | None = None,
         modes: Callable[..., dict] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.method, self.module, self.server, self.store = method, module, server, store
         self.data, self.schedule, self.fabric = data, schedule, fabric
@@ -113,7 +114,7 @@ class Federation:
         """Evaluation modes beyond ``local`` (:class:`fedmoap.federation.evaluation.ModeEvaluator`): called
         as ``modes(federation, t, local_counts, progress)`` after each evaluation, its entries
         are added to the round's record."""
-        self.transport: Transport = InProcess()
+        self.transport: Transport = transport or InProcess()
         """How payloads reach the participants and uploads and accuracies come back: in this
         process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.run.flower`)."""
 
@@ -156,10 +157,9 @@ class Federation:
         return record
 
     def trainers(self, t: int) -> list[int]:
-        """Who trains in round ``t``: the method's choice from the schedule's seeded draw, never a
-        held-out client. The one answer for the loop and the privacy accountant's plan."""
-        chosen = self.method.participants(self.schedule.participants(t), self.data.num_clients, t)
-        return [c for c in chosen if c not in self.schedule.held_out]
+        """Who trains in round ``t`` (:func:`trainers`): the one answer for the loop and the
+        privacy accountant's plan."""
+        return trainers(self.method, self.schedule, self.data.num_clients, t)
 
     def train_client(self, t: int, cid: int, payload: dict) -> tuple[dict, dict]:
         """Local training of client ``cid`` in round ``t``: returns (what the server receives,
@@ -254,6 +254,13 @@ class Federation:
                 f"{type(self.module).__name__} adapts at evaluation time, so it must set personal_eval = True"
             )
         self.adapt_epochs(cid, t, epochs)
+
+
+def trainers(method: Method, schedule: Schedule, num_clients: int, t: int) -> list[int]:
+    """Who trains in round ``t``: the method's choice from the schedule's seeded draw, never a
+    held-out client."""
+    chosen = method.participants(schedule.participants(t), num_clients, t)
+    return [c for c in chosen if c not in schedule.held_out]
 
 
 def default_fabric() -> Fabric:

@@ -172,7 +172,9 @@ def stop_during_setup(comm: Comm, stop: Any) -> None:
         raise Preempted(preempted(comm, stop.signal, 0))
 
 
-def build(s: Setup, backbone: Backbone | None) -> tuple[Federation, Resolved, list[dict], dict]:
+def build(
+    s: Setup, backbone: Backbone | None, transport: Transport | None = None
+) -> tuple[Federation, Resolved, list[dict], dict]:
     """The federation at the run's newest checkpoint: (federation, what it was resolved from,
     the rounds recorded so far, set-up checks for results.json)."""
     cfg, ckpt = s.cfg, s.ckpt
@@ -202,6 +204,7 @@ def build(s: Setup, backbone: Backbone | None) -> tuple[Federation, Resolved, li
             classes=resolved.classes,
             held_out=resolved.held_out,
             privacy_state=(ckpt or {}).get("privacy"),
+            transport=transport,
         )
         if ckpt is not None:
             federation.server.load_state_dict(ckpt["server"])
@@ -267,9 +270,7 @@ def _fit(
 ) -> dict[str, Any]:
     s = setup(cfg, run_dir)
     t0 = time.perf_counter()
-    federation, resolved, history, checks = build(s, backbone)
-    if transport is not None:
-        federation.transport = transport
+    federation, resolved, history, checks = build(s, backbone, transport)
     setup_s = time.perf_counter() - t0
     stop_during_setup(s.comm, s.stop)  # the last point at which nothing has been written
     claim(run_dir, s.cfg_dict, s.comm, lock, s.seen)  # every rank has checked the run directory
