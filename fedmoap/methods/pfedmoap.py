@@ -117,6 +117,8 @@ class PFedMoAPServer(FedAvgServer):
     def __init__(self, method: "PFedMoAP", init: Payload, run: RunContext) -> None:
         super().__init__(method, init, run)
         self.pool: dict[int, Tensor] = {}
+        self._matrix: tuple[Tensor, Tensor] | None = None
+        """The pool as one matrix (:func:`pool_matrix`), rebuilt after the pool changes."""
 
     def num_experts(self, cid: int) -> int:
         return (self.method.experts_per_client or {}).get(cid, self.method.num_experts)
@@ -124,7 +126,9 @@ class PFedMoAPServer(FedAvgServer):
     def payload(self, cid: int, t: int) -> Payload:
         out = super().payload(cid, t)
         if cid in self.pool:
-            out["experts"] = self.experts(self.pool, cid, out["prompt"])
+            if self._matrix is None:  # one matrix for all of a round's searches
+                self._matrix = pool_matrix(self.pool)
+            out["experts"] = self.experts(self.pool, cid, out["prompt"], self._matrix)
         return out
 
     def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
@@ -135,15 +139,18 @@ class PFedMoAPServer(FedAvgServer):
             out["experts"] = self.experts({**self.pool, cid: upload["prompt"]}, cid, out["prompt"])
         return out
 
-    def experts(self, pool: dict[int, Tensor], cid: int, prompt: Tensor) -> Tensor:
+    def experts(
+        self, pool: dict[int, Tensor], cid: int, prompt: Tensor, matrix: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
         """(K, n_ctx, W) the pool entries nearest to ``pool[cid]``, nearest first."""
-        ids = nearest_experts(pool, cid, self.num_experts(cid))
+        ids = nearest_experts(pool, cid, self.num_experts(cid), matrix)
         return torch.stack([pool[j] for j in ids]) if ids else prompt.new_zeros(0, *prompt.shape)
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         super().aggregate(t, uploads, weights)
         for cid, up in uploads.items():
             self.pool[cid] = up["prompt"]
+        self._matrix = None
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pool": dict(self.pool)}
@@ -151,18 +158,34 @@ class PFedMoAPServer(FedAvgServer):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.pool = {int(k): v for k, v in state["pool"].items()}
+        self._matrix = None
 
 
-def nearest_experts(pool: dict[int, Tensor], cid: int, k: int) -> list[int]:
-    """Ids of the ``k`` pool entries nearest (L2 over the flattened prompt) to ``pool[cid]``,
-    excluding ``cid``; ties go to the smaller client id."""
-    others = sorted(j for j in pool if j != cid)
-    if not others or k <= 0:
+POOL_CHUNK = 4096
+"""Pool entries whose distances to a prompt are computed at once (bounds the float64 copy)."""
+
+
+def pool_matrix(pool: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
+    """(ids ascending, (N, D) their flattened prompts): the pool as one matrix."""
+    ids = sorted(pool)
+    rows = torch.stack([pool[j].flatten() for j in ids]) if ids else torch.zeros(0, 0)
+    return torch.tensor(ids, dtype=torch.long), rows
+
+
+def nearest_experts(
+    pool: dict[int, Tensor], cid: int, k: int, matrix: tuple[Tensor, Tensor] | None = None
+) -> list[int]:
+    """Ids of the ``k`` pool entries nearest (L2 over the flattened prompt, in float64) to
+    ``pool[cid]``, excluding ``cid``; ties go to the smaller client id. ``matrix``: the pool's
+    :func:`pool_matrix`, when the caller keeps one for many searches."""
+    if k <= 0 or len(pool) < 2:
         return []
+    ids, rows = matrix if matrix is not None else pool_matrix(pool)
     own = pool[cid].flatten().double()
-    dist = (torch.stack([pool[j].flatten() for j in others]).double() - own).norm(dim=1).tolist()
-    order = sorted(range(len(others)), key=lambda i: (dist[i], others[i]))
-    return [others[i] for i in order[:k]]
+    dist = torch.cat([(rows[i : i + POOL_CHUNK].double() - own).norm(dim=1) for i in range(0, len(ids), POOL_CHUNK)])
+    dist[ids == cid] = float("inf")
+    order = torch.sort(dist, stable=True).indices[: min(k, len(ids) - 1)]  # ids ascending: ties by id
+    return ids[order].tolist()
 
 
 @dataclass

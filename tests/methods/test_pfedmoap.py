@@ -162,3 +162,33 @@ def test_local_init_where_a_returning_client_starts(backbone, local_init):
     client.receive({"prompt": g, "experts": experts})  # returning
     assert torch.equal(client.ctx.detach(), g if local_init == "global" else own)
     assert torch.equal(client.experts, experts)
+
+
+def reference_nearest(pool, cid, k):
+    """The rule as first written: every other entry's float64 L2 distance, sorted by (distance, id)."""
+    others = sorted(j for j in pool if j != cid)
+    if not others or k <= 0:
+        return []
+    own = pool[cid].flatten().double()
+    dist = [float((pool[j].flatten().double() - own).norm()) for j in others]
+    return [others[i] for i in sorted(range(len(others)), key=lambda i: (dist[i], others[i]))[:k]]
+
+
+@pytest.mark.parametrize("n", [2, 7, 300])
+def test_the_vectorised_search_picks_exactly_the_rules_experts(n):
+    """Random prompts with many exact ties (entries drawn from a few values), every client, K from
+    0 to past the pool, with and without a kept pool matrix: the same ids in the same order."""
+    from fedmoap.methods.pfedmoap import pool_matrix
+
+    gen = torch.Generator().manual_seed(n)
+    values = torch.randn(5, 4, 8, generator=gen)
+    pool = {
+        int(c): values[int(torch.randint(5, (), generator=gen))].clone()
+        for c in torch.randperm(3 * n, generator=gen)[:n]
+    }
+    pool[min(pool)] = torch.randn(4, 8, generator=gen)
+    matrix = pool_matrix(pool)
+    for cid in pool:
+        for k in (0, 1, 3, n - 1, n + 2):
+            want = reference_nearest(pool, cid, k)
+            assert nearest_experts(pool, cid, k) == want == nearest_experts(pool, cid, k, matrix), (cid, k)
