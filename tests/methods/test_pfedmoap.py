@@ -1,5 +1,7 @@
 """pFedMoAP's server (pool, KNN, FedAvg) and client (first-time path, MoE logits, privacy)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -192,3 +194,15 @@ def test_the_vectorised_search_picks_exactly_the_rules_experts(n):
         for k in (0, 1, 3, n - 1, n + 2):
             want = reference_nearest(pool, cid, k)
             assert nearest_experts(pool, cid, k) == want == nearest_experts(pool, cid, k, matrix), (cid, k)
+
+
+def test_a_negative_lambda_is_refused_and_above_one_is_an_ablation(tmp_path, capsys):
+    from fedmoap.run.cli import main
+
+    assert any("method.lam must be >= 0" in p for p in make_cfg(lam=-1.0).problems())
+    assert not make_cfg(lam=2.0).problems()
+    run_dir = tmp_path / "run"
+    smoke = str(Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml")
+    assert main(["fit", "--config", smoke, "--method.lam", "-1", "--run_dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method.lam" in err[0] and not run_dir.exists()
