@@ -49,9 +49,9 @@ from fedmoap.federation.results import (
 from fedmoap.federation.rounds import Federation, Transport
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.io import atomic_write_text, write_error
-from fedmoap.preemption import Interrupted, Preempted, StoppedAtStartup, requeue_note, stop_flag
+from fedmoap.preemption import Interrupted, Preempted, StopFlag, StoppedAtStartup, requeue_note, stop_flag
 from fedmoap.run.checkpoint import checkpoint_path, code_version, latest_round, load_latest, save_checkpoint
-from fedmoap.run.rundir import RunLock, check_run_dir, claim, stopped_at
+from fedmoap.run.rundir import Progress, RunLock, Seen, check_run_dir, claim, stopped_at
 from fedmoap.run.validate import validate
 
 
@@ -92,7 +92,7 @@ def fit(
     """
     run_dir = Path(run_dir)
     validate(cfg)
-    where: dict[str, Any] = {"stage": "set-up", "round": 0, "done": 0}  # done: the newest checkpoint
+    where = Progress()
     lock = RunLock(run_dir)
     try:
         return _fit(cfg, run_dir, progress, lock, where, backbone, transport)
@@ -101,7 +101,7 @@ def fit(
     except KeyboardInterrupt:
         raise Interrupted(stopped_at(where, "interrupted (SIGINT)")) from None
     except OSError as exc:
-        if where["stage"] == "set-up":  # not a write into the run directory
+        if where.stage == "set-up":  # not a write into the run directory
             raise FedmoapError(write_error(exc, "rerun the same command")) from None
         raise FedmoapError(write_error(exc, stopped_at(where, "stopped"))) from None
     finally:
@@ -122,8 +122,8 @@ class Setup:
     """The run directory holds this config's run (resume it)."""
     ckpt: dict | None
     """The newest checkpoint (resuming), else None."""
-    seen: tuple
-    stop: Any
+    seen: Seen
+    stop: StopFlag
     fingerprints: dict | None = None
     """The backbone's weight fingerprints (checkpoints keep them), once built."""
 
@@ -160,12 +160,12 @@ def setup(cfg: RunConfig, run_dir: Path) -> Setup:
     resuming = check_run_dir(run_dir, cfg_dict)
     digest = config_digest(cfg_dict)
     ckpt = load_latest(run_dir, digest) if resuming else None
-    seen = (resuming, latest_round(run_dir) if resuming else 0)
+    seen = Seen(resuming, latest_round(run_dir) if resuming else 0)
     stop_during_setup(comm, stop)
     return Setup(cfg, run_dir, cfg_dict, digest, fabric, comm, resuming, ckpt, seen, stop)
 
 
-def stop_during_setup(comm: Comm, stop: Any) -> None:
+def stop_during_setup(comm: Comm, stop: StopFlag) -> None:
     """Raise :class:`Preempted` if any rank has received SIGUSR1/SIGTERM (a collective: every rank
     calls it at the same points of the set-up, between its phases, before the first write)."""
     if comm.any(stop()):
@@ -264,7 +264,7 @@ def _fit(
     run_dir: Path,
     progress: bool,
     lock: RunLock,
-    where: dict[str, Any],
+    where: Progress,
     backbone: Backbone | None,
     transport: Transport | None = None,
 ) -> dict[str, Any]:
@@ -275,7 +275,7 @@ def _fit(
     stop_during_setup(s.comm, s.stop)  # the last point at which nothing has been written
     claim(run_dir, s.cfg_dict, s.comm, lock, s.seen)  # every rank has checked the run directory
     done = history[-1]["round"] if history else 0
-    where.update(stage="start", done=done)
+    where.stage, where.done = "start", done
     if s.comm.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not s.resuming:
@@ -294,15 +294,13 @@ def _fit(
     }
 
 
-def loop(
-    s: Setup, federation: Federation, history: list[dict], checks: dict, progress: bool, where: dict[str, Any]
-) -> float:
+def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, progress: bool, where: Progress) -> float:
     """Rounds from the newest checkpoint to ``fed.rounds``: each checkpointed, then its client
     states collected, results.json rewritten and its scalars logged; returns the rounds' seconds."""
     cfg, run_dir, comm = s.cfg, s.run_dir, s.comm
     method, server, store, privacy = federation.method, federation.server, federation.store, federation.privacy
     fingerprints = s.fingerprints
-    done = where["done"]
+    done = where.done
     # a resumed run purges what a killed run logged after its last checkpoint
     logger = (
         TensorBoardLogger(run_dir, name="tensorboard", version=0, **({"purge_step": done + 1} if done else {}))
@@ -332,7 +330,7 @@ def loop(
             total=cfg.fed.rounds,
             disable=not (progress and comm.is_main),
         ):
-            where.update(stage="round", round=r)
+            where.stage, where.round = "round", r
             t1 = time.perf_counter()
             record = None if comm.any(stop()) else federation.run_round(r, progress, stop)
             if record is None:
@@ -353,14 +351,14 @@ def loop(
                     },
                     cfg.fed.keep_checkpoints,
                 )
-                where["done"] = r
+                where.done = r
                 recent = {c for rec in history[-cfg.fed.keep_checkpoints - 1 :] for c in rec["participants"]}
                 store.collect_garbage(sorted(recent), cfg.fed.keep_checkpoints, r)
                 write_results(run_dir / "results.json", history, extra)
                 # after the checkpoint: never logged twice
                 logger.log_metrics({**scalars(record), **mode_scalars(record)}, step=r)
                 logger.experiment.flush()
-        where["stage"] = "finish"
+        where.stage = "finish"
         # HParams tab: settings -> final numbers; also written by the rerun of a run killed before it
         if comm.is_main and history and (done < cfg.fed.rounds or not any(hparams_dir.glob("events.*"))):
             write_hparams(

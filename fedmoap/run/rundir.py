@@ -14,8 +14,9 @@ import errno
 import os
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -184,21 +185,40 @@ class RunLock:
             self._handle = None
 
 
-def stopped_at(where: dict[str, Any], what: str) -> str:
+@dataclass
+class Progress:
+    """How far a run has got, for the line a stop prints (:func:`stopped_at`)."""
+
+    stage: Literal["set-up", "start", "round", "finish"] = "set-up"
+    round: int = 0
+    """The round in flight (stage ``round``)."""
+    done: int = 0
+    """The newest checkpointed round."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What set-up found in the run directory, checked again when the run claims it."""
+
+    resumable: bool
+    latest: int
+    """The newest checkpointed round (0: none)."""
+
+
+def stopped_at(where: Progress, what: str) -> str:
     """Where a run stopped by ``what`` (Ctrl-C, a failed write) left off, and how to go on."""
-    stage, r = where["stage"], where["round"]
+    stage, r, done = where.stage, where.round, where.done
     if stage == "set-up":
         return f"{what} during set-up, before anything was written to the run directory; rerun the same command"
     if stage == "start":
-        return f"{what} before round {where['done'] + 1} began; rerun the same command"
+        return f"{what} before round {done + 1} began; rerun the same command"
     if stage == "finish":
         return f"{what} after the last round, while writing the results; rerun the same command to finish"
-    done = where["done"]
     resume = f"round {done}'s checkpoint is the resume point" if done else "no round was finished"
     return f"{what} during round {r}; {resume}; rerun the same command to resume"
 
 
-def claim(run_dir: Path, cfg_dict: dict[str, Any], comm: Comm, lock: RunLock, seen: tuple) -> None:
+def claim(run_dir: Path, cfg_dict: dict[str, Any], comm: Comm, lock: RunLock, seen: Seen) -> None:
     """Take the run directory's lock (rank 0) and check that the directory is still as set-up
     found it (``seen``: resumable?, newest checkpoint); then delete killed writes' temporaries.
     Every rank raises the same error, so that none waits for the others."""
@@ -206,7 +226,7 @@ def claim(run_dir: Path, cfg_dict: dict[str, Any], comm: Comm, lock: RunLock, se
     if comm.is_main:
         try:
             lock.acquire()
-            if (check_run_dir(run_dir, cfg_dict), latest_round(run_dir)) != seen:
+            if Seen(check_run_dir(run_dir, cfg_dict), latest_round(run_dir)) != seen:
                 raise FedmoapError(
                     f"run_dir {run_dir} changed while this run was setting up (another "
                     "fedmoap fit wrote into it); rerun the same command"
