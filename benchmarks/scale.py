@@ -15,7 +15,7 @@ from fedmoap.backbones import build_backbone
 from fedmoap.data.sources import load_source
 from fedmoap.data.synthetic import make_synthetic
 from fedmoap.inputs.features import FeatureCache
-from fedmoap.run import report
+from fedmoap.run import runs
 from fedmoap.run.parse import parse_fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +81,12 @@ def fit_cmd(run_dir: Path, cache: Path, *extra: str) -> list[str]:
 def run_child(cmd: list[str]) -> dict:
     """Run ``cmd`` (a :func:`fit_cmd`); returns its record (peak RSS in MB as ``mb``, the fit's
     ``round_seconds``) after checking that its run finished (``results.json``, read by
-    :mod:`fedmoap.run.report`)."""
+    :mod:`fedmoap.run.runs`)."""
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     run_dir = Path(cmd[cmd.index("--run_dir") + 1])
-    if not report.read_run(run_dir).finished:
+    if not runs.read_run(run_dir).finished:
         raise RuntimeError(f"{' '.join(cmd)} did not finish its rounds (see {run_dir}/results.json)")
     record = json.loads(Path(cmd[2]).read_text())
     return {**record, "mb": record["peak_rss_kb"] / 1024}

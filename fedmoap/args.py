@@ -9,7 +9,7 @@ made without them (see :mod:`fedmoap.field_flags`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
 from fedmoap.field_flags import ADDED, NEUTRAL
@@ -291,3 +291,20 @@ class DPArgs:
 
 
 # --- end differential privacy --------------------------------------------------------------------
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelArgs,
+    "data": DataArgs,
+    "train": TrainArgs,
+    "fed": FedArgs,
+    "fabric": FabricArgs,
+    "eval": EvalArgs,
+    "dp": DPArgs,
+}
+"""A run config's sections by their key (the fields of ``RunConfig`` besides ``method`` and ``seed``)."""
+
+
+def neutral_keys() -> set[tuple[str, str]]:
+    """(section, key) of every field flagged neutral (it does not change a run's numbers)."""
+    return {(name, f.name) for name, cls in SECTIONS.items() for f in fields(cls) if f.metadata.get("neutral")}

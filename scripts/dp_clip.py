@@ -15,7 +15,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from fedmoap.run import runs as report
+from fedmoap.run import runs
 from fedmoap.run.fit import fit
 from fedmoap.run.parse import parse_fit
 
@@ -42,7 +42,7 @@ def calibrate(out: Path, overrides: list[str]) -> float:
         ]
     )
     fit(cfg, out, progress=False)
-    return statistics.median(r["dp_median_norm"] for r in report.read_run(out).results["rounds"])
+    return statistics.median(r["dp_median_norm"] for r in runs.read_run(out).results["rounds"])
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -32,6 +32,7 @@ from fedmoap.args import (  # noqa: F401  (re-exported: the sections' public pat
     FedArgs,
     ModelArgs,
     TrainArgs,
+    neutral_keys,
 )
 from fedmoap.field_flags import ADDED, NEUTRAL  # noqa: F401  (re-exported)
 from fedmoap.methods import Method
@@ -124,18 +125,6 @@ def with_added_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
     if knobs and isinstance(out["method"].get("init_args") or {}, dict):
         out["method"] = {**out["method"], "init_args": {**knobs, **(out["method"].get("init_args") or {})}}
     return out
-
-
-def neutral_keys() -> set[tuple[str, str]]:
-    """(section, key) of every neutral field."""
-    cfg = RunConfig()
-    return {
-        (f.name, g.name)
-        for f in fields(cfg)
-        if is_dataclass(section := getattr(cfg, f.name)) and not isinstance(section, Method)
-        for g in fields(section)
-        if g.metadata.get("neutral")
-    }
 
 
 def config_digest(cfg: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from fedmoap.args import neutral_keys
 from fedmoap.errors import FedmoapError
 from fedmoap.run.runs import Run, rounds_done
 
@@ -55,23 +56,13 @@ METRICS: dict[str, str] = {
     "mia.loss.auc": "membership inference: loss-threshold attack, AUC over all attacked samples (x 100)",
 }
 """Column name -> what it is (accuracies, and AUCs x 100, shown in %)."""
-IGNORED = {
+IGNORED = {f"{section}.{key}" for section, key in neutral_keys()} - {"fed.rounds"} | {
     "seed",
     "data.split_file",
     "data.path",
-    "model.cache_dir",
-    "data.feature_cache",
-    "data.feature_batch_size",
-    "train.eval_batch_size",
-    "fed.keep_checkpoints",
-    "fed.eval_every",
-    "fabric.accelerator",
-    "fabric.devices",
-    "fabric.num_nodes",
-    "fabric.strategy",
-    "fabric.threads",
 }
-"""Settings that never separate groups (seeds, paths, and what does not change results)."""
+"""Settings that never separate groups: the seed, data paths, and every setting flagged neutral
+but ``fed.rounds`` (neutral so that a run may be extended; runs of other lengths differ)."""
 
 
 @dataclass

@@ -21,9 +21,10 @@ from typing import Any, Literal
 import yaml
 
 from fedmoap import yamlfile
+from fedmoap.args import neutral_keys
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.federation.config import config_digest, neutral_keys, with_added_defaults
+from fedmoap.federation.config import config_digest, with_added_defaults
 from fedmoap.io import ROUND_FILE, check_directory, is_temporary, remove_temporaries, try_lock, writable, write_error
 from fedmoap.run.checkpoint import latest_round
 

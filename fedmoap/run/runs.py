@@ -5,8 +5,8 @@ Scripts and benchmarks read a run through :func:`read_run` (a finished or runnin
 checked) or :func:`read_results` / :func:`rounds_done` (the file alone, e.g. to tell whether a
 run has finished)::
 
-    from fedmoap.run import report
-    run = report.read_run("runs/x")
+    from fedmoap.run import runs
+    run = runs.read_run("runs/x")
     run.finished, run.metrics()["final"]
 """
 

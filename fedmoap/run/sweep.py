@@ -124,7 +124,7 @@ def check_extra(extra: dict) -> dict:
     """Overrides given beside a study (``--set``) may only change how runs are computed, not their
     numbers (the neutral keys: ``fabric.*``, ``data.feature_cache``, ...), so that the study's
     run directories keep holding the study's runs."""
-    from fedmoap.federation.config import neutral_keys
+    from fedmoap.args import neutral_keys
 
     # rounds and evaluation rounds are neutral (a run may be extended) but move the table
     neutral = {f"{s}.{k}" for s, k in neutral_keys()} - {"fed.rounds", "fed.eval_every"}
@@ -176,7 +176,7 @@ def run_study(
     import torch
 
     from fedmoap.backbones import build_backbone
-    from fedmoap.run import report
+    from fedmoap.run import runs
     from fedmoap.run.fit import fit
     from fedmoap.run.study_table import report_files
 
@@ -189,8 +189,8 @@ def run_study(
     built: dict = {}
     for c in cells:
         rel = str(c.run_dir.relative_to(out))
-        if report.rounds_done(c.run_dir) >= c.rounds:
-            m = report.read_run(c.run_dir).metrics()
+        if runs.rounds_done(c.run_dir) >= c.rounds:
+            m = runs.read_run(c.run_dir).metrics()
             echo(f"{c.name}: finished earlier: final {100 * m['final']:.2f} last5 {100 * m['last5']:.2f}")
             continue
         m = c.cfg.model  # random-weight towers are drawn from the run's seed; pretrained ones are not
@@ -203,7 +203,7 @@ def run_study(
         fit(c.cfg, c.run_dir, progress=False, backbone=built[key])
         seconds[rel] = time.perf_counter() - t
         atomic_write_text(book, json.dumps(seconds, indent=1))
-        m = report.read_run(c.run_dir).metrics()
+        m = runs.read_run(c.run_dir).metrics()
         echo(f"{c.name}: final {100 * m['final']:.2f} last5 {100 * m['last5']:.2f} ({seconds[rel]:.0f} s)")
     from fedmoap.run.study_table import study_report
 
@@ -239,12 +239,12 @@ def list_cells(
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
     from fedmoap import yamlfile
     from fedmoap.federation.config import config_digest
-    from fedmoap.run import report
+    from fedmoap.run import runs
 
     out = Path(out) if out is not None else study.default_out()
     lines = []
     for c in cells_of(study, out, only, extra, check_splits=False):
-        done = report.rounds_done(c.run_dir)
+        done = runs.rounds_done(c.run_dir)
         state = "finished" if done >= c.rounds else f"round {done} of {c.rounds}" if done else "new"
         stored = c.run_dir / "config.yaml"
         if stored.is_file() and config_digest(yamlfile.load(stored.read_text())) != c.digest:

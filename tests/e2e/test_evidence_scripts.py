@@ -20,12 +20,12 @@ TINY = ["--config", str(REPO / "configs" / "smoke.yaml"), "--fabric.threads", "1
 def test_dp_clip_is_the_median_upload_norm_of_the_proxy_run(tmp_path):
     import dp_clip
 
-    from fedmoap.run import runs as report
+    from fedmoap.run import runs
 
     clip = dp_clip.main(
         ["--out", str(tmp_path / "proxy"), "--", *TINY, "--data.feature_cache", str(tmp_path / "cache")]
     )
-    rounds = report.read_run(tmp_path / "proxy").results["rounds"]
+    rounds = runs.read_run(tmp_path / "proxy").results["rounds"]
     assert len(rounds) == 3 and math.isfinite(clip) and clip > 0
     norms = sorted(r["dp_median_norm"] for r in rounds)
     assert clip == norms[1]
