@@ -11,7 +11,7 @@ methods``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 OWN_RECORD = "own"
@@ -53,6 +53,15 @@ class Declares:
 
 UNDECLARED = Declares()
 """What a method that declares nothing is taken to be."""
+
+
+def reads_class_set(d: Declares, how: str) -> Declares:
+    """``d`` for a configuration whose records' loss reads the client's class set (e.g.
+    ``label_space: own``): found from all its records, so removing a client's only record of a
+    class changes every other record's loss, which record-level DP-SGD does not allow. ``how``:
+    what the class set enters."""
+    return replace(d, record_loss=f"the client's class set, found from all its records ({how})")
+
 
 PROMPT_LEARNER = Declares(record_loss=OWN_RECORD, keeps_records=None, server_reads="sum", newcomer_uploads=False)
 """The facts of a FedAvg-style learner (PromptFL's family), for methods that share them to state."""

@@ -27,7 +27,7 @@ a client's loss is below 0.5), sentences ordered by the file rather than the lab
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Optional
 
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
 from fedmoap.methods.base import ClientModule, HeldOut, Method, ParamGroup, Payload, RunContext, vision_prompt_problems
-from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares, reads_class_set
 from fedmoap.methods.fedtpg import GEGLUFeedForward, UniformMeanServer
 from fedmoap.seeding import derive_seed, torch_generator
 
@@ -262,17 +262,14 @@ class FedMVP(Method):
     shares_statistics = False
 
     def declared(self) -> Declares:
-        """With ``label_space: own`` each record's loss reads the client's class set, found from
-        all its records: removing a client's only record of a class changes every other record's
-        loss, which record-level DP-SGD does not allow."""
+        """With ``label_space: own`` each record's loss reads the client's class set
+        (:func:`~fedmoap.methods.declarations.reads_class_set`)."""
         d = super().declared()
-        if self.label_space == "own":
-            own = "the client's class set, found from all its records"
-            d = replace(
-                d,
-                record_loss=f"{own} (its classes' sentences key the attention, other logits masked; label_space own)",
-            )
-        return d
+        return (
+            reads_class_set(d, "its classes' sentences key the attention, other logits masked; label_space own")
+            if self.label_space == "own"
+            else d
+        )
 
     def problems(self) -> list[str]:
         out = [

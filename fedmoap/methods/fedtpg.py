@@ -20,7 +20,7 @@ from whatever label space is evaluated; a never-trained client needs nothing but
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable, Literal
 
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import FedAvgServer, HeldOut, ParamGroup, Payload, RunContext
-from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
+from fedmoap.methods.declarations import PROMPT_LEARNER, Declares, reads_class_set
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
 
@@ -195,16 +195,14 @@ class FedTPG(PromptMethod):
     shares_statistics = False
 
     def declared(self) -> Declares:
-        """With ``label_space: own`` each record's loss reads the client's class set, found from
-        all its records: removing a client's only record of a class changes every other record's
-        loss, which record-level DP-SGD does not allow."""
+        """With ``label_space: own`` each record's loss reads the client's class set
+        (:func:`~fedmoap.methods.declarations.reads_class_set`)."""
         d = super().declared()
-        if self.label_space == "own":
-            own = "the client's class set, found from all its records"
-            d = replace(
-                d, record_loss=f"{own} (its class names key the generator and mask the other logits; label_space own)"
-            )
-        return d
+        return (
+            reads_class_set(d, "its class names key the generator and mask the other logits; label_space own")
+            if self.label_space == "own"
+            else d
+        )
 
     def problems(self) -> list[str]:
         out = super().problems()
