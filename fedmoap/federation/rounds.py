@@ -27,6 +27,9 @@ class Transport:
     down, upload up) and the clients' evaluation. The server's side of the round (sampling,
     aggregation, accounting, results) stays in :meth:`Federation.run_round`."""
 
+    engine: str = "fit"
+    """What runs the clients, as ``results.json`` records it (``fit``: this process; ``flower``)."""
+
     def train(
         self, federation: "Federation", t: int, clients: list[int], progress: bool, stop: Callable[[], bool]
     ) -> Trained:

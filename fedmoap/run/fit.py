@@ -314,6 +314,7 @@ def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, pr
         "num_clients": cfg.data.num_clients,
         "config_digest": s.digest,
         "world_size": comm.world_size,
+        "engine": federation.transport.engine,
         "code": code_version(),
         "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"],
         **checks,

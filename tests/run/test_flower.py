@@ -101,10 +101,11 @@ def both(tmp_path: Path, args: list[str], watch=None) -> tuple[Path, Path]:
 
 def assert_same_run(fit_dir: Path, flower_dir: Path) -> None:
     """Per-client accuracies (all of results.json's rounds but timings), the server's final state
-    and every client's kept state: identical."""
+    and every client's kept state: identical; each results.json names its engine."""
     assert rounds(flower_dir) == rounds(fit_dir)
     fit_res, fl_res = (json.loads((d / "results.json").read_text()) for d in (fit_dir, flower_dir))
     assert fl_res.get("privacy") == fit_res.get("privacy")
+    assert (fit_res["engine"], fl_res["engine"]) == ("fit", "flower")  # results.json says what ran it
     assert_same(last_checkpoint(flower_dir)["server"], last_checkpoint(fit_dir)["server"], "server")
     assert_same(node_clients(flower_dir), fit_clients(fit_dir), "clients")
 

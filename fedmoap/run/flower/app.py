@@ -65,6 +65,8 @@ class FlowerTransport(Transport):
     ``watch(direction, message)`` (tests) sees every message sent (``"out"``) and received
     (``"in"``) by the server."""
 
+    engine = "flower"
+
     def __init__(self, grid: Grid, wait_s: float = 600.0, watch: Callable[[str, Message], None] | None = None) -> None:
         self.grid, self.wait_s, self.watch = grid, wait_s, watch or (lambda d, m: None)
         self.nodes: dict[int, int] = {}
