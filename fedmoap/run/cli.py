@@ -62,7 +62,9 @@ def sweep(argv: list[str]) -> int:
     from fedmoap.run import sweep as sweeps
 
     if ns.study:
-        sweeps.study_command(ns.study, ns.run, ns.slurm, ns.list, ns.out, ns.only, ns.set)
+        from fedmoap.run.studies.execution import study_command
+
+        study_command(ns.study, ns.run, ns.slurm, ns.list, ns.out, ns.only, ns.set)
         return 0
     out = ns.out or "sweep.txt"
     n = sweeps.write_sweep(out, ns.config, ns.grid, ns.seeds, ns.runs_root)
@@ -76,8 +78,8 @@ def report(argv: list[str]) -> int:
 
     ns = report_parser().parse_args(argv)
     if ns.study:
-        from fedmoap.run.study import load_study
-        from fedmoap.run.study_table import study_report
+        from fedmoap.run.studies.format import load_study
+        from fedmoap.run.studies.table import study_report
 
         print(study_report(load_study(ns.study), ns.out, ns.recorded))
         return 0

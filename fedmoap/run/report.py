@@ -13,7 +13,7 @@ notebooks (``notebooks/tables_and_curves.ipynb``)::
     found = runs.load_runs(["runs/sweep"])
     print(report.render(report.summarize(found), "markdown", layout="paper"))
 
-A study's table (``fedmoap report --study FILE``) is :mod:`fedmoap.run.study_table`. Reading a run is
+A study's table (``fedmoap report --study FILE``) is :mod:`fedmoap.run.studies.table`. Reading a run is
 :mod:`fedmoap.run.runs`.
 """
 

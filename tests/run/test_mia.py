@@ -19,7 +19,7 @@ import yaml
 from fedmoap.args import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.run.cli import main
-from fedmoap.run.study_table import study_table
+from fedmoap.run.studies.table import study_table
 from tests.worlds import fit_smoke
 
 TARGET = [

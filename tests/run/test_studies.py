@@ -16,7 +16,7 @@ import pytest
 
 from fedmoap.run.cli import main
 from fedmoap.run.parse import parse_fit
-from fedmoap.run.study import load_study
+from fedmoap.run.studies.format import load_study
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs" / "smoke.yaml")

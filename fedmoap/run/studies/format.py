@@ -118,7 +118,7 @@ class Study:
     def cells(self, out: str | Path | None = None, extra: dict[str, Any] | None = None) -> list[Cell]:
         """Every cell in run order (split, then seed, then variant), each parsed and validated as
         ``fedmoap fit`` would; ``extra``: overrides of every run after the study's own
-        (:func:`fedmoap.run.sweep.check_extra` keeps them to settings that do not change numbers)."""
+        (:func:`fedmoap.run.studies.execution.check_extra` keeps them to settings that do not change numbers)."""
         from fedmoap.federation.config import config_dict, config_digest
         from fedmoap.run.validate import validate
 
