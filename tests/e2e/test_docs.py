@@ -86,3 +86,26 @@ def test_every_docs_page_is_in_the_mkdocs_nav():
     on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     on_disk = {p for p in on_disk if not p.startswith(excluded)}
     assert on_disk == in_nav, (on_disk - in_nav, in_nav - on_disk)
+
+
+def test_every_study_table_in_readme_and_docs_is_its_record_and_no_prose_number_strays():
+    """The tables between ``<!-- table: evidence/NAME.json -->`` markers are what the records make
+    (scripts/docs_tables.py --check), and every two-decimal percentage elsewhere in the pages is a
+    number some record holds; a number typed by hand fails here."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import docs_tables
+
+    assert docs_tables.run(write=False) == []
+    readme = README.read_text()
+    assert "<!-- table: evidence/offline_default.json -->" in readme
+    # the check can fail: one cell changed in a generated table, one number planted in prose
+    block = docs_tables.BLOCK.search(readme)
+    assert block is not None
+    known = docs_tables.record_numbers()
+    planted = readme.replace(block["table"], block["table"].replace(" ± ", " ± 1", 1))
+    assert docs_tables.page("README.md", planted, known)[1][0] == (
+        "README.md: the table of evidence/offline_default.json is not the record's (run --write)"
+    )
+    assert docs_tables.page("README.md", readme + "\nA stray 12.34 % here, 0.75 x rounds.\n", known)[1] == [
+        "README.md: 12.34 is in no study record"
+    ]

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from fedmoap.errors import FedmoapError
 from fedmoap.run.cli import main
 from fedmoap.run.parse import parse_fit
 from fedmoap.run.studies.format import load_study
+from fedmoap.run.studies.table import record_table
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -107,6 +109,17 @@ def test_a_study_runs_shares_splits_resumes_and_reports(tmp_path, capsys):
     assert [r["seed"] for r in record["rows"]["PromptFL"]["dir"]] == [0, 1]
     assert all(r["seconds"] > 0 for r in record["rows"]["PromptFL"]["dir"])
     assert (out / "tiny.md").read_text().count("| PromptFL |") == 1
+    # the record names what made it, and alone makes the same table (the one the docs show)
+    assert set(record["provenance"]) >= {"commit", "machine", "threads", "written"}
+    assert record_table(load_study(path), out / "tiny.json") == table.rstrip("\n")
+    changed = json.loads((out / "tiny.json").read_text())
+    changed["rows"]["PromptFL"]["dir"][1]["config_digest"] = "0" * 16
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(FedmoapError, match="1 cells with another config digest, 0 cells missing"):
+        record_table(load_study(path), tmp_path / "changed.json")
+    changed["rows"]["PromptFL"]["dir"][1]["config_digest"] = None  # a record from before digests
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    assert record_table(load_study(path), tmp_path / "changed.json") == table.rstrip("\n")
     # a run directory that is gone: the cell is missing, unless an earlier record of the same
     # configuration stands in for it; a record of another configuration does not
     earlier = tmp_path / "earlier.json"

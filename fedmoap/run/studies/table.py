@@ -42,6 +42,7 @@ def study_table(
     metrics: list[str],
     seconds: dict[str, float] | None = None,
     recorded: dict[str, dict[str, Any]] | None = None,
+    runs: bool = True,
 ) -> tuple[str, dict[str, Any]]:
     """The table of a study's runs: ``planned`` is row label -> split -> [(seed, run directory)];
     rows = labels, columns = ``splits`` x ``metrics``, each cell the mean ± sample std over the
@@ -49,13 +50,13 @@ def study_table(
     are missing. Returns the Markdown and a record (per-seed values as fractions, seconds: the
     ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds).
     ``recorded``: run directory -> an earlier record's entry, used where that directory holds no
-    results.json."""
+    results.json; with ``runs`` False no run directory is read (every cell from ``recorded``)."""
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     missing, unfinished = [], []
     for label, cells in planned.items():
         for split in splits:
             for seed, path in cells.get(split, []):
-                if not (Path(path) / "results.json").is_file():
+                if not (runs and (Path(path) / "results.json").is_file()):
                     if str(path) in (recorded or {}):
                         rows.setdefault(label, {}).setdefault(split, []).append(recorded[str(path)])
                     else:
@@ -120,13 +121,17 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": statistics.mean(kept), "std": statistics.stdev(kept) if len(kept) > 1 else math.nan, "n": len(kept)}
 
 
-def recorded_cells(study, out: Path, files: list[str]) -> tuple[dict[str, dict], list[str]]:
+def recorded_cells(study, out: Path, files: list[str], runs: bool = True) -> tuple[dict[str, dict], list[str]]:
     """Cells of earlier records of this study (``OUT/<name>.json`` files that ``study_report``
     wrote), by the run directory each would have under ``out``, for the planned cells whose run
-    directory holds no ``results.json``: ``{run_dir: entry}`` of those whose config digest equals
-    the planned cell's, and the run directories of those that differ (another configuration: not
-    taken)."""
-    digests = {str(c.run_dir): c.digest for c in study.cells(out) if not (c.run_dir / "results.json").is_file()}
+    directory holds no ``results.json`` (every planned cell if not ``runs``): ``{run_dir: entry}``
+    of those whose config digest equals the planned cell's, and the run directories of those that
+    differ (another configuration: not taken). A cell recorded before records held digests
+    (``config_digest`` null, a record converted from an older format) is taken as it is; its
+    record's ``provenance`` says where it came from."""
+    digests = {
+        str(c.run_dir): c.digest for c in study.cells(out) if not (runs and (c.run_dir / "results.json").is_file())
+    }
     taken: dict[str, dict] = {}
     stale: list[str] = []
     for file in files:
@@ -141,7 +146,7 @@ def recorded_cells(study, out: Path, files: list[str]) -> tuple[dict[str, dict],
         for run_dir, entry in where.items():
             if run_dir not in digests or run_dir in taken:
                 continue
-            if entry.get("config_digest") == digests[run_dir]:
+            if entry.get("config_digest") in (digests[run_dir], None):
                 taken[run_dir] = {**entry, "run_dir": run_dir, "recorded": str(file)}
             else:
                 stale.append(run_dir)
@@ -151,6 +156,58 @@ def recorded_cells(study, out: Path, files: list[str]) -> tuple[dict[str, dict],
 def report_files(study, out: Path) -> tuple[Path, Path]:
     """The files :func:`study_report` writes under ``out``: ``<name>.md`` and ``<name>.json``."""
     return out / f"{study.name}.md", out / f"{study.name}.json"
+
+
+def record_table(study, record: str | Path) -> str:
+    """The study's table from its record alone (``evidence/<name>.json``), the table README.md and
+    the docs show: no run directory is read and nothing is written. Every cell must be in the
+    record with the config digest the study file gives it today, so a record left behind by a
+    changed study is refused, naming what differs. The cells are planned under the directory the
+    record was made in (a split file's path is part of a cell's digest)."""
+    try:
+        out = Path(json.loads(Path(record).read_text())["out"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FedmoapError(f"{record} is not a study record ({' '.join(str(exc).split())[:200]})") from None
+    taken, stale = recorded_cells(study, out, [str(record)], runs=False)
+    planned = {
+        v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
+        for v in study.variants
+    }
+    gone = [str(p) for cells in planned.values() for c in cells.values() for _, p in c if str(p) not in taken]
+    if stale or gone:
+        raise FedmoapError(
+            f"{record}: not the record of {study.path} as it is: {len(stale)} cells with another config digest, "
+            f"{len(gone)} cells missing (first: {(stale + gone)[0]}); rerun the study and write its record"
+        )
+    table, _ = study_table(planned, study.table_splits, study.metrics, recorded=taken, runs=False)
+    return table
+
+
+def provenance(study) -> dict[str, Any]:
+    """What made a record: the code's commit (``git describe``: ``-dirty`` if the working tree
+    had changes), the machine, the threads the study's runs used and when."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "commit": commit or None,
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} CPUs",
+        "host": platform.node(),
+        "threads": study.base.get("fabric.threads"),
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def study_report(study, out: str | Path | None = None, recorded: list[str] | None = None) -> str:
@@ -195,6 +252,7 @@ def study_report(study, out: str | Path | None = None, recorded: list[str] | Non
         "file": str(study.path),
         "out": str(out),
         "seeds": study.seeds,
+        "provenance": provenance(study),
         **record,
     }
     out.mkdir(parents=True, exist_ok=True)
