@@ -48,7 +48,8 @@ def study_table(
     rows = labels, columns = ``splits`` x ``metrics``, each cell the mean ± sample std over the
     finished runs' values in %, the best mean of a column in bold, ``(n of m seeds)`` where runs
     are missing. Returns the Markdown and a record (per-seed values as fractions, seconds: the
-    ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds).
+    ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds; code: the
+    fedmoap version and commit that made the run).
     ``recorded``: run directory -> an earlier record's entry, used where that directory holds no
     results.json; with ``runs`` False no run directory is read (every cell from ``recorded``)."""
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -75,6 +76,7 @@ def study_table(
                         "rounds": run.evaluated[-1]["round"] if run.evaluated else 0,
                         "seconds": took,
                         "config_digest": run.results.get("config_digest"),
+                        "code": run.results.get("code"),
                         "run_dir": str(path),
                     }
                 )
