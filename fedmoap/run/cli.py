@@ -176,7 +176,7 @@ def flower(argv: list[str]) -> int:
     if opts.get("write_only"):
         return 0
     simulate(fit_args, opts.get("num_cpus"), opts.get("client_cpus", 1.0), opts.get("client_gpus", 0.0))
-    from fedmoap.run.runs import read_results
+    from fedmoap.federation.results import read_results
 
     last = read_results(run_dir)["rounds"][-1]
     print(

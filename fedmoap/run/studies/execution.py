@@ -68,6 +68,7 @@ def run_study(
     import torch
 
     from fedmoap.backbones import build_backbone
+    from fedmoap.federation.results import rounds_done
     from fedmoap.run import runs
     from fedmoap.run.fit import fit
     from fedmoap.run.studies.table import report_files
@@ -81,7 +82,7 @@ def run_study(
     built: dict = {}
     for c in cells:
         rel = str(c.run_dir.relative_to(out))
-        if runs.rounds_done(c.run_dir) >= c.rounds:
+        if rounds_done(c.run_dir) >= c.rounds:
             m = runs.read_run(c.run_dir).metrics()
             echo(f"{c.name}: finished earlier: final {100 * m['final']:.2f} last5 {100 * m['last5']:.2f}")
             continue
@@ -131,12 +132,12 @@ def list_cells(
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
     from fedmoap import yamlfile
     from fedmoap.federation.config import config_digest
-    from fedmoap.run import runs
+    from fedmoap.federation.results import rounds_done
 
     out = Path(out) if out is not None else study.default_out()
     lines = []
     for c in cells_of(study, out, only, extra, check_splits=False):
-        done = runs.rounds_done(c.run_dir)
+        done = rounds_done(c.run_dir)
         state = "finished" if done >= c.rounds else f"round {done} of {c.rounds}" if done else "new"
         stored = c.run_dir / "config.yaml"
         if stored.is_file() and config_digest(yamlfile.load(stored.read_text())) != c.digest:
