@@ -1,5 +1,6 @@
-"""Running a study: every cell in order in this process (``fedmoap sweep --study FILE --run``), as
-a SLURM array of ``fedmoap fit`` argument lines (``--slurm``), or listed with each cell's state
+"""Running a study (a study file, or a grid: :mod:`fedmoap.run.studies.grid`): every cell in order
+in this process (``fedmoap sweep --study FILE --run``, ``fedmoap sweep --config C --grid ... --run``),
+as a SLURM array of ``fedmoap fit`` argument lines (``--slurm``), or listed with each cell's state
 (``--list``)."""
 
 from __future__ import annotations
@@ -7,9 +8,13 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_write_text, check_output_file
+
+if TYPE_CHECKING:
+    from fedmoap.run.studies.format import Study
 
 
 def check_extra(extra: dict) -> dict:
@@ -147,7 +152,7 @@ def list_cells(
 
 
 def study_command(
-    path: str,
+    make_study: Callable[[], Study],
     run: bool,
     slurm: bool,
     listing: bool,
@@ -156,18 +161,18 @@ def study_command(
     sets: list[str],
     echo=lambda line: print(line, flush=True),
 ) -> None:
-    """``fedmoap sweep --study FILE --run | --slurm | --list [--out DIR] [--only V ...] [--set K=V ...]``."""
-    from fedmoap.run.studies.format import load_study
-
+    """``fedmoap sweep (--study FILE | --config C --grid ...) --run | --slurm | --list [--out DIR]
+    [--only V ...] [--set K=V ...]``: ``make_study`` reads the study file or builds the grid's
+    study (:func:`fedmoap.run.studies.grid.grid_study`) once the arguments are known to be whole."""
     if [run, slurm, listing].count(True) != 1:
-        raise FedmoapError("sweep --study: give one of --run, --slurm, --list")
+        raise FedmoapError("sweep: give one of --run, --slurm, --list")
     extra = {}
     for item in sets:
         key, eq, value = item.partition("=")
         if not eq:
             raise FedmoapError(f"--set {item!r} is not KEY=VALUE")
         extra[key] = value
-    study = load_study(path)
+    study = make_study()
     if listing:
         echo("\n".join(list_cells(study, out, only, extra)))
     elif slurm:
