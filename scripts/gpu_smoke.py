@@ -42,8 +42,8 @@ def smoke_cases(methods: list[str] | None) -> dict[str, list[str]]:
 
 def run_case(args: list[str], run_dir: Path) -> dict:
     """One smoke run; ``{"ok", "final_mean_acc", "seconds"}`` or ``{"ok": False, "error"}``."""
+    from fedmoap.federation.results import read_results
     from fedmoap.run.cli import main as cli
-    from fedmoap.run.runs import read_results
 
     err = io.StringIO()
     start = time.perf_counter()

@@ -94,7 +94,7 @@ def numbers(run_dir: Path) -> dict:
     server state and of every client's stored state."""
     import torch
 
-    from fedmoap.run.runs import read_results
+    from fedmoap.federation.results import read_results
 
     res = read_results(run_dir)
     strip = lambda d: {k: v for k, v in d.items() if not any(t in k for t in TIMING)}  # noqa: E731

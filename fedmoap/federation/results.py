@@ -1,4 +1,8 @@
-"""Per-round results: the ``results.json`` contract and the TensorBoard scalars."""
+"""The ``results.json`` schema, written and read here: its rounds (:func:`round_record` and the
+evaluation modes' entries), its summary, its header (:func:`header`), the file
+(:func:`write_results`, :func:`read_results`, :func:`rounds_done`), the metric values a summary
+or a round record holds (:func:`summary_metrics`, :func:`client_accs`) and the TensorBoard scalars
+and HParams of the same numbers. Reading imports no torch (``fedmoap report``)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fedmoap.io import atomic_write_text, temporary_path
+from fedmoap.errors import FedmoapError
 
 
 def round_record(
@@ -65,8 +69,44 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def header(
+    *,
+    method: str,
+    seed: int,
+    num_clients: int,
+    config_digest: str,
+    world_size: int,
+    engine: str,
+    code: Any,
+    eval_modes: list[str],
+    checks: dict[str, Any],
+    privacy: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The entries of a run's ``results.json`` beside ``rounds`` and ``summary`` (``extra`` of
+    :func:`write_results`), in the file's order: the method (its short name, else its class path),
+    seed, number of clients, config digest, world size, the engine that ran the clients (fit or
+    flower), the code version, the evaluation modes, the set-up checks' entries and, with
+    differential privacy, the accountant's summary (the same dict, which it updates every round)."""
+    out = {
+        "method": method,
+        "seed": seed,
+        "num_clients": num_clients,
+        "config_digest": config_digest,
+        "world_size": world_size,
+        "engine": engine,
+        "code": code,
+        "eval_modes": eval_modes,
+        **checks,
+    }
+    if privacy is not None:
+        out["privacy"] = privacy
+    return out
+
+
 def write_results(path: Path, rounds: list[dict[str, Any]], extra: dict[str, Any]) -> None:
     """Strict JSON: a missing value (NaN) is written as null."""
+    from fedmoap.io import atomic_write_text
+
     data = _nan_to_none({"rounds": rounds, "summary": {**summary(rounds), **mode_summary(rounds)}, **extra})
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
 
@@ -372,6 +412,8 @@ def write_hparams(log_dir: Path, params: dict[str, Any], metrics: dict[str, floa
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+    from fedmoap.io import temporary_path
+
     log_dir = Path(log_dir)
     tmp = temporary_path(log_dir)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -383,3 +425,74 @@ def write_hparams(log_dir: Path, params: dict[str, Any], metrics: dict[str, floa
             writer.add_scalar(key, value, step)
     shutil.rmtree(log_dir, ignore_errors=True)
     os.replace(tmp, log_dir)
+
+
+# ----- reading results.json ---------------------------------------------------------------------
+def read_results(path: str | Path) -> dict[str, Any]:
+    """A run directory's ``results.json`` as :func:`write_results` wrote it (the one place it is
+    parsed); raises ``FileNotFoundError`` if the run has none yet, ``ValueError`` if it is not
+    JSON. :func:`fedmoap.run.runs.read_run` checks its shape."""
+    return json.loads((Path(path) / "results.json").read_text())
+
+
+def rounds_done(path: str | Path) -> int:
+    """The last round a run directory's ``results.json`` records (0: none, or no file yet)."""
+    try:
+        rounds = read_results(path).get("rounds") or []
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise FedmoapError(f"report: {path}/results.json is unreadable ({' '.join(str(exc).split())[:200]})") from None
+    return int(rounds[-1]["round"]) if rounds else 0
+
+
+def summary_metrics(s: dict[str, Any]) -> dict[str, float]:
+    """The value of every metric a ``results.json`` summary holds (fractions; NaN for null), by
+    the names of :data:`fedmoap.run.report.METRICS`: ``final``, ``last5``, ``worst``, ``pooled``,
+    ``global``, ``neighbor``, ``b2n.<metric>``, ``unseen``, ``unseen.adapted`` and
+    ``<protocol>.global`` / ``<protocol>.personal``."""
+    out = {"final": number(s.get("final_mean_acc")), "last5": number(s.get("last5_mean_acc"))}
+    for key in ("worst", "pooled"):
+        if f"final_{key}_acc" in s:
+            out[key] = number(s[f"final_{key}_acc"])
+    for mode in ("global", "neighbor"):
+        if mode in s:
+            out[mode] = number(s[mode]["final_mean_acc"])
+    if "base2novel" in s:
+        out.update({f"b2n.{k}": number(v) for k, v in s["base2novel"]["final"].items()})
+    unseen = s.get("unseen_clients", {})
+    if "no_adaptation" in unseen:
+        out["unseen"] = number(unseen["no_adaptation"]["final_mean_acc"])
+    if "adapted" in unseen:
+        out["unseen.adapted"] = number(unseen["adapted"]["final_mean_acc"])
+    for mode in PROTOCOLS:
+        for part in ("global", "personal") if mode in s else ():
+            out[f"{mode}.{part}"] = number(s[mode]["final"][f"mean/{part}"])
+    return out
+
+
+CLIENT_MODES = ("local", "global", "neighbor", "unseen", "unseen.adapted") + tuple(f"b2n.{k}" for k in B2N_METRICS)
+"""The modes of :func:`client_accs`."""
+
+
+def client_accs(record: dict[str, Any], mode: str = "local") -> dict[str, float]:
+    """Client id -> accuracy in ``mode`` of an evaluated round record (local, global, neighbor;
+    base2novel's ``b2n.<metric>``; unseen, unseen.adapted); NaN for null."""
+    if mode == "local":
+        entry = record
+    elif mode in ("global", "neighbor"):
+        entry = record.get(mode, {})
+    elif mode.startswith("b2n."):
+        key = mode.split(".", 1)[1]
+        return {c: number(v[key]) for c, v in record.get("base2novel", {}).get("clients", {}).items()}
+    elif mode in ("unseen", "unseen.adapted"):
+        part = "adapted" if mode.endswith("adapted") else "no_adaptation"
+        entry = record.get("unseen_clients", {}).get(part, {})
+    else:
+        raise FedmoapError(f"report: unknown mode {mode!r}")
+    return {c: number(v["acc"]) for c, v in entry.get("clients", {}).items()}
+
+
+def number(value: Any) -> float:
+    """A value of ``results.json`` as a float (null, or anything not a number: NaN)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

@@ -55,20 +55,28 @@ def fit(argv: list[str]) -> int:
 
 
 def sweep(argv: list[str]) -> int:
-    """``fedmoap sweep``: run or list a study, or write a SLURM array (:mod:`fedmoap.run.sweep`)."""
+    """``fedmoap sweep``: run, list or write as a SLURM array a study file or a grid, which is a study
+    too (:mod:`fedmoap.run.studies`)."""
+    from functools import partial
+
     from fedmoap.run.parse import sweep_parser
 
     ns = sweep_parser().parse_args(argv)
-    from fedmoap.run import sweep as sweeps
+    from fedmoap.run.studies.execution import study_command
 
+    if ns.study and (ns.config or ns.grid or ns.seeds is not None):
+        raise FedmoapError("sweep: give --study FILE or a grid (--config, --grid, --seeds), not both")
     if ns.study:
-        from fedmoap.run.studies.execution import study_command
+        from fedmoap.run.studies.format import load_study
 
-        study_command(ns.study, ns.run, ns.slurm, ns.list, ns.out, ns.only, ns.set)
-        return 0
-    out = ns.out or "sweep.txt"
-    n = sweeps.write_sweep(out, ns.config, ns.grid, ns.seeds, ns.runs_root)
-    print(f"{n} runs -> {out}; submit: sbatch --array=0-{n - 1} slurm/array.sbatch {out}")
+        make = partial(load_study, ns.study)
+    elif ns.config or ns.grid:
+        from fedmoap.run.studies.grid import grid_study
+
+        make = partial(grid_study, ns.config, ns.grid, ns.seeds or [0, 1, 2], ns.out)
+    else:
+        raise FedmoapError("sweep: give --study FILE, or a grid: --config FILE [--grid KEY=V1,V2 ...] [--seeds S ...]")
+    study_command(make, ns.run, ns.slurm, ns.list, ns.out, ns.only, ns.set)
     return 0
 
 
@@ -176,7 +184,7 @@ def flower(argv: list[str]) -> int:
     if opts.get("write_only"):
         return 0
     simulate(fit_args, opts.get("num_cpus"), opts.get("client_cpus", 1.0), opts.get("client_gpus", 0.0))
-    from fedmoap.run.runs import read_results
+    from fedmoap.federation.results import read_results
 
     last = read_results(run_dir)["rounds"][-1]
     print(
@@ -197,8 +205,8 @@ COMMANDS = (
     Command("fit", "[--config FILE] [--section.key VALUE ...] [--run_dir DIR]", "train or resume a run", fit),
     Command(
         "sweep",
-        "--study FILE [--run|--list|--slurm] | --config FILE --grid KEY=A,B ...",
-        "run or list a study, or write a SLURM array of runs",
+        "--study FILE | --config FILE --grid KEY=A,B ... [--seeds S ...]; --run | --list | --slurm [--out DIR]",
+        "run or list a study or a grid of runs, or write it as a SLURM array",
         sweep,
     ),
     Command("report", "RUN_DIR ... | --study FILE", "table of runs: mean ± std over seeds", report),

@@ -39,6 +39,7 @@ from fedmoap.federation.build import Resolved, assemble, resolve
 from fedmoap.federation.config import RunConfig, config_dict, config_digest
 from fedmoap.federation.dp_budget import preset_note
 from fedmoap.federation.results import (
+    header,
     hparams,
     mode_scalars,
     mode_summary,
@@ -308,19 +309,18 @@ def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, pr
         if comm.is_main
         else None
     )
-    extra = {
-        "method": method.name or method.spec()["class_path"],
-        "seed": cfg.seed,
-        "num_clients": cfg.data.num_clients,
-        "config_digest": s.digest,
-        "world_size": comm.world_size,
-        "engine": federation.transport.engine,
-        "code": code_version(),
-        "eval_modes": [m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"],
-        **checks,
-    }
-    if privacy is not None:
-        extra["privacy"] = privacy.summary  # the accountant updates it in place every round
+    extra = header(
+        method=method.name or method.spec()["class_path"],
+        seed=cfg.seed,
+        num_clients=cfg.data.num_clients,
+        config_digest=s.digest,
+        world_size=comm.world_size,
+        engine=federation.transport.engine,
+        code=code_version(),
+        eval_modes=[m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"],
+        checks=checks,
+        privacy=privacy.summary if privacy is not None else None,  # updated in place every round
+    )
     rounds_s = 0.0
     hparams_dir = run_dir / "tensorboard" / "hparams"
     stop = s.stop

@@ -59,16 +59,32 @@ def sweep_parser() -> ArgumentParser:
     sweep = ArgumentParser(
         prog="fedmoap sweep",
         exit_on_error=False,
-        description="Run a study (--study FILE --run), list its runs (--list) or "
-        "write them as a SLURM array (--slurm); or write a sweep file of a grid "
-        "(--config, --grid: one `fedmoap fit` argument line per grid point and seed) "
-        "for slurm/array.sbatch.",
+        description="Run the runs of a study (--study FILE) or of a grid (--config FILE --grid "
+        "KEY=V1,V2 ... --seeds S ...: every point of the grid with every seed; a grid is a study named "
+        "grid, see docs/studies.md) here, in order (--run), list them (--list) or write them as a SLURM "
+        "array (--slurm).",
     )
     sweep.add_argument("--study", type=str | None, default=None, help="a study file (configs/studies/NAME.yaml)")
-    sweep.add_argument("--run", action="store_true", help="run the study's cells here, in order")
+    sweep.add_argument("--config", type=str | None, default=None, help="grid: base config of every run")
+    sweep.add_argument(
+        "--grid",
+        type=str,
+        nargs="+",
+        default=[],
+        help="grid: overrides to cross, e.g. method=promptfl,pfedmoap pfedmoap.lam=0,0.5 (a knob goes only "
+        "to the methods that have it; data.* and eval.* keys make the splits)",
+    )
+    sweep.add_argument("--seeds", type=int | None, nargs="+", default=None, help="grid: seeds (default 0 1 2)")
+    sweep.add_argument("--run", action="store_true", help="run the cells here, in order (finished ones are skipped)")
     sweep.add_argument("--slurm", action="store_true", help="write OUT/NAME.sweep.txt for slurm/array.sbatch")
     sweep.add_argument(
         "--list", action="store_true", help="print every cell: run dir, state, config digest, fit arguments"
+    )
+    sweep.add_argument(
+        "--out",
+        type=str | None,
+        default=None,
+        help="the cells' directory (default runs/studies/NAME; a grid's runs/sweep)",
     )
     sweep.add_argument("--only", type=str, nargs="+", default=None, help="only these variants (labels or keys)")
     sweep.add_argument(
@@ -77,22 +93,6 @@ def sweep_parser() -> ArgumentParser:
         nargs="+",
         default=[],
         help="KEY=VALUE overrides of every run that do not change results (fabric.threads=1)",
-    )
-    sweep.add_argument("--config", type=str | None, default=None, help="grid: base config of every run")
-    sweep.add_argument(
-        "--grid",
-        type=str,
-        nargs="+",
-        default=[],
-        help="grid: overrides to cross, e.g. method=promptfl,pfedmoap pfedmoap.lam=0,0.5",
-    )
-    sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="grid: seeds")
-    sweep.add_argument("--runs_root", type=str, default="runs/sweep", help="grid: run directories go here")
-    sweep.add_argument(
-        "--out",
-        type=str | None,
-        default=None,
-        help="--study: its output directory (default runs/studies/NAME); grid: the sweep file (default sweep.txt)",
     )
     return sweep
 
@@ -231,7 +231,7 @@ def report_parser() -> ArgumentParser:
         prog="fedmoap report",
         exit_on_error=False,
         description="Print the table of a set of runs (run directories, or "
-        "directories holding them, e.g. a sweep's runs_root): per dataset, method "
+        "directories holding them, e.g. a sweep's --out): per dataset, method "
         "and the settings that differ between runs of the same method, the mean ± "
         "sample std over seeds of the final and last-5 accuracy and of each "
         "evaluation mode's final numbers (%).",

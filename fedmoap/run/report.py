@@ -29,7 +29,8 @@ from typing import Any
 
 from fedmoap.args import neutral_keys
 from fedmoap.errors import FedmoapError
-from fedmoap.run.runs import Run, rounds_done
+from fedmoap.federation.results import rounds_done
+from fedmoap.run.runs import Run
 
 METRICS: dict[str, str] = {
     "final": "final round, mean per-client accuracy",

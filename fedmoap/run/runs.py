@@ -1,9 +1,10 @@
-"""Reading run directories: ``config.yaml`` and ``results.json`` (the one reader of
-``results.json``; :mod:`fedmoap.run.report` re-exports it and makes the tables).
+"""Reading run directories: a :class:`Run` is one directory's ``config.yaml`` and ``results.json``
+(whose schema, read and written, is :mod:`fedmoap.federation.results`); :mod:`fedmoap.run.report`
+makes the tables.
 
 Scripts and benchmarks read a run through :func:`read_run` (a finished or running run, its shape
-checked) or :func:`read_results` / :func:`rounds_done` (the file alone, e.g. to tell whether a
-run has finished)::
+checked), or the file alone through :func:`fedmoap.federation.results.read_results` /
+:func:`~fedmoap.federation.results.rounds_done` (e.g. to tell whether a run has finished)::
 
     from fedmoap.run import runs
     run = runs.read_run("runs/x")
@@ -12,8 +13,6 @@ run has finished)::
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,6 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from fedmoap.errors import FedmoapError
+from fedmoap.federation.results import CLIENT_MODES, client_accs, read_results, summary_metrics
 
 
 @dataclass
@@ -57,53 +57,20 @@ class Run:
 
     def metrics(self) -> dict[str, float]:
         """The run's value of every :data:`METRICS` column it has (fractions; NaN for null)."""
-        s, out = self.results.get("summary", {}), {}
-        out["final"], out["last5"] = _num(s.get("final_mean_acc")), _num(s.get("last5_mean_acc"))
-        for key in ("worst", "pooled"):
-            if f"final_{key}_acc" in s:
-                out[key] = _num(s[f"final_{key}_acc"])
-        for mode in ("global", "neighbor"):
-            if mode in s:
-                out[mode] = _num(s[mode]["final_mean_acc"])
-        if "base2novel" in s:
-            out.update({f"b2n.{k}": _num(v) for k, v in s["base2novel"]["final"].items()})
-        unseen = s.get("unseen_clients", {})
-        if "no_adaptation" in unseen:
-            out["unseen"] = _num(unseen["no_adaptation"]["final_mean_acc"])
-        if "adapted" in unseen:
-            out["unseen.adapted"] = _num(unseen["adapted"]["final_mean_acc"])
-        for mode in ("xdomain", "lodo", "xdataset"):
-            for part in ("global", "personal") if mode in s else ():
-                out[f"{mode}.{part}"] = _num(s[mode]["final"][f"mean/{part}"])
-        return out
+        return summary_metrics(self.results.get("summary", {}))
 
     def client_curves(self) -> dict[str, list[tuple[int, float]]]:
         """Client id -> [(round, local accuracy), ...] over the evaluated rounds."""
         curves: dict[str, list[tuple[int, float]]] = {}
         for r in self.evaluated:
-            for cid, v in r["clients"].items():
-                curves.setdefault(cid, []).append((r["round"], _num(v["acc"])))
+            for cid, acc in client_accs(r).items():
+                curves.setdefault(cid, []).append((r["round"], acc))
         return curves
 
     def final_client_accs(self, mode: str = "local") -> dict[str, float]:
         """Client id -> final-round accuracy in ``mode`` (local, global, neighbor; base2novel's
         ``b2n.<metric>``; unseen, unseen.adapted)."""
-        if not self.evaluated:
-            return {}
-        last = self.evaluated[-1]
-        if mode == "local":
-            entry = last
-        elif mode in ("global", "neighbor"):
-            entry = last.get(mode, {})
-        elif mode.startswith("b2n."):
-            key = mode.split(".", 1)[1]
-            return {c: _num(v[key]) for c, v in last.get("base2novel", {}).get("clients", {}).items()}
-        elif mode in ("unseen", "unseen.adapted"):
-            part = "adapted" if mode.endswith("adapted") else "no_adaptation"
-            entry = last.get("unseen_clients", {}).get(part, {})
-        else:
-            raise FedmoapError(f"report: unknown mode {mode!r}")
-        return {c: _num(v["acc"]) for c, v in entry.get("clients", {}).items()}
+        return client_accs(self.evaluated[-1], mode) if self.evaluated else {}
 
 
 # ----- reading ---------------------------------------------------------------------------------
@@ -165,24 +132,6 @@ def read_run(path: Path) -> Run:
     return run
 
 
-def read_results(path: str | Path) -> dict[str, Any]:
-    """A run directory's ``results.json`` as ``fedmoap fit`` wrote it (the one place it is
-    parsed); raises ``FileNotFoundError`` if the run has none yet, ``ValueError`` if it is not
-    JSON. :func:`read_run` checks its shape."""
-    return json.loads((Path(path) / "results.json").read_text())
-
-
-def rounds_done(path: str | Path) -> int:
-    """The last round a run directory's ``results.json`` records (0: none, or no file yet)."""
-    try:
-        rounds = read_results(path).get("rounds") or []
-    except FileNotFoundError:
-        return 0
-    except (OSError, ValueError, AttributeError, KeyError, IndexError, TypeError) as exc:
-        raise FedmoapError(f"report: {path}/results.json is unreadable ({' '.join(str(exc).split())[:200]})") from None
-    return int(rounds[-1]["round"]) if rounds else 0
-
-
 def _check_shape(run: Run) -> None:
     """Read everything the table and the notebooks read of a run, so that a malformed file is
     refused here, naming its run, rather than failing later without a name."""
@@ -193,9 +142,7 @@ def _check_shape(run: Run) -> None:
         if not isinstance(r, dict) or not isinstance(r["round"], int):
             raise TypeError("every entry of 'rounds' must be an object with an integer 'round'")
     run.finished, run.metrics(), run.client_curves()
-    for mode in ("local", "global", "neighbor", "unseen", "unseen.adapted") + tuple(
-        f"b2n.{k}" for k in ("local", "base", "novel", "hm", "hm3")
-    ):
+    for mode in CLIENT_MODES:
         run.final_client_accs(mode)
     str(run.method), run.dataset, run.seed
 
@@ -216,7 +163,3 @@ def flatten(config: dict[str, Any], results: dict[str, Any] | None = None) -> di
         else:
             out[key] = value
     return out
-
-
-def _num(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan

@@ -629,7 +629,7 @@ def test_report_on_malformed_results_names_the_run(setup, case, capsys, tmp_path
     assert str(run_dir) in err
 
 
-# ----- fedmoap sweep: every line it would write is parsed first, so a bad value writes nothing -----
+# ----- fedmoap sweep: every cell of a grid is parsed first, so a bad value writes nothing -----------
 SWEEP_CASES: dict[str, tuple[list[str], list[str]]] = {
     "knob_not_a_number": (["--grid", "pfedmoap.lam=0.5,abc"], ["method.lam", "abc"]),
     "int_knob_given_a_float": (["--grid", "method.heads=4.0"], ["method.heads", "4.0"]),
@@ -648,16 +648,18 @@ def test_bad_sweep_fails_cleanly_and_writes_nothing(setup, case, capsys):
     extra, words = SWEEP_CASES[case]
     extra = [a.format(**files) for a in extra]
     config = [] if "--config" in extra else ["--config", str(SMOKE)]
-    out = root / f"sweep_{case}.txt"
-    out.write_text("an earlier sweep\n")
+    out = root / f"sweep_{case}"
+    out.mkdir()
+    (out / "grid.sweep.txt").write_text("an earlier sweep\n")
     capsys.readouterr()
-    rc = main(["sweep", *config, *extra, "--seeds", "0", "--out", str(out), "--runs_root", str(root / "sw")])
+    rc = main(["sweep", *config, *extra, "--seeds", "0", "--slurm", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2, f"{case}: exit code {rc}; stderr: {err}"
     assert len(ERROR_LINE.findall(err)) == 1 and err.strip().count("\n") == 0, err
     for word in words:
         assert word.format(**files) in err, f"{case}: the error does not name {word!r}: {err}"
-    assert out.read_text() == "an earlier sweep\n"
+    assert [p.name for p in out.iterdir()] == ["grid.sweep.txt"]
+    assert (out / "grid.sweep.txt").read_text() == "an earlier sweep\n"
 
 
 def test_num_nodes_needs_a_launcher_that_supplies_the_nodes(monkeypatch):
@@ -705,14 +707,15 @@ def test_eval_out_that_cannot_be_a_file_is_refused_first(setup, where, capsys, t
     assert (tmp_path / "afile").read_text() == "x" and not any((tmp_path / "adir").iterdir())
 
 
-def test_sweep_out_a_directory_is_refused(setup, capsys, tmp_path):
-    (tmp_path / "adir").mkdir()
+def test_sweep_out_under_a_file_is_refused(setup, capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
     assert_one_error_line(
         capsys,
-        ["sweep", "--config", str(SMOKE), "--grid", "fed.rounds=1,2", "--seeds", "0", "--out", str(tmp_path / "adir")],
-        ["--out", str(tmp_path / "adir"), "directory"],
+        ["sweep", "--config", str(SMOKE), "--grid", "fed.rounds=1,2", "--seeds", "0", "--slurm"]
+        + ["--out", str(tmp_path / "afile")],
+        ["--out", str(tmp_path / "afile")],
     )
-    assert not any((tmp_path / "adir").iterdir())
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 STUDY = REPO / "configs" / "studies" / "offline_default.yaml"

@@ -1,5 +1,6 @@
 """slurm/ scripts against a real one-node SLURM (Debian's slurm-wlm, started by
-slurm/testing/local-cluster.sh as root): a `fedmoap sweep` array runs to completion, and the
+slurm/testing/local-cluster.sh as root): a `fedmoap sweep --slurm` grid (its split-writing line,
+then the lines that read the split) runs to completion, and the
 element hit by its time-limit signal checkpoints, requeues itself, resumes and ends with the
 numbers of an uninterrupted run. Skipped, with the reason, where SLURM is not installed."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,7 +48,6 @@ def squeue_empty(job: str) -> bool:
 
 
 def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
-    sweep = tmp_path / "sweep.txt"
     runs = tmp_path / "runs"
     cache = tmp_path / "cache"
     assert (
@@ -59,55 +60,63 @@ def test_sweep_array_with_time_limit_preemption(cluster, tmp_path):
                 "fed.rounds=2,3,300",
                 "--seeds",
                 "0",
-                "--runs_root",
-                str(runs),
+                "--slurm",
                 "--out",
-                str(sweep),
+                str(runs),
+                # every element shares the feature cache of this test; one thread each on the 2-core node
+                "--set",
+                f"data.feature_cache={cache}",
+                "fabric.threads=1",
             ]
         )
         == 0
     )
+    sweep = runs / "grid.sweep.txt"
     lines = sweep.read_text().splitlines()
-    assert len(lines) == 3
-    # every element shares the feature cache of this test; one thread each on the 2-core node
-    sweep.write_text("".join(f"{line} --data.feature_cache {cache} --fabric.threads 1\n" for line in lines))
+    assert len(lines) == 3 and ["--data.split_file" in line for line in lines] == [False, True, True]
     (tmp_path / "slurm-logs").mkdir()
-    submit = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--array=0-2",
-            "--cpus-per-task=1",
-            "--time=00:02:00",
-            "--signal=B:USR1@60",
-            f"--export=ALL,FEDMOAP={sys.executable} -m fedmoap",
-            str(SLURM_DIR / "array.sbatch"),
-            str(sweep),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert submit.returncode == 0, submit.stderr
-    job = submit.stdout.strip().split(";")[0]
-    # meanwhile: the uninterrupted runs of the long lines, in this process
+
+    def submit(*options: str) -> str:
+        done = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                *options,
+                "--cpus-per-task=1",
+                "--time=00:02:00",
+                "--signal=B:USR1@60",
+                f"--export=ALL,FEDMOAP={sys.executable} -m fedmoap",
+                str(SLURM_DIR / "array.sbatch"),
+                str(sweep),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().split(";")[0]
+
+    # as `sweep --slurm` says: the line that writes the split, then the lines that read it
+    first = submit("--array=0-0")
+    jobs = [first, submit(f"--dependency=afterok:{first}", "--array=1-2")]
+    # meanwhile: the uninterrupted runs of the long lines, in this process, drawing the same split
+    # from the seed instead of reading the one the first line writes
     reference = {}
     for k, line in enumerate(lines):
         if "--fed.rounds 300" in line:
-            args = line.split()
+            args = shlex.split(line)
             ref_dir = tmp_path / f"reference{k}"
             args[args.index("--run_dir") + 1] = str(ref_dir)
-            assert (
-                main(["fit", *args, "--data.feature_cache", str(cache), "--fabric.threads", "1", "--progress", "false"])
-                == 0
-            )
+            i = args.index("--data.split_file")
+            del args[i : i + 2]
+            assert main(["fit", *args, "--progress", "false"]) == 0
             reference[k] = json.loads((ref_dir / "results.json").read_text())["rounds"]
     deadline = time.time() + 600
-    while not squeue_empty(job) and time.time() < deadline:
+    while not all(squeue_empty(job) for job in jobs) and time.time() < deadline:
         time.sleep(5)
     logs = {p.name: p.read_text() for p in (tmp_path / "slurm-logs").glob("*.out")}
-    assert squeue_empty(job), f"array {job} still queued after 10 minutes; logs: {logs}"
+    assert all(squeue_empty(job) for job in jobs), f"arrays {jobs} still queued after 10 minutes; logs: {logs}"
     for k, line in enumerate(lines):
         run_dir = Path(line.split("--run_dir ")[1].split()[0])
         results = json.loads((run_dir / "results.json").read_text())["rounds"]

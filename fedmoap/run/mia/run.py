@@ -23,6 +23,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import ClientSplit, load_split
 from fedmoap.errors import FedmoapError
+from fedmoap.federation.results import rounds_done
 from fedmoap.io import atomic_write_text, check_directory, check_output_file
 from fedmoap.run.fit import fit
 from fedmoap.run.mia.args import MiaArgs, problems
@@ -30,7 +31,6 @@ from fedmoap.run.mia.attacks import metrics, mlp_attack, threshold_attack
 from fedmoap.run.mia.records import Records, client_records, group_labels, shadow_split
 from fedmoap.run.parse import parse_fit
 from fedmoap.run.reevaluate import restore_run
-from fedmoap.run.runs import rounds_done
 from fedmoap.seeding import derive_seed
 
 REFUSED_MODES = ("base2novel", "unseen_clients", "xdomain", "lodo", "xdataset")

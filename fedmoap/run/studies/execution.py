@@ -1,5 +1,6 @@
-"""Running a study: every cell in order in this process (``fedmoap sweep --study FILE --run``), as
-a SLURM array of ``fedmoap fit`` argument lines (``--slurm``), or listed with each cell's state
+"""Running a study (a study file, or a grid: :mod:`fedmoap.run.studies.grid`): every cell in order
+in this process (``fedmoap sweep --study FILE --run``, ``fedmoap sweep --config C --grid ... --run``),
+as a SLURM array of ``fedmoap fit`` argument lines (``--slurm``), or listed with each cell's state
 (``--list``)."""
 
 from __future__ import annotations
@@ -7,9 +8,13 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_write_text, check_output_file
+
+if TYPE_CHECKING:
+    from fedmoap.run.studies.format import Study
 
 
 def check_extra(extra: dict) -> dict:
@@ -68,6 +73,7 @@ def run_study(
     import torch
 
     from fedmoap.backbones import build_backbone
+    from fedmoap.federation.results import rounds_done
     from fedmoap.run import runs
     from fedmoap.run.fit import fit
     from fedmoap.run.studies.table import report_files
@@ -81,7 +87,7 @@ def run_study(
     built: dict = {}
     for c in cells:
         rel = str(c.run_dir.relative_to(out))
-        if runs.rounds_done(c.run_dir) >= c.rounds:
+        if rounds_done(c.run_dir) >= c.rounds:
             m = runs.read_run(c.run_dir).metrics()
             echo(f"{c.name}: finished earlier: final {100 * m['final']:.2f} last5 {100 * m['last5']:.2f}")
             continue
@@ -131,12 +137,12 @@ def list_cells(
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
     from fedmoap import yamlfile
     from fedmoap.federation.config import config_digest
-    from fedmoap.run import runs
+    from fedmoap.federation.results import rounds_done
 
     out = Path(out) if out is not None else study.default_out()
     lines = []
     for c in cells_of(study, out, only, extra, check_splits=False):
-        done = runs.rounds_done(c.run_dir)
+        done = rounds_done(c.run_dir)
         state = "finished" if done >= c.rounds else f"round {done} of {c.rounds}" if done else "new"
         stored = c.run_dir / "config.yaml"
         if stored.is_file() and config_digest(yamlfile.load(stored.read_text())) != c.digest:
@@ -146,7 +152,7 @@ def list_cells(
 
 
 def study_command(
-    path: str,
+    make_study: Callable[[], Study],
     run: bool,
     slurm: bool,
     listing: bool,
@@ -155,18 +161,18 @@ def study_command(
     sets: list[str],
     echo=lambda line: print(line, flush=True),
 ) -> None:
-    """``fedmoap sweep --study FILE --run | --slurm | --list [--out DIR] [--only V ...] [--set K=V ...]``."""
-    from fedmoap.run.studies.format import load_study
-
+    """``fedmoap sweep (--study FILE | --config C --grid ...) --run | --slurm | --list [--out DIR]
+    [--only V ...] [--set K=V ...]``: ``make_study`` reads the study file or builds the grid's
+    study (:func:`fedmoap.run.studies.grid.grid_study`) once the arguments are known to be whole."""
     if [run, slurm, listing].count(True) != 1:
-        raise FedmoapError("sweep --study: give one of --run, --slurm, --list")
+        raise FedmoapError("sweep: give one of --run, --slurm, --list")
     extra = {}
     for item in sets:
         key, eq, value = item.partition("=")
         if not eq:
             raise FedmoapError(f"--set {item!r} is not KEY=VALUE")
         extra[key] = value
-    study = load_study(path)
+    study = make_study()
     if listing:
         echo("\n".join(list_cells(study, out, only, extra)))
     elif slurm:

@@ -53,7 +53,8 @@ TABLE_KEYS = ("metrics", "splits")
 SET_BY_STUDY = ("seed", "run_dir", "progress")
 """Keys a study sets itself (per cell) or that do not belong to a run's config."""
 _NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
-_KEY = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+KEY = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+"""A dotted config key (``fed.rounds``, ``method.lam``), as overrides and grid entries name them."""
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Cell:
 
 @dataclass
 class Study:
-    """A study file, checked."""
+    """A study, checked: a study file (:func:`load_study`) or a grid (:func:`fedmoap.run.studies.grid.grid_study`)."""
 
     path: Path
     name: str
@@ -104,9 +105,11 @@ class Study:
     variants: list[Variant]
     metrics: list[str]
     table_splits: list[str]
+    out: Path | None = None
+    """Where its cells go unless told otherwise (``runs/studies/<name>`` if None)."""
 
     def default_out(self) -> Path:
-        return Path("runs") / "studies" / self.name
+        return self.out if self.out is not None else Path("runs") / "studies" / self.name
 
     def variant(self, name: str) -> Variant:
         """The variant with this label or key."""
@@ -278,7 +281,7 @@ def _overrides(value: Any, where: str, bad) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad(where, "not a mapping of dotted config keys -> values")
     for key in value:
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
+        if not isinstance(key, str) or not KEY.fullmatch(key):
             raise bad(f"{where}.{key}", "not a dotted config key (e.g. fed.rounds, method.lam)")
         if key in SET_BY_STUDY:
             raise bad(f"{where}.{key}", "set by the study itself (seeds:, the run directory)")
