@@ -10,8 +10,9 @@ A table in a page is written between two markers naming its record::
 ``--write`` replaces every such table (and ``evidence/<study>.md``) with the one
 :func:`~fedmoap.run.studies.table.record_table` makes from the record and its study file;
 ``--check`` (the test suite runs it) exits 1 naming every table that differs. Outside the tables,
-a percentage written with two decimals (before ``%`` or around ``±``) in these pages must be one of the records' numbers (a
-cell's mean or spread, or one seed's value), so that prose cannot drift from the records either.
+a percentage written with two decimals (before ``%`` or around ``±``) in these pages must be one
+of the records' numbers (a cell's mean or spread, or one seed's value), so that prose cannot
+drift from the records either.
 
     python scripts/docs_tables.py --write
     python scripts/docs_tables.py --check
