@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from datasets import Dataset, DatasetDict, Features
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
@@ -47,6 +48,53 @@ def tiny_world(
     )
     data.backbone = backbone
     return backbone, source.classnames, data
+
+
+def pathological_world(root: Path, num_clients: int = 4) -> tuple[OpenCLIPBackbone, list[str], FederatedData]:
+    """(backbone, class names, federated data) as :func:`tiny_world`, but the synthetic data split
+    pathologically (each client a few classes) and no augmented views."""
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+    args = DataArgs(
+        source="synthetic",
+        num_clients=num_clients,
+        partition="pathological",
+        shots=4,
+        max_test_per_client=12,
+        num_views=0,
+    )
+    source = load_source(args)
+    split = make_split(args, source, seed=0)
+    data = gather_inputs(
+        INPUTS,
+        args,
+        source,
+        split,
+        FeatureCache(root, backbone),
+        FeatureCache(root, backbone, tokens=True),
+        PixelCache(root, backbone),
+        seed=0,
+    )
+    data.backbone = backbone
+    return backbone, source.classnames, data
+
+
+def grads(module, loss) -> dict:
+    """Every parameter's gradient of ``loss`` (zeros where it has none), from cleared gradients."""
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in module.named_parameters()}
+
+
+def same_state(a, b, where: str) -> None:
+    """Assert nested dicts of tensors (and other values) ``a`` and ``b`` are equal, naming the path that is not."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 def tiny_client(world, name: str, cid: int = 0, batch_size: int = 8, **knobs):
