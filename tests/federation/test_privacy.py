@@ -1,7 +1,7 @@
-"""Differential privacy (``dp:``, fedmoap/federation/privacy.py): the accountant against published values,
-the solved noise multiplier, clipping bounds one example's / one client's influence, the noise
-has the stated scale, every method's upload is privatised, DP-SGD runs for every method, and the
-command line end to end (results.json, TensorBoard, resume, preset)."""
+"""Differential privacy (``dp:``, fedmoap/federation/privacy.py): clipping bounds one client's
+influence, the upload noise has the stated scale, every method's upload is privatised, DP-SGD runs
+for every method, and the command line end to end (results.json, TensorBoard, resume, preset).
+The accountant is tested in test_dp_budget.py, per-example clipping in test_dp_sgd.py."""
 
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ import yaml
 
 from fedmoap.federation.config import DPArgs, TrainArgs, added_section_defaults, config_digest
 from fedmoap.federation.dp_budget import epsilon, solve_noise_multiplier
-from fedmoap.federation.dp_sgd import clipped_sum, noisy_mean, private_parameters
 from fedmoap.federation.privacy import clip_and_noise
 from fedmoap.federation.rounds import Federation
 from fedmoap.methods import registry
-from fedmoap.methods.base import RunContext
 from fedmoap.run.cli import main
 from fedmoap.run.parse import parse_fit
 from fedmoap.seeding import torch_generator
@@ -44,60 +42,6 @@ SMALL = {
     "vision_depth": 2,
 }
 NUM_CLIENTS = 4
-
-
-# ---------------------------------------------------------------------------- the accountant
-def exact_gaussian_epsilon(mu: float, delta: float) -> float:
-    """ε of a mu-GDP mechanism at ``delta`` (Dong, Roth, Su 2019, Cor. 2.13; Balle & Wang 2018,
-    Thm. 8): δ(ε) = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2), solved for ε by bisection. k uploads with
-    noise multiplier z (no sampling) are exactly sqrt(k)/z-GDP."""
-    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
-    lo, hi = 0.0, 100.0
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        d = phi(-mid / mu + mu / 2) - math.exp(mid) * phi(-mid / mu - mu / 2)
-        lo, hi = (mid, hi) if d > delta else (lo, mid)
-    return hi
-
-
-def test_rdp_matches_opacus_published_example():
-    """Opacus's documentation of ``compute_dp_sgd_privacy`` (opacus.ai/api/compute_dp_sgd_privacy):
-    sample rate 1 %, noise multiplier 1.0, 300 steps (3 epochs), delta 1e-5, orders 2, 5, 10,
-    20, 100 satisfy (2.39, 1e-5)-DP."""
-    assert epsilon(1.0, 0.01, 300, 1e-5, "rdp", alphas=(2, 5, 10, 20, 100)) == pytest.approx(2.39, abs=0.005)
-
-
-@pytest.mark.parametrize("z,k,delta", [(2.02, 10, 1e-5), (12.8, 10, 1e-5), (0.39, 10, 0.05)])
-def test_client_level_accounting_matches_the_exact_gaussian(z, k, delta):
-    """q = 1 (client_upload): the PRV accountant equals the exact composition of Gaussians (its
-    eps_error is 0.01); RDP is an upper bound, a little looser."""
-    exact = exact_gaussian_epsilon(math.sqrt(k) / z, delta)
-    prv, rdp = epsilon(z, 1.0, k, delta, "prv"), epsilon(z, 1.0, k, delta, "rdp")
-    assert prv == pytest.approx(exact, abs=0.03 + 0.002 * exact)
-    assert exact - 0.01 <= rdp <= exact * 1.15 + 0.1
-
-
-def test_accountant_reproduces_the_spec_table():
-    """notes/spec-baselines-dp-eval.md §3.2 (computed there with Opacus 1.6): client-level, 10
-    uploads, epsilon 8 at delta 1e-5 needs z = 2.02 (RDP) / 1.90 (PRV), epsilon 1 needs 12.8 /
-    12.0; record-level, q = 0.1 and 500 steps at z = 1.0 gives epsilon(0.05) = 9.5 / 7.7."""
-    assert epsilon(2.02, 1.0, 10, 1e-5, "rdp") == pytest.approx(8.0, abs=0.05)
-    assert epsilon(1.90, 1.0, 10, 1e-5, "prv") == pytest.approx(8.0, abs=0.05)
-    assert epsilon(12.8, 1.0, 10, 1e-5, "rdp") == pytest.approx(1.0, abs=0.01)
-    assert epsilon(1.0, 0.1, 500, 0.05, "rdp") == pytest.approx(9.5, abs=0.05)
-    assert epsilon(1.0, 0.1, 500, 0.05, "prv") == pytest.approx(7.7, abs=0.05)
-    assert epsilon(1.0, 0.1, 0, 1e-5) == 0.0
-
-
-@pytest.mark.parametrize(
-    "accountant,plans,expect",
-    [("rdp", [(1.0, 10), (1.0, 7)], 2.02), ("prv", [(1.0, 10)], 1.90), ("rdp", [(0.1, 500)], 1.64)],
-)
-def test_epsilon_target_solves_the_noise_multiplier(accountant, plans, expect):
-    z = solve_noise_multiplier(8.0, 1e-5, plans, accountant)
-    assert z == pytest.approx(expect, abs=0.01)
-    spent = max(epsilon(z, q, s, 1e-5, accountant) for q, s in plans)
-    assert 7.98 <= spent <= 8.0
 
 
 # ---------------------------------------------------------------------------- the mechanisms
@@ -126,12 +70,6 @@ def test_upload_noise_has_the_stated_scale():
     assert float(values.std()) == pytest.approx(z * s, rel=0.01)
     again, _ = clip_and_noise(zero, s, z, torch_generator(0, "noise"))
     assert all(torch.equal(out[k], again[k]) for k in out)  # seeded
-
-
-def test_record_noise_has_the_stated_scale():
-    z, c, expected = 1.3, 0.7, 12.5
-    g = noisy_mean(torch.zeros(100_000), c, z, expected, torch_generator(0, "x"))
-    assert float(g.double().std()) == pytest.approx(z * c / expected, rel=0.02)
 
 
 @pytest.fixture(scope="module")
@@ -223,36 +161,6 @@ def test_dp_sgd_trains_every_method(world, tmp_path, name):
         not torch.equal(v, init[k]) for k, v in server.items() if k in init
     )
     assert moved, "DP-SGD trained nothing: neither the client's state nor the server's moved"
-
-
-def test_per_example_clipping_bounds_one_examples_influence(world):
-    """Replacing one example changes the clipped sum by at most 2C, removing it by at most C
-    (here every example's gradient is far above C)."""
-    backbone, classnames, data = world
-    cls = METHODS["pfedmoap"]
-    method = cls(**{k: v for k, v in SMALL.items() if k in {f.name for f in dataclasses.fields(cls)}})
-    module = method.build_client(backbone, classnames, RunContext(0, NUM_CLIENTS, TrainArgs(), True))
-    module.load_client(0, None)
-    module.set_experts(torch.randn(2, *module.ctx.shape, generator=torch_generator(0, "e")) * 0.02)
-    params = private_parameters(module)
-    assert {"ctx", "gating.q_proj.weight"} <= set(params)  # gating included
-    batch = next(iter(data.train_batches(0, 1, 8)(0)))
-    other = next(iter(data.train_batches(1, 1, 8)(0)))
-    c = 1e-3
-    summed, norms = clipped_sum(module, params, batch, c)
-    assert min(norms) > c
-    swapped = {k: torch.cat([other[k][:1], v[1:]]) for k, v in batch.items()}
-    removed = {k: v[1:] for k, v in batch.items()}
-    dist = lambda a, b: math.sqrt(sum(float((a[k] - b[k]).double().square().sum()) for k in a))  # noqa: E731
-    assert dist(summed, clipped_sum(module, params, swapped, c)[0]) <= 2 * c * (1 + 1e-4)
-    assert dist(summed, clipped_sum(module, params, removed, c)[0]) <= c * (1 + 1e-4)
-    # and the clipped per-example gradients are the true ones, scaled
-    one = {k: v[:1] for k, v in batch.items()}
-    module.zero_grad()
-    module.training_step(one, 0).backward()
-    g1, n1 = clipped_sum(module, params, one, 1e9)
-    for name, p in params.items():
-        assert torch.allclose(g1[name], p.grad, atol=1e-6, rtol=1e-4), name
 
 
 # ---------------------------------------------------------------------------- command line
@@ -395,30 +303,6 @@ def test_methods_that_send_client_statistics_are_refused_under_dp(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "pepfedpt" in err and "statistics" in err and not (tmp_path / "run").exists()
-
-
-# ---------------------------------------------------------------------------- DP-FPL (corrected)
-def test_dpfpl_prompt_and_low_rank_local_update(world):
-    """Client prompt P_G + u v + r equals P_G + P_L; P_L's gradient is g_u v + u g_v (rank <= 2r);
-    only the global prompt is uploaded."""
-    backbone, classnames, data = world
-    method = METHODS["dpfpl"](n_ctx=4, rank=1)
-    m = method.build_client(backbone, classnames, RunContext(0, NUM_CLIENTS, TrainArgs(), True))
-    m.load_client(0, None)
-    batch = next(iter(data.train_batches(0, 1, 8)(0)))
-    m.train()
-    m.on_train_batch_start(batch, 0)
-    assert torch.allclose(m.client_ctx(), m.ctx + m.local, atol=1e-6)
-    m.training_step(batch, 0).backward()
-    assert m.local.grad is None and m.u.grad is not None  # P_L is reached through u v only
-    m.on_after_backward()
-    sv = torch.linalg.svdvals(m.local.grad.double())
-    assert sv[1] > 1e-3 * sv[0] and sv[2] < 1e-5 * sv[0]  # rank 2 = 2r
-    assert torch.allclose(m.local.grad, m.u.grad @ m.v + m.u @ m.v.grad)
-    assert set(m.upload()) == {"prompt"}
-    assert list(private_parameters(m)) == ["ctx", "u", "v"]  # its dp_parameters, not P_L
-    m.eval()
-    assert torch.equal(m.client_ctx(), m.ctx + m.local)
 
 
 def test_dp_plans_no_steps_for_held_out_clients(tmp_path):

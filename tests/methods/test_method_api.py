@@ -220,45 +220,6 @@ def test_shared_parameters_are_stored_parameters_with_a_server_start(world, tmp_
         assert key in init and init[key].shape == p.shape, f"{name}: no initial value for {key!r}"
 
 
-def test_declared_shared_split_receives_and_uploads_exactly_the_declared_parameter(world, tmp_path):
-    """FedOTP declares ``{"prompt": "ctx"}``: the global prompt P_G comes and goes, the private
-    P_L (``local``) does neither, even when a payload carries a key of that name."""
-    fed = federation(world, METHODS["fedotp"], tmp_path)
-    module = fed.module
-    assert type(module).shared_params == {"prompt": "ctx"}
-    module.load_client(1, None)
-    local = module.local.detach().clone()
-    gen = torch.Generator().manual_seed(7)
-    prompt = torch.randn(module.ctx.shape, generator=gen, dtype=torch.float64)
-    module.receive({"prompt": prompt, "local": torch.randn(module.local.shape, generator=gen)})
-    assert module.ctx.dtype == torch.float32 and torch.equal(module.ctx.detach(), prompt.float())
-    assert torch.equal(module.local.detach(), local), "an undeclared key was copied"
-    up = module.upload()
-    assert list(up) == ["prompt"] and torch.equal(up["prompt"], prompt.float())
-    assert up["prompt"].device.type == "cpu" and not up["prompt"].requires_grad
-    up["prompt"].zero_()  # a copy: the server may keep it while the client trains on
-    assert torch.equal(module.ctx.detach(), prompt.float())
-    later = torch.randn(module.ctx.shape, generator=gen)
-    module.prepare_eval({"prompt": later, "local": torch.zeros_like(local)})
-    assert torch.equal(module.ctx.detach(), later) and torch.equal(module.local.detach(), local)
-    with pytest.raises(KeyError, match="prompt"):
-        module.receive({"local": local})
-
-
-def test_a_shared_submodule_goes_under_its_parameter_names(world, tmp_path):
-    """CoCoOp shares ``{"prompt": "ctx", "meta_net": "meta_net"}``: its upload is the prompt,
-    then every meta-network parameter as ``meta_net.<name>``, the keys of its server's start."""
-    fed = federation(world, METHODS["cocoop"], tmp_path)
-    module = fed.module
-    module.load_client(0, None)
-    names = [f"meta_net.{n}" for n, _ in module.meta_net.named_parameters()]
-    assert list(module.upload()) == ["prompt", *names] == list(module.global_init())
-    payload = {k: torch.full_like(v, i + 1.0) for i, (k, v) in enumerate(module.global_init().items())}
-    module.receive(payload)
-    for i, p in enumerate([module.ctx, *module.meta_net.parameters()]):
-        assert torch.equal(p.detach(), torch.full_like(p, i + 1.0))
-
-
 # ---------------------------------------------------------------------------- the CLI side
 def test_short_name_and_knobs_on_the_command_line():
     cfg, _, _ = parse_fit(["fit", "--method", "pfedmoap", "--method.lam", "0.3"])
@@ -360,22 +321,3 @@ def test_method_help_documents_every_knob(name):
         assert documented(text, f"--method.{f.name}") or documented(text, f"--method.init_args.{f.name}"), (
             f"{name}: --method.{f.name} has no help text"
         )
-
-
-@pytest.mark.parametrize("keep", [True, False], ids=["keep", "reset"])
-def test_optimizer_state_policy(world, tmp_path, keep):
-    """Under ``keep`` a client's momentum is stored and the next local training starts from it;
-    under ``reset`` nothing is stored and every local training starts afresh."""
-    fed = tiny_federation(world, METHODS["promptfl"](n_ctx=4), tmp_path, rounds=2, keep=keep)
-    module = fed.module
-    fed.run_round(1, progress=False)
-    stored = fed.store.get(0)["optim"]
-    if not keep:
-        assert stored is None
-        return
-    momentum = stored["state"][0]["momentum_buffer"]
-    assert momentum.abs().sum() > 0
-    module.load_client(0, fed.store.get(0))
-    optimizer = module.configure_optimizers()["optimizer"]
-    assert torch.equal(optimizer.state[module.ctx]["momentum_buffer"], momentum)
-    assert optimizer.param_groups[0]["lr"] == module.run.train.lr  # the schedule restarts every round

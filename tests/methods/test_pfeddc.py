@@ -14,7 +14,6 @@ from fedmoap.backbones.openclip import OpenCLIPBackbone
 from fedmoap.federation.config import TrainArgs
 from fedmoap.federation.rounds import Federation
 from fedmoap.methods.base import HeldOut, RunContext
-from fedmoap.methods.fusion import CrossFusion
 from fedmoap.methods.pfeddc import PFedDC
 from tests.worlds import first_batch, fit_smoke, results, tiny_federation, tiny_world
 
@@ -127,21 +126,6 @@ def test_gradients_reach_global_local_and_fusion_in_one_backward(world, knobs):
     for name, p in module.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is None for p in module.backbone.parameters())
-
-
-def test_cross_fusion_is_multihead_attention():
-    torch.manual_seed(0)
-    fusion = CrossFusion(64, 4)
-    mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([fusion.q.weight, fusion.k.weight, fusion.v.weight]))
-        mha.in_proj_bias.copy_(torch.cat([fusion.q.bias, fusion.k.bias, fusion.v.bias]))
-        mha.out_proj.weight.copy_(fusion.o.weight)
-        mha.out_proj.bias.copy_(fusion.o.bias)
-    local, glob = torch.randn(5, 64), torch.randn(7, 64)
-    reference = local + mha(local[None], glob[None], glob[None], need_weights=False)[0][0]
-    torch.testing.assert_close(fusion(local, glob), reference, atol=1e-5, rtol=1e-5)
-    assert CrossFusion(64, 4, dim=16)(local, glob).shape == (5, 64)
 
 
 def test_deep_text_prompts(world):
