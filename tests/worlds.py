@@ -44,8 +44,8 @@ def tiny_world(
         FeatureCache(root, backbone, tokens=True),
         PixelCache(root, backbone),
         seed=0,
+        backbone=backbone,
     )
-    data.backbone = backbone
     return backbone, source.classnames, data
 
 

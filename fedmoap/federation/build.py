@@ -131,8 +131,9 @@ def resolve(
             caches.get("tokens"),
             caches.get("pixels"),
             cfg.seed,
+            backbone=backbone,
+            device=fabric.device,
         )
-    data.device, data.backbone = fabric.device, backbone
     if classes is not None:  # labels in base-then-novel order; clients know the base classes
         evaluation.apply_class_order(data, classes)
     return Resolved(backbone, source, classes, split, data, caches, root)

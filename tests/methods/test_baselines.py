@@ -79,8 +79,8 @@ def world(tmp_path_factory):
         FeatureCache(root, backbone, tokens=True),
         PixelCache(root, backbone),
         seed=0,
+        backbone=backbone,
     )
-    data.backbone = backbone
     return backbone, source.classnames, data
 
 
