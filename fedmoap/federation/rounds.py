@@ -203,16 +203,6 @@ class Federation:
     # --- end client statistics ---
 
     # ----- evaluation modes (fedmoap/federation/evaluation.py) ------------------------------------
-    def adapt_epochs(self, cid: int, t: int, epochs: int, stream: str = "adapt") -> None:
-        """Evaluation-time training of client ``cid`` (fine-tuning, or a never-trained client's
-        few-shot adaptation): a fresh optimizer, ``epochs`` epochs of its training batches from
-        the random stream (seed, ``stream``, t, cid), the lr annealed over these epochs alone
-        whatever ``train.lr_schedule`` (a training of its own, not round ``t``'s); nothing stored
-        or uploaded."""
-        self.module.begin_adaptation()
-        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose=stream)
-        train_locally(self.module, batches, epochs, self.fabric, t=t, federated=False)
-
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would
         use now. A method whose evaluation depends on the server alone is set up once for all."""
@@ -245,18 +235,26 @@ class Federation:
                 self.module.set_classnames(names)
         return accs
 
-    def adapt(self, cid: int, t: int) -> None:
-        """Evaluation-time training (:meth:`ClientModule.eval_adaptation_epochs`) of the module,
-        already holding client ``cid``'s evaluation model: :meth:`adapt_epochs` on the stream
-        "adapt". The store is not written here and the next client's state is loaded over it."""
-        epochs = self.module.eval_adaptation_epochs(t, t >= self.schedule.rounds)
-        if epochs <= 0:
-            return
-        if not self.module.personal_eval:
-            raise ValueError(
-                f"{type(self.module).__name__} adapts at evaluation time, so it must set personal_eval = True"
-            )
-        self.adapt_epochs(cid, t, epochs)
+    def adapt(self, cid: int, t: int, epochs: int | None = None, stream: str = "adapt") -> None:
+        """Evaluation-time training of client ``cid``, whose evaluation model the module holds: a
+        fresh optimizer, ``epochs`` epochs of its training batches from the random stream (seed,
+        ``stream``, t, cid), the lr annealed over these epochs alone whatever
+        ``train.lr_schedule`` (a training of its own, not round ``t``'s). ``epochs`` None: the
+        module's own (:meth:`ClientModule.eval_adaptation_epochs`, e.g. +FT's fine-tuning; none
+        for most methods); a number: a never-trained client's few-shot adaptation
+        (:class:`~fedmoap.methods.base.HeldOut`). Nothing is stored or uploaded, and the next
+        client's state is loaded over it."""
+        if epochs is None:
+            epochs = self.module.eval_adaptation_epochs(t, t >= self.schedule.rounds)
+            if epochs <= 0:
+                return
+            if not self.module.personal_eval:
+                raise ValueError(
+                    f"{type(self.module).__name__} adapts at evaluation time, so it must set personal_eval = True"
+                )
+        self.module.begin_adaptation()
+        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose=stream)
+        train_locally(self.module, batches, epochs, self.fabric, t=t, federated=False)
 
 
 def trainers(method: Method, schedule: Schedule, num_clients: int, t: int) -> list[int]:

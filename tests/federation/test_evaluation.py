@@ -222,7 +222,7 @@ def test_adaptation_changes_no_stored_state(world, tmp_path, name):
     fed.module.load_client(cid, None)
     fed.module.prepare_eval(fed.server.eval_payload(cid))
     start = fed.module.ctx.detach().clone()
-    fed.adapt_epochs(cid, 1, 2)
+    fed.adapt(cid, 1, 2)
     assert not torch.equal(start, fed.module.ctx.detach())
 
 
