@@ -90,6 +90,9 @@ class Federation:
     store references (see :mod:`fedmoap.federation.store`) and accuracies are gathered on every rank, rank 0
     runs the server step and broadcasts the server state, so all ranks see the same store and
     server after each round.
+
+    Built whole by :func:`fedmoap.federation.build.assemble`: its collaborators are the ones it was
+    built with for as long as it lives (assigning or deleting an attribute raises AttributeError).
     """
 
     def __init__(
@@ -120,6 +123,14 @@ class Federation:
         self.transport: Transport = transport or InProcess()
         """How payloads reach the participants and uploads and accuracies come back: in this
         process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.run.flower`)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self.__dict__:
+            raise AttributeError(f"a federation's {name} is fixed when it is built (fedmoap.federation.build)")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a federation's {name} is fixed when it is built (fedmoap.federation.build)")
 
     def run_round(self, t: int, progress: bool = True, stop: Callable[[], bool] = lambda: False) -> dict | None:
         """Round ``t`` (1-based) from start to evaluation; returns its ``results.json`` record, or

@@ -201,6 +201,27 @@ def test_a_finished_run_is_not_resumed_on_flower(tmp_path, cache, capsys):
     assert "does not resume" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_node_builds_once_and_re_points_its_one_store_per_message(tmp_path, cache):
+    """A node's federation holds the server's side as messages bring it and one client store under
+    the node's directory; each message resets that store's index to the node's Context state."""
+    from types import SimpleNamespace
+
+    from fedmoap.run.flower.app import Downloaded, Node
+
+    node = Node([*SMOKE, *cache, "--method", "coop", "--run_dir", str(tmp_path / "run")], tmp_path / "node")
+    fed = node.federation
+    server, store = fed.server, fed.store
+    assert isinstance(server, Downloaded) and store.root == tmp_path / "node" / "clients"
+    for cid, state, index in (
+        (4, {"fedmoap": {"round": 3}}, {4: 3}),
+        (2, {}, {}),
+        (4, {"fedmoap": {"round": 5}}, {4: 5}),
+    ):
+        context = SimpleNamespace(node_config={"partition-id": cid}, state=state)
+        assert node.client(context, {"config": {"client": cid}}) == cid
+        assert fed.server is server and fed.store is store and store.state_dict() == {"index": index}
+
+
 def test_the_written_flower_app_names_the_apps_and_the_run(tmp_path):
     import tomllib
 
