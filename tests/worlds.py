@@ -51,8 +51,8 @@ def tiny_world(
         FeatureCache(root, backbone, tokens=True),
         PixelCache(root, backbone),
         seed=0,
+        backbone=backbone,
     )
-    data.backbone = backbone
     return backbone, source.classnames, data
 
 
@@ -79,8 +79,8 @@ def pathological_world(root: Path, num_clients: int = 4) -> tuple[OpenCLIPBackbo
         FeatureCache(root, backbone, tokens=True),
         PixelCache(root, backbone),
         seed=0,
+        backbone=backbone,
     )
-    data.backbone = backbone
     return backbone, source.classnames, data
 
 
@@ -139,14 +139,19 @@ def tiny_federation(
     local_epochs: int = 1,
     batch_size: int = 8,
     train: dict | None = None,
+    server=None,
+    transport=None,
+    start=None,
 ):
-    """A federation of ``method`` (a Method instance) over ``world``'s data, assembled by
-    :func:`fedmoap.federation.build.assemble` as ``fedmoap fit`` assembles one, with its client store in
-    ``store``; ``keep`` overrides the method's optimizer-state policy; ``train``: other
-    ``train.*`` settings."""
-    from fedmoap.federation.build import assemble
+    """A federation of ``method`` (a Method instance) over ``world``'s data, built by
+    :func:`fedmoap.federation.build.assemble` as ``fedmoap fit`` builds one, with the client store
+    ``store`` (a ClientStore, or its directory); ``keep`` overrides the method's optimizer-state
+    policy; ``train``: other ``train.*`` settings; ``server``, ``transport`` and ``start``: the
+    builder's (None: its defaults)."""
+    from fedmoap.federation.build import FRESH, assemble
     from fedmoap.federation.config import DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
     from fedmoap.federation.rounds import default_fabric
+    from fedmoap.federation.store import ClientStore
 
     backbone, data = world[0], world[-1]
     policy = None if keep is None else ("keep" if keep else "reset")
@@ -159,7 +164,18 @@ def tiny_federation(
         eval=eval_args or EvalArgs(),
         dp=dp or DPArgs(),
     )
-    return assemble(cfg, data, backbone, store=store, fabric=default_fabric(), classes=classes, held_out=list(held_out))
+    return assemble(
+        cfg,
+        data,
+        backbone,
+        fabric=default_fabric(),
+        store=store if isinstance(store, ClientStore) else ClientStore(store),
+        start=start or FRESH,
+        server=server,
+        transport=transport,
+        classes=classes,
+        held_out=list(held_out),
+    )
 
 
 def saved_dataset(root: Path, train: dict, test: dict, features: Features) -> str:

@@ -1,14 +1,15 @@
-"""Assembling a federation from a run config: the one place it is done.
+"""Building a federation from a run config: the one place it is done.
 
 :func:`resolve` turns a config into what a federation runs on (the frozen backbone, the dataset,
-the client split, the cached inputs); :func:`assemble` turns a config and those inputs into a
-:class:`~fedmoap.federation.rounds.Federation` (the method's client module and server, the client store,
-the schedule, differential privacy around local training, the evaluation modes);
-:func:`build_federation` does both. ``fedmoap fit``, ``fedmoap eval``, studies, benchmarks and the
-tests' worlds use them, so a federation is the same wherever it is built::
+the client split, the cached inputs); :func:`assemble` turns a config, those inputs and the
+federation's collaborators (client store, transport, optionally a server) into a
+:class:`~fedmoap.federation.rounds.Federation` at a :class:`Start` (a fresh run, or a checkpoint's
+state), built whole: nothing is re-assigned afterwards. :func:`build_federation` does both.
+``fedmoap fit``, a Flower node, ``fedmoap eval``, studies, benchmarks and the tests' worlds use
+them, so a federation is the same wherever it is built; they differ only in what they pass in::
 
     fabric = default_fabric()
-    federation = build_federation(cfg, run_dir=Path("runs/x"), fabric=fabric)
+    federation, _ = build_federation(cfg, run_dir=Path("runs/x"), fabric=fabric)
     record = federation.run_round(1)
 """
 
@@ -39,10 +40,53 @@ from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, gather_inputs
 from fedmoap.inputs.pixels import PixelCache
 from fedmoap.io import check_directory
-from fedmoap.methods.base import RunContext
+from fedmoap.methods.base import RunContext, Server
 from fedmoap.methods.prompts import PromptMethod
 
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
+
+
+@dataclass(frozen=True)
+class Start:
+    """The state a federation starts from: a fresh run's (round 0, nothing to restore), or what a
+    round's checkpoint holds."""
+
+    round: int = 0
+    """The last finished round (0: none)."""
+    server: dict | None = None
+    """The server's state (:meth:`~fedmoap.methods.base.Server.state_dict`); None: its initial state."""
+    store: dict | None = None
+    """The client store's index (:meth:`~fedmoap.federation.store.ClientStore.state_dict`); None:
+    no client has a state yet."""
+    privacy: dict | None = None
+    """The accountant's state (it keeps the solved noise multiplier); None: ``dp`` solves or takes
+    it anew."""
+    history: tuple[dict, ...] = ()
+    """The finished rounds' ``results.json`` records: the accountant replays them."""
+
+    @classmethod
+    def of(cls, ckpt: dict | None) -> "Start":
+        """A loaded checkpoint's state (:func:`fedmoap.run.checkpoint.load_latest`); None: round 0."""
+        if ckpt is None:
+            return cls()
+        return cls(int(ckpt["round"]), ckpt["server"], ckpt["store"], ckpt.get("privacy"), tuple(ckpt["history"]))
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing to restore (a new run, a Flower node)."""
+        return (self.round, self.server, self.store, self.privacy, self.history) == (0, None, None, None, ())
+
+
+FRESH = Start()
+"""A new run's start."""
+
+
+class StartMismatch(Exception):
+    """The state a federation was to start from (a checkpoint's) does not fit the federation its
+    config builds; the message is the error that said so, its kind and its first 200 characters."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
 
 
 @dataclass
@@ -131,8 +175,9 @@ def resolve(
             caches.get("tokens"),
             caches.get("pixels"),
             cfg.seed,
+            backbone=backbone,
+            device=fabric.device,
         )
-    data.device, data.backbone = fabric.device, backbone
     if classes is not None:  # labels in base-then-novel order; clients know the base classes
         evaluation.apply_class_order(data, classes)
     return Resolved(backbone, source, classes, split, data, caches, root)
@@ -161,27 +206,51 @@ def assemble(
     data: FederatedData,
     backbone: Backbone,
     *,
-    store: ClientStore | Path,
     fabric: Fabric,
+    store: ClientStore,
+    start: Start = FRESH,
+    server: Server | None = None,
+    transport: Transport | None = None,
     comm: Comm | None = None,
     classes: ClassSplit | None = None,
     held_out: list[int] | tuple[int, ...] = (),
-    privacy_state: dict | None = None,
-    transport: Transport | None = None,
 ) -> Federation:
-    """A federation of ``cfg``'s method over ``data`` on ``backbone``, built whole: the client
-    module (its label space: the base classes under base-to-novel, else ``data.classnames``), the
-    server from the module's initial shared tensors, the client ``store`` (a directory or a
-    store), the schedule, plain or private local training (``dp``; ``privacy_state``: a
-    checkpoint's, which keeps the solved noise multiplier), the evaluation modes beyond ``local``
-    and the ``transport`` (default: every client in this process)."""
+    """A federation of ``cfg``'s method over ``data`` on ``backbone`` at ``start``, built whole:
+    the client module (its label space: the base classes under base-to-novel, else
+    ``data.classnames``), the ``server`` (None: the method's, from the module's initial shared
+    tensors; a Flower node passes the payloads it was sent), the client ``store``, the schedule,
+    plain or private local training (``dp``), the evaluation modes beyond ``local`` and the
+    ``transport`` (None: every client in this process). ``start``'s server state, store index and
+    accountant state are restored and the accountant replays its rounds; a start that does not fit
+    raises :class:`StartMismatch`."""
+    try:
+        return _assemble(cfg, data, backbone, fabric, store, start, server, transport, comm, classes, held_out)
+    except (KeyError, IndexError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        if start.fresh:
+            raise
+        raise StartMismatch(exc) from None
+
+
+def _assemble(
+    cfg: RunConfig,
+    data: FederatedData,
+    backbone: Backbone,
+    fabric: Fabric,
+    store: ClientStore,
+    start: Start,
+    server: Server | None,
+    transport: Transport | None,
+    comm: Comm | None,
+    classes: ClassSplit | None,
+    held_out: list[int] | tuple[int, ...],
+) -> Federation:
     method, t = cfg.method, cfg.train
     keep = {"keep": True, "reset": False}.get(t.optimizer_state, method.keep_optimizer_state)
     run = RunContext(cfg.seed, cfg.data.num_clients, t, keep, cfg.fed.rounds)
     names = classes.names_of(classes.base) if classes is not None else list(data.classnames)
     module = method.build_client(backbone, names, run).to(fabric.device)
-    server = method.build_server(module.global_init(), run)
-    store = store if isinstance(store, ClientStore) else ClientStore(Path(store))
+    if server is None:
+        server = method.build_server(module.global_init(), run)
     schedule = schedule_of(cfg, held_out)
     modes = (
         evaluation.ModeEvaluator(cfg.eval, classes, list(held_out), t.local_epochs)
@@ -198,12 +267,17 @@ def assemble(
             inner=LocalTraining(data, fabric, schedule.batch_size),
             schedule=schedule,
             trainers=functools.partial(trainers, method, schedule, data.num_clients),
-            state=privacy_state,
+            state=start.privacy,
         )
-    federation = Federation(
+    if start.server is not None:
+        server.load_state_dict(start.server)
+    if start.store is not None:
+        store.load_state_dict(start.store)
+    if privacy is not None:
+        privacy.replay(list(start.history))
+    return Federation(
         method, module, server, store, data, schedule, fabric, comm, privacy=privacy, modes=modes, transport=transport
     )
-    return federation
 
 
 def build_federation(
@@ -211,23 +285,29 @@ def build_federation(
     *,
     run_dir: Path,
     fabric: Fabric,
+    start: Start = FRESH,
+    store: ClientStore | None = None,
+    server: Server | None = None,
+    transport: Transport | None = None,
     comm: Comm | None = None,
     backbone: Backbone | None = None,
     resuming: bool = False,
     stop: Callable[[], bool] = lambda: False,
-    privacy_state: dict | None = None,
 ) -> tuple[Federation, Resolved]:
-    """:func:`resolve` then :func:`assemble`, the client store in ``run_dir/clients``."""
+    """:func:`resolve` then :func:`assemble`: the federation at ``start`` and what it was resolved
+    from. ``store``: None is ``run_dir/clients``; ``resuming``: the split is ``run_dir``'s own."""
     resolved = resolve(cfg, fabric=fabric, run_dir=run_dir, resuming=resuming, backbone=backbone, stop=stop)
     federation = assemble(
         cfg,
         resolved.data,
         resolved.backbone,
-        store=run_dir / "clients",
         fabric=fabric,
+        store=store if store is not None else ClientStore(run_dir / "clients"),
+        start=start,
+        server=server,
+        transport=transport,
         comm=comm,
         classes=resolved.classes,
         held_out=resolved.held_out,
-        privacy_state=privacy_state,
     )
     return federation, resolved

@@ -19,7 +19,7 @@
   the FedAvg prompt; pFedMoAP's global prompt without experts; FedAMP's mean of the clients'
   prompts) and (b) after the method's first-time-participant procedure
   (:meth:`~fedmoap.methods.base.ClientModule.adapt_unseen`) with ``adaptation_epochs`` epochs of
-  local training on its own training split (:meth:`~fedmoap.federation.rounds.Federation.adapt_epochs`:
+  local training on its own training split (:meth:`~fedmoap.federation.rounds.Federation.adapt`:
   fresh optimizer, random stream (seed, "adapt", t, cid); pFedMoAP trains twice, see
   :mod:`fedmoap.methods.pfedmoap`); nothing of it is stored, uploaded or seen by the server.
 
@@ -304,7 +304,7 @@ class ModeEvaluator:
                 cid,
                 self.adaptation_epochs,
                 download=lambda up, cid=cid: fed.server.unseen_payload(cid, up),
-                train=lambda n, stream, cid=cid: fed.adapt_epochs(cid, t, n, stream),
+                train=lambda n, stream, cid=cid: fed.adapt(cid, t, n, stream),
                 train_labels=fed.data.train_labels(cid),
                 peer_mean=peers,
             )

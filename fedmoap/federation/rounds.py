@@ -90,6 +90,9 @@ class Federation:
     store references (see :mod:`fedmoap.federation.store`) and accuracies are gathered on every rank, rank 0
     runs the server step and broadcasts the server state, so all ranks see the same store and
     server after each round.
+
+    Built whole by :func:`fedmoap.federation.build.assemble`: its collaborators are the ones it was
+    built with for as long as it lives (assigning or deleting an attribute raises AttributeError).
     """
 
     def __init__(
@@ -120,6 +123,14 @@ class Federation:
         self.transport: Transport = transport or InProcess()
         """How payloads reach the participants and uploads and accuracies come back: in this
         process (``fedmoap fit``), or as Flower messages to SuperNodes (:mod:`fedmoap.run.flower`)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in self.__dict__:
+            raise AttributeError(f"a federation's {name} is fixed when it is built (fedmoap.federation.build)")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a federation's {name} is fixed when it is built (fedmoap.federation.build)")
 
     def run_round(self, t: int, progress: bool = True, stop: Callable[[], bool] = lambda: False) -> dict | None:
         """Round ``t`` (1-based) from start to evaluation; returns its ``results.json`` record, or
@@ -203,16 +214,6 @@ class Federation:
     # --- end client statistics ---
 
     # ----- evaluation modes (fedmoap/federation/evaluation.py) ------------------------------------
-    def adapt_epochs(self, cid: int, t: int, epochs: int, stream: str = "adapt") -> None:
-        """Evaluation-time training of client ``cid`` (fine-tuning, or a never-trained client's
-        few-shot adaptation): a fresh optimizer, ``epochs`` epochs of its training batches from
-        the random stream (seed, ``stream``, t, cid), the lr annealed over these epochs alone
-        whatever ``train.lr_schedule`` (a training of its own, not round ``t``'s); nothing stored
-        or uploaded."""
-        self.module.begin_adaptation()
-        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose=stream)
-        train_locally(self.module, batches, epochs, self.fabric, t=t, federated=False)
-
     def evaluate(self, clients: list[int], t: int = 0, progress: bool = False) -> dict[int, tuple[int, int]]:
         """(correct, total) on the test set of each of ``clients``, each with the model it would
         use now. A method whose evaluation depends on the server alone is set up once for all."""
@@ -245,18 +246,26 @@ class Federation:
                 self.module.set_classnames(names)
         return accs
 
-    def adapt(self, cid: int, t: int) -> None:
-        """Evaluation-time training (:meth:`ClientModule.eval_adaptation_epochs`) of the module,
-        already holding client ``cid``'s evaluation model: :meth:`adapt_epochs` on the stream
-        "adapt". The store is not written here and the next client's state is loaded over it."""
-        epochs = self.module.eval_adaptation_epochs(t, t >= self.schedule.rounds)
-        if epochs <= 0:
-            return
-        if not self.module.personal_eval:
-            raise ValueError(
-                f"{type(self.module).__name__} adapts at evaluation time, so it must set personal_eval = True"
-            )
-        self.adapt_epochs(cid, t, epochs)
+    def adapt(self, cid: int, t: int, epochs: int | None = None, stream: str = "adapt") -> None:
+        """Evaluation-time training of client ``cid``, whose evaluation model the module holds: a
+        fresh optimizer, ``epochs`` epochs of its training batches from the random stream (seed,
+        ``stream``, t, cid), the lr annealed over these epochs alone whatever
+        ``train.lr_schedule`` (a training of its own, not round ``t``'s). ``epochs`` None: the
+        module's own (:meth:`ClientModule.eval_adaptation_epochs`, e.g. +FT's fine-tuning; none
+        for most methods); a number: a never-trained client's few-shot adaptation
+        (:class:`~fedmoap.methods.base.HeldOut`). Nothing is stored or uploaded, and the next
+        client's state is loaded over it."""
+        if epochs is None:
+            epochs = self.module.eval_adaptation_epochs(t, t >= self.schedule.rounds)
+            if epochs <= 0:
+                return
+            if not self.module.personal_eval:
+                raise ValueError(
+                    f"{type(self.module).__name__} adapts at evaluation time, so it must set personal_eval = True"
+                )
+        self.module.begin_adaptation()
+        batches = self.data.train_batches(cid, t, self.schedule.batch_size, purpose=stream)
+        train_locally(self.module, batches, epochs, self.fabric, t=t, federated=False)
 
 
 def trainers(method: Method, schedule: Schedule, num_clients: int, t: int) -> list[int]:

@@ -7,7 +7,8 @@ only the index. Used by :class:`~fedmoap.federation.rounds.Federation`:
 
 - ``ref = store.write(cid, state, t)`` on the rank that trained ``cid`` in round ``t``;
 - ``store.adopt(refs)`` on every rank with the gathered refs of all ranks;
-- ``store.get(cid)`` when a rank trains or evaluates ``cid``.
+- ``store.get(cid)`` when a rank trains or evaluates ``cid``;
+- ``store.reset(refs)`` where the index comes from elsewhere (a Flower node's Context state).
 
 Old versions are deleted once no kept checkpoint needs them.
 """
@@ -44,6 +45,10 @@ class ClientStore:
     def adopt(self, refs: dict[int, Any]) -> None:
         self._index.update({int(c): int(t) for c, t in refs.items()})
 
+    def reset(self, refs: dict[int, Any]) -> None:
+        """The index becomes ``refs`` alone (client id -> round of its current version); no file is read."""
+        self._index = {int(c): int(t) for c, t in refs.items()}
+
     def get(self, cid: int) -> dict[str, Any] | None:
         if cid not in self._index:
             return None
@@ -75,7 +80,7 @@ class ClientStore:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Adopt a checkpoint's index after reading every file it names once, so that a missing
         or corrupt client state stops a resume before anything is written."""
-        self._index = {int(c): int(t) for c, t in state["index"].items()}
+        self.reset(state["index"])
         for cid in sorted(self._index):
             self.get(cid)
 

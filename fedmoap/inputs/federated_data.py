@@ -157,11 +157,15 @@ def gather_inputs(
     tokens: FeatureCache | None,
     pixels: PixelCache | None,
     seed: int,
+    *,
+    backbone: Backbone | None = None,
+    device: torch.device | str = "cpu",
 ) -> FederatedData:
-    """The inputs a method reads, for every row any client uses (encoded once, then cached). An
-    image that cannot be decoded stops it with one line naming the image and ``data.source``."""
+    """The inputs a method reads, for every row any client uses (encoded once, then cached), its
+    batches made on ``device`` (pixel batches normalised by ``backbone``). An image that cannot be
+    decoded stops it with one line naming the image and ``data.source``."""
     try:
-        return _gather(inputs, args, source, split, features, tokens, pixels, seed)
+        return _gather(inputs, args, source, split, features, tokens, pixels, seed, backbone, torch.device(device))
     except BadImage as exc:
         raise BadImage(f"data.source {args.source!r}: {exc}") from None
 
@@ -175,6 +179,8 @@ def _gather(
     tokens: FeatureCache | None,
     pixels: PixelCache | None,
     seed: int,
+    backbone: Backbone | None,
+    device: torch.device,
 ) -> FederatedData:
     train_used, train_pos = _union(split.train)
     pools = split.eval_sets  # the evaluation modes' pooled test sets (usually none)
@@ -198,7 +204,9 @@ def _gather(
         ):
             rows, part.pixels = pixels.get(ds, data_id, used, column)
             part.pixel_pos = np.searchsorted(rows, used)
-    return FederatedData(source.classnames, train, test, train_pos, test_pos, seed, eval_pos=pool_pos)
+    return FederatedData(
+        source.classnames, train, test, train_pos, test_pos, seed, backbone=backbone, device=device, eval_pos=pool_pos
+    )
 
 
 def _views(

@@ -35,7 +35,7 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import evaluation, sanity
-from fedmoap.federation.build import Resolved, assemble, resolve
+from fedmoap.federation.build import Resolved, Start, StartMismatch, build_federation
 from fedmoap.federation.config import RunConfig, config_dict, config_digest
 from fedmoap.federation.dp_budget import preset_note
 from fedmoap.federation.results import (
@@ -189,41 +189,30 @@ def build(
             f"(model.pretrained {cfg.model.pretrained!r} has changed since); resume with "
             "the original weights or start a new --run_dir"
         )
+    start = Start.of(ckpt)
     try:
-        resolved = resolve(cfg, fabric=s.fabric, run_dir=s.run_dir, resuming=s.resuming, backbone=backbone, stop=s.stop)
+        federation, resolved = build_federation(
+            cfg,
+            run_dir=s.run_dir,
+            fabric=s.fabric,
+            start=start,
+            transport=transport,
+            comm=s.comm,
+            backbone=backbone,
+            resuming=s.resuming,
+            stop=s.stop,
+        )
     except Preempted:
         raise Preempted(preempted(None, s.stop.signal, 0)) from None
-    checks = zero_shot_checks(cfg, resolved, s)
-    history: list[dict] = []
+    except StartMismatch as exc:
+        raise misfit(s, exc) from None
+    history = list(start.history)
     try:
-        federation = assemble(
-            cfg,
-            resolved.data,
-            resolved.backbone,
-            store=s.run_dir / "clients",
-            fabric=s.fabric,
-            comm=s.comm,
-            classes=resolved.classes,
-            held_out=resolved.held_out,
-            privacy_state=(ckpt or {}).get("privacy"),
-            transport=transport,
-        )
-        if ckpt is not None:
-            federation.server.load_state_dict(ckpt["server"])
-            federation.store.load_state_dict(ckpt["store"])
-            history = list(ckpt["history"])
-            summary(history), mode_summary(history)  # what every later write of the results reads
-            [(scalars(r), mode_scalars(r)) for r in history[-1:]]
-        if federation.privacy is not None:
-            federation.privacy.replay(history)
+        summary(history), mode_summary(history)  # what every later write of the results reads
+        [(scalars(r), mode_scalars(r)) for r in history[-1:]]
     except (KeyError, IndexError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
-        if ckpt is None:
-            raise
-        raise FedmoapError(
-            f"checkpoint {checkpoint_path(s.run_dir, ckpt['round'])} does not fit this run "
-            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); move it away to "
-            "resume from an earlier one"
-        ) from None
+        raise misfit(s, StartMismatch(exc)) from None
+    checks = zero_shot_checks(cfg, resolved, s)
     made_by, now = (ckpt or {}).get("code"), code_version()
     if made_by is not None and made_by != now and s.comm.is_main:
         print(
@@ -238,6 +227,14 @@ def build(
             print(f"fedmoap: note: {note}", file=sys.stderr)
     s.fingerprints = fingerprints
     return federation, resolved, history, checks
+
+
+def misfit(s: Setup, exc: StartMismatch) -> FedmoapError:
+    """The error of a newest checkpoint that does not fit the run its config builds."""
+    return FedmoapError(
+        f"checkpoint {checkpoint_path(s.run_dir, s.ckpt['round'])} does not fit this run ({exc}); move it away to "
+        "resume from an earlier one"
+    )
 
 
 def zero_shot_checks(cfg: RunConfig, resolved: Resolved, s: Setup) -> dict:

@@ -24,7 +24,7 @@ import torch
 from fedmoap.backbones.base import Backbone
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import evaluation
-from fedmoap.federation.build import build_federation
+from fedmoap.federation.build import Start, StartMismatch, build_federation
 from fedmoap.federation.config import RunConfig, config_dict, config_digest
 from fedmoap.federation.results import round_record, write_results
 from fedmoap.federation.rounds import Federation
@@ -102,15 +102,13 @@ def restore_run(
     if f.threads:
         torch.set_num_threads(f.threads)
     fabric = L.Fabric(accelerator=f.accelerator, devices=1, precision=f.precision)
-    federation, _ = build_federation(wanted, run_dir=run_dir, fabric=fabric, backbone=backbone, resuming=True)
+    start = Start(int(ckpt["round"]), server=ckpt["server"], store=ckpt["store"])  # evaluation spends no budget
     try:
-        federation.server.load_state_dict(ckpt["server"])
-        federation.store.load_state_dict(ckpt["store"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise FedmoapError(
-            f"the overrides do not fit run_dir {run_dir}'s checkpoint ({type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:200]})"
-        ) from None
+        federation, _ = build_federation(
+            wanted, run_dir=run_dir, fabric=fabric, start=start, backbone=backbone, resuming=True
+        )
+    except StartMismatch as exc:
+        raise FedmoapError(f"the overrides do not fit run_dir {run_dir}'s checkpoint ({exc})") from None
     return federation, wanted, ckpt
 
 

@@ -58,6 +58,23 @@ def test_quick_benchmark_writes_its_contract(tmp_path):
     assert "| local step" in proc.stdout
 
 
+def test_communication_benchmark_counts_traffic_through_built_federations():
+    """The traffic benchmark on the tiny ViT (a 16 x 64 prompt is 4,096 bytes), each method's client
+    and server from a federation the builder built: PromptFL sends one prompt each way, pFedMoAP's
+    returning clients download the global prompt and K = 9 experts, CoOp and zero-shot send nothing."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import communication
+
+    from fedmoap.backbones.openclip import OpenCLIPBackbone
+
+    rows = communication.run(OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0))
+    traffic = {r["method"]: r for r in rows}
+    prompt = 16 * 64 * 4
+    assert traffic["promptfl"]["down_bytes"] == traffic["promptfl"]["up_bytes"] == prompt
+    assert traffic["pfedmoap"]["up_bytes"] == prompt and traffic["pfedmoap"]["down_bytes"] == (1 + 9) * prompt
+    assert traffic["coop"]["down_bytes"] == traffic["zeroshot"]["up_bytes"] == 0
+
+
 def test_cocoop_step_benchmark_runs_and_is_exact(tmp_path):
     """The CoCoOp step benchmark on the tiny model: both paths give the same logits, every figure
     is measured, the reference path really is full-length."""

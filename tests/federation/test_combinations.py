@@ -240,8 +240,8 @@ def test_under_client_upload_every_uploaded_tensor_passes_the_mechanism(world, t
     all its tensors together; the rest the server sees is the public list."""
     clip = 1e-3
     dp = DPArgs(mode="client_upload", clip=clip, noise_multiplier=1e-9)
-    fed = tiny_federation(world, small(name), tmp_path / "store", rounds=2, participation=1.0, dp=dp)
     watched = Watched()
+    fed = tiny_federation(world, small(name), tmp_path / "store", rounds=2, participation=1.0, dp=dp, transport=watched)
     weights: list[dict] = []
     aggregate = fed.server.aggregate
 
@@ -250,7 +250,6 @@ def test_under_client_upload_every_uploaded_tensor_passes_the_mechanism(world, t
         return aggregate(t, uploads, w)
 
     fed.server.aggregate = aggregate_and_keep
-    fed.transport = watched
     init = fed.module.global_init()
     for t in (1, 2):
         fed.run_round(t, progress=False)

@@ -23,9 +23,8 @@ from fedmoap.data.split import make_split
 from fedmoap.federation.config import DataArgs, EvalArgs, RunConfig, TrainArgs, config_dict, config_digest
 from fedmoap.federation.evaluation import ModeEvaluator, apply_class_order, class_split, complete_split
 from fedmoap.federation.results import base2novel_entry, hmean
-from fedmoap.federation.rounds import Federation, default_fabric
+from fedmoap.federation.rounds import Federation
 from fedmoap.federation.schedule import Schedule
-from fedmoap.federation.store import ClientStore
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, Inputs, gather_inputs
 from fedmoap.methods import registry
@@ -222,7 +221,7 @@ def test_adaptation_changes_no_stored_state(world, tmp_path, name):
     fed.module.load_client(cid, None)
     fed.module.prepare_eval(fed.server.eval_payload(cid))
     start = fed.module.ctx.detach().clone()
-    fed.adapt_epochs(cid, 1, 2)
+    fed.adapt(cid, 1, 2)
     assert not torch.equal(start, fed.module.ctx.detach())
 
 
@@ -266,11 +265,8 @@ def test_novel_classes_use_the_novel_names_as_label_space():
             "global": torch.arange(len(labels)),
         },
     )
-    module = method.build_client(backbone, classes.names_of(classes.base), run)
-    server = method.build_server(module.global_init(), run)
-    fed = Federation(
-        method, module, server, ClientStore(Path("/nonexistent")), data, Schedule(0, 2, rounds=1), default_fabric()
-    )
+    fed = tiny_federation((backbone, names, data), method, Path("/nonexistent"), rounds=1, classes=classes)
+    module = fed.module
     modes = ModeEvaluator(EvalArgs(modes=["global", "neighbor", "base2novel"]), classes, [], 1)
     out = modes(fed, 1, {0: (4, 4), 1: (4, 4)})
     for cid in ("0", "1"):
@@ -413,9 +409,17 @@ def test_own_label_space_classifies_among_the_clients_own_classes(tmp_path, name
     fed = tiny_federation((backbone, names, data), METHODS[name](**knobs), tmp_path / "store", rounds=1, keep=True)
     fed.run_round(1, progress=False)
     all_space = fed.evaluate([0, 1, 2], 1)
-    fed.schedule = Schedule(0, 3, 1.0, 1, 8, rounds=1, own_label_space=True)
-    own_space = fed.evaluate([0, 1, 2], 1)
-    assert list(fed.module.classnames) == names
+    own = tiny_federation(
+        (backbone, names, data),
+        METHODS[name](**knobs),
+        fed.store,
+        rounds=1,
+        keep=True,
+        eval_args=EvalArgs(local_label_space="own"),
+        server=fed.server,
+    )
+    own_space = own.evaluate([0, 1, 2], 1)
+    assert list(own.module.classnames) == names
     for c in range(3):
         assert own_space[c][1] == all_space[c][1] and own_space[c][0] >= all_space[c][0]
     assert min(len(data.own_classes(c)[0]) for c in range(3)) < len(names)

@@ -60,7 +60,7 @@ def test_pfedmoap_adapts_with_its_nearest_pool_experts_and_trains_its_gating(wor
     module.load_client(HELD, None)
     fresh_gating = {k: v.clone() for k, v in module.gating.state_dict().items()}
     module.receive(server.eval_payload(HELD))
-    fed.adapt_epochs(HELD, 2, 2)
+    fed.adapt(HELD, 2, 2)
     phase1 = module.ctx.detach().clone()
     want = nearest_experts({**server.pool, HELD: phase1}, HELD, 2)
     assert len(want) == 2 and HELD not in want

@@ -13,7 +13,7 @@ from fedmoap.federation.config import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.promptsrc import IMAGENET_TEMPLATES, gpa_weight
-from tests.worlds import first_batch, tiny_client
+from tests.worlds import first_batch, tiny_client, tiny_federation
 
 SMALL = {"n_ctx": 2, "ctx_init": None, "vision_tokens": 2, "vision_depth": 2, "text_depth": 2}
 OFF = {"text_weight": 0.0, "image_weight": 0.0, "logit_weight": 0.0, "gpa": False}
@@ -155,24 +155,9 @@ def test_bad_knobs_are_named():
 
 @pytest.mark.parametrize("depth", [0, 2])
 def test_runs_a_round_in_a_federation(world, tmp_path, depth):
-    from fedmoap.federation.rounds import Federation, default_fabric
-    from fedmoap.federation.schedule import Schedule
-    from fedmoap.federation.store import ClientStore
-
-    backbone, names, data = world
     method = registry()["promptsrc"](**{**SMALL, "vision_depth": depth}, gpa_mean=1.0)
-    run = RunContext(0, data.num_clients, TrainArgs(local_epochs=1, batch_size=8), False)
-    module = method.build_client(backbone, names, run)
-    srv = method.build_server(module.global_init(), run)
-    fed = Federation(
-        method,
-        module,
-        srv,
-        ClientStore(tmp_path),
-        data,
-        Schedule(0, data.num_clients, 1.0, 1, 8, rounds=1),
-        default_fabric(),
-    )
+    fed = tiny_federation(world, method, tmp_path, rounds=1, keep=False)
+    srv = fed.server
     record = fed.run_round(1, progress=False)
     assert record["mean_acc"] >= 0 and srv.weights()[1] > 0
     assert all(torch.equal(srv.eval_payload(0)[k], v) for k, v in srv.global_state.items())  # one round

@@ -339,6 +339,28 @@ def test_resume_after_sigkill(run3, runs_root, cache_dir, tmp_path, trained_roun
 
 
 # ---------------------------------------------------------------------------------- 5. extend
+def test_build_gives_the_federation_at_the_newest_checkpoint_with_the_transport_passed_in(base2, runs_root, cache_dir):
+    import torch
+
+    from fedmoap.federation.rounds import InProcess
+    from fedmoap.run.fit import build, setup
+    from fedmoap.run.parse import parse_fit
+
+    run_dir = copy_run(base2, runs_root / "built")
+    cfg, _, _ = parse_fit(fit_args(run_dir, cache_dir, "--fed.rounds", "2"))
+    ckpt = torch.load(checkpoints(run_dir)[-1], weights_only=True)
+    transport, s = InProcess(), setup(cfg, run_dir)
+    try:
+        federation, _, history, _ = build(s, None, transport)
+    finally:
+        s.stop.close()
+    assert federation.transport is transport and federation.store.root == run_dir / "clients"
+    assert_same_state(federation.server.state_dict(), ckpt["server"])
+    assert federation.store.state_dict() == ckpt["store"] and history == ckpt["history"]
+    with pytest.raises(AttributeError, match="fixed when it is built"):
+        federation.transport = InProcess()
+
+
 def test_extend_finished_run(run3, base2, runs_root, cache_dir, trained_rounds):
     d = copy_run(base2, runs_root / "extended")
     res = fit_in_process(d, cache_dir, "--fed.rounds", "3")

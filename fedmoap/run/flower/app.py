@@ -8,13 +8,14 @@ same weights, the same accountant accounts DP, and results.json, checkpoints and
 in the same run directory.
 
 The ClientApp is one client per SuperNode (``node_config["partition-id"]`` = client id). It
-builds the same federation for its own process (the method's client module, local training or
-:class:`~fedmoap.federation.privacy.PrivateTraining` around it) and trains, releases and evaluates only its
-partition. What the client keeps (personal prompts, gating network, downloaded experts,
-optimizer state) is written to a node-local client store (``node_config["fedmoap-dir"]``, else
-``<run_dir>/nodes``); the node's Context state keeps which round's version is current. Neither
-goes into a message: a train reply carries the (released) upload, the training-set size and,
-under DP, the norms before clipping; an evaluate reply carries (correct, total).
+builds the same federation for its own process, once (the method's client module, local training
+or :class:`~fedmoap.federation.privacy.PrivateTraining` around it; the server's side as its
+messages bring it), and trains, releases and evaluates only its partition. What the client keeps
+(personal prompts, gating network, downloaded experts, optimizer state) is written to a
+node-local client store (``node_config["fedmoap-dir"]``, else ``<run_dir>/nodes``); the node's
+Context state keeps which round's version is current. Neither goes into a message: a train reply
+carries the (released) upload, the training-set size and, under DP, the norms before clipping; an
+evaluate reply carries (correct, total).
 """
 
 from __future__ import annotations
@@ -201,9 +202,11 @@ def server_app(
 
 # ------------------------------------------------------------------------------------ client
 class Node:
-    """One process's client side of a run: the federation built from the run's config (the
-    client module, local training and DP), shared by the SuperNodes this process serves; each
-    message makes it the node's own client."""
+    """One process's client side of a run: the federation built once from the run's config (the
+    client module, local training and DP) with the server's side as the messages bring it
+    (:class:`Downloaded`) and a client store under ``root``, shared by the SuperNodes this process
+    serves; each message makes it the node's own client, the store's index re-pointed to the
+    version the node's Context state names."""
 
     def __init__(self, args: list[str], root: Path) -> None:
         import lightning as L
@@ -218,19 +221,19 @@ class Node:
             torch.set_num_threads(f.threads)
         torch.set_float32_matmul_precision("highest")
         fabric = L.Fabric(accelerator=f.accelerator, devices=1, num_nodes=1, precision=f.precision)
-        self.federation, _ = build_federation(cfg, run_dir=root, fabric=fabric)
-        self.federation.server = Downloaded()
+        self.federation, _ = build_federation(
+            cfg, run_dir=root, fabric=fabric, store=ClientStore(root / "clients"), server=Downloaded()
+        )
 
     def client(self, context: Context, content: RecordDict) -> int:
-        """The node's client id (its partition-id), checked against the message's; its store
-        index restored from the node's Context state."""
+        """The node's client id (its partition-id), checked against the message's; the store's
+        index reset to the node's Context state (the round of its client's current version, if any)."""
         cid = int(context.node_config["partition-id"])
         asked = int(content["config"]["client"])
         if asked != cid:
             raise FedmoapError(f"a message for client {asked} reached the node of client {cid}")
-        store = self.federation.store = ClientStore(self.federation.store.root)
-        if "fedmoap" in context.state:
-            store.adopt({cid: int(context.state["fedmoap"]["round"])})
+        held = "fedmoap" in context.state
+        self.federation.store.reset({cid: int(context.state["fedmoap"]["round"])} if held else {})
         return cid
 
     def train(self, context: Context, content: RecordDict, send_norms: bool = False) -> RecordDict:
@@ -271,7 +274,8 @@ class Node:
 
 
 class Downloaded:
-    """The server as a node sees it: the evaluation payload the last message brought."""
+    """The server as a node sees it: the evaluation payload the last message brought (a node's
+    federation calls nothing else of its server)."""
 
     def __init__(self) -> None:
         self.eval: dict = {}

@@ -174,6 +174,27 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
     assert ups and all(set(from_record(u)) == {"prompt"} for u in ups)
 
 
+def test_a_node_builds_once_and_re_points_its_one_store_per_message(tmp_path, cache):
+    """A node's federation holds the server's side as messages bring it and one client store under
+    the node's directory; each message resets that store's index to the node's Context state."""
+    from types import SimpleNamespace
+
+    from fedmoap.run.flower.app import Downloaded, Node
+
+    node = Node([*SMOKE, *cache, "--method", "coop", "--run_dir", str(tmp_path / "run")], tmp_path / "node")
+    fed = node.federation
+    server, store = fed.server, fed.store
+    assert isinstance(server, Downloaded) and store.root == tmp_path / "node" / "clients"
+    for cid, state, index in (
+        (4, {"fedmoap": {"round": 3}}, {4: 3}),
+        (2, {}, {}),
+        (4, {"fedmoap": {"round": 5}}, {4: 5}),
+    ):
+        context = SimpleNamespace(node_config={"partition-id": cid}, state=state)
+        assert node.client(context, {"config": {"client": cid}}) == cid
+        assert fed.server is server and fed.store is store and store.state_dict() == {"index": index}
+
+
 def test_dp_norms_stay_on_the_node_unless_the_run_lets_them_out(tmp_path, cache):
     """With ``dp_norms`` off (a written Flower App's default) no train reply carries a norm: the
     accuracies and the accountant's numbers are fit's; only the two norm diagnostics are empty."""
