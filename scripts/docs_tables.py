@@ -32,7 +32,10 @@ PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").
 """Pages whose study tables are generated and whose prose numbers are checked."""
 PROSE_EXEMPT = {"docs/speed.md", "docs/flower.md"}
 """Pages whose numbers come from the benchmarks' JSON (benchmarks/results/), not from studies."""
-BLOCK = re.compile(r"(<!-- table: (?P<record>\S+) -->\n)(?P<table>.*?)(\n<!-- end table -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- table: (?P<record>\S+) -->\n)(?P<table>(?:(?!<!-- (?:end )?table).)*?)(\n?<!-- end table -->)", re.S
+)
+"""A generated table: its start marker, what is there now (maybe nothing) and its end marker."""
 TWO_DECIMALS = re.compile(r"(?<![\w.])(\d{1,3}\.\d\d)(?![\d.])")
 PERCENT = re.compile(r"(?:±\s*)(\d{1,3}\.\d\d)(?![\d.])|(?<![\w.])(\d{1,3}\.\d\d)(?=\s*(?:%|±))")
 """A percentage in prose: two decimals followed by ``%`` or ``±``, or following ``±``."""
@@ -84,7 +87,7 @@ def page(name: str, text: str, known: set[str]) -> tuple[str, list[str]]:
         fresh = record_table(match["record"])
         if match["table"] != fresh:
             problems.append(f"{name}: the table of {match['record']} is not the record's (run --write)")
-        return match.group(1) + fresh + match.group(4)
+        return match.group(1) + fresh + "\n<!-- end table -->"
 
     new = BLOCK.sub(table, text)
     if name not in PROSE_EXEMPT:
