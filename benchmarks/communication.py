@@ -7,7 +7,7 @@ import dataclasses
 
 from fedmoap.aggregate import payload_bytes
 from fedmoap.backbones.base import Backbone
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Features
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.federation.config import DataArgs
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, gather_inputs
 from fedmoap.inputs.pixels import PixelCache
@@ -52,7 +52,7 @@ def tiny_world(
 def tiny_client(world, name: str, cid: int = 0, batch_size: int = 8, **knobs):
     """Method ``name``'s client module (``knobs`` set) on ``world``, made a fresh client ``cid``
     holding the server's initial payload."""
-    from fedmoap.federation.config import TrainArgs
+    from fedmoap.config.sections import TrainArgs
     from fedmoap.methods import registry
     from fedmoap.methods.base import RunContext
 
@@ -90,8 +90,9 @@ def tiny_federation(
     :func:`fedmoap.federation.build.assemble` as ``fedmoap fit`` assembles one, with its client store in
     ``store``; ``keep`` overrides the method's optimizer-state policy; ``train``: other
     ``train.*`` settings."""
+    from fedmoap.config.sections import DPArgs, EvalArgs, FedArgs, TrainArgs
     from fedmoap.federation.build import assemble
-    from fedmoap.federation.config import DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
+    from fedmoap.federation.config import RunConfig
     from fedmoap.federation.rounds import default_fabric
 
     backbone, data = world[0], world[-1]

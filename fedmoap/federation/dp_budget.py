@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Iterable
 from fedmoap.errors import FedmoapError
 
 if TYPE_CHECKING:
-    from fedmoap.federation.config import DPArgs, RunConfig
+    from fedmoap.config.sections import DPArgs
+    from fedmoap.federation.config import RunConfig
 
 ADJACENCY = {"client_upload": "client", "record_sgd": "record"}
 PRESETS = {"pfedmoap-appendix": {"delta": 0.05, "epsilons": (50.0, 25.0)}}

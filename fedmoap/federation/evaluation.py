@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedmoap.config.sections import EvalArgs, EvalMode
 from fedmoap.data.sources import SourceData
 from fedmoap.data.split import ClientSplit
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import protocols
-from fedmoap.federation.config import EvalArgs, EvalMode, RunConfig
+from fedmoap.federation.config import RunConfig
 from fedmoap.federation.local import evaluate
 from fedmoap.federation.results import accuracy_entry, base2novel_entry, unseen_entry
 from fedmoap.methods.base import HeldOut

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedmoap.args import EvalArgs
+from fedmoap.config.sections import EvalArgs
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.local import evaluate as count_correct

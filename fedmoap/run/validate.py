@@ -3,12 +3,12 @@ method's knobs, the evaluation modes and differential privacy, each message nami
 
 from __future__ import annotations
 
+from fedmoap.config.typecheck import type_problems
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import combinations, evaluation
 from fedmoap.federation.config import RunConfig
 from fedmoap.federation.dp_budget import problems as privacy_problems
 from fedmoap.methods.base import INPUTS
-from fedmoap.typecheck import type_problems
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 MAX_THREADS = 1024

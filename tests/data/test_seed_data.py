@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data import partition as P
 from fedmoap.data.fashion_mnist import DEFAULT_DIR
 from fedmoap.data.fashion_mnist_styles import STYLES, assign_styles, render
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.federation.config import DataArgs
 
 
 def test_label_uniform_every_class_equally_shared():

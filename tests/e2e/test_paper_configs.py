@@ -24,10 +24,10 @@ import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
 from PIL import Image as PILImage
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.layouts import FEDBN
 from fedmoap.data.sources import load_source
 from fedmoap.errors import FedmoapError
-from fedmoap.federation.config import DataArgs
 from fedmoap.run.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

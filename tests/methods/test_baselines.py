@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone, _attnpool_all
+from fedmoap.config.sections import DataArgs, TrainArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.federation.config import DataArgs, TrainArgs
 from fedmoap.federation.rounds import Federation
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import gather_inputs

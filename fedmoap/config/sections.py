@@ -1,10 +1,17 @@
 """The sections of a run's configuration, one dataclass each, every field documented where it is
 declared (the docstrings are ``fedmoap fit --help``).
 
-A leaf module: the data, backbones and methods packages read their section from here, and
-:mod:`fedmoap.federation.config` assembles them with the method into :class:`~fedmoap.federation.config.RunConfig`.
-Fields marked ``NEUTRAL`` do not change a run's numbers; fields marked ``ADDED`` came after runs
-made without them (see :mod:`fedmoap.field_flags`).
+The CLI (``fedmoap fit``) is generated from these dataclasses by jsonargparse, so a YAML key or a
+``--section.key`` override that is not declared here is rejected with its name. The defaults are
+the offline default run: packaged towers, Fashion-MNIST, 5 clients with Dirichlet(0.1) label skew,
+8 shots per class, 10 rounds of 5 local epochs; where they differ from the paper's recipe (number
+of clients, learning rate) the field says so, and the paper configs in ``configs/paper/`` set the
+paper's values. :class:`~fedmoap.federation.config.RunConfig` assembles the sections with the
+method.
+
+Fields marked ``NEUTRAL`` do not change a run's numbers (a run may be resumed or extended with
+other values, and they are left out of the config digest); fields marked ``ADDED`` came after runs
+made without them (see :mod:`fedmoap.config.flags`).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
-from fedmoap.field_flags import ADDED, NEUTRAL
+from fedmoap.config.flags import ADDED, NEUTRAL
 
 
 @dataclass
