@@ -5,7 +5,8 @@ and the command line starts without torch.
 
 - :mod:`fedmoap.config.sections`: the sections (``model``, ``data``, ``train``, ``fed``,
   ``fabric``, ``eval``, ``dp``), one dataclass each, every field documented where it is declared
-  (the docstrings are ``fedmoap fit --help``); ``SECTIONS`` names them by key.
+  (the docstrings are ``fedmoap fit --help``); each section's ``problems()`` checks its own
+  ranges; ``SECTIONS`` names them by key.
 - :mod:`fedmoap.config.flags`: the metadata flags of a setting (``NEUTRAL``: it does not change a
   run's numbers; ``ADDED``: it came after runs made without it), for the sections and for method
   knobs.
@@ -15,6 +16,6 @@ and the command line starts without torch.
   made before a section, key or knob existed meant by its absence.
 
 The whole run, the method with the sections, is :class:`~fedmoap.federation.config.RunConfig`
-(it needs the method class, which sits above this package); the checks beyond types are
+(it needs the method class, which sits above this package); checks spanning sections are
 :mod:`fedmoap.run.validate`'s.
 """
