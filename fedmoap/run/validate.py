@@ -30,8 +30,8 @@ def validate(cfg: RunConfig, engine: str = "fit") -> None:
     if not method.required_inputs() <= INPUTS:
         problems.append(f"method: {type(method).__name__}'s inputs must be a subset of {sorted(INPUTS)}")
     problems += method.problems()
-    problems += evaluation.problems(cfg)
-    problems += privacy_problems(cfg)
+    problems += evaluation.problems(cfg.eval, cfg.data)
+    problems += privacy_problems(cfg.dp, cfg.fabric)
     problems += combinations.problems(cfg, engine)
     if problems:
         raise FedmoapError("; ".join(problems))
