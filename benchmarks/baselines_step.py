@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from local_step import paired
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.fedotp import transport_plan

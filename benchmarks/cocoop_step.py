@@ -22,7 +22,7 @@ from local_step import paired
 
 from fedmoap.backbones.base import Backbone
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.cocoop import CoCoOp
 

@@ -12,8 +12,9 @@ import torch
 
 from fedmoap.aggregate import payload_bytes
 from fedmoap.backbones.base import Backbone
+from fedmoap.config.sections import DataArgs, FedArgs, TrainArgs
 from fedmoap.federation.build import assemble
-from fedmoap.federation.config import DataArgs, FedArgs, RunConfig, TrainArgs
+from fedmoap.federation.config import RunConfig
 from fedmoap.federation.rounds import default_fabric
 from fedmoap.federation.store import ClientStore
 from fedmoap.inputs.federated_data import FederatedData, Inputs

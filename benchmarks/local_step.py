@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.federation.local import train_locally
 from fedmoap.federation.rounds import default_fabric
 from fedmoap.methods.base import RunContext

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones import build_backbone
-from fedmoap.federation.config import ModelArgs, TrainArgs
+from fedmoap.config.sections import ModelArgs, TrainArgs
 from fedmoap.federation.local import train_locally
 from fedmoap.federation.rounds import default_fabric
 from fedmoap.inputs.federated_data import FederatedData, Inputs

@@ -16,11 +16,11 @@ from datasets import Dataset, DatasetDict, Features
 from PIL import Image as PILImage
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.layouts import FEDBN
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
 from fedmoap.errors import FedmoapError
-from fedmoap.federation.config import DataArgs
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import FederatedData, gather_inputs
 from fedmoap.inputs.pixels import PixelCache
@@ -106,7 +106,7 @@ def same_state(a, b, where: str) -> None:
 def tiny_client(world, name: str, cid: int = 0, batch_size: int = 8, **knobs):
     """Method ``name``'s client module (``knobs`` set) on ``world``, made a fresh client ``cid``
     holding the server's initial payload."""
-    from fedmoap.federation.config import TrainArgs
+    from fedmoap.config.sections import TrainArgs
     from fedmoap.methods import registry
     from fedmoap.methods.base import RunContext
 
@@ -148,8 +148,9 @@ def tiny_federation(
     ``store`` (a ClientStore, or its directory); ``keep`` overrides the method's optimizer-state
     policy; ``train``: other ``train.*`` settings; ``server``, ``transport`` and ``start``: the
     builder's (None: its defaults)."""
+    from fedmoap.config.sections import DPArgs, EvalArgs, FedArgs, TrainArgs
     from fedmoap.federation.build import FRESH, assemble
-    from fedmoap.federation.config import DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
+    from fedmoap.federation.config import RunConfig
     from fedmoap.federation.rounds import default_fabric
     from fedmoap.federation.store import ClientStore
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fedmoap.backbones.base import Backbone, PromptSlots
 
 if TYPE_CHECKING:
-    from fedmoap.args import ModelArgs
+    from fedmoap.config.sections import ModelArgs
 
 __all__ = ["Backbone", "PromptSlots", "build_backbone"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Image, Value, load_dataset, load_from_disk
 
-from fedmoap.args import DataArgs
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.layouts import LAYOUTS
 from fedmoap.errors import FedmoapError
 

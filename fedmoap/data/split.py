@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmoap.args import DataArgs
+from fedmoap.config.sections import DataArgs
 from fedmoap.data import partition as P
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, get_args
 
-from fedmoap.args import EvalMode
+from fedmoap.config.sections import EvalMode
 from fedmoap.methods.base import ClientModule, Method
 from fedmoap.methods.declarations import OWN_RECORD
 

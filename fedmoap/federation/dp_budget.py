@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 from fedmoap.errors import FedmoapError
 
 if TYPE_CHECKING:
-    from fedmoap.federation.config import DPArgs, RunConfig
+    from fedmoap.config.sections import DPArgs, FabricArgs
 
 ADJACENCY = {"client_upload": "client", "record_sgd": "record"}
 PRESETS = {"pfedmoap-appendix": {"delta": 0.05, "epsilons": (50.0, 25.0)}}
@@ -29,10 +29,10 @@ def effective(args: DPArgs) -> DPArgs:
     return replace(args, delta=preset["delta"], epsilon=eps)
 
 
-def problems(cfg: RunConfig) -> list[str]:
-    """Range and combination checks of ``dp:`` (each message names its key); what the method
-    cannot combine with is :mod:`fedmoap.federation.combinations`'."""
-    dp = cfg.dp
+def problems(dp: DPArgs, fabric: FabricArgs) -> list[str]:
+    """Range and combination checks of ``dp:``, with the ``fabric`` section's precision (each
+    message names its key); what the method cannot combine with is
+    :mod:`fedmoap.federation.combinations`'."""
     out = []
     if dp.mode == "off":
         set_ = [k for k in ("epsilon", "noise_multiplier", "clip", "preset") if getattr(dp, k) is not None]
@@ -67,8 +67,8 @@ def problems(cfg: RunConfig) -> list[str]:
                 f"dp.preset {dp.preset} is epsilon in {{{', '.join(f'{e:g}' for e in preset['epsilons'])}}}, "
                 f"not dp.epsilon {dp.epsilon:g} (drop the preset for other budgets)"
             )
-    if dp.mode == "record_sgd" and cfg.fabric.precision != "32-true":
-        out.append(f"dp.mode record_sgd runs in fabric.precision 32-true, not {cfg.fabric.precision}")
+    if dp.mode == "record_sgd" and fabric.precision != "32-true":
+        out.append(f"dp.mode record_sgd runs in fabric.precision 32-true, not {fabric.precision}")
     return out
 
 

@@ -42,11 +42,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedmoap.config.sections import DataArgs, EvalArgs, EvalMode
 from fedmoap.data.sources import SourceData
 from fedmoap.data.split import ClientSplit
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import protocols
-from fedmoap.federation.config import EvalArgs, EvalMode, RunConfig
+from fedmoap.federation.config import RunConfig
 from fedmoap.federation.local import evaluate
 from fedmoap.federation.results import accuracy_entry, base2novel_entry, unseen_entry
 from fedmoap.methods.base import HeldOut
@@ -66,24 +67,25 @@ def num_held_out(num_clients: int, fraction: float) -> int:
     return max(1, math.floor(fraction * num_clients + 0.5))
 
 
-def problems(cfg: RunConfig) -> list[str]:
-    """Range and combination checks of the ``eval`` section (run before anything is built)."""
-    e, out = cfg.eval, []
+def problems(e: EvalArgs, data: DataArgs) -> list[str]:
+    """Range and combination checks of the ``eval`` section, with the ``data`` section it reads
+    (run before anything is built)."""
+    out = []
     modes = set(e.modes)
     if not 0 < e.base_fraction < 1:
         out.append("eval.base_fraction must be in (0, 1)")
     if not 0 < e.unseen_fraction < 1:
         out.append("eval.unseen_fraction must be in (0, 1)")
-    elif "unseen_clients" in modes and num_held_out(cfg.data.num_clients, e.unseen_fraction) >= cfg.data.num_clients:
+    elif "unseen_clients" in modes and num_held_out(data.num_clients, e.unseen_fraction) >= data.num_clients:
         out.append(
-            f"eval.unseen_fraction {e.unseen_fraction} holds out all {cfg.data.num_clients} "
+            f"eval.unseen_fraction {e.unseen_fraction} holds out all {data.num_clients} "
             "clients (data.num_clients); at least one must train"
         )
     if e.adaptation_epochs is not None and e.adaptation_epochs < 0:
         out.append("eval.adaptation_epochs must be >= 0 or null")
     if e.max_test_images is not None and e.max_test_images < 1:
         out.append("eval.max_test_images must be >= 1 or null")
-    return out + protocols.problems(cfg)
+    return out + protocols.problems(e, data)
 
 
 @dataclass

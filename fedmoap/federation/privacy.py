@@ -78,7 +78,7 @@ from fedmoap.federation.local import LocalTraining
 from fedmoap.seeding import torch_generator
 
 if TYPE_CHECKING:
-    from fedmoap.federation.config import DPArgs
+    from fedmoap.config.sections import DPArgs
     from fedmoap.federation.schedule import Schedule
     from fedmoap.methods.base import ClientModule, Method, Payload
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedmoap.args import EvalArgs
+from fedmoap.config.sections import DataArgs, EvalArgs
 from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.local import evaluate as count_correct
@@ -47,9 +47,10 @@ if TYPE_CHECKING:
     from fedmoap.federation.rounds import Federation
 
 
-def problems(cfg: RunConfig) -> list[str]:
-    """Combination checks of the protocols' settings (before any data is read)."""
-    e, out = cfg.eval, []
+def problems(e: EvalArgs, data: DataArgs) -> list[str]:
+    """Combination checks of the protocols' settings in the ``eval`` section, with the ``data``
+    section's domain column (before any data is read)."""
+    out = []
     chosen = [m for m in PROTOCOLS if m in e.modes]
     src, tgt = e.source_domains, e.target_domains
     if not chosen:
@@ -60,7 +61,7 @@ def problems(cfg: RunConfig) -> list[str]:
         ]
     if len(chosen) > 1:
         out.append(f"eval.modes: {' and '.join(chosen)} each fix what the clients train on; choose one per run")
-    if not cfg.data.domain_column:
+    if not data.domain_column:
         out.append(f"eval.modes {chosen[0]} needs data.domain_column (the domains)")
     for key, value in (("source_domains", src), ("target_domains", tgt)):
         if value is not None and (not value or len(set(value)) != len(value)):

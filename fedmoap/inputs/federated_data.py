@@ -23,8 +23,8 @@ import torch
 from datasets import Dataset
 from torch import Tensor
 
-from fedmoap.args import DataArgs
 from fedmoap.backbones.base import Backbone
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.images import BadImage
 from fedmoap.data.sources import SourceData
 from fedmoap.data.split import ClientSplit

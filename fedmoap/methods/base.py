@@ -29,7 +29,7 @@ from fedmoap.methods.declarations import UNDECLARED, Declares
 from fedmoap.methods.optim import ParamGroup, cpu_copy, local_sgd, lr_schedule, round_cosine
 
 if TYPE_CHECKING:
-    from fedmoap.args import TrainArgs
+    from fedmoap.config.sections import TrainArgs
 
 __all__ = [
     "INPUTS",

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from fedmoap.args import TrainArgs
+    from fedmoap.config.sections import TrainArgs
 
 
 @dataclass

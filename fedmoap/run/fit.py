@@ -29,14 +29,15 @@ import yaml
 from lightning.fabric.loggers import TensorBoardLogger
 from tqdm.auto import tqdm
 
-from fedmoap.args import neutral_keys
 from fedmoap.backbones import build_backbone
 from fedmoap.backbones.base import Backbone
+from fedmoap.config.digest import config_digest
+from fedmoap.config.sections import neutral_keys
 from fedmoap.distributed import Comm, peers_problem
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import evaluation, sanity
 from fedmoap.federation.build import Resolved, Start, StartMismatch, build_federation
-from fedmoap.federation.config import RunConfig, config_dict, config_digest
+from fedmoap.federation.config import RunConfig, config_dict
 from fedmoap.federation.dp_budget import preset_note
 from fedmoap.federation.results import (
     header,

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, get_loader, set_loader, set_parsing_settings
 
-from fedmoap import yamlfile
+from fedmoap.config import yamlfile
+from fedmoap.config.typecheck import type_problems
 from fedmoap.errors import FedmoapError
-from fedmoap.typecheck import type_problems
 
 if TYPE_CHECKING:
     from fedmoap.federation.config import RunConfig

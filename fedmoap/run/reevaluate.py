@@ -22,10 +22,11 @@ import lightning as L
 import torch
 
 from fedmoap.backbones.base import Backbone
+from fedmoap.config.digest import config_digest
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import evaluation
 from fedmoap.federation.build import Start, StartMismatch, build_federation
-from fedmoap.federation.config import RunConfig, config_dict, config_digest
+from fedmoap.federation.config import RunConfig, config_dict
 from fedmoap.federation.results import round_record, write_results
 from fedmoap.federation.rounds import Federation
 from fedmoap.io import check_output_file

@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from fedmoap.args import neutral_keys
+from fedmoap.config.sections import neutral_keys
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.results import rounds_done
 from fedmoap.run.runs import Run

@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 import yaml
 
-from fedmoap import yamlfile
-from fedmoap.args import neutral_keys
+from fedmoap.config import yamlfile
+from fedmoap.config.digest import config_digest, with_added_defaults
+from fedmoap.config.sections import neutral_keys
 from fedmoap.distributed import Comm
 from fedmoap.errors import FedmoapError
-from fedmoap.federation.config import config_digest, with_added_defaults
 from fedmoap.io import ROUND_FILE, check_directory, is_temporary, remove_temporaries, try_lock, writable, write_error
 from fedmoap.run.checkpoint import latest_round
 
@@ -83,7 +83,7 @@ def check_run_dir(run_dir: Path, cfg_dict: dict[str, Any], digest: Any = None) -
     """True if ``run_dir`` holds this run already (resume); False for a new run (the directory
     is absent, empty, or holds only what an aborted start leaves); an error if it holds another
     run or something else. ``digest`` computes a config's digest (default:
-    :func:`fedmoap.federation.config.config_digest`)."""
+    :func:`fedmoap.config.digest.config_digest`)."""
     run_dir = Path(run_dir)
     check_directory(run_dir, "run_dir")
     if not writable(run_dir):

@@ -150,7 +150,7 @@ def _check_shape(run: Run) -> None:
 def flatten(config: dict[str, Any], results: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flat settings of a config: ``method`` (the short name results.json records, else the
     class path), ``method.<knob>``, ``<section>.<key>`` and top-level values."""
-    from fedmoap.federation.config import with_added_defaults
+    from fedmoap.config.digest import with_added_defaults
 
     out: dict[str, Any] = {}
     config = with_added_defaults(config)  # runs made before a section or key existed

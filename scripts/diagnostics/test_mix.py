@@ -6,9 +6,9 @@ total variation over the offline default's splits (Fashion-MNIST, 5 clients, 8 s
 
 import numpy as np
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.federation.config import DataArgs
 
 
 def total_variations(args: DataArgs, source, seeds: int = 3) -> list[float]:

@@ -34,9 +34,9 @@ from fedmoap.backbones.dinov2_onnx import (  # noqa: E402
 )
 from fedmoap.backbones.packaged import PackagedTowersBackbone  # noqa: E402
 from fedmoap.backbones.packaged_vit import PackagedViTBackbone  # noqa: E402
+from fedmoap.config.sections import ModelArgs  # noqa: E402
 from fedmoap.data.fashion_mnist import DEFAULT_DIR  # noqa: E402
 from fedmoap.errors import FedmoapError  # noqa: E402
-from fedmoap.federation.config import ModelArgs  # noqa: E402
 
 SIZE = 56
 N_TOKENS = 1 + 4 * 4  # [CLS] + patches at 56 px

@@ -9,11 +9,11 @@ import torch
 from scipy import ndimage
 from torchvision.transforms.functional import gaussian_blur
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.fashion_mnist import DEFAULT_DIR
 from fedmoap.data.fashion_mnist_styles import BLUR_SIGMA, STYLES, assign_styles, load_fashion_mnist_styles, render
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.federation.config import DataArgs
 
 
 def framed(n: int, seed: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from datasets import Image
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.layouts import FEDBN
 from fedmoap.data.sources import load_source
-from fedmoap.federation.config import DataArgs
 from tests.worlds import COOP_PER_CLASS, build_coop, build_fedbn, coop_case, one_line_error
 
 

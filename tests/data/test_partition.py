@@ -292,9 +292,9 @@ def test_test_sets_drawn_from_the_whole_split_follow_the_training_mix():
 
 
 def test_whole_test_rule_through_the_split():
+    from fedmoap.config.sections import DataArgs
     from fedmoap.data.sources import load_source
     from fedmoap.data.split import make_split
-    from fedmoap.federation.config import DataArgs
 
     args = DataArgs(source="synthetic", num_clients=3, alpha=0.3, shots=4, max_test_per_client=20, test_from="whole")
     source = load_source(args)
@@ -326,10 +326,10 @@ def test_class_blocks_cut_each_group_in_label_order_with_the_remainder_last():
 
 
 def test_class_blocks_through_the_split_check_the_client_count_and_stay_in_their_domain():
+    from fedmoap.config.sections import DataArgs
     from fedmoap.data.sources import load_source
     from fedmoap.data.split import make_split
     from fedmoap.errors import FedmoapError
-    from fedmoap.federation.config import DataArgs
 
     args = DataArgs(
         source="synthetic",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Features, Image, Value
 
-from fedmoap.args import DataArgs
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.errors import FedmoapError
 from tests.worlds import PIXEL, saved_dataset

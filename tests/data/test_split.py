@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedmoap.args import DataArgs
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
 

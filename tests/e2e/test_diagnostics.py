@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
-from fedmoap.federation.config import DataArgs
 from tests.worlds import SMOKE, fit_smoke, results
 
 DIAGNOSTICS = Path(__file__).resolve().parents[2] / "scripts" / "diagnostics"

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.layouts import FEDBN
 from fedmoap.data.sources import load_source
-from fedmoap.federation.config import DataArgs
 from fedmoap.run.cli import main
 from tests.worlds import build_coop, build_fedbn, coop_case, one_line_error
 

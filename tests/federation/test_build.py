@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedmoap.config.sections import DPArgs
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.build import Start, StartMismatch
-from fedmoap.federation.config import DPArgs
 from fedmoap.federation.rounds import InProcess
 from fedmoap.federation.store import ClientStore
 from fedmoap.methods import registry

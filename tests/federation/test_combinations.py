@@ -23,10 +23,11 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from fedmoap.config.sections import DataArgs, DPArgs, EvalArgs, FedArgs, TrainArgs
 from fedmoap.errors import FedmoapError
 from fedmoap.federation import combinations
 from fedmoap.federation.combinations import Cell, refusals
-from fedmoap.federation.config import DataArgs, DPArgs, EvalArgs, FedArgs, RunConfig, TrainArgs
+from fedmoap.federation.config import RunConfig
 from fedmoap.federation.dp_sgd import per_example_grads, private_parameters
 from fedmoap.federation.rounds import InProcess
 from fedmoap.methods import registry

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.federation.dp_sgd import clipped_sum, noisy_mean, private_parameters
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext

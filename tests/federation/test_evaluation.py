@@ -18,9 +18,11 @@ import torch
 import yaml
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.config.digest import config_digest
+from fedmoap.config.sections import DataArgs, EvalArgs, TrainArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.federation.config import DataArgs, EvalArgs, RunConfig, TrainArgs, config_dict, config_digest
+from fedmoap.federation.config import RunConfig, config_dict
 from fedmoap.federation.evaluation import ModeEvaluator, apply_class_order, class_split, complete_split
 from fedmoap.federation.results import base2novel_entry, hmean
 from fedmoap.federation.rounds import Federation

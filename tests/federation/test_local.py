@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.federation.local import train_locally
 from fedmoap.federation.rounds import default_fabric
 from fedmoap.methods import registry

@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from fedmoap.federation.config import DPArgs, TrainArgs, added_section_defaults, config_digest
+from fedmoap.config.digest import added_section_defaults, config_digest
+from fedmoap.config.sections import DPArgs, TrainArgs
 from fedmoap.federation.dp_budget import epsilon, solve_noise_multiplier
 from fedmoap.federation.privacy import clip_and_noise
 from fedmoap.federation.rounds import Federation

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.fashion_mnist_styles import STYLES
 from fedmoap.data.sources import load_source
 from fedmoap.federation import protocols
-from fedmoap.federation.config import DataArgs
 from fedmoap.federation.evaluation import peer_mean
 from fedmoap.federation.results import mode_scalars
 from fedmoap.methods import registry
@@ -298,9 +298,10 @@ def test_every_method_scores_a_target_with_its_global_component_and_each_clients
 
 
 def test_a_stored_split_must_match_the_protocol():
+    from fedmoap.config.sections import EvalArgs
     from fedmoap.data.split import make_split
     from fedmoap.errors import FedmoapError
-    from fedmoap.federation.config import EvalArgs, RunConfig
+    from fedmoap.federation.config import RunConfig
     from fedmoap.federation.evaluation import complete_split
 
     args = DataArgs(source="synthetic", domain_column="domain", num_clients=3, shots=2)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.federation import sanity
-from fedmoap.federation.config import DataArgs
 
 
 class TextAlignedFeatures:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedmoap.federation.config import EvalArgs
+from fedmoap.config.sections import EvalArgs
 from fedmoap.federation.evaluation import ModeEvaluator
 from fedmoap.federation.rounds import Federation
 from fedmoap.methods import registry

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
-from fedmoap.federation.config import DataArgs
 from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.federated_data import gather_inputs
 from fedmoap.methods import registry

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.federation.dp_sgd import private_parameters
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext

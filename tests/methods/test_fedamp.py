@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.federation.rounds import Federation
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.federation.config import DPArgs
+from fedmoap.config.sections import DPArgs
 from fedmoap.methods.base import HeldOut
 from fedmoap.methods.fedmgp import KINDS, FedMGP
 from fedmoap.seeding import torch_generator

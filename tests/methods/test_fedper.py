@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.methods.base import HeldOut, RunContext
 from fedmoap.methods.fedper import FedPer
 from fedmoap.methods.prompts import initial_prompt

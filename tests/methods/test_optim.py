@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.optim import ParamGroup, cosine, cpu_copy, local_sgd, lr_schedule, round_cosine
 from tests.worlds import tiny_federation, tiny_world

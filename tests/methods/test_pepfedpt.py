@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.federation.rounds import Federation
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.pepfedpt import FedAvgVPT, LocalVPT, PEPFedPT

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.federation.rounds import Federation
 from fedmoap.methods.base import HeldOut, RunContext
 from fedmoap.methods.pfeddc import PFedDC

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedmoap.backbones.openclip import OpenCLIPBackbone
-from fedmoap.federation.config import TrainArgs
+from fedmoap.config.sections import TrainArgs
 from fedmoap.methods.base import RunContext, payload_bytes
 from fedmoap.methods.pfedmoap import PFedMoAP, PFedMoAPClient, PFedMoAPServer, nearest_experts
 from fedmoap.methods.prompts import initial_prompt

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fedmoap.config.sections import TrainArgs
 from fedmoap.errors import FedmoapError
-from fedmoap.federation.config import TrainArgs
 from fedmoap.methods import registry
 from fedmoap.methods.base import RunContext
 from fedmoap.methods.promptsrc import IMAGENET_TEMPLATES, gpa_weight
@@ -138,7 +138,8 @@ def test_gpa_peaks_at_three_quarters_of_the_run_whatever_its_length(world, round
 
 
 def test_a_gpa_peak_outside_the_run_is_refused():
-    from fedmoap.federation.config import FedArgs, RunConfig
+    from fedmoap.config.sections import FedArgs
+    from fedmoap.federation.config import RunConfig
     from fedmoap.run.validate import validate
 
     with pytest.raises(FedmoapError, match=r"method.gpa_mean 15 is not a round of this run \(1..fed.rounds = 10\)"):

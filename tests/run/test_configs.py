@@ -180,7 +180,8 @@ def test_flip_protocol_composes_with_each_flip_learner(method):
 def test_a_method_knob_added_later_keeps_old_runs_digest():
     """fedvpt's text_depth came after fedvpt runs existed: a stored config without it, or with it
     at its default, has the old digest (the run resumes); another value is another run."""
-    from fedmoap.federation.config import config_dict, config_digest
+    from fedmoap.config.digest import config_digest
+    from fedmoap.federation.config import config_dict
 
     cfg, _, _ = parse_fit(["fit", "--config", str(TABLES[0].parents[1] / "smoke.yaml"), "--method", "fedvpt"])
     d = config_dict(cfg)

@@ -26,7 +26,7 @@ import yaml
 from datasets import ClassLabel, Features, Image
 
 import fedmoap
-from fedmoap.args import DataArgs
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.data.split import make_split
 from fedmoap.distributed import Comm

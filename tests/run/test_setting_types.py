@@ -10,9 +10,9 @@ from typing import Literal, Union
 
 import pytest
 
+from fedmoap.config.typecheck import mismatch, type_problems
 from fedmoap.federation.config import RunConfig
 from fedmoap.methods import registry
-from fedmoap.typecheck import mismatch, type_problems
 
 WRONG = {int: [4.0, True, "4"], float: ["abc", float("inf"), float("nan"), True], bool: [1, "yes"], str: [3]}
 """Values that must not pass for a plain annotation."""

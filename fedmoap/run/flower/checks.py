@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedmoap.config.sections import FabricArgs
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.config import RunConfig
 
 
-def flower_problems(cfg: RunConfig) -> list[str]:
-    """Why ``cfg``'s fabric cannot run on Flower (empty: it can); what the method and the
+def flower_problems(f: FabricArgs) -> list[str]:
+    """Why the ``fabric`` section cannot run on Flower (empty: it can); what the method and the
     evaluation modes cannot do on Flower is :mod:`fedmoap.federation.combinations`'."""
     out = []
-    f = cfg.fabric
     if str(f.devices) != "1" or f.num_nodes != 1:
         out.append(
             f"fabric.devices {f.devices} / fabric.num_nodes {f.num_nodes}: on Flower each SuperNode "
@@ -35,7 +35,7 @@ def checked_config(args: list[str], fresh: bool = True) -> tuple[RunConfig, Path
     if run_dir is None:
         raise FedmoapError("--run_dir is required for a Flower run")
     validate(cfg, engine="flower")
-    problems = flower_problems(cfg)
+    problems = flower_problems(cfg.fabric)
     if problems:
         raise FedmoapError("; ".join(problems))
     if fresh and check_run_dir(Path(run_dir), config_dict(cfg)):

@@ -21,7 +21,7 @@ def check_extra(extra: dict) -> dict:
     """Overrides given beside a study (``--set``) may only change how runs are computed, not their
     numbers (the neutral keys: ``fabric.*``, ``data.feature_cache``, ...), so that the study's
     run directories keep holding the study's runs."""
-    from fedmoap.args import neutral_keys
+    from fedmoap.config.sections import neutral_keys
 
     # rounds and evaluation rounds are neutral (a run may be extended) but move the table
     neutral = {f"{s}.{k}" for s, k in neutral_keys()} - {"fed.rounds", "fed.eval_every"}
@@ -135,8 +135,8 @@ def list_cells(
 ) -> list[str]:
     """One line per cell: its run directory, state (new, round r of n, finished, or holding
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
-    from fedmoap import yamlfile
-    from fedmoap.federation.config import config_digest
+    from fedmoap.config import yamlfile
+    from fedmoap.config.digest import config_digest
     from fedmoap.federation.results import rounds_done
 
     out = Path(out) if out is not None else study.default_out()

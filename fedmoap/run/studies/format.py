@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmoap import yamlfile
+from fedmoap.config import yamlfile
 from fedmoap.errors import FedmoapError
 
 STUDY_KEYS = ("name", "description", "base", "splits", "seeds", "variants", "table")
@@ -82,7 +82,7 @@ class Cell:
     rounds: int
     """The planned number of rounds (``fed.rounds``)."""
     digest: str
-    """The config digest (:func:`fedmoap.federation.config.config_digest`), as ``results.json`` records it."""
+    """The config digest (:func:`fedmoap.config.digest.config_digest`), as ``results.json`` records it."""
     writes_split: bool
     """True for the cell that makes its (split, seed)'s ``split.json``."""
     cfg: Any = field(repr=False, default=None)
@@ -122,7 +122,8 @@ class Study:
         """Every cell in run order (split, then seed, then variant), each parsed and validated as
         ``fedmoap fit`` would; ``extra``: overrides of every run after the study's own
         (:func:`fedmoap.run.studies.execution.check_extra` keeps them to settings that do not change numbers)."""
-        from fedmoap.federation.config import config_dict, config_digest
+        from fedmoap.config.digest import config_digest
+        from fedmoap.federation.config import config_dict
         from fedmoap.run.validate import validate
 
         out = Path(out) if out is not None else self.default_out()

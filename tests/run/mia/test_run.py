@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fedmoap.args import DataArgs
+from fedmoap.config.sections import DataArgs
 from fedmoap.data.sources import load_source
 from fedmoap.run.cli import main
 from fedmoap.run.studies.table import study_table

@@ -1,5 +1,6 @@
-"""Metadata flags of settings (config sections' fields and method knobs), a leaf module so that
-methods can flag their knobs without importing the config."""
+"""Metadata flags of settings, config sections' fields and method knobs alike (``field(default=...,
+metadata=NEUTRAL)``), a module of its own so that a method can flag its knobs without importing the
+sections."""
 
 from __future__ import annotations
 
