@@ -32,13 +32,19 @@ PIXEL = [[[10, 20, 30]] * 4] * 4
 
 
 def tiny_world(
-    root: Path, num_clients: int, alpha: float = 0.5, num_views: int = 0
+    root: Path, num_clients: int, alpha: float = 0.5, num_views: int = 0, partition: str = "dirichlet"
 ) -> tuple[OpenCLIPBackbone, list[str], FederatedData]:
     """(backbone, class names, federated data) with caches under ``root``; 4 shots per class and
     client, at most 12 test images per client, split and backbone from seed 0."""
     backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
     args = DataArgs(
-        source="synthetic", num_clients=num_clients, alpha=alpha, shots=4, max_test_per_client=12, num_views=num_views
+        source="synthetic",
+        num_clients=num_clients,
+        partition=partition,
+        alpha=alpha,
+        shots=4,
+        max_test_per_client=12,
+        num_views=num_views,
     )
     source = load_source(args)
     split = make_split(args, source, seed=0)
@@ -59,29 +65,7 @@ def tiny_world(
 def pathological_world(root: Path, num_clients: int = 4) -> tuple[OpenCLIPBackbone, list[str], FederatedData]:
     """(backbone, class names, federated data) as :func:`tiny_world`, but the synthetic data split
     pathologically (each client a few classes) and no augmented views."""
-    backbone = OpenCLIPBackbone.build("fedmoap-tiny-vit", None, seed=0)
-    args = DataArgs(
-        source="synthetic",
-        num_clients=num_clients,
-        partition="pathological",
-        shots=4,
-        max_test_per_client=12,
-        num_views=0,
-    )
-    source = load_source(args)
-    split = make_split(args, source, seed=0)
-    data = gather_inputs(
-        INPUTS,
-        args,
-        source,
-        split,
-        FeatureCache(root, backbone),
-        FeatureCache(root, backbone, tokens=True),
-        PixelCache(root, backbone),
-        seed=0,
-        backbone=backbone,
-    )
-    return backbone, source.classnames, data
+    return tiny_world(root, num_clients, alpha=0.1, partition="pathological")
 
 
 def grads(module, loss) -> dict:
@@ -398,3 +382,16 @@ def coop_case(base: Path, case: str) -> tuple[str, str]:
         culprit = split["test"][5][0]
     split_file.write_text(json.dumps(split))
     return f"coop:{base}", culprit
+
+
+def method_federation(world, name: str, tmp_path: Path, **knobs):
+    """A federation of the registered method ``name`` (``n_ctx`` 4, ``knobs`` over it) on ``world``,
+    its client store under ``tmp_path``."""
+    from fedmoap.methods import registry
+
+    return tiny_federation(world, registry()[name](**{**{"n_ctx": 4}, **knobs}), tmp_path / "clients")
+
+
+def a_batch(fed, cid: int = 0) -> dict:
+    """Client ``cid``'s first training batch (at most 8 records) of round 0."""
+    return next(iter(fed.data.train_batches(cid, 1, 8)(0)))

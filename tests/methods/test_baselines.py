@@ -21,7 +21,7 @@ import torch
 
 from fedmoap.federation.rounds import Federation
 from fedmoap.methods import registry
-from tests.worlds import pathological_world, same_state, tiny_federation
+from tests.worlds import a_batch, pathological_world, same_state, tiny_federation
 
 METHODS = registry()
 NEW = ["promptfl_ft", "fedprox", "fedper", "fedamp", "pfedprompt", "fedotp", "fedpgp"]
@@ -54,10 +54,6 @@ def federation(world, name: str, tmp_path: Path, **knobs) -> Federation:
     fields = {f.name for f in dataclasses.fields(cls)}
     method = cls(**{**{k: v for k, v in SMALL.items() if k in fields}, **knobs})
     return tiny_federation(world, method, tmp_path / "clients")
-
-
-def a_batch(fed: Federation, cid: int = 0) -> dict:
-    return next(iter(fed.data.train_batches(cid, 1, 8)(0)))
 
 
 # ---------------------------------------------------------------------------- private parts

@@ -3,15 +3,12 @@ and the logits it weights."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from fedmoap.federation.rounds import Federation
-from fedmoap.methods import registry
 from fedmoap.methods.fedotp import transport_plan
-from tests.worlds import pathological_world, tiny_federation
+from tests.worlds import a_batch, pathological_world
+from tests.worlds import method_federation as federation
 
 NUM_CLIENTS = 4
 
@@ -20,15 +17,6 @@ NUM_CLIENTS = 4
 def world(tmp_path_factory):
     """The tiny ViT, synthetic data over 4 clients split pathologically, features, tokens and pixels."""
     return pathological_world(tmp_path_factory.mktemp("cache"), NUM_CLIENTS)
-
-
-def federation(world, name: str, tmp_path: Path, **knobs) -> Federation:
-    """A federation of method ``name`` (small knobs, ``knobs`` over them) on ``world``."""
-    return tiny_federation(world, registry()[name](**{**{"n_ctx": 4}, **knobs}), tmp_path / "clients")
-
-
-def a_batch(fed: Federation, cid: int = 0) -> dict:
-    return next(iter(fed.data.train_batches(cid, 1, 8)(0)))
 
 
 def test_fedotp_loss_reaches_both_prompts(world, tmp_path):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fedmoap.federation.rounds import Federation
-from fedmoap.methods import registry
-from tests.worlds import pathological_world, tiny_federation
+from tests.worlds import method_federation as federation
+from tests.worlds import pathological_world
 
 NUM_CLIENTS = 4
 
@@ -19,11 +16,6 @@ NUM_CLIENTS = 4
 def world(tmp_path_factory):
     """The tiny ViT, synthetic data over 4 clients split pathologically, features, tokens and pixels."""
     return pathological_world(tmp_path_factory.mktemp("cache"), NUM_CLIENTS)
-
-
-def federation(world, name: str, tmp_path: Path, **knobs) -> Federation:
-    """A federation of method ``name`` (small knobs, ``knobs`` over them) on ``world``."""
-    return tiny_federation(world, registry()[name](**{**{"n_ctx": 4}, **knobs}), tmp_path / "clients")
 
 
 def test_pfedprompt_cache_holds_the_clients_training_features(world, tmp_path):

@@ -16,27 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord
 from fedmoap.run.cli import main
 from fedmoap.run.flower.messages import from_record
 from fedmoap.run.flower.run import simulate
+from tests.run.flower import SMOKE
 
-REPO = Path(__file__).resolve().parents[3]
-SMOKE = [
-    "--config",
-    str(REPO / "configs" / "smoke.yaml"),
-    "--fed.rounds",
-    "2",
-    "--fabric.threads",
-    "1",
-    "--progress",
-    "false",
-]
 DP = ["--dp.mode", "client_upload", "--dp.clip", "0.5", "--dp.noise_multiplier", "1.0"]
 TIMING = ("seconds", "setup_s", "round_s")
 NUMBERS = {"round", "client", "noise-multiplier", "num-examples", "dp-norms", "correct", "total", "partition-id"}
 """Every non-tensor entry a message may carry."""
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    return ["--data.feature_cache", str(tmp_path_factory.mktemp("feature_cache"))]
 
 
 def rounds(run_dir: Path) -> list[dict]:

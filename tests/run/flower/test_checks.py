@@ -3,29 +3,11 @@ a fresh run directory, and each refusal one line naming the key."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from fedmoap.errors import FedmoapError
 from fedmoap.run.cli import main
-
-REPO = Path(__file__).resolve().parents[3]
-SMOKE = [
-    "--config",
-    str(REPO / "configs" / "smoke.yaml"),
-    "--fed.rounds",
-    "2",
-    "--fabric.threads",
-    "1",
-    "--progress",
-    "false",
-]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    return ["--data.feature_cache", str(tmp_path_factory.mktemp("feature_cache"))]
+from tests.run.flower import SMOKE
 
 
 @pytest.mark.parametrize(

@@ -10,23 +10,7 @@ import pytest
 
 from fedmoap.errors import FedmoapError
 from fedmoap.run.cli import main
-
-REPO = Path(__file__).resolve().parents[3]
-SMOKE = [
-    "--config",
-    str(REPO / "configs" / "smoke.yaml"),
-    "--fed.rounds",
-    "2",
-    "--fabric.threads",
-    "1",
-    "--progress",
-    "false",
-]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    return ["--data.feature_cache", str(tmp_path_factory.mktemp("feature_cache"))]
+from tests.run.flower import SMOKE
 
 
 def test_the_written_flower_app_names_the_apps_and_the_run(tmp_path):
