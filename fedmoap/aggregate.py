@@ -10,6 +10,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+__all__ = ["payload_bytes", "weighted_mean"]
+
 
 def payload_bytes(payload: Mapping[str, Tensor]) -> int:
     """Bytes a payload takes on the wire (raw tensor data)."""

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import torch.distributed as dist
 
+__all__ = ["T", "peers_problem", "Comm"]
+
 T = TypeVar("T")
 
 

@@ -23,6 +23,26 @@ import torch
 
 from fedmoap.errors import FedmoapError
 
+__all__ = [
+    "TMP_SUFFIX",
+    "is_temporary",
+    "remove_temporaries",
+    "temporary_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "ROUND_FILE",
+    "round_file",
+    "round_versions",
+    "atomic_torch_save",
+    "check_directory",
+    "check_output_file",
+    "writable",
+    "write_error",
+    "file_lock",
+    "cache_lock",
+    "try_lock",
+]
+
 TMP_SUFFIX = ".fedmoap-tmp"
 _OLD_TMP = re.compile(r"\.(config\.yaml|split\.json|results\.json|round_\d+\.pt)\.[a-z0-9_]{8}\.tmp")
 """The temporaries of versions before :data:`TMP_SUFFIX` (``tempfile.mkstemp``'s names)."""

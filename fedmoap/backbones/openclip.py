@@ -27,6 +27,8 @@ from torchvision import transforms as T
 from fedmoap.backbones.base import Backbone, PromptSlots, ToRGB, _digest_params
 from fedmoap.errors import FedmoapError
 
+__all__ = ["MODEL_CONFIG_DIR", "OpenCLIPBackbone"]
+
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 

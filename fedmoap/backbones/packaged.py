@@ -26,6 +26,19 @@ from fedmoap.backbones.base import Backbone, PromptSlots, ToRGB, _digest_params
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save
 
+__all__ = [
+    "RIDGE_STRENGTH",
+    "PROMPT_TEMPLATE",
+    "N_IMAGE_TENSORS",
+    "DEFAULT_CACHE_DIR",
+    "InvertPixels",
+    "packaged_image_transform",
+    "imagenet_prompts",
+    "fit_ridge",
+    "MiniLMText",
+    "PackagedTowersBackbone",
+]
+
 RIDGE_STRENGTH = 1.0
 """Ridge penalty of the text -> image-space map. Chosen by the held-out check (fit on 900 ImageNet
 classes, rank the 100 held-out classifier rows against the 100 held-out texts; 5 splits): top-1

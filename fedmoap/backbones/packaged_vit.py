@@ -37,6 +37,18 @@ from fedmoap.backbones.packaged import (
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save
 
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "BRIDGE_IMAGES",
+    "BRIDGE_STRENGTH",
+    "TOKEN_BRIDGE_STRENGTH",
+    "BRIDGE_TARGET_SIZE",
+    "bridge_images_default",
+    "images_digest",
+    "BridgeData",
+    "PackagedViTBackbone",
+]
+
 DEFAULT_IMAGE_SIZE = 112
 """Default image side: 8 × 8 = 64 patch tokens + [CLS], so a VPT step is affordable on a CPU."""
 BRIDGE_IMAGES = 3000

@@ -19,3 +19,5 @@ The whole run, the method with the sections, is :class:`~fedmoap.federation.conf
 (it needs the method class, which sits above this package); checks spanning sections are
 :mod:`fedmoap.run.validate`'s.
 """
+
+__all__ = []

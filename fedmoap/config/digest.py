@@ -17,6 +17,15 @@ from typing import Any
 
 from fedmoap.config.sections import SECTIONS, DPArgs, EvalArgs, neutral_keys
 
+__all__ = [
+    "ADDED_SECTIONS",
+    "added_section_defaults",
+    "added_keys",
+    "added_knobs",
+    "with_added_defaults",
+    "config_digest",
+]
+
 ADDED_SECTIONS = {"eval": EvalArgs, "dp": DPArgs}
 """Config sections added after runs were made without them: a stored config.yaml that lacks one
 means its defaults, and a section at its defaults is left out of the config digest, so such runs

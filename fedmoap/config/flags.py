@@ -4,6 +4,8 @@ sections."""
 
 from __future__ import annotations
 
+__all__ = ["NEUTRAL", "ADDED"]
+
 NEUTRAL = {"neutral": True}
 """Field metadata of settings that do not change results (resume and extension may change them)."""
 ADDED = {"added": True}

@@ -22,6 +22,21 @@ from typing import Iterable, Literal, Optional
 
 from fedmoap.config.flags import ADDED, NEUTRAL
 
+__all__ = [
+    "ModelArgs",
+    "DataArgs",
+    "TrainArgs",
+    "FedArgs",
+    "PRECISIONS",
+    "MAX_THREADS",
+    "FabricArgs",
+    "EvalMode",
+    "EvalArgs",
+    "DPArgs",
+    "SECTIONS",
+    "neutral_keys",
+]
+
 
 def _failed(checks: Iterable[tuple[bool, str]]) -> list[str]:
     """The message of every (holds, message) check that does not hold, in order."""

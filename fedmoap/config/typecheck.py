@@ -17,6 +17,8 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+__all__ = ["NONFINITE", "type_problems", "mismatch"]
+
 NONFINITE = {"nonfinite": True}
 """Field metadata of a float setting for which ``inf`` (or ``nan``) is a meaningful value."""
 

@@ -11,6 +11,18 @@ from typing import Any
 import yaml
 from yaml.constructor import ConstructorError
 
+__all__ = [
+    "MERGE_TAG",
+    "MAX_FILE_BYTES",
+    "DuplicateKeyError",
+    "UniqueKeyLoader",
+    "check_unique_keys",
+    "load",
+    "strict",
+    "read_limited",
+    "read_config",
+]
+
 MERGE_TAG = "tag:yaml.org,2002:merge"
 MAX_FILE_BYTES = 1 << 20
 """The largest config or study file read (1 MiB; the paper configs are under 2 KiB)."""

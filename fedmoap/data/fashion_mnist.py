@@ -16,6 +16,15 @@ import numpy as np
 
 from fedmoap.errors import FedmoapError
 
+__all__ = [
+    "DEFAULT_DIR",
+    "CLASS_NAMES",
+    "SPLIT_FILES",
+    "load_fashion_mnist",
+    "load_fashion_mnist_with_id",
+    "read_splits",
+]
+
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` installs the four IDX files."""
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

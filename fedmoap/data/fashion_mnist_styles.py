@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from fedmoap.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, _image_column, read_splits
 
+__all__ = ["STYLES", "BLUR_SIGMA", "load_fashion_mnist_styles", "assign_styles", "render"]
+
 STYLES = ("original", "inverted", "rotated", "blurred", "edges")
 """Domain names, in the order of the assignment (row's position in the permutation mod 5)."""
 BLUR_SIGMA = 1.5

@@ -14,6 +14,8 @@ from datasets import Dataset, Image
 
 from fedmoap.errors import FedmoapError
 
+__all__ = ["BadImage", "load_images"]
+
 
 class BadImage(FedmoapError):
     """An image of the dataset cannot be decoded."""

@@ -27,6 +27,18 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
 from fedmoap.errors import FedmoapError
 
+__all__ = [
+    "LAYOUT_FORMAT",
+    "COOP_IMAGE_DIRS",
+    "COOP_SIZES",
+    "COOP_SPLITS",
+    "load_coop",
+    "FedbnLayout",
+    "FEDBN",
+    "load_fedbn",
+    "LAYOUTS",
+]
+
 LAYOUT_FORMAT = 1
 """Part of every id: bump when a loader's output changes for the same files."""
 

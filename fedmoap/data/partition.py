@@ -11,6 +11,21 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+__all__ = [
+    "PartitionFn",
+    "iid",
+    "pathological",
+    "dirichlet",
+    "label_uniform",
+    "block_count",
+    "class_blocks",
+    "by_group",
+    "k_shot",
+    "test_like_train_by_group",
+    "test_drawn_like_train_by_group",
+    "test_like_train",
+]
+
 PartitionFn = Callable[[np.ndarray, int, np.random.Generator], list[np.ndarray]]
 
 

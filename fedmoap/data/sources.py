@@ -25,6 +25,8 @@ from fedmoap.config.sections import DataArgs
 from fedmoap.data.layouts import LAYOUTS
 from fedmoap.errors import FedmoapError
 
+__all__ = ["SourceData", "load_source"]
+
 
 @dataclass
 class SourceData:

@@ -20,6 +20,8 @@ from fedmoap.data.sources import SourceData
 from fedmoap.errors import FedmoapError
 from fedmoap.seeding import numpy_rng
 
+__all__ = ["SPLIT_FORMAT", "EXTRA_KEYS", "ClientSplit", "make_split", "load_split"]
+
 SPLIT_FORMAT = 1
 EXTRA_KEYS = ("classes", "unseen_clients", "eval_sets", "domains")
 """Optional split-file sections the evaluation modes add (:mod:`fedmoap.federation.evaluation`): the

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
+__all__ = ["COLOURS", "make_synthetic", "synthetic_id"]
+
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 180, 40),

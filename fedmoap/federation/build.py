@@ -43,6 +43,20 @@ from fedmoap.io import check_directory
 from fedmoap.methods.base import RunContext, Server
 from fedmoap.methods.prompts import PromptMethod
 
+__all__ = [
+    "DEFAULT_CACHE",
+    "Start",
+    "FRESH",
+    "StartMismatch",
+    "Resolved",
+    "cache_root",
+    "backbone_problems",
+    "resolve",
+    "schedule_of",
+    "assemble",
+    "build_federation",
+]
+
 DEFAULT_CACHE = Path("~/.cache/fedmoap")
 
 

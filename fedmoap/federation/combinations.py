@@ -19,6 +19,24 @@ from fedmoap.methods.declarations import OWN_RECORD
 if TYPE_CHECKING:
     from fedmoap.federation.config import RunConfig
 
+
+__all__ = [
+    "DP_MODES",
+    "EVAL_MODES",
+    "SCHEDULES",
+    "ENGINES",
+    "PUBLIC",
+    "Cell",
+    "name_of",
+    "implements",
+    "refusals",
+    "setting_problems",
+    "cell_of",
+    "problems",
+    "cells",
+    "matrix",
+]
+
 DP_MODES = ("off", "client_upload", "record_sgd")
 EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
 SCHEDULES = ("local", "rounds")

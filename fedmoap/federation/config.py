@@ -18,6 +18,8 @@ from fedmoap.config.sections import DataArgs, DPArgs, EvalArgs, FabricArgs, FedA
 from fedmoap.methods import Method
 from fedmoap.methods.pfedmoap import PFedMoAP
 
+__all__ = ["RunConfig", "config_dict"]
+
 
 @dataclass
 class RunConfig:

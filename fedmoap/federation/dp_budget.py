@@ -15,6 +15,9 @@ from fedmoap.errors import FedmoapError
 if TYPE_CHECKING:
     from fedmoap.config.sections import DPArgs, FabricArgs
 
+
+__all__ = ["ADJACENCY", "PRESETS", "effective", "problems", "preset_note", "epsilon", "solve_noise_multiplier"]
+
 ADJACENCY = {"client_upload": "client", "record_sgd": "record"}
 PRESETS = {"pfedmoap-appendix": {"delta": 0.05, "epsilons": (50.0, 25.0)}}
 """Named settings from papers: pFedMoAP App. C.2 (Table 6) reports epsilon 50 and 25 at delta 0.05."""

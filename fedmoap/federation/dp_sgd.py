@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from fedmoap.inputs.federated_data import FederatedData
     from fedmoap.methods.base import ClientModule
 
+
+__all__ = [
+    "PER_EXAMPLE_CHUNK",
+    "per_example_grads",
+    "clipped_sum",
+    "noisy_mean",
+    "private_parameters",
+    "steps_per_epoch",
+    "dp_sgd",
+]
+
 PER_EXAMPLE_CHUNK = 16
 """Examples whose gradients are computed in one ``vmap`` call (bounds the memory of record_sgd)."""
 

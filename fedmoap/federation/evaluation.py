@@ -57,6 +57,22 @@ if TYPE_CHECKING:
     from fedmoap.federation.rounds import Federation
     from fedmoap.inputs.federated_data import FederatedData
 
+
+__all__ = [
+    "MODES",
+    "POOLED",
+    "num_held_out",
+    "problems",
+    "ClassSplit",
+    "class_split",
+    "train_classes",
+    "complete_split",
+    "apply_class_order",
+    "ModeEvaluator",
+    "peer_mean",
+    "mean_params",
+]
+
 MODES: tuple[str, ...] = get_args(EvalMode)
 POOLED = {"global": ("global",), "base2novel": ("base", "novel")}
 """Mode -> the pooled test sets it needs (stored in split.json's ``eval_sets``)."""

@@ -14,6 +14,8 @@ from lightning import Fabric
 from fedmoap.inputs.federated_data import FederatedData
 from fedmoap.methods.base import ClientModule, Payload
 
+__all__ = ["Batches", "train_locally", "LocalTraining", "evaluate"]
+
 Batches = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 """epoch -> the batches of that epoch (dicts of the method's inputs and ``label``)."""
 

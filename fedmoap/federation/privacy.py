@@ -83,6 +83,9 @@ if TYPE_CHECKING:
     from fedmoap.methods.base import ClientModule, Method, Payload
 
 
+__all__ = ["clip_and_noise", "Accountant", "PrivateTraining", "NoisyUploads", "RecordDPSGD", "private_training"]
+
+
 # ------------------------------------------------------------------------------ mechanisms
 def clip_and_noise(
     delta: dict[str, Tensor], clip: float, noise_multiplier: float, gen: torch.Generator

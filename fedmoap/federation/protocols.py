@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from fedmoap.federation.rounds import Federation
 
 
+__all__ = ["problems", "DomainPlan", "domain_plan", "complete_split", "evaluate"]
+
+
 def problems(e: EvalArgs, data: DataArgs) -> list[str]:
     """Combination checks of the protocols' settings in the ``eval`` section, with the ``data``
     section's domain column (before any data is read)."""

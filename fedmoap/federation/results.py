@@ -13,6 +13,33 @@ from typing import Any
 
 from fedmoap.errors import FedmoapError
 
+__all__ = [
+    "round_record",
+    "summary",
+    "header",
+    "write_results",
+    "scalars",
+    "MODE_KEYS",
+    "B2N_METRICS",
+    "accuracy_entry",
+    "hmean",
+    "base2novel_entry",
+    "unseen_entry",
+    "PROTOCOLS",
+    "protocol_entry",
+    "mode_summary",
+    "mode_scalars",
+    "HPARAM_SECTIONS",
+    "hparams",
+    "write_hparams",
+    "read_results",
+    "rounds_done",
+    "summary_metrics",
+    "CLIENT_MODES",
+    "client_accs",
+    "number",
+]
+
 
 def round_record(
     t: int, counts: dict[int, tuple[int, int]] | None, participants: list[int], bytes_up: int, bytes_down: int

@@ -18,6 +18,8 @@ from fedmoap.federation.store import ClientStore
 from fedmoap.inputs.federated_data import FederatedData
 from fedmoap.methods.base import ClientModule, Method, Server
 
+__all__ = ["Trained", "Transport", "InProcess", "Federation", "trainers", "default_fabric"]
+
 Trained = tuple[dict[int, dict], dict[int, int], int, bool]
 """What a round's local training returns: (uploads, store references, bytes downloaded, stopped)."""
 

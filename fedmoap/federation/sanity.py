@@ -17,6 +17,8 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.data.sources import SourceData
 from fedmoap.inputs.features import FeatureCache
 
+__all__ = ["SAMPLE", "TEMPLATE", "numeric_names", "zero_shot_check"]
+
 SAMPLE = 512
 """Test images the zero-shot check looks at (a seeded sample of the clients' test rows)."""
 TEMPLATE = "a photo of a {}."

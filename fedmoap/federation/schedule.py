@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from fedmoap.seeding import numpy_rng
 
+__all__ = ["Schedule"]
+
 
 @dataclass(frozen=True)
 class Schedule:

@@ -23,6 +23,8 @@ import torch
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save, round_file, round_versions
 
+__all__ = ["ClientStore"]
+
 
 class ClientStore:
     """Each client's state versioned on disk under ``root``; only the index lives in memory.

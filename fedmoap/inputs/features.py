@@ -26,6 +26,8 @@ from fedmoap.io import atomic_torch_save, cache_lock
 from fedmoap.preemption import Preempted
 from fedmoap.seeding import derive_seed
 
+__all__ = ["CACHE_FORMAT", "FLUSH_ROWS", "FeatureCache"]
+
 CACHE_FORMAT = 3
 FLUSH_ROWS = 4096
 """Rows encoded between two writes of a cache file (and two checks of the stop flag)."""

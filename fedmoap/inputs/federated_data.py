@@ -32,6 +32,8 @@ from fedmoap.inputs.features import FeatureCache
 from fedmoap.inputs.pixels import PixelCache, augment
 from fedmoap.seeding import torch_generator
 
+__all__ = ["Inputs", "FederatedData", "gather_inputs"]
+
 
 @dataclass
 class Inputs:

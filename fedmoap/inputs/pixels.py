@@ -28,6 +28,8 @@ from fedmoap.data.images import load_images
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_write_bytes, cache_lock
 
+__all__ = ["PIXEL_FORMAT", "SCALE", "RATIO", "PixelCache", "crop_params", "augment"]
+
 PIXEL_FORMAT = 1
 SCALE = (0.08, 1.0)
 """Random resized crop: range of the crop's area fraction (torchvision's default)."""

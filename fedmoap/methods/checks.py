@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from fedmoap.backbones.base import Backbone
 
+__all__ = ["vision_prompt_problems", "text_depth_problems"]
+
 
 def vision_prompt_problems(method: str, backbone: Backbone, knob: str, depth: int, hint: str = "") -> list[str]:
     """Why ``backbone`` cannot take ``method``'s vision prompts in ``depth`` blocks (``knob`` names

@@ -26,6 +26,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
+__all__ = ["CoCoOpClient", "CoCoOp"]
+
 
 class CoCoOpClient(PromptClient):
     """The global context ``ctx`` and meta-network ``meta_net``, trained from the download."""

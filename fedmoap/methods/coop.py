@@ -9,6 +9,8 @@ from fedmoap.methods.base import Server
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 
+__all__ = ["CoOp"]
+
 
 @dataclass
 class CoOp(PromptMethod):

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+__all__ = ["OWN_RECORD", "Declares", "UNDECLARED", "reads_class_set", "PROMPT_LEARNER"]
+
 OWN_RECORD = "own"
 """:attr:`Declares.record_loss` of a method whose per-record loss reads that record only."""
 

@@ -37,6 +37,8 @@ from fedmoap.methods.base import Payload, RunContext, Server
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 
+__all__ = ["FedAMPClient", "FedAMPServer", "FedAMP"]
+
 
 class FedAMPClient(PromptClient):
     method: "FedAMP"

@@ -53,6 +53,8 @@ from fedmoap.methods.fedtpg import UniformMeanServer
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
+__all__ = ["KINDS", "FedMGPClient", "FedMGPServer", "FedMGP"]
+
 KINDS = ("text", "vision")
 
 

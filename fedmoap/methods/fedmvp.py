@@ -42,6 +42,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER, Declares, reads_class_s
 from fedmoap.methods.fedtpg import GEGLUFeedForward, UniformMeanServer
 from fedmoap.seeding import derive_seed, torch_generator
 
+__all__ = ["load_attributes", "which_clause", "sentences", "PromptFormer", "FedMVPClient", "FedMVP"]
+
 
 def load_attributes(path: str) -> dict[str, list[str]]:
     """The attribute file: a JSON object of class name -> list of phrases."""

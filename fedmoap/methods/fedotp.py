@@ -39,6 +39,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
 
+__all__ = ["LOG_DOMAIN_BELOW", "transport_plan", "transport_logits", "FedOTPClient", "FedOTP"]
+
 LOG_DOMAIN_BELOW = 0.05
 """eps below which the transport plan is computed in the log domain."""
 

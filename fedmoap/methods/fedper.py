@@ -22,6 +22,8 @@ from fedmoap.methods.base import FedAvgServer, HeldOut, Payload, RunContext
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import PromptClient, PromptMethod, initial_prompt
 
+__all__ = ["FedPerClient", "FedPer"]
+
 
 class FedPerClient(PromptClient):
     method: "FedPer"

@@ -33,6 +33,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
+__all__ = ["FedPGPClient", "FedPGP"]
+
 
 class FedPGPClient(PromptClient):
     method: "FedPGP"

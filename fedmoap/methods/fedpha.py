@@ -34,6 +34,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
+__all__ = ["weak_projector", "FedPHAClient", "FedPHA"]
+
 
 def weak_projector(prompt: Tensor, ratio: float) -> Tensor:
     """(W, W) projector onto the ``n - floor(n (1 - ratio))`` weakest right-singular directions of

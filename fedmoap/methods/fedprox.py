@@ -17,6 +17,8 @@ from fedmoap.methods.base import FedAvgServer, Payload
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
+__all__ = ["FedProxClient", "FedProx"]
+
 
 class FedProxClient(GlobalPromptClient):
     method: "FedProx"

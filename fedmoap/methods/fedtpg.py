@@ -33,6 +33,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER, Declares, reads_class_s
 from fedmoap.methods.prompts import PromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
 
+__all__ = ["GEGLUFeedForward", "PromptGenerator", "FedTPGClient", "UniformMeanServer", "FedTPG"]
+
 
 class GEGLUFeedForward(nn.Module):
     """LN -> Linear(W, 8W) -> GEGLU -> Linear(4W, W)."""

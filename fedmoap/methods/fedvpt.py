@@ -31,6 +31,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
+__all__ = ["FedVPTClient", "FedVPT"]
+
 
 class FedVPTClient(GlobalPromptClient):
     method: "FedVPT"

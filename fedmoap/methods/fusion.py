@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["CrossFusion"]
+
 
 class CrossFusion(nn.Module):
     """Residual multi-head cross-attention over prompt tokens (input-independent)."""

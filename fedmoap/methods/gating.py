@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+__all__ = ["Reduction", "reduce_features", "AttentionGating"]
+
 Reduction = Literal["avg_pool", "strided"]
 
 

@@ -25,6 +25,8 @@ from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
+__all__ = ["KgCoOpClient", "KgCoOp"]
+
 
 class KgCoOpClient(GlobalPromptClient):
     """Trains the global prompt with the knowledge-guided term; evaluated with the global prompt."""

@@ -28,6 +28,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
 
+__all__ = ["MaPLeClient", "MaPLe"]
+
 
 class MaPLeClient(GlobalPromptClient):
     """P_0 (``ctx``), P_1..P_{J-1} (``deep_text``) and the maps F_j (``proj``), all global."""

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from fedmoap.config.sections import TrainArgs
 
 
+__all__ = ["ParamGroup", "local_sgd", "cosine", "round_cosine", "lr_schedule", "cpu_copy"]
+
+
 @dataclass
 class ParamGroup:
     """Trainable parameters with their learning rate and schedule."""

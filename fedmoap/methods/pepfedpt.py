@@ -32,6 +32,8 @@ from fedmoap.methods.checks import vision_prompt_problems
 from fedmoap.methods.declarations import PROMPT_LEARNER, Declares
 from fedmoap.seeding import torch_generator
 
+__all__ = ["VPTHeadClient", "PEPFedPTServer", "VPTHead", "FedAvgVPT", "LocalVPT", "PEPFedPT"]
+
 
 class VPTHeadClient(ClientModule):
     """P_S + (optional) class prompts + linear head on ``sqrt(D) * normalize(pooled feature)``."""

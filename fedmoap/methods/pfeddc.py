@@ -40,6 +40,8 @@ from fedmoap.methods.optim import cosine
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed, torch_generator
 
+__all__ = ["PFedDCClient", "PFedDCServer", "PFedDC"]
+
 
 class PFedDCClient(GlobalPromptClient):
     """``ctx`` is the global text prompt G_t (input layer), exactly PromptFL's."""

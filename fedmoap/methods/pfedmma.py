@@ -37,6 +37,8 @@ from fedmoap.methods.base import ClientModule, FedAvgServer, Method, ParamGroup,
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.seeding import torch_generator
 
+__all__ = ["grad_scale", "ModalAdapter", "PFedMMAClient", "PFedMMA"]
+
 
 class _GradScale(torch.autograd.Function):
     """Identity forward; the gradient times ``factor`` backward."""

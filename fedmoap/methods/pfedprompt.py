@@ -32,6 +32,8 @@ from fedmoap.methods.base import ClientModule, FedAvgServer, HeldOut, Payload, R
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
+__all__ = ["PFedPromptClient", "PFedPrompt"]
+
 
 class PFedPromptClient(GlobalPromptClient):
     method: "PFedPrompt"

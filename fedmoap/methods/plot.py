@@ -24,6 +24,8 @@ from fedmoap.methods.fedotp import transport_logits
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod, initial_prompt
 from fedmoap.seeding import torch_generator
 
+__all__ = ["PLOTClient", "PLOT"]
+
 
 class PLOTClient(GlobalPromptClient):
     """N global contexts ``ctx`` (N, n_ctx, W), trained from the download and uploaded."""

@@ -25,6 +25,8 @@ from fedmoap.methods.base import FedAvgServer, Payload
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
+__all__ = ["project", "ProGradClient", "ProGrad"]
+
 
 def project(g_ce: Tensor, g_kl: Tensor, lam: float) -> Tensor:
     """ProGrad's update: ``g_ce`` if it agrees with ``g_kl`` (cos >= 0), else ``g_ce`` minus

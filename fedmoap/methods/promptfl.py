@@ -8,6 +8,8 @@ from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
+__all__ = ["PromptFLClient", "PromptFL"]
+
 
 class PromptFLClient(GlobalPromptClient):
     """Trains the global prompt on local data and uploads it; evaluated with the global prompt."""

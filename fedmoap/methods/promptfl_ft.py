@@ -18,6 +18,8 @@ from fedmoap.methods.base import FedAvgServer
 from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 
+__all__ = ["PromptFLFTClient", "PromptFLFT"]
+
 
 class PromptFLFTClient(GlobalPromptClient):
     method: "PromptFLFT"

@@ -24,6 +24,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import torch_generator
 
+__all__ = ["PromptFolioClient", "PromptFolio"]
+
 
 class PromptFolioClient(GlobalPromptClient):
     """Global context ``ctx`` (downloaded, uploaded) and a private local context ``local``."""

@@ -14,6 +14,8 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import ClientModule, Method, ParamGroup, Payload, RunContext
 from fedmoap.seeding import torch_generator
 
+__all__ = ["PromptMethod", "initial_prompt", "PromptClient", "GlobalPromptClient"]
+
 
 @dataclass
 class PromptMethod(Method):

@@ -39,6 +39,8 @@ from fedmoap.methods.declarations import PROMPT_LEARNER
 from fedmoap.methods.fedvpt import FedVPT, FedVPTClient
 from fedmoap.methods.prompts import PromptMethod
 
+__all__ = ["IMAGENET_TEMPLATES", "PromptSRCClient", "gpa_weight", "PromptSRCServer", "PromptSRC"]
+
 IMAGENET_TEMPLATES = (
     "a photo of a {}.",
     "a bad photo of a {}.",

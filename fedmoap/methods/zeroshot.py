@@ -11,6 +11,8 @@ from fedmoap.backbones.base import Backbone
 from fedmoap.methods.base import ClientModule, Method, RunContext, Server
 from fedmoap.methods.declarations import PROMPT_LEARNER
 
+__all__ = ["ZeroShotClient", "ZeroShot"]
+
 
 class ZeroShotClient(ClientModule):
     """Cosine classifier over the text features of the hand-written prompts."""

@@ -18,6 +18,8 @@ import torch
 from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_torch_save, round_file, round_versions
 
+__all__ = ["CKPT_FORMAT", "code_version", "checkpoint_path", "save_checkpoint", "load_latest", "latest_round"]
+
 CKPT_FORMAT = 3
 
 

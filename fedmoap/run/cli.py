@@ -19,6 +19,24 @@ from jsonargparse import ArgumentError
 from fedmoap.errors import FedmoapError
 from fedmoap.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED, Interrupted, Preempted, StoppedAtStartup, stop_flag
 
+__all__ = [
+    "Command",
+    "fit",
+    "sweep",
+    "report",
+    "EVAL_USAGE",
+    "evaluate",
+    "mia",
+    "FLOWER_USAGE",
+    "flower",
+    "methods",
+    "COMMANDS",
+    "OWN_HELP",
+    "overview",
+    "guarded",
+    "main",
+]
+
 
 @dataclass(frozen=True)
 class Command:

@@ -57,6 +57,8 @@ from fedmoap.run.checkpoint import checkpoint_path, code_version, latest_round, 
 from fedmoap.run.rundir import Progress, RunLock, Seen, check_run_dir, claim, stopped_at
 from fedmoap.run.validate import validate
 
+__all__ = ["preempted", "fit", "Setup", "setup", "stop_during_setup", "build", "misfit", "zero_shot_checks", "loop"]
+
 
 def preempted(comm: Comm | None, signal_number: int | None, r: int) -> str:
     """What a preempted run says; only rank 0 requeues a SLURM job (once, for every rank)."""

@@ -13,6 +13,9 @@ from fedmoap.errors import FedmoapError
 if TYPE_CHECKING:
     from fedmoap.federation.combinations import Cell
 
+
+__all__ = ["USAGE", "dims", "coordinates", "where", "summary", "cells_table", "main"]
+
 USAGE = (
     "usage: fedmoap methods [NAME ...] [--cells]\n"
     "  each method's declarations and the combinations it refuses (dp.mode x eval.modes x\n"

@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from fedmoap.federation.config import RunConfig
 
 
+__all__ = [
+    "fit_parser",
+    "sweep_parser",
+    "parse_fit",
+    "parser_message",
+    "method_class_problem",
+    "short_method_names",
+    "report_parser",
+]
+
+
 def _strict_yaml() -> None:
     """Config files and values: no repeated keys, attribute docstrings as help."""
     set_parsing_settings(docstring_parse_attribute_docstrings=True)

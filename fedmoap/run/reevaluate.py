@@ -34,6 +34,8 @@ from fedmoap.run.checkpoint import load_latest
 from fedmoap.run.parse import parse_fit
 from fedmoap.run.validate import validate
 
+__all__ = ["TRAINING_MODES", "override_problems", "restore_run", "reevaluate"]
+
 TRAINING_MODES = ("base2novel", "unseen_clients")
 """Evaluation modes that change what the clients train on (the partition, who trains)."""
 

@@ -32,6 +32,22 @@ from fedmoap.errors import FedmoapError
 from fedmoap.federation.results import rounds_done
 from fedmoap.run.runs import Run
 
+__all__ = [
+    "METRICS",
+    "IGNORED",
+    "Group",
+    "mia_metrics",
+    "run_metrics",
+    "varying_settings",
+    "summarize",
+    "duplicate_seeds",
+    "columns",
+    "cell",
+    "long_rows",
+    "paper_rows",
+    "render",
+]
+
 METRICS: dict[str, str] = {
     "final": "final round, mean per-client accuracy",
     "last5": "mean over the last 5 evaluated rounds",

@@ -28,6 +28,20 @@ from fedmoap.errors import FedmoapError
 from fedmoap.io import ROUND_FILE, check_directory, is_temporary, remove_temporaries, try_lock, writable, write_error
 from fedmoap.run.checkpoint import latest_round
 
+__all__ = [
+    "LOCK_NAME",
+    "FILES",
+    "DIRS",
+    "OWN_FILES",
+    "check_layout",
+    "check_run_dir",
+    "RunLock",
+    "Progress",
+    "Seen",
+    "stopped_at",
+    "claim",
+]
+
 LOCK_NAME = ".fedmoap.lock"
 FILES = ("config.yaml", "split.json", "results.json", LOCK_NAME)
 """Files fedmoap writes at the top of a run directory."""

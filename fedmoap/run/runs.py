@@ -22,6 +22,8 @@ import yaml
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.results import CLIENT_MODES, client_accs, read_results, summary_metrics
 
+__all__ = ["Run", "load_runs", "read_run", "flatten"]
+
 
 @dataclass
 class Run:

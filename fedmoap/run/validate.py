@@ -12,6 +12,8 @@ from fedmoap.federation.config import RunConfig
 from fedmoap.federation.dp_budget import problems as privacy_problems
 from fedmoap.methods.base import INPUTS
 
+__all__ = ["validate"]
+
 
 def validate(cfg: RunConfig, engine: str = "fit") -> None:
     """Checks beyond types, all of them, before anything is built: each section's own ranges, the

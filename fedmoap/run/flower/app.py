@@ -35,6 +35,22 @@ from fedmoap.federation.rounds import Federation, Trained, Transport
 from fedmoap.federation.store import ClientStore
 from fedmoap.run.flower.messages import from_record, to_record
 
+__all__ = [
+    "SETTINGS",
+    "STATISTICS",
+    "NODE_DIR",
+    "DP_NORMS",
+    "settings_of",
+    "FlowerTransport",
+    "server_app",
+    "Node",
+    "Downloaded",
+    "node_of",
+    "client_app",
+    "SERVER_APP",
+    "CLIENT_APP",
+]
+
 SETTINGS = "fedmoap-args"
 """The run config key (a Flower App's ``[tool.flwr.app.config]``) holding ``fedmoap fit``'s
 arguments as a JSON list, ``--run_dir`` included."""

@@ -9,6 +9,8 @@ from fedmoap.config.sections import FabricArgs
 from fedmoap.errors import FedmoapError
 from fedmoap.federation.config import RunConfig
 
+__all__ = ["flower_problems", "checked_config"]
+
 
 def flower_problems(f: FabricArgs) -> list[str]:
     """Why the ``fabric`` section cannot run on Flower (empty: it can); what the method and the

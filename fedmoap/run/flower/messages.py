@@ -13,6 +13,8 @@ import torch
 from flwr.app import Array, ArrayRecord
 from torch import Tensor
 
+__all__ = ["STYPE", "to_record", "from_record"]
+
 STYPE = "fedmoap.torch.raw"
 """The serialisation type of our arrays: a contiguous tensor's bytes, little-endian as in memory."""
 

@@ -24,6 +24,8 @@ from fedmoap.errors import FedmoapError
 from fedmoap.run.flower.app import DP_NORMS, SETTINGS
 from fedmoap.run.flower.checks import checked_config
 
+__all__ = ["OPTIONS", "FLAGS", "split_args", "absolute", "write_app", "simulate"]
+
 OPTIONS = {"--app": str, "--num_cpus": int, "--client_cpus": float, "--client_gpus": float}
 FLAGS = {"--write_only"}
 

@@ -12,3 +12,5 @@ and class. :func:`fedmoap.run.mia.run.run_mia` does it all; ``docs/privacy.md`` 
 This package's ``__init__`` stays free of heavy imports: the command line reads
 :mod:`fedmoap.run.mia.args` before anything is built.
 """
+
+__all__ = []

@@ -11,6 +11,8 @@ from jsonargparse import ArgumentError, ArgumentParser, set_parsing_settings
 
 from fedmoap.errors import FedmoapError
 
+__all__ = ["MiaArgs", "problems", "mia_parser", "parse_mia"]
+
 
 @dataclass
 class MiaArgs:

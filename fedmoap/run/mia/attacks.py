@@ -27,6 +27,8 @@ from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 from fedmoap.run.mia.records import Records
 from fedmoap.seeding import derive_seed, torch_generator
 
+__all__ = ["HIDDEN", "Verdict", "attack_mlp", "train_mlp", "mlp_attack", "fit_threshold", "threshold_attack", "metrics"]
+
 HIDDEN = 32
 """Hidden width of DP-FPL's attack MLP."""
 

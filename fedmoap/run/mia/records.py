@@ -23,6 +23,17 @@ from fedmoap.errors import FedmoapError
 from fedmoap.federation.rounds import Federation
 from fedmoap.seeding import numpy_rng
 
+__all__ = [
+    "Records",
+    "prepare_client",
+    "softmax_outputs",
+    "balance",
+    "client_records",
+    "group_labels",
+    "shadow_pools",
+    "shadow_split",
+]
+
 
 @dataclass
 class Records:

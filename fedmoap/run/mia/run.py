@@ -33,6 +33,8 @@ from fedmoap.run.parse import parse_fit
 from fedmoap.run.reevaluate import restore_run
 from fedmoap.seeding import derive_seed
 
+__all__ = ["REFUSED_MODES", "shadow_seed", "targets_of", "run_mia", "table"]
+
 REFUSED_MODES = ("base2novel", "unseen_clients", "xdomain", "lodo", "xdataset")
 """Evaluation modes under which clients train on part of the classes, clients or domains only:
 shadows drawn from the whole pool would not mirror them."""

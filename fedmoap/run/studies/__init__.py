@@ -6,3 +6,5 @@
 :mod:`~fedmoap.run.studies.table` makes the table from the cells' run directories or from the
 study's record in ``evidence/``.
 """
+
+__all__ = []

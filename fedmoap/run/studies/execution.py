@@ -17,6 +17,18 @@ if TYPE_CHECKING:
     from fedmoap.run.studies.format import Study
 
 
+__all__ = [
+    "check_extra",
+    "cells_of",
+    "select",
+    "run_study",
+    "cell_line",
+    "write_study_array",
+    "list_cells",
+    "study_command",
+]
+
+
 def check_extra(extra: dict) -> dict:
     """Overrides given beside a study (``--set``) may only change how runs are computed, not their
     numbers (the neutral keys: ``fabric.*``, ``data.feature_cache``, ...), so that the study's

@@ -47,6 +47,19 @@ from typing import Any
 from fedmoap.config import yamlfile
 from fedmoap.errors import FedmoapError
 
+__all__ = [
+    "STUDY_KEYS",
+    "VARIANT_KEYS",
+    "TABLE_KEYS",
+    "SET_BY_STUDY",
+    "KEY",
+    "Variant",
+    "Cell",
+    "Study",
+    "to_args",
+    "load_study",
+]
+
 STUDY_KEYS = ("name", "description", "base", "splits", "seeds", "variants", "table")
 VARIANT_KEYS = ("key", "config", "overrides", "seeds", "splits")
 TABLE_KEYS = ("metrics", "splits")

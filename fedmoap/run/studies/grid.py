@@ -32,6 +32,8 @@ from pathlib import Path
 from fedmoap.errors import FedmoapError
 from fedmoap.run.studies.format import KEY, SET_BY_STUDY, Study, Variant
 
+__all__ = ["SPLIT_SECTIONS", "DEFAULT_OUT", "NONE", "parse_grid", "grid_study"]
+
 SPLIT_SECTIONS = ("data.", "eval.")
 """Grid keys under these sections make the study's splits; the others its variants."""
 DEFAULT_OUT = Path("runs") / "sweep"

@@ -16,6 +16,8 @@ from fedmoap.io import atomic_write_text, check_output_file
 from fedmoap.run.report import cell, run_metrics
 from fedmoap.run.runs import read_run
 
+__all__ = ["TITLES", "study_table", "recorded_cells", "report_files", "record_table", "provenance", "study_report"]
+
 TITLES = {
     "final": "final round",
     "last5": "last 5 rounds",
