@@ -100,6 +100,9 @@ class Method:
     """False for methods with nothing to train (zero-shot): no round trains anyone."""
     keep_optimizer_state: ClassVar[bool] = True
     """Default optimizer-state policy (``train.optimizer_state`` overrides it)."""
+    classifier: ClassVar[str] = "text features"
+    """What scores an image against the classes: the class names' ``text features`` (CLIP's way)
+    or a trained ``linear head``; a study table shows rows that differ in it."""
     declares: ClassVar[Declares] = UNDECLARED
     """What the method does, as far as combining it with other features goes (what a record's
     loss reads, what the server reads, knobs indexed by round or client): stated in the method's

@@ -267,6 +267,7 @@ class VPTHead(Method):
 
     inputs = frozenset({"pixels"})
     keep_optimizer_state = False
+    classifier = "linear head"
     local: ClassVar[bool] = False
     """Each client trains alone (every client, every round) and nothing is sent."""
     client_class = VPTHeadClient

@@ -5,6 +5,7 @@ short method names, a method's own defaults, and one-line messages for bad input
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -38,8 +39,10 @@ def _strict_yaml() -> None:
         set_loader("yaml", yamlfile.strict(get_loader("yaml")), exceptions=(yaml.YAMLError,))
 
 
+@functools.lru_cache(maxsize=1)
 def fit_parser() -> ArgumentParser:
-    """``fedmoap fit``'s parser, generated from the config dataclasses (imports every method)."""
+    """``fedmoap fit``'s parser, generated from the config dataclasses (imports every method);
+    built once per process (a study parses hundreds of runs) and never changed after."""
     _strict_yaml()
     from fedmoap.federation.config import RunConfig
     from fedmoap.methods import registry

@@ -193,6 +193,14 @@ BAD = {  # file changes -> words the one-line error must hold
     "same_key_twice": ({"variants": {"A": {"key": "a"}, "B": {"key": "a"}}}, ["tiny.yaml", "variants.B.key"]),
     "table_metric": ({"table": {"metrics": ["best"]}}, ["tiny.yaml", "table.metrics"]),
     "not_yaml": (None, ["tiny.yaml", "YAML"]),
+    "held_setting_differs": (
+        {
+            "holds_constant": ["train.lr"],
+            "variants": {"A": {"key": "a"}, "B": {"key": "b", "overrides": {"train.lr": 0.5}}},
+        },
+        ["tiny.yaml", "holds_constant: train.lr", "'B': 0.5"],
+    ),
+    "holds_constant_not_a_list": ({"holds_constant": "train.lr"}, ["tiny.yaml", "holds_constant", "not a list"]),
 }
 
 
@@ -209,6 +217,30 @@ def test_bad_study_files_one_line_exit_2_nothing_written(tmp_path, capsys, case)
         assert err.startswith("fedmoap: error:") and "\n" not in err, err
         assert all(w in err for w in words), (words, err)
         assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_row_that_differs_beyond_its_method_is_listed_and_marked(tmp_path, capsys):
+    """--list names each row's settings that differ from the others' (the method's resolved
+    optimizer-state policy and classifier included); a row that differs beyond its method's knobs
+    is marked, one that differs only in its knobs is not."""
+    variants = {
+        "PromptFL": {"key": "promptfl", "overrides": {"method": "promptfl"}},
+        "PromptFL, its momentum kept": {
+            "key": "promptfl-keep",
+            "overrides": {"method": "promptfl", "train.optimizer_state": "keep"},
+        },
+        "PromptFL, 8 tokens": {"key": "promptfl8", "overrides": {"method": "promptfl", "method.n_ctx": 8}},
+        "PromptFL, lr 0.5": {"key": "promptfl-lr", "overrides": {"method": "promptfl", "train.lr": 0.5}},
+        "KgCoOp": {"key": "kgcoop", "overrides": {"method": "kgcoop"}},
+    }
+    path = tiny_study(tmp_path, variants=variants)
+    assert main(["sweep", "--study", str(path), "--list", "--out", str(tmp_path / "out")]) == 0
+    rows = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")}
+    assert rows["- PromptFL"].endswith(": none") and rows["- PromptFL, its momentum kept"].endswith(": none")
+    assert rows["- PromptFL, 8 tokens"].endswith(": method.n_ctx 8")
+    assert "†" in rows["- PromptFL, lr 0.5 †"] and rows["- PromptFL, lr 0.5 †"].endswith("train.lr 0.5")
+    assert "optimizer state reset" in rows["- KgCoOp †"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_set_only_takes_settings_that_keep_the_numbers(tmp_path, capsys):
@@ -232,8 +264,10 @@ def test_set_only_takes_settings_that_keep_the_numbers(tmp_path, capsys):
         )
         == 0
     )
-    listed = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr().out.splitlines()
+    listed = [line for line in printed if "fedmoap fit" in line]
     assert len(listed) == 2 and all("--fabric.threads 2" in line and "[new]" in line for line in listed)
+    assert printed[0].startswith("Settings every row shares unless listed: optimizer state keep")
     # its split is made by the variant left out, which has not run
     assert main(["sweep", "--study", str(path), "--run", "--out", str(out), "--only", "pfedmoap"]) == 2
     assert "add it to --only" in capsys.readouterr().err

@@ -22,6 +22,8 @@ def listed(capsys, out, *grid, seeds=("0",)):
     assert main(["sweep", "--config", SMOKE, "--grid", *grid, "--seeds", *seeds, "--list", "--out", str(out)]) == 0
     cells = []
     for line in capsys.readouterr().out.splitlines():
+        if "  fedmoap fit " not in line:
+            continue  # the rows' settings above the cells
         run_dir, _, args = line.partition("  fedmoap fit ")
         cells.append((run_dir.split()[0], shlex.split(args)))
     return cells

@@ -145,15 +145,19 @@ def write_study_array(
 def list_cells(
     study, out: str | Path | None = None, only: list[str] | None = None, extra: dict | None = None
 ) -> list[str]:
-    """One line per cell: its run directory, state (new, round r of n, finished, or holding
+    """What each row holds that the others do not (:func:`~fedmoap.run.studies.settings.settings_lines`),
+    then one line per cell: its run directory, state (new, round r of n, finished, or holding
     another config), config digest and ``fedmoap fit`` arguments. Writes nothing."""
     from fedmoap.config import yamlfile
     from fedmoap.config.digest import config_digest
     from fedmoap.federation.results import rounds_done
 
     out = Path(out) if out is not None else study.default_out()
-    lines = []
-    for c in cells_of(study, out, only, extra, check_splits=False):
+    from fedmoap.run.studies.settings import settings_lines, settings_of
+
+    chosen = cells_of(study, out, only, extra, check_splits=False)
+    lines = [*settings_lines(settings_of(study, chosen)), ""]
+    for c in chosen:
         done = rounds_done(c.run_dir)
         state = "finished" if done >= c.rounds else f"round {done} of {c.rounds}" if done else "new"
         stored = c.run_dir / "config.yaml"

@@ -22,6 +22,7 @@ A study is the whole of an evidence table: which runs it needs and how they are 
     table:                           # optional
       metrics: [final, last5]        #   columns per split (fedmoap.run.report.METRICS)
       splits: [dirichlet]            #   which splits are columns, in order
+    holds_constant: [optimizer state, train.lr]   # optional: every row must share these
 
 A value is written as in YAML (``method.lam: 0``, ``eval.modes: [local, base2novel]``) and a
 run's arguments are ``--config BASE --KEY VALUE ... (split) --config VARIANT (overrides) --seed
@@ -60,7 +61,7 @@ __all__ = [
     "load_study",
 ]
 
-STUDY_KEYS = ("name", "description", "base", "splits", "seeds", "variants", "table")
+STUDY_KEYS = ("name", "description", "base", "splits", "seeds", "variants", "table", "holds_constant")
 VARIANT_KEYS = ("key", "config", "overrides", "seeds", "splits")
 TABLE_KEYS = ("metrics", "splits")
 SET_BY_STUDY = ("seed", "run_dir", "progress")
@@ -120,6 +121,8 @@ class Study:
     table_splits: list[str]
     out: Path | None = None
     """Where its cells go unless told otherwise (``runs/studies/<name>`` if None)."""
+    holds_constant: list[str] = field(default_factory=list)
+    """Settings every row must share (:mod:`fedmoap.run.studies.settings`), checked with the cells."""
 
     def default_out(self) -> Path:
         return self.out if self.out is not None else Path("runs") / "studies" / self.name
@@ -189,6 +192,10 @@ class Study:
                     )
                     if shares and writer is None:
                         writer = run_dir
+        if self.holds_constant:
+            from fedmoap.run.studies.settings import check_constant, settings_of
+
+            check_constant(self, settings_of(self, cells))
         return cells
 
     def _parse(self, args: list[str], where: str) -> Any:
@@ -288,7 +295,10 @@ def load_study(path: str | Path) -> Study:
     if isinstance(base.get("config"), str) and not Path(base["config"]).is_file():
         raise bad("base.config", f"{base['config']!r} is not a file (paths are from the current directory)")
     metrics, table_splits = _table(raw.get("table") or {}, list(splits), bad)
-    return Study(path, name, description, base, splits, seeds, variants, metrics, table_splits)
+    held = raw.get("holds_constant") or []
+    if not isinstance(held, list) or not all(isinstance(k, str) and k for k in held):
+        raise bad("holds_constant", "not a list of settings (e.g. [train.lr, optimizer state])")
+    return Study(path, name, description, base, splits, seeds, variants, metrics, table_splits, holds_constant=held)
 
 
 def _overrides(value: Any, where: str, bad) -> dict[str, Any]:

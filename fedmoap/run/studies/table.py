@@ -15,6 +15,7 @@ from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_write_text, check_output_file
 from fedmoap.run.report import cell, run_metrics
 from fedmoap.run.runs import read_run
+from fedmoap.run.studies.settings import settings_lines, settings_of
 
 __all__ = ["TITLES", "study_table", "recorded_cells", "report_files", "record_table", "provenance", "study_report"]
 
@@ -45,6 +46,7 @@ def study_table(
     seconds: dict[str, float] | None = None,
     recorded: dict[str, dict[str, Any]] | None = None,
     runs: bool = True,
+    marks: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The table of a study's runs: ``planned`` is row label -> split -> [(seed, run directory)];
     rows = labels, columns = ``splits`` x ``metrics``, each cell the mean ± sample std over the
@@ -106,7 +108,8 @@ def study_table(
                 text = cell(st["mean"], st["std"]) if st["n"] else "–"
                 text = f"**{text}**" if st["n"] and st["mean"] == best.get((s, m)) else text
                 row.append(text + (f" ({st['n']} of {want} seeds)" if st["n"] and st["n"] < want else ""))
-        lines.append(f"| {label} | " + " | ".join(row) + " |")
+        shown = f"{label} {(marks or {})[label]}" if label in (marks or {}) else label
+        lines.append(f"| {shown} | " + " | ".join(row) + " |")
     record = {
         "splits": splits,
         "metrics": metrics,
@@ -125,16 +128,21 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": statistics.mean(kept), "std": statistics.stdev(kept) if len(kept) > 1 else math.nan, "n": len(kept)}
 
 
-def recorded_cells(study, out: Path, files: list[str], runs: bool = True) -> tuple[dict[str, dict], list[str]]:
+def recorded_cells(
+    study, out: Path, files: list[str], runs: bool = True, cells: list | None = None
+) -> tuple[dict[str, dict], list[str]]:
     """Cells of earlier records of this study (``OUT/<name>.json`` files that ``study_report``
     wrote), by the run directory each would have under ``out``, for the planned cells whose run
     directory holds no ``results.json`` (every planned cell if not ``runs``): ``{run_dir: entry}``
     of those whose config digest equals the planned cell's, and the run directories of those that
-    differ (another configuration: not taken). A cell recorded before records held digests
+    differ (another configuration: not taken); ``cells``: the study's planned cells, if the caller
+    has them. A cell recorded before records held digests
     (``config_digest`` null, a record converted from an older format) is taken as it is; its
     record's ``provenance`` says where it came from."""
     digests = {
-        str(c.run_dir): c.digest for c in study.cells(out) if not (runs and (c.run_dir / "results.json").is_file())
+        str(c.run_dir): c.digest
+        for c in (cells if cells is not None else study.cells(out))
+        if not (runs and (c.run_dir / "results.json").is_file())
     }
     taken: dict[str, dict] = {}
     stale: list[str] = []
@@ -172,19 +180,29 @@ def record_table(study, record: str | Path) -> str:
         out = Path(json.loads(Path(record).read_text())["out"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise FedmoapError(f"{record} is not a study record ({' '.join(str(exc).split())[:200]})") from None
-    taken, stale = recorded_cells(study, out, [str(record)], runs=False)
+    cells = study.cells(out)
+    taken, stale = recorded_cells(study, out, [str(record)], runs=False, cells=cells)
     planned = {
         v.label: {s: [(seed, out / s / f"seed{seed}" / v.key) for seed in v.seeds] for s in v.splits}
         for v in study.variants
     }
-    gone = [str(p) for cells in planned.values() for c in cells.values() for _, p in c if str(p) not in taken]
+    gone = [
+        str(p)
+        for rows in planned.values()
+        for c in rows.values()
+        for _, p in c
+        if str(p) not in taken and str(p) not in stale
+    ]
     if stale or gone:
         raise FedmoapError(
             f"{record}: not the record of {study.path} as it is: {len(stale)} cells with another config digest, "
             f"{len(gone)} cells missing (first: {(stale + gone)[0]}); rerun the study and write its record"
         )
-    table, _ = study_table(planned, study.table_splits, study.metrics, recorded=taken, runs=False)
-    return table
+    settings = settings_of(study, cells)
+    table, _ = study_table(
+        planned, study.table_splits, study.metrics, recorded=taken, runs=False, marks=settings.marks()
+    )
+    return table + "\n\n" + "\n".join(settings_lines(settings))
 
 
 def provenance(study) -> dict[str, Any]:
@@ -233,8 +251,10 @@ def study_report(study, out: str | Path | None = None, recorded: list[str] | Non
         seconds = {str(out / rel): s for rel, s in json.loads(book.read_text()).items()} if book.is_file() else {}
     except (OSError, ValueError, AttributeError) as exc:
         raise FedmoapError(f"report: {book} is unreadable ({' '.join(str(exc).split())[:200]})") from None
-    taken, stale = recorded_cells(study, out, recorded) if recorded else ({}, [])
-    table, record = study_table(planned, study.table_splits, study.metrics, seconds, taken)
+    cells = study.cells(out)
+    taken, stale = recorded_cells(study, out, recorded, cells=cells) if recorded else ({}, [])
+    settings = settings_of(study, cells)
+    table, record = study_table(planned, study.table_splits, study.metrics, seconds, taken, marks=settings.marks())
     used = sum(1 for splits in record["rows"].values() for cells in splits.values() for e in cells if "recorded" in e)
     if used or stale:
         table += (
@@ -242,6 +262,8 @@ def study_report(study, out: str | Path | None = None, recorded: list[str] | Non
             f" are gone; same config digest); {len(stale)} recorded cells with another digest were left out."
         )
         record["recorded_stale"] = stale
+    table += "\n\n" + "\n".join(settings_lines(settings))
+    record["settings"] = {"common": settings.common, "differs": settings.differs}
 
     def strict(obj: object) -> object:  # JSON without NaN
         if isinstance(obj, float) and math.isnan(obj):
@@ -261,5 +283,5 @@ def study_report(study, out: str | Path | None = None, recorded: list[str] | Non
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(markdown, f"# {study.name}\n\n{study.description}\n\n{table}\n")
-    atomic_write_text(json_file, json.dumps(strict(record), indent=1, allow_nan=False))
+    atomic_write_text(json_file, json.dumps(strict(record), indent=1, allow_nan=False, default=str))
     return table
