@@ -107,7 +107,7 @@ def report(argv: list[str]) -> int:
         from fedmoap.run.studies.format import load_study
         from fedmoap.run.studies.table import study_report
 
-        print(study_report(load_study(ns.study), ns.out, ns.recorded))
+        print(study_report(load_study(ns.study), ns.out, ns.recorded, ns.mixed_code))
         return 0
     if not ns.runs:
         raise FedmoapError("report: give run directories or --study FILE")

@@ -268,6 +268,11 @@ def report_parser() -> ArgumentParser:
         help="--study: earlier records of it (OUT/NAME.json) to take a cell from when its run directory "
         "is gone, only where the recorded config digest equals the cell's; the table says how many",
     )
+    report.add_argument(
+        "--mixed-code",
+        action="store_true",
+        help="--study: let a row mix cells made by commits whose method code differs (said under the table)",
+    )
     report.add_argument("--format", type=Literal["markdown", "csv"], default="markdown", help="markdown or csv")
     report.add_argument(
         "--group-by",

@@ -15,6 +15,7 @@ from fedmoap.errors import FedmoapError
 from fedmoap.io import atomic_write_text, check_output_file
 from fedmoap.run.report import cell, run_metrics
 from fedmoap.run.runs import read_run
+from fedmoap.run.studies.code import mixed_code
 from fedmoap.run.studies.settings import settings_lines, settings_of
 
 __all__ = ["TITLES", "study_table", "recorded_cells", "report_files", "record_table", "provenance", "study_report"]
@@ -232,12 +233,15 @@ def provenance(study) -> dict[str, Any]:
     }
 
 
-def study_report(study, out: str | Path | None = None, recorded: list[str] | None = None) -> str:
+def study_report(
+    study, out: str | Path | None = None, recorded: list[str] | None = None, mixed_ok: bool = False
+) -> str:
     """The study's table from its run directories under ``out`` (finished runs only; nothing is
     run): returns the Markdown and writes it to ``OUT/<name>.md`` and, with every run's values
     per seed (fractions), its seconds (``OUT/seconds.json``, written by ``sweep --run``) and
     config digest, to ``OUT/<name>.json``. ``recorded``: earlier ``<name>.json`` records whose
-    cells stand in for run directories that are gone (:func:`recorded_cells`)."""
+    cells stand in for run directories that are gone (:func:`recorded_cells`). A row whose cells
+    ran different method code is refused unless ``mixed_ok`` (:mod:`fedmoap.run.studies.code`)."""
     out = Path(out) if out is not None else study.default_out()
     markdown, json_file = report_files(study, out)
     for file in (markdown, json_file):
@@ -262,6 +266,21 @@ def study_report(study, out: str | Path | None = None, recorded: list[str] | Non
             f" are gone; same config digest); {len(stale)} recorded cells with another digest were left out."
         )
         record["recorded_stale"] = stale
+    mixed, unknown = mixed_code({c.variant.label: type(c.cfg.method) for c in cells}, record["rows"])
+    if mixed and not mixed_ok:
+        raise FedmoapError(
+            f"report: {'; '.join(mixed)}: a row would compare two implementations as one "
+            "(rerun its cells, or --mixed-code to mix them and say so under the table)"
+        )
+    if mixed or unknown:
+        table += (
+            "\n\n"
+            + "; ".join(
+                ([f"Mixed code: {'; '.join(mixed)}"] if mixed else [])
+                + ([f"{unknown} cells name no code this checkout can compare"] if unknown else [])
+            )
+            + "."
+        )
     table += "\n\n" + "\n".join(settings_lines(settings))
     record["settings"] = {"common": settings.common, "differs": settings.differs}
 
