@@ -104,10 +104,20 @@ def report(argv: list[str]) -> int:
 
     ns = report_parser().parse_args(argv)
     if ns.study:
-        from fedmoap.run.studies.format import load_study
-        from fedmoap.run.studies.table import study_report
+        import json
 
-        print(study_report(load_study(ns.study), ns.out, ns.recorded, ns.mixed_code))
+        from fedmoap.io import check_output_file
+        from fedmoap.run.studies.format import load_study
+        from fedmoap.run.studies.plot import check_plot_path, plot_record
+        from fedmoap.run.studies.table import report_files, study_report
+
+        if ns.plot:
+            check_output_file(check_plot_path(ns.plot), "--plot")
+        study = load_study(ns.study)
+        print(study_report(study, ns.out, ns.recorded, ns.mixed_code))
+        if ns.plot:
+            json_file = report_files(study, Path(ns.out) if ns.out else study.default_out())[1]
+            print(f"figure -> {plot_record(json.loads(json_file.read_text()), ns.plot)}")
         return 0
     if not ns.runs:
         raise FedmoapError("report: give run directories or --study FILE")

@@ -269,6 +269,13 @@ def report_parser() -> ArgumentParser:
         "is gone, only where the recorded config digest equals the cell's; the table says how many",
     )
     report.add_argument(
+        "--plot",
+        type=str | None,
+        default=None,
+        help="--study: also draw each row's mean accuracy per round with its spread over seeds to this "
+        "file (.png, .svg or .pdf; needs matplotlib)",
+    )
+    report.add_argument(
         "--mixed-code",
         action="store_true",
         help="--study: let a row mix cells made by commits whose method code differs (said under the table)",

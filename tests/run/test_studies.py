@@ -109,6 +109,18 @@ def test_a_study_runs_shares_splits_resumes_and_reports(tmp_path, capsys):
     assert [r["seed"] for r in record["rows"]["PromptFL"]["dir"]] == [0, 1]
     assert all(r["seconds"] > 0 for r in record["rows"]["PromptFL"]["dir"])
     assert (out / "tiny.md").read_text().count("| PromptFL |") == 1
+    # its figure: each row's mean per round over the seeds, from the record's curves
+    cell = record["rows"]["PromptFL"]["dir"][0]
+    assert [r for r, _ in cell["curve"]] == [1, 2] and cell["curve"][-1][1] == pytest.approx(cell["final"])
+    assert main(["report", "--study", str(path), "--out", str(out), "--plot", str(tmp_path / "fig.png")]) == 0
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main(["report", "--study", str(path), "--out", str(out), "--plot", str(tmp_path / "fig.txt")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"fedmoap: error: --plot {tmp_path / 'fig.txt'}: not a figure file (.png, .svg, .pdf)"
+    )
+    assert not (tmp_path / "fig.txt").exists()
     # the record names what made it, and alone makes the same table (the one the docs show)
     assert set(record["provenance"]) >= {"commit", "machine", "threads", "written"}
     assert record_table(load_study(path), out / "tiny.json") == table.rstrip("\n")

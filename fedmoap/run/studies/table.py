@@ -54,7 +54,8 @@ def study_table(
     finished runs' values in %, the best mean of a column in bold, ``(n of m seeds)`` where runs
     are missing. Returns the Markdown and a record (per-seed values as fractions, seconds: the
     ``seconds`` given per run directory, else the ``seconds`` a run's results.json holds; code: the
-    fedmoap version and commit that made the run).
+    fedmoap version and commit that made the run; curve: [round, mean accuracy] of every
+    evaluated round).
     ``recorded``: run directory -> an earlier record's entry, used where that directory holds no
     results.json; with ``runs`` False no run directory is read (every cell from ``recorded``)."""
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -82,6 +83,7 @@ def study_table(
                         "seconds": took,
                         "config_digest": run.results.get("config_digest"),
                         "code": run.results.get("code"),
+                        "curve": [[r["round"], r["mean_acc"]] for r in run.evaluated],
                         "run_dir": str(path),
                     }
                 )
