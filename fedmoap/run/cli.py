@@ -265,6 +265,17 @@ def overview() -> str:
     return "\n".join(lines)
 
 
+def _stopping() -> None:
+    """Once the program has answered a Ctrl-C, a second one (or one still pending) must not kill
+    the process by SIGINT while it exits, which would lose the exit code and the last flush."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread (an embedding caller): nothing to change
+        pass
+
+
 def guarded(command: Command, argv: list[str]) -> int:
     """Run ``command``, mapping what it raises to one line on stderr and the exit code."""
     try:
@@ -285,7 +296,7 @@ def guarded(command: Command, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``fedmoap COMMAND ARGS``: the exit code."""
-    argv = sys.argv[1:] if argv is None else argv
+    program, argv = argv is None, sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(overview())
         return 0 if argv else 2
@@ -297,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if command.name in OWN_HELP and argv[1:2] in (["-h"], ["--help"]):
         print(f"usage: fedmoap {command.name} {command.arguments}\n  {command.run.__doc__.split(':', 1)[1].strip()}")
         return 0
-    return guarded(command, argv[1:])
+    code = guarded(command, argv[1:])
+    if program and code == EXIT_INTERRUPTED:
+        _stopping()
+    return code
 
 
 if __name__ == "__main__":
