@@ -155,7 +155,7 @@ class Federation:
             stats_up += self.collect_statistics(t, participants)
         counts = None
         if self.schedule.evaluates(t):
-            mine = comm.shard(self.schedule.clients)
+            mine = comm.shard(self.schedule.evaluated(t))
             counts = comm.gather_dicts(self.transport.evaluate(self, mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
         record = round_record(
