@@ -18,6 +18,8 @@ gating trained as in any round with experts); its prompt never enters the pool.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
@@ -116,9 +118,8 @@ class PFedMoAPServer(FedAvgServer):
 
     def __init__(self, method: "PFedMoAP", init: Payload, run: RunContext) -> None:
         super().__init__(method, init, run)
-        self.pool: dict[int, Tensor] = {}
-        self._matrix: tuple[Tensor, Tensor] | None = None
-        """The pool as one matrix (:func:`pool_matrix`), rebuilt after the pool changes."""
+        self.pool = PromptPool(run.num_clients)
+        """Every client's latest prompt, rows of one matrix (:class:`PromptPool`)."""
 
     def num_experts(self, cid: int) -> int:
         return (self.method.experts_per_client or {}).get(cid, self.method.num_experts)
@@ -126,9 +127,7 @@ class PFedMoAPServer(FedAvgServer):
     def payload(self, cid: int, t: int) -> Payload:
         out = super().payload(cid, t)
         if cid in self.pool:
-            if self._matrix is None:  # one matrix for all of a round's searches
-                self._matrix = pool_matrix(self.pool)
-            out["experts"] = self.experts(self.pool, cid, out["prompt"], self._matrix)
+            out["experts"] = self.pool.rows(self.pool.nearest(self.pool[cid], self.num_experts(cid), cid))
         return out
 
     def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
@@ -136,33 +135,139 @@ class PFedMoAPServer(FedAvgServer):
         were ``cid``'s pool entry; the pool is not changed)."""
         out = self.eval_payload(cid)
         if upload is not None:
-            out["experts"] = self.experts({**self.pool, cid: upload["prompt"]}, cid, out["prompt"])
+            ids = self.pool.nearest(upload["prompt"], self.num_experts(cid), cid)
+            out["experts"] = self.pool.rows(ids) if ids else upload["prompt"].new_zeros(0, *upload["prompt"].shape)
         return out
-
-    def experts(
-        self, pool: dict[int, Tensor], cid: int, prompt: Tensor, matrix: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
-        """(K, n_ctx, W) the pool entries nearest to ``pool[cid]``, nearest first."""
-        ids = nearest_experts(pool, cid, self.num_experts(cid), matrix)
-        return torch.stack([pool[j] for j in ids]) if ids else prompt.new_zeros(0, *prompt.shape)
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         super().aggregate(t, uploads, weights)
         for cid, up in uploads.items():
             self.pool[cid] = up["prompt"]
-        self._matrix = None
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "pool": dict(self.pool)}
+        return {**super().state_dict(), "pool": self.pool.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.pool = {int(k): v for k, v in state["pool"].items()}
-        self._matrix = None
+        self.pool = PromptPool.of(state["pool"], self.run.num_clients)
 
 
 POOL_CHUNK = 4096
 """Pool entries whose distances to a prompt are computed at once (bounds the float64 copy)."""
+
+
+class PromptPool(Mapping[int, Tensor]):
+    """Client id -> that client's latest prompt, kept as the rows of one preallocated
+    (capacity, D) matrix indexed by client id (capacity: the run's clients, doubled if an id
+    falls beyond it): no tensor per client, no copy of the pool per round, and rows never written
+    take no memory (the matrix is allocated empty). Reading an entry returns a copy."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._capacity = max(1, capacity)
+        self._matrix: Tensor | None = None
+        self._present = torch.zeros(self._capacity, dtype=torch.bool)
+        self._shape: torch.Size | None = None
+        self._count = 0
+        self._end = 0
+        """One past the largest id present."""
+
+    @classmethod
+    def of(cls, entries: Mapping[int, Tensor], capacity: int = 0) -> "PromptPool":
+        """A pool holding ``entries`` (e.g. a checkpoint's ``pool``, ids as ints or strings)."""
+        pool = cls(capacity)
+        for cid in sorted(int(k) for k in entries):
+            pool[cid] = entries[cid] if cid in entries else entries[str(cid)]  # type: ignore[index]
+        return pool
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, cid: object) -> bool:
+        try:
+            i = operator.index(cid)  # type: ignore[arg-type]
+        except TypeError:
+            return False
+        return 0 <= i < self._end and bool(self._present[i])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids().tolist())
+
+    def __getitem__(self, cid: int) -> Tensor:
+        if cid not in self:
+            raise KeyError(cid)
+        assert self._matrix is not None and self._shape is not None
+        return self._matrix[cid].view(self._shape).clone()
+
+    def __setitem__(self, cid: int, prompt: Tensor) -> None:
+        if self._matrix is None:
+            self._shape = prompt.shape
+            self._matrix = torch.empty(self._capacity, prompt.numel(), dtype=prompt.dtype, device=prompt.device)
+        if prompt.shape != self._shape or prompt.dtype != self._matrix.dtype or prompt.device != self._matrix.device:
+            raise ValueError(
+                f"pool entry of client {cid}: {tuple(prompt.shape)} {prompt.dtype} on {prompt.device}, "
+                f"the pool holds {tuple(self._shape)} {self._matrix.dtype} on {self._matrix.device}"
+            )
+        if cid >= self._capacity:
+            self._grow(max(cid + 1, 2 * self._capacity))
+        self._matrix[cid] = prompt.detach().flatten()
+        if not self._present[cid]:
+            self._present[cid] = True
+            self._count += 1
+            self._end = max(self._end, cid + 1)
+
+    def _grow(self, capacity: int) -> None:
+        assert self._matrix is not None
+        matrix = self._matrix.new_empty(capacity, self._matrix.shape[1])
+        matrix[: self._end] = self._matrix[: self._end]
+        present = torch.zeros(capacity, dtype=torch.bool)
+        present[: self._end] = self._present[: self._end]
+        self._matrix, self._present, self._capacity = matrix, present, capacity
+
+    def ids(self) -> Tensor:
+        """The ids present, ascending (long)."""
+        return self._present[: self._end].nonzero().flatten()
+
+    def rows(self, ids: list[int]) -> Tensor:
+        """(len(ids), *prompt shape) the entries of ``ids``, in that order (a copy)."""
+        assert self._matrix is not None and self._shape is not None
+        index = torch.tensor(ids, dtype=torch.long, device=self._matrix.device)
+        return self._matrix[index].view(len(ids), *self._shape)
+
+    def to_dict(self) -> dict[int, Tensor]:
+        """Id -> entry, ascending: one copy of the present rows that the entries are views of (a
+        checkpoint stores it once)."""
+        ids = self.ids()
+        if self._matrix is None or not len(ids):
+            return {}
+        assert self._shape is not None
+        rows = self._matrix[ids].view(len(ids), *self._shape)
+        return dict(zip(ids.tolist(), rows.unbind(0)))
+
+    def distances(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """(ids present ascending, their float64 L2 distances to ``query``), computed
+        :data:`POOL_CHUNK` rows at a time exactly as :func:`nearest_experts` does."""
+        ids = self.ids()
+        own = query.flatten().double()
+        if self._matrix is None or not len(ids):
+            return ids, own.new_zeros(0)
+        dense = len(ids) == self._end  # ids 0..end-1: the matrix's leading rows as they are
+        chunks = []
+        for i in range(0, len(ids), POOL_CHUNK):
+            rows = self._matrix[i : min(i + POOL_CHUNK, self._end)] if dense else self._matrix[ids[i : i + POOL_CHUNK]]
+            chunks.append((rows.double() - own).norm(dim=1))
+        return ids, torch.cat(chunks)
+
+    def nearest(self, query: Tensor, k: int, cid: int) -> list[int]:
+        """Ids of the ``k`` entries nearest to ``query`` as client ``cid``'s entry (``cid``'s own
+        entry, if any, excluded): :func:`nearest_experts` over the pool with ``cid`` set to
+        ``query``, without changing the pool."""
+        others = self._count - (cid in self)
+        if k <= 0 or others < 1:
+            return []
+        ids, dist = self.distances(query)
+        dist[ids == cid] = float("inf")
+        order = torch.sort(dist, stable=True).indices[: min(k, others)]  # ids ascending: ties by id
+        return ids[order].tolist()
 
 
 def pool_matrix(pool: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
@@ -180,6 +285,8 @@ def nearest_experts(
     :func:`pool_matrix`, when the caller keeps one for many searches."""
     if k <= 0 or len(pool) < 2:
         return []
+    if isinstance(pool, PromptPool) and matrix is None:
+        return pool.nearest(pool[cid], k, cid)
     ids, rows = matrix if matrix is not None else pool_matrix(pool)
     own = pool[cid].flatten().double()
     dist = torch.cat([(rows[i : i + POOL_CHUNK].double() - own).norm(dim=1) for i in range(0, len(ids), POOL_CHUNK)])

@@ -196,6 +196,56 @@ def test_the_vectorised_search_picks_exactly_the_rules_experts(n):
             assert nearest_experts(pool, cid, k) == want == nearest_experts(pool, cid, k, matrix), (cid, k)
 
 
+@pytest.mark.parametrize("n, spread, chunk", [(2, 1, 4096), (7, 3, 2), (300, 3, 64), (300, 1, 4096), (300, 1, 7)])
+def test_the_pool_matrix_search_picks_exactly_the_rules_experts(n, spread, chunk, monkeypatch):
+    """The preallocated pool (rows indexed by client id, dense 0..n-1 or sparse ids, searched a
+    chunk of rows at a time) against the rule and the dict search: the same ids in the same order
+    for every client and K, ties included; a query that is not in the pool (a held-out client's
+    prompt) too."""
+    import fedmoap.methods.pfedmoap as M
+
+    monkeypatch.setattr(M, "POOL_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(n + spread)
+    values = torch.randn(5, 4, 8, generator=gen)
+    ids = torch.randperm(spread * n, generator=gen)[:n].tolist()
+    pool = {int(c): values[int(torch.randint(5, (), generator=gen))].clone() for c in ids}
+    pool[min(pool)] = torch.randn(4, 8, generator=gen)
+    kept = M.PromptPool(n // 2)  # grows past its capacity
+    for c in ids:
+        kept[c] = pool[c]
+    assert len(kept) == n and list(kept) == sorted(pool) and all(torch.equal(kept[c], pool[c]) for c in pool)
+    for cid in pool:
+        for k in (0, 1, 3, n - 1, n + 2):
+            want = reference_nearest(pool, cid, k)
+            assert kept.nearest(pool[cid], k, cid) == want == nearest_experts(kept, cid, k), (cid, k)
+            assert nearest_experts(pool, cid, k) == want
+    outsider, query = spread * n + 1, values[2].clone()
+    for k in (1, 4, n + 1):
+        assert kept.nearest(query, k, outsider) == reference_nearest({**pool, outsider: query}, outsider, k)
+    assert torch.equal(kept.rows(want), torch.stack([pool[j] for j in want]))
+
+
+def test_the_pool_round_trips_and_loads_a_checkpoints_dict_of_tensors():
+    server = server_for(make_cfg(num_experts=2), torch.zeros(2, 2))
+    server.aggregate(1, {c: {"prompt": torch.full((2, 2), float(c))} for c in (3, 0, 9)}, dict.fromkeys((0, 3, 9), 1))
+    state = server.state_dict()
+    assert list(state["pool"]) == [0, 3, 9] and all(
+        torch.equal(state["pool"][c], torch.full((2, 2), float(c))) for c in (0, 3, 9)
+    )
+    server.aggregate(2, {3: {"prompt": torch.full((2, 2), 7.0)}}, {3: 1})
+    assert torch.equal(state["pool"][3], torch.full((2, 2), 3.0))  # a state taken is not changed by later rounds
+    written = {"global": state["global"], "pool": {str(c): v.clone() for c, v in state["pool"].items()}}
+    old = server_for(make_cfg(num_experts=2), torch.zeros(2, 2))
+    old.load_state_dict(written)  # as a checkpoint with one tensor per client (string ids) holds it
+    again = server_for(make_cfg(num_experts=2), torch.zeros(2, 2))
+    again.load_state_dict(old.state_dict())
+    for s in (old, again):
+        assert list(s.pool) == [0, 3, 9] and s.payload(9, 2)["experts"].tolist() == [[[3.0] * 2] * 2, [[0.0] * 2] * 2]
+    with pytest.raises(ValueError, match="pool entry of client 4"):
+        again.pool[4] = torch.zeros(3)
+    assert 4 not in again.pool and "4" not in again.pool
+
+
 def test_a_negative_lambda_is_refused_and_above_one_is_an_ablation(tmp_path, capsys):
     from fedmoap.run.cli import main
 
