@@ -57,6 +57,7 @@ class InProcess(Transport):
         self, federation: "Federation", t: int, clients: list[int], progress: bool, stop: Callable[[], bool]
     ) -> Trained:
         uploads, refs, bytes_down = {}, {}, 0
+        federation.server.prepare_round(t, clients)
         for cid in tqdm(clients, desc=f"round {t} train", leave=False, disable=not progress):
             if stop():
                 return uploads, refs, bytes_down, True

@@ -19,7 +19,7 @@ gating trained as in any round with experts); its prompt never enters the pool.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
@@ -120,6 +120,8 @@ class PFedMoAPServer(FedAvgServer):
         super().__init__(method, init, run)
         self.pool = PromptPool(run.num_clients)
         """Every client's latest prompt, rows of one matrix (:class:`PromptPool`)."""
+        self._searched: dict[int, list[int]] = {}
+        """The experts of the round's participants (:meth:`prepare_round`), until the pool changes."""
 
     def num_experts(self, cid: int) -> int:
         return (self.method.experts_per_client or {}).get(cid, self.method.num_experts)
@@ -127,8 +129,15 @@ class PFedMoAPServer(FedAvgServer):
     def payload(self, cid: int, t: int) -> Payload:
         out = super().payload(cid, t)
         if cid in self.pool:
-            out["experts"] = self.pool.rows(self.pool.nearest(self.pool[cid], self.num_experts(cid), cid))
+            ids = self._searched.get(cid)
+            if ids is None:
+                ids = self.pool.nearest(self.pool[cid], self.num_experts(cid), cid)
+            out["experts"] = self.pool.rows(ids)
         return out
+
+    def prepare_round(self, t: int, clients: list[int]) -> None:
+        """One batched search (:meth:`PromptPool.nearest_many`) for the round's returning clients."""
+        self._searched = self.pool.nearest_many([c for c in clients if c in self.pool], self.num_experts)
 
     def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
         """The global prompt; with ``upload``, also the experts nearest to its prompt (as if it
@@ -143,6 +152,7 @@ class PFedMoAPServer(FedAvgServer):
         super().aggregate(t, uploads, weights)
         for cid, up in uploads.items():
             self.pool[cid] = up["prompt"]
+        self._searched = {}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pool": self.pool.to_dict()}
@@ -150,6 +160,7 @@ class PFedMoAPServer(FedAvgServer):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.pool = PromptPool.of(state["pool"], self.run.num_clients)
+        self._searched = {}
 
 
 POOL_CHUNK = 4096
@@ -268,6 +279,62 @@ class PromptPool(Mapping[int, Tensor]):
         dist[ids == cid] = float("inf")
         order = torch.sort(dist, stable=True).indices[: min(k, others)]  # ids ascending: ties by id
         return ids[order].tolist()
+
+    def nearest_many(self, cids: list[int], k: Callable[[int], int]) -> dict[int, list[int]]:
+        """``{cid: self.nearest(self[cid], k(cid), cid)}`` for ``cids`` (all in the pool), found
+        together: squared distances to every entry by matrix products in float64,
+        :data:`QUERY_CHUNK` queries by :data:`POOL_CHUNK` rows at a time, give each query
+        candidates (every entry whose distance may be within its k-th nearest's, with a margin
+        above the products' rounding error); the candidates' distances are then computed exactly
+        as :meth:`nearest` does and sorted (ties to the smaller id), so the result is the same."""
+        out: dict[int, list[int]] = {}
+        if not cids or self._matrix is None:
+            return out
+        ids = self.ids()
+        n, dim = len(ids), self._matrix.shape[1]
+        slack = 64 * (dim + 4) * torch.finfo(torch.float64).eps
+        norms = torch.cat(
+            [(self._rows(ids, i).double() ** 2).sum(dim=1) for i in range(0, n, POOL_CHUNK)]
+        )  # (n,) squared norms
+        position = torch.full((self._end,), -1, dtype=torch.long)
+        position[ids] = torch.arange(n)
+        for q0 in range(0, len(cids), QUERY_CHUNK):
+            batch = cids[q0 : q0 + QUERY_CHUNK]
+            own = self._matrix[torch.tensor(batch, device=self._matrix.device)].double()  # (Q, D)
+            qnorm = norms[position[torch.tensor(batch)]]
+            sq = torch.cat(
+                [
+                    qnorm[:, None] + norms[None, i : i + POOL_CHUNK] - 2 * own @ self._rows(ids, i).double().t()
+                    for i in range(0, n, POOL_CHUNK)
+                ],
+                dim=1,
+            )  # (Q, n)
+            margin = slack * (qnorm[:, None] + norms[None, :])
+            for row, cid in enumerate(batch):
+                kk = min(k(cid), n - 1)
+                if kk <= 0:
+                    out[cid] = []
+                    continue
+                upper, lower = sq[row] + margin[row], sq[row] - margin[row]
+                upper[position[cid]] = float("inf")
+                lower[position[cid]] = float("inf")
+                bound = torch.kthvalue(upper, kk).values
+                cand = (lower <= bound).nonzero().flatten()  # positions ascending: ids ascending
+                exact = (self._matrix[ids[cand]].double() - own[row].to(self._matrix.device)).norm(dim=1)
+                order = torch.sort(exact, stable=True).indices[:kk]
+                out[cid] = ids[cand[order]].tolist()
+        return out
+
+    def _rows(self, ids: Tensor, start: int) -> Tensor:
+        """The matrix rows of ``ids[start : start + POOL_CHUNK]`` (no copy where ids are dense)."""
+        assert self._matrix is not None
+        if len(ids) == self._end:
+            return self._matrix[start : min(start + POOL_CHUNK, self._end)]
+        return self._matrix[ids[start : start + POOL_CHUNK]]
+
+
+QUERY_CHUNK = 256
+"""Queries of :meth:`PromptPool.nearest_many` searched together (bounds its (queries, pool) matrix)."""
 
 
 def pool_matrix(pool: dict[int, Tensor]) -> tuple[Tensor, Tensor]:

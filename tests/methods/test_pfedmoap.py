@@ -199,9 +199,9 @@ def test_the_vectorised_search_picks_exactly_the_rules_experts(n):
 @pytest.mark.parametrize("n, spread, chunk", [(2, 1, 4096), (7, 3, 2), (300, 3, 64), (300, 1, 4096), (300, 1, 7)])
 def test_the_pool_matrix_search_picks_exactly_the_rules_experts(n, spread, chunk, monkeypatch):
     """The preallocated pool (rows indexed by client id, dense 0..n-1 or sparse ids, searched a
-    chunk of rows at a time) against the rule and the dict search: the same ids in the same order
-    for every client and K, ties included; a query that is not in the pool (a held-out client's
-    prompt) too."""
+    chunk of rows at a time, one client or a batch of them) against the rule and the dict search:
+    the same ids in the same order for every client and K, ties included; a query that is not in
+    the pool (a held-out client's prompt) too."""
     import fedmoap.methods.pfedmoap as M
 
     monkeypatch.setattr(M, "POOL_CHUNK", chunk)
@@ -218,11 +218,34 @@ def test_the_pool_matrix_search_picks_exactly_the_rules_experts(n, spread, chunk
         for k in (0, 1, 3, n - 1, n + 2):
             want = reference_nearest(pool, cid, k)
             assert kept.nearest(pool[cid], k, cid) == want == nearest_experts(kept, cid, k), (cid, k)
+            assert kept.nearest_many([cid], lambda c, k=k: k) == {cid: want}
             assert nearest_experts(pool, cid, k) == want
+    k_of = {c: (0, 1, 3, n - 1, n + 2)[c % 5] for c in pool}.__getitem__
+    batched = kept.nearest_many(sorted(pool), k_of)
+    assert batched == {c: reference_nearest(pool, c, k_of(c)) for c in pool}
+    monkeypatch.setattr(M, "QUERY_CHUNK", 3)
+    assert kept.nearest_many(ids[::-1], k_of) == batched
     outsider, query = spread * n + 1, values[2].clone()
     for k in (1, 4, n + 1):
         assert kept.nearest(query, k, outsider) == reference_nearest({**pool, outsider: query}, outsider, k)
     assert torch.equal(kept.rows(want), torch.stack([pool[j] for j in want]))
+
+
+def test_the_batched_search_is_exact_where_distances_are_tiny_next_to_the_norms():
+    """Prompts far from the origin and close to each other (the products' rounding is then
+    largest against the distances), some duplicated: a server's round of payloads prepared
+    together is the one it gives client by client."""
+    gen = torch.Generator().manual_seed(5)
+    prompts = 100 + 1e-4 * torch.randn(60, 2, 2, generator=gen)
+    prompts[10:20] = prompts[0]
+    server = server_for(make_cfg(num_experts=4), torch.zeros(2, 2))
+    server.aggregate(1, {c: {"prompt": prompts[c].clone()} for c in range(60)}, dict.fromkeys(range(60), 1))
+    one_by_one = {c: server.payload(c, 2)["experts"] for c in range(60)}
+    server.prepare_round(2, list(range(60)))
+    assert len(server._searched) == 60
+    for c in range(60):
+        assert torch.equal(server.payload(c, 2)["experts"], one_by_one[c]), c
+        assert server._searched[c] == reference_nearest({j: prompts[j] for j in range(60)}, c, 4)
 
 
 def test_the_pool_round_trips_and_loads_a_checkpoints_dict_of_tensors():
