@@ -205,3 +205,44 @@ def round_time(rounds: int, work: Path) -> dict[str, float]:
         print(f"  throughput: {devices} process(es): {out[f'procs_{devices}_s']:.2f} s per round", flush=True)
     out["ratio_2_vs_1"] = out["procs_2_s"] / out["procs_1_s"]
     return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python benchmarks/scale.py [--counts 10,100,10000] [--participants 10] [--rounds 3]
+    [--json OUT] [--work DIR]``: the at-scale series (:func:`at_scale`) alone, with the ratios
+    ``run.py`` reports."""
+    import argparse
+    import platform
+    import tempfile
+
+    import torch
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--counts", default="10,100,10000")
+    p.add_argument("--participants", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--work", type=Path)
+    a = p.parse_args(argv)
+    counts = [int(c) for c in a.counts.split(",")]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        at = at_scale(counts, a.participants, a.rounds, a.work or Path(tmp))
+    big, mid = counts[-1], counts[1] if len(counts) > 2 else counts[0]
+    result = {
+        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "at_scale": at,
+        f"ratio_{big}_vs_{counts[0]}": at[f"clients_{big}_mb"] / at[f"clients_{counts[0]}_mb"],
+        f"round_ratio_{big}_vs_{mid}": at[f"clients_{big}_round_s"] / at[f"clients_{mid}_round_s"],
+        "machine": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+        "seconds": time.perf_counter() - t0,
+    }
+    print(json.dumps(result, indent=1))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
