@@ -50,13 +50,14 @@ trained in every round; a client holds a 16-token prompt, a 16.6K-parameter gati
 momentum and 9 downloaded experts."""
 
 
-def make_dataset(root: Path) -> Path:
-    """The smoke test's synthetic images: 1,000 training images (one per client at 1,000 clients)
-    and twice as many test images per class as clients train on a class, so that every client
-    gets a test image (test sets mirror the training data, each test image used once)."""
-    path = root / "synthetic-1000-2000"
+def make_dataset(root: Path, clients: int = 1000) -> Path:
+    """The smoke test's synthetic images: one training image per client (at least 1,000; 10
+    classes) and twice as many test images per class as clients train on a class, so that every
+    client gets a test image (test sets mirror the training data, each test image used once)."""
+    per_class = max(100, -(-clients // 10))
+    path = root / f"synthetic-{10 * per_class}-{20 * per_class}"
     if not path.exists():
-        make_synthetic(train_per_class=100, test_per_class=200).save_to_disk(str(path))
+        make_synthetic(train_per_class=per_class, test_per_class=2 * per_class).save_to_disk(str(path))
     return path
 
 
@@ -105,7 +106,7 @@ def warm_cache(data: Path, cache: Path) -> None:
 def peak_memory(counts: list[int], rounds: int, work: Path, participation: float = 1.0) -> dict[str, float]:
     """Peak RSS (MB) of a run per number of clients; the feature cache is filled first (in this
     process) so that every measured run only reads it."""
-    data, cache = make_dataset(work), work / "cache"
+    data, cache = make_dataset(work, max(counts)), work / "cache"
     common = ["--data.source", str(data), *MEMORY_ARGS]
     warm_cache(data, cache)
     out = {}
@@ -131,6 +132,48 @@ def peak_memory(counts: list[int], rounds: int, work: Path, participation: float
             out["client_state_kb"] = sum(p.stat().st_size for p in states) / len(states) / 1024
         print(
             f"  memory: {n} clients, {rounds} rounds: peak RSS {mb:.0f} MB ({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
+    return out
+
+
+def at_scale(counts: list[int], participants: int, rounds: int, work: Path) -> dict[str, float]:
+    """Peak RSS (MB) and round time of runs with ``counts`` clients, the same ``participants``
+    training in each round and evaluated in each round before the last
+    (``eval.clients_per_round``; the last round evaluates every client). ``clients_N_mb``: peak
+    RSS; ``clients_N_round_s``: mean seconds of the rounds before the last (training, search,
+    aggregation, the sampled evaluation, the checkpoint); ``clients_N_last_s``: the last round,
+    every client evaluated."""
+    data, cache = make_dataset(work, max(counts)), work / "cache"
+    warm_cache(data, cache)
+    out: dict[str, float] = {"participants": participants, "rounds": rounds}
+    for n in counts:
+        t = time.perf_counter()
+        record = run_child(
+            fit_cmd(
+                work / f"scale-{n}-p{participants}",
+                cache,
+                "--data.source",
+                str(data),
+                *MEMORY_ARGS,
+                "--data.num_clients",
+                str(n),
+                "--fed.rounds",
+                str(rounds),
+                "--fed.participants",
+                str(min(n, participants)),
+                "--eval.clients_per_round",
+                str(participants),
+            )
+        )
+        each = record["each_round_seconds"]
+        out[f"clients_{n}_mb"] = record["mb"]
+        out[f"clients_{n}_round_s"] = sum(each[:-1]) / max(1, len(each) - 1)
+        out[f"clients_{n}_last_s"] = each[-1]
+        print(
+            f"  at scale: {n} clients, {participants} per round: peak RSS {record['mb']:.0f} MB, "
+            f"{out[f'clients_{n}_round_s']:.2f} s per round, last {each[-1]:.1f} s "
+            f"({time.perf_counter() - t:.0f} s)",
             flush=True,
         )
     return out
@@ -162,3 +205,44 @@ def round_time(rounds: int, work: Path) -> dict[str, float]:
         print(f"  throughput: {devices} process(es): {out[f'procs_{devices}_s']:.2f} s per round", flush=True)
     out["ratio_2_vs_1"] = out["procs_2_s"] / out["procs_1_s"]
     return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python benchmarks/scale.py [--counts 10,100,10000] [--participants 10] [--rounds 3]
+    [--json OUT] [--work DIR]``: the at-scale series (:func:`at_scale`) alone, with the ratios
+    ``run.py`` reports."""
+    import argparse
+    import platform
+    import tempfile
+
+    import torch
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--counts", default="10,100,10000")
+    p.add_argument("--participants", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--work", type=Path)
+    a = p.parse_args(argv)
+    counts = [int(c) for c in a.counts.split(",")]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        at = at_scale(counts, a.participants, a.rounds, a.work or Path(tmp))
+    big, mid = counts[-1], counts[1] if len(counts) > 2 else counts[0]
+    result = {
+        "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "at_scale": at,
+        f"ratio_{big}_vs_{counts[0]}": at[f"clients_{big}_mb"] / at[f"clients_{counts[0]}_mb"],
+        f"round_ratio_{big}_vs_{mid}": at[f"clients_{big}_round_s"] / at[f"clients_{mid}_round_s"],
+        "machine": {"torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+        "seconds": time.perf_counter() - t0,
+    }
+    print(json.dumps(result, indent=1))
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -402,6 +402,12 @@ class EvalArgs:
     target_domains: Optional[list[str]] = field(default=None, metadata=ADDED)
     """xdomain, lodo, xdataset: the domains tested, each separately (lodo: exactly one, the
     held-out domain); null = every domain that is not a source."""
+    clients_per_round: Optional[int] = field(default=None, metadata=ADDED)
+    """Training clients evaluated in an evaluated round before the last (``local``, ``global``,
+    ``neighbor``, ``base2novel``): a seeded sample of this many (seed, round), so that an
+    evaluation does not grow with ``data.num_clients``; its accuracies are the sample's. The
+    run's last round (``fed.rounds``) evaluates every client. null evaluates every client in
+    every evaluated round."""
 
 
 # --- differential privacy (fedmoap/federation/privacy.py) -----------------------------------------

@@ -212,6 +212,7 @@ def schedule_of(cfg: RunConfig, held_out: list[int] | frozenset[int] = ()) -> Sc
         count=cfg.fed.participants,
         own_label_space=cfg.eval.local_label_space == "own",
         held_out=frozenset(held_out),
+        eval_clients=cfg.eval.clients_per_round,
     )
 
 

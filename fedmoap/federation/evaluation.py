@@ -101,6 +101,8 @@ def problems(e: EvalArgs, data: DataArgs) -> list[str]:
         out.append("eval.adaptation_epochs must be >= 0 or null")
     if e.max_test_images is not None and e.max_test_images < 1:
         out.append("eval.max_test_images must be >= 1 or null")
+    if e.clients_per_round is not None and e.clients_per_round < 1:
+        out.append("eval.clients_per_round must be >= 1 or null")
     return out + protocols.problems(e, data)
 
 
@@ -245,7 +247,7 @@ class ModeEvaluator:
     ) -> dict[str, Any]:
         comm, out = fed.comm, {}
         if self.modes & {"global", "neighbor", "base2novel"}:
-            mine = comm.shard(fed.schedule.clients)
+            mine = comm.shard(fed.schedule.evaluated(t))
             counts = comm.gather_dicts(self.trained(fed, mine, t, progress))
             for mode in ("global", "neighbor"):
                 if mode in self.modes:

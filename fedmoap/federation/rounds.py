@@ -59,6 +59,7 @@ class InProcess(Transport):
         self, federation: "Federation", t: int, clients: list[int], progress: bool, stop: Callable[[], bool]
     ) -> Trained:
         uploads, refs, bytes_down = {}, {}, 0
+        federation.server.prepare_round(t, clients)
         for cid in tqdm(clients, desc=f"round {t} train", leave=False, disable=not progress):
             if stop():
                 return uploads, refs, bytes_down, True
@@ -157,7 +158,7 @@ class Federation:
             stats_up += self.collect_statistics(t, participants)
         counts = None
         if self.schedule.evaluates(t):
-            mine = comm.shard(self.schedule.clients)
+            mine = comm.shard(self.schedule.evaluated(t))
             counts = comm.gather_dicts(self.transport.evaluate(self, mine, t, progress and comm.is_main))
             counts = {c: counts[c] for c in sorted(counts)}
         record = round_record(

@@ -31,6 +31,9 @@ class Schedule:
     held_out: frozenset[int] = frozenset()
     """Clients that never train (``eval.modes`` unseen_clients): they are neither drawn nor
     evaluated as training clients (:mod:`fedmoap.federation.evaluation` evaluates them)."""
+    eval_clients: int | None = None
+    """Training clients evaluated in an evaluated round before the last
+    (``eval.clients_per_round``); None: all of them."""
 
     @property
     def clients(self) -> list[int]:
@@ -49,4 +52,15 @@ class Schedule:
         return sorted(pool[int(i)] for i in numpy_rng(self.seed, "participants", t).choice(n, m, replace=False))
 
     def evaluates(self, t: int) -> bool:
+        """Whether round ``t`` is evaluated: every ``eval_every``-th round and the last."""
         return t % self.eval_every == 0 or t >= self.rounds
+
+    def evaluated(self, t: int) -> list[int]:
+        """The training clients evaluated after round ``t``, ascending: all of them in the last
+        round or without ``eval_clients``, else a seeded draw of ``eval_clients`` of them (seed,
+        ``t``), the same for every process."""
+        pool = self.clients
+        if self.eval_clients is None or t >= self.rounds or self.eval_clients >= len(pool):
+            return pool
+        draw = numpy_rng(self.seed, "eval_clients", t).choice(len(pool), self.eval_clients, replace=False)
+        return sorted(pool[int(i)] for i in draw)

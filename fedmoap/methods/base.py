@@ -418,6 +418,11 @@ class Server:
         """What participant ``cid`` downloads at the start of round ``t``."""
         return {}
 
+    def prepare_round(self, t: int, clients: list[int]) -> None:
+        """Round ``t``'s ``clients`` are about to download (:meth:`payload`), e.g. to search for
+        all of them at once; the payloads must be what they would be without this call. Default:
+        nothing."""
+
     def eval_payload(self, cid: int) -> Payload:
         """What client ``cid`` needs from the server to be evaluated (not counted as traffic)."""
         return {}

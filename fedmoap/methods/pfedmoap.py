@@ -18,6 +18,8 @@ gating trained as in any round with experts); its prompt never enters the pool.
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
@@ -118,9 +120,10 @@ class PFedMoAPServer(FedAvgServer):
 
     def __init__(self, method: "PFedMoAP", init: Payload, run: RunContext) -> None:
         super().__init__(method, init, run)
-        self.pool: dict[int, Tensor] = {}
-        self._matrix: tuple[Tensor, Tensor] | None = None
-        """The pool as one matrix (:func:`pool_matrix`), rebuilt after the pool changes."""
+        self.pool = PromptPool(run.num_clients)
+        """Every client's latest prompt, rows of one matrix (:class:`PromptPool`)."""
+        self._searched: dict[int, list[int]] = {}
+        """The experts of the round's participants (:meth:`prepare_round`), until the pool changes."""
 
     def num_experts(self, cid: int) -> int:
         return (self.method.experts_per_client or {}).get(cid, self.method.num_experts)
@@ -128,43 +131,212 @@ class PFedMoAPServer(FedAvgServer):
     def payload(self, cid: int, t: int) -> Payload:
         out = super().payload(cid, t)
         if cid in self.pool:
-            if self._matrix is None:  # one matrix for all of a round's searches
-                self._matrix = pool_matrix(self.pool)
-            out["experts"] = self.experts(self.pool, cid, out["prompt"], self._matrix)
+            ids = self._searched.get(cid)
+            if ids is None:
+                ids = self.pool.nearest(self.pool[cid], self.num_experts(cid), cid)
+            out["experts"] = self.pool.rows(ids)
         return out
+
+    def prepare_round(self, t: int, clients: list[int]) -> None:
+        """One batched search (:meth:`PromptPool.nearest_many`) for the round's returning clients."""
+        self._searched = self.pool.nearest_many([c for c in clients if c in self.pool], self.num_experts)
 
     def unseen_payload(self, cid: int, upload: Payload | None = None) -> Payload:
         """The global prompt; with ``upload``, also the experts nearest to its prompt (as if it
         were ``cid``'s pool entry; the pool is not changed)."""
         out = self.eval_payload(cid)
         if upload is not None:
-            out["experts"] = self.experts({**self.pool, cid: upload["prompt"]}, cid, out["prompt"])
+            ids = self.pool.nearest(upload["prompt"], self.num_experts(cid), cid)
+            out["experts"] = self.pool.rows(ids) if ids else upload["prompt"].new_zeros(0, *upload["prompt"].shape)
         return out
-
-    def experts(
-        self, pool: dict[int, Tensor], cid: int, prompt: Tensor, matrix: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
-        """(K, n_ctx, W) the pool entries nearest to ``pool[cid]``, nearest first."""
-        ids = nearest_experts(pool, cid, self.num_experts(cid), matrix)
-        return torch.stack([pool[j] for j in ids]) if ids else prompt.new_zeros(0, *prompt.shape)
 
     def aggregate(self, t: int, uploads: dict[int, Payload], weights: dict[int, int]) -> None:
         super().aggregate(t, uploads, weights)
         for cid, up in uploads.items():
             self.pool[cid] = up["prompt"]
-        self._matrix = None
+        self._searched = {}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "pool": dict(self.pool)}
+        return {**super().state_dict(), "pool": self.pool.to_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.pool = {int(k): v for k, v in state["pool"].items()}
-        self._matrix = None
+        self.pool = PromptPool.of(state["pool"], self.run.num_clients)
+        self._searched = {}
 
 
 POOL_CHUNK = 4096
 """Pool entries whose distances to a prompt are computed at once (bounds the float64 copy)."""
+
+
+class PromptPool(Mapping[int, Tensor]):
+    """Client id -> that client's latest prompt, kept as the rows of one preallocated
+    (capacity, D) matrix indexed by client id (capacity: the run's clients, doubled if an id
+    falls beyond it): no tensor per client, no copy of the pool per round, and rows never written
+    take no memory (the matrix is allocated empty). Reading an entry returns a copy."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        self._capacity = max(1, capacity)
+        self._matrix: Tensor | None = None
+        self._present = torch.zeros(self._capacity, dtype=torch.bool)
+        self._shape: torch.Size | None = None
+        self._count = 0
+        self._end = 0
+        """One past the largest id present."""
+
+    @classmethod
+    def of(cls, entries: Mapping[int, Tensor], capacity: int = 0) -> "PromptPool":
+        """A pool holding ``entries`` (e.g. a checkpoint's ``pool``, ids as ints or strings)."""
+        pool = cls(capacity)
+        for cid in sorted(int(k) for k in entries):
+            pool[cid] = entries[cid] if cid in entries else entries[str(cid)]  # type: ignore[index]
+        return pool
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, cid: object) -> bool:
+        try:
+            i = operator.index(cid)  # type: ignore[arg-type]
+        except TypeError:
+            return False
+        return 0 <= i < self._end and bool(self._present[i])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids().tolist())
+
+    def __getitem__(self, cid: int) -> Tensor:
+        if cid not in self:
+            raise KeyError(cid)
+        assert self._matrix is not None and self._shape is not None
+        return self._matrix[cid].view(self._shape).clone()
+
+    def __setitem__(self, cid: int, prompt: Tensor) -> None:
+        if self._matrix is None:
+            self._shape = prompt.shape
+            self._matrix = torch.empty(self._capacity, prompt.numel(), dtype=prompt.dtype, device=prompt.device)
+        if prompt.shape != self._shape or prompt.dtype != self._matrix.dtype or prompt.device != self._matrix.device:
+            raise ValueError(
+                f"pool entry of client {cid}: {tuple(prompt.shape)} {prompt.dtype} on {prompt.device}, "
+                f"the pool holds {tuple(self._shape)} {self._matrix.dtype} on {self._matrix.device}"
+            )
+        if cid >= self._capacity:
+            self._grow(max(cid + 1, 2 * self._capacity))
+        self._matrix[cid] = prompt.detach().flatten()
+        if not self._present[cid]:
+            self._present[cid] = True
+            self._count += 1
+            self._end = max(self._end, cid + 1)
+
+    def _grow(self, capacity: int) -> None:
+        assert self._matrix is not None
+        matrix = self._matrix.new_empty(capacity, self._matrix.shape[1])
+        matrix[: self._end] = self._matrix[: self._end]
+        present = torch.zeros(capacity, dtype=torch.bool)
+        present[: self._end] = self._present[: self._end]
+        self._matrix, self._present, self._capacity = matrix, present, capacity
+
+    def ids(self) -> Tensor:
+        """The ids present, ascending (long)."""
+        return self._present[: self._end].nonzero().flatten()
+
+    def rows(self, ids: list[int]) -> Tensor:
+        """(len(ids), *prompt shape) the entries of ``ids``, in that order (a copy)."""
+        assert self._matrix is not None and self._shape is not None
+        index = torch.tensor(ids, dtype=torch.long, device=self._matrix.device)
+        return self._matrix[index].view(len(ids), *self._shape)
+
+    def to_dict(self) -> dict[int, Tensor]:
+        """Id -> entry, ascending: one copy of the present rows that the entries are views of (a
+        checkpoint stores it once)."""
+        ids = self.ids()
+        if self._matrix is None or not len(ids):
+            return {}
+        assert self._shape is not None
+        rows = self._matrix[ids].view(len(ids), *self._shape)
+        return dict(zip(ids.tolist(), rows.unbind(0)))
+
+    def distances(self, query: Tensor) -> tuple[Tensor, Tensor]:
+        """(ids present ascending, their float64 L2 distances to ``query``), computed
+        :data:`POOL_CHUNK` rows at a time exactly as :func:`nearest_experts` does."""
+        ids = self.ids()
+        own = query.flatten().double()
+        if self._matrix is None or not len(ids):
+            return ids, own.new_zeros(0)
+        dense = len(ids) == self._end  # ids 0..end-1: the matrix's leading rows as they are
+        chunks = []
+        for i in range(0, len(ids), POOL_CHUNK):
+            rows = self._matrix[i : min(i + POOL_CHUNK, self._end)] if dense else self._matrix[ids[i : i + POOL_CHUNK]]
+            chunks.append((rows.double() - own).norm(dim=1))
+        return ids, torch.cat(chunks)
+
+    def nearest(self, query: Tensor, k: int, cid: int) -> list[int]:
+        """Ids of the ``k`` entries nearest to ``query`` as client ``cid``'s entry (``cid``'s own
+        entry, if any, excluded): :func:`nearest_experts` over the pool with ``cid`` set to
+        ``query``, without changing the pool."""
+        others = self._count - (cid in self)
+        if k <= 0 or others < 1:
+            return []
+        ids, dist = self.distances(query)
+        dist[ids == cid] = float("inf")
+        order = torch.sort(dist, stable=True).indices[: min(k, others)]  # ids ascending: ties by id
+        return ids[order].tolist()
+
+    def nearest_many(self, cids: list[int], k: Callable[[int], int]) -> dict[int, list[int]]:
+        """``{cid: self.nearest(self[cid], k(cid), cid)}`` for ``cids`` (all in the pool), found
+        together: squared distances to every entry by matrix products in float64,
+        :data:`QUERY_CHUNK` queries by :data:`POOL_CHUNK` rows at a time, give each query
+        candidates (every entry whose distance may be within its k-th nearest's, with a margin
+        above the products' rounding error); the candidates' distances are then computed exactly
+        as :meth:`nearest` does and sorted (ties to the smaller id), so the result is the same."""
+        out: dict[int, list[int]] = {}
+        if not cids or self._matrix is None:
+            return out
+        ids = self.ids()
+        n, dim = len(ids), self._matrix.shape[1]
+        slack = 64 * (dim + 4) * torch.finfo(torch.float64).eps
+        norms = torch.cat(
+            [(self._rows(ids, i).double() ** 2).sum(dim=1) for i in range(0, n, POOL_CHUNK)]
+        )  # (n,) squared norms
+        position = torch.full((self._end,), -1, dtype=torch.long)
+        position[ids] = torch.arange(n)
+        for q0 in range(0, len(cids), QUERY_CHUNK):
+            batch = cids[q0 : q0 + QUERY_CHUNK]
+            own = self._matrix[torch.tensor(batch, device=self._matrix.device)].double()  # (Q, D)
+            qnorm = norms[position[torch.tensor(batch)]]
+            sq = torch.cat(
+                [
+                    qnorm[:, None] + norms[None, i : i + POOL_CHUNK] - 2 * own @ self._rows(ids, i).double().t()
+                    for i in range(0, n, POOL_CHUNK)
+                ],
+                dim=1,
+            )  # (Q, n)
+            margin = slack * (qnorm[:, None] + norms[None, :])
+            for row, cid in enumerate(batch):
+                kk = min(k(cid), n - 1)
+                if kk <= 0:
+                    out[cid] = []
+                    continue
+                upper, lower = sq[row] + margin[row], sq[row] - margin[row]
+                upper[position[cid]] = float("inf")
+                lower[position[cid]] = float("inf")
+                bound = torch.kthvalue(upper, kk).values
+                cand = (lower <= bound).nonzero().flatten()  # positions ascending: ids ascending
+                exact = (self._matrix[ids[cand]].double() - own[row].to(self._matrix.device)).norm(dim=1)
+                order = torch.sort(exact, stable=True).indices[:kk]
+                out[cid] = ids[cand[order]].tolist()
+        return out
+
+    def _rows(self, ids: Tensor, start: int) -> Tensor:
+        """The matrix rows of ``ids[start : start + POOL_CHUNK]`` (no copy where ids are dense)."""
+        assert self._matrix is not None
+        if len(ids) == self._end:
+            return self._matrix[start : min(start + POOL_CHUNK, self._end)]
+        return self._matrix[ids[start : start + POOL_CHUNK]]
+
+
+QUERY_CHUNK = 256
+"""Queries of :meth:`PromptPool.nearest_many` searched together (bounds its (queries, pool) matrix)."""
 
 
 def pool_matrix(pool: dict[int, Tensor]) -> tuple[Tensor, Tensor]:
@@ -182,6 +354,8 @@ def nearest_experts(
     :func:`pool_matrix`, when the caller keeps one for many searches."""
     if k <= 0 or len(pool) < 2:
         return []
+    if isinstance(pool, PromptPool) and matrix is None:
+        return pool.nearest(pool[cid], k, cid)
     ids, rows = matrix if matrix is not None else pool_matrix(pool)
     own = pool[cid].flatten().double()
     dist = torch.cat([(rows[i : i + POOL_CHUNK].double() - own).norm(dim=1) for i in range(0, len(ids), POOL_CHUNK)])

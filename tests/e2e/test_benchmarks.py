@@ -48,6 +48,8 @@ def test_quick_benchmark_writes_its_contract(tmp_path):
             assert math.isfinite(v[key]) and v[key] > 0, (key, v)
         assert 0 < v["provider_share"] < 1, v
     assert r["memory"]["clients_10_mb"] > 100 and r["memory"]["clients_1000_mb"] > 100
+    for key in ("clients_2000_mb", "ratio_2000_vs_10", "round_ratio_2000_vs_100"):
+        assert math.isfinite(r["memory"][key]) and r["memory"][key] > 0, key
     assert r["throughput"]["procs_1_s"] > 0 and r["throughput"]["procs_2_s"] > 0
     traffic = {c["method"]: c for c in r["communication"]}
     prompt = 16 * 512 * 4
@@ -56,6 +58,23 @@ def test_quick_benchmark_writes_its_contract(tmp_path):
     assert traffic["pfedmoap"]["down_bytes"] == (1 + 9) * prompt  # global + K = 9 experts
     assert traffic["coop"]["down_bytes"] == traffic["zeroshot"]["up_bytes"] == 0
     assert "| local step" in proc.stdout
+
+
+@pytest.mark.slow
+def test_scale_benchmark_measures_runs_at_equal_participants(tmp_path):
+    """The at-scale series at a small count: each run finishes, its last round evaluates every
+    client and the rounds before it the sample; peak RSS and round times are measured."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import scale
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    out = scale.at_scale([10, 60], participants=4, rounds=2, work=tmp_path)
+    for n in (10, 60):
+        assert out[f"clients_{n}_mb"] > 100 and out[f"clients_{n}_round_s"] > 0 and out[f"clients_{n}_last_s"] > 0
+    rounds = json.loads((tmp_path / "scale-60-p4" / "results.json").read_text())["rounds"]
+    assert [len(r["participants"]) for r in rounds] == [4, 4]
+    assert [r["evaluated_clients"] for r in rounds] == [4, 60]
 
 
 def test_communication_benchmark_counts_traffic_through_built_federations():

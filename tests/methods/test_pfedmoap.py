@@ -196,6 +196,79 @@ def test_the_vectorised_search_picks_exactly_the_rules_experts(n):
             assert nearest_experts(pool, cid, k) == want == nearest_experts(pool, cid, k, matrix), (cid, k)
 
 
+@pytest.mark.parametrize("n, spread, chunk", [(2, 1, 4096), (7, 3, 2), (300, 3, 64), (300, 1, 4096), (300, 1, 7)])
+def test_the_pool_matrix_search_picks_exactly_the_rules_experts(n, spread, chunk, monkeypatch):
+    """The preallocated pool (rows indexed by client id, dense 0..n-1 or sparse ids, searched a
+    chunk of rows at a time, one client or a batch of them) against the rule and the dict search:
+    the same ids in the same order for every client and K, ties included; a query that is not in
+    the pool (a held-out client's prompt) too."""
+    import fedmoap.methods.pfedmoap as M
+
+    monkeypatch.setattr(M, "POOL_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(n + spread)
+    values = torch.randn(5, 4, 8, generator=gen)
+    ids = torch.randperm(spread * n, generator=gen)[:n].tolist()
+    pool = {int(c): values[int(torch.randint(5, (), generator=gen))].clone() for c in ids}
+    pool[min(pool)] = torch.randn(4, 8, generator=gen)
+    kept = M.PromptPool(n // 2)  # grows past its capacity
+    for c in ids:
+        kept[c] = pool[c]
+    assert len(kept) == n and list(kept) == sorted(pool) and all(torch.equal(kept[c], pool[c]) for c in pool)
+    for cid in pool:
+        for k in (0, 1, 3, n - 1, n + 2):
+            want = reference_nearest(pool, cid, k)
+            assert kept.nearest(pool[cid], k, cid) == want == nearest_experts(kept, cid, k), (cid, k)
+            assert kept.nearest_many([cid], lambda c, k=k: k) == {cid: want}
+            assert nearest_experts(pool, cid, k) == want
+    k_of = {c: (0, 1, 3, n - 1, n + 2)[c % 5] for c in pool}.__getitem__
+    batched = kept.nearest_many(sorted(pool), k_of)
+    assert batched == {c: reference_nearest(pool, c, k_of(c)) for c in pool}
+    monkeypatch.setattr(M, "QUERY_CHUNK", 3)
+    assert kept.nearest_many(ids[::-1], k_of) == batched
+    outsider, query = spread * n + 1, values[2].clone()
+    for k in (1, 4, n + 1):
+        assert kept.nearest(query, k, outsider) == reference_nearest({**pool, outsider: query}, outsider, k)
+    assert torch.equal(kept.rows(want), torch.stack([pool[j] for j in want]))
+
+
+def test_the_batched_search_is_exact_where_distances_are_tiny_next_to_the_norms():
+    """Prompts far from the origin and close to each other (the products' rounding is then
+    largest against the distances), some duplicated: a server's round of payloads prepared
+    together is the one it gives client by client."""
+    gen = torch.Generator().manual_seed(5)
+    prompts = 100 + 1e-4 * torch.randn(60, 2, 2, generator=gen)
+    prompts[10:20] = prompts[0]
+    server = server_for(make_cfg(num_experts=4), torch.zeros(2, 2))
+    server.aggregate(1, {c: {"prompt": prompts[c].clone()} for c in range(60)}, dict.fromkeys(range(60), 1))
+    one_by_one = {c: server.payload(c, 2)["experts"] for c in range(60)}
+    server.prepare_round(2, list(range(60)))
+    assert len(server._searched) == 60
+    for c in range(60):
+        assert torch.equal(server.payload(c, 2)["experts"], one_by_one[c]), c
+        assert server._searched[c] == reference_nearest({j: prompts[j] for j in range(60)}, c, 4)
+
+
+def test_the_pool_round_trips_and_loads_a_checkpoints_dict_of_tensors():
+    server = server_for(make_cfg(num_experts=2), torch.zeros(2, 2))
+    server.aggregate(1, {c: {"prompt": torch.full((2, 2), float(c))} for c in (3, 0, 9)}, dict.fromkeys((0, 3, 9), 1))
+    state = server.state_dict()
+    assert list(state["pool"]) == [0, 3, 9] and all(
+        torch.equal(state["pool"][c], torch.full((2, 2), float(c))) for c in (0, 3, 9)
+    )
+    server.aggregate(2, {3: {"prompt": torch.full((2, 2), 7.0)}}, {3: 1})
+    assert torch.equal(state["pool"][3], torch.full((2, 2), 3.0))  # a state taken is not changed by later rounds
+    written = {"global": state["global"], "pool": {str(c): v.clone() for c, v in state["pool"].items()}}
+    old = server_for(make_cfg(num_experts=2), torch.zeros(2, 2))
+    old.load_state_dict(written)  # as a checkpoint with one tensor per client (string ids) holds it
+    again = server_for(make_cfg(num_experts=2), torch.zeros(2, 2))
+    again.load_state_dict(old.state_dict())
+    for s in (old, again):
+        assert list(s.pool) == [0, 3, 9] and s.payload(9, 2)["experts"].tolist() == [[[3.0] * 2] * 2, [[0.0] * 2] * 2]
+    with pytest.raises(ValueError, match="pool entry of client 4"):
+        again.pool[4] = torch.zeros(3)
+    assert 4 not in again.pool and "4" not in again.pool
+
+
 def test_a_negative_lambda_is_refused_and_above_one_is_an_ablation(tmp_path, capsys):
     from fedmoap.run.cli import main
 

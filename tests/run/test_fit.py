@@ -536,6 +536,23 @@ def test_eval_every_skips_rounds_but_not_the_last(method_runs, runs_root, cache_
     assert res["summary"]["final_mean_acc"] == full["summary"]["final_mean_acc"]
 
 
+def test_eval_clients_per_round_samples_all_but_the_last_round(runs_root, cache_dir):
+    common = ("--fed.rounds", "3", "--fed.participation", "0.5", "--eval.modes", "[local,global]")
+    full = fit_in_process(runs_root / "eval_sample_full", cache_dir, *common)
+    res = fit_in_process(runs_root / "eval_sample", cache_dir, *common, "--eval.clients_per_round", "2")
+    for r in (0, 1):  # a seeded sample of 2, with the numbers the full evaluation gives them
+        sample = res["rounds"][r]["clients"]
+        assert len(sample) == 2 and res["rounds"][r]["evaluated_clients"] == 2
+        assert sample == {c: full["rounds"][r]["clients"][c] for c in sample}
+        assert set(res["rounds"][r]["global"]["clients"]) == set(sample)
+    assert res["rounds"][0]["clients"].keys() != res["rounds"][1]["clients"].keys()
+    assert res["rounds"][2] == full["rounds"][2]  # the last round: every client, as without the knob
+    assert res["summary"]["final_mean_acc"] == full["summary"]["final_mean_acc"]
+    again = fit_in_process(runs_root / "eval_sample_again", cache_dir, *common, "--eval.clients_per_round", "2")
+    assert [r["clients"] for r in again["rounds"]] == [r["clients"] for r in res["rounds"]]
+    assert main(fit_args(runs_root / "eval_sample_bad", cache_dir, "--eval.clients_per_round", "0")) == 2
+
+
 # ---------------------------------------------------------------------------------- 9. faults
 def fedmoap_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("fedmoap:")]
