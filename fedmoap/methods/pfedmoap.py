@@ -34,7 +34,16 @@ from fedmoap.methods.gating import AttentionGating
 from fedmoap.methods.prompts import GlobalPromptClient, PromptMethod
 from fedmoap.seeding import derive_seed
 
-__all__ = ["PFedMoAPClient", "PFedMoAPServer", "POOL_CHUNK", "pool_matrix", "nearest_experts", "PFedMoAP"]
+__all__ = [
+    "PFedMoAPClient",
+    "PFedMoAPServer",
+    "POOL_CHUNK",
+    "PromptPool",
+    "QUERY_CHUNK",
+    "pool_matrix",
+    "nearest_experts",
+    "PFedMoAP",
+]
 
 
 class PFedMoAPClient(GlobalPromptClient):
