@@ -100,3 +100,25 @@ def test_vision_step_benchmark_times_the_new_vision_methods_against_the_floor():
     for m in row["methods"].values():
         assert math.isfinite(m["ratio_to_floor"]) and m["ratio_to_floor"] > 0 and m["ms"] > 0
     assert row["floor_ms"] > 0 and 0 < row["provider_share"] < 1
+
+
+def _official(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "official.py"), *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_official_benchmark_arguments_and_refusal(tmp_path):
+    """benchmarks/official.py without running the official code: its help names both settings;
+    an unknown setting or a thread count below 1 is a usage error; a --ref that is not a pFedMoAP
+    checkout (missing, or a folder without its trainer) is refused in one line with exit 2."""
+    help_ = _official("--help")
+    assert help_.returncode == 0 and "small" in help_.stdout and "table1" in help_.stdout
+    assert _official("--ref", str(tmp_path), "--setting", "huge").returncode == 2
+    assert _official("--ref", str(tmp_path), "--threads", "0").returncode == 2
+    (tmp_path / "federated_main.py").write_text("")
+    for ref in (tmp_path / "missing", tmp_path, REPO):
+        proc = _official("--ref", str(ref), "--setting", "small")
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and str(ref) in proc.stderr, proc.stderr
+        assert proc.stdout == ""
