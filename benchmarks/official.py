@@ -12,7 +12,8 @@ back to back in its own process: the official ``federated_main.py`` for two roun
 the clients' first prompts, round 1 is the first with experts) and ``fedmoap fit`` for two rounds
 (round 1 without experts, round 2 the first with them). It reports, per side, the round with
 experts and the wall time from the process start to the end of that round (set-up included), the
-ratios official / fedmoap (``ratio_round``, ``ratio_to_first_expert_round``), a Markdown table, and
+ratios official / fedmoap of wall and of CPU time (``ratio_expert_round_s``, ``..._cpu_s``,
+``ratio_to_first_expert_round_s``, ``..._cpu_s``), a Markdown table, and
 with ``--json`` the numbers under the setting's key (other settings in the file are kept).
 ``--python`` is the interpreter for the official side (it needs yacs, tabulate, gdown, prettytable,
 ftfy, regex, scikit-learn, tensorboard and timm besides torch); fedmoap runs on this interpreter.
@@ -132,7 +133,7 @@ EDITS = (
         "federated_main.py",
         "    for epoch in range(start_epoch, max_epoch):\n",
         "    for epoch in range(start_epoch, max_epoch):\n"
-        '        print(f"BENCH start {epoch} {time.time()!r}", flush=True)\n'
+        '        print(f"BENCH start {epoch} {time.time()!r} {time.process_time()!r}", flush=True)\n'
         "        local_trainer.max_epoch = 1 if epoch == 0 else cfg.OPTIM.MAX_EPOCH\n",
         1,
     ),
@@ -141,7 +142,7 @@ EDITS = (
         '            evaluate_trainer(results, mode=args.model)\n            print("Round on server :", epoch)\n\n'
         '        elif args.model == "local":',
         '            evaluate_trainer(results, mode=args.model)\n            print("Round on server :", epoch)\n'
-        '            print(f"BENCH end {epoch} {time.time()!r}", flush=True)\n'
+        '            print(f"BENCH end {epoch} {time.time()!r} {time.process_time()!r}", flush=True)\n'
         "            if epoch == 1:\n"
         "                return\n\n"
         '        elif args.model == "local":',
@@ -154,9 +155,9 @@ import sys, time
 from fedmoap.federation.rounds import Federation
 _run_round = Federation.run_round
 def _timed(self, t, *args, **kwargs):
-    print(f"BENCH start {t} {time.time()!r}", flush=True)
+    print(f"BENCH start {t} {time.time()!r} {time.process_time()!r}", flush=True)
     out = _run_round(self, t, *args, **kwargs)
-    print(f"BENCH end {t} {time.time()!r}", flush=True)
+    print(f"BENCH end {t} {time.time()!r} {time.process_time()!r}", flush=True)
     return out
 Federation.run_round = _timed
 from fedmoap.run.cli import main
@@ -232,8 +233,9 @@ def write_images(root: Path, s: dict, seed: int = 0) -> Path:
 
 
 def run_timed(cmd: list[str], env: dict, cwd: Path, log: Path) -> dict:
-    """Run ``cmd``; returns the start and end wall clock of each round from its ``BENCH`` lines."""
-    start = time.time()
+    """Run ``cmd``; returns the wall clock and the process's CPU time at the start and end of each
+    round, from its ``BENCH`` lines, and the load average before and after."""
+    load_before, start = os.getloadavg()[0], time.time()
     with open(log, "w") as out:
         proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     text = log.read_text(errors="replace")
@@ -241,20 +243,29 @@ def run_timed(cmd: list[str], env: dict, cwd: Path, log: Path) -> dict:
         tail = "\n".join(text.splitlines()[-15:])
         raise RuntimeError(f"{cmd[1]} exited {proc.returncode}; log {log}:\n{tail}")
     rounds: dict[int, dict] = {}
-    for what, r, t in re.findall(r"^BENCH (start|end) (\d+) ([\d.]+)$", text, re.M):
-        rounds.setdefault(int(r), {})[what] = float(t)
-    return {"launched": start, "finished": time.time(), "rounds": rounds}
+    for what, r, wall, cpu in re.findall(r"^BENCH (start|end) (\d+) ([\d.]+) ([\d.]+)$", text, re.M):
+        rounds.setdefault(int(r), {})[what] = (float(wall), float(cpu))
+    return {"launched": start, "finished": time.time(), "rounds": rounds, "load": [load_before, os.getloadavg()[0]]}
 
 
 def summary(marks: dict, expert_round: int) -> dict:
-    rounds = {r: m["end"] - m["start"] for r, m in sorted(marks["rounds"].items()) if {"start", "end"} <= set(m)}
-    if expert_round not in rounds:
-        raise RuntimeError(f"no timing of round {expert_round} (rounds timed: {sorted(rounds)})")
+    """Per side: each round's wall and CPU seconds, the round with experts, and the time from the
+    process start to that round's end (set-up included; CPU: the process's CPU time by then)."""
+    timed = {r: m for r, m in sorted(marks["rounds"].items()) if {"start", "end"} <= set(m)}
+    if expert_round not in timed:
+        raise RuntimeError(f"no timing of round {expert_round} (rounds timed: {sorted(timed)})")
+    wall = {str(r): round(m["end"][0] - m["start"][0], 2) for r, m in timed.items()}
+    cpu = {str(r): round(m["end"][1] - m["start"][1], 2) for r, m in timed.items()}
+    end_wall, end_cpu = timed[expert_round]["end"]
     return {
-        "round_s": {str(r): round(v, 2) for r, v in rounds.items()},
-        "expert_round_s": round(rounds[expert_round], 2),
-        "to_first_expert_round_s": round(marks["rounds"][expert_round]["end"] - marks["launched"], 2),
+        "round_s": wall,
+        "round_cpu_s": cpu,
+        "expert_round_s": wall[str(expert_round)],
+        "expert_round_cpu_s": cpu[str(expert_round)],
+        "to_first_expert_round_s": round(end_wall - marks["launched"], 2),
+        "to_first_expert_round_cpu_s": round(end_cpu, 2),
         "process_s": round(marks["finished"] - marks["launched"], 2),
+        "load_average_before_after": [round(x, 2) for x in marks["load"]],
     }
 
 
@@ -311,18 +322,20 @@ def child_env(threads: int, **extra: str) -> dict:
 
 
 def table(results: dict) -> str:
+    """Markdown: per setting, the round with experts and the time to its end (set-up included),
+    wall (CPU) seconds of each side and the ratios official / fedmoap."""
     lines = [
-        "| setting | official round with experts | fedmoap | ratio | official to it, set-up included | fedmoap "
-        "| ratio |",
+        "| setting | round with experts: official | fedmoap | ratio wall (CPU) "
+        "| to its end, set-up included: official | fedmoap | ratio wall (CPU) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         o, f = r["official"], r["fedmoap"]
-        lines.append(
-            f"| {name} | {o['expert_round_s']:.1f} s | {f['expert_round_s']:.1f} s | **{r['ratio_round']:.1f}x** "
-            f"| {o['to_first_expert_round_s']:.1f} s | {f['to_first_expert_round_s']:.1f} s "
-            f"| {r['ratio_to_first_expert_round']:.1f}x |"
-        )
+        cells = [name]
+        for key, bold in (("expert_round", "**"), ("to_first_expert_round", "")):
+            cells += [f"{side[key + '_s']:.1f} s ({side[key + '_cpu_s']:.1f} s)" for side in (o, f)]
+            cells.append(f"{bold}{r[f'ratio_{key}_s']:.1f}x{bold} ({r[f'ratio_{key}_cpu_s']:.1f}x)")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -354,8 +367,11 @@ def run(ref: Path, setting: str, threads: int, python: str, work: Path) -> dict:
         "official_edits": edits,
         "official": o,
         "fedmoap": f,
-        "ratio_round": round(o["expert_round_s"] / f["expert_round_s"], 2),
-        "ratio_to_first_expert_round": round(o["to_first_expert_round_s"] / f["to_first_expert_round_s"], 2),
+        **{
+            f"ratio_{key}{unit}": round(o[f"{key}{unit}"] / f[f"{key}{unit}"], 2)
+            for key in ("expert_round", "to_first_expert_round")
+            for unit in ("_s", "_cpu_s")
+        },
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

@@ -122,3 +122,28 @@ def test_official_benchmark_arguments_and_refusal(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and str(ref) in proc.stderr, proc.stderr
         assert proc.stdout == ""
+
+
+def test_official_benchmark_reads_its_round_marks():
+    """The official benchmark's timing from BENCH marks (wall clock, process CPU time): the round
+    with experts, the time from launch to its end, both ratios of each, and one table row."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import official
+
+    def marks(launched, rounds):
+        return {"launched": launched, "finished": launched + 100, "rounds": rounds, "load": [1.0, 2.0]}
+
+    o = official.summary(
+        marks(0.0, {0: {"start": (5, 4), "end": (15, 24)}, 1: {"start": (15, 24), "end": (75, 144)}}), 1
+    )
+    f = official.summary(
+        marks(0.0, {1: {"start": (20, 30), "end": (22, 34)}, 2: {"start": (22, 34), "end": (25, 40)}}), 2
+    )
+    assert (o["expert_round_s"], o["expert_round_cpu_s"], o["to_first_expert_round_s"]) == (60, 120, 75)
+    assert (f["expert_round_s"], f["expert_round_cpu_s"], f["to_first_expert_round_cpu_s"]) == (3, 6, 40)
+    with pytest.raises(RuntimeError, match="no timing of round 2"):
+        official.summary(marks(0.0, {1: {"start": (1, 1), "end": (2, 2)}}), 2)
+    r = {"official": o, "fedmoap": f, "ratio_expert_round_s": 20.0, "ratio_expert_round_cpu_s": 20.0}
+    r |= {"ratio_to_first_expert_round_s": 3.0, "ratio_to_first_expert_round_cpu_s": 3.6}
+    row = official.table({"small": r}).splitlines()[-1]
+    assert row.startswith("| small | 60.0 s (120.0 s) | 3.0 s (6.0 s) | **20.0x** (20.0x) | 75.0 s"), row
