@@ -13,10 +13,12 @@ the clients' first prompts, round 1 is the first with experts) and ``fedmoap fit
 (round 1 without experts, round 2 the first with them). It reports, per side, the round with
 experts and the wall time from the process start to the end of that round (set-up included), the
 ratios official / fedmoap of wall and of CPU time (``ratio_expert_round_s``, ``..._cpu_s``,
-``ratio_to_first_expert_round_s``, ``..._cpu_s``), a Markdown table, and
-with ``--json`` the numbers under the setting's key (other settings in the file are kept).
-``--python`` is the interpreter for the official side (it needs yacs, tabulate, gdown, prettytable,
-ftfy, regex, scikit-learn, tensorboard and timm besides torch); fedmoap runs on this interpreter.
+``ratio_to_first_expert_round_s``, ``..._cpu_s``), a Markdown table, and with ``--json`` the
+numbers under the setting's key (other settings in the file are kept). fedmoap's feature cache is a
+fresh folder under the work folder, so its set-up encodes every image (a cache left by an earlier
+run would hide that). ``--python`` is the interpreter for the official side (it needs yacs,
+tabulate, gdown, prettytable, ftfy, regex, scikit-learn, tensorboard and timm besides torch);
+fedmoap runs on this interpreter.
 
 Settings (both RN50 with random weights, 32 x 32 random JPEG images resized to 224, CoOp's
 pathological split: disjoint classes per client, fp32, ``--threads`` torch threads on both sides):
@@ -54,8 +56,8 @@ Where the two sides still differ (the ratio measures the implementations with th
 - The official code runs RN50 on every training batch (fresh random crops and flips each step) and
   again on every test; fedmoap encodes each training image once at set-up as ``data.num_views = 4``
   cached augmented views plus the plain one, and the test images once.
-- The official code encodes the text of all classes (10 or 100) at 77 tokens on every step; fedmoap
-  encodes the client's classes at the truncated length with the shared prefix run once.
+- Both encode the prompts of all classes (10 or 100) on every step, the official code at 77 tokens,
+  fedmoap at the truncated length with the shared prefix run once.
 - The official code picks the experts by its "random" selection (a fixed permutation; its
   "nearest" branch is never called); fedmoap takes the K nearest pool entries (L2). Same count.
 - The official code shares one optimizer and one learning-rate schedule across all clients and
@@ -304,6 +306,7 @@ def fedmoap_cmd(dataset: Path, out: Path, s: dict, threads: int) -> list[str]:
         "--data.num_clients", str(s["clients"]),
         "--data.shots", str(s["shots"]),
         "--data.num_views", "4",
+        "--data.feature_cache", str(out.parent / "feature-cache"),  # cold: set-up encodes every image
         "--train.batch_size", str(s["batch"]),
         "--train.local_epochs", str(s["local_epochs"]),
         "--method.num_experts", str(s["prompts"] - 1),
