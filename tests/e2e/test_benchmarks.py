@@ -119,3 +119,50 @@ def test_vision_step_benchmark_times_the_new_vision_methods_against_the_floor():
     for m in row["methods"].values():
         assert math.isfinite(m["ratio_to_floor"]) and m["ratio_to_floor"] > 0 and m["ms"] > 0
     assert row["floor_ms"] > 0 and 0 < row["provider_share"] < 1
+
+
+def _official(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "official.py"), *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_official_benchmark_arguments_and_refusal(tmp_path):
+    """benchmarks/official.py without running the official code: its help names both settings;
+    an unknown setting or a thread count below 1 is a usage error; a --ref that is not a pFedMoAP
+    checkout (missing, or a folder without its trainer) is refused in one line with exit 2."""
+    help_ = _official("--help")
+    assert help_.returncode == 0 and "small" in help_.stdout and "table1" in help_.stdout
+    assert _official("--ref", str(tmp_path), "--setting", "huge").returncode == 2
+    assert _official("--ref", str(tmp_path), "--threads", "0").returncode == 2
+    (tmp_path / "federated_main.py").write_text("")
+    for ref in (tmp_path / "missing", tmp_path, REPO):
+        proc = _official("--ref", str(ref), "--setting", "small")
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and str(ref) in proc.stderr, proc.stderr
+        assert proc.stdout == ""
+
+
+def test_official_benchmark_reads_its_round_marks():
+    """The official benchmark's timing from BENCH marks (wall clock, process CPU time): the round
+    with experts, the time from launch to its end, both ratios of each, and one table row."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import official
+
+    def marks(launched, rounds):
+        return {"launched": launched, "finished": launched + 100, "rounds": rounds, "load": [1.0, 2.0]}
+
+    o = official.summary(
+        marks(0.0, {0: {"start": (5, 4), "end": (15, 24)}, 1: {"start": (15, 24), "end": (75, 144)}}), 1
+    )
+    f = official.summary(
+        marks(0.0, {1: {"start": (20, 30), "end": (22, 34)}, 2: {"start": (22, 34), "end": (25, 40)}}), 2
+    )
+    assert (o["expert_round_s"], o["expert_round_cpu_s"], o["to_first_expert_round_s"]) == (60, 120, 75)
+    assert (f["expert_round_s"], f["expert_round_cpu_s"], f["to_first_expert_round_cpu_s"]) == (3, 6, 40)
+    with pytest.raises(RuntimeError, match="no timing of round 2"):
+        official.summary(marks(0.0, {1: {"start": (1, 1), "end": (2, 2)}}), 2)
+    r = {"official": o, "fedmoap": f, "ratio_expert_round_s": 20.0, "ratio_expert_round_cpu_s": 20.0}
+    r |= {"ratio_to_first_expert_round_s": 3.0, "ratio_to_first_expert_round_cpu_s": 3.6}
+    row = official.table({"small": r}).splitlines()[-1]
+    assert row.startswith("| small | 60.0 s (120.0 s) | 3.0 s (6.0 s) | **20.0x** (20.0x) | 75.0 s"), row
