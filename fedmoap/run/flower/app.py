@@ -72,7 +72,7 @@ __all__ = [
 
 CONFIG = "config"
 """The run config key (str) of the run's YAML config file; a relative path is relative to the app's
-directory (a written app holds its config file)."""
+directory (a written app holds its config file); empty: ``fedmoap fit``'s defaults."""
 ROUNDS = "num-server-rounds"
 """The run config key (int >= 1) of the number of rounds (``fed.rounds``); absent: the config file's."""
 METHOD = "method"
@@ -120,7 +120,7 @@ PARTITION = "partition-id"
 def run_settings(run_config: dict, app_dir: Path | None = None) -> dict[str, Any]:
     """The run config's fedmoap keys, each checked against its type (one-line
     :class:`~fedmoap.errors.FedmoapError` naming the key): unknown keys, a wrong type, a
-    ``num-server-rounds`` below 1, a missing ``config``, a config file that is not there."""
+    ``num-server-rounds`` below 1, a config file that is not there (none: ``fit``'s defaults)."""
     unknown = sorted(set(run_config) - set(RUN_KEYS))
     if unknown:
         raise FedmoapError(f"run config: unknown key {unknown[0]!r} (fedmoap reads {', '.join(RUN_KEYS)})")
@@ -136,14 +136,13 @@ def run_settings(run_config: dict, app_dir: Path | None = None) -> dict[str, Any
         out[key] = value
     if ROUNDS in out and out[ROUNDS] < 1:
         raise FedmoapError(f"run config: {ROUNDS} {out[ROUNDS]} must be >= 1")
-    if not out.get(CONFIG):
-        raise FedmoapError(f"run config: {CONFIG!r} (the run's YAML file) is missing")
-    config = Path(out[CONFIG]).expanduser()
-    if not config.is_absolute() and app_dir is not None:
-        config = app_dir / config
-    if not config.is_file():
-        raise FedmoapError(f"run config: {CONFIG} {out[CONFIG]!r}: no such file ({config})")
-    out[CONFIG] = str(config)
+    if out.get(CONFIG):
+        config = Path(out[CONFIG]).expanduser()
+        if not config.is_absolute() and app_dir is not None:
+            config = app_dir / config
+        if not config.is_file():
+            raise FedmoapError(f"run config: {CONFIG} {out[CONFIG]!r}: no such file ({config})")
+        out[CONFIG] = str(config)
     try:
         out[OVERRIDES] = shlex.split(out.get(OVERRIDES, ""))
     except ValueError as exc:
@@ -162,7 +161,7 @@ def settings_of(context: Context, app_dir: Path | None = None) -> list[str]:
     """``fedmoap fit``'s arguments for this Flower run: the run config's keys (:data:`RUN_KEYS`; a
     relative config file is relative to ``app_dir``), the run directory keyed by the run id."""
     s = run_settings(dict(context.run_config), app_dir)
-    args = ["--config", s[CONFIG], *s[OVERRIDES]]
+    args = [*(["--config", s[CONFIG]] if s.get(CONFIG) else []), *s[OVERRIDES]]
     if ROUNDS in s:
         args += ["--fed.rounds", str(s[ROUNDS])]
     if s.get(METHOD):
@@ -447,13 +446,16 @@ def node_root(context: Context, args: list[str]) -> Path:
 
 def node_of(context: Context, args: list[str]) -> Node:
     """This process's :class:`Node` for the run (built once per process, run arguments and node
-    directory) and the node's partition-id checked (one-line error naming the node config)."""
+    directory; those of other runs dropped), the node's partition-id checked (one-line error
+    naming the node config)."""
     raw = context.node_config.get(PARTITION)
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
         raise FedmoapError(f"node config: {PARTITION} {raw!r} is not a client id (an integer >= 0)")
     root = node_root(context, args)
     key = (json.dumps(args), str(root))
     if key not in _NODES:
+        for old in [k for k in _NODES if k[0] != key[0]]:  # another run's: a long-lived process serves many
+            del _NODES[old]
         _NODES[key] = Node(args, root)
     return _NODES[key]
 

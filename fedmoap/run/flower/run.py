@@ -143,10 +143,8 @@ def write_app(app_dir: Path, fit_args: list[str], rounds: int) -> Path:
 
     app_dir.mkdir(parents=True, exist_ok=True)
     config = value_of(fit_args, "--config")
-    if config is None:
-        raise FedmoapError("--config is required for a Flower App")
-    source = Path(config).expanduser()
-    if source.resolve() != (app_dir / source.name).resolve():
+    source = Path(config).expanduser() if config else None
+    if source is not None and source.resolve() != (app_dir / source.name).resolve():
         shutil.copyfile(source, app_dir / source.name)
     method = value_of(fit_args, "--method") or ""
     project = f"""# Written by `fedmoap flower`: a fedmoap run as a Flower App.
@@ -175,7 +173,7 @@ clientapp = "fedmoap_app:CLIENT_APP"
 
 # `flwr run --run-config 'key=value ...'` overrides any of these
 [tool.flwr.app.config]
-{CONFIG} = {toml_str(source.name)}  # relative: beside this file
+{CONFIG} = {toml_str(source.name if source is not None else "")}  # relative: beside this file
 {ROUNDS} = {int(rounds)}
 {METHOD} = {toml_str(method)}  # empty: the config file's
 {OVERRIDES} = {toml_str(shlex.join(overrides_of(fit_args)))}

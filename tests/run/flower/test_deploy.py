@@ -1,13 +1,16 @@
 """A real deployment on localhost: a SuperLink and two SuperNodes as processes (ports from the OS),
-a written Flower App submitted with ``flwr run``: results.json equals ``fedmoap fit``'s; a second
-submission is a new run (its own run directory and node stores, keyed by Flower's run id); a bad
-run config key fails the run with one ``fedmoap:`` line in ``flwr run``'s stream. Every process
-is stopped (its whole process group) however the test ends."""
+each SuperNode with fedmoap's long-lived ClientApp executor (``--isolation process``,
+:mod:`fedmoap.run.flower.worker`), a written Flower App submitted with ``flwr run``: results.json
+equals ``fedmoap fit``'s; a second submission is a new run (its own run directory and node
+stores, keyed by Flower's run id); a bad run config key fails the run with one ``fedmoap:`` line
+in ``flwr run``'s stream. Every process is stopped (its whole process group) however the test
+ends."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +19,7 @@ from fedmoap.run.cli import main
 from fedmoap.run.flower.local import (
     flower_env,
     free_port,
+    start,
     start_superlink,
     start_supernode,
     stop,
@@ -55,7 +59,11 @@ def test_a_deployment_on_localhost_gives_fits_numbers_and_each_submission_is_a_n
         procs.append(start_superlink(home, port, simulation=False, log=logs / "superlink.log", cwd=server))
         for i in range(CLIENTS):
             node_config = f'partition-id={i} fedmoap-dir="{tmp_path / "nodes" / str(i)}"'
-            procs.append(start_supernode(home, port, free_port(), node_config, logs / f"supernode-{i}.log"))
+            node_port = free_port()
+            log = logs / f"supernode-{i}.log"
+            procs.append(start_supernode(home, port, node_port, node_config, log, isolation="process"))
+            worker = [sys.executable, "-m", "fedmoap.run.flower.worker", "--runtime-api-address"]
+            procs.append(start([*worker, f"127.0.0.1:{node_port}"], flower_env(home), logs / f"worker-{i}.log"))
         first = submit(app, home)
         run_id = run_id_of(first)
         run_dir = server / "runs" / run_id

@@ -64,6 +64,8 @@ def test_the_run_config_makes_fits_arguments_with_the_run_directory_keyed_by_the
     assert settings_of(again, tmp_path)[-1] == str(tmp_path / "out" / "43")  # a new submission, a new run
     named = SimpleNamespace(run_config={**keys, "run-dir": "r", "method": ""}, run_id=43)
     assert settings_of(named, tmp_path)[-3:] == ["3", "--run_dir", str(tmp_path / "r")]
+    defaults = SimpleNamespace(run_config={"config": "", "num-server-rounds": 1}, run_id=44)  # fit's defaults
+    assert settings_of(defaults, tmp_path) == ["--fed.rounds", "1", "--run_dir", str(tmp_path / "runs" / "44")]
 
 
 @pytest.mark.parametrize(
@@ -75,7 +77,6 @@ def test_the_run_config_makes_fits_arguments_with_the_run_directory_keyed_by_the
         ({"config": "c.yaml", "num-server-rounds": 0}, "run config: num-server-rounds 0 must be >= 1"),
         ({"config": "c.yaml", "method": 3}, "run config: method 3 is not a str"),
         ({"config": "c.yaml", "fedmoap-dp-norms": "yes"}, "run config: fedmoap-dp-norms 'yes' is not a bool"),
-        ({"num-server-rounds": 2}, "run config: 'config' .* is missing"),
         ({"config": "nope.yaml"}, "run config: config 'nope.yaml': no such file"),
         ({"config": "c.yaml", "overrides": "--seed 'x"}, "run config: overrides .*: No closing quotation"),
     ],
