@@ -178,22 +178,40 @@ class FlowerTransport(Transport):
 
     engine = "flower"
 
-    def __init__(self, grid: Grid, wait_s: float = 600.0, watch: Callable[[str, Message], None] | None = None) -> None:
-        self.grid, self.wait_s, self.watch = grid, wait_s, watch or (lambda d, m: None)
+    def __init__(
+        self,
+        grid: Grid,
+        wait_s: float = 600.0,
+        watch: Callable[[str, Message], None] | None = None,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.grid, self.wait_s, self.poll_s = grid, wait_s, poll_s
+        self.watch = watch or (lambda d, m: None)
         self.nodes: dict[int, int] = {}
         """client id -> node id, from each node's answer to a query."""
 
     def _exchange(self, messages: list[Message]) -> dict[int, Message]:
+        """Push ``messages``, then pull the replies every ``poll_s`` seconds (Flower's own
+        ``send_and_receive`` on a SuperLink pulls every 3 s) until all are in; one line if a node's
+        reply is an error or ``wait_s`` passes without some."""
         for m in messages:
             self.watch("out", m)
-        replies = {}
-        for reply in self.grid.send_and_receive(messages):
-            self.watch("in", reply)
-            if reply.has_error():
-                raise FedmoapError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-            replies[reply.metadata.src_node_id] = reply
-        if len(replies) != len(messages):
-            raise FedmoapError(f"{len(messages) - len(replies)} of {len(messages)} nodes did not reply")
+        pending = set(self.grid.push_messages(messages))
+        replies: dict[int, Message] = {}
+        deadline = time.monotonic() + self.wait_s
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                self.watch("in", reply)
+                if reply.has_error():
+                    raise FedmoapError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies[reply.metadata.src_node_id] = reply
+            if pending:
+                if time.monotonic() > deadline:
+                    raise FedmoapError(
+                        f"{len(pending)} of {len(messages)} nodes did not reply within {self.wait_s:.0f} s"
+                    )
+                time.sleep(self.poll_s)
         return replies
 
     def connect(self, num_clients: int) -> dict[int, int]:

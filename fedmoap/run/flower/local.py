@@ -128,11 +128,18 @@ def start_supernode(
     log: Path,
     threads: int | None = 1,
     isolation: str = "subprocess",
+    poll_s: float | None = None,
 ) -> subprocess.Popen:
     """An insecure SuperNode of the SuperLink on 127.0.0.1:``superlink_port``, its own Runtime
-    API on ``port``, with ``node_config`` (``"partition-id=0 fedmoap-dir='/nodes/0'"``)."""
+    API on ``port``, with ``node_config`` (``"partition-id=0 fedmoap-dir='/nodes/0'"``);
+    ``poll_s``: its idle waits capped at that (:mod:`fedmoap.run.flower.supernode`), else
+    Flower's ``flower-supernode`` as it is."""
+    if poll_s is None:
+        head = [executable("flower-supernode")]
+    else:
+        head = [sys.executable, "-m", "fedmoap.run.flower.supernode", "--poll-s", str(poll_s)]
     command = [
-        executable("flower-supernode"),
+        *head,
         "--insecure",
         "--superlink",
         f"127.0.0.1:{superlink_port}",

@@ -24,7 +24,7 @@ __all__ = ["Executor", "main"]
 class Executor:
     """ClientApp tasks of the SuperNode whose Runtime API is at ``address``, run in this process."""
 
-    def __init__(self, address: str, poll_s: float = 0.02) -> None:
+    def __init__(self, address: str, poll_s: float = 0.05) -> None:
         from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m fedmoap.run.flower.worker --runtime-api-address HOST:PORT``."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runtime-api-address", required=True, help="the SuperNode's --host:--port")
-    ap.add_argument("--poll-s", type=float, default=0.02, help="seconds between asking for a task")
+    ap.add_argument("--poll-s", type=float, default=0.05, help="seconds between asking for a task")
     a = ap.parse_args(argv)
     Executor(a.runtime_api_address, a.poll_s).serve()
     return 0

@@ -1,10 +1,10 @@
 """A real deployment on localhost: a SuperLink and two SuperNodes as processes (ports from the OS),
 each SuperNode with fedmoap's long-lived ClientApp executor (``--isolation process``,
-:mod:`fedmoap.run.flower.worker`), a written Flower App submitted with ``flwr run``: results.json
-equals ``fedmoap fit``'s; a second submission is a new run (its own run directory and node
-stores, keyed by Flower's run id); a bad run config key fails the run with one ``fedmoap:`` line
-in ``flwr run``'s stream. Every process is stopped (its whole process group) however the test
-ends."""
+:mod:`fedmoap.run.flower.worker`) and 0.1 s idle waits (:mod:`fedmoap.run.flower.supernode`), a
+written Flower App submitted with ``flwr run``: results.json equals ``fedmoap fit``'s; a second
+submission is a new run (its own run directory and node stores, keyed by Flower's run id); a bad
+run config key fails the run with one ``fedmoap:`` line in ``flwr run``'s stream. Every process
+is stopped (its whole process group) however the test ends."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_a_deployment_on_localhost_gives_fits_numbers_and_each_submission_is_a_n
             node_config = f'partition-id={i} fedmoap-dir="{tmp_path / "nodes" / str(i)}"'
             node_port = free_port()
             log = logs / f"supernode-{i}.log"
-            procs.append(start_supernode(home, port, node_port, node_config, log, isolation="process"))
+            procs.append(start_supernode(home, port, node_port, node_config, log, isolation="process", poll_s=0.1))
             worker = [sys.executable, "-m", "fedmoap.run.flower.worker", "--runtime-api-address"]
             procs.append(start([*worker, f"127.0.0.1:{node_port}"], flower_env(home), logs / f"worker-{i}.log"))
         first = submit(app, home)

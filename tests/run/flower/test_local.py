@@ -45,3 +45,19 @@ def test_a_connection_names_the_local_superlink_without_deprecated_fields(tmp_pa
     assert conf == {"default": "deployment", "deployment": {"address": f"127.0.0.1:{port}", "insecure": True}}
     env = flower_env(tmp_path / "home")
     assert env["FLWR_HOME"] == str(tmp_path / "home") and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_supernode_waits_at_most_poll_s_and_bad_options_are_one_line(capsys):
+    from fedmoap.run.flower.supernode import capped_time, main
+
+    fast = capped_time(0.01)
+    t0 = time.perf_counter()
+    fast.sleep(3)
+    assert time.perf_counter() - t0 < 1.0 and fast.time is time.time and fast.monotonic is time.monotonic
+    for argv, message in (
+        (["--poll-s"], "--poll-s needs a value"),
+        (["--poll-s", "x"], "--poll-s 'x' is not a number"),
+        (["--poll-s", "0"], "--poll-s must be > 0"),
+    ):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == message
