@@ -318,10 +318,13 @@ class Trace:
         import torch
         from flwr.app import ArrayRecord
 
-        records = {
-            name: from_record(r) if isinstance(r, ArrayRecord) else (type(r).__name__, dict(r))
-            for name, r in message.content.items()
-        }
+        if message.has_error():
+            records = {"error": ("Error", {"code": message.error.code, "reason": message.error.reason})}
+        else:
+            records = {
+                name: from_record(r) if isinstance(r, ArrayRecord) else (type(r).__name__, dict(r))
+                for name, r in message.content.items()
+            }
         entry = {
             "time": time.perf_counter(),
             "direction": direction,
