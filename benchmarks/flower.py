@@ -54,6 +54,7 @@ def one(n: int, rounds: int, cpus: int, work: Path, data: Path) -> dict:
     from flwr.app import MessageType
 
     from fedmoap.run.fit import fit
+    from fedmoap.run.flower.app import read_trace
     from fedmoap.run.flower.messages import from_record, to_record
     from fedmoap.run.flower.run import simulate
     from fedmoap.run.parse import parse_fit
@@ -78,17 +79,10 @@ def one(n: int, rounds: int, cpus: int, work: Path, data: Path) -> dict:
     out_fit = fit(cfg, work / f"fit-{n}", progress=False)
     fit_wall = time.perf_counter() - t0
 
-    marks: list[tuple[float, str, str, str]] = []
-
-    def watch(direction, message):
-        marks.append((time.perf_counter(), direction, message.metadata.message_type, message.metadata.group_id))
-
-    got: dict = {}
     t0 = time.perf_counter()
-    simulate(
-        [*common, "--run_dir", str(work / f"flower-{n}")], num_cpus=cpus, client_cpus=1, watch=watch, done=got.update
-    )
+    simulate([*common, "--run_dir", str(work / f"flower-{n}")], num_cpus=cpus, client_cpus=1, trace=work / f"trace-{n}")
     flower_wall = time.perf_counter() - t0
+    marks = [(m["time"], m["direction"], m["type"], m["group"]) for m in read_trace(work / f"trace-{n}")]
     if timed_rounds(work / f"fit-{n}") != timed_rounds(work / f"flower-{n}"):
         raise SystemExit(f"{n} clients: Flower's accuracies differ from fit's")
 
@@ -105,6 +99,7 @@ def one(n: int, rounds: int, cpus: int, work: Path, data: Path) -> dict:
     ]
     last_in = [max(t for t, d, _, g in marks if d == "in" and g == str(r)) for r in range(1, rounds + 1)]
     steady = [b - a for a, b in zip(last_in, last_in[1:])]  # round r's last reply to round r+1's
+    flower_rounds_s = last_in[-1] - min(t for t, d, k, g in marks if d == "out" and k == MessageType.QUERY)
 
     # encoding: a round's payloads down and uploads up, as the transport does them
     from fedmoap.federation.build import build_federation
@@ -121,14 +116,13 @@ def one(n: int, rounds: int, cpus: int, work: Path, data: Path) -> dict:
         "rounds": rounds,
         "cpus": cpus,
         "fit_round_s": out_fit["round_seconds"] / rounds,
-        "flower_round_s": got["round_seconds"] / rounds,
-        "ratio": got["round_seconds"] / out_fit["round_seconds"],
+        "flower_round_s": flower_rounds_s / rounds,
+        "ratio": flower_rounds_s / out_fit["round_seconds"],
         "flower_steady_round_s": sum(steady) / len(steady) if steady else None,
         "steady_ratio": (sum(steady) / len(steady)) / (out_fit["round_seconds"] / rounds) if steady else None,
         "connect_s": exchange(MessageType.QUERY, "0"),
         "fit_wall_s": fit_wall,
         "flower_wall_s": flower_wall,
-        "flower_setup_s": got["setup_seconds"],
         "per_round": per_round,
         "encode_decode_round_s": encode_s,
     }

@@ -108,11 +108,13 @@ def header(
     eval_modes: list[str],
     checks: dict[str, Any],
     privacy: dict[str, Any] | None,
+    engine_run_id: str | None = None,
 ) -> dict[str, Any]:
     """The entries of a run's ``results.json`` beside ``rounds`` and ``summary`` (``extra`` of
     :func:`write_results`), in the file's order: the method (its short name, else its class path),
     seed, number of clients, config digest, world size, the engine that ran the clients (fit or
-    flower), the code version, the evaluation modes, the set-up checks' entries and, with
+    flower) and, where it has one, the engine's id of the run (``engine_run_id``), the code version,
+    the evaluation modes, the set-up checks' entries and, with
     differential privacy, the accountant's summary (the same dict, which it updates every round)."""
     out = {
         "method": method,
@@ -121,6 +123,7 @@ def header(
         "config_digest": config_digest,
         "world_size": world_size,
         "engine": engine,
+        **({"engine_run_id": engine_run_id} if engine_run_id is not None else {}),
         "code": code,
         "eval_modes": eval_modes,
         **checks,

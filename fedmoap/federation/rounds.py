@@ -31,6 +31,9 @@ class Transport:
 
     engine: str = "fit"
     """What runs the clients, as ``results.json`` records it (``fit``: this process; ``flower``)."""
+    run_id: str | None = None
+    """The engine's own id of the run (Flower's run id), as ``results.json``'s ``engine_run_id``
+    records it; None: the engine has none (the entry is left out)."""
 
     def train(
         self, federation: "Federation", t: int, clients: list[int], progress: bool, stop: Callable[[], bool]

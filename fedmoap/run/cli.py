@@ -199,19 +199,18 @@ def flower(argv: list[str]) -> int:
     fit_args, opts = split_args(argv)
     cfg, run_dir = checked_config(fit_args)
     if opts.get("app"):
-        path = write_app(
-            Path(opts["app"]),
-            fit_args,
-            cfg.data.num_clients,
-            opts.get("client_cpus", 1.0),
-            opts.get("client_gpus", 0.0),
+        path = write_app(Path(opts["app"]), fit_args, cfg.fed.rounds)
+        print(
+            f"Flower App -> {path}; on a SuperLink (flower-superlink --insecure "
+            "--disable-runtime-dependency-installation) with one SuperNode per client "
+            f"(--node-config 'partition-id=I fedmoap-dir=DIR'): flwr run {path.parent} deployment "
+            f"(FLWR_HOME={path.parent / '.flwr'})"
         )
-        print(f"Flower App -> {path}; run it with: FLWR_HOME={path.parent / 'flwr-home'} flwr run {path.parent}")
     elif opts.get("write_only"):
         raise FedmoapError("--write_only needs --app APP_DIR")
     if opts.get("write_only"):
         return 0
-    simulate(fit_args, opts.get("num_cpus"), opts.get("client_cpus", 1.0), opts.get("client_gpus", 0.0))
+    simulate(fit_args, opts.get("num_cpus"), opts.get("client_cpus", 1), opts.get("client_gpus", 0.0))
     from fedmoap.federation.results import read_results
 
     last = read_results(run_dir)["rounds"][-1]

@@ -316,6 +316,7 @@ def loop(s: Setup, federation: Federation, history: list[dict], checks: dict, pr
         config_digest=s.digest,
         world_size=comm.world_size,
         engine=federation.transport.engine,
+        engine_run_id=federation.transport.run_id,
         code=code_version(),
         eval_modes=[m for m in evaluation.MODES if m in cfg.eval.modes or m == "local"],
         checks=checks,

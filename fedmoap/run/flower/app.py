@@ -1,5 +1,9 @@
 """Any fedmoap method as a Flower ServerApp and ClientApp (Flower's Message API).
 
+Both read the run config's typed keys (:data:`RUN_KEYS`: the config file, ``num-server-rounds``,
+``method``, further overrides, where the run directory goes; ``flwr run --run-config`` overrides
+them); the run directory is keyed by Flower's run id unless the run config names one.
+
 The ServerApp runs ``fedmoap fit``'s own loop (:func:`fedmoap.run.fit.fit`) on the federation
 :func:`~fedmoap.federation.build.build_federation` assembles, with :class:`FlowerTransport` in place of the
 in-process clients: the same schedule draws the participants, the same method server makes each
@@ -12,7 +16,7 @@ builds the same federation for its own process, once (the method's client module
 or :class:`~fedmoap.federation.privacy.PrivateTraining` around it; the server's side as its
 messages bring it), and trains, releases and evaluates only its partition. What the client keeps
 (personal prompts, gating network, downloaded experts, optimizer state) is written to a
-node-local client store (``node_config["fedmoap-dir"]``, else ``<run_dir>/nodes``); the node's
+node-local client store (``<node_config["fedmoap-dir"]>/<run id>``, else ``<run_dir>/nodes``); the node's
 Context state keeps which round's version is current. Neither goes into a message: a train reply
 carries the (released) upload, the training-set size and, under DP, the norms before clipping; an
 evaluate reply carries (correct, total).
@@ -21,6 +25,8 @@ evaluate reply carries (correct, total).
 from __future__ import annotations
 
 import json
+import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,43 +42,131 @@ from fedmoap.federation.store import ClientStore
 from fedmoap.run.flower.messages import from_record, to_record
 
 __all__ = [
-    "SETTINGS",
+    "CONFIG",
+    "ROUNDS",
+    "METHOD",
+    "OVERRIDES",
+    "RUN_DIR",
+    "RUNS_DIR",
+    "TRACE",
+    "DP_NORMS",
+    "RUN_KEYS",
     "STATISTICS",
     "NODE_DIR",
-    "DP_NORMS",
+    "PARTITION",
+    "run_settings",
+    "run_dir_of",
     "settings_of",
     "FlowerTransport",
+    "Trace",
+    "read_trace",
     "server_app",
     "Node",
     "Downloaded",
+    "node_root",
     "node_of",
     "client_app",
     "SERVER_APP",
     "CLIENT_APP",
 ]
 
-SETTINGS = "fedmoap-args"
-"""The run config key (a Flower App's ``[tool.flwr.app.config]``) holding ``fedmoap fit``'s
-arguments as a JSON list, ``--run_dir`` included."""
-STATISTICS = f"{MessageType.QUERY}.statistics"
-"""The message type of a seed-method's statistics pass
-(:meth:`~fedmoap.federation.rounds.Federation.client_statistics`)."""
-NODE_DIR = "fedmoap-dir"
-"""The node config key of a SuperNode's own directory for its client store."""
+CONFIG = "config"
+"""The run config key (str) of the run's YAML config file; a relative path is relative to the app's
+directory (a written app holds its config file); empty: ``fedmoap fit``'s defaults."""
+ROUNDS = "num-server-rounds"
+"""The run config key (int >= 1) of the number of rounds (``fed.rounds``); absent: the config file's."""
+METHOD = "method"
+"""The run config key (str) of the method (``--method``: a short name or a class path); absent or
+empty: the config file's."""
+OVERRIDES = "overrides"
+"""The run config key (str) of further ``fedmoap fit`` overrides, space-separated
+(``--section.key value ...``), applied after the config file and before the keys above."""
+RUN_DIR = "run-dir"
+"""The run config key (str) of the run directory; empty (the default): ``<runs-dir>/<Flower run id>``,
+so a second submission of the app is a new run. A run directory that already holds a run is refused."""
+RUNS_DIR = "runs-dir"
+"""The run config key (str, default ``runs``) of the directory that holds one run directory per Flower
+run (relative: to the working directory of the process running the ServerApp)."""
+TRACE = "trace-dir"
+"""The run config key (str, default empty: off) of a directory where the ServerApp saves every
+message it sends and receives (``torch.save``: time, direction, type, group and records; tests and
+benchmarks read it)."""
 DP_NORMS = "fedmoap-dp-norms"
 """The run config key (bool, default false) that lets a DP node also send its norms before clipping.
 No DP mechanism covers them; only results.json's ``dp_median_norm`` and ``dp_clipped_fraction``
 need them. ``fedmoap flower`` turns it on in simulation (same results.json as ``fit``); a written
 Flower App has it off (those two fields are then empty)."""
+RUN_KEYS = {
+    CONFIG: str,
+    ROUNDS: int,
+    METHOD: str,
+    OVERRIDES: str,
+    RUN_DIR: str,
+    RUNS_DIR: str,
+    TRACE: str,
+    DP_NORMS: bool,
+}
+"""Every run config key a fedmoap app reads, with its type."""
+STATISTICS = f"{MessageType.QUERY}.statistics"
+"""The message type of a seed-method's statistics pass
+(:meth:`~fedmoap.federation.rounds.Federation.client_statistics`)."""
+NODE_DIR = "fedmoap-dir"
+"""The node config key of a SuperNode's own directory: its client stores live under
+``<fedmoap-dir>/<Flower run id>``; absent: ``<run directory>/nodes``."""
+PARTITION = "partition-id"
+"""The node config key of the node's client id (0 .. ``data.num_clients`` - 1)."""
 
 
-def settings_of(context: Context, fixed: list[str] | None) -> list[str]:
-    """``fedmoap fit``'s arguments: ``fixed`` (an app made for one run), else the run config's."""
-    if fixed is not None:
-        return list(fixed)
-    if SETTINGS not in context.run_config:
-        raise FedmoapError(f"the Flower run config has no {SETTINGS!r} (write the app with `fedmoap flower`)")
-    return list(json.loads(str(context.run_config[SETTINGS])))
+def run_settings(run_config: dict, app_dir: Path | None = None) -> dict[str, Any]:
+    """The run config's fedmoap keys, each checked against its type (one-line
+    :class:`~fedmoap.errors.FedmoapError` naming the key): unknown keys, a wrong type, a
+    ``num-server-rounds`` below 1, a config file that is not there (none: ``fit``'s defaults)."""
+    unknown = sorted(set(run_config) - set(RUN_KEYS))
+    if unknown:
+        raise FedmoapError(f"run config: unknown key {unknown[0]!r} (fedmoap reads {', '.join(RUN_KEYS)})")
+    out: dict[str, Any] = {}
+    for key, kind in RUN_KEYS.items():
+        if key not in run_config:
+            continue
+        value = run_config[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise FedmoapError(f"run config: {key} {value!r} is not an integer")
+        if kind is not int and not isinstance(value, kind):
+            raise FedmoapError(f"run config: {key} {value!r} is not a {kind.__name__}")
+        out[key] = value
+    if ROUNDS in out and out[ROUNDS] < 1:
+        raise FedmoapError(f"run config: {ROUNDS} {out[ROUNDS]} must be >= 1")
+    if out.get(CONFIG):
+        config = Path(out[CONFIG]).expanduser()
+        if not config.is_absolute() and app_dir is not None:
+            config = app_dir / config
+        if not config.is_file():
+            raise FedmoapError(f"run config: {CONFIG} {out[CONFIG]!r}: no such file ({config})")
+        out[CONFIG] = str(config)
+    try:
+        out[OVERRIDES] = shlex.split(out.get(OVERRIDES, ""))
+    except ValueError as exc:
+        raise FedmoapError(f"run config: {OVERRIDES} {run_config[OVERRIDES]!r}: {exc}") from None
+    return out
+
+
+def run_dir_of(settings: dict[str, Any], run_id: int) -> Path:
+    """The run directory: ``run-dir``, else ``<runs-dir>/<run_id>``."""
+    if settings.get(RUN_DIR):
+        return Path(settings[RUN_DIR]).expanduser().absolute()
+    return (Path(settings.get(RUNS_DIR) or "runs").expanduser() / str(run_id)).absolute()
+
+
+def settings_of(context: Context, app_dir: Path | None = None) -> list[str]:
+    """``fedmoap fit``'s arguments for this Flower run: the run config's keys (:data:`RUN_KEYS`; a
+    relative config file is relative to ``app_dir``), the run directory keyed by the run id."""
+    s = run_settings(dict(context.run_config), app_dir)
+    args = [*(["--config", s[CONFIG]] if s.get(CONFIG) else []), *s[OVERRIDES]]
+    if ROUNDS in s:
+        args += ["--fed.rounds", str(s[ROUNDS])]
+    if s.get(METHOD):
+        args += ["--method", s[METHOD]]
+    return [*args, "--run_dir", str(run_dir_of(s, context.run_id))]
 
 
 # ------------------------------------------------------------------------------------ server
@@ -84,22 +178,40 @@ class FlowerTransport(Transport):
 
     engine = "flower"
 
-    def __init__(self, grid: Grid, wait_s: float = 600.0, watch: Callable[[str, Message], None] | None = None) -> None:
-        self.grid, self.wait_s, self.watch = grid, wait_s, watch or (lambda d, m: None)
+    def __init__(
+        self,
+        grid: Grid,
+        wait_s: float = 600.0,
+        watch: Callable[[str, Message], None] | None = None,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.grid, self.wait_s, self.poll_s = grid, wait_s, poll_s
+        self.watch = watch or (lambda d, m: None)
         self.nodes: dict[int, int] = {}
         """client id -> node id, from each node's answer to a query."""
 
     def _exchange(self, messages: list[Message]) -> dict[int, Message]:
+        """Push ``messages``, then pull the replies every ``poll_s`` seconds (Flower's own
+        ``send_and_receive`` on a SuperLink pulls every 3 s) until all are in; one line if a node's
+        reply is an error or ``wait_s`` passes without some."""
         for m in messages:
             self.watch("out", m)
-        replies = {}
-        for reply in self.grid.send_and_receive(messages):
-            self.watch("in", reply)
-            if reply.has_error():
-                raise FedmoapError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
-            replies[reply.metadata.src_node_id] = reply
-        if len(replies) != len(messages):
-            raise FedmoapError(f"{len(messages) - len(replies)} of {len(messages)} nodes did not reply")
+        pending = set(self.grid.push_messages(messages))
+        replies: dict[int, Message] = {}
+        deadline = time.monotonic() + self.wait_s
+        while pending:
+            for reply in self.grid.pull_messages(list(pending)):
+                self.watch("in", reply)
+                if reply.has_error():
+                    raise FedmoapError(f"node {reply.metadata.src_node_id}: {reply.error.reason}")
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies[reply.metadata.src_node_id] = reply
+            if pending:
+                if time.monotonic() > deadline:
+                    raise FedmoapError(
+                        f"{len(pending)} of {len(messages)} nodes did not reply within {self.wait_s:.0f} s"
+                    )
+                time.sleep(self.poll_s)
         return replies
 
     def connect(self, num_clients: int) -> dict[int, int]:
@@ -193,25 +305,67 @@ class FlowerTransport(Transport):
         return {cid: from_record(replies[nodes[cid]].content["statistics"]) for cid in clients}, {}
 
 
-def server_app(
-    args: list[str] | None = None,
-    watch: Callable[[str, Message], None] | None = None,
-    done: Callable[[dict], None] | None = None,
-) -> ServerApp:
-    """The ServerApp of a run: ``args`` are ``fedmoap fit``'s (None: the run config's
-    :data:`SETTINGS`); ``watch`` sees every message (tests); ``done`` gets what
-    :func:`~fedmoap.run.fit.fit` returns (timings, for benchmarks)."""
+class Trace:
+    """Every message the ServerApp sends (``"out"``) and receives (``"in"``), saved one file each
+    in ``root`` (``torch.save`` of time, direction, type, group and records: an
+    :class:`~flwr.app.ArrayRecord` as its tensors, a config or metric record as a dict)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.n = root, 0
+        root.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, direction: str, message: Message) -> None:
+        import torch
+        from flwr.app import ArrayRecord
+
+        if message.has_error():
+            records = {"error": ("Error", {"code": message.error.code, "reason": message.error.reason})}
+        else:
+            records = {
+                name: from_record(r) if isinstance(r, ArrayRecord) else (type(r).__name__, dict(r))
+                for name, r in message.content.items()
+            }
+        entry = {
+            "time": time.perf_counter(),
+            "direction": direction,
+            "type": message.metadata.message_type,
+            "group": message.metadata.group_id,
+            "records": records,
+        }
+        torch.save(entry, self.root / f"{self.n:06d}-{direction}.pt")
+        self.n += 1
+
+
+def read_trace(root: Path) -> list[dict]:
+    """A :class:`Trace`'s messages, in order."""
+    import torch
+
+    return [torch.load(p, weights_only=False) for p in sorted(Path(root).glob("*.pt"))]
+
+
+def server_app(app_dir: Path | None = None) -> ServerApp:
+    """The ServerApp of a fedmoap Flower App: ``fedmoap fit``'s loop on the run config's keys
+        (:data:`RUN_KEYS`; a relative config file is relative to ``app_dir``, else to the working
+        directory). A bad key or a run directory that holds a run stops it with one logged line
+    (``fedmoap: ...``) and the run fails with that message as its details."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        from flwr.common.logger import log
+
         from fedmoap.run.fit import fit
         from fedmoap.run.flower.checks import checked_config
 
-        cfg, run_dir = checked_config(settings_of(context, args))
-        out = fit(cfg, run_dir, progress=False, transport=FlowerTransport(grid, watch=watch))
-        if done is not None:
-            done(out)
+        try:
+            cfg, run_dir = checked_config(settings_of(context, app_dir))
+        except FedmoapError as exc:
+            log(logging.ERROR, "fedmoap: %s", exc)  # the one line `flwr run --stream` shows
+            raise
+        trace = str(context.run_config.get(TRACE) or "")
+        transport = FlowerTransport(grid, watch=Trace(Path(trace)) if trace else None)
+        transport.run_id = str(context.run_id)
+        fit(cfg, run_dir, progress=False, transport=transport)
 
     return app
 
@@ -301,39 +455,49 @@ class Downloaded:
 
 
 _NODES: dict[tuple[str, str], Node] = {}
-_RUN_DIRS: dict[str, str] = {}
+
+
+def node_root(context: Context, args: list[str]) -> Path:
+    """Where this node keeps its client store for the run: ``<fedmoap-dir>/<run id>`` (node config
+    :data:`NODE_DIR`), else ``<run directory>/nodes``."""
+    if context.node_config.get(NODE_DIR):
+        return Path(str(context.node_config[NODE_DIR])).expanduser().absolute() / str(context.run_id)
+    return Path(args[args.index("--run_dir") + 1]) / "nodes"
 
 
 def node_of(context: Context, args: list[str]) -> Node:
-    """This process's :class:`Node` for the run (built once per process and node directory;
-    the arguments are parsed once per process too: parsing costs more than a tiny client's round)."""
-    key_args = json.dumps(args)
-    if key_args not in _RUN_DIRS:
-        from fedmoap.run.parse import parse_fit
-
-        _RUN_DIRS[key_args] = str(parse_fit(["fit", *args])[1])
-    root = Path(str(context.node_config.get(NODE_DIR) or Path(_RUN_DIRS[key_args]) / "nodes"))
-    key = (key_args, str(root))
+    """This process's :class:`Node` for the run (built once per process, run arguments and node
+    directory; those of other runs dropped), the node's partition-id checked (one-line error
+    naming the node config)."""
+    raw = context.node_config.get(PARTITION)
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+        raise FedmoapError(f"node config: {PARTITION} {raw!r} is not a client id (an integer >= 0)")
+    root = node_root(context, args)
+    key = (json.dumps(args), str(root))
     if key not in _NODES:
+        for old in [k for k in _NODES if k[0] != key[0]]:  # another run's: a long-lived process serves many
+            del _NODES[old]
         _NODES[key] = Node(args, root)
     return _NODES[key]
 
 
-def client_app(args: list[str] | None = None, dp_norms: bool | None = None) -> ClientApp:
-    """The ClientApp of a run: ``args`` are ``fedmoap fit``'s (None: the run config's :data:`SETTINGS`);
-    ``dp_norms``: whether DP nodes send their norms (None: the run config's :data:`DP_NORMS`)."""
+def client_app(app_dir: Path | None = None) -> ClientApp:
+    """The ClientApp of a fedmoap Flower App: one client per SuperNode (node config
+    :data:`PARTITION`), the run config's keys as :func:`server_app` reads them."""
     app = ClientApp()
 
     def handle(message: Message, context: Context, step: str) -> Message:
-        node = node_of(context, settings_of(context, args))
+        node = node_of(context, settings_of(context, app_dir))
         if step == "train":
-            send = dp_norms if dp_norms is not None else bool(context.run_config.get(DP_NORMS, False))
+            send = bool(context.run_config.get(DP_NORMS, False))
             return Message(node.train(context, message.content, send), reply_to=message)
         return Message(getattr(node, step)(context, message.content), reply_to=message)
 
     @app.query()
     def query(message: Message, context: Context) -> Message:
-        partition = int(context.node_config["partition-id"])
+        partition = context.node_config.get(PARTITION)
+        if isinstance(partition, bool) or not isinstance(partition, int):
+            raise FedmoapError(f"node config: {PARTITION} {partition!r} is not a client id (an integer >= 0)")
         return Message(RecordDict({"client": ConfigRecord({"partition-id": partition})}), reply_to=message)
 
     @app.query("statistics")
@@ -352,6 +516,6 @@ def client_app(args: list[str] | None = None, dp_norms: bool | None = None) -> C
 
 
 SERVER_APP = server_app()
-"""The ServerApp a Flower App names (``fedmoap.run.flower.app:SERVER_APP``): the run config's arguments."""
+"""The ServerApp ``fedmoap.run.flower.app:SERVER_APP`` (a relative config file: to the working directory)."""
 CLIENT_APP = client_app()
-"""The ClientApp a Flower App names (``fedmoap.run.flower.app:CLIENT_APP``)."""
+"""The ClientApp ``fedmoap.run.flower.app:CLIENT_APP``."""

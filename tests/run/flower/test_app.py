@@ -1,5 +1,5 @@
-"""Every method on Flower: a Flower simulation (Ray backend, one SuperNode per client) gives the
-numbers ``fedmoap fit`` gives on the same config and seed, bit for bit; no message carries a
+"""Every method on Flower: a Flower simulation through ``flwr run`` (Ray backend, one SuperNode per
+client) gives the numbers ``fedmoap fit`` gives on the same config and seed, bit for bit; no message carries a
 client's private state; the DP norms stay on the node unless the run lets them out.
 
 flwr is in the ``test`` extra: without it these tests fail (they do not skip)."""
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MessageType, MetricRecord
+from flwr.app import MessageType
 
 from fedmoap.run.cli import main
-from fedmoap.run.flower.messages import from_record
+from fedmoap.run.flower.app import read_trace
 from fedmoap.run.flower.run import simulate
 from tests.run.flower import SMOKE
 
@@ -77,10 +77,10 @@ def assert_same(a, b, where: str = "") -> None:
         assert a == b, where
 
 
-def both(tmp_path: Path, args: list[str], watch=None) -> tuple[Path, Path]:
+def both(tmp_path: Path, args: list[str], trace: Path | None = None) -> tuple[Path, Path]:
     fit_dir, flower_dir = tmp_path / "fit", tmp_path / "flower"
     assert main(["fit", *args, "--run_dir", str(fit_dir)]) == 0
-    simulate([*args, "--run_dir", str(flower_dir)], num_cpus=1, client_cpus=1, watch=watch)
+    simulate([*args, "--run_dir", str(flower_dir)], num_cpus=1, client_cpus=1, trace=trace)
     return fit_dir, flower_dir
 
 
@@ -91,6 +91,7 @@ def assert_same_run(fit_dir: Path, flower_dir: Path) -> None:
     fit_res, fl_res = (json.loads((d / "results.json").read_text()) for d in (fit_dir, flower_dir))
     assert fl_res.get("privacy") == fit_res.get("privacy")
     assert (fit_res["engine"], fl_res["engine"]) == ("fit", "flower")  # results.json says what ran it
+    assert "engine_run_id" not in fit_res and int(fl_res["engine_run_id"]) > 0  # and Flower's run id
     assert_same(last_checkpoint(flower_dir)["server"], last_checkpoint(fit_dir)["server"], "server")
     assert_same(node_clients(flower_dir), fit_clients(fit_dir), "clients")
 
@@ -111,11 +112,14 @@ ROUNDS_LR = ["--train.lr_schedule", "rounds", "--train.lr_rounds", "2"]
     ],
     ids=["promptfl", "coop", "fedotp", "dp-sgd", "statistics", "client-dp-rounds-lr"],
 )
-def test_flower_simulation_gives_fits_numbers(method, extra, tmp_path, cache):
+def test_flower_simulation_gives_fits_numbers(method, extra, tmp_path, cache, capsys):
     """(pFedMoAP with client-level DP: the message-inspection test below. PEP-FedPT: a
-    seed-method, whose clients send statistics in a set-up pass and after every round.)"""
+    seed-method, whose clients send statistics in a set-up pass and after every round.) Flower's
+    own output (``flwr run --stream``: the SuperLink's and the apps' logs) has no deprecation."""
     fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", method, *extra])
     assert_same_run(fit_dir, flower_dir)
+    out = capsys.readouterr()
+    assert "Successfully started run" in out.out and "deprecat" not in (out.out + out.err).lower()
     assert main(["report", str(flower_dir)]) == 0  # fedmoap report reads a Flower run
 
 
@@ -123,14 +127,8 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
     """pFedMoAP (per-client experts down, a private gating network) with client_upload DP: same
     numbers as fit; every message the server sends or receives holds only payload and upload
     tensors and round numbers, none equal to a tensor that only a client keeps."""
-    seen: list[tuple[str, str, dict]] = []
-
-    def watch(direction, message):
-        seen.append(
-            (direction, message.metadata.message_type, {name: record for name, record in message.content.items()})
-        )
-
-    fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", "pfedmoap", *DP], watch)
+    fit_dir, flower_dir = both(tmp_path, [*SMOKE, *cache, "--method", "pfedmoap", *DP], tmp_path / "trace")
+    seen = [(m["direction"], m["type"], m["records"]) for m in read_trace(tmp_path / "trace")]
     assert_same_run(fit_dir, flower_dir)
     clients = node_clients(flower_dir)
     private = [p for s in clients.values() for name, p in s["params"].items() if name != "ctx"]
@@ -147,16 +145,16 @@ def test_pfedmoap_under_dp_on_flower_same_numbers_and_no_private_state_in_any_me
     keys = set()
     for direction, kind, records in seen:
         for name, record in records.items():
-            if isinstance(record, ArrayRecord):
-                arrays = from_record(record)
-                keys |= set(arrays)
-                for t in arrays.values():
+            if isinstance(record, dict):  # an ArrayRecord, as its tensors
+                keys |= set(record)
+                for t in record.values():
                     assert not any(t.shape == p.shape and torch.equal(t, p) for p in private), (direction, kind, name)
             else:
-                assert isinstance(record, (ConfigRecord, MetricRecord)) and set(record) <= NUMBERS, (name, record)
+                kind_of, values = record
+                assert kind_of in ("ConfigRecord", "MetricRecord") and set(values) <= NUMBERS, (name, record)
     assert keys == {"prompt", "experts"}  # the global prompt and experts down, the released prompt up
     ups = [r["upload"] for d, k, r in seen if d == "in" and k == MessageType.TRAIN]
-    assert ups and all(set(from_record(u)) == {"prompt"} for u in ups)
+    assert ups and all(set(u) == {"prompt"} for u in ups)
 
 
 def test_a_node_builds_once_and_re_points_its_one_store_per_message(tmp_path, cache):
@@ -183,22 +181,18 @@ def test_a_node_builds_once_and_re_points_its_one_store_per_message(tmp_path, ca
 def test_dp_norms_stay_on_the_node_unless_the_run_lets_them_out(tmp_path, cache):
     """With ``dp_norms`` off (a written Flower App's default) no train reply carries a norm: the
     accuracies and the accountant's numbers are fit's; only the two norm diagnostics are empty."""
-    seen: list[dict] = []
     args = [*SMOKE, *cache, "--method", "promptfl", *RECORD_SGD]
     assert main(["fit", *args, "--run_dir", str(tmp_path / "fit")]) == 0
     simulate(
-        [*args, "--run_dir", str(tmp_path / "flower")],
-        num_cpus=1,
-        client_cpus=1,
-        watch=lambda d, m: seen.append({n: r for n, r in m.content.items()}) if d == "in" else None,
-        dp_norms=False,
+        [*args, "--run_dir", str(tmp_path / "flower")], num_cpus=1, client_cpus=1, trace=tmp_path / "t", dp_norms=False
     )
+    seen = [m["records"] for m in read_trace(tmp_path / "t") if m["direction"] == "in"]
 
     def without_norms(run_dir: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in NORM_FIELDS} for r in rounds(run_dir)]
 
     assert without_norms(tmp_path / "flower") == without_norms(tmp_path / "fit")
-    metrics = [r["metrics"] for r in seen if "metrics" in r]
+    metrics = [r["metrics"][1] for r in seen if "metrics" in r]
     assert metrics and not any("dp-norms" in m for m in metrics)
     fit_last, fl_last = (rounds(tmp_path / d)[-1] for d in ("fit", "flower"))
     assert fit_last["dp_median_norm"] is not None and fl_last["dp_median_norm"] is None

@@ -41,8 +41,8 @@ def test_a_flower_node_is_one_process():
     from fedmoap.run.flower.checks import flower_problems
     from fedmoap.run.parse import parse_fit
 
-    assert flower_problems(parse_fit(["fit", *SMOKE])[0]) == []
-    (problem,) = flower_problems(parse_fit(["fit", *SMOKE, "--fabric.num_nodes", "2"])[0])
+    assert flower_problems(parse_fit(["fit", *SMOKE])[0].fabric) == []
+    (problem,) = flower_problems(parse_fit(["fit", *SMOKE, "--fabric.num_nodes", "2"])[0].fabric)
     assert problem.startswith("fabric.devices 1 / fabric.num_nodes 2: on Flower each SuperNode is one process")
 
 

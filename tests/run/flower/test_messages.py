@@ -41,3 +41,24 @@ def test_only_our_serialisation_is_read_back():
     foreign["w"] = Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"\0" * 8)
     with pytest.raises(ValueError, match="array 'w': serialisation 'numpy.ndarray', not fedmoap's"):
         from_record(foreign)
+
+
+def test_a_trace_saves_each_message_in_order(tmp_path, monkeypatch):
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedmoap.run.flower.app import Trace, read_trace
+    from fedmoap.run.flower.messages import to_record
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # a message outside a run needs them
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    trace = Trace(tmp_path / "trace")
+    content = RecordDict({"payload": to_record({"prompt": torch.ones(2)}), "config": ConfigRecord({"round": 1})})
+    trace("out", Message(content, dst_node_id=7, message_type=MessageType.TRAIN, group_id="1"))
+    trace("out", Message(RecordDict(), dst_node_id=7, message_type=MessageType.QUERY, group_id="0"))
+    first, second = read_trace(tmp_path / "trace")
+    assert (first["direction"], first["type"], first["group"]) == ("out", MessageType.TRAIN, "1")
+    assert torch.equal(first["records"]["payload"]["prompt"], torch.ones(2))
+    assert first["records"]["config"] == ("ConfigRecord", {"round": 1})
+    assert second["type"] == MessageType.QUERY and second["records"] == {} and second["time"] >= first["time"]
